@@ -1,0 +1,46 @@
+"""Spec files -> located tree, whichever frontend the extension names."""
+
+from __future__ import annotations
+
+import os
+
+from metagen.diagnostics import CompileError, Diagnostic, DiagnosticSink, Loc
+from metagen.frontend.tree import LNode
+
+YAML_EXTS = (".yaml", ".yml", ".json")
+DSL_EXTS = (".mg",)
+MAX_SPEC_BYTES = 4 * 1024 * 1024
+
+
+def read_source(path: str, sink: DiagnosticSink) -> str:
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_SPEC_BYTES:
+            raise CompileError([Diagnostic("error", Loc(path, 1, 1), f"spec file is {size} bytes; specs are limited to 4 MiB")])
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise CompileError([Diagnostic("error", Loc(path, 1, 1), f"cannot read spec: {exc.strerror or exc}")]) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CompileError([Diagnostic("error", Loc(path, 1, 1), f"spec is not UTF-8 text (byte {exc.start})")]) from None
+    sink.add_source(path, text)
+    return text
+
+
+def load_tree(path: str, sink: DiagnosticSink) -> tuple[LNode, list[str]]:
+    """The located tree of a spec file and every file it depends on (itself first)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in DSL_EXTS:
+        from metagen.frontend.dsl import parse_dsl_file
+
+        return parse_dsl_file(path, sink)
+    if ext not in YAML_EXTS:
+        raise CompileError(
+            [Diagnostic("error", Loc(path, 1, 1), f"unknown spec extension '{ext}'; use .yaml, .yml, .json or .mg")]
+        )
+    from metagen.frontend.yaml_frontend import parse_yaml
+
+    text = read_source(path, sink)
+    return parse_yaml(text, path), [path]

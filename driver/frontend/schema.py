@@ -1,0 +1,269 @@
+"""The MetaGen Spec Language (MSL 1.0), declared once as data.
+
+The spec builder validates against this table, `metagen schema` prints it as JSON
+Schema, the DSL formatter orders keys by it and the docs list it. A field's `default`
+is the value a spec gets when it does not say; `None` means "decided by a compiler
+pass" (family conventions, fitted dimensions), and the pass records its choice in
+`spec_resolved.yaml`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Value kinds. Each maps to one check in spec_builder and one JSON Schema fragment.
+STR, INT, FLOAT, BOOL = "str", "int", "float", "bool"
+PARAMS, BYTES, CONTEXT = "params", "bytes", "context"
+LATENCY, RATE, DURATION, HARDWARE, DATA_SIZE = "latency", "rate", "duration", "hardware", "data_size"
+ENUM, LIST, MAP = "enum", "list", "map"
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: str
+    doc: str
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    item: "Field | None" = None  # list item
+    fields: tuple["Field", ...] = ()  # map members
+    minimum: float | None = None
+    maximum: float | None = None
+    required: bool = False
+    open_choices: bool = False  # unknown enum values warn instead of failing
+
+    def member(self, name: str) -> "Field | None":
+        for f in self.fields:
+            if f.name == name:
+                return f
+        return None
+
+
+def _map(name, doc, *fields, required=False):
+    return Field(name, MAP, doc, fields=tuple(fields), required=required)
+
+
+MODALITIES = ("text", "image", "audio", "video", "label", "embedding")
+OBJECTIVES = ("autoregressive", "classification", "diffusion", "contrastive", "masked")
+FAMILIES = ("auto", "transformer", "diffusion", "cnn", "unet")
+DEVICES = ("edge", "mobile", "cpu", "consumer_gpu", "gpu", "datacenter_gpu")
+LATENCY_WORDS = ("real-time", "near-real-time", "interactive", "batch", "offline")
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu", "swiglu", "geglu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope", "sinusoidal", "none")
+POOLINGS = ("cls", "cls_pooler", "mean", "eot", "last", "none")
+TASKS = ("generation", "classification", "embedding", "denoising")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# Keys shared by a whole model and by each tower of a multi-tower model.
+TOWER_FIELDS = (
+    Field("vocab_size", INT, "Token vocabulary size.", minimum=2, maximum=2**22),
+    Field("type_vocab_size", INT, "Token-type (segment) vocabulary size; 0 means none.", minimum=0, maximum=1024),
+    Field("hidden_size", INT, "Model width d.", minimum=8, maximum=65536),
+    Field("layers", INT, "Number of transformer blocks.", minimum=1, maximum=1024),
+    Field("heads", INT, "Attention heads.", minimum=1, maximum=1024),
+    Field("kv_heads", INT, "Key/value heads (grouped-query attention); equal to heads for multi-head.", minimum=1, maximum=1024),
+    Field("head_dim", INT, "Width of one attention head.", minimum=4, maximum=1024),
+    Field("ffn_size", INT, "Hidden width of the feed-forward block.", minimum=8, maximum=262144),
+    Field("activation", ENUM, "Feed-forward activation (swiglu/geglu are gated).", choices=ACTIVATIONS),
+    Field("norm", ENUM, "Normalization layer.", choices=NORMS),
+    Field("norm_eps", FLOAT, "Normalization epsilon.", minimum=0.0, maximum=1.0),
+    Field("norm_position", ENUM, "Pre-norm or post-norm residual blocks.", choices=("pre", "post")),
+    Field("position", ENUM, "Position encoding.", choices=POSITIONS),
+    Field("rope_theta", FLOAT, "Rotary embedding base.", minimum=1.0, maximum=1e9),
+    Field("pooling", ENUM, "How a sequence becomes one vector.", choices=POOLINGS),
+    Field("bias", BOOL, "Biases in linear layers and norms."),
+    Field("tie_embeddings", BOOL, "Share the token embedding with the output head."),
+    Field("image_size", INT, "Input image side in pixels.", minimum=8, maximum=8192),
+    Field("patch_size", INT, "Patch side in pixels.", minimum=1, maximum=1024),
+    Field("channels", INT, "Input image channels.", minimum=1, maximum=64),
+)
+
+ARCHITECTURE = _map(
+    "architecture",
+    "Family and any dimension or convention to pin; everything else is fitted.",
+    Field("family", ENUM, "Architecture family; 'auto' picks from modality and objective.", default="auto", choices=FAMILIES),
+    Field("components", LIST, "Free-form component labels (documentation only).", default=[], item=Field("component", STR, "")),
+    *TOWER_FIELDS,
+    Field("projection_dim", INT, "Shared embedding width of a dual encoder.", minimum=8, maximum=65536),
+    Field("codebooks", INT, "Audio codec codebooks.", minimum=1, maximum=64),
+    Field("codebook_size", INT, "Entries per codebook.", minimum=2, maximum=1 << 20),
+    Field("latent_channels", INT, "Channels of the denoised sample.", minimum=1, maximum=64),
+    Field("sample_size", INT, "Side of the denoised sample.", minimum=4, maximum=4096),
+    Field("base_channels", INT, "U-Net channels at the first level.", minimum=8, maximum=8192),
+    Field("channel_mults", LIST, "U-Net channel multiplier per level.", item=Field("mult", INT, "", minimum=1, maximum=64)),
+    Field("res_blocks", INT, "ResNet blocks per U-Net level.", minimum=1, maximum=16),
+    Field("attention_levels", LIST, "U-Net levels with spatial transformers.", item=Field("level", INT, "", minimum=0, maximum=16)),
+    Field("transformer_depth", INT, "Transformer blocks per spatial transformer.", minimum=1, maximum=32),
+    Field("norm_groups", INT, "GroupNorm groups.", minimum=1, maximum=1024),
+    Field("cross_attention_dim", INT, "Width of the conditioning sequence.", minimum=8, maximum=65536),
+    _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
+    _map("image_encoder", "Image tower of a multi-tower model.", *TOWER_FIELDS),
+)
+
+SPEC = _map(
+    "spec",
+    "A MetaGen spec.",
+    Field("metagen_version", STR, "Spec language version.", choices=("1.0",), required=True),
+    Field("name", STR, "Model name: free text; a class name is derived from it.", required=True),
+    Field("description", STR, "Free text.", default=""),
+    _map(
+        "modality",
+        "What goes in and what comes out.",
+        Field("inputs", LIST, "Input modalities.", item=Field("modality", ENUM, "", choices=MODALITIES, open_choices=True), required=True),
+        Field("outputs", LIST, "Output modalities.", item=Field("modality", ENUM, "", choices=MODALITIES, open_choices=True), required=True),
+        required=True,
+    ),
+    _map(
+        "task",
+        "What the model is for.",
+        Field("type", ENUM, "Task type; derived from the objective when absent.", choices=TASKS),
+        Field("num_classes", INT, "Classes of a classifier.", minimum=2, maximum=10**7),
+    ),
+    _map(
+        "constraints",
+        "Budgets the fitted model must meet.",
+        _map(
+            "parameter_budget",
+            "Bounds on the parameter count.",
+            Field("max", PARAMS, "Most parameters allowed.", default="1B"),
+            Field("min", PARAMS, "Fewest parameters wanted; default 90% of max."),
+        ),
+        Field("latency", LATENCY, "A latency class or an explicit bound (\"10ms\", \"60 tok/s\").", default="batch"),
+        Field("device", ENUM, "Target device class.", default="consumer_gpu", choices=DEVICES),
+        Field("memory_budget", BYTES, "Inference memory: weights + KV cache + activations. Default: the device's capacity."),
+        Field("context_window", CONTEXT, "Longest sequence, in tokens (k = 1024).", default="4k"),
+        Field("throughput", RATE, "Required throughput (\"60 tok/s\", \"2 img/s\")."),
+        Field("dtype", ENUM, "Inference dtype used for memory estimates.", default="bfloat16", choices=DTYPES),
+    ),
+    _map(
+        "training",
+        "How the model is trained.",
+        Field("objective", LIST, "Training objectives.", item=Field("objective", ENUM, "", choices=OBJECTIVES)),
+        _map(
+            "data",
+            "Training data.",
+            Field("sources", LIST, "Data sources.", default=[], item=Field("source", STR, "")),
+            Field("size", DATA_SIZE, "Amount of data (\"100B tokens\", \"1.28M samples\")."),
+            _map(
+                "governance",
+                "Data governance.",
+                Field("pii", STR, "PII handling."),
+                Field("copyright", STR, "Copyright status."),
+            ),
+        ),
+        _map(
+            "compute",
+            "Training compute.",
+            Field("hardware", HARDWARE, "Accelerators (\"8xA100\", \"512xH100\")."),
+            Field("duration", DURATION, "Wall-clock budget (\"5 days\")."),
+        ),
+        _map(
+            "alignment",
+            "Post-training alignment.",
+            Field("method", STR, "e.g. sft, rlhf, dpo."),
+            Field("data", STR, "Alignment data."),
+        ),
+        _map(
+            "config",
+            "Optimizer and schedule.",
+            Field("batch_size", INT, "Global batch size.", minimum=1, maximum=10**7),
+            Field("learning_rate", FLOAT, "Peak learning rate.", minimum=0.0, maximum=10.0),
+            Field("epochs", INT, "Passes over the data.", minimum=1, maximum=10**6),
+            Field("steps", INT, "Optimizer steps.", minimum=1, maximum=10**9),
+            Field("weight_decay", FLOAT, "AdamW weight decay.", minimum=0.0, maximum=10.0),
+            Field("warmup", INT, "Warmup steps.", minimum=0, maximum=10**9),
+            Field("optimizer", ENUM, "Optimizer.", choices=("adamw", "sgd", "adafactor")),
+            Field("schedule", ENUM, "Learning-rate schedule.", choices=("cosine", "linear", "constant")),
+        ),
+    ),
+    ARCHITECTURE,
+    _map(
+        "outputs",
+        "What to emit.",
+        Field("targets", LIST, "Backends to emit.", default=["torch", "flax", "onnx"], item=Field("target", ENUM, "", choices=("torch", "flax", "onnx"))),
+    ),
+    _map(
+        "evaluation",
+        "How the model is evaluated (recorded, not run).",
+        Field("metrics", LIST, "Metric names.", default=[], item=Field("metric", STR, "")),
+        Field("benchmarks", LIST, "Benchmark names.", default=[], item=Field("benchmark", STR, "")),
+    ),
+    _map(
+        "reproducibility",
+        "Seeds and determinism.",
+        Field("seed", INT, "Default seed for initial weights.", default=0, minimum=0, maximum=2**63 - 1),
+        Field("deterministic", BOOL, "Ask training programs for deterministic kernels.", default=True),
+    ),
+)
+
+
+def lookup(path: str) -> Field | None:
+    """The field at a dotted path, e.g. 'constraints.parameter_budget.max'."""
+    node = SPEC
+    for part in path.split("."):
+        node = node.member(part) if node.kind == MAP else None
+        if node is None:
+            return None
+    return node
+
+
+def to_json_schema() -> dict:
+    """JSON Schema (2020-12) of the YAML spec language."""
+
+    def conv(f: Field) -> dict:
+        out: dict[str, Any] = {"description": f.doc} if f.doc else {}
+        if f.kind == MAP:
+            out["type"] = "object"
+            out["properties"] = {m.name: conv(m) for m in f.fields}
+            out["additionalProperties"] = False
+            req = [m.name for m in f.fields if m.required]
+            if req:
+                out["required"] = req
+        elif f.kind == LIST:
+            out["type"] = "array"
+            out["items"] = conv(f.item)
+        elif f.kind == ENUM:
+            if f.open_choices:
+                out["type"] = "string"
+                out["examples"] = list(f.choices)
+            else:
+                out["enum"] = list(f.choices)
+        elif f.kind == STR:
+            out["type"] = "string"
+            if f.choices:
+                out["enum"] = list(f.choices)
+        elif f.kind == INT:
+            out["type"] = "integer"
+        elif f.kind == FLOAT:
+            out["type"] = "number"
+        elif f.kind == BOOL:
+            out["type"] = "boolean"
+        elif f.kind == PARAMS:
+            out["type"] = ["string", "integer"]
+            out["pattern"] = r"^[0-9.]+(e[0-9]+)?\s*[KMBTkmbt]?$"
+        elif f.kind == BYTES:
+            out["type"] = "string"
+            out["pattern"] = r"^[0-9.]+\s*([KMGT]i?B|B)$"
+        elif f.kind == CONTEXT:
+            out["type"] = ["string", "integer"]
+            out["pattern"] = r"^([0-9.]+\s*[kKmM]?|∞|infinite)$"
+        else:
+            out["type"] = "string"
+        if f.minimum is not None:
+            out["minimum"] = f.minimum
+        if f.maximum is not None:
+            out["maximum"] = f.maximum
+        if f.default is not None and f.kind != MAP:
+            out["default"] = f.default
+        return out
+
+    schema = conv(SPEC)
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://metagen.dev/schema/msl-1.0.json",
+        "title": "MetaGen Spec Language 1.0",
+        **schema,
+    }
+    return schema

@@ -1,0 +1,212 @@
+"""Quantities with units, as users write them in specs.
+
+Every parser returns the value or raises `UnitError` with a message that names the
+accepted forms; the spec builder attaches the position.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+
+class UnitError(ValueError):
+    pass
+
+
+_NUM = r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+)"
+
+_PARAM_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+MAX_PARAMS = 10**13  # 10T: far beyond any trained model; larger is a typo
+
+
+def _finite_positive(x: float, what: str) -> float:
+    if not math.isfinite(x):
+        raise UnitError(f"{what} must be a finite number")
+    if x <= 0:
+        raise UnitError(f"{what} must be positive")
+    return x
+
+
+def parse_count(value, what: str = "parameter count", limit: int = MAX_PARAMS) -> int:
+    """'50M' -> 50_000_000; '1.5B' -> 1_500_000_000; 125000 -> 125000."""
+    if isinstance(value, bool):
+        raise UnitError(f"{what} must be a number like \"500M\" or \"1.5B\", not a boolean")
+    if isinstance(value, (int, float)):
+        x = float(value)
+    else:
+        m = re.fullmatch(r"\s*([+-]?)" + _NUM + r"\s*([a-zA-Z]*)\s*", str(value))
+        if not m:
+            raise UnitError(f"cannot read {value!r} as a {what}; write e.g. \"50M\", \"1.5B\", \"70B\"")
+        sign, num, suffix = m.groups()
+        key = suffix.upper()
+        if key not in _PARAM_SUFFIX:
+            raise UnitError(f"unknown suffix {suffix!r} in {value!r}; use K, M, B or T (e.g. \"500M\")")
+        x = float(num) * _PARAM_SUFFIX[key] * (-1 if sign == "-" else 1)
+    _finite_positive(x, what)
+    if x > limit:
+        raise UnitError(f"{what} {value!r} is out of range; the allowed range is 1 to {format_count(limit)}")
+    n = int(round(x))
+    if n < 1:
+        raise UnitError(f"{what} must be at least 1")
+    return n
+
+
+_BYTES = {
+    "B": 1,
+    "KB": 1024, "KIB": 1024,
+    "MB": 1024**2, "MIB": 1024**2,
+    "GB": 1024**3, "GIB": 1024**3,
+    "TB": 1024**4, "TIB": 1024**4,
+}
+MAX_BYTES = 1024**5  # 1 PB
+
+
+def parse_bytes(value, what: str = "memory budget") -> int:
+    """'512MB' -> 536870912; '8GB' -> 8 GiB. Units are binary, as GPU tools report."""
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        raise UnitError(f"{what} needs a unit: write e.g. \"512MB\" or \"8GB\"")
+    m = re.fullmatch(r"\s*([+-]?)" + _NUM + r"\s*([a-zA-Z]+)\s*", str(value))
+    if not m:
+        raise UnitError(f"cannot read {value!r} as a {what}; write e.g. \"512MB\", \"8GB\"")
+    sign, num, unit = m.groups()
+    if unit.upper() not in _BYTES:
+        raise UnitError(f"unknown unit {unit!r} in {value!r}; use MB, GB or TB")
+    x = float(num) * _BYTES[unit.upper()] * (-1 if sign == "-" else 1)
+    _finite_positive(x, what)
+    if x > MAX_BYTES:
+        raise UnitError(f"{what} {value!r} is out of range; the allowed range is 1MB to 1PB")
+    return int(x)
+
+
+MAX_CONTEXT = 2**20  # 1M tokens
+
+
+def parse_context(value) -> tuple[int, str | None]:
+    """'32k' -> 32768 (k = 1024); '1M' -> 1048576; '∞' -> (1048576, warning)."""
+    if isinstance(value, bool):
+        raise UnitError("context window must be a token count like \"4096\" or \"32k\"")
+    text = str(value).strip()
+    if text.lower() in ("∞", "inf", "infinite", "infinity", "unlimited"):
+        return MAX_CONTEXT, f"an infinite context window is not buildable; using {format_tokens(MAX_CONTEXT)} tokens"
+    if isinstance(value, float) and not value.is_integer():
+        raise UnitError(f"context window must be a whole number of tokens, not {value}")
+    m = re.fullmatch(_NUM + r"\s*([kKmM]?)", text.replace("-", "\x00"))
+    if not m:
+        raise UnitError(f"cannot read {value!r} as a context window; write e.g. \"512\", \"32k\", \"128k\", \"1M\"")
+    num, suffix = m.groups()
+    x = float(num) * {"": 1, "k": 1024, "m": 1024**2}[suffix.lower()]
+    if x < 1:
+        raise UnitError("context window must be at least 1 token")
+    if x > MAX_CONTEXT:
+        raise UnitError(f"context window {value!r} is out of range; the allowed range is 1 to 1M tokens")
+    if not float(x).is_integer():
+        raise UnitError(f"context window {value!r} is not a whole number of tokens")
+    return int(x), None
+
+
+_DURATION = {
+    "s": 1, "sec": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+    "month": 2592000, "months": 2592000,
+}
+
+
+def parse_duration(value) -> float:
+    """'5 days' -> 432000.0 seconds."""
+    m = re.fullmatch(_NUM + r"\s*([a-zA-Z]+)", str(value).strip())
+    if not m or m.group(2).lower() not in _DURATION:
+        raise UnitError(f"cannot read {value!r} as a duration; write e.g. \"12 hours\", \"5 days\", \"2 weeks\"")
+    x = float(m.group(1)) * _DURATION[m.group(2).lower()]
+    return _finite_positive(x, "duration")
+
+
+def parse_hardware(value) -> tuple[int, str]:
+    """'8xA100' -> (8, 'A100'); 'H100' -> (1, 'H100')."""
+    m = re.fullmatch(r"\s*(?:([0-9]+)\s*[xX×*]\s*)?([A-Za-z][A-Za-z0-9_\-]*)\s*", str(value))
+    if not m:
+        raise UnitError(f"cannot read {value!r} as hardware; write e.g. \"8xA100\", \"512xH100\"")
+    count = int(m.group(1) or 1)
+    if count < 1 or count > 10**6:
+        raise UnitError(f"device count in {value!r} is out of range (1 to 1000000)")
+    return count, m.group(2)
+
+
+def parse_data_size(value) -> tuple[int, str]:
+    """'100B tokens' -> (100e9, 'tokens'); '1.28M samples' -> (1280000, 'samples')."""
+    m = re.fullmatch(r"\s*" + _NUM + r"\s*([KMBT]?)\s*([a-zA-Z]*)\s*", str(value))
+    if not m:
+        raise UnitError(f"cannot read {value!r} as a data size; write e.g. \"100B tokens\", \"1.28M samples\"")
+    num, suffix, unit = m.groups()
+    unit = unit.lower() or "tokens"
+    if unit in ("token", "tokens", "tok"):
+        unit = "tokens"
+    elif unit in ("sample", "samples", "images", "image", "examples", "example", "clips", "hours"):
+        unit = "samples"
+    else:
+        raise UnitError(f"unknown data unit {unit!r} in {value!r}; use tokens or samples")
+    x = float(num) * _PARAM_SUFFIX[suffix]
+    _finite_positive(x, "data size")
+    if x > 10**16:
+        raise UnitError(f"data size {value!r} is out of range (at most 10 quadrillion)")
+    return int(x), unit
+
+
+def parse_rate(value) -> tuple[float, str]:
+    """'60 tok/s' -> (60.0, 'tok/s'); '30fps' -> (30.0, 'img/s'); '2 img/s'."""
+    m = re.fullmatch(r"\s*" + _NUM + r"\s*([a-zA-Z/]+)\s*", str(value))
+    if not m:
+        raise UnitError(f"cannot read {value!r} as a rate; write e.g. \"60 tok/s\", \"2 img/s\", \"30fps\"")
+    x = _finite_positive(float(m.group(1)), "rate")
+    unit = m.group(2).lower()
+    aliases = {
+        "tok/s": "tok/s", "tokens/s": "tok/s", "token/s": "tok/s", "tps": "tok/s",
+        "img/s": "img/s", "images/s": "img/s", "fps": "img/s", "frames/s": "img/s",
+        "samples/s": "samples/s", "req/s": "samples/s", "qps": "samples/s",
+    }
+    if unit not in aliases:
+        raise UnitError(f"unknown rate unit {unit!r} in {value!r}; use tok/s, img/s, fps or samples/s")
+    return x, aliases[unit]
+
+
+def parse_time(value) -> float:
+    """'10ms' -> 0.01 seconds."""
+    m = re.fullmatch(r"\s*" + _NUM + r"\s*(ms|s|us|µs)\s*", str(value))
+    if not m:
+        raise UnitError(f"cannot read {value!r} as a time; write e.g. \"10ms\" or \"2s\"")
+    scale = {"ms": 1e-3, "s": 1.0, "us": 1e-6, "µs": 1e-6}[m.group(2)]
+    return _finite_positive(float(m.group(1)) * scale, "time")
+
+
+def format_count(n: int) -> str:
+    for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            x = n / scale
+            return f"{x:.3g}{suffix}" if x < 100 else f"{x:.0f}{suffix}"
+    return str(n)
+
+
+def format_bytes(n: int) -> str:
+    for suffix, scale in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n}B"
+
+
+def format_tokens(n: int) -> str:
+    if n >= 1024**2 and n % 1024**2 == 0:
+        return f"{n // 1024**2}M"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024}k"
+    return str(n)
+
+
+def format_bytes_exact(n: int) -> str:
+    """Bytes as the largest binary unit that divides them exactly ("8GB")."""
+    for suffix, scale in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return f"{n}B"

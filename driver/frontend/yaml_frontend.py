@@ -1,0 +1,94 @@
+"""YAML (and JSON) text -> located tree, with positions for every key and value.
+
+Only PyYAML's safe machinery is used (SafeLoader's composer and scalar resolver), so
+no tag can construct a Python object. Aliases are expanded with a node budget, which
+turns an alias bomb into a prompt diagnostic instead of an exponential walk.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from metagen.diagnostics import CompileError, Diagnostic, Loc
+from metagen.frontend.tree import LNode
+
+MAX_NODES = 20_000
+
+
+def _loc(path: str, mark) -> Loc:
+    return Loc(path, mark.line + 1, mark.column + 1)
+
+
+class _Builder:
+    def __init__(self, path: str, loader: yaml.SafeLoader):
+        self.path = path
+        self.loader = loader
+        self.count = 0
+
+    def fail(self, node, message: str):
+        raise CompileError([Diagnostic("error", _loc(self.path, node.start_mark), message)])
+
+    def build(self, node) -> LNode:
+        self.count += 1
+        if self.count > MAX_NODES:
+            self.fail(node, f"spec expands to more than {MAX_NODES} values (an alias bomb?); refusing to load it")
+        loc = _loc(self.path, node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            items: dict[str, LNode] = {}
+            key_locs: dict[str, Loc] = {}
+            for knode, vnode in node.value:
+                if not isinstance(knode, yaml.ScalarNode):
+                    self.fail(knode, "mapping keys must be plain names")
+                key = knode.value
+                if knode.tag == "tag:yaml.org,2002:merge":
+                    self.fail(knode, "YAML merge keys ('<<') are not supported in specs")
+                if key in items:
+                    self.fail(knode, f'duplicate key "{key}" (first written at line {key_locs[key].line})')
+                key_locs[key] = _loc(self.path, knode.start_mark)
+                items[key] = self.build(vnode)
+            return LNode(items, loc, key_locs)
+        if isinstance(node, yaml.SequenceNode):
+            return LNode([self.build(v) for v in node.value], loc)
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag not in _SAFE_TAGS:
+                self.fail(node, f"unsupported YAML tag {node.tag!r}")
+            try:
+                value = self.loader.construct_object(node, deep=True)
+            except yaml.YAMLError as exc:
+                self.fail(node, f"bad scalar: {exc}")
+            if not isinstance(value, (str, int, float, bool, type(None))):
+                value = str(node.value)  # timestamps, binary: keep the text as written
+            return LNode(value, loc, quoted=node.style in ("'", '"'))
+        self.fail(node, "unsupported YAML node")
+
+
+_SAFE_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:timestamp",
+}
+
+
+def parse_yaml(text: str, path: str) -> LNode:
+    """Parse one YAML document into a located tree, or raise CompileError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            loc = _loc(path, mark) if mark is not None else Loc(path, 1, 1)
+            problem = exc.problem or "malformed YAML"
+            if exc.context:
+                problem = f"{exc.context}, {problem}"
+            raise CompileError([Diagnostic("error", loc, f"malformed YAML: {problem}")]) from None
+        except yaml.YAMLError as exc:
+            raise CompileError([Diagnostic("error", Loc(path, 1, 1), f"malformed YAML: {exc}")]) from None
+        if node is None:
+            raise CompileError([Diagnostic("error", Loc(path, 1, 1), "the spec is empty")])
+        return _Builder(path, loader).build(node)
+    finally:
+        loader.dispose()
