@@ -1,1 +1,1 @@
-X='compiler'
+"""Compiler passes: from a typed spec to a verified, fitted IR model."""

@@ -1,0 +1,176 @@
+"""Transformer towers shared by every transformer family (decoder LMs, encoders,
+vision transformers, the towers of dual encoders and the diffusion text encoder).
+
+A tower config is a dict with the keys of `schema.TOWER_FIELDS`, fully resolved.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from metagen.ir.builder import ModelBuilder, ModuleBuilder
+from metagen.ir.graph import ModuleDef, Value
+
+# Convention presets. "modern" is MetaGen's default for new decoder models:
+# Llama-style pre-RMSNorm, SwiGLU, rotary positions, no biases, grouped-query
+# attention; "bert"/"vit"/"clip" are what those families conventionally use.
+PRESETS: dict[str, dict[str, Any]] = {
+    "modern": dict(
+        activation="swiglu", norm="rmsnorm", norm_eps=1e-5, norm_position="pre", position="rope",
+        rope_theta=10000.0, bias=False, tie_embeddings=False, type_vocab_size=0, pooling="last",
+        vocab_size=32000,
+    ),
+    "encoder": dict(
+        activation="gelu", norm="layernorm", norm_eps=1e-12, norm_position="post", position="learned",
+        rope_theta=10000.0, bias=True, tie_embeddings=False, type_vocab_size=2, pooling="cls_pooler",
+        vocab_size=30522,
+    ),
+    "vit": dict(
+        activation="gelu", norm="layernorm", norm_eps=1e-6, norm_position="pre", position="learned",
+        rope_theta=10000.0, bias=True, tie_embeddings=False, type_vocab_size=0, pooling="cls",
+        image_size=224, patch_size=16, channels=3,
+    ),
+    "clip_text": dict(
+        activation="quick_gelu", norm="layernorm", norm_eps=1e-5, norm_position="pre", position="learned",
+        rope_theta=10000.0, bias=True, tie_embeddings=False, type_vocab_size=0, pooling="eot",
+        vocab_size=49408,
+    ),
+    "clip_image": dict(
+        activation="quick_gelu", norm="layernorm", norm_eps=1e-5, norm_position="pre", position="learned",
+        rope_theta=10000.0, bias=True, tie_embeddings=False, type_vocab_size=0, pooling="cls",
+        image_size=224, patch_size=32, channels=3,
+    ),
+}
+
+GATED = {"swiglu": "silu", "geglu": "gelu"}
+
+
+def default_head_dim(hidden: int) -> int:
+    return 64 if hidden <= 2048 else 128
+
+
+def default_ffn(hidden: int, activation: str) -> int:
+    if activation in GATED:
+        # Llama's rule: two thirds of 4d (same parameters as an ungated 4d MLP),
+        # rounded up to a multiple of 256 for fast matmul tiles.
+        return 256 * math.ceil(8 * hidden / 3 / 256)
+    return 4 * hidden
+
+
+def derive(cfg: dict[str, Any], pinned: set[str], gqa: bool) -> str | None:
+    """Fill heads/kv_heads/head_dim/ffn_size from hidden_size where not pinned.
+    Returns a reason when the combination is impossible."""
+    d = cfg["hidden_size"]
+    if cfg.get("head_dim") is None:
+        if "heads" in pinned and cfg.get("heads"):
+            if d % cfg["heads"]:
+                return f"heads {cfg['heads']} does not divide hidden_size {d}"
+            cfg["head_dim"] = d // cfg["heads"]
+        else:
+            cfg["head_dim"] = default_head_dim(d)
+    if cfg.get("heads") is None:
+        if d % cfg["head_dim"]:
+            return f"head_dim {cfg['head_dim']} does not divide hidden_size {d}"
+        cfg["heads"] = d // cfg["head_dim"]
+    if cfg.get("kv_heads") is None:
+        h = cfg["heads"]
+        cfg["kv_heads"] = h // 4 if (gqa and h % 4 == 0 and h >= 8) else h
+    if cfg["heads"] % cfg["kv_heads"]:
+        return f"kv_heads {cfg['kv_heads']} does not divide heads {cfg['heads']}"
+    if cfg.get("ffn_size") is None:
+        cfg["ffn_size"] = default_ffn(d, cfg["activation"])
+    return None
+
+
+def norm_layer(b: ModuleBuilder, name: str, cfg: dict, dim: int | None = None) -> str:
+    dim = dim or cfg["hidden_size"]
+    if cfg["norm"] == "rmsnorm":
+        return b.layer(name, "rms_norm", dim=dim, eps=float(cfg["norm_eps"]))
+    return b.layer(name, "layer_norm", dim=dim, eps=float(cfg["norm_eps"]), bias=bool(cfg["bias"]))
+
+
+def attention_module(
+    mb: ModelBuilder, cfg: dict, x_type, *, causal: bool, rope: bool, init_out: float, context_type=None, name="Attention"
+) -> ModuleDef:
+    """Multi-head (grouped-query) attention. Self-attention projects q, k and v with
+    one fused matmul (`qkv_proj`); cross-attention projects queries from x and keys
+    and values from the context (`q_proj`, `kv_proj`)."""
+    d = cfg["hidden_size"]
+    h, kvh, hd = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
+    bias = cfg["bias"]
+    b = mb.module(name, doc="Grouped-query attention." if kvh < h else "Multi-head attention.")
+    x = b.input("x", x_type)
+    qw, kvw = h * hd, kvh * hd
+    if context_type is None:
+        b.layer("qkv_proj", "linear", in_features=d, out_features=qw + 2 * kvw, bias=bias)
+        qkv = b.call("qkv_proj", x, hint="qkv")
+        q = b.op("slice", qkv, axis=-1, start=0, end=qw, hint="q")
+        k = b.op("slice", qkv, axis=-1, start=qw, end=qw + kvw, hint="k")
+        v = b.op("slice", qkv, axis=-1, start=qw + kvw, end=qw + 2 * kvw, hint="v")
+    else:
+        ctx = b.input("context", context_type)
+        cdim = context_type.shape[-1]
+        b.layer("q_proj", "linear", in_features=d, out_features=qw, bias=bias)
+        b.layer("kv_proj", "linear", in_features=cdim, out_features=2 * kvw, bias=bias)
+        q = b.call("q_proj", x, hint="q")
+        kv = b.call("kv_proj", ctx, hint="kv")
+        k = b.op("slice", kv, axis=-1, start=0, end=kvw, hint="k")
+        v = b.op("slice", kv, axis=-1, start=kvw, end=2 * kvw, hint="v")
+    if rope:
+        q = b.op("rope", q, heads=h, head_dim=hd, theta=float(cfg["rope_theta"]), hint="q")
+        k = b.op("rope", k, heads=kvh, head_dim=hd, theta=float(cfg["rope_theta"]), hint="k")
+    a = b.op("attention", q, k, v, heads=h, kv_heads=kvh, head_dim=hd, causal=causal, hint="attn")
+    b.layer("o_proj", "linear", in_features=qw, out_features=d, bias=bias, init_std=init_out)
+    return b.ret(b.call("o_proj", a, hint="out"))
+
+
+def mlp_module(mb: ModelBuilder, cfg: dict, x_type, *, init_out: float, name="MLP") -> ModuleDef:
+    d, f, act = cfg["hidden_size"], cfg["ffn_size"], cfg["activation"]
+    bias = cfg["bias"]
+    b = mb.module(name, doc=f"Feed-forward block ({act}).")
+    x = b.input("x", x_type)
+    if act in GATED:
+        b.layer("gate_proj", "linear", in_features=d, out_features=f, bias=bias)
+        b.layer("up_proj", "linear", in_features=d, out_features=f, bias=bias)
+        g = b.op(GATED[act], b.call("gate_proj", x, hint="gate"), hint="gate")
+        h = b.op("mul", g, b.call("up_proj", x, hint="up"), hint="h")
+        b.layer("down_proj", "linear", in_features=f, out_features=d, bias=bias, init_std=init_out)
+        return b.ret(b.call("down_proj", h, hint="out"))
+    b.layer("fc_in", "linear", in_features=d, out_features=f, bias=bias)
+    h = b.op(act, b.call("fc_in", x, hint="h"), hint="h")
+    b.layer("fc_out", "linear", in_features=f, out_features=d, bias=bias, init_std=init_out)
+    return b.ret(b.call("fc_out", h, hint="out"))
+
+
+def block_module(mb: ModelBuilder, cfg: dict, x_type, *, causal: bool, name="Block") -> ModuleDef:
+    """One transformer block, pre-norm or post-norm. Output projections start
+    smaller (0.02 / sqrt(2 * layers)) so the residual stream's variance does not
+    grow with depth, as in GPT-2."""
+    init_out = 0.02 / math.sqrt(2 * cfg["layers"])
+    rope = cfg["position"] == "rope"
+    attn = attention_module(mb, cfg, x_type, causal=causal, rope=rope, init_out=init_out)
+    mlp = mlp_module(mb, cfg, x_type, init_out=init_out)
+    b = mb.module(name, doc=f"Transformer block ({cfg['norm_position']}-norm).")
+    x = b.input("x", x_type)
+    norm_layer(b, "attn_norm", cfg)
+    b.sub("attn", attn)
+    norm_layer(b, "mlp_norm", cfg)
+    b.sub("mlp", mlp)
+    if cfg["norm_position"] == "pre":
+        x = b.op("add", x, b.call("attn", b.call("attn_norm", x, hint="h"), hint="h"), hint="x")
+        x = b.op("add", x, b.call("mlp", b.call("mlp_norm", x, hint="h"), hint="h"), hint="x")
+    else:
+        x = b.call("attn_norm", b.op("add", x, b.call("attn", x, hint="h"), hint="x"), hint="x")
+        x = b.call("mlp_norm", b.op("add", x, b.call("mlp", x, hint="h"), hint="x"), hint="x")
+    return b.ret(x)
+
+
+def kv_cache_bytes(cfg: dict, context: int, dtype_bytes: int, batch: int = 1) -> int:
+    return 2 * cfg["layers"] * cfg["kv_heads"] * cfg["head_dim"] * context * dtype_bytes * batch
+
+
+def ideal_layers(hidden: int) -> float:
+    """Depth that suits a width: GPT-2 small (768, 12) and Llama 2 7B (4096, 32)
+    lie on d / L = 64 * (d / 768) ** 0.41."""
+    return hidden / (64.0 * (hidden / 768.0) ** 0.41)

@@ -1,0 +1,44 @@
+"""Which family a spec's modality, objective and family select.
+
+The table in docs/families.md is generated from `RULES`; an unmatched combination
+gets a diagnostic naming what is supported.
+"""
+
+from __future__ import annotations
+
+from metagen.diagnostics import DiagnosticSink
+from metagen.frontend.schema import MODALITIES
+from metagen.frontend.spec_builder import Spec
+
+# (inputs, outputs, objective) -> family. Objective None matches a spec that names none.
+RULES: list[tuple[frozenset, frozenset, str | None, str]] = [
+    (frozenset({"text"}), frozenset({"text"}), "autoregressive", "decoder_lm"),
+    (frozenset({"text"}), frozenset({"text"}), None, "decoder_lm"),
+]
+
+
+def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
+    from metagen.compiler.families import FAMILIES
+
+    ins = frozenset(spec.modality.inputs or [])
+    outs = frozenset(spec.modality.outputs or [])
+    objectives = spec.training.objective or []
+    objective = objectives[0] if objectives else None
+    known = set(MODALITIES)
+    if (ins | outs) - known:
+        family = "fallback"
+    else:
+        family = None
+        for rin, rout, robj, fam in RULES:
+            if rin == ins and rout == outs and (robj == objective):
+                family = fam
+                break
+    if family is None or family not in FAMILIES:
+        what = f"inputs {sorted(ins)} -> outputs {sorted(outs)}" + (f" with objective '{objective}'" if objective else "")
+        sink.error(
+            spec.modality.loc(),
+            f"no model family for {what} yet; supported: "
+            + "; ".join(f"{sorted(a)}->{sorted(b)}" + (f" ({o})" if o else "") for a, b, o, f in RULES if f in FAMILIES),
+        )
+        return None
+    return family

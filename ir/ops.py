@@ -1,0 +1,663 @@
+"""Every op of the IR, declared once: operands, attributes with defaults, shape rule,
+parameter shapes with init schemes (for layer ops), FLOP count and verifier.
+
+Backends keep one table from op name to emitter; a missing entry is a compile error
+at the op's location. Adding an op means declaring it here and giving each backend
+its emitter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from metagen.ir.graph import ONES, ZEROS, Init, Layer, Param, normal
+from metagen.ir.types import Dim, DType, TensorType, dim_add, dim_mul, eval_dim
+
+REQUIRED = object()
+
+
+class OpError(ValueError):
+    """An op's operands or attributes do not fit its declaration."""
+
+
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    type: str  # int | float | bool | str | ints | float?
+    default: Any = REQUIRED
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    operands: tuple[str, ...]  # a trailing "*name" is variadic
+    attrs: tuple[Attr, ...]
+    shape: Callable[[dict, list[TensorType]], list[TensorType]]
+    flops: Callable[[dict, list[TensorType], list[TensorType], Mapping[str, int]], int]
+    params: Callable[[dict], dict[str, Param]] | None = None
+    doc: str = ""
+    num_results: int = 1
+
+    @property
+    def is_layer(self) -> bool:
+        return self.params is not None
+
+    def resolve_attrs(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Attributes with defaults filled in, checked against the declaration."""
+        known = {a.name: a for a in self.attrs}
+        for k in given:
+            if k not in known:
+                raise OpError(f"op '{self.name}' has no attribute '{k}'")
+        out = {}
+        for a in self.attrs:
+            if a.name in given:
+                v = given[a.name]
+            elif a.default is REQUIRED:
+                raise OpError(f"op '{self.name}' needs attribute '{a.name}'")
+            else:
+                v = a.default
+            _check_attr(self.name, a, v)
+            out[a.name] = v
+        return out
+
+
+def _check_attr(op: str, a: Attr, v: Any) -> None:
+    ok = {
+        "int": lambda: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "float?": lambda: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+        "bool": lambda: isinstance(v, bool),
+        "str": lambda: isinstance(v, str),
+        "ints": lambda: isinstance(v, tuple) and all(isinstance(x, int) for x in v),
+    }[a.type]()
+    if not ok:
+        raise OpError(f"op '{op}': attribute '{a.name}' must be {a.type}, got {v!r}")
+    if a.choices and v not in a.choices:
+        raise OpError(f"op '{op}': attribute '{a.name}' must be one of {a.choices}, got {v!r}")
+
+
+REGISTRY: dict[str, OpDef] = {}
+
+
+def op(name: str, operands: tuple[str, ...], attrs: tuple[Attr, ...] = (), *, params=None, flops=None, doc="", num_results=1):
+    def deco(shape_fn):
+        REGISTRY[name] = OpDef(
+            name, operands, attrs, shape_fn, flops or _flops_numel, params, doc or (shape_fn.__doc__ or ""), num_results
+        )
+        return shape_fn
+
+    return deco
+
+
+def get(name: str) -> OpDef:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise OpError(f"unknown op '{name}'") from None
+
+
+def layer_params(layer: Layer) -> dict[str, Param]:
+    d = get(layer.op)
+    return d.params(d.resolve_attrs(layer.attr_dict()))
+
+
+def infer(name: str, attrs: Mapping[str, Any], operands: list[TensorType]) -> list[TensorType]:
+    d = get(name)
+    fixed = [o for o in d.operands if not o.startswith("*")]
+    variadic = any(o.startswith("*") for o in d.operands)
+    if len(operands) < len(fixed) or (not variadic and len(operands) != len(fixed)):
+        raise OpError(f"op '{name}' takes {len(fixed)}{'+' if variadic else ''} operands, got {len(operands)}")
+    return d.shape(d.resolve_attrs(attrs), operands)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _flops_numel(attrs, ins, outs, b) -> int:
+    return sum(o.numel(b) for o in outs)
+
+
+def _flops_zero(attrs, ins, outs, b) -> int:
+    return 0
+
+
+def _same_dim(a: Dim, b: Dim) -> bool:
+    return a == b
+
+
+def _need_float(op: str, t: TensorType) -> None:
+    if not t.dtype.is_float:
+        raise OpError(f"op '{op}' needs a float tensor, got {t}")
+
+
+def _need_last(op: str, t: TensorType, n: int, what: str = "last dim") -> None:
+    if not t.shape or not _same_dim(t.shape[-1], n):
+        raise OpError(f"op '{op}': {what} of {t} must be {n}")
+
+
+def broadcast(op: str, a: TensorType, b: TensorType) -> TensorType:
+    if a.dtype != b.dtype:
+        raise OpError(f"op '{op}': dtypes differ ({a} vs {b})")
+    ra, rb = list(a.shape), list(b.shape)
+    n = max(len(ra), len(rb))
+    ra = [1] * (n - len(ra)) + ra
+    rb = [1] * (n - len(rb)) + rb
+    out = []
+    for x, y in zip(ra, rb):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise OpError(f"op '{op}': shapes {a} and {b} do not broadcast")
+    return TensorType(a.dtype, tuple(out))
+
+
+def _axis(op: str, t: TensorType, axis: int) -> int:
+    ax = axis + t.rank if axis < 0 else axis
+    if not 0 <= ax < t.rank:
+        raise OpError(f"op '{op}': axis {axis} out of range for {t}")
+    return ax
+
+
+# ---------------------------------------------------------------- layer ops
+
+INIT_STD = Attr("init_std", "float", 0.02)
+
+
+def _linear_params(a):
+    p = {"weight": Param("weight", TensorType(DType.f32, (a["out_features"], a["in_features"])), normal(a["init_std"]))}
+    if a["bias"]:
+        p["bias"] = Param("bias", TensorType(DType.f32, (a["out_features"],)), ZEROS)
+    return p
+
+
+def _linear_flops(a, ins, outs, b):
+    return 2 * a["in_features"] * outs[0].numel(b)
+
+
+@op(
+    "linear",
+    ("x",),
+    (Attr("in_features", "int"), Attr("out_features", "int"), Attr("bias", "bool", True), INIT_STD),
+    params=_linear_params,
+    flops=_linear_flops,
+)
+def _linear(a, ins):
+    """y = x W^T + b over the last axis."""
+    (x,) = ins
+    _need_float("linear", x)
+    _need_last("linear", x, a["in_features"])
+    return [x.with_shape(x.shape[:-1] + (a["out_features"],))]
+
+
+@op(
+    "embedding",
+    ("ids",),
+    (Attr("num", "int"), Attr("dim", "int"), INIT_STD),
+    params=lambda a: {"weight": Param("weight", TensorType(DType.f32, (a["num"], a["dim"])), normal(a["init_std"]))},
+    flops=_flops_zero,
+)
+def _embedding(a, ins):
+    """Rows of the table at integer ids."""
+    (ids,) = ins
+    if ids.dtype not in (DType.i64, DType.i32):
+        raise OpError(f"op 'embedding' needs integer ids, got {ids}")
+    return [TensorType(DType.f32, ids.shape + (a["dim"],))]
+
+
+def _norm_params(a):
+    p = {}
+    if a.get("affine", True):
+        p["weight"] = Param("weight", TensorType(DType.f32, (a["dim"],)), ONES)
+        if a.get("bias", False):
+            p["bias"] = Param("bias", TensorType(DType.f32, (a["dim"],)), ZEROS)
+    return p
+
+
+@op(
+    "layer_norm",
+    ("x",),
+    (Attr("dim", "int"), Attr("eps", "float", 1e-5), Attr("affine", "bool", True), Attr("bias", "bool", True)),
+    params=_norm_params,
+    flops=lambda a, i, o, b: 8 * o[0].numel(b),
+)
+def _layer_norm(a, ins):
+    """Normalize the last axis to zero mean and unit variance, then scale and shift."""
+    (x,) = ins
+    _need_float("layer_norm", x)
+    _need_last("layer_norm", x, a["dim"])
+    return [x]
+
+
+@op(
+    "rms_norm",
+    ("x",),
+    (Attr("dim", "int"), Attr("eps", "float", 1e-6)),
+    params=lambda a: {"weight": Param("weight", TensorType(DType.f32, (a["dim"],)), ONES)},
+    flops=lambda a, i, o, b: 4 * o[0].numel(b),
+)
+def _rms_norm(a, ins):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis."""
+    (x,) = ins
+    _need_float("rms_norm", x)
+    _need_last("rms_norm", x, a["dim"])
+    return [x]
+
+
+@op(
+    "group_norm",
+    ("x",),
+    (Attr("groups", "int"), Attr("channels", "int"), Attr("eps", "float", 1e-5)),
+    params=lambda a: {
+        "weight": Param("weight", TensorType(DType.f32, (a["channels"],)), ONES),
+        "bias": Param("bias", TensorType(DType.f32, (a["channels"],)), ZEROS),
+    },
+    flops=lambda a, i, o, b: 8 * o[0].numel(b),
+)
+def _group_norm(a, ins):
+    """GroupNorm over [B, C, H, W]."""
+    (x,) = ins
+    _need_float("group_norm", x)
+    if x.rank != 4 or x.shape[1] != a["channels"]:
+        raise OpError(f"op 'group_norm' needs [B, {a['channels']}, H, W], got {x}")
+    if a["channels"] % a["groups"]:
+        raise OpError(f"op 'group_norm': {a['groups']} groups do not divide {a['channels']} channels")
+    return [x]
+
+
+def _conv_params(a):
+    k = a["kernel"]
+    p = {"weight": Param("weight", TensorType(DType.f32, (a["out_channels"], a["in_channels"], k, k)), normal(a["init_std"]))}
+    if a["bias"]:
+        p["bias"] = Param("bias", TensorType(DType.f32, (a["out_channels"],)), ZEROS)
+    return p
+
+
+def _conv_out(n: Dim, k: int, s: int, p: int) -> Dim:
+    if isinstance(n, str):
+        raise OpError("conv2d needs concrete spatial dims")
+    return (n + 2 * p - k) // s + 1
+
+
+@op(
+    "conv2d",
+    ("x",),
+    (
+        Attr("in_channels", "int"),
+        Attr("out_channels", "int"),
+        Attr("kernel", "int"),
+        Attr("stride", "int", 1),
+        Attr("padding", "int", 0),
+        Attr("bias", "bool", True),
+        INIT_STD,
+    ),
+    params=_conv_params,
+    flops=lambda a, i, o, b: 2 * a["in_channels"] * a["kernel"] ** 2 * o[0].numel(b),
+)
+def _conv2d(a, ins):
+    """2-D convolution, NCHW, square kernel."""
+    (x,) = ins
+    _need_float("conv2d", x)
+    if x.rank != 4 or x.shape[1] != a["in_channels"]:
+        raise OpError(f"op 'conv2d' needs [B, {a['in_channels']}, H, W], got {x}")
+    h = _conv_out(x.shape[2], a["kernel"], a["stride"], a["padding"])
+    w = _conv_out(x.shape[3], a["kernel"], a["stride"], a["padding"])
+    if h < 1 or w < 1:
+        raise OpError(f"op 'conv2d': input {x} is smaller than the kernel")
+    return [x.with_shape((x.shape[0], a["out_channels"], h, w))]
+
+
+# ---------------------------------------------------------------- elementwise
+
+
+def _binary(name: str, doc: str):
+    @op(name, ("a", "b"), doc=doc)
+    def _shape(a, ins):
+        return [broadcast(name, ins[0], ins[1])]
+
+
+_binary("add", "a + b with numpy broadcasting.")
+_binary("sub", "a - b with numpy broadcasting.")
+_binary("mul", "a * b with numpy broadcasting.")
+
+
+def _unary(name: str, doc: str, cost: int = 1):
+    @op(name, ("x",), doc=doc, flops=lambda a, i, o, b: cost * o[0].numel(b))
+    def _shape(a, ins):
+        _need_float(name, ins[0])
+        return [ins[0]]
+
+
+_unary("gelu", "GELU with the exact erf form.", 8)
+_unary("gelu_tanh", "GELU with the tanh approximation.", 8)
+_unary("quick_gelu", "x * sigmoid(1.702 x), as in CLIP.", 4)
+_unary("silu", "x * sigmoid(x).", 4)
+_unary("relu", "max(x, 0).")
+_unary("tanh", "tanh(x).", 4)
+_unary("sigmoid", "1 / (1 + exp(-x)).", 4)
+_unary("exp", "e^x.", 4)
+
+
+@op("scale", ("x",), (Attr("factor", "float"),))
+def _scale(a, ins):
+    """x * factor, a compile-time constant."""
+    _need_float("scale", ins[0])
+    return [ins[0]]
+
+
+@op("softmax", ("x",), (Attr("axis", "int", -1),), flops=lambda a, i, o, b: 5 * o[0].numel(b))
+def _softmax(a, ins):
+    """Softmax along one axis."""
+    _axis("softmax", ins[0], a["axis"])
+    return [ins[0]]
+
+
+@op("l2_normalize", ("x",), (Attr("axis", "int", -1),), flops=lambda a, i, o, b: 3 * o[0].numel(b))
+def _l2n(a, ins):
+    """x / ||x||_2 along one axis."""
+    _axis("l2_normalize", ins[0], a["axis"])
+    return [ins[0]]
+
+
+# ---------------------------------------------------------------- contractions
+
+
+@op(
+    "matmul",
+    ("a", "b"),
+    (Attr("transpose_b", "bool", False),),
+    flops=lambda a, i, o, b: 2 * o[0].numel(b) * eval_dim(i[0].shape[-1], b),
+)
+def _matmul(a, ins):
+    """a @ b (or a @ b^T) over the last two axes, leading axes broadcast."""
+    x, y = ins
+    if x.dtype != y.dtype:
+        raise OpError(f"op 'matmul': dtypes differ ({x} vs {y})")
+    if x.rank < 2 or y.rank < 2:
+        raise OpError("op 'matmul' needs operands of rank >= 2")
+    k2, n = (y.shape[-1], y.shape[-2]) if a["transpose_b"] else (y.shape[-2], y.shape[-1])
+    if x.shape[-1] != k2:
+        raise OpError(f"op 'matmul': inner dims differ ({x} @ {y})")
+    lead = broadcast("matmul", x.with_shape(x.shape[:-2]), y.with_shape(y.shape[:-2])).shape
+    return [x.with_shape(tuple(lead) + (x.shape[-2], n))]
+
+
+@op(
+    "linear_fn",
+    ("x", "weight"),
+    flops=lambda a, i, o, b: 2 * o[0].numel(b) * eval_dim(i[0].shape[-1], b),
+)
+def _linear_fn(a, ins):
+    """x W^T with a weight owned elsewhere (a tied output head)."""
+    x, w = ins
+    if w.rank != 2:
+        raise OpError("op 'linear_fn' needs a 2-D weight")
+    _need_last("linear_fn", x, w.shape[1])
+    return [x.with_shape(x.shape[:-1] + (w.shape[0],))]
+
+
+def _attn_flops(a, ins, outs, b):
+    q, k = ins[0], ins[1]
+    bsz = eval_dim(q.shape[0], b)
+    sq, sk = eval_dim(q.shape[1], b), eval_dim(k.shape[1], b)
+    return 4 * bsz * a["heads"] * sq * sk * a["head_dim"]
+
+
+@op(
+    "attention",
+    ("q", "k", "v"),
+    (
+        Attr("heads", "int"),
+        Attr("kv_heads", "int"),
+        Attr("head_dim", "int"),
+        Attr("causal", "bool", False),
+        Attr("scale", "float?", None),
+    ),
+    flops=_attn_flops,
+)
+def _attention(a, ins):
+    """Scaled dot-product attention on packed heads: q [B, Sq, H*D], k and v
+    [B, Sk, KVH*D] -> [B, Sq, H*D]. Grouped-query when KVH < H. `scale` None means
+    1/sqrt(D)."""
+    q, k, v = ins
+    h, kvh, d = a["heads"], a["kv_heads"], a["head_dim"]
+    if h % kvh:
+        raise OpError(f"op 'attention': kv_heads {kvh} must divide heads {h}")
+    for t in ins:
+        _need_float("attention", t)
+        if t.rank != 3:
+            raise OpError(f"op 'attention' needs [B, S, H*D] operands, got {t}")
+    _need_last("attention", q, h * d, "query width")
+    _need_last("attention", k, kvh * d, "key width")
+    _need_last("attention", v, kvh * d, "value width")
+    if k.shape[:2] != v.shape[:2]:
+        raise OpError(f"op 'attention': keys {k} and values {v} differ in batch or length")
+    if a["causal"] and q.shape[1] != k.shape[1]:
+        raise OpError("op 'attention': causal attention needs equal query and key lengths")
+    return [q]
+
+
+@op(
+    "rope",
+    ("x",),
+    (Attr("heads", "int"), Attr("head_dim", "int"), Attr("theta", "float", 10000.0)),
+    flops=lambda a, i, o, b: 3 * o[0].numel(b),
+)
+def _rope(a, ins):
+    """Rotary position embedding, rotate-half convention, positions 0..S-1, on
+    packed heads [B, S, H*D]."""
+    (x,) = ins
+    _need_float("rope", x)
+    if x.rank != 3:
+        raise OpError(f"op 'rope' needs [B, S, H*D], got {x}")
+    _need_last("rope", x, a["heads"] * a["head_dim"])
+    if a["head_dim"] % 2:
+        raise OpError("op 'rope' needs an even head_dim")
+    return [x]
+
+
+# ---------------------------------------------------------------- data movement
+
+
+@op("positions", ("x",), (Attr("axis", "int", 1),), flops=_flops_zero)
+def _positions(a, ins):
+    """0..n-1 (int64) where n is the length of x along `axis`."""
+    ax = _axis("positions", ins[0], a["axis"])
+    return [TensorType(DType.i64, (ins[0].shape[ax],))]
+
+
+@op("concat", ("*xs",), (Attr("axis", "int"),), flops=_flops_zero)
+def _concat(a, ins):
+    """Join tensors along one axis."""
+    first = ins[0]
+    ax = _axis("concat", first, a["axis"])
+    total: Dim = 0
+    for t in ins:
+        if t.rank != first.rank or t.dtype != first.dtype:
+            raise OpError(f"op 'concat': {t} does not match {first}")
+        for i, (x, y) in enumerate(zip(t.shape, first.shape)):
+            if i != ax and x != y:
+                raise OpError(f"op 'concat': {t} and {first} differ off the concat axis")
+        d = t.shape[ax]
+        total = total + d if isinstance(total, int) and isinstance(d, int) else _sym_sum(total, d)
+    return [first.with_shape(first.shape[:ax] + (total,) + first.shape[ax + 1 :])]
+
+
+def _sym_sum(a: Dim, b: Dim) -> Dim:
+    if isinstance(b, int):
+        return dim_add(a, b)
+    if isinstance(a, int):
+        return dim_add(b, a)
+    return f"{a}+{b}"
+
+
+@op("stack", ("*xs",), (Attr("axis", "int"),), flops=_flops_zero)
+def _stack(a, ins):
+    """Stack equal tensors along a new axis."""
+    first = ins[0]
+    for t in ins:
+        if t != first:
+            raise OpError(f"op 'stack': {t} differs from {first}")
+    ax = a["axis"] + first.rank + 1 if a["axis"] < 0 else a["axis"]
+    if not 0 <= ax <= first.rank:
+        raise OpError("op 'stack': axis out of range")
+    return [first.with_shape(first.shape[:ax] + (len(ins),) + first.shape[ax:])]
+
+
+@op("slice", ("x",), (Attr("axis", "int"), Attr("start", "int"), Attr("end", "int")), flops=_flops_zero)
+def _slice(a, ins):
+    """x[start:end] along one axis (concrete bounds)."""
+    (x,) = ins
+    ax = _axis("slice", x, a["axis"])
+    n = x.shape[ax]
+    if not (0 <= a["start"] < a["end"]) or (isinstance(n, int) and a["end"] > n):
+        raise OpError(f"op 'slice': [{a['start']}:{a['end']}] is out of range for {x} axis {ax}")
+    return [x.with_shape(x.shape[:ax] + (a["end"] - a["start"],) + x.shape[ax + 1 :])]
+
+
+@op("select", ("x",), (Attr("axis", "int"), Attr("index", "int")), flops=_flops_zero)
+def _select(a, ins):
+    """x[..., index, ...]: one entry along an axis, which is dropped."""
+    (x,) = ins
+    ax = _axis("select", x, a["axis"])
+    n = x.shape[ax]
+    if a["index"] < 0 or (isinstance(n, int) and a["index"] >= n):
+        raise OpError(f"op 'select': index {a['index']} out of range for {x}")
+    return [x.with_shape(x.shape[:ax] + x.shape[ax + 1 :])]
+
+
+@op("transpose", ("x",), (Attr("perm", "ints"),), flops=_flops_zero)
+def _transpose(a, ins):
+    """Permute axes."""
+    (x,) = ins
+    if sorted(a["perm"]) != list(range(x.rank)):
+        raise OpError(f"op 'transpose': perm {a['perm']} does not fit {x}")
+    return [x.with_shape(tuple(x.shape[p] for p in a["perm"]))]
+
+
+@op("unsqueeze", ("x",), (Attr("axes", "ints"),), flops=_flops_zero)
+def _unsqueeze(a, ins):
+    """Insert size-1 axes at the given (output) positions."""
+    (x,) = ins
+    shape = list(x.shape)
+    for ax in sorted(a["axes"]):
+        if not 0 <= ax <= len(shape):
+            raise OpError("op 'unsqueeze': axis out of range")
+        shape.insert(ax, 1)
+    return [x.with_shape(tuple(shape))]
+
+
+@op("prepend", ("x", "token"), flops=_flops_zero)
+def _prepend(a, ins):
+    """[token; x] along the sequence: x [B, S, D], token [1, 1, D] -> [B, S+1, D]."""
+    x, t = ins
+    if x.rank != 3 or t.shape != (1, 1, x.shape[2]):
+        raise OpError(f"op 'prepend' needs x [B, S, D] and token [1, 1, D], got {x} and {t}")
+    return [x.with_shape((x.shape[0], dim_add(x.shape[1], 1), x.shape[2]))]
+
+
+@op("flatten_spatial", ("x",), flops=_flops_zero)
+def _flatten_spatial(a, ins):
+    """[B, C, H, W] -> [B, H*W, C] (row-major over H, W)."""
+    (x,) = ins
+    if x.rank != 4:
+        raise OpError(f"op 'flatten_spatial' needs [B, C, H, W], got {x}")
+    return [x.with_shape((x.shape[0], dim_mul(x.shape[2], x.shape[3]), x.shape[1]))]
+
+
+@op("unflatten_spatial", ("x",), (Attr("height", "int"), Attr("width", "int")), flops=_flops_zero)
+def _unflatten_spatial(a, ins):
+    """[B, H*W, C] -> [B, C, H, W]."""
+    (x,) = ins
+    if x.rank != 3 or x.shape[1] != a["height"] * a["width"]:
+        raise OpError(f"op 'unflatten_spatial': {x} is not [B, {a['height']}*{a['width']}, C]")
+    return [x.with_shape((x.shape[0], x.shape[2], a["height"], a["width"]))]
+
+
+@op("mean", ("x",), (Attr("axis", "int"),))
+def _mean(a, ins):
+    """Mean over one axis, which is dropped."""
+    (x,) = ins
+    ax = _axis("mean", x, a["axis"])
+    return [x.with_shape(x.shape[:ax] + x.shape[ax + 1 :])]
+
+
+@op("gather_argmax", ("x", "ids"), flops=_flops_zero)
+def _gather_argmax(a, ins):
+    """x[b, argmax(ids[b])] for each batch row: x [B, S, D], ids [B, S] -> [B, D].
+    CLIP pools text at the end-of-text token, the highest id in the sequence."""
+    x, ids = ins
+    if x.rank != 3 or ids.rank != 2 or x.shape[:2] != ids.shape:
+        raise OpError(f"op 'gather_argmax' needs x [B, S, D] and ids [B, S], got {x} and {ids}")
+    return [x.with_shape((x.shape[0], x.shape[2]))]
+
+
+@op("upsample_nearest", ("x",), (Attr("factor", "int", 2),))
+def _upsample(a, ins):
+    """Nearest-neighbour upsampling of [B, C, H, W] by an integer factor."""
+    (x,) = ins
+    if x.rank != 4 or isinstance(x.shape[2], str):
+        raise OpError(f"op 'upsample_nearest' needs [B, C, H, W] with concrete H, W, got {x}")
+    f = a["factor"]
+    return [x.with_shape((x.shape[0], x.shape[1], x.shape[2] * f, x.shape[3] * f))]
+
+
+@op(
+    "timestep_embedding",
+    ("t",),
+    (
+        Attr("dim", "int"),
+        Attr("flip_sin_to_cos", "bool", True),
+        Attr("freq_shift", "float", 0.0),
+        Attr("max_period", "float", 10000.0),
+    ),
+)
+def _timestep_embedding(a, ins):
+    """Sinusoidal embedding of timesteps t [B] -> [B, dim]:
+    freqs_i = exp(-ln(max_period) * i / (dim/2 - freq_shift)), [sin, cos] (or
+    [cos, sin] when flipped), as diffusers' `get_timestep_embedding`."""
+    (t,) = ins
+    if t.rank != 1:
+        raise OpError(f"op 'timestep_embedding' needs t [B], got {t}")
+    if a["dim"] % 2:
+        raise OpError("op 'timestep_embedding' needs an even dim")
+    return [TensorType(DType.f32, (t.shape[0], a["dim"]))]
+
+
+@op("cast", ("x",), (Attr("dtype", "str", choices=tuple(d.value for d in DType)),), flops=_flops_zero)
+def _cast(a, ins):
+    """Convert element type."""
+    return [ins[0].with_dtype(DType(a["dtype"]))]
+
+
+# ---------------------------------------------------------------- losses
+
+
+@op("cross_entropy", ("logits", "labels"), flops=lambda a, i, o, b: 5 * i[0].numel(b))
+def _cross_entropy(a, ins):
+    """Mean cross-entropy of logits [..., C] against integer labels [...] (a scalar)."""
+    logits, labels = ins
+    if labels.dtype not in (DType.i64, DType.i32) or logits.shape[:-1] != labels.shape:
+        raise OpError(f"op 'cross_entropy' needs logits [..., C] and labels [...], got {logits} and {labels}")
+    return [TensorType(logits.dtype, ())]
+
+
+@op("mse", ("a", "b"), flops=lambda a, i, o, b: 3 * i[0].numel(b))
+def _mse(a, ins):
+    """Mean squared error (a scalar)."""
+    x, y = ins
+    if x != y:
+        raise OpError(f"op 'mse' needs equal operands, got {x} and {y}")
+    return [TensorType(x.dtype, ())]
+
+
+def param_count_of(layer_op: str, **attrs) -> int:
+    return sum(p.numel for p in layer_params(Layer(layer_op, tuple(sorted(attrs.items())))).values())
+
+
+def _sqrt(x: float) -> float:
+    return math.sqrt(x)

@@ -1,0 +1,128 @@
+"""The textual IR (`.mgir`): one printer, and `parser.py` reads it back.
+
+Names are given here, not stored: each value prints as its hint made unique within
+its module (`%h`, `%h_1`), so the same graph always prints the same text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from metagen.ir.graph import Layer, Model, ModuleDef, Repeat, Sub, Value
+
+VERSION = "1"
+
+
+def fmt_attr(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, tuple):
+        return "[" + ", ".join(fmt_attr(x) for x in v) + "]"
+    raise TypeError(f"cannot print attribute {v!r}")
+
+
+def fmt_attrs(attrs: dict) -> str:
+    return ", ".join(f"{k}={fmt_attr(v)}" for k, v in attrs.items())
+
+
+class Namer:
+    """Unique, legal value names within one module."""
+
+    def __init__(self):
+        self.names: dict[int, str] = {}
+        self.taken: set[str] = set()
+
+    def __call__(self, v: Value) -> str:
+        key = id(v)
+        if key not in self.names:
+            base = _sanitize(v.hint) or "v"
+            name, k = base, 1
+            while name in self.taken:
+                name = f"{base}_{k}"
+                k += 1
+            self.taken.add(name)
+            self.names[key] = name
+        return self.names[key]
+
+
+def _sanitize(hint: str) -> str:
+    out = "".join(c if (c.isascii() and (c.isalnum() or c == "_")) else "_" for c in hint)
+    if out and out[0].isdigit():
+        out = "v" + out
+    return out
+
+
+def print_module(m: ModuleDef) -> list[str]:
+    lines = [f"module {m.name} {{"]
+    if m.doc:
+        lines.append(f"  doc {json.dumps(m.doc, ensure_ascii=False)}")
+    for p in m.params.values():
+        lines.append(f"  param {p.name} : {p.type} = {p.init}")
+    for name, c in m.children.items():
+        if isinstance(c, Layer):
+            lines.append(f"  layer {name} = {c.op}({fmt_attrs(c.attr_dict())})")
+        elif isinstance(c, Sub):
+            lines.append(f"  sub {name} = {c.module}")
+        elif isinstance(c, Repeat):
+            lines.append(f"  repeat {name} = {c.module} * {c.count}")
+    namer = Namer()
+    args = ", ".join(f"%{namer(v)} : {v.type}" for v in m.inputs)
+    lines.append(f"  func ({args}) {{")
+    for n in m.nodes:
+        res = ", ".join(f"%{namer(r)}" for r in n.results)
+        types = ", ".join(str(r.type) for r in n.results)
+        operands = ", ".join(f"%{namer(o)}" for o in n.operands)
+        if n.kind == "param":
+            rhs = f"param {n.target}"
+        elif n.kind == "call":
+            rhs = f"call {n.target}({operands})"
+        else:
+            attrs = fmt_attrs(n.attrs)
+            rhs = f"{n.op}({operands})" + (f" {{{attrs}}}" if attrs else "")
+        lines.append(f"    {res} = {rhs} : {types}")
+    if m.output_names:
+        outs = ", ".join(f"{name}=%{namer(v)}" for name, v in zip(m.output_names, m.outputs))
+    else:
+        outs = ", ".join(f"%{namer(v)}" for v in m.outputs)
+    lines.append(f"    return {outs}")
+    lines.append("  }")
+    lines.append("}")
+    return lines
+
+
+def module_signature(m: ModuleDef) -> str:
+    """Structure of a module without its name, for sharing identical definitions."""
+    return "\n".join(print_module(m)[1:])
+
+
+def print_model(model: Model) -> str:
+    lines = [f"mgir {VERSION}"]
+    lines.append(f"model {model.name} {{")
+    lines.append(f"  spec_name {json.dumps(model.spec_name, ensure_ascii=False)}")
+    lines.append(f"  family {model.family}")
+    lines.append(f"  top {model.top}")
+    for sym, meaning in model.symbols.items():
+        lines.append(f"  symbol {sym} {json.dumps(meaning, ensure_ascii=False)}")
+    for sym, size in model.examples.items():
+        lines.append(f"  example {sym} = {size}")
+    for i in model.inputs:
+        lines.append(
+            f"  input {i.name} : {i.type} {i.kind}(low={fmt_attr(float(i.low))}, high={fmt_attr(float(i.high))})"
+            f" {json.dumps(i.doc, ensure_ascii=False)}"
+        )
+    for k, v in model.config.items():
+        lines.append(f"  config {k} = {json.dumps(v, ensure_ascii=False, sort_keys=True)}")
+    lines.append("}")
+    for m in model.modules.values():
+        lines.append("")
+        lines.extend(print_module(m))
+    return "\n".join(lines) + "\n"

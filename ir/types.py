@@ -1,0 +1,123 @@
+"""Tensor types: a dtype and a shape whose dims are ints or named symbols."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Mapping, Union
+
+Dim = Union[int, str]  # str: a symbol ("batch", "seq") or a sum like "seq+1"
+
+
+class DType(enum.Enum):
+    f32 = "f32"
+    f16 = "f16"
+    bf16 = "bf16"
+    i64 = "i64"
+    i32 = "i32"
+    bool = "bool"
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.f32, DType.f16, DType.bf16)
+
+    @property
+    def nbytes(self) -> int:
+        return {"f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "bool": 1}[self.value]
+
+    @property
+    def numpy(self) -> str:
+        return {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64", "i32": "int32", "bool": "bool"}[
+            self.value
+        ]
+
+
+_SYM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def dim_str(d: Dim) -> str:
+    return str(d)
+
+
+def dim_add(d: Dim, n: int) -> Dim:
+    """`d + n`, folding constants; symbolic sums stay readable ("seq+1")."""
+    if isinstance(d, int):
+        return d + n
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)\+([0-9]+)", d)
+    if m:
+        n += int(m.group(2))
+        d = m.group(1)
+    return d if n == 0 else f"{d}+{n}"
+
+
+def dim_mul(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return a * b
+    if a == 1:
+        return b
+    if b == 1:
+        return a
+    return f"{a}*{b}"
+
+
+def eval_dim(d: Dim, bindings: Mapping[str, int]) -> int:
+    """The dim's value with symbols bound (for FLOP and memory estimates)."""
+    if isinstance(d, int):
+        return d
+    total = 0
+    for term in d.split("+"):
+        prod = 1
+        for factor in term.split("*"):
+            prod *= int(factor) if factor.isdigit() else bindings[factor]
+        total += prod
+    return total
+
+
+def symbols_of(d: Dim) -> set[str]:
+    return set() if isinstance(d, int) else {s for s in _SYM.findall(d)}
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: DType
+    shape: tuple[Dim, ...]
+
+    def __post_init__(self):
+        for d in self.shape:
+            if isinstance(d, bool) or not isinstance(d, (int, str)):
+                raise TypeError(f"bad dim {d!r}")
+            if isinstance(d, int) and d < 0:
+                raise ValueError(f"negative dim {d}")
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def with_shape(self, shape) -> "TensorType":
+        return TensorType(self.dtype, tuple(shape))
+
+    def with_dtype(self, dtype: DType) -> "TensorType":
+        return TensorType(dtype, self.shape)
+
+    def numel(self, bindings: Mapping[str, int] | None = None) -> int:
+        n = 1
+        for d in self.shape:
+            n *= eval_dim(d, bindings or {})
+        return n
+
+    def __str__(self) -> str:
+        return f"{self.dtype.value}[{', '.join(dim_str(d) for d in self.shape)}]"
+
+
+def parse_type(text: str) -> TensorType:
+    m = re.fullmatch(r"\s*([a-z0-9]+)\[(.*)\]\s*", text)
+    if not m:
+        raise ValueError(f"bad tensor type {text!r}")
+    dims: list[Dim] = []
+    inner = m.group(2).strip()
+    if inner:
+        for part in inner.split(","):
+            part = part.strip()
+            dims.append(int(part) if part.isdigit() else part)
+    return TensorType(DType(m.group(1)), tuple(dims))
