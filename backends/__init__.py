@@ -1,1 +1,1 @@
-X='backends'
+"""Backends lower the IR to PyTorch source, Flax source and ONNX graphs."""

@@ -1,0 +1,171 @@
+"""Everything a compilation can emit, each as bytes, from one Compilation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import yaml
+
+from metagen import __version__
+from metagen.compiler.families import FAMILIES
+from metagen.frontend.schema import TOWER_FIELDS
+from metagen.ir.graph import Layer, Model, Repeat, Sub
+from metagen.ir.printer import Namer, print_model
+from metagen.pipeline import Compilation
+
+
+def _yaml(data: Any) -> bytes:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100).encode("utf-8")
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
+
+
+ARCH_KEYS = {f.name for f in TOWER_FIELDS}
+
+
+def resolved_architecture(comp: Compilation) -> dict[str, Any]:
+    """The architecture section with every convention and fitted size filled in."""
+    ctx = comp.ctx
+    family = FAMILIES[ctx.family]
+    if hasattr(family, "resolved_architecture"):
+        return family.resolved_architecture(ctx)
+    arch = {"family": ctx.spec.architecture.family}
+    for key, value in ctx.model.config.items():
+        if key in ARCH_KEYS:
+            arch[key] = value
+    return arch
+
+
+def resolved_spec(comp: Compilation) -> dict[str, Any]:
+    ctx = comp.ctx
+    plain = ctx.spec.to_plain()
+    b = ctx.report.get("budget")
+    cons = plain.setdefault("constraints", {})
+    if b:
+        cons.setdefault("parameter_budget", {})["min"] = b["min"]
+        from metagen.frontend.units import format_bytes_exact
+
+        cons["memory_budget"] = format_bytes_exact(b["memory_budget_bytes"])
+    cons["context_window"] = ctx.arch.get("context", ctx.context_window)
+    plain["architecture"] = {**{k: v for k, v in plain.get("architecture", {}).items() if k in ("components",)}, **resolved_architecture(comp)}
+    return plain
+
+
+def run_id(comp: Compilation, seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(_yaml(resolved_spec(comp)))
+    h.update(f"seed={seed};tiny={bool(comp.ctx.report.get('tiny'))};version={__version__}".encode())
+    return "run-" + h.hexdigest()[:12]
+
+
+def graph_json(model: Model) -> dict[str, Any]:
+    """The IR as JSON: every module's parameters, children and nodes."""
+    from metagen.ir import ops
+
+    modules = []
+    for m in model.modules.values():
+        namer = Namer()
+        children = []
+        for name, c in m.children.items():
+            if isinstance(c, Layer):
+                params = {k: list(p.type.shape) for k, p in ops.layer_params(c).items()}
+                children.append({"name": name, "kind": "layer", "op": c.op, "attrs": _attrs(c.attr_dict()), "params": params})
+            elif isinstance(c, Sub):
+                children.append({"name": name, "kind": "module", "module": c.module})
+            else:
+                children.append({"name": name, "kind": "repeat", "module": c.module, "count": c.count})
+        nodes = []
+        for n in m.nodes:
+            entry = {
+                "results": [{"name": namer(r), "type": str(r.type)} for r in n.results],
+                "kind": n.kind,
+            }
+            if n.kind == "op":
+                entry["op"] = n.op
+                entry["attrs"] = _attrs(n.attrs)
+            else:
+                entry["target"] = n.target
+            entry["operands"] = [namer(o) for o in n.operands]
+            nodes.append(entry)
+        modules.append(
+            {
+                "name": m.name,
+                "doc": m.doc,
+                "params": [{"name": p.name, "shape": list(p.type.shape), "init": str(p.init)} for p in m.params.values()],
+                "children": children,
+                "inputs": [{"name": namer(v), "type": str(v.type)} for v in m.inputs],
+                "nodes": nodes,
+                "outputs": [namer(v) for v in m.outputs],
+                "output_names": list(m.output_names),
+            }
+        )
+    return {
+        "format": "metagen-graph/1",
+        "model": model.name,
+        "family": model.family,
+        "top": model.top,
+        "inputs": [{"name": i.name, "type": str(i.type), "kind": i.kind, "doc": i.doc} for i in model.inputs],
+        "outputs": list(model.output_names),
+        "modules": modules,
+    }
+
+
+def _attrs(a: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in a.items()}
+
+
+def architecture_yaml(comp: Compilation) -> dict[str, Any]:
+    ctx = comp.ctx
+    model = comp.model
+    family = FAMILIES[ctx.family]
+    return {
+        "name": ctx.spec.name,
+        "class": model.name,
+        "family": ctx.family,
+        "family_doc": family.doc,
+        "tiny": bool(ctx.report.get("tiny")),
+        "architecture": resolved_architecture(comp),
+        "pinned": sorted(ctx.pinned),
+        "inputs": {i.name: {"shape": [d for d in i.type.shape], "dtype": i.type.dtype.numpy, "meaning": i.doc} for i in model.inputs},
+        "outputs": list(model.output_names),
+        "symbols": dict(model.symbols),
+        "total_params": ctx.report["total_params"],
+        "binding_constraint": ctx.report.get("binding_constraint"),
+        "modules": [m.name for m in model.modules.values()],
+    }
+
+
+def params_estimate(comp: Compilation) -> dict[str, Any]:
+    r = comp.ctx.report
+    out = {"total_params": r["total_params"], "binding_constraint": r.get("binding_constraint")}
+    for k in ("budget", "memory", "fit", "cost", "training", "by_module"):
+        if k in r:
+            out[k] = r[k]
+    return out
+
+
+def emit_target(
+    comp: Compilation, target: str, seed: int, weights: dict | None = None, data_name: str = "model.onnx.data"
+) -> dict[str, bytes]:
+    """Files for one target, keyed by a name relative to the output's folder ('' = the
+    main file; ONNX may add an external-data file named `data_name`)."""
+    model = comp.model
+    if target == "ir":
+        return {"": print_model(model).encode("utf-8")}
+    if target == "torch":
+        from metagen.backends.torch_backend import lower_to_torch
+
+        return {"": lower_to_torch(model).encode("utf-8")}
+    if target == "flax":
+        from metagen.backends.flax_backend import lower_to_flax
+
+        return {"": lower_to_flax(model).encode("utf-8")}
+    if target == "onnx":
+        from metagen.backends.onnx_backend import lower_to_onnx
+
+        return lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name)
+    raise ValueError(target)

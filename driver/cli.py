@@ -1,0 +1,284 @@
+"""`metagen` and `metagenc`: the user-facing driver and the compiler proper.
+
+Exit codes: 0 success (warnings allowed), 1 the spec or the build failed, 2 misuse
+of the command line (argparse's own code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from metagen import __version__
+from metagen.diagnostics import CompileError, DiagnosticSink
+
+TARGETS = ("torch", "flax", "onnx", "ir")
+DEFAULT_SUFFIX = {"torch": ".py", "flax": "_flax.py", "onnx": ".onnx", "ir": ".mgir"}
+
+
+def _define(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"-D needs key=value, got {text!r}")
+    k, _, v = text.partition("=")
+    if not k.strip():
+        raise argparse.ArgumentTypeError(f"-D needs key=value, got {text!r}")
+    return k.strip(), v
+
+
+def _seed(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed needs a non-negative integer, got {text!r}") from None
+    if not 0 <= n < 2**63:
+        raise argparse.ArgumentTypeError("--seed must be in [0, 2^63)")
+    return n
+
+
+def _finish(sink: DiagnosticSink, werror: bool = False) -> int:
+    """Print diagnostics; the exit code they imply."""
+    if werror and sink.warnings:
+        sink.items = [d if d.severity != "warning" else type(d)("error", d.loc, d.message + " [-Werror]") for d in sink.items]
+    sink.render_all()
+    return 1 if sink.errors else 0
+
+
+def _compile(args, sink: DiagnosticSink):
+    from metagen.pipeline import compile_spec
+
+    return compile_spec(args.spec, sink, overrides=args.define or [], tiny=args.tiny, seed=args.seed)
+
+
+def _effective_seed(args, comp) -> int:
+    if args.seed is not None:
+        return args.seed
+    return comp.spec.reproducibility.seed or 0
+
+
+def _load_weights(path: str) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(path)
+
+
+# ------------------------------------------------------------------ metagenc
+
+
+def metagenc_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="metagenc", description="Compile a MetaGen spec to one target.")
+    p.add_argument("spec")
+    p.add_argument("--target", required=True, choices=TARGETS)
+    p.add_argument("-o", dest="output", help="output file ('-' for stdout, text targets only)")
+    p.add_argument("--seed", type=_seed)
+    p.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--weights", help="safetensors file of canonical weights to embed (onnx)")
+    p.add_argument("-MD", dest="md", action="store_true", help="write a make depfile beside the output")
+    p.add_argument("-MF", dest="mf", help="depfile path")
+    p.add_argument("-Werror", dest="werror", action="store_true")
+    p.add_argument("--version", action="version", version=f"metagenc {__version__}")
+    args = p.parse_args(argv)
+    if args.output == "-" and args.target == "onnx":
+        p.error("-o - (stdout) is for text targets; ONNX is binary")
+    if args.weights and args.target != "onnx":
+        p.error("--weights applies to --target onnx")
+    sink = DiagnosticSink()
+    try:
+        comp = _compile(args, sink)
+        if args.werror and sink.warnings:
+            return _finish(sink, True)
+        weights = _load_weights(args.weights) if args.weights else None
+        out = args.output or (os.path.splitext(os.path.basename(args.spec))[0] + DEFAULT_SUFFIX[args.target])
+        from metagen.artifacts import emit_target
+
+        data_name = os.path.basename(out) + ".data"
+        files = emit_target(comp, args.target, _effective_seed(args, comp), weights=weights, data_name=data_name)
+    except CompileError as exc:
+        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        return _finish(sink, args.werror) or 1
+    except OSError as exc:
+        print(f"metagenc: error: {exc}", file=sys.stderr)
+        return 1
+    from metagen.outputs import depfile_text, write_if_changed
+
+    if out == "-":
+        sys.stdout.write(files[""].decode("utf-8"))
+        sys.stdout.flush()
+    else:
+        for rel, data in files.items():
+            write_if_changed(out if rel == "" else os.path.join(os.path.dirname(out), rel), data)
+    if args.md or args.mf:
+        depfile = args.mf or (os.path.splitext(out)[0] + ".d" if out != "-" else "metagenc.d")
+        write_if_changed(depfile, depfile_text(out, comp.deps).encode("utf-8"))
+    return _finish(sink, args.werror)
+
+
+# ------------------------------------------------------------------ metagen
+
+
+def _cmd_validate(args) -> int:
+    sink = DiagnosticSink()
+    try:
+        comp = _compile(args, sink)
+    except CompileError as exc:
+        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        return _finish(sink) or 1
+    code = _finish(sink, args.werror)
+    if code == 0:
+        r = comp.ctx.report
+        from metagen.frontend.units import format_count
+
+        print(
+            f"OK {comp.spec.name} ({comp.ctx.family}, {format_count(r['total_params'])} parameters, "
+            f"binding: {r.get('binding_constraint')})"
+        )
+    return code
+
+
+def _cmd_schema(args) -> int:
+    from metagen.frontend.schema import to_json_schema
+
+    print(json.dumps(to_json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    from metagen.synth import synthesize
+
+    sink = DiagnosticSink()
+    try:
+        comp = _compile(args, sink)
+        if args.werror and sink.warnings:
+            return _finish(sink, True)
+        path = synthesize(comp, args.out, _effective_seed(args, comp), args.run_id)
+    except CompileError as exc:
+        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        return _finish(sink) or 1
+    code = _finish(sink)
+    print(f"wrote {path}")
+    return code
+
+
+def _cmd_verify(args) -> int:
+    from metagen.verify import verify_spec
+
+    sink = DiagnosticSink()
+    try:
+        comp = _compile(args, sink)
+    except CompileError as exc:
+        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        return _finish(sink) or 1
+    _finish(sink)
+    ok = verify_spec(comp, seed=args.seed or 0, stream=sys.stdout)
+    return 0 if ok else 1
+
+
+def _cmd_convert(args) -> int:
+    from metagen.frontend.dsl_format import tree_to_mg, tree_to_yaml
+    from metagen.frontend.loader import load_tree
+    from metagen.pipeline import load_spec
+
+    sink = DiagnosticSink()
+    try:
+        load_spec(args.spec, sink)  # a spec that does not validate is not converted
+        tree, _ = load_tree(args.spec, DiagnosticSink())
+        text = tree_to_mg(tree) if args.to == "mg" else tree_to_yaml(tree)
+    except CompileError as exc:
+        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        return _finish(sink) or 1
+    from metagen.outputs import write_if_changed
+
+    if args.output and args.output != "-":
+        write_if_changed(args.output, text.encode("utf-8"))
+    else:
+        sys.stdout.write(text)
+    return _finish(sink)
+
+
+def _cmd_fmt(args) -> int:
+    from metagen.frontend.dsl_format import format_mg
+    from metagen.frontend.loader import read_source
+    from metagen.outputs import write_if_changed
+
+    sink = DiagnosticSink()
+    try:
+        text = read_source(args.file, sink)
+        formatted = format_mg(text, args.file, sink)
+    except CompileError as exc:
+        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        return _finish(sink) or 1
+    if args.check:
+        if formatted != text:
+            print(f"{args.file}: would reformat", file=sys.stderr)
+            return 1
+        return _finish(sink)
+    write_if_changed(args.file, formatted.encode("utf-8"))
+    return _finish(sink)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="metagen", description="MetaGen: model specs to PyTorch, Flax and ONNX.")
+    p.add_argument("--version", action="version", version=f"metagen {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, tiny=True):
+        sp.add_argument("spec")
+        if tiny:
+            sp.add_argument("--tiny", action="store_true")
+        sp.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE")
+        sp.add_argument("--seed", type=_seed)
+        sp.add_argument("-Werror", dest="werror", action="store_true")
+
+    sp = sub.add_parser("synth", help="compile a spec to a run folder with every artifact")
+    common(sp)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--run-id")
+    sp.set_defaults(fn=_cmd_synth)
+
+    sp = sub.add_parser("validate", help="check a spec")
+    common(sp)
+    sp.set_defaults(fn=_cmd_validate)
+
+    sp = sub.add_parser("schema", help="print the JSON Schema of the YAML spec language")
+    sp.set_defaults(fn=_cmd_schema)
+
+    sp = sub.add_parser("verify", help="run torch, flax and onnxruntime on identical weights and compare")
+    common(sp)
+    sp.set_defaults(fn=_cmd_verify)
+
+    sp = sub.add_parser("convert", help="the same spec in the other frontend's syntax")
+    sp.add_argument("spec")
+    sp.add_argument("--to", required=True, choices=("mg", "yaml"))
+    sp.add_argument("-o", dest="output")
+    sp.set_defaults(fn=_cmd_convert)
+
+    sp = sub.add_parser("fmt", help="canonical layout of a .mg file")
+    sp.add_argument("file")
+    sp.add_argument("--check", action="store_true")
+    sp.set_defaults(fn=_cmd_fmt)
+
+    args = p.parse_args(argv)
+    if getattr(args, "run_id", None) is not None:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.run_id) or args.run_id in (".", ".."):
+            p.error("--run-id must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return args.fn(args)
+
+
+def _entry(fn) -> None:
+    try:
+        code = fn()
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def console_main() -> None:
+    _entry(main)
+
+
+def console_metagenc() -> None:
+    _entry(metagenc_main)
