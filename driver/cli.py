@@ -95,6 +95,8 @@ def metagenc_main(argv: list[str] | None = None) -> int:
 
         data_name = os.path.basename(out) + ".data"
         files = emit_target(comp, args.target, _effective_seed(args, comp), weights=weights, data_name=data_name)
+        if args.werror and sink.warnings:
+            return _finish(sink, True)  # before writing: a failed build leaves no output
     except CompileError as exc:
         sink.extend(d for d in exc.diagnostics if d not in sink.items)
         return _finish(sink, args.werror) or 1
@@ -110,7 +112,8 @@ def metagenc_main(argv: list[str] | None = None) -> int:
         for rel, data in files.items():
             write_if_changed(out if rel == "" else os.path.join(os.path.dirname(out), rel), data)
     if args.md or args.mf:
-        depfile = args.mf or (os.path.splitext(out)[0] + ".d" if out != "-" else "metagenc.d")
+        # OUT.d, not the stem: x.py and x.onnx from one spec must not share a depfile
+        depfile = args.mf or (out + ".d" if out != "-" else "metagenc.d")
         write_if_changed(depfile, depfile_text(out, comp.deps).encode("utf-8"))
     return _finish(sink, args.werror)
 

@@ -8,6 +8,21 @@ import shutil
 import tempfile
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(path: str) -> int:
+    """The mode a plain `open(path, "w")` would give (mkstemp's is 0600): the
+    existing file's mode when replacing one, else 0666 less the umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def write_if_changed(path: str, data: bytes) -> bool:
     """Atomically replace `path` with `data` unless it already holds exactly that."""
     try:
@@ -18,10 +33,12 @@ def write_if_changed(path: str, data: bytes) -> bool:
         pass
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=".metagen-", dir=d)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -39,6 +56,7 @@ def write_tree(root: str, files: dict[str, bytes]) -> None:
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".metagen-", dir=parent)
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         for rel, data in sorted(files.items()):
             p = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(p), exist_ok=True)

@@ -1,0 +1,252 @@
+"""Golden files: what the compiler emits for the example specs, checked in under
+`golden/<case>/`, so any change to generated code shows up as a reviewable diff.
+
+    python -m metagen.golden --update   # rewrite golden/ (`make golden`)
+    python -m metagen.golden --check    # unified diff + exit 1 when golden/ is stale
+
+The cases are data: `SPECS` names the example specs, `VARIANTS` the files made from
+each. A new spec or a new target is one line. A variant whose backend module is not
+in this tree yet is skipped (and says so); once the backend lands, `--check` reports
+its golden file as missing until `make golden` writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN_DIR = os.path.join(ROOT, "golden")
+REGENERATE = "make golden  (or: python -m metagen.golden --update)"
+SEED = 0
+
+
+@dataclass(frozen=True)
+class GoldenSpec:
+    path: str  # relative to the repository root
+    full_ir: bool = False  # also keep the full-size IR (cheap: Repeat keeps it small)
+
+    @property
+    def stem(self) -> str:
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+
+# One line per example spec that compiles today.
+SPECS: list[GoldenSpec] = [
+    GoldenSpec("examples/tutorial/step1_minimal.yaml"),
+    GoldenSpec("examples/tutorial/step3_constraints.yaml"),
+    GoldenSpec("examples/tutorial/step4_training.yaml"),
+    GoldenSpec("examples/tutorial/pattern_edge.yaml"),
+    GoldenSpec("examples/tutorial/pattern_large_lm.yaml"),
+    GoldenSpec("examples/reference/gpt2_small.yaml", full_ir=True),
+    GoldenSpec("examples/reference/llama2_7b.yaml", full_ir=True),
+]
+
+
+def _onnx_text(files: dict[str, bytes]) -> bytes:
+    """ONNX as onnx.printer text, initializer payloads replaced by a digest so the
+    file stays readable (the weights themselves are covered by the differential and
+    determinism tests)."""
+    import hashlib
+
+    import onnx
+    from onnx import printer
+
+    model = onnx.load_from_string(files[""], load_external_data=False)
+    lines = []
+    for init in model.graph.initializer:
+        payload = init.raw_data or init.SerializeToString()
+        digest = hashlib.sha256(payload).hexdigest()[:16]
+        lines.append(f"# initializer {init.name} {list(init.dims)} sha256:{digest}")
+        init.ClearField("raw_data")
+        for fld in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+            init.ClearField(fld)
+        init.ClearField("external_data")
+        init.data_location = onnx.TensorProto.DEFAULT
+    text = printer.to_text(model)
+    return ("\n".join(lines) + ("\n" if lines else "") + text.rstrip("\n") + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Variant:
+    filename: str
+    target: str
+    tiny: bool
+    backend: str | None  # module that must exist for this variant to apply
+    render: Callable[[dict[str, bytes]], bytes] = lambda files: files[""]
+    only_full_ir: bool = False
+
+
+# One line per file kept for each spec.
+VARIANTS: list[Variant] = [
+    Variant("model.mgir", "ir", tiny=True, backend=None),
+    Variant("model_full.mgir", "ir", tiny=False, backend=None, only_full_ir=True),
+    Variant("torch_model.py", "torch", tiny=True, backend="metagen.backends.torch_backend"),
+    Variant("flax_model.py", "flax", tiny=True, backend="metagen.backends.flax_backend"),
+    Variant("model.onnx.txt", "onnx", tiny=True, backend="metagen.backends.onnx_backend", render=_onnx_text),
+]
+
+
+def _available(module: str | None) -> bool:
+    if module is None:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def cases() -> list[tuple[GoldenSpec, Variant]]:
+    out = []
+    for spec in SPECS:
+        for v in VARIANTS:
+            if v.only_full_ir and not spec.full_ir:
+                continue
+            out.append((spec, v))
+    return out
+
+
+def case_name(spec: GoldenSpec, variant: Variant) -> str:
+    return f"{spec.stem}/{variant.filename}"
+
+
+def golden_path(spec: GoldenSpec, variant: Variant) -> str:
+    return os.path.join(GOLDEN_DIR, spec.stem, variant.filename)
+
+
+def render_case(spec: GoldenSpec, variant: Variant, _cache: dict | None = None) -> bytes:
+    """What the compiler emits now for one case. Raises CompileError on failure."""
+    from metagen.artifacts import emit_target
+    from metagen.diagnostics import DiagnosticSink
+    from metagen.pipeline import compile_spec
+
+    key = (spec.path, variant.tiny)
+    comp = _cache.get(key) if _cache is not None else None
+    if comp is None:
+        # A relative path, so locations inside the output never name this checkout.
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            comp = compile_spec(spec.path, DiagnosticSink(), tiny=variant.tiny, seed=SEED)
+        finally:
+            os.chdir(cwd)
+        if _cache is not None:
+            _cache[key] = comp
+    files = emit_target(comp, variant.target, SEED, data_name="model.onnx.data")
+    return variant.render(files)
+
+
+def active_cases() -> tuple[list[tuple[GoldenSpec, Variant]], list[str]]:
+    """The cases that apply in this tree, and a note for each skipped one."""
+    active, skipped = [], []
+    for spec, v in cases():
+        if _available(v.backend):
+            active.append((spec, v))
+        else:
+            skipped.append(f"{case_name(spec, v)} (no {v.backend} yet)")
+    return active, skipped
+
+
+def diff_text(expected: bytes, actual: bytes, name: str) -> str:
+    a = expected.decode("utf-8", "replace").splitlines(keepends=True)
+    b = actual.decode("utf-8", "replace").splitlines(keepends=True)
+    lines = list(difflib.unified_diff(a, b, f"golden/{name}", f"compiler output ({name})", n=3))
+    if len(lines) > 200:
+        lines = lines[:200] + [f"... ({len(lines) - 200} more diff lines)\n"]
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def check_case(spec: GoldenSpec, variant: Variant, cache: dict | None = None) -> str | None:
+    """None when the golden file matches; otherwise a readable explanation."""
+    from metagen.diagnostics import CompileError
+
+    name = case_name(spec, variant)
+    try:
+        actual = render_case(spec, variant, cache)
+    except CompileError as exc:
+        return f"{name}: the spec no longer compiles:\n{exc}\n"
+    path = golden_path(spec, variant)
+    if not os.path.exists(path):
+        return f"{name}: golden file missing; regenerate with: {REGENERATE}\n"
+    with open(path, "rb") as fh:
+        expected = fh.read()
+    if expected == actual:
+        return None
+    return (
+        f"{name}: compiler output differs from golden/{name}\n"
+        f"{diff_text(expected, actual, name)}"
+        f"If the change is intended, regenerate with: {REGENERATE}\n"
+    )
+
+
+def stale_files() -> list[str]:
+    """Files under golden/ that no case (active or skipped) produces."""
+    wanted = {golden_path(s, v) for s, v in cases()}
+    wanted.add(os.path.join(GOLDEN_DIR, "README.md"))
+    found = []
+    for dirpath, _, names in os.walk(GOLDEN_DIR):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            if p not in wanted:
+                found.append(os.path.relpath(p, ROOT))
+    return sorted(found)
+
+
+def update(stream=sys.stdout) -> int:
+    from metagen.diagnostics import CompileError
+    from metagen.outputs import write_if_changed
+
+    active, skipped = active_cases()
+    cache: dict = {}
+    changed = failed = 0
+    for spec, v in active:
+        try:
+            data = render_case(spec, v, cache)
+        except CompileError as exc:
+            print(f"FAILED {case_name(spec, v)}:\n{exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if write_if_changed(golden_path(spec, v), data):
+            changed += 1
+            print(f"wrote golden/{case_name(spec, v)}", file=stream)
+    for p in stale_files():
+        os.unlink(os.path.join(ROOT, p))
+        print(f"removed {p}", file=stream)
+    for note in skipped:
+        print(f"skipped {note}", file=stream)
+    print(f"{len(active)} golden files, {changed} changed", file=stream)
+    return 1 if failed else 0
+
+
+def check(stream=sys.stdout) -> int:
+    active, skipped = active_cases()
+    cache: dict = {}
+    problems = [msg for s, v in active if (msg := check_case(s, v, cache))]
+    problems += [f"{p}: no golden case produces this file; {REGENERATE} removes it\n" for p in stale_files()]
+    for msg in problems:
+        stream.write(msg)
+    for note in skipped:
+        print(f"skipped {note}", file=stream)
+    if problems:
+        print(f"{len(problems)} golden file(s) out of date; regenerate with: {REGENERATE}", file=stream)
+        return 1
+    print(f"{len(active)} golden files up to date", file=stream)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m metagen.golden", description=__doc__.split("\n\n")[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--update", action="store_true", help="rewrite golden/ from the compiler's output")
+    g.add_argument("--check", action="store_true", help="fail with a unified diff when golden/ is stale")
+    args = p.parse_args(argv)
+    return update() if args.update else check()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
