@@ -24,6 +24,12 @@ class _Fail(Exception):
     pass
 
 
+class _Cursor:
+    """The line being read, for error positions."""
+
+    line = 0
+
+
 def _split_top(text: str, sep: str = ",") -> list[str]:
     """Split on `sep` outside brackets and strings."""
     parts, depth, cur, quote, esc = [], 0, [], False, False
@@ -93,6 +99,7 @@ def parse_model(text: str, path: str = "<mgir>") -> Model:
     lines = text.split("\n")
     state: dict[str, Any] = {"modules": {}}
     i = 0
+    _Cursor.line = 0
     try:
         if not lines or not re.fullmatch(r"mgir [0-9]+", lines[0].strip()):
             raise _Fail("expected 'mgir <version>' on the first line")
@@ -127,7 +134,8 @@ def parse_model(text: str, path: str = "<mgir>") -> Model:
             examples=header["examples"],
         )
     except (_Fail, ops.OpError, KeyError, ValueError, IndexError) as exc:
-        raise CompileError([Diagnostic("error", Loc(path, min(i, len(lines)) + 1, 1), f"bad IR: {exc}")]) from None
+        line = max(i, _Cursor.line)
+        raise CompileError([Diagnostic("error", Loc(path, min(line, len(lines) - 1) + 1, 1), f"bad IR: {exc}")]) from None
 
 
 def _header_line(line: str, header: dict) -> None:
@@ -156,6 +164,7 @@ def _parse_module(lines: list[str], i: int, name: str, modules: dict[str, Module
     m = ModuleDef(name)
     env: dict[str, Value] = {}
     while True:
+        _Cursor.line = i
         line = lines[i].strip()
         loc = Loc(path, i + 1, 1)
         if line == "}":
@@ -181,6 +190,7 @@ def _parse_module(lines: list[str], i: int, name: str, modules: dict[str, Module
                 m.inputs.append(v)
             i += 1
             while not lines[i].strip().startswith("return"):
+                _Cursor.line = i
                 _parse_node(lines[i].strip(), m, env, modules, Loc(path, i + 1, 1))
                 i += 1
             rest = lines[i].strip()[len("return") :].strip()

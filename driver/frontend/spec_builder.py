@@ -117,7 +117,9 @@ class _Builder:
     def __init__(self, sink: DiagnosticSink):
         self.sink = sink
 
-    def build_map(self, field: S.Field, node: LNode | None, path: str, loc: Loc) -> Record:
+    def build_map(self, field: S.Field, node: LNode | None, path: str, loc: Loc, quiet: bool = False) -> Record:
+        """`quiet`: the whole section is missing and already reported; do not
+        report its required members one by one."""
         rec = Record(field, node.loc if node is not None else loc)
         if node is not None and not node.is_map:
             if node.value is None:  # `constraints:` with nothing under it
@@ -136,13 +138,16 @@ class _Builder:
             child = given.get(f.name)
             sub = f"{path}.{f.name}" if path else f.name
             if f.kind == S.MAP:
-                rec._values[f.name] = self.build_map(f, child, sub, rec.loc())
+                missing = child is None or child.value is None
+                if missing and f.required and not quiet:
+                    self.sink.error(rec.loc(), f"missing required key '{sub}'")
+                rec._values[f.name] = self.build_map(f, child, sub, rec.loc(), quiet=quiet or missing)
                 if child is not None:
                     rec._locs[f.name] = node.key_locs.get(f.name, child.loc)
                     rec._given.add(f.name)
                 continue
             if child is None or child.value is None:
-                if f.required:
+                if f.required and not quiet:
                     self.sink.error(rec.loc(), f"missing required key '{sub}'")
                 rec._values[f.name] = self.default(f, sub, rec.loc())
                 continue
