@@ -61,6 +61,11 @@ def is_bare_text(text: str) -> bool:
     return bool(_QUANTITY_RE.fullmatch(text)) and "\t" not in text and "  " not in text
 
 
+def is_number_literal(text: str) -> bool:
+    """Whether a bare `text` reads as a number (with the value `float(text)` gives)."""
+    return bool(_INT_RE.fullmatch(text) or _FLOAT_RE.fullmatch(text))
+
+
 def is_bare_key(text: str) -> bool:
     return bool(_ATOM_RE.fullmatch(text))
 
@@ -528,7 +533,8 @@ class _CstBuilder:
 
     def own(self, loc: Loc, trivia: Trivia) -> Trivia:
         self.owners.append(((loc.line, loc.col), trivia))
-        trivia.blank_before = self.blank_before(loc.line)
+        first_on_line = self.lines[loc.line - 1][: loc.col - 1].strip() == ""
+        trivia.blank_before = first_on_line and self.blank_before(loc.line)
         return trivia
 
     def blank_before(self, line: int) -> bool:
