@@ -175,3 +175,14 @@ def test_json_schema_covers_every_section():
     assert schema["$schema"].endswith("2020-12/schema")
     assert set(schema["properties"]) == {f.name for f in SPEC.fields}
     assert schema["properties"]["constraints"]["properties"]["parameter_budget"]["properties"].keys() == {"max", "min"}
+
+
+def test_spec_language_doc_is_current():
+    import os
+
+    from metagen.frontend.schema_doc import markdown
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "spec_language.md")
+    assert open(path, encoding="utf-8").read() == markdown(), (
+        "docs/spec_language.md is stale: python -m metagen.frontend.schema_doc > docs/spec_language.md"
+    )

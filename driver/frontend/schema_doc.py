@@ -1,0 +1,85 @@
+"""docs/spec_language.md's key reference, generated from the schema so it cannot
+drift: `python -m metagen.frontend.schema_doc > docs/spec_language.md`."""
+
+from __future__ import annotations
+
+from metagen.frontend import schema as S
+
+INTRO = """# The MetaGen Spec Language (MSL 1.0)
+
+A spec is a YAML (or JSON) mapping; the `.mg` DSL (docs/dsl.md) says the same things.
+Every key is listed below with its type and default. "decided by the compiler" means
+a pass chooses the value (family conventions, fitted sizes) and records its choice in
+`spec_resolved.yaml`, so compiling `spec_resolved.yaml` gives the same model.
+
+## Units
+
+| kind | forms | notes |
+| --- | --- | --- |
+| parameters | `50M`, `1.5B`, `70B`, `125K`, `125000` | decimal: K = 10^3, M = 10^6, B = 10^9, T = 10^12; at most 10T |
+| memory | `512MB`, `8GB`, `1TB` (`GiB` etc. accepted) | binary: MB = 2^20 bytes, GB = 2^30, as GPU tools report |
+| context | `512`, `32k`, `128k`, `1M` | k = 1024 tokens, M = 2^20; `∞`/`infinite` warns and means 1M |
+| latency | `real-time`, `near-real-time`, `interactive`, `batch`, `offline`, `10ms`, `60 tok/s`, `2 img/s`, `30fps` | see docs/cost_model.md |
+| rate | `60 tok/s`, `2 img/s`, `30fps`, `10 samples/s` | |
+| duration | `12 hours`, `5 days`, `2 weeks` | |
+| hardware | `8xA100`, `512xH100`, `H100` | count x accelerator |
+| data size | `100B tokens`, `1.28M samples` | |
+
+## Defaults worth knowing
+
+- `constraints.parameter_budget.max` is 1B; `min` is 90% of max unless given (the
+  fitter may go lower only when another constraint binds, and says which).
+- `constraints.device` is `consumer_gpu`; `memory_budget` defaults to the device's
+  capacity (docs/cost_model.md); `context_window` is 4k; `dtype` (for memory
+  estimates) is bfloat16; `latency` is `batch` (no bound).
+- `architecture.family` is `auto`: modality and objective pick the family
+  (docs/families.md). Unpinned conventions come from the family's preset; for new
+  decoder LMs that is MetaGen's modern default (docs/design.md).
+
+## Keys
+
+| key | type | default | meaning |
+| --- | --- | --- | --- |
+"""
+
+
+def _type(f: S.Field) -> str:
+    if f.kind == S.ENUM:
+        return "one of " + ", ".join(f"`{c}`" for c in f.choices) + (" (others warn)" if f.open_choices else "")
+    if f.kind == S.LIST:
+        return f"list of {_type(f.item)}"
+    if f.kind in (S.INT, S.FLOAT) and (f.minimum is not None or f.maximum is not None):
+        lo = "" if f.minimum is None else f"{f.minimum:g}"
+        hi = "" if f.maximum is None else f"{f.maximum:g}"
+        return f"{f.kind} [{lo}, {hi}]"
+    if f.kind == S.STR and f.choices:
+        return "one of " + ", ".join(f"`{c}`" for c in f.choices)
+    return {S.STR: "text", S.MAP: "section"}.get(f.kind, f.kind)
+
+
+def _default(f: S.Field) -> str:
+    if f.required:
+        return "required"
+    if f.kind == S.MAP:
+        return ""
+    if f.default is None:
+        return "decided by the compiler" if f.kind != S.STR else "none"
+    return f"`{f.default}`"
+
+
+def rows(field: S.Field = S.SPEC, prefix: str = "") -> list[str]:
+    out = []
+    for f in field.fields:
+        key = prefix + f.name
+        out.append(f"| `{key}` | {_type(f)} | {_default(f)} | {f.doc} |")
+        if f.kind == S.MAP:
+            out.extend(rows(f, key + "."))
+    return out
+
+
+def markdown() -> str:
+    return INTRO + "\n".join(rows()) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
