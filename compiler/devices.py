@@ -23,10 +23,15 @@ class Device:
 GB = 1024**3
 
 DEVICES: dict[str, Device] = {
-    "edge": Device("edge", "Jetson Orin Nano 8GB", 20e12, 68e9, 4 * GB, 0.3),
-    "mobile": Device("mobile", "flagship phone NPU/GPU (Snapdragon 8 Gen 3)", 15e12, 77e9, 8 * GB, 0.25),
-    "cpu": Device("cpu", "16-core server CPU (AVX-512)", 2e12, 100e9, 64 * GB, 0.5),
-    "consumer_gpu": Device("consumer_gpu", "RTX 4090 24GB", 165e12, 1008e9, 24 * GB, 0.4),
+    # 32 Ampere tensor cores x 512 dense FP16 FLOP/clk x 625 MHz; 128-bit LPDDR5 68 GB/s;
+    # 8 GB shared with the OS and the rest of the application.
+    "edge": Device("edge", "Jetson Orin Nano 8GB", 10e12, 68e9, 4 * GB, 0.3),
+    # Adreno 750 GPU fp16; LPDDR5X-4800 (9.6 Gb/s x 64 bit) 76.8 GB/s; half a 16 GB phone.
+    "mobile": Device("mobile", "flagship phone GPU (Snapdragon 8 Gen 3)", 9e12, 76.8e9, 8 * GB, 0.25),
+    # 16 Zen 4 cores x 64 bf16 FLOP/clk (AVX512_BF16) x ~4.5 GHz; dual-channel DDR5-5200 83.2 GB/s.
+    "cpu": Device("cpu", "16-core desktop CPU (Ryzen 9 7950X, AVX-512)", 4.6e12, 83.2e9, 64 * GB, 0.5),
+    "consumer_gpu": Device("consumer_gpu", "RTX 4090 24GB", 165.2e12, 1008e9, 24 * GB, 0.4),
     "gpu": Device("gpu", "L40S 48GB", 362e12, 864e9, 48 * GB, 0.4),
+    # Tensor-parallel over the node: FLOP/s and bandwidth add up.
     "datacenter_gpu": Device("datacenter_gpu", "8x H100 SXM 80GB node", 8 * 989e12, 8 * 3.35e12, 8 * 80 * GB, 0.4),
 }

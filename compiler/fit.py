@@ -1,23 +1,37 @@
 """Fit the free dimensions to every constraint at once.
 
-For each width the family offers, the parameter count and the memory are affine in
-depth (repeated blocks are identical), so two IR builds give both lines exactly.
-The deepest depth that meets every bound is taken for each width; among widths whose
-model reaches the minimum, the one whose depth is closest to the family's ideal
-depth for that width wins. The choice, the runner-up bounds and the binding
-constraint are recorded in the report.
+For each width the family offers, everything the constraints look at is affine in
+depth (repeated blocks are identical): the parameter count, the memory, the FLOPs
+and bytes of one unit of work. Two IR builds (depth 1 and 2) give every line
+exactly. For each constraint the deepest depth that meets it is found (a closed
+form for parameters and memory, a bisection for latency and throughput, whose
+roofline is monotone in depth); the smallest of those is the width's depth and the
+constraint it came from is the width's binding constraint. Among widths whose model
+reaches the minimum, the one whose depth is closest to the family's ideal depth for
+that width wins. The choice and the binding constraint are recorded in the report;
+the cost model (compiler/cost.py, docs/cost_model.md) turns latency, device and
+throughput into numbers.
+
+Set METAGEN_FIT_TIME=1 to have the fitter print its own time to stderr (the report
+stays free of timings so outputs are deterministic).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
 from typing import Any
 
+from metagen.compiler import cost
 from metagen.compiler.context import CompileContext
-from metagen.compiler.devices import DEVICES
+from metagen.compiler.devices import DEVICES, Device
 from metagen.compiler.families import FAMILIES
 from metagen.frontend.units import format_bytes, format_count
+
+PARAMS, MEMORY, LATENCY, THROUGHPUT = "parameter_budget.max", "memory_budget", "latency", "throughput"
 
 
 @dataclass
@@ -27,6 +41,7 @@ class Bounds:
     min_explicit: bool
     memory: int
     memory_explicit: bool
+    device: Device
 
 
 def bounds(ctx: CompileContext) -> Bounds:
@@ -35,10 +50,19 @@ def bounds(ctx: CompileContext) -> Bounds:
     device = DEVICES[c.device]
     mem = c.memory_budget if c.memory_budget is not None else device.capacity
     mn = pb.min if pb.given("min") else int(math.ceil(0.9 * pb.max))
-    return Bounds(pb.max, mn, pb.given("min"), mem, c.memory_budget is not None)
+    return Bounds(pb.max, mn, pb.given("min"), mem, c.memory_budget is not None, device)
 
 
-def _evaluate(ctx: CompileContext, arch: dict[str, Any]) -> tuple[int, int] | None:
+@dataclass(frozen=True)
+class Point:
+    """What the constraints see of one model."""
+
+    params: int
+    memory: int
+    work: cost.Workload
+
+
+def _evaluate(ctx: CompileContext, arch: dict[str, Any]) -> Point | None:
     family = FAMILIES[ctx.family]
     saved = ctx.arch
     ctx.arch = arch
@@ -47,22 +71,91 @@ def _evaluate(ctx: CompileContext, arch: dict[str, Any]) -> tuple[int, int] | No
             return None
         model = family.build(ctx)
         params = model.param_count()
-        mem = family.memory(ctx, params)["total"]
-        return params, mem
+        mem = family.memory(ctx, params)
+        return Point(params, mem["total"], cost.workload(family, ctx, model, mem))
     finally:
         ctx.arch = saved
 
 
+def _line(v1: int, v2: int, depth: int) -> int:
+    return v1 + (depth - 1) * (v2 - v1)
+
+
+def _at(r1: Point, r2: Point, depth: int) -> Point:
+    w1, w2 = r1.work, r2.work
+    work = replace(
+        w1,
+        flops=_line(w1.flops, w2.flops, depth),
+        weights=_line(w1.weights, w2.weights, depth),
+        cache=_line(w1.cache, w2.cache, depth),
+        activations=_line(w1.activations, w2.activations, depth),
+    )
+    return Point(_line(r1.params, r2.params, depth), _line(r1.memory, r2.memory, depth), work)
+
+
+class Checker:
+    """Every bound of the spec, applied to one model."""
+
+    def __init__(self, ctx: CompileContext, b: Bounds, cb: cost.CostBounds):
+        self.ctx, self.b, self.cb = ctx, b, cb
+
+    def estimate(self, p: Point) -> cost.Estimate:
+        return cost.estimate(self.b.device, p.work, self.b.memory)
+
+    def failures(self, p: Point) -> list[str]:
+        """The constraints `p` breaks, in the order diagnostics name them."""
+        out = []
+        if p.params > self.b.max_params:
+            out.append(PARAMS)
+        if p.memory > self.b.memory:
+            out.append(MEMORY)
+        if self.cb.latency_s is not None or self.cb.throughput is not None:
+            e = self.estimate(p)
+            if self.cb.latency_s is not None and e.latency_s > self.cb.latency_s:
+                out.append(LATENCY)
+            if self.cb.throughput is not None and e.throughput < self.cb.throughput:
+                out.append(THROUGHPUT)
+        return out
+
+
+def _deepest(ok, hi: int) -> int:
+    """The largest depth in [1, hi] with ok(depth) for a predicate true up to some
+    depth and false after it; 0 when ok(1) fails."""
+    if hi < 1 or not ok(1):
+        return 0
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _cost_bounds(ctx: CompileContext, work: cost.Workload) -> cost.CostBounds | None:
+    c = ctx.spec.constraints
+    try:
+        return cost.cost_bounds(c.latency, c.throughput, work)
+    except cost.BoundError as exc:
+        field = "throughput" if str(exc).startswith("throughput") else "latency"
+        ctx.sink.error(c.loc(field), str(exc))
+        return None
+
+
 def fit_dimensions(ctx: CompileContext) -> None:
+    start = time.perf_counter()
     family = FAMILIES[ctx.family]
     knobs = family.knobs(ctx)
     b = bounds(ctx)
     if knobs is None:
         ctx.report["fit"] = {"free": [], "note": "every size dimension is pinned"}
         return
-    best = None  # (score, -params, width, depth, params, mem)
-    largest = None  # best model that meets max and memory but not min
-    smallest = None  # smallest model at all, for "no model fits"
+    checker: Checker | None = None
+    best = None  # (score, -params, width, depth, point, limited_by)
+    largest = None  # the largest model that meets every upper bound but not the minimum
+    tried: list[Point] = []  # the smallest model of each width, for "no model fits"
+    rejected: list[tuple[Point, str]] = []  # widths whose pinned depth breaks a bound
     evaluated = 0
     for width in knobs.widths:
         base_arch = dict(ctx.arch, **width)
@@ -72,58 +165,78 @@ def fit_dimensions(ctx: CompileContext) -> None:
             evaluated += 2
             if r1 is None or r2 is None:
                 continue
-            p_per, m_per = r2[0] - r1[0], r2[1] - r1[1]
-            p0, m0 = r1[0] - p_per, r1[1] - m_per
-            if smallest is None or r1[0] < smallest[0]:
-                smallest = (r1[0], r1[1], width)
-            lp = (b.max_params - p0) // p_per if p_per > 0 else knobs.max_depth
-            lm = (b.memory - m0) // m_per if m_per > 0 else knobs.max_depth
-            depth = int(min(lp, lm, knobs.max_depth))
+            if checker is None:
+                cb = _cost_bounds(ctx, r1.work)
+                if cb is None:
+                    return
+                checker = Checker(ctx, b, cb)
+            tried.append(r1)
+            p_per, m_per = r2.params - r1.params, r2.memory - r1.memory
+            p0, m0 = r1.params - p_per, r1.memory - m_per
+            top = knobs.max_depth
+            limits = {
+                PARAMS: min(top, (b.max_params - p0) // p_per) if p_per > 0 else (top if r1.params <= b.max_params else 0),
+                MEMORY: min(top, (b.memory - m0) // m_per) if m_per > 0 else (top if r1.memory <= b.memory else 0),
+            }
+            if checker.cb.latency_s is not None:
+                limits[LATENCY] = _deepest(
+                    lambda d: checker.estimate(_at(r1, r2, d)).latency_s <= checker.cb.latency_s, top
+                )
+            if checker.cb.throughput is not None:
+                limits[THROUGHPUT] = _deepest(
+                    lambda d: checker.estimate(_at(r1, r2, d)).throughput >= checker.cb.throughput, top
+                )
+            depth = int(min(min(limits.values()), top))
             if depth < 1:
-                if r1[0] > b.max_params and r1[1] > b.memory:
-                    pass
                 # widths only grow from here; once depth 1 breaks max, stop
-                if r1[0] > b.max_params:
+                if r1.params > b.max_params:
                     break
                 continue
-            params, mem = p0 + depth * p_per, m0 + depth * m_per
-            limited_by = "memory_budget" if lm < lp and lm < knobs.max_depth else "parameter_budget.max"
+            point = _at(r1, r2, depth)
+            limited_by = next((k for k, v in limits.items() if v == depth), f"depth limit ({top})")
         else:
-            r = _evaluate(ctx, base_arch)
+            point = _evaluate(ctx, base_arch)
             evaluated += 1
-            if r is None:
+            if point is None:
                 continue
-            params, mem = r
+            if checker is None:
+                cb = _cost_bounds(ctx, point.work)
+                if cb is None:
+                    return
+                checker = Checker(ctx, b, cb)
             depth = None
-            if smallest is None or params < smallest[0]:
-                smallest = (params, mem, width)
-            if params > b.max_params or mem > b.memory:
+            tried.append(point)
+            broken = checker.failures(point)
+            if broken:
+                rejected.append((point, broken[0]))
                 continue
-            limited_by = "parameter_budget.max"
+            limited_by = PARAMS
         ideal = knobs.ideal_depth(width)
         cur_depth = depth if depth is not None else ctx.arch.get(knobs.depth_keys[0] if knobs.depth_keys else "layers") or ideal
         score = abs(math.log(max(cur_depth, 1) / ideal))
-        cand = (score, -params, width, depth, params, mem, limited_by)
-        if params >= b.min_params:
+        cand = (score, -point.params, width, depth, point, limited_by)
+        if point.params >= b.min_params:
             if best is None or cand[:2] < best[:2]:
                 best = cand
-        elif largest is None or params > largest[4]:
+        elif largest is None or point.params > largest[4].params:
             largest = cand
+    if not knobs.depth_keys:
+        best, largest = _width_binding(best, rejected), _width_binding(largest, rejected)
     ctx.report["fit"] = {"candidates_evaluated": evaluated}
     chosen = best
     binding = None
     if chosen is None and largest is not None:
         chosen = largest
-        binding = largest[6]
-        if binding == "parameter_budget.max":
+        binding = largest[5]
+        if binding == PARAMS:
             binding = "pinned dimensions"
         if b.min_explicit:
-            _unreachable_min(ctx, b, largest)
+            _unreachable_min(ctx, b, checker, largest)
             return
     if chosen is None:
-        _no_model(ctx, b, smallest)
+        _no_model(ctx, b, checker, tried)
         return
-    _, _, width, depth, params, mem, limited_by = chosen
+    _, _, width, depth, point, limited_by = chosen
     ctx.arch.update(width)
     for k in knobs.depth_keys:
         ctx.arch[k] = depth
@@ -131,24 +244,55 @@ def fit_dimensions(ctx: CompileContext) -> None:
         {
             "free": sorted(set(width) - ctx.pinned) + list(knobs.depth_keys),
             "chosen": {**{k: v for k, v in width.items()}, **{k: depth for k in knobs.depth_keys}},
-            "rule": "deepest depth within every bound for each width; the width whose depth is closest to "
-            "d / (64 * (d / 768) ** 0.41) among those reaching the minimum",
+            "rule": "for each width the deepest depth within every bound (parameters, memory, latency, "
+            "throughput); among widths reaching the minimum, the one whose depth is closest to "
+            "d / (64 * (d / 768) ** 0.41)",
         }
     )
     ctx.report["binding_constraint"] = binding or limited_by
+    if os.environ.get("METAGEN_FIT_TIME"):
+        print(
+            f"metagen: fit-dimensions: {evaluated} builds in {time.perf_counter() - start:.3f} s",
+            file=sys.stderr,
+        )
 
 
-def _unreachable_min(ctx: CompileContext, b: Bounds, largest) -> None:
-    pb = ctx.spec.constraints.parameter_budget
-    params, mem = largest[4], largest[5]
-    what = largest[6]
-    if what == "memory_budget":
-        need = ctx.spec.constraints.loc("memory_budget") if b.memory_explicit else pb.loc("min")
+def _width_binding(cand, rejected):
+    """With the depth pinned, the constraint that rejected the next larger width binds."""
+    if cand is None:
+        return None
+    above = [(p.params, why) for p, why in rejected if p.params > cand[4].params]
+    if above:
+        return cand[:5] + (min(above)[1],)
+    return cand
+
+
+def _bound_words(ctx: CompileContext, b: Bounds, cb: cost.CostBounds, what: str) -> str:
+    if what == LATENCY:
+        return f"latency '{cb.latency_text}' (<= {cost.format_time(cb.latency_s)}/{cb.unit} on {b.device.name})"
+    return f"throughput '{cb.throughput_text}' (>= {cost.format_rate(cb.throughput, cb.unit)} on {b.device.name})"
+
+
+def _unreachable_min(ctx: CompileContext, b: Bounds, checker: Checker, largest) -> None:
+    c = ctx.spec.constraints
+    pb = c.parameter_budget
+    point, what = largest[4], largest[5]
+    params = point.params
+    if what == MEMORY:
+        need = c.loc("memory_budget") if b.memory_explicit else pb.loc("min")
         ctx.sink.error(
             need,
             f"no model reaches parameter_budget.min = {format_count(b.min_params)}: the memory budget "
             f"({format_bytes(b.memory)}) binds at {format_count(params)} parameters; lower min to at most "
             f"{format_count(params)} ({params}) or raise memory_budget",
+        )
+    elif what in (LATENCY, THROUGHPUT):
+        relax = "relax latency" if what == LATENCY else "lower throughput"
+        ctx.sink.error(
+            pb.loc("min"),
+            f"no model reaches parameter_budget.min = {format_count(b.min_params)}: "
+            f"{_bound_words(ctx, b, checker.cb, what)} binds at {format_count(params)} parameters; "
+            f"lower min to at most {format_count(params)} ({params}), {relax} or choose a faster device",
         )
     else:
         ctx.sink.error(
@@ -158,27 +302,68 @@ def _unreachable_min(ctx: CompileContext, b: Bounds, largest) -> None:
         )
 
 
-def _no_model(ctx: CompileContext, b: Bounds, smallest) -> None:
+def _no_model(ctx: CompileContext, b: Bounds, checker: Checker | None, tried: list[Point]) -> None:
+    """No width has a model that meets every upper bound: name the first constraint
+    that even the most favourable model breaks, and the value that would work."""
     c = ctx.spec.constraints
     pb = c.parameter_budget
-    if smallest is None:
+    if not tried or checker is None:
         ctx.sink.error(ctx.spec.architecture.loc(), "the pinned architecture dimensions admit no valid model")
         return
-    params, mem, _ = smallest
-    if params > b.max_params:
+    smallest = min(tried, key=lambda p: p.params)
+    if smallest.params > b.max_params:
         ctx.sink.error(
             pb.loc("max") if pb.given("max") else c.loc(),
             f"no model fits parameter_budget.max = {format_count(b.max_params)}: the smallest model this spec "
-            f"allows has {format_count(params)} parameters ({params}); raise max to at least {params}",
+            f"allows has {format_count(smallest.params)} parameters ({smallest.params}); raise max to at least "
+            f"{smallest.params}",
         )
-    else:
+        return
+    within = [p for p in tried if p.params <= b.max_params]
+    leanest = min(within, key=lambda p: p.memory)
+    if leanest.memory > b.memory:
         where = c.loc("memory_budget") if b.memory_explicit else c.loc("device")
         what = "memory_budget" if b.memory_explicit else f"the {c.device} memory capacity"
         ctx.sink.error(
             where,
             f"no model fits {what} = {format_bytes(b.memory)}: the smallest model this spec allows needs "
-            f"{format_bytes(mem)} ({mem} bytes); raise memory_budget to at least {_round_up_bytes(mem)}",
+            f"{format_bytes(leanest.memory)} ({leanest.memory} bytes); raise memory_budget to at least "
+            f"{_round_up_bytes(leanest.memory)}",
         )
+        return
+    within = [p for p in within if p.memory <= b.memory]
+    estimates = [checker.estimate(p) for p in within]
+    cb = checker.cb
+    if cb.latency_s is not None:
+        fastest = min(e.latency_s for e in estimates)
+        if fastest > cb.latency_s:
+            ctx.sink.error(c.loc("latency"), _latency_message(ctx, b, cb, fastest, "the smallest model"))
+            return
+    if cb.throughput is not None:
+        most = max(e.throughput for e in estimates)
+        if most < cb.throughput:
+            ctx.sink.error(c.loc("throughput"), _throughput_message(ctx, b, cb, most, "the fastest model"))
+            return
+    ctx.sink.error(
+        c.loc(),
+        "no single model meets parameter_budget, memory_budget, latency and throughput together; "
+        "relax one of them",
+    )
+
+
+def _latency_message(ctx, b: Bounds, cb: cost.CostBounds, need: float, who: str) -> str:
+    return (
+        f"{_bound_words(ctx, b, cb, LATENCY)} cannot be met: {who} needs {cost.format_time(need)}/{cb.unit}; "
+        f"relax latency to at least '{cost.time_at_least(need)}' or choose a faster device"
+    )
+
+
+def _throughput_message(ctx, b: Bounds, cb: cost.CostBounds, reach: float, who: str) -> str:
+    return (
+        f"{_bound_words(ctx, b, cb, THROUGHPUT)} cannot be met: {who} reaches "
+        f"{cost.format_rate(reach, cb.unit)}; lower throughput to at most '{cost.spec_rate_at_most(reach, cb)}' "
+        f"or choose a faster device"
+    )
 
 
 def _round_up_bytes(n: int) -> str:
@@ -212,6 +397,17 @@ def check_constraints(ctx: CompileContext) -> None:
             f"(weights {format_bytes(ctx.report['memory']['weights'])}), over the memory budget "
             f"{format_bytes(b.memory)}; raise memory_budget to at least {_round_up_bytes(mem)}",
         )
+    family = FAMILIES[ctx.family]
+    work = cost.workload(family, ctx, ctx.model, ctx.report["memory"])
+    cb = _cost_bounds(ctx, work)
+    if cb is not None:
+        e = cost.estimate(b.device, work, b.memory)
+        if cb.latency_s is not None and e.latency_s > cb.latency_s:
+            ctx.sink.error(c.loc("latency"), _latency_message(ctx, b, cb, e.latency_s, "the model"))
+        if cb.throughput is not None and e.throughput < cb.throughput:
+            ctx.sink.error(c.loc("throughput"), _throughput_message(ctx, b, cb, e.throughput, "the model"))
+        ctx.report["cost"] = cost.report(b.device, work, e, cb, b.memory, not c.given("latency"))
+        ctx.report["cost"]["binding_constraint"] = None  # filled below
     if params < b.min_params:
         if b.min_explicit:
             ctx.sink.error(
@@ -221,9 +417,11 @@ def check_constraints(ctx: CompileContext) -> None:
             )
         else:
             ctx.report.setdefault("binding_constraint", "pinned dimensions")
-            if ctx.report["binding_constraint"] == "parameter_budget.max":
+            if ctx.report["binding_constraint"] == PARAMS:
                 ctx.report["binding_constraint"] = "pinned dimensions"
     ctx.report.setdefault("binding_constraint", "pinned dimensions")
+    if "cost" in ctx.report:
+        ctx.report["cost"]["binding_constraint"] = ctx.report["binding_constraint"]
     ctx.report["budget"] = {
         "max": b.max_params,
         "min": b.min_params,
