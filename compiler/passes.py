@@ -113,6 +113,9 @@ def standard_passes(tiny: bool) -> list[Pass]:
     passes: list[Pass] = [SelectFamily(), ResolveDefaults()]
     passes.append(Shrink() if tiny else FitDimensions())
     passes += [BuildGraph(), CountParameters(), CheckConstraints()]
+    from metagen.compiler.objectives import EstimateTrainingCompute
+
+    passes.append(EstimateTrainingCompute())
     return passes
 
 

@@ -1,0 +1,364 @@
+"""Training objectives as IR, and the compute-feasibility estimate of a training run.
+
+An objective is a small loss `Model` (no parameters) built with the IR builder from
+the trained model's outputs and the batch's targets, so every backend lowers the
+same loss with the emitters it already has for the forward pass. What a loss needs
+that is random (diffusion noise and timesteps) is drawn by the training program
+from a seeded generator and handed to the loss as an ordinary batch field; the
+graph itself is deterministic.
+
+| objective      | loss graph                                                        |
+| -------------- | ----------------------------------------------------------------- |
+| autoregressive | cross_entropy(logits[:, :-1], input_ids[:, 1:])                   |
+| classification | cross_entropy(logits, labels)                                     |
+| diffusion      | mse(predicted noise, noise); noising x_t = sqrt(a_t) x0 + sqrt(1-a_t) e is data-side |
+| contrastive    | (CE(s·I·Tᵀ, arange) + CE(s·T·Iᵀ, arange)) / 2, s = exp(logit_scale) |
+| masked         | cross_entropy(logits at the masked positions, original tokens)    |
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from metagen.compiler.context import CompileContext
+from metagen.ir.builder import ModelBuilder
+from metagen.ir.graph import InputSpec, Layer, Model, Repeat, Sub
+from metagen.ir.types import DType, TensorType, eval_dim
+
+# Stable Diffusion's training schedule ("scaled_linear" in diffusers): betas are the
+# squares of a linear ramp of sqrt(beta) from sqrt(0.00085) to sqrt(0.012).
+DIFFUSION_SCHEDULE = {"kind": "scaled_linear", "steps": 1000, "beta_start": 0.00085, "beta_end": 0.012}
+
+
+class ObjectiveError(ValueError):
+    """The model's outputs do not carry what the objective needs."""
+
+
+@dataclass
+class LossProgram:
+    """What a training program needs to know about its loss.
+
+    `loss` is the IR loss model; `sources[i]` says where the loss's i-th input comes
+    from: ("output", name) of the model or ("batch", name) of the batch. `targets`
+    describes the batch fields the data side adds beyond the model's inputs.
+    """
+
+    objective: str
+    loss: Model
+    sources: list[tuple[str, str]]
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seq_len: int = 0
+    notes: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective,
+            "loss_inputs": [f"{kind}:{name}" for kind, name in self.sources],
+            "targets": self.targets,
+            "seq_len": self.seq_len,
+            "notes": self.notes,
+        }
+
+
+def _output(model: Model, *names: str) -> tuple[str, TensorType]:
+    top = model.top_module
+    for n in names:
+        if n in top.output_names:
+            return n, top.outputs[top.output_names.index(n)].type
+    raise ObjectiveError(f"the model has no output named {' or '.join(names)} (it has {', '.join(top.output_names)})")
+
+
+def _bind(t: TensorType, sizes: dict[str, int]) -> TensorType:
+    """Concrete sizes for every symbol but the batch."""
+    return t.with_shape(tuple(sizes[d] if isinstance(d, str) and d in sizes else d for d in t.shape))
+
+
+def _finish(mb: ModelBuilder, top, model: Model, inputs: list[InputSpec]) -> Model:
+    return mb.finish(
+        top,
+        name=top.name,
+        spec_name=f"{model.spec_name} loss",
+        inputs=inputs,
+        config={},
+        family="loss",
+        symbols={"batch": "batch size"},
+        loc=model.loc,
+    )
+
+
+def autoregressive(model: Model, seq: int) -> LossProgram:
+    name, lt = _output(model, "logits")
+    ids = next((i for i in model.inputs if i.kind == "tokens"), None)
+    if ids is None or lt.rank != 3:
+        raise ObjectiveError("autoregressive training needs token inputs and logits [batch, seq, vocab]")
+    sizes = {"seq": seq}
+    mb = ModelBuilder()
+    m = mb.module("NextTokenLoss", doc="Next-token cross-entropy: position t predicts token t+1.")
+    logits = m.input("logits", _bind(lt, sizes))
+    tokens = m.input("input_ids", _bind(ids.type, sizes))
+    pred = m.op("slice", logits, axis=1, start=0, end=seq - 1, hint="pred")
+    labels = m.op("slice", tokens, axis=1, start=1, end=seq, hint="labels")
+    loss = m.op("cross_entropy", pred, labels, hint="loss")
+    top = m.ret(loss, names=["loss"])
+    spec = [InputSpec("logits", logits.type, "normal"), InputSpec("input_ids", tokens.type, "tokens", 0, ids.high)]
+    return LossProgram("autoregressive", _finish(mb, top, model, spec), [("output", name), ("batch", ids.name)], {}, seq)
+
+
+def classification(model: Model, seq: int) -> LossProgram:
+    name, lt = _output(model, "logits")
+    if lt.rank != 2:
+        raise ObjectiveError("classification training needs logits [batch, classes]")
+    mb = ModelBuilder()
+    m = mb.module("ClassificationLoss", doc="Cross-entropy of the class logits against integer labels.")
+    logits = m.input("logits", lt)
+    labels = m.input("labels", TensorType(DType.i64, (lt.shape[0],)))
+    top = m.ret(m.op("cross_entropy", logits, labels, hint="loss"), names=["loss"])
+    classes = lt.shape[1]
+    spec = [InputSpec("logits", lt, "normal"), InputSpec("labels", labels.type, "tokens", 0, classes)]
+    return LossProgram(
+        "classification",
+        _finish(mb, top, model, spec),
+        [("output", name), ("batch", "labels")],
+        {"labels": {"kind": "class", "high": classes}},
+        seq,
+    )
+
+
+def diffusion(model: Model, seq: int) -> LossProgram:
+    name, pt = _output(model, "noise_pred", "sample", "out")
+    mb = ModelBuilder()
+    m = mb.module("NoisePredictionLoss", doc="MSE between the predicted and the true noise.")
+    pred = m.input("noise_pred", pt)
+    noise = m.input("noise", pt)
+    top = m.ret(m.op("mse", pred, noise, hint="loss"), names=["loss"])
+    spec = [InputSpec("noise_pred", pt, "normal"), InputSpec("noise", pt, "normal")]
+    return LossProgram(
+        "diffusion",
+        _finish(mb, top, model, spec),
+        [("output", name), ("batch", "noise")],
+        {"noise": {"kind": "diffusion_noise", "schedule": dict(DIFFUSION_SCHEDULE)}},
+        seq,
+        "x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise with t ~ U{0..steps-1}, drawn by the data side",
+    )
+
+
+def contrastive(model: Model, seq: int) -> LossProgram:
+    iname, it = _output(model, "image_embeds")
+    tname, tt = _output(model, "text_embeds")
+    sname, st = _output(model, "logit_scale")
+    mb = ModelBuilder()
+    m = mb.module("ContrastiveLoss", doc="Symmetric InfoNCE with the model's learned logit scale (CLIP).")
+    img = m.input("image_embeds", it)
+    txt = m.input("text_embeds", tt)
+    ls = m.input("logit_scale", st)
+    img_n = m.op("l2_normalize", img, hint="img")
+    txt_n = m.op("l2_normalize", txt, hint="txt")
+    scale = m.op("exp", ls, hint="scale")
+    per_image = m.op("mul", m.op("matmul", img_n, txt_n, transpose_b=True, hint="sim"), scale, hint="logits_per_image")
+    per_text = m.op("transpose", per_image, perm=(1, 0), hint="logits_per_text")
+    labels = m.op("positions", per_image, axis=0, hint="labels")
+    both = m.op("add", m.op("cross_entropy", per_image, labels), m.op("cross_entropy", per_text, labels), hint="both")
+    top = m.ret(m.op("scale", both, factor=0.5, hint="loss"), names=["loss"])
+    spec = [InputSpec(n, t, "normal") for n, t in (("image_embeds", it), ("text_embeds", tt), ("logit_scale", st))]
+    return LossProgram(
+        "contrastive",
+        _finish(mb, top, model, spec),
+        [("output", iname), ("output", tname), ("output", sname)],
+        {},
+        seq,
+        "matching pairs are the batch diagonal; embeddings are normalized inside the loss",
+    )
+
+
+OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
+    "autoregressive": autoregressive,
+    "classification": classification,
+    "diffusion": diffusion,
+    "contrastive": contrastive,
+}
+
+# Used when the spec names no objective.
+DEFAULT_OBJECTIVE = {"decoder_lm": "autoregressive", "vit": "classification", "unet": "diffusion", "clip": "contrastive"}
+
+
+def objective_name(ctx: CompileContext) -> str:
+    training = getattr(ctx.spec, "training", None)
+    names = list(training.get("objective") or []) if training is not None else []
+    if names:
+        return names[0]
+    return DEFAULT_OBJECTIVE.get(ctx.family, "classification" if "logits" in ctx.model.output_names else "")
+
+
+def training_seq_len(ctx: CompileContext) -> int:
+    return int(ctx.arch.get("context") or ctx.context_window or 0)
+
+
+def build_loss(ctx: CompileContext) -> LossProgram:
+    """The loss program of the spec's (first) objective; ObjectiveError when the
+    objective has no IR loss yet or the model's outputs do not fit it."""
+    name = objective_name(ctx)
+    if name not in OBJECTIVES:
+        raise ObjectiveError(f"objective '{name}' has no loss definition for family '{ctx.family}' yet")
+    return OBJECTIVES[name](ctx.model, training_seq_len(ctx))
+
+
+# ---------------------------------------------------------------- feasibility
+
+# Peak dense (no sparsity) BF16/FP16 tensor throughput per accelerator, FLOP/s.
+# Sources are listed in docs/training.md.
+ACCELERATORS: dict[str, float] = {
+    "V100": 125e12,
+    "T4": 65e12,
+    "A10": 125e12,
+    "A10G": 125e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "L40S": 362e12,
+    "RTX4090": 165e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "B200": 2250e12,
+    "MI250X": 383e12,
+    "MI300X": 1307e12,
+    "TPUV4": 275e12,
+    "TPUV5E": 197e12,
+    "TPUV5P": 459e12,
+    "CPU": 2e12,
+}
+UTILIZATION = 0.4  # model FLOP utilisation assumed for the time estimate
+GPUS_PER_NODE = 8
+
+
+def forward_flops(model: Model, bindings: dict[str, int]) -> int:
+    """FLOPs of one forward pass under `bindings`, summed over the IR's op rules."""
+    from metagen.ir import ops
+
+    def module(name: str) -> int:
+        md = model.modules[name]
+        total = 0
+        for node in md.nodes:
+            ins = [v.type for v in node.operands]
+            outs = [v.type for v in node.results]
+            if node.kind == "op":
+                total += ops.get(node.op).flops(node.attrs, ins, outs, bindings)
+            elif node.kind == "call":
+                child = md.children[node.target]
+                if isinstance(child, Layer):
+                    d = ops.get(child.op)
+                    total += d.flops(d.resolve_attrs(child.attr_dict()), ins, outs, bindings)
+                elif isinstance(child, Sub):
+                    total += module(child.module)
+                elif isinstance(child, Repeat):
+                    total += child.count * module(child.module)
+        return total
+
+    return module(model.top)
+
+
+def _parallel_plan(count: int) -> dict[str, Any]:
+    nodes = max(1, math.ceil(count / GPUS_PER_NODE))
+    per_node = min(count, GPUS_PER_NODE)
+    return {
+        "world_size": count,
+        "nodes": nodes,
+        "nproc_per_node": per_node,
+        "torch": f"torchrun --nnodes {nodes} --nproc_per_node {per_node}: FSDP2 fully_shard over {count} ranks",
+        "jax": f"Mesh(({count},), ('data',)): batch sharded over {count} devices",
+    }
+
+
+def _human_duration(seconds: float) -> str:
+    for unit, size in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} seconds"
+
+
+def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
+    """Training FLOPs and time for the spec's data and hardware; None without a
+    training section. Transformers on tokens: 6·N·D. Otherwise (samples): 3 × the
+    IR's forward FLOPs per sample × D (backward ≈ 2 × forward)."""
+    from metagen.frontend import units
+
+    training = getattr(ctx.spec, "training", None)
+    if training is None or ctx.model is None:
+        return None
+    n = ctx.model.param_count()
+    out: dict[str, Any] = {"objective": objective_name(ctx), "parameters": n, "utilization": UTILIZATION}
+    compute, data = training.get("compute"), training.get("data")
+    size = data.get("size") if data is not None else None
+    hardware = compute.get("hardware") if compute is not None else None
+    duration = compute.get("duration") if compute is not None else None
+    if size is not None:
+        amount, unit = size if isinstance(size, tuple) else units.parse_data_size(size)
+        out["data"] = {"amount": amount, "unit": unit}
+        if unit == "tokens":
+            flops = 6 * n * amount
+            out["flops_rule"] = "6 * N * D (D tokens; forward 2ND + backward 4ND)"
+        else:
+            from metagen.compiler.families import FAMILIES
+
+            work = FAMILIES[ctx.family].workload(ctx, ctx.model)
+            per_sample = forward_flops(ctx.model, dict(work["bindings"], batch=1))
+            flops = 3 * per_sample * amount
+            out["forward_flops_per_sample"] = per_sample
+            out["flops_rule"] = "3 * forward FLOPs per sample (from the IR) * D samples"
+        out["training_flops"] = float(flops)
+    elif ctx.model.inputs and ctx.model.inputs[0].kind == "tokens":
+        amount = 20 * n
+        out["data"] = {"amount": amount, "unit": "tokens", "assumed": "compute-optimal 20 tokens per parameter (Hoffmann et al. 2022)"}
+        out["flops_rule"] = "6 * N * D (D tokens; forward 2ND + backward 4ND)"
+        out["training_flops"] = float(6 * n * amount)
+    if hardware is not None:
+        count, kind = hardware if isinstance(hardware, tuple) else units.parse_hardware(hardware)
+        key = kind.upper().replace("-", "").replace("_", "")
+        peak = ACCELERATORS.get(key) or next((v for k, v in ACCELERATORS.items() if key.startswith(k)), None)
+        out["hardware"] = {"count": count, "accelerator": kind, "peak_flops_each": peak}
+        out["parallel_plan"] = _parallel_plan(count)
+        if peak is None:
+            out["hardware"]["note"] = f"unknown accelerator '{kind}'; no time estimate"
+        elif "training_flops" in out:
+            seconds = out["training_flops"] / (count * peak * UTILIZATION)
+            out["estimated_seconds"] = seconds
+            out["estimated"] = _human_duration(seconds)
+    if duration is not None:
+        budget = duration if isinstance(duration, (int, float)) else units.parse_duration(duration)
+        out["duration_seconds"] = float(budget)
+        if "estimated_seconds" in out:
+            out["fits"] = out["estimated_seconds"] <= budget
+            if out["data"]["unit"] == "tokens":
+                rate = out["hardware"]["count"] * out["hardware"]["peak_flops_each"] * UTILIZATION
+                out["tokens_in_duration"] = float(budget * rate / (6 * n))
+    return out
+
+
+@dataclass
+class EstimateTrainingCompute:
+    """Records the training estimate and warns, at training.compute.duration, when
+    the spec's duration cannot hold the work."""
+
+    name: ClassVar[str] = "estimate-training-compute"
+
+    def run(self, ctx: CompileContext) -> bool:
+        from metagen.frontend.units import UnitError
+
+        try:
+            est = training_estimate(ctx)
+        except (UnitError, KeyError, ValueError):
+            return False  # the spec builder reports malformed values itself
+        if est is None:
+            return False
+        ctx.report["training"] = est
+        if est.get("fits") is False and "assumed" not in est["data"]:
+            compute = ctx.spec.training.compute
+            hw = est["hardware"]
+            ctx.sink.warning(
+                compute.loc("duration"),
+                f"training.compute.duration: {_human_duration(est['duration_seconds'])} cannot hold "
+                f"{est['training_flops']:.3g} FLOPs on {hw['count']}x{hw['accelerator']} at "
+                f"{UTILIZATION:.0%} utilisation; it needs about {est['estimated']}",
+            )
+        return True
