@@ -14,6 +14,19 @@ from metagen.frontend.spec_builder import Spec
 RULES: list[tuple[frozenset, frozenset, str | None, str]] = [
     (frozenset({"text"}), frozenset({"text"}), "autoregressive", "decoder_lm"),
     (frozenset({"text"}), frozenset({"text"}), None, "decoder_lm"),
+    (frozenset({"image"}), frozenset({"label"}), "classification", "vit"),
+    (frozenset({"image"}), frozenset({"label"}), None, "vit"),
+    # Tutorial step 5 writes outputs ["image"] for a classifier; vit warns that it outputs class logits.
+    (frozenset({"image"}), frozenset({"image"}), "classification", "vit"),
+    (frozenset({"text"}), frozenset({"label"}), "classification", "encoder"),
+    (frozenset({"text"}), frozenset({"label"}), None, "encoder"),
+    (frozenset({"text", "image"}), frozenset({"text", "image"}), "contrastive", "clip"),
+    (frozenset({"text", "image"}), frozenset({"text", "image"}), None, "clip"),
+    (frozenset({"text", "image"}), frozenset({"embedding"}), "contrastive", "clip"),
+    (frozenset({"text", "image"}), frozenset({"image"}), "diffusion", "diffusion_unet"),
+    (frozenset({"text", "image"}), frozenset({"image"}), None, "diffusion_unet"),
+    (frozenset({"audio"}), frozenset({"audio"}), "autoregressive", "audio_lm"),
+    (frozenset({"audio"}), frozenset({"audio"}), None, "audio_lm"),
 ]
 
 

@@ -1,0 +1,142 @@
+"""Text encoder classifiers (BERT conventions by default: word, position and
+token-type embeddings, LayerNorm after the embeddings, post-norm blocks, a pooler
+(dense + tanh on the first token) before the classifier)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metagen.compiler.context import CompileContext
+from metagen.compiler.families import transformer as T
+from metagen.compiler.families.base import Family, Knobs, register
+from metagen.compiler.families.decoder_lm import class_name, resolve_tower
+from metagen.compiler.families.vit import activation_bytes, num_classes, tower_activations, warn_family, width_candidates
+from metagen.ir.builder import ModelBuilder
+from metagen.ir.graph import InputSpec, Model
+from metagen.ir.types import DType, TensorType
+
+ENCODER_KEYS = [
+    "vocab_size", "type_vocab_size", "hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size",
+    "activation", "norm", "norm_eps", "norm_position", "position", "rope_theta", "pooling", "bias",
+]
+SIZE_KEYS = ("hidden_size", "heads", "kv_heads", "head_dim", "ffn_size")
+DEFAULT_TEXT_CLASSES = 2  # binary classification, when task.num_classes is absent
+DEFAULT_CONTEXT = 512  # BERT's maximum length, when constraints.context_window is absent
+
+
+def check_encoder(cfg: dict[str, Any], pinned: set[str]) -> str | None:
+    if cfg["position"] not in ("learned", "rope", "none"):
+        return f"position '{cfg['position']}' is not supported by the encoder family; use 'learned', 'rope' or 'none'"
+    if cfg["pooling"] not in ("cls", "cls_pooler", "mean"):
+        return f"pooling '{cfg['pooling']}' is not supported by the encoder family; use 'cls_pooler', 'cls' or 'mean'"
+    return T.derive(cfg, pinned, False)
+
+
+class EncoderClassifier(Family):
+    def resolve(self, ctx: CompileContext) -> None:
+        cfg = resolve_tower(ctx, "encoder")
+        ctx.arch = {k: cfg.get(k) for k in ENCODER_KEYS}
+        ctx.arch["num_classes"] = num_classes(ctx, DEFAULT_TEXT_CLASSES)
+        given = ctx.spec.constraints.given("context_window")
+        ctx.arch["context"] = ctx.context_window if given else DEFAULT_CONTEXT
+        ctx.context_window = ctx.arch["context"]
+        warn_family(ctx, "a text encoder classifier")
+        if ctx.spec.task.num_classes is None:
+            ctx.sink.note(ctx.spec.task.loc(), f"task.num_classes is not given; using {DEFAULT_TEXT_CLASSES} classes")
+
+    def knobs(self, ctx: CompileContext) -> Knobs | None:
+        if "hidden_size" in ctx.pinned and "layers" in ctx.pinned:
+            return None
+        widths = []
+        pinned_d = ctx.arch["hidden_size"] if "hidden_size" in ctx.pinned else None
+        for d in width_candidates(pinned_d):
+            cfg = dict(ctx.arch, hidden_size=d)
+            if check_encoder(cfg, ctx.pinned) is None:
+                widths.append({k: cfg[k] for k in SIZE_KEYS})
+        depth_keys = [] if "layers" in ctx.pinned else ["layers"]
+        return Knobs(widths=widths, depth_keys=depth_keys, ideal_depth=lambda w: T.ideal_layers(w["hidden_size"]))
+
+    def tiny(self, ctx: CompileContext) -> None:
+        a = ctx.arch
+        a.update(hidden_size=64, layers=2, heads=4, kv_heads=4, head_dim=16, vocab_size=256, context=64)
+        a["ffn_size"] = T.default_ffn(64, a["activation"])
+        a["type_vocab_size"] = min(a["type_vocab_size"], 2)
+        a["num_classes"] = min(a["num_classes"], 10)
+        ctx.context_window = 64
+
+    def finalize(self, ctx: CompileContext) -> str | None:
+        return check_encoder(ctx.arch, ctx.pinned)
+
+    def build(self, ctx: CompileContext) -> Model:
+        a = ctx.arch
+        mb = ModelBuilder()
+        d, vocab = a["hidden_size"], a["vocab_size"]
+        block = T.block_module(mb, a, TensorType(DType.f32, ("batch", "seq", d)), causal=False)
+        top = mb.module(class_name(ctx.spec.name), doc="Transformer encoder classifier.")
+        ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
+        inputs = [InputSpec("input_ids", ids.type, "tokens", 0, vocab, "token ids, 0 <= id < vocab_size")]
+        top.layer("tok_embeddings", "embedding", num=vocab, dim=d)
+        x = top.call("tok_embeddings", ids, hint="x")
+        if a["position"] == "learned":
+            top.layer("pos_embeddings", "embedding", num=a["context"], dim=d)
+            pos = top.op("positions", ids, axis=1, hint="pos")
+            x = top.op("add", x, top.call("pos_embeddings", pos, hint="pos_emb"), hint="x")
+        if a["type_vocab_size"] > 0:
+            types = top.input("token_type_ids", TensorType(DType.i64, ("batch", "seq")))
+            inputs.append(
+                InputSpec("token_type_ids", types.type, "tokens", 0, a["type_vocab_size"], "segment ids, 0 <= id < type_vocab_size")
+            )
+            top.layer("type_embeddings", "embedding", num=a["type_vocab_size"], dim=d)
+            x = top.op("add", x, top.call("type_embeddings", types, hint="type_emb"), hint="x")
+        post = a["norm_position"] == "post"
+        if post:
+            # Post-norm blocks end in a norm; the embeddings are normalized before them.
+            T.norm_layer(top, "embed_norm", a)
+            x = top.call("embed_norm", x, hint="x")
+        top.repeat("blocks", block, a["layers"])
+        x = top.call("blocks", x, hint="x")
+        if not post:
+            T.norm_layer(top, "norm_f", a)
+            x = top.call("norm_f", x, hint="x")
+        if a["pooling"] == "mean":
+            pooled = top.op("mean", x, axis=1, hint="pooled")
+        else:
+            pooled = top.op("select", x, axis=1, index=0, hint="pooled")
+        if a["pooling"] == "cls_pooler":
+            top.layer("pooler", "linear", in_features=d, out_features=d, bias=bool(a["bias"]))
+            pooled = top.op("tanh", top.call("pooler", pooled, hint="pooled"), hint="pooled")
+        top.layer("classifier", "linear", in_features=d, out_features=a["num_classes"], bias=True)
+        logits = top.call("classifier", pooled, hint="logits")
+        top_def = top.ret(logits, names=["logits"])
+        config = {k: a[k] for k in ENCODER_KEYS}
+        config["num_classes"] = a["num_classes"]
+        config["context_window"] = a["context"]
+        return mb.finish(
+            top_def,
+            name=top_def.name,
+            spec_name=ctx.spec.name,
+            inputs=inputs,
+            config=config,
+            family=self.name,
+            symbols={"batch": "batch size", "seq": f"sequence length, at most {a['context']}"},
+            examples={"seq": min(16, a["context"])},
+        )
+
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
+        nbytes = activation_bytes(ctx)
+        weights = params * nbytes
+        acts = tower_activations(ctx.arch, ctx.arch["context"], nbytes)
+        return {"weights": weights, "kv_cache": 0, "activations": acts, "total": weights + acts}
+
+    def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
+        return {"unit": "sequence", "bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}
+
+
+register(
+    EncoderClassifier(
+        "encoder",
+        "Transformer text encoder classifier (BERT conventions).",
+        inputs_doc="input_ids: int64 [batch, seq]; token_type_ids: int64 [batch, seq] when type_vocab_size > 0",
+        outputs_doc="logits: float32 [batch, num_classes], class scores",
+    )
+)
