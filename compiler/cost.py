@@ -237,7 +237,8 @@ def spec_rate_at_most(per_s: float, cb: CostBounds) -> str:
 
 
 def _sig(x: float) -> str:
-    return f"{x:.3g}"
+    v = float(f"{x:.3g}")
+    return str(int(v)) if v >= 1000 else f"{v:g}"
 
 
 def _round_sig(x: float, up: bool) -> str:

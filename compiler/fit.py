@@ -156,6 +156,7 @@ def fit_dimensions(ctx: CompileContext) -> None:
     largest = None  # the largest model that meets every upper bound but not the minimum
     tried: list[Point] = []  # the smallest model of each width, for "no model fits"
     rejected: list[tuple[Point, str]] = []  # widths whose pinned depth breaks a bound
+    blocked: list[tuple[int, str]] = []  # (params reached, constraint) for widths held under the minimum
     evaluated = 0
     for width in knobs.widths:
         base_arch = dict(ctx.arch, **width)
@@ -187,6 +188,12 @@ def fit_dimensions(ctx: CompileContext) -> None:
                     lambda d: checker.estimate(_at(r1, r2, d)).throughput >= checker.cb.throughput, top
                 )
             depth = int(min(min(limits.values()), top))
+            if limits[PARAMS] >= 1 and depth < limits[PARAMS]:
+                # What stopped a width that the parameter budget alone would have let
+                # reach the minimum: the binding constraint when no model reaches it.
+                if _line(r1.params, r2.params, limits[PARAMS]) >= b.min_params:
+                    why = next(k for k, v in limits.items() if v == depth)
+                    blocked.append((_line(r1.params, r2.params, depth) if depth >= 1 else 0, why))
             if depth < 1:
                 # widths only grow from here; once depth 1 breaks max, stop
                 if r1.params > b.max_params:
@@ -227,6 +234,8 @@ def fit_dimensions(ctx: CompileContext) -> None:
     binding = None
     if chosen is None and largest is not None:
         chosen = largest
+        if largest[5] == PARAMS and blocked:
+            largest = largest[:5] + (max(blocked)[1],)
         binding = largest[5]
         if binding == PARAMS:
             binding = "pinned dimensions"
