@@ -179,7 +179,7 @@ class TorchEmitter:
             with out.indent():
                 out("super().__init__()")
                 for p in md.params.values():
-                    out(f"self.{p.name} = nn.Parameter(torch.empty({', '.join(map(str, p.type.shape))}))")
+                    out(f"self.{p.name} = nn.Parameter(torch.empty({', '.join(map(str, p.type.shape)) or '()'}))")
                 for name, child in md.children.items():
                     if isinstance(child, Layer):
                         out(f"self.{name} = {LAYERS[child.op](child.attr_dict())}")
