@@ -48,6 +48,18 @@ SPECS: list[GoldenSpec] = [
 ]
 
 
+def example_specs() -> list[str]:
+    """Every example spec that compiles: SPECS plus the `.mg` twin of each, where the
+    DSL spells the same spec (examples/Makefile builds all of them)."""
+    out = []
+    for spec in SPECS:
+        out.append(spec.path)
+        twin = os.path.splitext(spec.path)[0] + ".mg"
+        if os.path.exists(os.path.join(ROOT, twin)):
+            out.append(twin)
+    return out
+
+
 def _onnx_text(files: dict[str, bytes]) -> bytes:
     """ONNX as onnx.printer text, initializer payloads replaced by a digest so the
     file stays readable (the weights themselves are covered by the differential and
@@ -244,7 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--update", action="store_true", help="rewrite golden/ from the compiler's output")
     g.add_argument("--check", action="store_true", help="fail with a unified diff when golden/ is stale")
+    g.add_argument("--list-specs", action="store_true", help="the example specs, relative to examples/ (for examples/Makefile)")
+    g.add_argument("--list-targets", action="store_true", help="the targets whose backend is in this tree")
     args = p.parse_args(argv)
+    if args.list_specs:
+        print(" ".join(os.path.relpath(p, "examples") for p in example_specs()))
+        return 0
+    if args.list_targets:
+        print(" ".join(dict.fromkeys(v.target for v in VARIANTS if _available(v.backend))))
+        return 0
     return update() if args.update else check()
 
 

@@ -43,13 +43,11 @@ def parse_count(value, what: str = "parameter count", limit: int = MAX_PARAMS) -
         if key not in _PARAM_SUFFIX:
             raise UnitError(f"unknown suffix {suffix!r} in {value!r}; use K, M, B or T (e.g. \"500M\")")
         x = float(num) * _PARAM_SUFFIX[key] * (-1 if sign == "-" else 1)
-    _finite_positive(x, what)
-    if x > limit:
+    if not math.isfinite(x):
+        raise UnitError(f"{what} must be a finite number; the allowed range is 1 to {format_count(limit)}")
+    if x < 1 or x > limit:
         raise UnitError(f"{what} {value!r} is out of range; the allowed range is 1 to {format_count(limit)}")
-    n = int(round(x))
-    if n < 1:
-        raise UnitError(f"{what} must be at least 1")
-    return n
+    return int(round(x))
 
 
 _BYTES = {

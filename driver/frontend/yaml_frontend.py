@@ -13,6 +13,7 @@ from metagen.diagnostics import CompileError, Diagnostic, Loc
 from metagen.frontend.tree import LNode
 
 MAX_NODES = 20_000
+MAX_DEPTH = 64  # no spec section nests deeper than a handful of levels
 
 
 def _loc(path: str, mark) -> Loc:
@@ -28,11 +29,15 @@ class _Builder:
     def fail(self, node, message: str):
         raise CompileError([Diagnostic("error", _loc(self.path, node.start_mark), message)])
 
-    def build(self, node) -> LNode:
+    def build(self, node, depth: int = 0) -> LNode:
         self.count += 1
         if self.count > MAX_NODES:
             self.fail(node, f"spec expands to more than {MAX_NODES} values (an alias bomb?); refusing to load it")
+        if depth > MAX_DEPTH:
+            self.fail(node, f"spec nests more than {MAX_DEPTH} levels deep; refusing to load it")
         loc = _loc(self.path, node.start_mark)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _COLLECTION_TAGS:
+            self.fail(node, f"unsupported YAML tag {node.tag!r}")
         if isinstance(node, yaml.MappingNode):
             items: dict[str, LNode] = {}
             key_locs: dict[str, Loc] = {}
@@ -45,10 +50,10 @@ class _Builder:
                 if key in items:
                     self.fail(knode, f'duplicate key "{key}" (first written at line {key_locs[key].line})')
                 key_locs[key] = _loc(self.path, knode.start_mark)
-                items[key] = self.build(vnode)
+                items[key] = self.build(vnode, depth + 1)
             return LNode(items, loc, key_locs)
         if isinstance(node, yaml.SequenceNode):
-            return LNode([self.build(v) for v in node.value], loc)
+            return LNode([self.build(v, depth + 1) for v in node.value], loc)
         if isinstance(node, yaml.ScalarNode):
             if node.tag not in _SAFE_TAGS:
                 self.fail(node, f"unsupported YAML tag {node.tag!r}")
@@ -62,6 +67,8 @@ class _Builder:
         self.fail(node, "unsupported YAML node")
 
 
+_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
 _SAFE_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -72,8 +79,33 @@ _SAFE_TAGS = {
 }
 
 
+def _check_flow_depth(text: str, path: str) -> None:
+    """Reject deeply nested `[`/`{` before PyYAML sees them: its scanner looks ahead
+    over every open flow collection (quadratic) and its composer recurses (stack).
+    A rough lexer (quotes and comments skipped) is enough for a guard."""
+    depth = 0
+    for lineno, line in enumerate(text.split("\n"), 1):
+        quote = None
+        for i, ch in enumerate(line):
+            if quote:
+                if ch == quote:
+                    quote = None
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
+                break
+            elif ch in "[{":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    message = f"spec nests more than {MAX_DEPTH} levels deep; refusing to load it"
+                    raise CompileError([Diagnostic("error", Loc(path, lineno, i + 1), message)])
+            elif ch in "]}":
+                depth = max(depth - 1, 0)
+
+
 def parse_yaml(text: str, path: str) -> LNode:
     """Parse one YAML document into a located tree, or raise CompileError."""
+    _check_flow_depth(text, path)
     loader = yaml.SafeLoader(text)
     try:
         try:
@@ -87,6 +119,12 @@ def parse_yaml(text: str, path: str) -> LNode:
             raise CompileError([Diagnostic("error", loc, f"malformed YAML: {problem}")]) from None
         except yaml.YAMLError as exc:
             raise CompileError([Diagnostic("error", Loc(path, 1, 1), f"malformed YAML: {exc}")]) from None
+        except RecursionError:
+            # PyYAML composes recursively: thousands of nested brackets exhaust the stack
+            loc = _loc(path, loader.get_mark())
+            raise CompileError(
+                [Diagnostic("error", loc, f"spec nests more than {MAX_DEPTH} levels deep; refusing to load it")]
+            ) from None
         if node is None:
             raise CompileError([Diagnostic("error", Loc(path, 1, 1), "the spec is empty")])
         return _Builder(path, loader).build(node)
