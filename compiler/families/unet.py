@@ -1,0 +1,488 @@
+"""Text-conditioned diffusion U-Net (Stable Diffusion 1.5 conventions).
+
+The model predicts the noise in a noisy *latent* (SD's 4-channel, 8x-downsampled
+VAE space) at a timestep, conditioned on a prompt encoded by a CLIP text
+transformer that is part of the model. The VAE is not included: it runs once per
+image (encode for training, decode after sampling), not once per denoising step, is
+usually a frozen pretrained component shared between models, and its size would
+distort the budget the fitter spends on the denoiser. Feeding pixels instead works
+too: set `latent_channels: 3` and `sample_size` to the image side.
+
+Structure, as diffusers' `UNet2DConditionModel` with `CLIPTextModel`:
+
+- sinusoidal timestep embedding (flip_sin_to_cos, freq_shift 0) of width
+  `base_channels`, then linear -> silu -> linear to 4 * base_channels;
+- `conv_in`; down levels of `res_blocks` ResNet blocks (each followed by a spatial
+  transformer at `attention_levels`) and a stride-2 downsampling conv between
+  levels; a mid block (resnet, transformer, resnet); up levels of res_blocks + 1
+  ResNet blocks each consuming a skip connection (channel concat), nearest 2x
+  upsampling + conv between levels; GroupNorm -> silu -> `conv_out`;
+- ResNet block: GroupNorm -> silu -> conv3x3, + linear(silu(temb)), GroupNorm ->
+  silu -> conv3x3, plus the input (through a 1x1 conv when channels change);
+- spatial transformer: GroupNorm(eps 1e-6) -> 1x1 conv -> `transformer_depth`
+  blocks (LN -> self-attention, LN -> cross-attention to the text states, LN ->
+  GEGLU feed-forward; q/k/v without bias, output projections with) -> 1x1 conv,
+  plus the input.
+
+Canonical names are flat per level (`down1.res0.conv1.weight`,
+`up2.attn1.blocks.0.attn2.kv_proj.weight`, `text_encoder.blocks.3.mlp.fc_in.bias`);
+tests/hf_mapping_unet.py maps diffusers' names onto them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from metagen.compiler.context import CompileContext
+from metagen.compiler.families import transformer as T
+from metagen.compiler.families.base import Family, Knobs, register
+from metagen.compiler.families.decoder_lm import class_name, resolve_tower
+from metagen.ir.builder import ModelBuilder
+from metagen.ir.graph import InputSpec, Model, ModuleDef, Value
+from metagen.ir.types import DType, TensorType
+
+# SD 1.5's U-Net layout; base_channels and res_blocks are fitted unless pinned.
+UNET_DEFAULTS: dict[str, Any] = dict(
+    latent_channels=4,
+    sample_size=64,
+    channel_mults=[1, 2, 4, 4],
+    attention_levels=[0, 1, 2],
+    heads=8,
+    transformer_depth=1,
+    norm_groups=32,
+)
+SIZE_KEYS = ("base_channels", "res_blocks")
+UNET_KEYS = ("latent_channels", "sample_size", "base_channels", "channel_mults", "res_blocks", "attention_levels",
+             "heads", "transformer_depth", "norm_groups", "cross_attention_dim")
+# The text tower defaults to CLIP ViT-L/14's, the encoder SD 1.5 is conditioned on.
+TEXT_DEFAULTS: dict[str, Any] = dict(hidden_size=768, layers=12, heads=12, ffn_size=3072, vocab_size=49408, pooling="none")
+TEXT_KEYS = ("vocab_size", "hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size", "activation", "norm",
+             "norm_eps", "norm_position", "position", "bias", "pooling")
+TEXT_CONTEXT = 77
+RESNET_EPS = 1e-5
+TRANSFORMER_NORM_EPS = 1e-6
+BLOCK_NORM_EPS = 1e-5
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def level_channels(a: dict[str, Any]) -> list[int]:
+    return [a["base_channels"] * m for m in a["channel_mults"]]
+
+
+class DiffusionUNet(Family):
+    def resolve(self, ctx: CompileContext) -> None:
+        spec_arch = ctx.spec.architecture
+        a: dict[str, Any] = {}
+        for key in UNET_KEYS:
+            if spec_arch.given(key):
+                a[key] = list(spec_arch.get(key)) if isinstance(spec_arch.get(key), list) else spec_arch.get(key)
+                ctx.pinned.add(key)
+            else:
+                a[key] = UNET_DEFAULTS.get(key)
+        te = resolve_tower(ctx, "clip_text", section=spec_arch.text_encoder, prefix="text_encoder.")
+        for key, value in TEXT_DEFAULTS.items():
+            if f"text_encoder.{key}" not in ctx.pinned:
+                te[key] = value
+        if te.get("kv_heads") is None:
+            te["kv_heads"] = te["heads"]
+        if te.get("head_dim") is None and te["hidden_size"] % te["heads"] == 0:
+            te["head_dim"] = te["hidden_size"] // te["heads"]
+        if te["pooling"] != "none":
+            ctx.sink.warning(
+                spec_arch.text_encoder.loc("pooling"),
+                "text_encoder.pooling is ignored by the diffusion U-Net: it cross-attends to the whole sequence "
+                "of final hidden states",
+            )
+            te["pooling"] = "none"
+        a["text_encoder"] = {k: te.get(k) for k in TEXT_KEYS}
+        if a["cross_attention_dim"] is None:
+            a["cross_attention_dim"] = te["hidden_size"]
+        # CLIP's prompt length, unless the spec sets its own context window.
+        c = ctx.spec.constraints
+        ctx.context_window = c.context_window if c.given("context_window") else TEXT_CONTEXT
+        a["context"] = ctx.context_window
+        ctx.arch = a
+
+    def finalize(self, ctx: CompileContext) -> str | None:
+        a = ctx.arch
+        te = a["text_encoder"]
+        mults, levels = a["channel_mults"], len(a["channel_mults"])
+        if not mults:
+            return "channel_mults needs at least one level"
+        for lvl in a["attention_levels"]:
+            if lvl >= levels:
+                return f"attention_levels names level {lvl}, but channel_mults has {levels} levels (0..{levels - 1})"
+        if a["sample_size"] % (2 ** (levels - 1)):
+            return f"sample_size {a['sample_size']} must be divisible by 2^{levels - 1} for {levels} levels"
+        for ch in level_channels(a):
+            if ch % a["norm_groups"]:
+                return f"norm_groups {a['norm_groups']} does not divide {ch} channels (base_channels x channel_mults)"
+        attn_ch = [level_channels(a)[lvl] for lvl in a["attention_levels"]] + [level_channels(a)[-1]]
+        for ch in attn_ch:
+            if ch % a["heads"]:
+                return f"heads {a['heads']} does not divide {ch} channels of a spatial transformer"
+        if a["base_channels"] % 2:
+            return "base_channels must be even (the sinusoidal timestep embedding has base_channels features)"
+        if te["hidden_size"] % te["heads"]:
+            return f"text_encoder.heads {te['heads']} does not divide text_encoder.hidden_size {te['hidden_size']}"
+        if a["cross_attention_dim"] != te["hidden_size"]:
+            return (
+                f"cross_attention_dim {a['cross_attention_dim']} must equal text_encoder.hidden_size "
+                f"{te['hidden_size']}: the U-Net cross-attends to the text encoder's hidden states"
+            )
+        return None
+
+    def knobs(self, ctx: CompileContext) -> Knobs | None:
+        free = [k for k in SIZE_KEYS if k not in ctx.pinned]
+        if not free:
+            return None
+        a = ctx.arch
+        if "base_channels" in ctx.pinned:
+            candidates = [a["base_channels"]]
+        else:
+            # Multiples of 64 whose every level keeps GroupNorm groups and heads whole.
+            candidates = [
+                c for c in range(64, 4096 + 1, 64)
+                if all((c * m) % a["norm_groups"] == 0 and (c * m) % a["heads"] == 0 for m in a["channel_mults"])
+            ]
+        widths = [{"base_channels": c} for c in candidates]
+        depth_keys = [] if "res_blocks" in ctx.pinned else ["res_blocks"]
+        # SD 1.x/2.x and most latent U-Nets use two ResNet blocks per level.
+        return Knobs(widths=widths, depth_keys=depth_keys, max_depth=8, ideal_depth=lambda w: 2.0)
+
+    def tiny(self, ctx: CompileContext) -> None:
+        a = ctx.arch
+        levels = len(a["channel_mults"])
+        a.update(
+            base_channels=32,
+            channel_mults=[min(m, 2) for m in a["channel_mults"]],
+            res_blocks=1,
+            heads=2,
+            transformer_depth=1,
+            norm_groups=8,
+            sample_size=max(8, 2 ** (levels - 1)),
+            latent_channels=min(a["latent_channels"], 4),
+            context=16,
+        )
+        te = a["text_encoder"]
+        te.update(hidden_size=32, layers=2, heads=2, kv_heads=2, head_dim=16, ffn_size=64, vocab_size=256)
+        a["cross_attention_dim"] = 32
+        ctx.context_window = 16
+
+    # ---------------------------------------------------------------- graph
+
+    def build(self, ctx: CompileContext) -> Model:
+        a = ctx.arch
+        te = a["text_encoder"]
+        mb = ModelBuilder()
+        s, lc = a["sample_size"], a["latent_channels"]
+        chans = level_channels(a)
+        levels = len(chans)
+        ch0 = chans[0]
+        tdim = 4 * ch0
+        seq_type = TensorType(DType.f32, ("batch", "seq", te["hidden_size"]))
+        temb_type = TensorType(DType.f32, ("batch", tdim))
+
+        text = text_encoder_module(mb, te, a["context"])
+        top = mb.module(class_name(ctx.spec.name), doc="Text-conditioned latent diffusion U-Net (predicts the noise).")
+        sample = top.input("sample", TensorType(DType.f32, ("batch", lc, s, s)))
+        timestep = top.input("timestep", TensorType(DType.f32, ("batch",)))
+        ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
+
+        top.sub("text_encoder", text)
+        context = top.call("text_encoder", ids, hint="context")
+
+        t = top.op("timestep_embedding", timestep, dim=ch0, flip_sin_to_cos=True, freq_shift=0.0, hint="t_emb")
+        top.sub("time_embedding", time_embedding_module(mb, ch0, tdim))
+        temb = top.call("time_embedding", t, hint="temb")
+
+        top.layer("conv_in", "conv2d", in_channels=lc, out_channels=ch0, kernel=3, padding=1)
+        x = top.call("conv_in", sample, hint="x")
+        skips: list[Value] = [x]
+        for lvl in range(levels):
+            down = down_level_module(mb, a, lvl, x.type.shape[1], s >> lvl, temb_type, seq_type, last=lvl == levels - 1)
+            top.sub(f"down{lvl}", down)
+            outs = top.call_multi(f"down{lvl}", x, temb, context, hint="h")
+            skips.extend(outs)
+            x = outs[-1]
+        top.sub("mid", mid_module(mb, a, chans[-1], s >> (levels - 1), temb_type, seq_type))
+        x = top.call("mid", x, temb, context, hint="x")
+        for lvl in reversed(range(levels)):
+            n = a["res_blocks"] + 1
+            taken, skips = skips[-n:][::-1], skips[:-n]
+            up = up_level_module(mb, a, lvl, x.type, [v.type for v in taken], temb_type, seq_type, first=lvl == 0)
+            top.sub(f"up{lvl}", up)
+            x = top.call(f"up{lvl}", x, *taken, temb, context, hint="x")
+        top.layer("conv_norm_out", "group_norm", groups=a["norm_groups"], channels=ch0, eps=RESNET_EPS)
+        x = top.op("silu", top.call("conv_norm_out", x, hint="h"), hint="h")
+        top.layer("conv_out", "conv2d", in_channels=ch0, out_channels=lc, kernel=3, padding=1)
+        out = top.call("conv_out", x, hint="noise_pred")
+        top_def = top.ret(out, names=["noise_pred"])
+
+        config = {k: a[k] for k in UNET_KEYS}
+        config["context_window"] = a["context"]
+        config["text_encoder"] = dict(te)
+        return mb.finish(
+            top_def,
+            name=top_def.name,
+            spec_name=ctx.spec.name,
+            inputs=[
+                InputSpec("sample", sample.type, "normal", 0.0, 0.0, "noisy latent x_t, float32 [batch, C, H, W]"),
+                InputSpec("timestep", timestep.type, "uniform", 0.0, 1000.0, "diffusion timestep t per sample (float)"),
+                InputSpec("input_ids", ids.type, "tokens", 0, te["vocab_size"], "prompt token ids (CLIP tokenizer)"),
+            ],
+            config=config,
+            family=self.name,
+            symbols={"batch": "batch size", "seq": f"prompt length in tokens, at most {a['context']}"},
+            examples={"seq": a["context"]},
+        )
+
+    def resolved_architecture(self, ctx: CompileContext) -> dict[str, Any]:
+        a = ctx.arch
+        out: dict[str, Any] = {"family": ctx.spec.architecture.family}
+        for k in UNET_KEYS:
+            out[k] = list(a[k]) if isinstance(a[k], list) else a[k]
+        out["text_encoder"] = {k: v for k, v in a["text_encoder"].items() if v is not None}
+        return out
+
+    # ---------------------------------------------------------------- cost
+
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
+        """Weights at the inference dtype plus the activations of one denoising step
+        at batch 1: every skip tensor (kept until the up path consumes it), the
+        largest level's working set (about 6 feature maps, plus in a spatial
+        transformer its h*heads attention scores over (s_l^2)^2 and the 8x-wide GEGLU
+        projection), and the text encoder's states (context * (4d + ffn) + heads *
+        context^2). Affine in res_blocks, as the fitter needs."""
+        a = ctx.arch
+        te = a["text_encoder"]
+        nbytes = DTYPE_BYTES[ctx.spec.constraints.dtype]
+        chans = level_channels(a)
+        levels = len(chans)
+        area = [(a["sample_size"] >> lvl) ** 2 for lvl in range(levels)]
+        skips = chans[0] * area[0]
+        for lvl in range(levels):
+            skips += a["res_blocks"] * chans[lvl] * area[lvl]
+            if lvl < levels - 1:
+                skips += chans[lvl] * area[lvl + 1]
+        work = 0
+        for lvl in range(levels):
+            w = 6 * chans[lvl] * area[lvl]
+            if lvl in a["attention_levels"] or lvl == levels - 1:
+                w += a["heads"] * area[lvl] ** 2 + 8 * chans[lvl] * area[lvl]
+            work = max(work, w)
+        n = a["context"]
+        text = n * (4 * te["hidden_size"] + te["ffn_size"]) + te["heads"] * n * n
+        acts = (skips + work + text) * nbytes
+        weights = params * nbytes
+        return {"weights": weights, "activations": acts, "total": weights + acts}
+
+    def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
+        return {"unit": "denoising step", "bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}
+
+
+# -------------------------------------------------------------------- modules
+
+
+def text_encoder_module(mb: ModelBuilder, te: dict[str, Any], context: int) -> ModuleDef:
+    """CLIP's text transformer without pooling: token + learned position
+    embeddings, causal pre-LN blocks, final LayerNorm; its hidden states are the
+    U-Net's cross-attention context."""
+    d = te["hidden_size"]
+    x_type = TensorType(DType.f32, ("batch", "seq", d))
+    block = T.block_module(mb, te, x_type, causal=True, name="TextBlock")
+    b = mb.module("TextEncoder", doc="CLIP text transformer; its final hidden states condition the U-Net.")
+    ids = b.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
+    b.layer("tok_embeddings", "embedding", num=te["vocab_size"], dim=d)
+    b.layer("pos_embeddings", "embedding", num=context, dim=d, init_std=0.01)
+    x = b.call("tok_embeddings", ids, hint="x")
+    pos = b.op("positions", ids, axis=1, hint="pos")
+    x = b.op("add", x, b.call("pos_embeddings", pos, hint="pos_emb"), hint="x")
+    b.repeat("blocks", block, te["layers"])
+    x = b.call("blocks", x, hint="x")
+    T.norm_layer(b, "norm_f", te)
+    return b.ret(b.call("norm_f", x, hint="context"))
+
+
+def time_embedding_module(mb: ModelBuilder, ch0: int, tdim: int) -> ModuleDef:
+    b = mb.module("TimestepEmbedding", doc="MLP on the sinusoidal timestep features.")
+    t = b.input("t_emb", TensorType(DType.f32, ("batch", ch0)))
+    b.layer("linear_1", "linear", in_features=ch0, out_features=tdim)
+    b.layer("linear_2", "linear", in_features=tdim, out_features=tdim)
+    h = b.op("silu", b.call("linear_1", t, hint="h"), hint="h")
+    return b.ret(b.call("linear_2", h, hint="temb"))
+
+
+def resnet_module(mb: ModelBuilder, a: dict, cin: int, cout: int, side: int, tdim: int) -> ModuleDef:
+    g = a["norm_groups"]
+    b = mb.module("ResnetBlock", doc="GroupNorm-SiLU-conv twice, timestep added between, residual.")
+    x = b.input("x", TensorType(DType.f32, ("batch", cin, side, side)))
+    temb = b.input("temb", TensorType(DType.f32, ("batch", tdim)))
+    b.layer("norm1", "group_norm", groups=g, channels=cin, eps=RESNET_EPS)
+    b.layer("conv1", "conv2d", in_channels=cin, out_channels=cout, kernel=3, padding=1)
+    b.layer("time_emb_proj", "linear", in_features=tdim, out_features=cout)
+    b.layer("norm2", "group_norm", groups=g, channels=cout, eps=RESNET_EPS)
+    b.layer("conv2", "conv2d", in_channels=cout, out_channels=cout, kernel=3, padding=1)
+    h = b.op("silu", b.call("norm1", x, hint="h"), hint="h")
+    h = b.call("conv1", h, hint="h")
+    t = b.call("time_emb_proj", b.op("silu", temb, hint="t"), hint="t")
+    h = b.op("add", h, b.op("unsqueeze", t, axes=(2, 3), hint="t"), hint="h")
+    h = b.op("silu", b.call("norm2", h, hint="h"), hint="h")
+    h = b.call("conv2", h, hint="h")
+    if cin != cout:
+        b.layer("conv_shortcut", "conv2d", in_channels=cin, out_channels=cout, kernel=1)
+        x = b.call("conv_shortcut", x, hint="shortcut")
+    return b.ret(b.op("add", x, h, hint="out"))
+
+
+def _attention(mb: ModelBuilder, dim: int, heads: int, x_type, context_type=None) -> ModuleDef:
+    """SD's attention: q/k/v projections without bias, output projection with.
+    Self-attention fuses q, k and v into one matmul (`qkv_proj`); cross-attention
+    projects queries from x and keys/values from the text states (`kv_proj`)."""
+    hd = dim // heads
+    b = mb.module("CrossAttention" if context_type is not None else "SelfAttention", doc="Multi-head attention.")
+    x = b.input("x", x_type)
+    if context_type is None:
+        b.layer("qkv_proj", "linear", in_features=dim, out_features=3 * dim, bias=False)
+        qkv = b.call("qkv_proj", x, hint="qkv")
+        q = b.op("slice", qkv, axis=-1, start=0, end=dim, hint="q")
+        k = b.op("slice", qkv, axis=-1, start=dim, end=2 * dim, hint="k")
+        v = b.op("slice", qkv, axis=-1, start=2 * dim, end=3 * dim, hint="v")
+    else:
+        ctx = b.input("context", context_type)
+        b.layer("q_proj", "linear", in_features=dim, out_features=dim, bias=False)
+        b.layer("kv_proj", "linear", in_features=context_type.shape[-1], out_features=2 * dim, bias=False)
+        q = b.call("q_proj", x, hint="q")
+        kv = b.call("kv_proj", ctx, hint="kv")
+        k = b.op("slice", kv, axis=-1, start=0, end=dim, hint="k")
+        v = b.op("slice", kv, axis=-1, start=dim, end=2 * dim, hint="v")
+    o = b.op("attention", q, k, v, heads=heads, kv_heads=heads, head_dim=hd, causal=False, hint="attn")
+    b.layer("o_proj", "linear", in_features=dim, out_features=dim, bias=True)
+    return b.ret(b.call("o_proj", o, hint="out"))
+
+
+def basic_block_module(mb: ModelBuilder, dim: int, heads: int, x_type, seq_type) -> ModuleDef:
+    inner = 4 * dim
+    self_attn = _attention(mb, dim, heads, x_type)
+    cross_attn = _attention(mb, dim, heads, x_type, seq_type)
+    b = mb.module("BasicTransformerBlock", doc="Self-attention, cross-attention to the text, GEGLU feed-forward.")
+    x = b.input("x", x_type)
+    context = b.input("context", seq_type)
+    for name in ("norm1", "norm2", "norm3"):
+        b.layer(name, "layer_norm", dim=dim, eps=BLOCK_NORM_EPS)
+    b.sub("attn1", self_attn)
+    b.sub("attn2", cross_attn)
+    b.layer("ff_proj", "linear", in_features=dim, out_features=2 * inner)
+    b.layer("ff_out", "linear", in_features=inner, out_features=dim)
+    x = b.op("add", x, b.call("attn1", b.call("norm1", x, hint="h"), hint="h"), hint="x")
+    x = b.op("add", x, b.call("attn2", b.call("norm2", x, hint="h"), context, hint="h"), hint="x")
+    h = b.call("ff_proj", b.call("norm3", x, hint="h"), hint="h")
+    value = b.op("slice", h, axis=-1, start=0, end=inner, hint="value")
+    gate = b.op("slice", h, axis=-1, start=inner, end=2 * inner, hint="gate")
+    h = b.op("mul", value, b.op("gelu", gate, hint="gate"), hint="h")
+    return b.ret(b.op("add", x, b.call("ff_out", h, hint="h"), hint="x"))
+
+
+def spatial_transformer_module(mb: ModelBuilder, a: dict, ch: int, side: int, seq_type) -> ModuleDef:
+    x_type = TensorType(DType.f32, ("batch", ch, side, side))
+    tok_type = TensorType(DType.f32, ("batch", side * side, ch))
+    block = basic_block_module(mb, ch, a["heads"], tok_type, seq_type)
+    b = mb.module("SpatialTransformer", doc="Transformer over the feature map's pixels, conditioned on the text.")
+    x = b.input("x", x_type)
+    context = b.input("context", seq_type)
+    b.layer("norm", "group_norm", groups=a["norm_groups"], channels=ch, eps=TRANSFORMER_NORM_EPS)
+    b.layer("proj_in", "conv2d", in_channels=ch, out_channels=ch, kernel=1)
+    b.repeat("blocks", block, a["transformer_depth"])
+    b.layer("proj_out", "conv2d", in_channels=ch, out_channels=ch, kernel=1)
+    h = b.call("proj_in", b.call("norm", x, hint="h"), hint="h")
+    h = b.op("flatten_spatial", h, hint="tokens")
+    h = b.call("blocks", h, context, hint="tokens")
+    h = b.op("unflatten_spatial", h, height=side, width=side, hint="h")
+    return b.ret(b.op("add", b.call("proj_out", h, hint="h"), x, hint="out"))
+
+
+def down_level_module(mb, a, lvl: int, cin: int, side: int, temb_type, seq_type, *, last: bool) -> ModuleDef:
+    ch = level_channels(a)[lvl]
+    tdim = temb_type.shape[1]
+    attn = lvl in a["attention_levels"]
+    children = []
+    for j in range(a["res_blocks"]):
+        children.append(resnet_module(mb, a, cin if j == 0 else ch, ch, side, tdim))
+    st = spatial_transformer_module(mb, a, ch, side, seq_type) if attn else None
+    b = mb.module(f"DownLevel{lvl}", doc="ResNet blocks (and spatial transformers), then downsampling; returns every skip.")
+    x = b.input("x", TensorType(DType.f32, ("batch", cin, side, side)))
+    temb = b.input("temb", temb_type)
+    context = b.input("context", seq_type)
+    outs = []
+    for j, res in enumerate(children):
+        b.sub(f"res{j}", res)
+        x = b.call(f"res{j}", x, temb, hint="h")
+        if st is not None:
+            b.sub(f"attn{j}", st)
+            x = b.call(f"attn{j}", x, context, hint="h")
+        outs.append(x)
+    if not last:
+        b.layer("downsample", "conv2d", in_channels=ch, out_channels=ch, kernel=3, stride=2, padding=1)
+        outs.append(b.call("downsample", x, hint="h"))
+    return b.ret(*outs)
+
+
+def mid_module(mb, a, ch: int, side: int, temb_type, seq_type) -> ModuleDef:
+    tdim = temb_type.shape[1]
+    res = resnet_module(mb, a, ch, ch, side, tdim)
+    st = spatial_transformer_module(mb, a, ch, side, seq_type)
+    b = mb.module("MidBlock", doc="ResNet, spatial transformer, ResNet at the lowest resolution.")
+    x = b.input("x", TensorType(DType.f32, ("batch", ch, side, side)))
+    temb = b.input("temb", temb_type)
+    context = b.input("context", seq_type)
+    b.sub("res0", res)
+    b.sub("attn0", st)
+    b.sub("res1", res)
+    x = b.call("res0", x, temb, hint="h")
+    x = b.call("attn0", x, context, hint="h")
+    return b.ret(b.call("res1", x, temb, hint="h"))
+
+
+def up_level_module(mb, a, lvl: int, x_type, skip_types, temb_type, seq_type, *, first: bool) -> ModuleDef:
+    """res_blocks + 1 ResNet blocks, each on the concat of the running features and
+    one skip (latest first), then nearest 2x upsampling + conv unless at level 0."""
+    ch = level_channels(a)[lvl]
+    side = x_type.shape[2]
+    tdim = temb_type.shape[1]
+    attn = lvl in a["attention_levels"]
+    cin = x_type.shape[1]
+    resnets = []
+    for skip in skip_types:
+        resnets.append(resnet_module(mb, a, cin + skip.shape[1], ch, side, tdim))
+        cin = ch
+    st = spatial_transformer_module(mb, a, ch, side, seq_type) if attn else None
+    b = mb.module(f"UpLevel{lvl}", doc="ResNet blocks on skip concats (and spatial transformers), then upsampling.")
+    x = b.input("x", x_type)
+    skips = [b.input(f"skip{j}", t) for j, t in enumerate(skip_types)]
+    temb = b.input("temb", temb_type)
+    context = b.input("context", seq_type)
+    for j, (res, skip) in enumerate(zip(resnets, skips)):
+        b.sub(f"res{j}", res)
+        x = b.call(f"res{j}", b.op("concat", x, skip, axis=1, hint="h"), temb, hint="h")
+        if st is not None:
+            b.sub(f"attn{j}", st)
+            x = b.call(f"attn{j}", x, context, hint="h")
+    if not first:
+        b.layer("upsample", "conv2d", in_channels=ch, out_channels=ch, kernel=3, padding=1)
+        x = b.call("upsample", b.op("upsample_nearest", x, factor=2, hint="h"), hint="h")
+    return b.ret(x)
+
+
+register(
+    DiffusionUNet(
+        "diffusion_unet",
+        "Text-conditioned latent diffusion U-Net with its CLIP text encoder (SD 1.5 conventions); no VAE.",
+        inputs_doc=(
+            "sample: float32 [batch, latent_channels, sample_size, sample_size] noisy latent x_t; "
+            "timestep: float32 [batch] diffusion step t (0..999 for a 1000-step schedule); "
+            "input_ids: int64 [batch, seq] prompt token ids from the CLIP tokenizer, seq <= context_window (77)"
+        ),
+        outputs_doc="noise_pred: float32 [batch, latent_channels, sample_size, sample_size], the predicted noise epsilon",
+    )
+)
