@@ -41,11 +41,27 @@ LATENCY_BOUNDS: dict[str, dict[str, float | None]] = {
 }
 DEFAULT_STEPS_PER_IMAGE = 25
 
+# Families name their unit of work in words; each name is one of the kinds above.
+UNIT_KINDS: dict[str, str] = {
+    "token": "token",
+    "frame": "frame",
+    "image": "image",
+    "text-image pair": "image",
+    "step": "step",
+    "denoising step": "step",
+    "sample": "sample",
+    "sequence": "sample",
+}
+
+
+def unit_kind(unit: str) -> str:
+    return UNIT_KINDS.get(unit, "sample")
+
 # Which units of work a rate unit counts.
 RATE_UNITS: dict[str, tuple[str, ...]] = {
     "tok/s": ("token", "frame"),
-    "img/s": ("image", "step", "sample"),
-    "samples/s": ("token", "frame", "image", "step", "sample"),
+    "img/s": ("image", "step"),
+    "samples/s": ("image", "step", "sample"),
 }
 
 RATE_NOUNS = {"tok/s": "tokens", "img/s": "images", "samples/s": "samples"}
@@ -73,18 +89,23 @@ def _module_flops(model: Model, name: str, b: Mapping[str, int], memo: dict[str,
         outs = [v.type for v in node.results]
         if node.kind == "op":
             d = ops.get(node.op)
-            total += d.flops(d.resolve_attrs(node.attrs), ins, outs, b)
+            total += d.flops(_full_attrs(d, node.attrs), ins, outs, b)
             continue
         child = m.children[node.target]
         if isinstance(child, Layer):
             d = ops.get(child.op)
-            total += d.flops(d.resolve_attrs(child.attr_dict()), ins, outs, b)
+            total += d.flops(_full_attrs(d, child.attr_dict()), ins, outs, b)
         elif isinstance(child, Repeat):
             total += child.count * _module_flops(model, child.module, b, memo)
         elif isinstance(child, Sub):
             total += _module_flops(model, child.module, b, memo)
     memo[name] = total
     return total
+
+
+def _full_attrs(d: ops.OpDef, attrs: dict[str, Any]) -> dict[str, Any]:
+    """The builder stores attributes with defaults filled in; resolve only if not."""
+    return attrs if len(attrs) == len(d.attrs) else d.resolve_attrs(attrs)
 
 
 @dataclass(frozen=True)
@@ -172,24 +193,26 @@ class BoundError(ValueError):
 
 def _per_unit(rate: float, rate_unit: str, unit: str, steps_per_image: int, what: str, text: str) -> float:
     """A rate in the spec's unit as units of work per second."""
-    if unit not in RATE_UNITS[rate_unit]:
+    kind = unit_kind(unit)
+    if kind not in RATE_UNITS[rate_unit]:
+        article = "an" if unit[:1] in "aeiou" else "a"
         raise BoundError(
-            f"{what} '{text}' counts {RATE_NOUNS[rate_unit]}, but this model's unit of work is a {unit}; "
-            f"write {_rate_hint(unit)} or a time per {unit}"
+            f"{what} '{text}' counts {RATE_NOUNS[rate_unit]}, but this model's unit of work is {article} {unit}; "
+            f"write {_rate_hint(kind)} or a time per {unit}"
         )
-    if unit == "step" and rate_unit == "img/s":
+    if kind == "step":
         return rate * steps_per_image
     return rate
 
 
-def _rate_hint(unit: str) -> str:
-    return {"token": "tok/s", "frame": "tok/s", "step": "img/s"}.get(unit, "img/s")
+def _rate_hint(kind: str) -> str:
+    return {"token": "tok/s", "frame": "tok/s", "step": "img/s", "image": "img/s"}.get(kind, "samples/s")
 
 
 def cost_bounds(latency: str, throughput: str | None, w: Workload) -> CostBounds:
     unit = w.unit
     text = (latency or "batch").strip().lower()
-    words = LATENCY_BOUNDS.get(unit, LATENCY_BOUNDS["sample"])
+    words = LATENCY_BOUNDS[unit_kind(unit)]
     if text in words:
         lat = words[text]
     else:
@@ -230,7 +253,7 @@ def format_rate(per_s: float, unit: str) -> str:
     return f"{_sig(per_s)} {unit}s/s"
 
 
-def spec_rate_at_most(per_s: float, cb: CostBounds) -> str:
+def spec_rate_at_most(per_s: float, cb: "CostBounds") -> str:
     """A spec-ready rate in the spec's own unit ("42 tok/s") no larger than `per_s`
     units of work per second, two significant digits."""
     return f"{_round_sig(per_s / cb.throughput_factor, up=False)} {cb.throughput_rate_unit}"
