@@ -103,10 +103,28 @@ def _check_flow_depth(text: str, path: str) -> None:
                 depth = max(depth - 1, 0)
 
 
+def _reader_loc(text: str, path: str, exc) -> Loc:
+    pos = getattr(exc, "position", None)
+    if not isinstance(pos, int):
+        return Loc(path, 1, 1)
+    before = text[:pos]
+    return Loc(path, before.count("\n") + 1, pos - (before.rfind("\n") + 1) + 1)
+
+
+def _reader_problem(exc) -> str:
+    char = getattr(exc, "character", None)
+    if isinstance(char, int):
+        return f"character U+{char:04X} is not allowed in YAML text"
+    return str(exc).splitlines()[0]
+
+
 def parse_yaml(text: str, path: str) -> LNode:
     """Parse one YAML document into a located tree, or raise CompileError."""
     _check_flow_depth(text, path)
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # the reader rejects control characters up front
+    except yaml.YAMLError as exc:
+        raise CompileError([Diagnostic("error", _reader_loc(text, path, exc), f"malformed YAML: {_reader_problem(exc)}")]) from None
     try:
         try:
             node = loader.get_single_node()
