@@ -112,7 +112,7 @@ def clip_to_canonical(sd: dict) -> dict[str, np.ndarray]:
     """`CLIPModel` -> the `clip` family."""
     t, v = "text_model", "vision_model"
     out = {
-        "logit_scale": _np(sd["logit_scale"]).reshape(()),
+        "logit_scale": _np(sd["logit_scale"]).reshape(1),
         "text_encoder.tok_embeddings.weight": _np(sd[f"{t}.embeddings.token_embedding.weight"]),
         "text_encoder.pos_embeddings.weight": _np(sd[f"{t}.embeddings.position_embedding.weight"]),
     }

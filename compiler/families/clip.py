@@ -158,7 +158,8 @@ class DualEncoder(Family):
         top.sub("image_encoder", image_tower)
         top.layer("text_projection", "linear", in_features=t["hidden_size"], out_features=proj, bias=False)
         top.layer("image_projection", "linear", in_features=v["hidden_size"], out_features=proj, bias=False)
-        scale = top.param("logit_scale", (), const(LOGIT_SCALE_INIT), hint="logit_scale")
+        # Shape [1] rather than a 0-d scalar: every backend and interchange format handles it alike.
+        scale = top.param("logit_scale", (1,), const(LOGIT_SCALE_INIT), hint="logit_scale")
         text = top.call("text_projection", top.call("text_encoder", ids, hint="text"), hint="text")
         image = top.call("image_projection", top.call("image_encoder", pixels, hint="image"), hint="image")
         text = top.op("l2_normalize", text, axis=-1, hint="text_embeds")
