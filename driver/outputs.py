@@ -79,6 +79,7 @@ def depfile_text(target: str, deps: list[str]) -> str:
     def esc(p: str) -> str:
         return p.replace("\\", "\\\\").replace(" ", "\\ ").replace("#", "\\#").replace("$", "$$")
 
+    deps = list(dict.fromkeys(deps))  # a file imported twice is one prerequisite
     lines = [f"{esc(target)}: " + " ".join(esc(d) for d in deps)]
     for d in deps:
         lines.append(f"{esc(d)}:")  # phony rules: a deleted import does not break make

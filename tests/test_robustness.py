@@ -129,7 +129,7 @@ def test_oversized_and_unreadable_specs(tmp_path):
 # ------------------------------------------------------------------ fuzzing
 
 FUZZ_SETTINGS = settings(
-    max_examples=40, deadline=None, derandomize=True, database=None,
+    max_examples=30, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 SCRATCH = tempfile.mkdtemp(prefix="metagen-fuzz-")
