@@ -57,7 +57,8 @@ def compute_loss(graphdef, params, rest, batch):
 def loss_and_grads(model, batch):
     """(loss, gradients as canonical name -> numpy array in PyTorch layout)."""
     graphdef, params, rest = split(model)
-    loss, grads = jax.value_and_grad(compute_loss, argnums=1)(graphdef, params, rest, to_arrays(batch))
+    grad_fn = jax.jit(jax.value_and_grad(compute_loss, argnums=1), static_argnums=0)
+    loss, grads = grad_fn(graphdef, params, rest, to_arrays(batch))
     return float(loss), M.to_canonical(nnx.merge(graphdef, grads, rest))
 
 
@@ -131,17 +132,18 @@ def train(argv=None):
     step_fn = make_step(graphdef, rest, tx)
     data = DataSource(args.data, args.seed)
     history = []
-    for step in range(start, args.steps):
+    end = min(args.steps, args.stop_after or args.steps)
+    for step in range(start, end):
         lr = learning_rate(step, args.steps)
         batch = to_arrays(data.batch(step, args.batch_size), data_sharding)
         params, opt_state, loss = step_fn(params, opt_state, batch, jnp.float32(lr))
-        if (step + 1) % args.log_every == 0 or step == start or step + 1 == args.steps:
+        if (step + 1) % args.log_every == 0 or step == start or step + 1 == end:
             value = float(loss)
             history.append((step + 1, value))
             print(f"step {step + 1} loss {value:.6f} lr {lr:.3e}", flush=True)
         if args.save_every and (step + 1) % args.save_every == 0:
             save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, step + 1)
-    save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, args.steps)
+    save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, end)
     print(f"saved {os.path.join(args.checkpoint_dir, 'model.safetensors')} ({len(devices)} devices)", flush=True)
     return history
 

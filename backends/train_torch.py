@@ -157,6 +157,7 @@ def parse_args(argv=None, backend="torch"):
     p.add_argument("--checkpoint-dir", default="checkpoints")
     p.add_argument("--save-every", type=int, default=0, help="also save every N steps (0: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    p.add_argument("--stop-after", type=int, default=0, help="stop (and save) after this step; the schedule still spans --steps")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=TRAIN["seed"])
     if backend == "flax":
@@ -296,7 +297,8 @@ def train(argv=None):
     data = DataSource(args.data, args.seed)
     local = args.batch_size // world
     history = []
-    for step in range(start, args.steps):
+    end = min(args.steps, args.stop_after or args.steps)
+    for step in range(start, end):
         lr = learning_rate(step, args.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -313,13 +315,13 @@ def train(argv=None):
             dist.all_reduce(value)
             value = value / world
         value = float(value)
-        if (step + 1) % args.log_every == 0 or step == start or step + 1 == args.steps:
+        if (step + 1) % args.log_every == 0 or step == start or step + 1 == end:
             history.append((step + 1, value))
             if rank == 0:
                 print(f"step {step + 1} loss {value:.6f} lr {lr:.3e}", flush=True)
         if args.save_every and (step + 1) % args.save_every == 0:
             save_checkpoint(args.checkpoint_dir, model, optimizer, step + 1, rank)
-    save_checkpoint(args.checkpoint_dir, model, optimizer, args.steps, rank)
+    save_checkpoint(args.checkpoint_dir, model, optimizer, end, rank)
     if rank == 0:
         print(f"saved {os.path.join(args.checkpoint_dir, 'model.safetensors')}", flush=True)
     if world > 1:
