@@ -263,7 +263,7 @@ _OPENING_FOR = {"RBRACE": "LBRACE", "RSQB": "LSQB"}
 class _PostLexer:
     """Statement and list separators from new lines; bracket balance with positions."""
 
-    always_accept = ("NL", "SEMI")
+    always_accept = ("NL", "SEMI", "COMMA")  # a "," after a new line in a list is absorbed here
 
     def __init__(self) -> None:
         self.path = "<input>"
@@ -446,7 +446,7 @@ def _explain(exc: UnexpectedInput, text: str, path: str, post: "_PostLexer") -> 
     history = [t for t in post.history if t is not tok]
     prev = history[-1] if history else None
     prev2 = history[-2] if len(history) >= 2 else None
-    expected = set(exc.expected) - {"NL", "SEMI"}
+    expected = set(exc.expected) - {"NL", "SEMI", "COMMA"}
     context = post.stack[-1].type if post.stack else None
     found = _found(tok)
     here = Loc(path, tok.line, tok.column)

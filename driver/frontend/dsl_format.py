@@ -249,7 +249,9 @@ def mg_scalar(node: LNode, f: S.Field | None, path: tuple[str, ...]) -> str:
         # read as a number, and either way the spec must come out the same.
         if node.quoted:
             return quote(text)
-        if is_bare_text(text) or is_number_literal(text):
+        if is_number_literal(text):  # text YAML did not read as a number ("1e3"); the builder does
+            return str(int(text)) if re.fullmatch(r"[+-]?[0-9]+", text) else _float_text(float(text))
+        if is_bare_text(text):
             return text
         x = _finite_float(text)
         return _float_text(x) if x is not None else quote(text)
@@ -295,14 +297,14 @@ def tree_to_doc(tree: LNode, path: str = "<converted>") -> Doc:
     version = rest.get("metagen_version")
     if version is not None and not version.is_map and not version.is_list and version.value is not None and not isinstance(version.value, bool):
         del rest["metagen_version"]
-        text = _float_text(version.value) if isinstance(version.value, float) else str(version.value)
+        text = str(version.value)  # what the builder makes of a number in a text field
         spelling = text if (is_bare_text(text) or is_bare_key(text)) else quote(text)  # header words are text
         stmts.append(Header(Scalar(text, False, spelling, version.loc), tree.loc))
     name = rest.get("name")
     name_scalar = None
     if name is not None and isinstance(name.value, (str, int, float)) and not isinstance(name.value, bool):
         del rest["name"]
-        text = _float_text(name.value) if isinstance(name.value, float) else str(name.value)
+        text = str(name.value)
         name_scalar = Scalar(text, True, quote(text), name.loc)
     body = LNode(rest, tree.loc, tree.key_locs)
     block = _value(body, S.SPEC, (), 0)
