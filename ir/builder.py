@@ -100,7 +100,7 @@ class ModelBuilder:
 
     def __init__(self):
         self.modules: dict[str, ModuleDef] = {}
-        self._by_signature: dict[str, str] = {}
+        self._by_signature: dict[tuple, str] = {}
 
     def module(self, name: str, doc: str = "", loc: Loc | None = None) -> ModuleBuilder:
         return ModuleBuilder(self, name, doc, loc)

@@ -8,6 +8,7 @@ its emitter.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -41,15 +42,19 @@ class OpDef:
     doc: str = ""
     num_results: int = 1
 
+    @functools.cached_property
+    def attr_names(self) -> frozenset[str]:
+        return frozenset(a.name for a in self.attrs)
+
     @property
     def is_layer(self) -> bool:
         return self.params is not None
 
     def resolve_attrs(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Attributes with defaults filled in, checked against the declaration."""
-        known = {a.name: a for a in self.attrs}
+        names = self.attr_names
         for k in given:
-            if k not in known:
+            if k not in names:
                 raise OpError(f"op '{self.name}' has no attribute '{k}'")
         out = {}
         for a in self.attrs:
@@ -64,16 +69,24 @@ class OpDef:
         return out
 
 
+def _attr_ok(kind: str, v: Any) -> bool:
+    if kind == "int":
+        return type(v) is int
+    if kind == "float":
+        return type(v) in (int, float)
+    if kind == "bool":
+        return type(v) is bool
+    if kind == "str":
+        return type(v) is str
+    if kind == "float?":
+        return v is None or type(v) in (int, float)
+    if kind == "ints":
+        return type(v) is tuple and all(type(x) is int for x in v)
+    return False
+
+
 def _check_attr(op: str, a: Attr, v: Any) -> None:
-    ok = {
-        "int": lambda: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "float?": lambda: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
-        "bool": lambda: isinstance(v, bool),
-        "str": lambda: isinstance(v, str),
-        "ints": lambda: isinstance(v, tuple) and all(isinstance(x, int) for x in v),
-    }[a.type]()
-    if not ok:
+    if not _attr_ok(a.type, v):
         raise OpError(f"op '{op}': attribute '{a.name}' must be {a.type}, got {v!r}")
     if a.choices and v not in a.choices:
         raise OpError(f"op '{op}': attribute '{a.name}' must be one of {a.choices}, got {v!r}")
@@ -99,7 +112,10 @@ def get(name: str) -> OpDef:
         raise OpError(f"unknown op '{name}'") from None
 
 
+@functools.lru_cache(maxsize=4096)
 def layer_params(layer: Layer) -> dict[str, Param]:
+    """Parameters of a layer child (cached: layers are immutable values; callers
+    must not mutate the returned dict)."""
     d = get(layer.op)
     return d.params(d.resolve_attrs(layer.attr_dict()))
 

@@ -99,9 +99,27 @@ def print_module(m: ModuleDef) -> list[str]:
     return lines
 
 
-def module_signature(m: ModuleDef) -> str:
-    """Structure of a module without its name, for sharing identical definitions."""
-    return "\n".join(print_module(m)[1:])
+def module_signature(m: ModuleDef) -> tuple:
+    """Structure of a module without its name, for sharing identical definitions:
+    two modules with equal signatures print identically up to their names."""
+    index: dict[int, int] = {}
+    for v in m.inputs:
+        index[id(v)] = len(index)
+    nodes = []
+    for n in m.nodes:
+        operands = tuple(index.get(id(o), -1) for o in n.operands)
+        for r in n.results:
+            index[id(r)] = len(index)
+        nodes.append((n.kind, n.op, n.target, operands, tuple(n.attrs.items()), tuple(r.type for r in n.results)))
+    return (
+        m.doc,
+        tuple(m.params.values()),
+        tuple(m.children.items()),
+        tuple(v.type for v in m.inputs),
+        tuple(nodes),
+        tuple(index.get(id(v), -1) for v in m.outputs),
+        tuple(m.output_names),
+    )
 
 
 def print_model(model: Model) -> str:
