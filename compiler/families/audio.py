@@ -26,8 +26,9 @@ from typing import Any
 
 from metagen.compiler.context import CompileContext
 from metagen.compiler.families import transformer as T
-from metagen.compiler.families.base import Family, Knobs, register
+from metagen.compiler.families.base import register
 from metagen.compiler.families.decoder_lm import DecoderLM, class_name, resolve_tower
+from metagen.compiler.families.vit import warn_family
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
@@ -44,6 +45,7 @@ class AudioLM(DecoderLM):
     """Shares the decoder LM's fitting (width x depth over the transformer tower)."""
 
     def resolve(self, ctx: CompileContext) -> None:
+        warn_family(ctx, "an autoregressive audio model")
         cfg = resolve_tower(ctx, "modern")
         spec_arch = ctx.spec.architecture
         ctx.arch = {k: cfg.get(k) for k in TOWER_KEYS}

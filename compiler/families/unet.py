@@ -31,7 +31,6 @@ tests/hf_mapping_unet.py maps diffusers' names onto them.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from metagen.compiler.context import CompileContext
@@ -73,6 +72,12 @@ def level_channels(a: dict[str, Any]) -> list[int]:
 class DiffusionUNet(Family):
     def resolve(self, ctx: CompileContext) -> None:
         spec_arch = ctx.spec.architecture
+        if spec_arch.family not in ("auto", "diffusion", "unet"):
+            ctx.sink.warning(
+                spec_arch.loc("family"),
+                f"family '{spec_arch.family}' does not fit a text-conditioned diffusion objective; building the "
+                "diffusion U-Net (ResNet blocks with spatial transformers) instead",
+            )
         a: dict[str, Any] = {}
         for key in UNET_KEYS:
             if spec_arch.given(key):
