@@ -25,6 +25,9 @@ RULES: list[tuple[frozenset, frozenset, str | None, str]] = [
     (frozenset({"text", "image"}), frozenset({"embedding"}), "contrastive", "clip"),
     (frozenset({"text", "image"}), frozenset({"image"}), "diffusion", "diffusion_unet"),
     (frozenset({"text", "image"}), frozenset({"image"}), None, "diffusion_unet"),
+    # Text-to-image written without the noisy image among the inputs: the same model.
+    (frozenset({"text"}), frozenset({"image"}), "diffusion", "diffusion_unet"),
+    (frozenset({"text"}), frozenset({"image"}), None, "diffusion_unet"),
     (frozenset({"audio"}), frozenset({"audio"}), "autoregressive", "audio_lm"),
     (frozenset({"audio"}), frozenset({"audio"}), None, "audio_lm"),
 ]

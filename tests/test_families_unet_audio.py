@@ -104,6 +104,11 @@ def test_pattern_audio_fitted_within_default_budget():
     assert comp.model.config["codebooks"] == 4 and comp.model.config["codebook_size"] == 2048
 
 
+def test_text_to_image_selects_the_diffusion_unet():
+    comp = compile_spec(example("tutorial", "step6_diffusion.yaml"), overrides=[("modality.inputs", '["text"]')])
+    assert comp.model.family == "diffusion_unet"
+
+
 def test_memory_budget_binds_diffusion():
     comp = compile_spec(example("tutorial", "step6_diffusion.yaml"), overrides=[("constraints.memory_budget", "2GB")])
     report = comp.ctx.report
