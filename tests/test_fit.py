@@ -148,6 +148,16 @@ def test_loose_latency_and_throughput_leave_the_budget_binding():
     assert_every_bound_holds(r)
 
 
+def test_pinned_depth_fits_width_to_latency():
+    """With the depth pinned only widths are searched; the bound that rejected the
+    next width binds."""
+    ov = [("architecture.layers", "8"), ("constraints.latency", "1ms")]
+    r = compile_spec(STEP3, DiagnosticSink(), ov).ctx.report
+    assert r["fit"]["chosen"]["hidden_size"] == 1536 and "layers" not in r["fit"]["free"]
+    assert r["binding_constraint"] == "latency"
+    assert_every_bound_holds(r)
+
+
 def test_overrides_change_device_and_latency():
     base = fit(STEP3)
     r = fit(STEP3, device="mobile", latency="near-real-time")
