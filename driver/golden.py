@@ -41,10 +41,19 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/tutorial/step1_minimal.yaml"),
     GoldenSpec("examples/tutorial/step3_constraints.yaml"),
     GoldenSpec("examples/tutorial/step4_training.yaml"),
+    GoldenSpec("examples/tutorial/step5_image.yaml"),
+    GoldenSpec("examples/tutorial/step6_diffusion.yaml"),
+    GoldenSpec("examples/tutorial/step7_clip.yaml"),
     GoldenSpec("examples/tutorial/pattern_edge.yaml"),
     GoldenSpec("examples/tutorial/pattern_large_lm.yaml"),
+    GoldenSpec("examples/tutorial/pattern_audio.yaml"),
+    GoldenSpec("examples/tutorial/pattern_taste.yaml"),
     GoldenSpec("examples/reference/gpt2_small.yaml", full_ir=True),
     GoldenSpec("examples/reference/llama2_7b.yaml", full_ir=True),
+    GoldenSpec("examples/reference/vit_base_patch16.yaml", full_ir=True),
+    GoldenSpec("examples/reference/bert_base_classifier.yaml", full_ir=True),
+    GoldenSpec("examples/reference/clip_vit_b32.yaml", full_ir=True),
+    GoldenSpec("examples/reference/sd15_unet.yaml", full_ir=True),
 ]
 
 
@@ -69,7 +78,7 @@ def _onnx_text(files: dict[str, bytes]) -> bytes:
     import onnx
     from onnx import printer
 
-    model = onnx.load_from_string(files[""], load_external_data=False)
+    model = onnx.load_from_string(files[""])
     lines = []
     for init in model.graph.initializer:
         payload = init.raw_data or init.SerializeToString()
