@@ -367,6 +367,13 @@ def test_missing_import_is_diagnosed_at_the_import(tmp_path):
     assert got == ['c.mg:1:8: error: cannot import "notes.txt": specs are .mg, .yaml, .yml or .json files']
 
 
+def test_odd_import_names(tmp_path):
+    got = import_error(tmp_path, {"a.mg": 'import "x\\0.mg"\nmodel "a" {}'}, "a.mg")
+    assert got == ["a.mg:1:8: error: an import's file name cannot hold control characters"]
+    got = import_error(tmp_path, {"b.mg": 'import ""\nmodel "b" {}'}, "b.mg")
+    assert got == ["b.mg:1:8: error: import needs a file name"]
+
+
 def test_errors_inside_an_imported_file_point_into_it(tmp_path):
     files = {"base.mg": 'model "b" {\n  a 1\n  b\n}\n', "main.mg": 'import "base.mg"\nmodel "m" {}\n'}
     for name, text in files.items():
@@ -688,3 +695,11 @@ def test_fuzz_deep_nesting_and_size():
 def test_tree_to_mg_refuses_a_non_mapping():
     with pytest.raises(CompileError):
         tree_to_mg(parse_yaml("[1, 2]", "l.yaml"))
+
+
+def test_the_reference_shows_the_grammar_as_it_is():
+    doc = open(os.path.join(ROOT, "docs", "dsl.md"), encoding="utf-8").read()
+    grammar = open(os.path.join(ROOT, "grammar", "metagen.lark"), encoding="utf-8").read()
+    rules = [line for line in grammar.splitlines() if line.strip() and not line.lstrip().startswith("//")]
+    missing = [line for line in rules if line not in doc]
+    assert not missing, f"docs/dsl.md section 5 is out of date: {missing}"

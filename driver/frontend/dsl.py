@@ -770,11 +770,13 @@ class _Loader:
         from metagen.frontend.loader import read_source
 
         target = imp.target
+        if not target.strip():
+            raise CompileError([Diagnostic("error", imp.target_loc, "import needs a file name")])
+        if not target.isprintable():
+            raise CompileError([Diagnostic("error", imp.target_loc, "an import's file name cannot hold control characters")])
         full = os.path.normpath(os.path.join(os.path.dirname(importer), target))
         real = os.path.realpath(full)
         ext = os.path.splitext(full)[1].lower()
-        if not target.strip():
-            raise CompileError([Diagnostic("error", imp.target_loc, "import needs a file name")])
         if ext not in IMPORTABLE:
             raise CompileError(
                 [Diagnostic("error", imp.target_loc, f'cannot import "{target}": specs are .mg, .yaml, .yml or .json files')]
