@@ -230,3 +230,32 @@ def test_clip_matches_transformers(tmp_path):
     got = mod.run(ours, x)
     for name in mod.OUTPUTS:
         _close(got[name], getattr(r, name).numpy())
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (
+            'modality: {inputs: ["image"], outputs: ["label"]}\narchitecture: {image_size: 100, patch_size: 16}\n',
+            "6:45: error: architecture: patch_size 16 does not divide image_size 100",
+        ),
+        (
+            'modality: {inputs: ["text"], outputs: ["label"]}\narchitecture: {pooling: "eot"}\n',
+            "6:25: error: architecture: pooling 'eot' is not supported by the encoder family",
+        ),
+        (
+            'modality: {inputs: ["image", "text"], outputs: ["text", "image"]}\n'
+            "architecture:\n  text_encoder: {pooling: last}\n",
+            "7:27: error: architecture: text_encoder: pooling 'last' is not supported by text towers",
+        ),
+    ],
+)
+def test_unbuildable_conventions_are_located(tmp_path, body, message):
+    from metagen.diagnostics import CompileError
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text('metagen_version: "1.0"\nname: "bad"\n# line 3\n# line 4\n' + body)
+    with pytest.raises(CompileError) as exc:
+        compile_spec(str(spec), tiny=True)
+    rendered = [f"{d.loc.line}:{d.loc.col}: {d.severity}: {d.message}" for d in exc.value.diagnostics]
+    assert any(message in r for r in rendered), rendered

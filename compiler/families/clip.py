@@ -19,8 +19,8 @@ from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import Family, Knobs, register
 from metagen.compiler.families.decoder_lm import class_name, resolve_tower
 from metagen.compiler.families.vit import (
-    VISION_KEYS, activation_bytes, check_vision, num_patches, pixel_input, pool_tokens, tower_activations,
-    vision_embed, vision_tiny, warn_family, width_candidates,
+    VISION_KEYS, activation_bytes, check_vision, num_patches, pixel_input, pool_tokens, report_structure,
+    tower_activations, vision_embed, vision_structure, vision_tiny, warn_family, width_candidates,
 )
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model, const
@@ -45,12 +45,17 @@ def text_width_for(image_width: int) -> int:
     return max(64, 64 * round(image_width * 2 / 3 / 64))
 
 
-def _check_text(cfg: dict[str, Any], pinned: set[str]) -> str | None:
+def _text_structure(cfg: dict[str, Any]) -> tuple[str, str] | None:
     if cfg["position"] not in ("learned", "rope", "none"):
-        return f"text_encoder: position '{cfg['position']}' is not supported; use 'learned', 'rope' or 'none'"
+        return "position", f"position '{cfg['position']}' is not supported by text towers; use 'learned', 'rope' or 'none'"
     if cfg["pooling"] not in ("eot", "cls", "mean"):
-        return f"text_encoder: pooling '{cfg['pooling']}' is not supported; use 'eot', 'cls' or 'mean'"
-    return T.derive(cfg, pinned, False)
+        return "pooling", f"pooling '{cfg['pooling']}' is not supported by text towers; use 'eot', 'cls' or 'mean'"
+    return None
+
+
+def _check_text(cfg: dict[str, Any], pinned: set[str]) -> str | None:
+    problem = _text_structure(cfg)
+    return "text_encoder: " + problem[1] if problem else T.derive(cfg, pinned, False)
 
 
 def _fold(a: dict[str, Any]) -> None:
@@ -78,6 +83,8 @@ class DualEncoder(Family):
         }
         if arch.given("projection_dim"):
             ctx.pinned.add("projection_dim")
+        report_structure(ctx, _text_structure(ctx.arch["text_encoder"]), arch.text_encoder, "text_encoder: ")
+        report_structure(ctx, vision_structure(ctx.arch["image_encoder"]), arch.image_encoder, "image_encoder: ")
         warn_family(ctx, "a CLIP-style dual encoder")
         for key, value in arch.items():
             if key in {f for f in TEXT_KEYS + VISION_KEYS} and value is not None and arch.given(key):

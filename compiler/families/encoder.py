@@ -10,7 +10,9 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import Family, Knobs, register
 from metagen.compiler.families.decoder_lm import class_name, resolve_tower
-from metagen.compiler.families.vit import activation_bytes, num_classes, tower_activations, warn_family, width_candidates
+from metagen.compiler.families.vit import (
+    activation_bytes, num_classes, report_structure, tower_activations, warn_family, width_candidates,
+)
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
@@ -24,12 +26,17 @@ DEFAULT_TEXT_CLASSES = 2  # binary classification, when task.num_classes is abse
 DEFAULT_CONTEXT = 512  # BERT's maximum length, when constraints.context_window is absent
 
 
-def check_encoder(cfg: dict[str, Any], pinned: set[str]) -> str | None:
+def encoder_structure(cfg: dict[str, Any]) -> tuple[str, str] | None:
     if cfg["position"] not in ("learned", "rope", "none"):
-        return f"position '{cfg['position']}' is not supported by the encoder family; use 'learned', 'rope' or 'none'"
+        return "position", f"position '{cfg['position']}' is not supported by the encoder family; use 'learned', 'rope' or 'none'"
     if cfg["pooling"] not in ("cls", "cls_pooler", "mean"):
-        return f"pooling '{cfg['pooling']}' is not supported by the encoder family; use 'cls_pooler', 'cls' or 'mean'"
-    return T.derive(cfg, pinned, False)
+        return "pooling", f"pooling '{cfg['pooling']}' is not supported by the encoder family; use 'cls_pooler', 'cls' or 'mean'"
+    return None
+
+
+def check_encoder(cfg: dict[str, Any], pinned: set[str]) -> str | None:
+    problem = encoder_structure(cfg)
+    return problem[1] if problem else T.derive(cfg, pinned, False)
 
 
 class EncoderClassifier(Family):
@@ -40,6 +47,7 @@ class EncoderClassifier(Family):
         given = ctx.spec.constraints.given("context_window")
         ctx.arch["context"] = ctx.context_window if given else DEFAULT_CONTEXT
         ctx.context_window = ctx.arch["context"]
+        report_structure(ctx, encoder_structure(ctx.arch))
         warn_family(ctx, "a text encoder classifier")
         if ctx.spec.task.num_classes is None:
             ctx.sink.note(ctx.spec.task.loc(), f"task.num_classes is not given; using {DEFAULT_TEXT_CLASSES} classes")

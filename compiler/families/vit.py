@@ -29,14 +29,30 @@ def num_patches(cfg: dict[str, Any]) -> int:
     return (cfg["image_size"] // cfg["patch_size"]) ** 2
 
 
+def vision_structure(cfg: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, reason) when the tower's conventions cannot be built at any size."""
+    if cfg["image_size"] % cfg["patch_size"]:
+        return "patch_size", f"patch_size {cfg['patch_size']} does not divide image_size {cfg['image_size']}"
+    if cfg["position"] not in ("learned", "none"):
+        return "position", f"position '{cfg['position']}' is not supported by vision towers; use 'learned' or 'none'"
+    if cfg["pooling"] not in ("cls", "mean"):
+        return "pooling", f"pooling '{cfg['pooling']}' is not supported by vision towers; use 'cls' or 'mean'"
+    return None
+
+
+def report_structure(ctx: CompileContext, problem: tuple[str, str] | None, section=None, where: str = "") -> None:
+    """A convention no size can satisfy is an error at the key that asks for it."""
+    if problem:
+        key, reason = problem
+        section = section if section is not None else ctx.spec.architecture
+        ctx.sink.error(section.loc(key), f"architecture: {where}{reason}")
+
+
 def check_vision(cfg: dict[str, Any], pinned: set[str], where: str = "") -> str | None:
     """Fill derived sizes; a reason when the tower cannot be built."""
-    if cfg["image_size"] % cfg["patch_size"]:
-        return f"{where}patch_size {cfg['patch_size']} does not divide image_size {cfg['image_size']}"
-    if cfg["position"] not in ("learned", "none"):
-        return f"{where}position '{cfg['position']}' is not supported by vision towers; use 'learned' or 'none'"
-    if cfg["pooling"] not in ("cls", "mean"):
-        return f"{where}pooling '{cfg['pooling']}' is not supported by vision towers; use 'cls' or 'mean'"
+    problem = vision_structure(cfg)
+    if problem:
+        return where + problem[1]
     return T.derive(cfg, pinned, False)
 
 
@@ -107,6 +123,7 @@ class ViTClassifier(Family):
         ctx.arch = {k: cfg.get(k) for k in VISION_KEYS}
         ctx.arch["num_classes"] = num_classes(ctx, DEFAULT_IMAGE_CLASSES)
         ctx.arch["context"] = num_patches(ctx.arch) + 1 if ctx.arch["image_size"] % ctx.arch["patch_size"] == 0 else 0
+        report_structure(ctx, vision_structure(ctx.arch))
         warn_family(ctx, "a vision transformer classifier")
         outs = list(ctx.spec.modality.outputs or [])
         if outs == ["image"]:
