@@ -423,6 +423,28 @@ def test_every_yaml_example_has_a_twin_that_builds_the_same_spec(yaml_path):
     assert spec_of(twin) == spec_of(yaml_path)
 
 
+def compiled_ir(path: str, tiny: bool):
+    """The IR a spec compiles to, or the messages it fails with."""
+    from metagen.artifacts import emit_target
+    from metagen.pipeline import compile_spec
+
+    try:
+        return emit_target(compile_spec(path, DiagnosticSink(), tiny=tiny), "ir", seed=0)
+    except CompileError as exc:
+        return [d.message for d in exc.diagnostics]
+
+
+TWINS = [(y, y[: -len(".yaml")] + ".mg") for y in ALL_YAML] + [
+    (os.path.join(EXAMPLES, "reference", f"{n}.yaml"), os.path.join(EXAMPLES, "presets", f"{n}.mg")) for n in ("llama2_7b", "gpt2_small")
+]
+
+
+@pytest.mark.parametrize("yaml_path,mg_path", TWINS, ids=[_name(m) for _, m in TWINS])
+def test_twins_compile_to_identical_output(yaml_path, mg_path):
+    tiny = "reference" not in yaml_path  # the reference specs at full size, the rest as built by --tiny
+    assert compiled_ir(mg_path, tiny) == compiled_ir(yaml_path, tiny)
+
+
 @pytest.mark.parametrize("mg_path", ALL_MG, ids=_name)
 def test_every_mg_example_is_canonical(mg_path):
     text = open(mg_path, encoding="utf-8").read()
