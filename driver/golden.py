@@ -30,6 +30,7 @@ SEED = 0
 class GoldenSpec:
     path: str  # relative to the repository root
     full_ir: bool = False  # also keep the full-size IR (cheap: Repeat keeps it small)
+    heavy: bool = False  # its Python targets take many seconds (black on ~100 KB): pytest marks them slow
 
     @property
     def stem(self) -> str:
@@ -42,7 +43,7 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/tutorial/step3_constraints.yaml"),
     GoldenSpec("examples/tutorial/step4_training.yaml"),
     GoldenSpec("examples/tutorial/step5_image.yaml"),
-    GoldenSpec("examples/tutorial/step6_diffusion.yaml"),
+    GoldenSpec("examples/tutorial/step6_diffusion.yaml", heavy=True),
     GoldenSpec("examples/tutorial/step7_clip.yaml"),
     GoldenSpec("examples/tutorial/pattern_edge.yaml"),
     GoldenSpec("examples/tutorial/pattern_large_lm.yaml"),
@@ -53,19 +54,22 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/reference/vit_base_patch16.yaml", full_ir=True),
     GoldenSpec("examples/reference/bert_base_classifier.yaml", full_ir=True),
     GoldenSpec("examples/reference/clip_vit_b32.yaml", full_ir=True),
-    GoldenSpec("examples/reference/sd15_unet.yaml", full_ir=True),
+    GoldenSpec("examples/reference/sd15_unet.yaml", full_ir=True, heavy=True),
 ]
 
 
 def example_specs() -> list[str]:
-    """Every example spec that compiles: SPECS plus the `.mg` twin of each, where the
-    DSL spells the same spec (examples/Makefile builds all of them)."""
+    """Every example spec that compiles: SPECS, the `.mg` twin of each (the DSL
+    spelling of the same spec) and the DSL presets (examples/Makefile builds them all)."""
     out = []
     for spec in SPECS:
         out.append(spec.path)
         twin = os.path.splitext(spec.path)[0] + ".mg"
         if os.path.exists(os.path.join(ROOT, twin)):
             out.append(twin)
+    presets = os.path.join(ROOT, "examples", "presets")
+    if os.path.isdir(presets):  # DSL presets: complete specs that import one another
+        out += [f"examples/presets/{n}" for n in sorted(os.listdir(presets)) if n.endswith(".mg")]
     return out
 
 

@@ -300,3 +300,26 @@ def test_touching_an_imported_mg_rebuilds_exactly_its_dependents(project):
     os.utime(project / "presets" / "base.mg", (later, later))
     r = _make(project, *args)
     assert _compiled(r.stdout) == ["build/mg/uses_base.mgir"]
+
+
+@needs_make
+def test_real_presets_touching_a_base_rebuilds_exactly_its_importers(tmp_path):
+    """On the repository's own examples/presets: build the IR, then ask make what a
+    newer llama_base.mg would rebuild (-W: what-if, nothing is touched)."""
+    presets = sorted(p for p in __import__("metagen.golden").golden.example_specs() if p.startswith("examples/presets/"))
+    if not any(p.endswith("llama_base.mg") for p in presets):
+        pytest.skip("no llama_base.mg preset")
+    specs = " ".join(os.path.relpath(p, "examples") for p in presets)
+    args = [f"OUT={tmp_path}/build", "TARGETS=ir", f"SPECS={specs}"]
+    examples = os.path.join(ROOT, "examples")
+    _make(examples, *args, "-j2")
+    assert _make(examples, *args, "-q", check=False).returncode == 0
+    r = _make(examples, *args, "-n", "-W", "presets/llama_base.mg")
+    rebuilt = [os.path.relpath(p, tmp_path) for p in _compiled(r.stdout)]
+    importers = []
+    for p in presets:
+        text = open(os.path.join(ROOT, p), encoding="utf-8").read()
+        stem = os.path.splitext(os.path.basename(p))[0]
+        if stem == "llama_base" or "llama" in stem and "import" in text:
+            importers.append(f"build/mg/presets/{stem}.mgir")
+    assert rebuilt == sorted(importers) and len(rebuilt) >= 2

@@ -16,7 +16,13 @@ from metagen import golden
 _CACHE: dict = {}
 
 
-@pytest.mark.parametrize("spec,variant", golden.cases(), ids=lambda x: getattr(x, "stem", None) or x.filename)
+def _params():
+    for spec, variant in golden.cases():
+        heavy = spec.heavy and variant.target in ("torch", "flax")
+        yield pytest.param(spec, variant, id=golden.case_name(spec, variant), marks=[pytest.mark.slow] if heavy else [])
+
+
+@pytest.mark.parametrize("spec,variant", list(_params()))
 def test_golden_file_matches_compiler(spec, variant):
     if not golden._available(variant.backend):
         pytest.skip(f"{variant.backend} not in this tree yet")
