@@ -31,7 +31,9 @@ REFERENCE_YAML = sorted(glob.glob(os.path.join(EXAMPLES, "reference", "*.yaml"))
 ALL_YAML = sorted(glob.glob(os.path.join(EXAMPLES, "**", "*.yaml"), recursive=True))
 ALL_MG = sorted(glob.glob(os.path.join(EXAMPLES, "**", "*.mg"), recursive=True))
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
-FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FAST = settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 def _name(path: str) -> str:
@@ -56,7 +58,9 @@ def built(tree: LNode) -> tuple[dict, list[tuple[str, str]]]:
     return spec.to_plain(), sorted((d.severity, d.message) for d in sink.items)
 
 
-_SUBJECT = re.compile(r"^(?:'([^']*)'|unknown key \"([^\"]*)\" (?:in '([^']*)'|at the top level)|missing required key '([^']*)')")
+_SUBJECT = re.compile(
+    r"^(?:'([^']*)'|unknown key \"([^\"]*)\" (?:in '([^']*)'|at the top level)|missing required key '([^']*)')"
+)
 
 
 def built_loosely(tree: LNode) -> tuple[dict, list[tuple[str, ...]]]:
@@ -95,8 +99,7 @@ def typed(node: LNode):
 
 
 def test_tutorial_step3_reads_as_the_yaml_does():
-    tree = dsl(
-        """
+    tree = dsl("""
         # A small, fast text model.
         metagen 1.0
         model "my_constrained_model" {
@@ -110,8 +113,7 @@ def test_tutorial_step3_reads_as_the_yaml_does():
             context_window 32k
           }
         }
-        """
-    )
+        """)
     yaml_tree = parse_yaml(open(os.path.join(EXAMPLES, "tutorial", "step3_constraints.yaml")).read(), "s.yaml")
     assert tree.to_plain() == yaml_tree.to_plain()
     assert built(tree) == built(yaml_tree)
@@ -179,7 +181,9 @@ def test_crlf_and_bom():
 
 def test_duplicate_keys_are_errors():
     assert first_error('model "m" {\n  a 1\n  a 2\n}') == 'b.mg:3:3: error: duplicate key "a" (first written at line 2)'
-    assert first_error('model "m" {\n  name "n"\n}') == 'b.mg:2:3: error: duplicate key "name" (first written at line 1)'
+    assert (
+        first_error('model "m" {\n  name "n"\n}') == 'b.mg:2:3: error: duplicate key "name" (first written at line 1)'
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -204,21 +208,39 @@ SYNTAX_ERRORS = [
         "b.mg:1:1: error: expected 'metagen', 'import' or 'model' at the top level, found 'name'; "
         "keys and values go inside the `model { ... }` block",
     ),
-    ('model "x" {\n  a [1, 2}\n}', "b.mg:2:10: error: '}' cannot close the '[' opened at line 2, column 5; expected ']'"),
+    (
+        'model "x" {\n  a [1, 2}\n}',
+        "b.mg:2:10: error: '}' cannot close the '[' opened at line 2, column 5; expected ']'",
+    ),
     (
         'model "x" {\n  description "abc\n}',
         "b.mg:2:15: error: unclosed string: a string ends with '\"' on the same line (write a line break as \\n)",
     ),
-    ("model 'x' {}", "b.mg:1:7: error: strings are written in double quotes (\"...\"), not single quotes"),
+    ("model 'x' {}", 'b.mg:1:7: error: strings are written in double quotes ("..."), not single quotes'),
     ('model "x" {\n  a 1\n}\n}', "b.mg:4:1: error: unmatched '}': nothing is open here"),
-    ('model "x"\n{\n}', "b.mg:1:10: error: expected '{' to open the model block, found a new line (it goes on the same line as 'model')"),
-    ("import base.mg", "b.mg:1:8: error: expected a file name in double quotes after 'import' (e.g. `import \"base.mg\"`), found 'base.mg'"),
+    (
+        'model "x"\n{\n}',
+        "b.mg:1:10: error: expected '{' to open the model block, found a new line (it goes on the same line as 'model')",
+    ),
+    (
+        "import base.mg",
+        "b.mg:1:8: error: expected a file name in double quotes after 'import' (e.g. `import \"base.mg\"`), found 'base.mg'",
+    ),
     ('model "x" { a "\\q" }', "b.mg:1:16: error: unknown escape '\\q' in a string; write a backslash as '\\\\'"),
     ('model "x" { a [1,,2] }', "b.mg:1:18: error: expected a list item or ']', found ','"),
-    ('model "x" { a [1; 2] }', "b.mg:1:17: error: expected ',' or ']', found ';'; list items are separated by ',' or new lines"),
-    ('model "x" { a 1, b 2 }', "b.mg:1:16: error: expected a new line, ';' or '}', found ','; ',' separates list items only"),
+    (
+        'model "x" { a [1; 2] }',
+        "b.mg:1:17: error: expected ',' or ']', found ';'; list items are separated by ',' or new lines",
+    ),
+    (
+        'model "x" { a 1, b 2 }',
+        "b.mg:1:16: error: expected a new line, ';' or '}', found ','; ',' separates list items only",
+    ),
     ('model "x" { { } }', "b.mg:1:13: error: expected a key or '}', found '{'"),
-    ("metagen", "b.mg:1:8: error: expected the language version after 'metagen' (e.g. `metagen 1.0`), found the end of the file"),
+    (
+        "metagen",
+        "b.mg:1:8: error: expected the language version after 'metagen' (e.g. `metagen 1.0`), found the end of the file",
+    ),
     ('model "x" { a }', "b.mg:1:14: error: expected a value after 'a', found '}'"),
     ('model "x" {}\nmetagen 1.0', "b.mg:2:1: error: the 'metagen' line must come first in the file"),
     ('model "x" {}\nimport "a.mg"', "b.mg:2:1: error: imports must come before the model block"),
@@ -255,13 +277,16 @@ def test_no_lark_terminal_names_in_messages():
 
 
 def test_semantic_errors_point_into_the_dsl_file():
-    tree = dsl('metagen 1.0\nmodel "x" {\n  modality { inputs [text]; outputs [text] }\n  architecture {\n    layrs 12\n    heads many\n  }\n}\n', "s.mg")
+    tree = dsl(
+        'metagen 1.0\nmodel "x" {\n  modality { inputs [text]; outputs [text] }\n  architecture {\n    layrs 12\n    heads many\n  }\n}\n',
+        "s.mg",
+    )
     _, diags = built(tree)
     sink = DiagnosticSink()
     build_spec(tree, sink)
     got = sorted(f"{d.loc}: {d.message}" for d in sink.errors)
     assert got == [
-        "s.mg:5:5: unknown key \"layrs\" in 'architecture' (did you mean \"layers\"?)",
+        's.mg:5:5: unknown key "layrs" in \'architecture\' (did you mean "layers"?)',
         "s.mg:6:11: 'architecture.heads' must be an integer, not a string 'many'",
     ]
 
@@ -313,7 +338,13 @@ def test_import_deep_merges_blocks_and_replaces_values(tmp_path):
         "description": "the base",
         "modality": {"inputs": ["text", "image"], "outputs": ["text"]},
         "constraints": {"parameter_budget": {"max": "7B"}, "context_window": "32k"},
-        "architecture": {"family": "transformer", "layers": 40, "heads": 32, "activation": "swiglu", "rope_theta": None},
+        "architecture": {
+            "family": "transformer",
+            "layers": 40,
+            "heads": 32,
+            "activation": "swiglu",
+            "rope_theta": None,
+        },
     }
     # positions stay with the file that wrote each value
     assert tree.value["architecture"].value["heads"].loc.path.endswith("base.mg")
@@ -345,11 +376,16 @@ def import_error(tmp_path, files: dict[str, str], main: str) -> list[str]:
         write(tmp_path, name, text)
     with pytest.raises(CompileError) as info:
         parse_dsl_file(str(tmp_path / main), DiagnosticSink())
-    return [f"{os.path.relpath(d.loc.path, tmp_path)}:{d.loc.line}:{d.loc.col}: {d.severity}: {d.message}" for d in info.value.diagnostics]
+    return [
+        f"{os.path.relpath(d.loc.path, tmp_path)}:{d.loc.line}:{d.loc.col}: {d.severity}: {d.message}"
+        for d in info.value.diagnostics
+    ]
 
 
 def test_import_cycle_is_diagnosed_at_the_import(tmp_path):
-    got = import_error(tmp_path, {"a.mg": 'metagen 1.0\nimport "b.mg"\nmodel "a" {}', "b.mg": 'import "a.mg"\nmodel "b" {}'}, "a.mg")
+    got = import_error(
+        tmp_path, {"a.mg": 'metagen 1.0\nimport "b.mg"\nmodel "a" {}', "b.mg": 'import "a.mg"\nmodel "b" {}'}, "a.mg"
+    )
     assert got[0].startswith('b.mg:1:8: error: import cycle: "a.mg" imports itself (')
     assert got[0].endswith("a.mg -> " + str(tmp_path / "b.mg") + " -> " + str(tmp_path / "a.mg") + ")")
     assert got[1] == 'a.mg:2:8: note: in the file imported here ("b.mg")'
@@ -381,7 +417,10 @@ def test_errors_inside_an_imported_file_point_into_it(tmp_path):
     sink = DiagnosticSink()
     with pytest.raises(CompileError) as info:
         parse_dsl_file(str(tmp_path / "main.mg"), sink)
-    got = [f"{os.path.basename(d.loc.path)}:{d.loc.line}:{d.loc.col}: {d.severity}: {d.message}" for d in info.value.diagnostics]
+    got = [
+        f"{os.path.basename(d.loc.path)}:{d.loc.line}:{d.loc.col}: {d.severity}: {d.message}"
+        for d in info.value.diagnostics
+    ]
     assert got == [
         "base.mg:3:4: error: expected a value after 'b', found a new line (a value starts on the same line as its key)",
         'main.mg:1:8: note: in the file imported here ("base.mg")',
@@ -391,7 +430,9 @@ def test_errors_inside_an_imported_file_point_into_it(tmp_path):
 
 def test_semantic_errors_from_an_imported_file_point_into_it(tmp_path):
     write(tmp_path, "base.mg", 'model "b" {\n  architecture { layrs 3 }\n}\n')
-    spec = write(tmp_path, "main.mg", 'metagen 1.0\nimport "base.mg"\nmodel "m" { modality { inputs [text]; outputs [text] } }\n')
+    spec = write(
+        tmp_path, "main.mg", 'metagen 1.0\nimport "base.mg"\nmodel "m" { modality { inputs [text]; outputs [text] } }\n'
+    )
     sink = DiagnosticSink()
     tree, _ = parse_dsl_file(spec, sink)
     build_spec(tree, sink)
@@ -399,8 +440,12 @@ def test_semantic_errors_from_an_imported_file_point_into_it(tmp_path):
 
 
 def test_presets_build_the_reference_specs():
-    assert spec_of(os.path.join(EXAMPLES, "presets", "llama2_7b.mg")) == spec_of(os.path.join(EXAMPLES, "reference", "llama2_7b.yaml"))
-    assert spec_of(os.path.join(EXAMPLES, "presets", "gpt2_small.mg")) == spec_of(os.path.join(EXAMPLES, "reference", "gpt2_small.yaml"))
+    assert spec_of(os.path.join(EXAMPLES, "presets", "llama2_7b.mg")) == spec_of(
+        os.path.join(EXAMPLES, "reference", "llama2_7b.yaml")
+    )
+    assert spec_of(os.path.join(EXAMPLES, "presets", "gpt2_small.mg")) == spec_of(
+        os.path.join(EXAMPLES, "reference", "gpt2_small.yaml")
+    )
     long = spec_of(os.path.join(EXAMPLES, "presets", "llama2_7b_32k.mg"))
     assert long["constraints"]["context_window"] == 32768 and long["architecture"]["rope_theta"] == 500000.0
     assert long["architecture"]["hidden_size"] == 4096  # from llama2_7b.mg
@@ -435,7 +480,8 @@ def compiled_ir(path: str, tiny: bool):
 
 
 TWINS = [(y, y[: -len(".yaml")] + ".mg") for y in ALL_YAML] + [
-    (os.path.join(EXAMPLES, "reference", f"{n}.yaml"), os.path.join(EXAMPLES, "presets", f"{n}.mg")) for n in ("llama2_7b", "gpt2_small")
+    (os.path.join(EXAMPLES, "reference", f"{n}.yaml"), os.path.join(EXAMPLES, "presets", f"{n}.mg"))
+    for n in ("llama2_7b", "gpt2_small")
 ]
 
 
@@ -473,8 +519,14 @@ def test_converted_reference_reads_well():
     tree = parse_yaml(open(os.path.join(EXAMPLES, "reference", "gpt2_small.yaml")).read(), "g.yaml")
     mg = tree_to_mg(tree)
     assert mg.startswith('metagen 1.0\n\nmodel "gpt2_small" {\n  description "GPT-2 small')
-    for line in ("    parameter_budget { max 125M }", "    context_window 1024", "  training { objective [autoregressive] }",
-                 "    activation gelu_tanh", "    norm_eps 1e-5", "    tie_embeddings true"):
+    for line in (
+        "    parameter_budget { max 125M }",
+        "    context_window 1024",
+        "  training { objective [autoregressive] }",
+        "    activation gelu_tanh",
+        "    norm_eps 1e-5",
+        "    tie_embeddings true",
+    ):
         assert line + "\n" in mg
 
 
@@ -492,7 +544,11 @@ _UNIT_SAMPLES = {
 }
 _TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
 _ODD = st.one_of(
-    st.integers(-5, 10**6), st.floats(allow_nan=False, allow_infinity=False, width=32), _TEXT, st.booleans(), st.none(),
+    st.integers(-5, 10**6),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    _TEXT,
+    st.booleans(),
+    st.none(),
     st.sampled_from(["1e-5", "1e5", "512", "yes", "null", "true", "1_000", "0x10", "-", "a b", "x: y"]),
 )
 
@@ -520,7 +576,10 @@ def _valid(f: S.Field):
     if kind == S.FLOAT:
         lo = f.minimum if f.minimum is not None else 0.0
         hi = f.maximum if f.maximum is not None else 1e6
-        return st.one_of(st.floats(lo, hi, allow_nan=False), st.sampled_from(["1e-5", "1e-12", "1e3"]).filter(lambda s: lo <= float(s) <= hi))
+        return st.one_of(
+            st.floats(lo, hi, allow_nan=False),
+            st.sampled_from(["1e-5", "1e-12", "1e3"]).filter(lambda s: lo <= float(s) <= hi),
+        )
     return st.sampled_from(_UNIT_SAMPLES[kind])
 
 
@@ -536,7 +595,9 @@ def _with_unknown_keys(spec: dict, extra: dict) -> dict:
     return {**spec, **{f"x_{k}": v for k, v in extra.items()}}
 
 
-SPEC_TREES = st.builds(_with_unknown_keys, _valid(S.SPEC), st.dictionaries(st.sampled_from(["a", "bb", "model"]), _ODD, max_size=2))
+SPEC_TREES = st.builds(
+    _with_unknown_keys, _valid(S.SPEC), st.dictionaries(st.sampled_from(["a", "bb", "model"]), _ODD, max_size=2)
+)
 
 
 @given(SPEC_TREES)
@@ -657,8 +718,41 @@ def test_fmt_of_nothing():
 # Fuzz: any input gives a tree or a CompileError, never a traceback
 
 _PIECES = st.sampled_from(
-    ["{", "}", "[", "]", ",", ";", "\n", " ", "\t", "#", '"', "'", "\\", ":", "=", "model", "metagen", "import", "a", "1",
-     "1.0e-5", "5 days", '"x"', '"\\u12"', "é", "\r", "\x00", "\u2028", "true", "null", "-", "+", "."]
+    [
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ";",
+        "\n",
+        " ",
+        "\t",
+        "#",
+        '"',
+        "'",
+        "\\",
+        ":",
+        "=",
+        "model",
+        "metagen",
+        "import",
+        "a",
+        "1",
+        "1.0e-5",
+        "5 days",
+        '"x"',
+        '"\\u12"',
+        "é",
+        "\r",
+        "\x00",
+        "\u2028",
+        "true",
+        "null",
+        "-",
+        "+",
+        ".",
+    ]
 )
 RANDOM_SOURCES = st.one_of(st.text(max_size=60), st.lists(_PIECES, max_size=40).map("".join))
 
@@ -710,7 +804,12 @@ def test_fuzz_mutated_examples(source):
 
 
 def test_fuzz_deep_nesting_and_size():
-    for source in ["[" * 5000, "{" * 5000, 'model "m" { a ' + "[" * 2000 + "]" * 2000 + " }", 'model "m" {\n' + "  a 1\n" * 1000 + "}"]:
+    for source in [
+        "[" * 5000,
+        "{" * 5000,
+        'model "m" { a ' + "[" * 2000 + "]" * 2000 + " }",
+        'model "m" {\n' + "  a 1\n" * 1000 + "}",
+    ]:
         check_any_source(source)
 
 

@@ -18,6 +18,7 @@ builder gives both syntaxes one meaning.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import threading
@@ -119,7 +120,11 @@ def _decode_string(tok: Token, path: str, errors: list[Diagnostic]) -> str:
             i += 2 + width
             if 0xD800 <= code <= 0xDBFF and body[i : i + 2] == "\\u":
                 low = body[i + 2 : i + 6]
-                if len(low) == 4 and all(c in "0123456789abcdefABCDEF" for c in low) and 0xDC00 <= int(low, 16) <= 0xDFFF:
+                if (
+                    len(low) == 4
+                    and all(c in "0123456789abcdefABCDEF" for c in low)
+                    and 0xDC00 <= int(low, 16) <= 0xDFFF
+                ):
                     code = 0x10000 + ((code - 0xD800) << 10) + (int(low, 16) - 0xDC00)
                     i += 6
             if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
@@ -468,7 +473,9 @@ def _explain(exc: UnexpectedInput, text: str, path: str, post: "_PostLexer") -> 
     if prev is not None and prev.type == "METAGEN":
         return err(at, f"expected the language version after 'metagen' (e.g. `metagen 1.0`), found {found}")
     if prev is not None and prev.type == "IMPORT":
-        return err(at, f'expected a file name in double quotes after \'import\' (e.g. `import "base.mg"`), found {found}')
+        return err(
+            at, f"expected a file name in double quotes after 'import' (e.g. `import \"base.mg\"`), found {found}"
+        )
     if prev is not None and prev.type == "MODEL":
         return err(at, f"expected a model name or '{{' after 'model', found {found}")
     if context is None and prev2 is not None and prev2.type == "MODEL" and "LBRACE" in expected:
@@ -505,7 +512,7 @@ def _bad_character(text: str, exc: UnexpectedCharacters) -> str:
     if ch == '"':
         return "unclosed string: a string ends with '\"' on the same line (write a line break as \\n)"
     if ch == "'":
-        return "strings are written in double quotes (\"...\"), not single quotes"
+        return 'strings are written in double quotes ("..."), not single quotes'
     if ch in ":=":
         return f"unexpected '{ch}': a key and its value are written side by side, without '{ch}' (e.g. `latency real-time`)"
     if ch == "\r":
@@ -558,7 +565,11 @@ class _CstBuilder:
         for i, s in enumerate(stmts):
             if isinstance(s, Header):
                 if seen_header is not None:
-                    self.errors.append(Diagnostic("error", s.loc, f"a second 'metagen' line (the first is at line {seen_header.loc.line})"))
+                    self.errors.append(
+                        Diagnostic(
+                            "error", s.loc, f"a second 'metagen' line (the first is at line {seen_header.loc.line})"
+                        )
+                    )
                 elif i > 0:
                     self.errors.append(Diagnostic("error", s.loc, "the 'metagen' line must come first in the file"))
                 seen_header = seen_header or s
@@ -568,7 +579,11 @@ class _CstBuilder:
             elif isinstance(s, Model):
                 if seen_model is not None:
                     self.errors.append(
-                        Diagnostic("error", s.loc, f"a file holds one model block; the first starts at line {seen_model.loc.line}")
+                        Diagnostic(
+                            "error",
+                            s.loc,
+                            f"a file holds one model block; the first starts at line {seen_model.loc.line}",
+                        )
                     )
                 seen_model = seen_model or s
 
@@ -640,8 +655,6 @@ class _CstBuilder:
         first_on_line: dict[int, Trivia] = {}
         for (line, _), trivia in owners:
             first_on_line.setdefault(line, trivia)
-        import bisect
-
         for c in comments:
             text = c.value.rstrip()
             src = self.lines[c.line - 1]
@@ -677,7 +690,9 @@ def _to_node(value: Value, errors: list[Diagnostic]) -> LNode:
     return _block_node(value.entries, value.loc, errors)
 
 
-def _block_node(entries: list[Entry], loc: Loc, errors: list[Diagnostic], start: list[tuple[str, LNode, Loc]] = ()) -> LNode:
+def _block_node(
+    entries: list[Entry], loc: Loc, errors: list[Diagnostic], start: list[tuple[str, LNode, Loc]] = ()
+) -> LNode:
     items: dict[str, LNode] = {}
     key_locs: dict[str, Loc] = {}
     for key, node, kloc in start:
@@ -773,18 +788,26 @@ class _Loader:
         if not target.strip():
             raise CompileError([Diagnostic("error", imp.target_loc, "import needs a file name")])
         if not target.isprintable():
-            raise CompileError([Diagnostic("error", imp.target_loc, "an import's file name cannot hold control characters")])
+            raise CompileError(
+                [Diagnostic("error", imp.target_loc, "an import's file name cannot hold control characters")]
+            )
         full = os.path.normpath(os.path.join(os.path.dirname(importer), target))
         real = os.path.realpath(full)
         ext = os.path.splitext(full)[1].lower()
         if ext not in IMPORTABLE:
             raise CompileError(
-                [Diagnostic("error", imp.target_loc, f'cannot import "{target}": specs are .mg, .yaml, .yml or .json files')]
+                [
+                    Diagnostic(
+                        "error", imp.target_loc, f'cannot import "{target}": specs are .mg, .yaml, .yml or .json files'
+                    )
+                ]
             )
         for i, (r, _) in enumerate(self.stack):
             if r == real:
                 chain = " -> ".join([shown for _, shown in self.stack[i:]] + [full])
-                raise CompileError([Diagnostic("error", imp.target_loc, f'import cycle: "{target}" imports itself ({chain})')])
+                raise CompileError(
+                    [Diagnostic("error", imp.target_loc, f'import cycle: "{target}" imports itself ({chain})')]
+                )
         if not os.path.isfile(full):
             why = "it is a directory" if os.path.isdir(full) else "no such file"
             raise CompileError([Diagnostic("error", imp.target_loc, f'cannot import "{target}": {why} ({full})')])
@@ -800,7 +823,9 @@ class _Loader:
 
                 tree = parse_yaml(text, full)
                 if not tree.is_map:
-                    raise CompileError([Diagnostic("error", tree.loc, "an imported spec must be a mapping of sections")])
+                    raise CompileError(
+                        [Diagnostic("error", tree.loc, "an imported spec must be a mapping of sections")]
+                    )
         except CompileError as exc:
             note = Diagnostic("note", imp.target_loc, f'in the file imported here ("{target}")')
             raise CompileError(exc.diagnostics + [note]) from None

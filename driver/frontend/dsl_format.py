@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 import yaml
 
-from metagen.diagnostics import CompileError, Diagnostic, DiagnosticSink, Loc
+from metagen.diagnostics import CompileError, Diagnostic, DiagnosticSink
 from metagen.frontend import schema as S
 from metagen.frontend.dsl import (
     Block,
@@ -295,7 +294,13 @@ def tree_to_doc(tree: LNode, path: str = "<converted>") -> Doc:
     rest = dict(tree.value)
     stmts = []
     version = rest.get("metagen_version")
-    if version is not None and not version.is_map and not version.is_list and version.value is not None and not isinstance(version.value, bool):
+    if (
+        version is not None
+        and not version.is_map
+        and not version.is_list
+        and version.value is not None
+        and not isinstance(version.value, bool)
+    ):
         del rest["metagen_version"]
         text = str(version.value)  # what the builder makes of a number in a text field
         spelling = text if (is_bare_text(text) or is_bare_key(text)) else quote(text)  # header words are text
@@ -347,7 +352,9 @@ def yaml_quote(text: str) -> str:
             out.append("\\t")
         elif ch == "\r":
             out.append("\\r")
-        elif ch.isprintable() and (0x20 <= code < 0x7F or 0xA0 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or code >= 0x10000):
+        elif ch.isprintable() and (
+            0x20 <= code < 0x7F or 0xA0 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or code >= 0x10000
+        ):
             out.append(ch)
         elif code <= 0xFF:
             out.append(f"\\x{code:02x}")
