@@ -58,6 +58,21 @@ def _alphas_cumprod(schedule):
     return np.cumprod(1.0 - betas)
 
 
+def _carry(out, keys, high):
+    """Make synthetic inputs carry a per-row (or per-position) key, so a label or a
+    pairing can be learned: the key becomes the first token of token inputs and a
+    shift of float inputs."""
+    for spec in M._INPUT_KINDS:
+        x = out[spec["name"]]
+        if keys.ndim == 1 and spec["kind"] == "tokens":
+            x[(slice(None),) * (x.ndim - 1) + (0,)] = keys.reshape((-1,) + (1,) * (x.ndim - 2)) % int(spec["high"])
+        elif spec["kind"] == "tokens" and x.shape == keys.shape:
+            out[spec["name"]] = (keys % int(spec["high"])).astype(x.dtype)
+        elif spec["kind"] != "tokens" and x.shape[: keys.ndim] == keys.shape:
+            shift = (keys / high).reshape(keys.shape + (1,) * (x.ndim - keys.ndim))
+            out[spec["name"]] = (x + shift).astype(x.dtype)
+
+
 class DataSource:
     """Global batches as numpy arrays, a pure function of (seed, step): every rank
     and every backend draws the same batch and takes its own rows."""
@@ -103,17 +118,13 @@ class DataSource:
             if name in out and target["kind"] != "diffusion_noise":
                 continue
             if target["kind"] == "class":
-                labels = rng.integers(0, target["high"], size=batch_size)
+                shape = tuple(batch_size if d == "batch" else d for d in target["shape"])
+                labels = rng.integers(0, target["high"], size=shape)
                 out[name] = labels.astype(np.int64)
-                # Synthetic inputs carry their label, so the loss can fall.
                 if self.arrays is None:
-                    for spec in M._INPUT_KINDS:
-                        x = out[spec["name"]]
-                        if spec["kind"] == "tokens":
-                            x[:, 0] = labels % int(spec["high"])
-                        else:
-                            scale = (labels / target["high"]).reshape((-1,) + (1,) * (x.ndim - 1))
-                            out[spec["name"]] = (x + scale).astype(x.dtype)
+                    _carry(out, labels, target["high"])
+            elif target["kind"] == "paired" and self.arrays is None:
+                _carry(out, rng.integers(0, 16, size=batch_size), 16)
             elif target["kind"] == "diffusion_noise":
                 sample = next(s["name"] for s in M._INPUT_KINDS if s["kind"] == "normal")
                 steps = target["schedule"]["steps"]

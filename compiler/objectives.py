@@ -90,38 +90,40 @@ def _finish(mb: ModelBuilder, top, model: Model, inputs: list[InputSpec]) -> Mod
 
 def autoregressive(model: Model, seq: int) -> LossProgram:
     name, lt = _output(model, "logits")
-    ids = next((i for i in model.inputs if i.kind == "tokens"), None)
-    if ids is None or lt.rank != 3:
-        raise ObjectiveError("autoregressive training needs token inputs and logits [batch, seq, vocab]")
+    ids = next((i for i in model.inputs if i.kind == "tokens" and "seq" in i.type.shape), None)
+    if ids is None or lt.rank != ids.type.rank + 1:
+        raise ObjectiveError("autoregressive training needs token inputs [..., seq] and logits [..., seq, vocab]")
+    axis = ids.type.shape.index("seq")
     sizes = {"seq": seq}
     mb = ModelBuilder()
     m = mb.module("NextTokenLoss", doc="Next-token cross-entropy: position t predicts token t+1.")
     logits = m.input("logits", _bind(lt, sizes))
-    tokens = m.input("input_ids", _bind(ids.type, sizes))
-    pred = m.op("slice", logits, axis=1, start=0, end=seq - 1, hint="pred")
-    labels = m.op("slice", tokens, axis=1, start=1, end=seq, hint="labels")
+    tokens = m.input(ids.name, _bind(ids.type, sizes))
+    pred = m.op("slice", logits, axis=axis, start=0, end=seq - 1, hint="pred")
+    labels = m.op("slice", tokens, axis=axis, start=1, end=seq, hint="labels")
     loss = m.op("cross_entropy", pred, labels, hint="loss")
     top = m.ret(loss, names=["loss"])
-    spec = [InputSpec("logits", logits.type, "normal"), InputSpec("input_ids", tokens.type, "tokens", 0, ids.high)]
+    spec = [InputSpec("logits", logits.type, "normal"), InputSpec(ids.name, tokens.type, "tokens", 0, ids.high)]
     return LossProgram("autoregressive", _finish(mb, top, model, spec), [("output", name), ("batch", ids.name)], {}, seq)
 
 
 def classification(model: Model, seq: int) -> LossProgram:
+    """Class logits [batch, C], or per-position logits [batch, ..., C] with one label
+    per position."""
     name, lt = _output(model, "logits")
-    if lt.rank != 2:
-        raise ObjectiveError("classification training needs logits [batch, classes]")
+    lt = _bind(lt, {"seq": seq})
     mb = ModelBuilder()
     m = mb.module("ClassificationLoss", doc="Cross-entropy of the class logits against integer labels.")
     logits = m.input("logits", lt)
-    labels = m.input("labels", TensorType(DType.i64, (lt.shape[0],)))
+    labels = m.input("labels", TensorType(DType.i64, lt.shape[:-1]))
     top = m.ret(m.op("cross_entropy", logits, labels, hint="loss"), names=["loss"])
-    classes = lt.shape[1]
+    classes = lt.shape[-1]
     spec = [InputSpec("logits", lt, "normal"), InputSpec("labels", labels.type, "tokens", 0, classes)]
     return LossProgram(
         "classification",
         _finish(mb, top, model, spec),
         [("output", name), ("batch", "labels")],
-        {"labels": {"kind": "class", "high": classes}},
+        {"labels": {"kind": "class", "high": classes, "shape": list(labels.type.shape)}},
         seq,
     )
 
@@ -145,30 +147,43 @@ def diffusion(model: Model, seq: int) -> LossProgram:
 
 
 def contrastive(model: Model, seq: int) -> LossProgram:
-    iname, it = _output(model, "image_embeds")
-    tname, tt = _output(model, "text_embeds")
-    sname, st = _output(model, "logit_scale")
+    """CLIP's loss. With logits_per_image/logits_per_text outputs the model has
+    already applied its learned scale exp(logit_scale); otherwise the loss normalizes
+    image_embeds and text_embeds and applies a logit_scale output itself."""
+    top_names = model.top_module.output_names
     mb = ModelBuilder()
     m = mb.module("ContrastiveLoss", doc="Symmetric InfoNCE with the model's learned logit scale (CLIP).")
-    img = m.input("image_embeds", it)
-    txt = m.input("text_embeds", tt)
-    ls = m.input("logit_scale", st)
-    img_n = m.op("l2_normalize", img, hint="img")
-    txt_n = m.op("l2_normalize", txt, hint="txt")
-    scale = m.op("exp", ls, hint="scale")
-    per_image = m.op("mul", m.op("matmul", img_n, txt_n, transpose_b=True, hint="sim"), scale, hint="logits_per_image")
-    per_text = m.op("transpose", per_image, perm=(1, 0), hint="logits_per_text")
+    if "logits_per_image" in top_names and "logits_per_text" in top_names:
+        _, pt = _output(model, "logits_per_image")
+        per_image = m.input("logits_per_image", pt)
+        per_text = m.input("logits_per_text", pt)
+        sources = [("output", "logits_per_image"), ("output", "logits_per_text")]
+        spec = [InputSpec("logits_per_image", pt, "normal"), InputSpec("logits_per_text", pt, "normal")]
+    else:
+        iname, it = _output(model, "image_embeds")
+        tname, tt = _output(model, "text_embeds")
+        sname, st = _output(model, "logit_scale")
+        img = m.input("image_embeds", it)
+        txt = m.input("text_embeds", tt)
+        ls = m.input("logit_scale", st)
+        img_n = m.op("l2_normalize", img, hint="img")
+        txt_n = m.op("l2_normalize", txt, hint="txt")
+        scale = m.op("exp", ls, hint="scale")
+        sim = m.op("matmul", img_n, txt_n, transpose_b=True, hint="sim")
+        per_image = m.op("mul", sim, scale, hint="logits_per_image")
+        per_text = m.op("transpose", per_image, perm=(1, 0), hint="logits_per_text")
+        sources = [("output", iname), ("output", tname), ("output", sname)]
+        spec = [InputSpec(n, t, "normal") for n, t in (("image_embeds", it), ("text_embeds", tt), ("logit_scale", st))]
     labels = m.op("positions", per_image, axis=0, hint="labels")
     both = m.op("add", m.op("cross_entropy", per_image, labels), m.op("cross_entropy", per_text, labels), hint="both")
     top = m.ret(m.op("scale", both, factor=0.5, hint="loss"), names=["loss"])
-    spec = [InputSpec(n, t, "normal") for n, t in (("image_embeds", it), ("text_embeds", tt), ("logit_scale", st))]
     return LossProgram(
         "contrastive",
         _finish(mb, top, model, spec),
-        [("output", iname), ("output", tname), ("output", sname)],
-        {},
+        sources,
+        {"pairs": {"kind": "paired"}},
         seq,
-        "matching pairs are the batch diagonal; embeddings are normalized inside the loss",
+        "matching pairs are the batch diagonal",
     )
 
 
@@ -180,7 +195,14 @@ OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
 }
 
 # Used when the spec names no objective.
-DEFAULT_OBJECTIVE = {"decoder_lm": "autoregressive", "vit": "classification", "unet": "diffusion", "clip": "contrastive"}
+DEFAULT_OBJECTIVE = {
+    "decoder_lm": "autoregressive",
+    "audio_lm": "autoregressive",
+    "vit": "classification",
+    "encoder": "classification",
+    "diffusion_unet": "diffusion",
+    "clip": "contrastive",
+}
 
 
 def objective_name(ctx: CompileContext) -> str:
