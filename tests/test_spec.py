@@ -101,9 +101,11 @@ def test_unsupported_modality_warns_and_typo_errors(tmp_path):
     assert [f"{d.loc.line}:{d.loc.col}: {d.severity}: {d.message}" for d in sink.items] == [
         '4:12: warning: unsupported modality "taste"; MetaGen builds a best-effort model for it'
     ]
+    # A near-miss still builds the best-effort model (the tutorial's "vibes" is one
+    # edit from "video"), but the warning says what was probably meant.
     sink = DiagnosticSink()
     build_spec(parse_yaml(HEAD.replace('outputs: ["text"]', 'outputs: ["txt"]'), "s.yaml"), sink)
-    assert [d.severity for d in sink.items] == ["error"]
+    assert [d.severity for d in sink.items] == ["warning"]
     assert 'did you mean "text"' in sink.items[0].message
 
 

@@ -200,7 +200,7 @@ class _Builder:
             word = v.strip().lower()
             if word not in f.choices:
                 hint = did_you_mean(word, f.choices)
-                if f.open_choices and not hint:
+                if f.open_choices:
                     self.sink.warning(node.loc, f"unsupported {f.name} \"{v}\"{hint}; MetaGen builds a best-effort model for it")
                     return word
                 err(node.loc, f"'{path}' must be one of {_choices(f)}, not \"{v}\"{hint}")
