@@ -42,7 +42,10 @@ PRODUCER = "metagen"
 # its parameters as inputs (1 Gi parameters; llama2_7b is 27 GB, the 70B spec 280 GB).
 MATERIALIZE_LIMIT = 4 * 1024**3
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave headroom for the graph itself
-DEFAULT_FUSED = False  # decomposed attention/rms_norm/rope ran faster in onnxruntime
+# Fused opset-23 Attention/RMSNormalization/RotaryEmbedding ran 3-4% faster than the
+# decomposed form in onnxruntime 1.32 (GPT-2 small and a 125M llama, 1 x 256 tokens,
+# bench/onnx_bench.py --parts c); see docs/backends.md.
+DEFAULT_FUSED = True
 
 ONNX_DTYPES = {
     DType.f32: TensorProto.FLOAT,

@@ -1,0 +1,243 @@
+"""ONNX backend benchmarks: prints a table (not a test).
+
+    .venv/bin/python bench/onnx_bench.py [--repeat N] [--skip-export]
+
+(a) compile time, whole process: `metagenc --target onnx` on gpt2_small.yaml (weights
+    embedded) against `torch.onnx.export(..., dynamo=True)` of the generated torch model;
+(b) batch 1 x 256 tokens GPT-2 small latency: our graph in onnxruntime, the graph
+    torch.onnx.export produces, our torch module, and the jitted flax module when
+    backends/flax_backend.py exists;
+(c) the opset choice: fused opset-23 Attention/RMSNormalization/RotaryEmbedding
+    against the decomposed form, in onnxruntime, for GPT-2 small and a ~100M
+    llama-style model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+GPT2 = os.path.join(ROOT, "examples", "reference", "gpt2_small.yaml")
+LLAMA = os.path.join(ROOT, "examples", "reference", "llama2_7b.yaml")
+# ~100M llama-style: llama2_7b's topology (RMSNorm, RoPE, SwiGLU) at GPT-2-small width.
+LLAMA_100M = [
+    ("architecture.hidden_size", "768"),
+    ("architecture.layers", "12"),
+    ("architecture.heads", "12"),
+    ("architecture.kv_heads", "4"),
+    ("architecture.ffn_size", "2048"),
+    ("constraints.parameter_budget.max", "130M"),
+]
+
+EXPORT_SCRIPT = r"""
+import sys, time, importlib.util, torch
+t0 = time.perf_counter()
+spec = importlib.util.spec_from_file_location("m", sys.argv[1]); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+model = m.init(0)
+ids = torch.from_numpy(m.example_inputs(batch_size=1)["input_ids"])
+t1 = time.perf_counter()
+torch.onnx.export(model, (), sys.argv[2], kwargs={"input_ids": ids}, dynamo=True, external_data=False,
+                  dynamic_shapes={"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}},
+                  input_names=["input_ids"], output_names=["logits"], verbose=False)
+print(f"{time.perf_counter() - t1:.3f}")
+"""
+
+
+class Table(list):
+    """Rows (part, what, figure); each is echoed to stderr as it is measured."""
+
+    def append(self, row: tuple[str, str, str]) -> None:
+        print("  ".join(row), file=sys.stderr, flush=True)
+        super().append(row)
+
+
+def _time_process(cmd: list[str], repeat: int) -> tuple[float, str]:
+    times, last = [], ""
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        times.append(time.perf_counter() - t0)
+        if res.returncode:
+            raise SystemExit(f"failed: {' '.join(cmd)}\n{res.stderr[-2000:]}")
+        last = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
+    return min(times), last
+
+
+def _latency(fn, repeat: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _ort_session(data: bytes | str):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def _compile(path, overrides=()):
+    from metagen.pipeline import compile_spec
+
+    return compile_spec(path, overrides=list(overrides))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=20, help="latency repetitions (median reported)")
+    ap.add_argument("--compile-repeat", type=int, default=3, help="compile-time repetitions (best reported)")
+    ap.add_argument("--skip-export", action="store_true", help="skip torch.onnx.export (needs onnxscript)")
+    ap.add_argument("--parts", default="abc", help="which parts to run (default abc)")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    from metagen.artifacts import emit_target
+    from metagen.backends.onnx_backend import lower_to_onnx
+
+    rows = Table()
+    tmp = tempfile.mkdtemp(prefix="mg_onnx_bench_")
+    comp = _compile(GPT2)
+    torch_py = os.path.join(tmp, "gpt2_small.py")
+    with open(torch_py, "wb") as f:
+        f.write(emit_target(comp, "torch", 0)[""])
+    ours_onnx = os.path.join(tmp, "ours.onnx")
+    exported_onnx = os.path.join(tmp, "exported.onnx")
+
+    # (a) compile time
+    metagenc = os.path.join(os.path.dirname(PY), "metagenc")
+    script = os.path.join(tmp, "export.py")
+    with open(script, "w") as f:
+        f.write(EXPORT_SCRIPT)
+    reps = args.compile_repeat if "a" in args.parts else 1
+    if "a" in args.parts or "b" in args.parts:
+        t_ours, _ = _time_process([metagenc, GPT2, "--target", "onnx", "-o", ours_onnx], reps)
+    if "a" in args.parts:
+        rows.append(
+            ("(a) compile", "metagenc --target onnx gpt2_small (whole process, weights embedded)", f"{t_ours:.2f} s")
+        )
+    if not args.skip_export and ("a" in args.parts or "b" in args.parts):
+        t_exp, inner = _time_process([PY, script, torch_py, exported_onnx], reps)
+        if "a" in args.parts:
+            rows.append(
+                (
+                    "(a) compile",
+                    "torch.onnx.export(dynamo=True) of the generated module (whole process)",
+                    f"{t_exp:.2f} s",
+                )
+            )
+            rows.append(("(a) compile", "  of which the torch.onnx.export call", f"{float(inner):.2f} s"))
+            rows.append(("(a) compile", "speed-up, whole process", f"{t_exp / t_ours:.1f}x"))
+
+    # (b) latency, batch 1 x 256
+    if "b" in args.parts:
+        _latencies(args, rows, comp, torch_py, ours_onnx, exported_onnx, tmp)
+    if "c" in args.parts:
+        _opset_choice(args, rows, comp)
+    _print(rows)
+
+
+def _latencies(args, rows, comp, torch_py, ours_onnx, exported_onnx, tmp) -> None:
+    import torch
+
+    from metagen.artifacts import emit_target
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from conftest import load_module
+
+    mod = load_module(torch_py)
+    ids = np.random.default_rng(0).integers(0, comp.model.config["vocab_size"], size=(1, 256)).astype(np.int64)
+    feed = {"input_ids": ids}
+    sess = _ort_session(ours_onnx)
+    rows.append(
+        ("(b) latency", "our ONNX graph, onnxruntime", f"{_latency(lambda: sess.run(None, feed), args.repeat):.1f} ms")
+    )
+    if not args.skip_export:
+        sess_e = _ort_session(exported_onnx)
+        rows.append(
+            (
+                "(b) latency",
+                "torch.onnx.export graph, onnxruntime",
+                f"{_latency(lambda: sess_e.run(None, feed), args.repeat):.1f} ms",
+            )
+        )
+    state = mod.init(0)
+    tids = torch.from_numpy(ids)
+
+    def torch_fwd():
+        with torch.no_grad():
+            state(input_ids=tids)
+
+    rows.append(("(b) latency", "our torch module (eager, no_grad)", f"{_latency(torch_fwd, args.repeat):.1f} ms"))
+    if os.path.exists(os.path.join(ROOT, "backends", "flax_backend.py")):
+        try:
+            flax_py = os.path.join(tmp, "gpt2_small_flax.py")
+            with open(flax_py, "wb") as f:
+                f.write(emit_target(comp, "flax", 0)[""])
+            fmod = load_module(flax_py)
+            fstate = fmod.init(0)
+            rows.append(
+                (
+                    "(b) latency",
+                    "our flax module (jitted run)",
+                    f"{_latency(lambda: fmod.run(fstate, feed), args.repeat):.1f} ms",
+                )
+            )
+        except Exception as exc:  # another engineer's backend may be mid-change
+            rows.append(("(b) latency", "our flax module", f"n/a ({type(exc).__name__})"))
+
+
+def _opset_choice(args, rows, comp) -> None:
+    """(c) fused (opset-23 ops) vs decomposed."""
+    from metagen.backends.onnx_backend import lower_to_onnx
+
+    for label, path, ov in (("gpt2_small", GPT2, ()), ("llama ~100M", LLAMA, LLAMA_100M)):
+        c = comp if path == GPT2 else _compile(path, ov)
+        vocab = c.model.config["vocab_size"]
+        feed_c = {"input_ids": np.random.default_rng(0).integers(0, vocab, size=(1, 256)).astype(np.int64)}
+        sessions = {fused: _ort_session(lower_to_onnx(c.model, fused=fused)[""]) for fused in (False, True)}
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for fused in (False, True):  # warm-up
+            sessions[fused].run(None, feed_c)
+        for _ in range(args.repeat):  # interleaved, so load changes hit both alike
+            for fused in (False, True):
+                t0 = time.perf_counter()
+                sessions[fused].run(None, feed_c)
+                times[fused].append(time.perf_counter() - t0)
+        for fused in (False, True):
+            name = "fused (Attention/RMSNormalization/RotaryEmbedding)" if fused else "decomposed"
+            ms = statistics.median(times[fused]) * 1e3
+            rows.append(("(c) opset 23", f"{label} ({c.model.param_count() / 1e6:.0f}M), {name}", f"{ms:.1f} ms"))
+
+
+def _print(rows) -> None:
+    import onnxruntime
+    import torch
+
+    w = max(len(r[1]) for r in rows)
+    print(f"{'part':<14} {'what':<{w}}  figure")
+    print("-" * (w + 30))
+    for part, what, fig in rows:
+        print(f"{part:<14} {what:<{w}}  {fig}")
+    print(f"\nmachine: {os.cpu_count()} CPUs, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+
+
+if __name__ == "__main__":
+    main()
