@@ -55,6 +55,14 @@ def resolve_tower(ctx: CompileContext, preset: str, section=None, prefix: str = 
     return cfg
 
 
+def lm_widths() -> list[int]:
+    """Candidate model widths: 64, multiples of 128 up to 512, then of 256 up to 2048
+    (so heads = d / 64 is a multiple of 4 and grouped-query attention applies), then
+    of 512 (heads = d / 128, again a multiple of 4). Matmul-friendly and the shapes
+    published models use."""
+    return [d for d in range(64, 16384 + 1, 64) if d == 64 or (d % 128 == 0 and d <= 512) or (d % 256 == 0 and d <= 2048) or d % 512 == 0]
+
+
 class DecoderLM(Family):
     def resolve(self, ctx: CompileContext) -> None:
         cfg = resolve_tower(ctx, "modern")
@@ -72,7 +80,7 @@ class DecoderLM(Family):
         if "hidden_size" in ctx.pinned:
             candidates = [ctx.arch["hidden_size"]]
         else:
-            candidates = list(range(64, 16384 + 1, 64))
+            candidates = lm_widths()
         for d in candidates:
             cfg = dict(ctx.arch, hidden_size=d)
             if T.derive(cfg, ctx.pinned, ctx.arch["gqa"]) is None:
