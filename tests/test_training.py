@@ -308,3 +308,39 @@ def test_params_estimate_carries_training():
     est = json.loads(files["blueprint/params_estimate.json"])
     assert "training" in est and est["training"]["data"]["unit"] == "tokens"
     assert training_estimate(comp.ctx)["parameters"] == comp.model.param_count()
+
+
+def _programs(tmp_path, spec):
+    comp = compile_spec(spec, tiny=True)
+    for rel, data in synth_files(comp, 0).items():
+        if rel.startswith("code/"):
+            path = tmp_path / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    return load_module(str(tmp_path / "code/torch/train.py")), load_module(str(tmp_path / "code/flax/train.py"))
+
+
+SLOW = pytest.mark.slow  # jit-compiling the conv towers' gradients takes a minute or more
+FAMILY_SPECS = [
+    pytest.param("tutorial", "step5_image.yaml", marks=SLOW, id="vit-classification"),
+    pytest.param("reference", "bert_base_classifier.yaml", id="encoder-classification"),
+    pytest.param("tutorial", "step6_diffusion.yaml", marks=SLOW, id="unet-diffusion"),
+    pytest.param("tutorial", "step7_clip.yaml", marks=SLOW, id="clip-contrastive"),
+    pytest.param("tutorial", "pattern_audio.yaml", id="audio-autoregressive"),
+]
+
+
+@pytest.mark.parametrize("where,name", FAMILY_SPECS)
+def test_every_objective_agrees_across_backends_and_trains(where, name, tmp_path):
+    pytest.importorskip("optax")
+    torch_train, flax_train = _programs(tmp_path, example(where, name))
+    batch = torch_train.DataSource(None, 0).batch(0, 4)
+    model = torch_train.M.init(0).train()
+    loss_t = torch_train.compute_loss(model, torch_train.to_tensors(batch, "cpu"))
+    loss_t.backward()
+    loss_f, grads_f = flax_train.loss_and_grads(flax_train.M.init(0), batch)
+    assert close(loss_f, loss_t.item()), (loss_f, loss_t.item())
+    for n, p in model.named_parameters():
+        assert close(grads_f[n], p.grad.numpy()), n
+    history = torch_train.train(["--synthetic", "--steps", "3", "--batch-size", "4", "--checkpoint-dir", str(tmp_path / "ck")])
+    assert [s for s, _ in history] == [1, 3] and all(np.isfinite(v) for _, v in history)
