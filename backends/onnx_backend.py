@@ -487,11 +487,14 @@ def build_onnx(
     *,
     fused: bool = DEFAULT_FUSED,
     graph_only: bool | None = None,
+    detached: list[tuple[str, np.ndarray]] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, TensorType]]:
     """The ModelProto (weights inline, not yet split off) and the IR type of every
     value the IR names (for checking ONNX shape inference against the IR).
 
-    `graph_only` None: decided by `MATERIALIZE_LIMIT` when no weights are given."""
+    `graph_only` None: decided by `MATERIALIZE_LIMIT` when no weights are given.
+    `detached`: a list that receives the (name, array) initializers instead of the
+    proto (`lower_to_onnx` writes them straight to the wire, saving two copies)."""
     if graph_only is None:
         graph_only = weights is None and weights_bytes(model) > MATERIALIZE_LIMIT
     if weights is not None:
@@ -522,7 +525,10 @@ def build_onnx(
                 arr = np.ascontiguousarray(weights[name], dtype=np.float32)
             else:
                 arr = _draw(name, tuple(p.type.shape), p.init.scheme, dict(p.init.args), seed)
-            initializers.append(onnx.numpy_helper.from_array(arr, name))
+            if detached is not None:
+                detached.append((name, arr))
+            else:
+                initializers.append(onnx.numpy_helper.from_array(arr, name))
     outputs = [_value_info(name, value.type) for name, value in zip(model.output_names, top.outputs)]
     graph = helper.make_graph(g.nodes, _sanitize(model.name) or "model", inputs, outputs, initializer=initializers)
     doc = f"{model.spec_name} ({model.family}), lowered by {PRODUCER} {__version__}"
@@ -586,9 +592,46 @@ def lower_to_onnx(
 ) -> dict[str, bytes]:
     """{"": ModelProto bytes}, plus {data_name: weight bytes} when the weights would
     not fit one protobuf message."""
-    proto, _ = build_onnx(model, weights, seed, fused=fused)
-    files = {}
-    if sum(len(t.raw_data) for t in proto.graph.initializer) > PROTOBUF_LIMIT:
-        files[data_name] = _externalize(proto, data_name)
-    files[""] = proto.SerializeToString(deterministic=True)
-    return dict(sorted(files.items()))
+    arrays: list[tuple[str, np.ndarray]] = []
+    proto, _ = build_onnx(model, weights, seed, fused=fused, detached=arrays)
+    if sum(a.nbytes for _, a in arrays) > PROTOBUF_LIMIT:
+        proto.graph.initializer.extend(onnx.numpy_helper.from_array(a, n) for n, a in arrays)
+        data = _externalize(proto, data_name)
+        return {"": proto.SerializeToString(deterministic=True), data_name: data}
+    return {"": proto.SerializeToString(deterministic=True) + _initializers_wire(arrays)}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    return bytes([tag]) + _varint(len(payload)) + payload
+
+
+def _initializers_wire(arrays: list[tuple[str, np.ndarray]]) -> bytes:
+    """`ModelProto{graph: GraphProto{initializer: [...]}}` in protobuf wire format.
+    Appended to a serialized ModelProto it merges into it (protobuf concatenation
+    semantics: embedded messages merge, repeated fields append), so each weight is
+    copied once instead of three times through `from_array`/`make_graph`/serialize.
+    TensorProto fields: dims 1, data_type 2, name 8, raw_data 9 (little-endian)."""
+    if not arrays:
+        return b""
+    parts = []
+    for name, arr in arrays:
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        head = b"".join(b"\x08" + _varint(d) for d in arr.shape)
+        head += b"\x10" + _varint(TensorProto.FLOAT) + _field(0x42, name.encode("utf-8"))
+        raw = memoryview(arr.astype("<f4", copy=False).reshape(-1).view(np.uint8))
+        body_len = len(head) + 1 + len(_varint(len(raw))) + len(raw)
+        parts += [b"\x2a", _varint(body_len), head, b"\x4a", _varint(len(raw)), raw]
+    graph_len = sum(len(p) for p in parts)
+    return b"".join([b"\x3a", _varint(graph_len)] + parts)

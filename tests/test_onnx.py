@@ -271,6 +271,17 @@ def test_example_tiny_matches_torch(spec, tmp_path):
     assert [i.name for i in proto.graph.input] == [i.name for i in comp.model.inputs]
 
 
+def test_wire_initializers_equal_the_proto_ones():
+    comp, _ = _compile(example("reference", "gpt2_small.yaml"))
+    fast = onnx.load_from_string(lower_to_onnx(comp.model, seed=3)[""])
+    slow, _ = build_onnx(comp.model, seed=3)
+    assert fast.graph.node == slow.graph.node
+    assert [t.name for t in fast.graph.initializer] == [t.name for t in slow.graph.initializer]
+    for a, b in zip(fast.graph.initializer, slow.graph.initializer):
+        assert a.dims == b.dims and a.data_type == b.data_type
+        assert np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+
+
 def test_dynamic_axes_are_named():
     comp, _ = _compile(example("reference", "gpt2_small.yaml"))
     proto, _ = build_onnx(comp.model)
