@@ -33,7 +33,7 @@ def resolved_architecture(comp: Compilation) -> dict[str, Any]:
     family = FAMILIES[ctx.family]
     if hasattr(family, "resolved_architecture"):
         return family.resolved_architecture(ctx)
-    arch = {"family": ctx.spec.architecture.family}
+    arch = {"family": family.msl_family(ctx)}
     for key, value in ctx.model.config.items():
         if key in ARCH_KEYS:
             arch[key] = value

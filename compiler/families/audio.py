@@ -109,7 +109,7 @@ class AudioLM(DecoderLM):
 
     def resolved_architecture(self, ctx: CompileContext) -> dict[str, Any]:
         a = ctx.arch
-        out: dict[str, Any] = {"family": ctx.spec.architecture.family}
+        out: dict[str, Any] = {"family": self.msl_family(ctx)}
         for key in TOWER_KEYS + ["codebooks", "codebook_size"]:
             out[key] = a[key]
         return out

@@ -29,6 +29,14 @@ class Family:
     inputs_doc: str = ""
     outputs_doc: str = ""
 
+    def msl_family(self, ctx: CompileContext) -> str:
+        """The spec language's `architecture.family` for this model: what the user
+        wrote, or what `auto` resolved to."""
+        written = ctx.spec.architecture.family
+        if written != "auto":
+            return written
+        return "diffusion" if self.name == "diffusion_unet" else "transformer"
+
     def resolve(self, ctx: CompileContext) -> None:
         """Fill ctx.arch with conventions; free dimensions stay None."""
         raise NotImplementedError

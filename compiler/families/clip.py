@@ -240,7 +240,7 @@ class DualEncoder(Family):
     def resolved_architecture(self, ctx: CompileContext) -> dict[str, Any]:
         a = ctx.arch
         return {
-            "family": ctx.spec.architecture.family,
+            "family": self.msl_family(ctx),
             "projection_dim": a["projection_dim"],
             "text_encoder": {k: a["text_encoder"][k] for k in TEXT_KEYS},
             "image_encoder": {k: a["image_encoder"][k] for k in VISION_KEYS},

@@ -162,7 +162,7 @@ class Fallback(Family):
 
     def resolved_architecture(self, ctx: CompileContext) -> dict[str, Any]:
         a = ctx.arch
-        out = {"family": ctx.spec.architecture.family}
+        out = {"family": self.msl_family(ctx)}
         out.update({k: a[k] for k in KEYS if k != "feature_dim"})
         if not a["token_input"]:
             out["channels"] = a["feature_dim"]

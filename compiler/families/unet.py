@@ -245,7 +245,7 @@ class DiffusionUNet(Family):
 
     def resolved_architecture(self, ctx: CompileContext) -> dict[str, Any]:
         a = ctx.arch
-        out: dict[str, Any] = {"family": ctx.spec.architecture.family}
+        out: dict[str, Any] = {"family": self.msl_family(ctx)}
         for k in UNET_KEYS:
             out[k] = list(a[k]) if isinstance(a[k], list) else a[k]
         out["text_encoder"] = {k: v for k, v in a["text_encoder"].items() if v is not None}
