@@ -50,11 +50,25 @@ def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
                 family = fam
                 break
     if family is None or family not in FAMILIES:
-        what = f"inputs {sorted(ins)} -> outputs {sorted(outs)}" + (f" with objective '{objective}'" if objective else "")
+        what = f"{_modalities(ins)} -> {_modalities(outs)}" + (f" with objective '{objective}'" if objective else "")
         sink.error(
             spec.modality.loc(),
-            f"no model family for {what} yet; supported: "
-            + "; ".join(f"{sorted(a)}->{sorted(b)}" + (f" ({o})" if o else "") for a, b, o, f in RULES if f in FAMILIES),
+            f"no model family for {what}; supported: {supported_summary()} (see docs/families.md)",
         )
         return None
     return family
+
+
+def _modalities(ms: frozenset) -> str:
+    return " + ".join(sorted(ms)) or "nothing"
+
+
+def supported_summary() -> str:
+    """'text -> text (autoregressive or none), ...' from RULES."""
+    from metagen.compiler.families import FAMILIES
+
+    combos: dict[tuple[str, str], list[str]] = {}
+    for rin, rout, robj, fam in RULES:
+        if fam in FAMILIES:
+            combos.setdefault((_modalities(rin), _modalities(rout)), []).append(robj or "none")
+    return "; ".join(f"{a} -> {b} ({' or '.join(objs)})" for (a, b), objs in combos.items())

@@ -188,3 +188,18 @@ def test_spec_language_doc_is_current():
     assert open(path, encoding="utf-8").read() == markdown(), (
         "docs/spec_language.md is stale: python -m metagen.frontend.schema_doc > docs/spec_language.md"
     )
+
+
+def test_unsupported_combination_lists_what_is_supported(tmp_path):
+    out = diagnose(tmp_path, HEAD.replace('outputs: ["text"]', 'outputs: ["audio"]'))
+    assert len(out) == 1
+    assert out[0].startswith("4:3: error: no model family for text -> audio; supported: text -> text (autoregressive or none);")
+    assert out[0].endswith("(see docs/families.md)")
+
+
+def test_family_that_does_not_fit_warns(tmp_path):
+    out = diagnose(tmp_path, HEAD + "architecture:\n  family: diffusion\n  layers: 2\n  hidden_size: 64\n")
+    assert out[0] == (
+        "7:11: warning: family 'diffusion' does not fit this modality and objective; "
+        "building a decoder-only language model (a transformer) instead"
+    )

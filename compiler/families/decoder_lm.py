@@ -65,6 +65,9 @@ def lm_widths() -> list[int]:
 
 class DecoderLM(Family):
     def resolve(self, ctx: CompileContext) -> None:
+        from metagen.compiler.families.vit import warn_family
+
+        warn_family(ctx, "a decoder-only language model")
         cfg = resolve_tower(ctx, "modern")
         ctx.arch = {k: cfg.get(k) for k in TOWER_KEYS}
         # Grouped-query attention is part of the modern (rotary) convention; models
