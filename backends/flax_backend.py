@@ -156,6 +156,7 @@ OPS: dict[str, Callable[..., str]] = {
     "cast": lambda a, x: f"{x}.astype({_JNP_DTYPES[a['dtype']]})",
     "cross_entropy": lambda a, logits, labels: f"_cross_entropy({logits}, {labels})",
     "mse": lambda a, x, y: f"jnp.mean(jnp.square({x} - {y}))",
+    "masked_cross_entropy": lambda a, logits, labels, mask: f"_masked_cross_entropy({logits}, {labels}, {mask})",
 }
 
 HELPERS: dict[str, str] = {
@@ -198,6 +199,14 @@ def _timestep_embedding(t, dim, flip_sin_to_cos, freq_shift, max_period):
     if flip_sin_to_cos:
         emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
     return emb
+''',
+    "masked_cross_entropy": '''
+def _masked_cross_entropy(logits, labels, mask):
+    """Cross-entropy averaged over the positions where mask is 1."""
+    logp = jax.nn.log_softmax(logits.reshape(-1, logits.shape[-1]), axis=-1)
+    picked = jnp.take_along_axis(logp, labels.reshape(-1, 1).astype(jnp.int32), axis=-1)[:, 0]
+    weight = mask.reshape(-1).astype(logp.dtype)
+    return -jnp.sum(picked * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 ''',
     "cross_entropy": '''
 def _cross_entropy(logits, labels):

@@ -351,6 +351,19 @@ def _cross_entropy(e: Emit, logits: str, labels: str) -> str:
     return e.op("SoftmaxCrossEntropyLoss", flat, lab, reduction="mean")
 
 
+def _masked_cross_entropy(e: Emit, logits: str, labels: str, mask: str) -> str:
+    c = e.in_types[0].shape[-1]
+    flat = e.op("Reshape", logits, e.ints(-1, c) if isinstance(c, int) else e.op("Concat", e.ints(-1), e.op("Shape", logits, start=-1), axis=0))
+    lab = e.op("Reshape", labels, e.ints(-1))
+    if e.in_types[1].dtype != DType.i64:
+        lab = e.op("Cast", lab, to=TensorProto.INT64)
+    per_token = e.op("SoftmaxCrossEntropyLoss", flat, lab, reduction="none")
+    weight = e.op("Reshape", mask, e.ints(-1))
+    total = e.op("ReduceSum", e.op("Mul", per_token, weight), keepdims=0)
+    count = e.op("Max", e.op("ReduceSum", weight, keepdims=0), e.f32(1.0))
+    return e.op("Div", total, count)
+
+
 def _mse(e: Emit, x: str, y: str) -> str:
     d = e.op("Sub", x, y)
     return e.op("ReduceMean", e.op("Mul", d, d), keepdims=0)
@@ -402,6 +415,7 @@ OPS: dict[str, Callable[..., str]] = {
     "cast": lambda e, x: e.op("Cast", x, to=ONNX_DTYPES[DType(e.a["dtype"])]),
     "cross_entropy": _cross_entropy,
     "mse": _mse,
+    "masked_cross_entropy": _masked_cross_entropy,
 }
 
 # The opset-23 fused forms, used instead of the entries above when fused=True.

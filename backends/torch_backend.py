@@ -93,6 +93,7 @@ OPS: dict[str, Callable[..., str]] = {
     "cast": lambda a, x: f"{x}.to(torch.{_TORCH_DTYPES[a['dtype']]})",
     "cross_entropy": lambda a, logits, labels: f"F.cross_entropy({logits}.flatten(0, -2), {labels}.flatten())",
     "mse": lambda a, x, y: f"F.mse_loss({x}, {y})",
+    "masked_cross_entropy": lambda a, logits, labels, mask: f"_masked_cross_entropy({logits}, {labels}, {mask})",
 }
 
 _TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64", "i32": "int32", "bool": "bool"}
@@ -105,6 +106,13 @@ def _unsqueeze(x: str, axes) -> str:
 
 
 HELPERS: dict[str, str] = {
+    "masked_cross_entropy": '''
+def _masked_cross_entropy(logits, labels, mask):
+    """Cross-entropy averaged over the positions where mask is 1."""
+    per_token = F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="none")
+    weight = mask.flatten().to(per_token.dtype)
+    return (per_token * weight).sum() / weight.sum().clamp(min=1.0)
+''',
     "rope": '''
 def _rope(x, heads, head_dim, theta):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]."""

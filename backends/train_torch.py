@@ -123,6 +123,14 @@ class DataSource:
                 out[name] = labels.astype(np.int64)
                 if self.arrays is None:
                     _carry(out, labels, target["high"])
+            elif target["kind"] == "masked_tokens":
+                tokens = out[target["input"]]
+                hide = rng.random(tokens.shape) < target["rate"]
+                rows = np.arange(tokens.shape[0])
+                hide[rows, rng.integers(0, tokens.shape[-1], size=tokens.shape[0])] = True
+                out[name] = tokens.astype(np.int64)
+                out[target["input"]] = np.where(hide, target["mask_id"], tokens).astype(tokens.dtype)
+                out["mask"] = hide.astype(np.float32)
             elif target["kind"] == "paired" and self.arrays is None:
                 _carry(out, rng.integers(0, 16, size=batch_size), 16)
             elif target["kind"] == "diffusion_noise":

@@ -13,7 +13,7 @@ graph itself is deterministic.
 | classification | cross_entropy(logits, labels)                                     |
 | diffusion      | mse(predicted noise, noise); noising x_t = sqrt(a_t) x0 + sqrt(1-a_t) e is data-side |
 | contrastive    | (CE(s·I·Tᵀ, arange) + CE(s·T·Iᵀ, arange)) / 2, s = exp(logit_scale) |
-| masked         | cross_entropy(logits at the masked positions, original tokens)    |
+| masked         | masked_cross_entropy(logits, original tokens, mask); masking is data-side |
 """
 
 from __future__ import annotations
@@ -187,7 +187,47 @@ def contrastive(model: Model, seq: int) -> LossProgram:
     )
 
 
+MASK_RATE = 0.15
+
+
+def masked(model: Model, seq: int) -> LossProgram:
+    """BERT's masked-LM loss: the data side hides MASK_RATE of the tokens (at least
+    one per row) behind the mask id, the last id of the vocabulary, and the loss is
+    cross-entropy at the hidden positions only."""
+    name, lt = _output(model, "logits")
+    ids = next((i for i in model.inputs if i.kind == "tokens" and "seq" in i.type.shape), None)
+    if ids is None or lt.rank != ids.type.rank + 1:
+        raise ObjectiveError("masked training needs token inputs [batch, seq] and logits [batch, seq, vocab]")
+    sizes = {"seq": seq}
+    lt, it = _bind(lt, sizes), _bind(ids.type, sizes)
+    mb = ModelBuilder()
+    m = mb.module("MaskedTokenLoss", doc="Cross-entropy at the masked positions against the original tokens.")
+    logits = m.input("logits", lt)
+    labels = m.input("labels", it)
+    mask = m.input("mask", it.with_dtype(DType.f32))
+    top = m.ret(m.op("masked_cross_entropy", logits, labels, mask, hint="loss"), names=["loss"])
+    vocab = int(ids.high)
+    spec = [
+        InputSpec("logits", lt, "normal"),
+        InputSpec("labels", it, "tokens", 0, vocab),
+        InputSpec("mask", mask.type, "tokens", 0, 2),
+    ]
+    return LossProgram(
+        "masked",
+        _finish(mb, top, model, spec),
+        [("output", name), ("batch", "labels"), ("batch", "mask")],
+        {
+            "labels": {"kind": "masked_tokens", "input": ids.name, "rate": MASK_RATE, "mask_id": vocab - 1},
+            "mask": {"kind": "token_mask"},
+        },
+        seq,
+        f"{MASK_RATE:.0%} of tokens (at least one per row) replaced by the mask id {vocab - 1}; "
+        "labels are the original tokens",
+    )
+
+
 OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
+    "masked": masked,
     "autoregressive": autoregressive,
     "classification": classification,
     "diffusion": diffusion,
@@ -200,6 +240,7 @@ DEFAULT_OBJECTIVE = {
     "audio_lm": "autoregressive",
     "vit": "classification",
     "encoder": "classification",
+    "masked_lm": "masked",
     "diffusion_unet": "diffusion",
     "clip": "contrastive",
 }

@@ -14,6 +14,7 @@ from metagen.frontend.spec_builder import Spec
 RULES: list[tuple[frozenset, frozenset, str | None, str]] = [
     (frozenset({"text"}), frozenset({"text"}), "autoregressive", "decoder_lm"),
     (frozenset({"text"}), frozenset({"text"}), None, "decoder_lm"),
+    (frozenset({"text"}), frozenset({"text"}), "masked", "masked_lm"),
     (frozenset({"image"}), frozenset({"label"}), "classification", "vit"),
     (frozenset({"image"}), frozenset({"label"}), None, "vit"),
     # Tutorial step 5 writes outputs ["image"] for a classifier; vit warns that it outputs class logits.

@@ -671,6 +671,19 @@ def _mse(a, ins):
     return [TensorType(x.dtype, ())]
 
 
+@op("masked_cross_entropy", ("logits", "labels", "mask"), flops=lambda a, i, o, b: 6 * i[0].numel(b))
+def _masked_cross_entropy(a, ins):
+    """Cross-entropy averaged over the positions where `mask` is 1 (masked-LM
+    training): logits [..., C], labels [...] integers, mask [...] floats in {0, 1};
+    the denominator is max(sum(mask), 1) so an empty mask gives 0, not NaN."""
+    logits, labels, mask = ins
+    if labels.dtype not in (DType.i64, DType.i32) or logits.shape[:-1] != labels.shape:
+        raise OpError(f"op 'masked_cross_entropy' needs logits [..., C] and labels [...], got {logits} and {labels}")
+    if not mask.dtype.is_float or mask.shape != labels.shape:
+        raise OpError(f"op 'masked_cross_entropy' needs a float mask shaped like the labels, got {mask}")
+    return [TensorType(logits.dtype, ())]
+
+
 def param_count_of(layer_op: str, **attrs) -> int:
     return sum(p.numel for p in layer_params(Layer(layer_op, tuple(sorted(attrs.items())))).values())
 

@@ -148,6 +148,14 @@ CASES: dict[str, list] = {
     "cast": [lambda g: g.m.op("cast", g.ids("ids", 2, 5), dtype="f32")],
     "cross_entropy": [lambda g: g.m.op("cross_entropy", g.x("logits", 2, 5, 10), g.ids("labels", 2, 5))],
     "mse": [lambda g: g.m.op("mse", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8))],
+    "masked_cross_entropy": [
+        lambda g: g.m.op(
+            "masked_cross_entropy",
+            g.x("logits", 2, 5, 10),
+            g.ids("labels", 2, 5),
+            g.x("mask", 2, 5, kind="tokens", high=2),
+        )
+    ],
 }
 
 

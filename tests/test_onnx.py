@@ -137,6 +137,13 @@ CASES = [
     ("cast", "cast", [IDS], dict(dtype="f32"), {}),
     ("cross_entropy", "cross_entropy", [inp("logits", T("batch", "seq", 10)), IDS], {}, {}),
     ("mse", "mse", [inp("a", BSD), inp("b", BSD)], {}, {}),
+    (
+        "masked_cross_entropy",
+        "masked_cross_entropy",
+        [inp("logits", T("batch", "seq", 10)), IDS, inp("mask", T("batch", "seq"), "tokens", 0, 2)],
+        {},
+        {},
+    ),
 ]
 
 

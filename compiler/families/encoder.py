@@ -14,7 +14,7 @@ from metagen.compiler.families.vit import (
     activation_bytes, num_classes, report_structure, tower_activations, warn_family, width_candidates,
 )
 from metagen.ir.builder import ModelBuilder
-from metagen.ir.graph import InputSpec, Model
+from metagen.ir.graph import ZEROS, InputSpec, Model
 from metagen.ir.types import DType, TensorType
 
 ENCODER_KEYS = [
@@ -48,8 +48,8 @@ class EncoderClassifier(Family):
         ctx.arch["context"] = ctx.context_window if given else DEFAULT_CONTEXT
         ctx.context_window = ctx.arch["context"]
         report_structure(ctx, encoder_structure(ctx.arch))
-        warn_family(ctx, "a text encoder classifier")
-        if ctx.spec.task.num_classes is None:
+        warn_family(ctx, self.built_what)
+        if self.classifies and ctx.spec.task.num_classes is None:
             ctx.sink.note(ctx.spec.task.loc(), f"task.num_classes is not given; using {DEFAULT_TEXT_CLASSES} classes")
 
     def knobs(self, ctx: CompileContext) -> Knobs | None:
@@ -75,12 +75,35 @@ class EncoderClassifier(Family):
     def finalize(self, ctx: CompileContext) -> str | None:
         return check_encoder(ctx.arch, ctx.pinned)
 
+    doc_line = "Transformer encoder classifier."
+    built_what = "a text encoder classifier"
+    classifies = True
+
     def build(self, ctx: CompileContext) -> Model:
         a = ctx.arch
         mb = ModelBuilder()
+        top = mb.module(class_name(ctx.spec.name), doc=self.doc_line)
+        x, inputs = self.trunk(mb, top, a)
+        outputs = self.head(top, a, x)
+        top_def = top.ret(*outputs.values(), names=list(outputs))
+        config = {k: a[k] for k in ENCODER_KEYS}
+        config.update(self.head_config(a))
+        config["context_window"] = a["context"]
+        return mb.finish(
+            top_def,
+            name=top_def.name,
+            spec_name=ctx.spec.name,
+            inputs=inputs,
+            config=config,
+            family=self.name,
+            symbols={"batch": "batch size", "seq": f"sequence length, at most {a['context']}"},
+            examples={"seq": min(16, a["context"])},
+        )
+
+    def trunk(self, mb: ModelBuilder, top, a: dict[str, Any]):
+        """Embeddings and the block stack: hidden states [batch, seq, d] and inputs."""
         d, vocab = a["hidden_size"], a["vocab_size"]
         block = T.block_module(mb, a, TensorType(DType.f32, ("batch", "seq", d)), causal=False)
-        top = mb.module(class_name(ctx.spec.name), doc="Transformer encoder classifier.")
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
         inputs = [InputSpec("input_ids", ids.type, "tokens", 0, vocab, "token ids, 0 <= id < vocab_size")]
         top.layer("tok_embeddings", "embedding", num=vocab, dim=d)
@@ -106,6 +129,10 @@ class EncoderClassifier(Family):
         if not post:
             T.norm_layer(top, "norm_f", a)
             x = top.call("norm_f", x, hint="x")
+        return x, inputs
+
+    def head(self, top, a: dict[str, Any], x) -> dict[str, Any]:
+        d = a["hidden_size"]
         if a["pooling"] == "mean":
             pooled = top.op("mean", x, axis=1, hint="pooled")
         else:
@@ -114,21 +141,10 @@ class EncoderClassifier(Family):
             top.layer("pooler", "linear", in_features=d, out_features=d, bias=bool(a["bias"]))
             pooled = top.op("tanh", top.call("pooler", pooled, hint="pooled"), hint="pooled")
         top.layer("classifier", "linear", in_features=d, out_features=a["num_classes"], bias=True)
-        logits = top.call("classifier", pooled, hint="logits")
-        top_def = top.ret(logits, names=["logits"])
-        config = {k: a[k] for k in ENCODER_KEYS}
-        config["num_classes"] = a["num_classes"]
-        config["context_window"] = a["context"]
-        return mb.finish(
-            top_def,
-            name=top_def.name,
-            spec_name=ctx.spec.name,
-            inputs=inputs,
-            config=config,
-            family=self.name,
-            symbols={"batch": "batch size", "seq": f"sequence length, at most {a['context']}"},
-            examples={"seq": min(16, a["context"])},
-        )
+        return {"logits": top.call("classifier", pooled, hint="logits")}
+
+    def head_config(self, a: dict[str, Any]) -> dict[str, Any]:
+        return {"num_classes": a["num_classes"]}
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
         nbytes = activation_bytes(ctx)
@@ -138,6 +154,50 @@ class EncoderClassifier(Family):
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         return {"unit": "sequence", "bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}
+
+
+class MaskedLM(EncoderClassifier):
+    """A bidirectional encoder trained to fill in masked tokens (BERT's masked-LM
+    head: dense + activation + norm, then scores against the tied word embeddings
+    plus a per-token bias)."""
+
+    doc_line = "Transformer encoder with a masked-language-model head."
+    built_what = "a masked-language-model encoder"
+    classifies = False
+
+    def resolve(self, ctx: CompileContext) -> None:
+        super().resolve(ctx)
+        ctx.arch["num_classes"] = 0
+
+    def tiny(self, ctx: CompileContext) -> None:
+        super().tiny(ctx)
+        ctx.arch["num_classes"] = 0
+
+    def head(self, top, a: dict[str, Any], x) -> dict[str, Any]:
+        d, vocab = a["hidden_size"], a["vocab_size"]
+        top.layer("mlm_transform", "linear", in_features=d, out_features=d, bias=bool(a["bias"]))
+        h = top.call("mlm_transform", x, hint="h")
+        act = a["activation"] if a["activation"] not in T.GATED else T.GATED[a["activation"]]
+        h = top.op(act, h, hint="h")
+        T.norm_layer(top, "mlm_norm", a)
+        h = top.call("mlm_norm", h, hint="h")
+        w = top.get_param("tok_embeddings.weight", hint="w_emb")
+        logits = top.op("linear_fn", h, w, hint="logits")
+        bias = top.param("mlm_bias", (vocab,), ZEROS)
+        return {"logits": top.op("add", logits, bias, hint="logits")}
+
+    def head_config(self, a: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
+register(
+    MaskedLM(
+        "masked_lm",
+        "Transformer text encoder with a masked-language-model head (BERT conventions).",
+        inputs_doc="input_ids: int64 [batch, seq] (mask tokens replaced by the mask id); token_type_ids when type_vocab_size > 0",
+        outputs_doc="logits: float32 [batch, seq, vocab_size], scores for the token at each position",
+    )
+)
 
 
 register(
