@@ -72,4 +72,9 @@ def supported_summary() -> str:
     for rin, rout, robj, fam in RULES:
         if fam in FAMILIES:
             combos.setdefault((_modalities(rin), _modalities(rout)), []).append(robj or "none")
-    return "; ".join(f"{a} -> {b} ({' or '.join(objs)})" for (a, b), objs in combos.items())
+    return "; ".join(f"{a} -> {b} ({_either(objs)})" for (a, b), objs in combos.items())
+
+
+def _either(words: list[str]) -> str:
+    words = [w for w in words if w != "none"] + [w for w in words if w == "none"]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]

@@ -193,7 +193,7 @@ def test_spec_language_doc_is_current():
 def test_unsupported_combination_lists_what_is_supported(tmp_path):
     out = diagnose(tmp_path, HEAD.replace('outputs: ["text"]', 'outputs: ["audio"]'))
     assert len(out) == 1
-    assert out[0].startswith("4:3: error: no model family for text -> audio; supported: text -> text (autoregressive or none);")
+    assert out[0].startswith("4:3: error: no model family for text -> audio; supported: text -> text (autoregressive, masked or none);")
     assert out[0].endswith("(see docs/families.md)")
 
 
