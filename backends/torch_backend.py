@@ -105,6 +105,9 @@ def _unsqueeze(x: str, axes) -> str:
     return x
 
 
+# Standard-library modules a helper needs beyond math and zlib.
+HELPER_IMPORTS: dict[str, tuple[str, ...]] = {"rope": ("functools",)}
+
 HELPERS: dict[str, str] = {
     "masked_cross_entropy": '''
 def _masked_cross_entropy(logits, labels, mask):
@@ -114,13 +117,19 @@ def _masked_cross_entropy(logits, labels, mask):
     return (per_token * weight).sum() / weight.sum().clamp(min=1.0)
 ''',
     "rope": '''
+@functools.lru_cache(maxsize=8)
+def _rope_cos_sin(seq, head_dim, theta, device, dtype, inference):
+    """cos and sin [seq, 1, head_dim], computed once per shape and shared by every layer
+    (`inference` keeps tensors made under torch.inference_mode apart: autograd refuses them)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    freqs = torch.outer(torch.arange(seq, device=device).float(), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+
+
 def _rope(x, heads, head_dim, theta):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]."""
-    seq = x.shape[1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=x.device).float() / head_dim))
-    freqs = torch.outer(torch.arange(seq, device=x.device).float(), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    cos, sin = emb.cos().to(x.dtype)[:, None, :], emb.sin().to(x.dtype)[:, None, :]
+    cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, torch.is_inference_mode_enabled())
     x = x.unflatten(-1, (heads, head_dim))
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
@@ -152,18 +161,18 @@ class TorchEmitter:
     def emit(self) -> str:
         out = self.out
         m = self.model
+        body = Lines()
+        for md in m.modules.values():
+            self.emit_module(body, md)
         emit_common_header(out, m, "PyTorch")
-        out("import math")
-        out("import zlib")
+        for name in sorted({"math", "zlib"}.union(*(HELPER_IMPORTS.get(h, ()) for h in self.helpers))):
+            out(f"import {name}")
         out("")
         out("import numpy as np")
         out("import torch")
         out("import torch.nn.functional as F")
         out("from torch import nn")
         out("")
-        body = Lines()
-        for md in m.modules.values():
-            self.emit_module(body, md)
         for h in sorted(self.helpers):
             out(HELPERS[h].strip("\n"))
             out("")
