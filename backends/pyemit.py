@@ -100,48 +100,54 @@ def safe_comment(text: str) -> str:
 
 
 def format_python(src: str) -> str:
-    """black's layout of `src`. The `_INITS` table (one row per parameter, thousands for
-    deep models) is laid out here instead: black's time grows faster than linearly in
-    the size of one bracketed statement (20 s for a 768-layer GPT-2), and a row of plain
-    literals needs only black's double quotes; a row too long for one line is laid out by
-    black alone. Quotes or escapes inside a string send the whole table through black."""
-    table, rest = _split_init_table(src)
-    if table is None:
-        return black.format_str(src, mode=BLACK_MODE)
+    """black's layout of `src`. The row tables (`_INITS`, flax's `_PARAMS`: one row per
+    parameter, thousands for deep models) are laid out here instead: black's time grows
+    faster than linearly in the size of one bracketed statement (20 s for a 768-layer
+    GPT-2), and a row of plain literals needs only black's double quotes; a row too long
+    for one line is laid out by black alone. Quotes or escapes inside a string send the
+    table through black."""
+    tables, rest = {}, src
+    for name in ROW_TABLES:
+        laid, without = _split_row_table(rest, name)
+        if laid is not None:
+            tables[name], rest = laid, without
     out = black.format_str(rest, mode=BLACK_MODE)
-    if out.count(_INIT_PLACEHOLDER) != 1:
-        return black.format_str(src, mode=BLACK_MODE)
-    return out.replace(_INIT_PLACEHOLDER, table)
+    for name, laid in tables.items():
+        placeholder = f"{name} = []\n"
+        if out.count(placeholder) != 1:
+            return black.format_str(src, mode=BLACK_MODE)
+        out = out.replace(placeholder, laid)
+    return out
 
 
 BLACK_MODE = black.Mode(line_length=100)
-_INIT_PLACEHOLDER = "_INITS = []\n"
+ROW_TABLES = ("_INITS", "_PARAMS")
 
 
-def _split_init_table(src: str) -> tuple[str | None, str]:
-    """(the table in black's layout, src with a placeholder) or (None, src)."""
-    start = src.find("\n_INITS = [\n")
-    if start < 0:
+def _split_row_table(src: str, name: str) -> tuple[str | None, str]:
+    """(the table `name = [rows]` in black's layout, src with `name = []` in its place),
+    or (None, src) when black must see the table itself."""
+    opener = f"\n{name} = [\n"
+    start = src.find(opener)
+    if start < 0 or src.count(opener) != 1 or src.count(f"{name} = []\n"):
         return None, src
     start += 1
     end = src.find("\n]\n", start)
     if end < 0:
         return None, src
-    rows = src[start + len("_INITS = [\n") : end].split("\n")
-    if not rows or rows == [""]:
+    rows = src[start + len(opener) - 1 : end].split("\n")
+    if rows == [""]:
         return None, src
-    laid = ["_INITS = ["]
+    laid = [f"{name} = ["]
     for row in rows:
-        if not (row.startswith("    (") and row.endswith("),")) or '"' in row or "\\" in row:
+        if not (row.startswith("    (") and row.endswith("),")) or '"' in row or "\\" in row or not row.isascii():
             return None, src
         row = row.replace("'", '"')
-        if not row.isascii():
-            return None, src
         if len(row) > BLACK_MODE.line_length:  # black splits it on its own, whatever its neighbours
-            row = black.format_str(f"_INITS = [\n{row}\n]\n", mode=BLACK_MODE)[len("_INITS = [\n") : -len("\n]\n")]
+            row = black.format_str(f"_t = [\n{row}\n]\n", mode=BLACK_MODE)[len("_t = [\n") : -len("\n]\n")]
         laid.append(row)
     laid.append("]\n")
-    return "\n".join(laid), src[:start] + _INIT_PLACEHOLDER + src[end + len("\n]\n") :]
+    return "\n".join(laid), src[:start] + f"{name} = []\n" + src[end + len("\n]\n") :]
 
 
 def init_table(model: Model) -> list[tuple[str, tuple[int, ...], str, dict[str, float]]]:

@@ -1,10 +1,10 @@
-"""format_python lays out the `_INITS` table itself (black is superlinear in one huge
+"""format_python lays out the `_INITS`/`_PARAMS` tables itself (black is superlinear in one huge
 statement); its output must stay exactly black's."""
 
 import black
 import pytest
 
-from metagen.backends.pyemit import BLACK_MODE, _split_init_table, format_python
+from metagen.backends.pyemit import BLACK_MODE, _split_row_table, format_python
 
 from conftest import example
 
@@ -27,7 +27,7 @@ def f(x):
 
 
 def test_fast_path_is_black():
-    table, _ = _split_init_table(TABLE_SRC)
+    table, _ = _split_row_table(TABLE_SRC, "_INITS")
     assert table is not None  # the fast path is taken, long row included
     assert format_python(TABLE_SRC) == _black(TABLE_SRC)
 
@@ -35,12 +35,13 @@ def test_fast_path_is_black():
 @pytest.mark.parametrize("row", ["    ('it\\'s', [1], 'ones', {}),", '    (\'say "hi"\', [1], \'ones\', {}),'])
 def test_strings_black_would_requote_take_the_slow_path(row):
     src = TABLE_SRC.replace("    ('blocks.0.norm.bias', [768], 'zeros', {}),", row)
-    assert _split_init_table(src)[0] is None
+    assert _split_row_table(src, "_INITS")[0] is None
     assert format_python(src) == _black(src)
 
 
+@pytest.mark.parametrize("target", ["torch", "flax"])
 @pytest.mark.parametrize("spec", [("reference", "gpt2_small.yaml"), ("tutorial", "step6_diffusion.yaml")])
-def test_generated_modules_are_black(spec, compiled):
-    path, _ = compiled(example(*spec), "torch")
+def test_generated_modules_are_black(spec, target, compiled):
+    path, _ = compiled(example(*spec), target)
     text = path.read_text()
     assert _black(text) == text
