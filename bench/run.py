@@ -1,0 +1,97 @@
+"""MetaGen speed benchmarks (issue 7): prints every table in one run (not a test).
+
+    .venv/bin/python bench/run.py [--repeat N] [--compile-repeat N] [--parts 1234] [--onnx]
+
+1  generated torch vs transformers (GPT-2 small, ~100M Llama), 1x256 and 8x256, fp32 CPU
+2  achieved GFLOP/s of the generated forward vs a 2048^2 matmul in the same loop
+3  the jitted flax module vs the torch module
+4  the compiler: every example to every target, the 70B spec, depth 12/96/768, the fitter
+--onnx adds bench/onnx_bench.py's tables (compile time vs torch.onnx.export, opset choice).
+
+Model timings are interleaved in one process and reported as min and median; the machine
+line at the end gives the load average, since a shared machine moves every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import compile_bench  # noqa: E402
+import model_bench  # noqa: E402
+from onnx_bench import Table  # noqa: E402  (rows echoed to stderr as they are measured)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def _print(rows) -> None:
+    w = max(len(r[1]) for r in rows)
+    print(f"{'part':<16} {'what':<{w}}  figure")
+    print("-" * (w + 40))
+    for part, what, fig in rows:
+        print(f"{part:<16} {what:<{w}}  {fig}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved model repetitions (default 5)")
+    ap.add_argument("--compile-repeat", type=int, default=2, help="processes per compile figure, best kept")
+    ap.add_argument("--parts", default="1234", help="which parts to run (default 1234; 1 and 2 run together)")
+    ap.add_argument("--onnx", action="store_true", help="also run bench/onnx_bench.py's tables")
+    args = ap.parse_args()
+
+    import torch
+
+    print(f"load average at start: {_load()}", file=sys.stderr)
+    t0 = time.perf_counter()
+    rows, peak_rows = Table(), Table()
+    tmp = model_bench.new_tmp()
+    if "1" in args.parts or "2" in args.parts:
+        for kind in ("gpt2", "llama"):
+            model_bench.torch_vs_hf(kind, args.repeat, tmp, rows, peak_rows)
+        rows.extend(peak_rows)
+    if "3" in args.parts:
+        model_bench.flax_vs_torch(args.repeat, tmp, rows)
+    if "4" in args.parts:
+        compile_bench.large_all_targets(args.compile_repeat, rows)
+        compile_bench.depth_scaling(args.compile_repeat, rows)
+        compile_bench.fitter(rows)
+        compile_bench.per_example(args.compile_repeat, rows)
+    _print(rows)
+    import transformers
+
+    print(
+        f"\nmachine: {os.cpu_count()} CPUs ({_cpu_model()}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, python {platform.python_version()}; "
+        f"load average at end {_load()}; bench took {time.perf_counter() - t0:.0f} s"
+    )
+    if args.onnx:
+        import subprocess
+
+        subprocess.run([sys.executable, os.path.join(HERE, "onnx_bench.py")], check=True)
+
+
+if __name__ == "__main__":
+    main()
