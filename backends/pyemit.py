@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import json
 import keyword
+import re
 from typing import Any, Callable
 
 import black
@@ -138,16 +139,20 @@ def _split_row_table(src: str, name: str) -> tuple[str | None, str]:
     rows = src[start + len(opener) - 1 : end].split("\n")
     if rows == [""]:
         return None, src
-    laid = [f"{name} = ["]
+    laid = []
     for row in rows:
         if not (row.startswith("    (") and row.endswith("),")) or '"' in row or "\\" in row or not row.isascii():
             return None, src
-        row = row.replace("'", '"')
-        if len(row) > BLACK_MODE.line_length:  # black splits it on its own, whatever its neighbours
-            row = black.format_str(f"_t = [\n{row}\n]\n", mode=BLACK_MODE)[len("_t = [\n") : -len("\n]\n")]
-        laid.append(row)
-    laid.append("]\n")
-    return "\n".join(laid), src[:start] + f"{name} = []\n" + src[end + len("\n]\n") :]
+        laid.append(row.replace("'", '"'))
+    long = [i for i, row in enumerate(laid) if len(row) > BLACK_MODE.line_length]
+    if long:  # black splits each long row on its own, whatever its neighbours: one call for all
+        split = black.format_str("_t = [\n" + "\n".join(laid[i] for i in long) + "\n]\n", mode=BLACK_MODE)
+        parts = re.split(r"\n(?=    \()", split[len("_t = [\n") : -len("\n]\n")])
+        if len(parts) != len(long):
+            return None, src
+        for i, part in zip(long, parts):
+            laid[i] = part
+    return "\n".join([f"{name} = [", *laid, "]\n"]), src[:start] + f"{name} = []\n" + src[end + len("\n]\n") :]
 
 
 def init_table(model: Model) -> list[tuple[str, tuple[int, ...], str, dict[str, float]]]:
