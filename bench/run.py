@@ -15,6 +15,8 @@ line at the end gives the load average, since a shared machine moves every figur
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
@@ -47,7 +49,7 @@ def _load() -> str:
 
 
 def _print(rows) -> None:
-    w = max(len(r[1]) for r in rows)
+    w = max((len(r[1]) for r in rows), default=4)
     print(f"{'part':<16} {'what':<{w}}  figure")
     print("-" * (w + 40))
     for part, what, fig in rows:
@@ -68,7 +70,10 @@ def main() -> None:
     t0 = time.perf_counter()
     rows, peak_rows = Table(), Table()
     tmp = model_bench.new_tmp()
-    if "1" in args.parts or "2" in args.parts:
+    has_hf = importlib.util.find_spec("transformers") is not None
+    if ("1" in args.parts or "2" in args.parts) and not has_hf:
+        rows.append(("1, 2", "skipped", "transformers is not installed (a test/bench-only extra)"))
+    elif "1" in args.parts or "2" in args.parts:
         for kind in ("gpt2", "llama"):
             model_bench.torch_vs_hf(kind, args.repeat, tmp, rows, peak_rows)
         rows.extend(peak_rows)
@@ -80,11 +85,10 @@ def main() -> None:
         compile_bench.fitter(rows)
         compile_bench.per_example(args.compile_repeat, rows)
     _print(rows)
-    import transformers
-
+    hf_version = importlib.metadata.version("transformers") if has_hf else "absent"
     print(
         f"\nmachine: {os.cpu_count()} CPUs ({_cpu_model()}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, python {platform.python_version()}; "
+        f"({torch.get_num_threads()} threads), transformers {hf_version}, python {platform.python_version()}; "
         f"load average at end {_load()}; bench took {time.perf_counter() - t0:.0f} s"
     )
     if args.onnx:
