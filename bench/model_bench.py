@@ -65,7 +65,7 @@ def emit_module(comp, target: str, tmp: str):
 
 
 def hf_pair(kind: str, tmp: str):
-    """(compilation, our torch Model, the transformers model) with identical weights."""
+    """(compilation, generated module, our Model, the transformers model), identical weights."""
     import torch
 
     from metagen.pipeline import compile_spec
@@ -146,8 +146,6 @@ def torch_vs_hf(kind: str, repeat: int, tmp: str, rows, peak_rows) -> None:
 
 
 def flax_vs_torch(repeat: int, tmp: str, rows) -> None:
-    import torch
-
     from metagen.pipeline import compile_spec
 
     for spec in (GPT2, LLAMA_100M):
