@@ -26,6 +26,7 @@ from metagen.backends.pyemit import (
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     Lines,
+    ModuleEmitter,
     Namespace,
     emit_common_header,
     emit_tables,
@@ -218,13 +219,11 @@ def _cross_entropy(logits, labels):
 }
 
 
-class FlaxEmitter:
-    def __init__(self, model: Model):
-        self.model = model
-        self.out = Lines()
-        self.helpers: list[str] = []
-        self.class_ns = Namespace(RESERVED)
-        self.class_names = {name: self.class_ns.name(hint=name) for name in model.modules}
+class FlaxEmitter(ModuleEmitter):
+    reserved = frozenset(RESERVED)
+    base_class = "nnx.Module"
+    init_signature = "self, *, rngs: nnx.Rngs"
+    call_method = "__call__"
 
     def emit(self) -> str:
         out = self.out
@@ -261,44 +260,20 @@ class FlaxEmitter:
         out(FLAX_API)
         return format_python(out.text())
 
-    def emit_module(self, out: Lines, md: ModuleDef) -> None:
-        cls = self.class_names[md.name]
-        out(f"class {cls}(nnx.Module):")
-        with out.indent():
-            if md.doc:
-                out(f"{md.doc!r}")
-                out("")
-            out("def __init__(self, *, rngs: nnx.Rngs):")
-            with out.indent():
-                for p in md.params.values():
-                    shape = "".join(f"{d}, " for d in p.type.shape)
-                    out(f"self.{p.name} = nnx.Param(jnp.zeros(({shape}), dtype=jnp.float32))")
-                for name, child in md.children.items():
-                    if isinstance(child, Layer):
-                        out(f"self.{name} = {LAYERS[child.op][0](child.attr_dict())}")
-                    elif isinstance(child, Sub):
-                        out(f"self.{name} = {self.class_names[child.module]}(rngs=rngs)")
-                    else:
-                        sub = self.class_names[child.module]
-                        out(f"self.{name} = nnx.List([{sub}(rngs=rngs) for _ in range({child.count})])")
-                if not md.params and not md.children:
-                    out("pass")
-            out("")
-            ns = Namespace(RESERVED | set(self.class_names.values()))
-            args = [ns.name(v) for v in md.inputs]
-            out(f"def __call__(self, {', '.join(args)}):")
-            with out.indent():
-                for node in md.nodes:
-                    self.emit_node(out, md, node, ns)
-                if md.output_names:
-                    items = ", ".join(f"{n!r}: {ns.name(v)}" for n, v in zip(md.output_names, md.outputs))
-                    out(f"return {{{items}}}")
-                elif len(md.outputs) == 1:
-                    out(f"return {ns.name(md.outputs[0])}")
-                else:
-                    out(f"return {', '.join(ns.name(v) for v in md.outputs)}")
-        out("")
-        out("")
+    def emit_members(self, out: Lines, md: ModuleDef) -> None:
+        for p in md.params.values():
+            shape = "".join(f"{d}, " for d in p.type.shape)
+            out(f"self.{p.name} = nnx.Param(jnp.zeros(({shape}), dtype=jnp.float32))")
+        for name, child in md.children.items():
+            if isinstance(child, Layer):
+                out(f"self.{name} = {LAYERS[child.op][0](child.attr_dict())}")
+            elif isinstance(child, Sub):
+                out(f"self.{name} = {self.class_names[child.module]}(rngs=rngs)")
+            else:
+                sub = self.class_names[child.module]
+                out(f"self.{name} = nnx.List([{sub}(rngs=rngs) for _ in range({child.count})])")
+        if not md.params and not md.children:
+            out("pass")
 
     def emit_node(self, out: Lines, md: ModuleDef, node: Node, ns: Namespace) -> None:
         args = [ns.name(o) for o in node.operands]

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import black
 
 from metagen.diagnostics import CompileError, Diagnostic, Loc
-from metagen.ir.graph import Model, Node, Value
+from metagen.ir.graph import Model, ModuleDef, Node, Value
 from metagen.ir.printer import _sanitize
 
 
@@ -235,3 +235,52 @@ def example_inputs(batch_size=2, seed=0):
 '''
 
 EmitterFn = Callable[..., str]
+
+
+class ModuleEmitter:
+    """The class layout the torch and flax emitters share: one class per module
+    definition, members built in `__init__`, the body written node by node in the
+    call method, outputs returned as a dict (top module) or values. Subclasses say
+    what the base class is, how members are constructed and how a node is written."""
+
+    reserved: frozenset[str] = frozenset()
+    base_class = ""
+    init_signature = "self"
+    call_method = "__call__"
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.out = Lines()
+        self.helpers: list[str] = []
+        self.class_ns = Namespace(set(self.reserved))
+        self.class_names = {name: self.class_ns.name(hint=name) for name in model.modules}
+
+    def emit_members(self, out: Lines, md: ModuleDef) -> None:
+        raise NotImplementedError
+
+    def emit_node(self, out: Lines, md: ModuleDef, node: Node, ns: Namespace) -> None:
+        raise NotImplementedError
+
+    def emit_module(self, out: Lines, md: ModuleDef) -> None:
+        out(f"class {self.class_names[md.name]}({self.base_class}):")
+        with out.indent():
+            if md.doc:
+                out(f"{md.doc!r}")
+                out("")
+            out(f"def __init__({self.init_signature}):")
+            with out.indent():
+                self.emit_members(out, md)
+            out("")
+            ns = Namespace(set(self.reserved) | set(self.class_names.values()))
+            args = [ns.name(v) for v in md.inputs]
+            out(f"def {self.call_method}(self, {', '.join(args)}):")
+            with out.indent():
+                for node in md.nodes:
+                    self.emit_node(out, md, node, ns)
+                if md.output_names:
+                    items = ", ".join(f"{n!r}: {ns.name(v)}" for n, v in zip(md.output_names, md.outputs))
+                    out(f"return {{{items}}}")
+                else:
+                    out(f"return {', '.join(ns.name(v) for v in md.outputs)}")
+        out("")
+        out("")

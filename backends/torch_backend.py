@@ -13,6 +13,7 @@ from metagen.backends.pyemit import (
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     Lines,
+    ModuleEmitter,
     Namespace,
     emit_common_header,
     emit_tables,
@@ -150,13 +151,10 @@ def _timestep_embedding(t, dim, flip_sin_to_cos, freq_shift, max_period):
 }
 
 
-class TorchEmitter:
-    def __init__(self, model: Model):
-        self.model = model
-        self.out = Lines()
-        self.helpers: list[str] = []
-        self.class_ns = Namespace(RESERVED)
-        self.class_names = {name: self.class_ns.name(hint=name) for name in model.modules}
+class TorchEmitter(ModuleEmitter):
+    reserved = frozenset(RESERVED)
+    base_class = "nn.Module"
+    call_method = "forward"
 
     def emit(self) -> str:
         out = self.out
@@ -185,41 +183,17 @@ class TorchEmitter:
         out(TORCH_API)
         return format_python(out.text())
 
-    def emit_module(self, out: Lines, md: ModuleDef) -> None:
-        cls = self.class_names[md.name]
-        out(f"class {cls}(nn.Module):")
-        with out.indent():
-            if md.doc:
-                out(f"{md.doc!r}")
-                out("")
-            out("def __init__(self):")
-            with out.indent():
-                out("super().__init__()")
-                for p in md.params.values():
-                    out(f"self.{p.name} = nn.Parameter(torch.empty({', '.join(map(str, p.type.shape)) or '()'}))")
-                for name, child in md.children.items():
-                    if isinstance(child, Layer):
-                        out(f"self.{name} = {LAYERS[child.op](child.attr_dict())}")
-                    elif isinstance(child, Sub):
-                        out(f"self.{name} = {self.class_names[child.module]}()")
-                    else:
-                        out(f"self.{name} = nn.ModuleList({self.class_names[child.module]}() for _ in range({child.count}))")
-            out("")
-            ns = Namespace(RESERVED | set(self.class_names.values()))
-            args = [ns.name(v) for v in md.inputs]
-            out(f"def forward(self, {', '.join(args)}):")
-            with out.indent():
-                for node in md.nodes:
-                    self.emit_node(out, md, node, ns)
-                if md.output_names:
-                    items = ", ".join(f"{n!r}: {ns.name(v)}" for n, v in zip(md.output_names, md.outputs))
-                    out(f"return {{{items}}}")
-                elif len(md.outputs) == 1:
-                    out(f"return {ns.name(md.outputs[0])}")
-                else:
-                    out(f"return {', '.join(ns.name(v) for v in md.outputs)}")
-        out("")
-        out("")
+    def emit_members(self, out: Lines, md: ModuleDef) -> None:
+        out("super().__init__()")
+        for p in md.params.values():
+            out(f"self.{p.name} = nn.Parameter(torch.empty({', '.join(map(str, p.type.shape)) or '()'}))")
+        for name, child in md.children.items():
+            if isinstance(child, Layer):
+                out(f"self.{name} = {LAYERS[child.op](child.attr_dict())}")
+            elif isinstance(child, Sub):
+                out(f"self.{name} = {self.class_names[child.module]}()")
+            else:
+                out(f"self.{name} = nn.ModuleList({self.class_names[child.module]}() for _ in range({child.count}))")
 
     def emit_node(self, out: Lines, md: ModuleDef, node: Node, ns: Namespace) -> None:
         args = [ns.name(o) for o in node.operands]
