@@ -97,14 +97,6 @@ def test_init_is_deterministic_and_seeded(compiled):
     assert any(not np.array_equal(a[k], c[k]) for k in a)
 
 
-def _hf_available():
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _gpt2_to_canonical(sd, layers):
     out = {
         "tok_embeddings.weight": sd["transformer.wte.weight"],
@@ -153,7 +145,6 @@ def _close(a, b):
     assert np.all(np.abs(a - b) <= 1e-5 + 1e-4 * np.abs(b)), float(np.max(np.abs(a - b)))
 
 
-@pytest.mark.skipif(not _hf_available(), reason="transformers is a test-only extra")
 def test_gpt2_matches_transformers(compiled):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -174,7 +165,6 @@ def test_gpt2_matches_transformers(compiled):
     _close(ours, ref)
 
 
-@pytest.mark.skipif(not _hf_available(), reason="transformers is a test-only extra")
 def test_llama_matches_transformers(compiled, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 

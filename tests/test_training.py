@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 from conftest import example, load_module  # noqa: E402
 
@@ -61,7 +61,6 @@ def torch_train(run_dir):
 
 @pytest.fixture(scope="module")
 def flax_train(run_dir):
-    pytest.importorskip("optax")
     return load_module(str(run_dir / "code/flax/train.py"))
 
 
@@ -165,7 +164,7 @@ def test_torch_and_flax_loss_and_gradients_agree(torch_train, flax_train):
 
 
 def test_checkpoint_loads_into_flax_and_onnx(torch_run, torch_train, flax_train, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
     from safetensors.numpy import load_file
 
     _, ck = torch_run
@@ -236,7 +235,6 @@ def test_torchrun_two_processes_match_single_process(run_dir, torch_train, tmp_p
 
 @pytest.mark.slow
 def test_jax_two_host_devices_match_one(run_dir, tmp_path):
-    pytest.importorskip("optax")
     losses = {}
     for n in (1, 2):
         env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
@@ -332,7 +330,6 @@ FAMILY_SPECS = [
 
 @pytest.mark.parametrize("where,name", FAMILY_SPECS)
 def test_every_objective_agrees_across_backends_and_trains(where, name, tmp_path):
-    pytest.importorskip("optax")
     torch_train, flax_train = _programs(tmp_path, example(where, name))
     batch = torch_train.DataSource(None, 0).batch(0, 4)
     model = torch_train.M.init(0).train()
