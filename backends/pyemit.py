@@ -8,6 +8,7 @@ import builtins
 import json
 import keyword
 import re
+from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 import black
@@ -237,7 +238,7 @@ def example_inputs(batch_size=2, seed=0):
 EmitterFn = Callable[..., str]
 
 
-class ModuleEmitter:
+class ModuleEmitter(ABC):
     """The class layout the torch and flax emitters share: one class per module
     definition, members built in `__init__`, the body written node by node in the
     call method, outputs returned as a dict (top module) or values. Subclasses say
@@ -255,11 +256,13 @@ class ModuleEmitter:
         self.class_ns = Namespace(set(self.reserved))
         self.class_names = {name: self.class_ns.name(hint=name) for name in model.modules}
 
+    @abstractmethod
     def emit_members(self, out: Lines, md: ModuleDef) -> None:
-        raise NotImplementedError
+        """`__init__`'s body: parameters and children."""
 
+    @abstractmethod
     def emit_node(self, out: Lines, md: ModuleDef, node: Node, ns: Namespace) -> None:
-        raise NotImplementedError
+        """One node of the call method's body."""
 
     def emit_module(self, out: Lines, md: ModuleDef) -> None:
         out(f"class {self.class_names[md.name]}({self.base_class}):")

@@ -8,6 +8,7 @@ breaks things, not three passes later.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,11 +19,12 @@ from metagen.diagnostics import Loc
 from metagen.ir.verify import VerifyError, verify_model
 
 
-class Pass:
+class Pass(ABC):
     name: ClassVar[str] = "pass"
 
+    @abstractmethod
     def run(self, ctx: CompileContext) -> bool:
-        raise NotImplementedError
+        """Transform the context; whether anything changed."""
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,7 +24,7 @@ class Knobs:
 
 
 @dataclass
-class Family:
+class Family(ABC):
     name: str
     doc: str
     inputs_doc: str = ""
@@ -37,24 +38,30 @@ class Family:
             return written
         return "diffusion" if self.name == "diffusion_unet" else "transformer"
 
+    @abstractmethod
     def resolve(self, ctx: CompileContext) -> None:
         """Fill ctx.arch with conventions; free dimensions stay None."""
-        raise NotImplementedError
 
+    @abstractmethod
     def knobs(self, ctx: CompileContext) -> Knobs | None:
         """The free size dimensions, or None when the user pinned every one."""
-        raise NotImplementedError
 
+    @abstractmethod
     def tiny(self, ctx: CompileContext) -> None:
         """Shrink every size to test scale, keeping every op kind and branch."""
-        raise NotImplementedError
 
+    @abstractmethod
+    def finalize(self, ctx: CompileContext) -> str | None:
+        """Derive the dimensions that follow from the fitted ones; a reason when
+        the combination is impossible."""
+
+    @abstractmethod
     def build(self, ctx: CompileContext) -> Model:
-        raise NotImplementedError
+        """The IR model of the resolved architecture."""
 
+    @abstractmethod
     def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
         """Inference memory in bytes: weights, caches, activations (and total)."""
-        raise NotImplementedError
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         """What one unit of work is (a token, an image, a denoising step) for the
