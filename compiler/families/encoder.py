@@ -11,7 +11,7 @@ from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import Family, Knobs, register
 from metagen.compiler.families.decoder_lm import class_name, resolve_tower
 from metagen.compiler.families.vit import (
-    activation_bytes, num_classes, report_structure, tower_activations, warn_family, width_candidates,
+    activation_bytes, num_classes, report_structure, tower_activations, warn_family, single_tower_knobs,
 )
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import ZEROS, InputSpec, Model
@@ -21,7 +21,6 @@ ENCODER_KEYS = [
     "vocab_size", "type_vocab_size", "hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size",
     "activation", "norm", "norm_eps", "norm_position", "position", "rope_theta", "pooling", "bias",
 ]
-SIZE_KEYS = ("hidden_size", "heads", "kv_heads", "head_dim", "ffn_size")
 DEFAULT_TEXT_CLASSES = 2  # binary classification, when task.num_classes is absent
 DEFAULT_CONTEXT = 512  # BERT's maximum length, when constraints.context_window is absent
 
@@ -53,16 +52,7 @@ class EncoderClassifier(Family):
             ctx.sink.note(ctx.spec.task.loc(), f"task.num_classes is not given; using {DEFAULT_TEXT_CLASSES} classes")
 
     def knobs(self, ctx: CompileContext) -> Knobs | None:
-        if "hidden_size" in ctx.pinned and "layers" in ctx.pinned:
-            return None
-        widths = []
-        pinned_d = ctx.arch["hidden_size"] if "hidden_size" in ctx.pinned else None
-        for d in width_candidates(pinned_d):
-            cfg = dict(ctx.arch, hidden_size=d)
-            if check_encoder(cfg, ctx.pinned) is None:
-                widths.append({k: cfg[k] for k in SIZE_KEYS})
-        depth_keys = [] if "layers" in ctx.pinned else ["layers"]
-        return Knobs(widths=widths, depth_keys=depth_keys, ideal_depth=lambda w: T.ideal_layers(w["hidden_size"]))
+        return single_tower_knobs(ctx, check_encoder)
 
     def tiny(self, ctx: CompileContext) -> None:
         a = ctx.arch

@@ -22,7 +22,7 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import Family, Knobs, register
 from metagen.compiler.families.decoder_lm import class_name
-from metagen.compiler.families.vit import activation_bytes, num_classes, tower_activations, width_candidates
+from metagen.compiler.families.vit import activation_bytes, num_classes, tower_activations, single_tower_knobs
 from metagen.frontend.schema import MODALITIES
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model
@@ -36,7 +36,6 @@ KEYS = [
     "feature_dim", "vocab_size", "hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size", "activation",
     "norm", "norm_eps", "norm_position", "position", "rope_theta", "bias",
 ]
-SIZE_KEYS = ("hidden_size", "heads", "kv_heads", "head_dim", "ffn_size")
 DEFAULT_FEATURE_DIM = 64
 DEFAULT_CLASSES = 2
 
@@ -89,16 +88,7 @@ class Fallback(Family):
         return f"{src} {dst}"
 
     def knobs(self, ctx: CompileContext) -> Knobs | None:
-        if "hidden_size" in ctx.pinned and "layers" in ctx.pinned:
-            return None
-        widths = []
-        pinned_d = ctx.arch["hidden_size"] if "hidden_size" in ctx.pinned else None
-        for d in width_candidates(pinned_d):
-            cfg = dict(ctx.arch, hidden_size=d)
-            if _check(cfg, ctx.pinned) is None:
-                widths.append({k: cfg[k] for k in SIZE_KEYS})
-        depth_keys = [] if "layers" in ctx.pinned else ["layers"]
-        return Knobs(widths=widths, depth_keys=depth_keys, ideal_depth=lambda w: T.ideal_layers(w["hidden_size"]))
+        return single_tower_knobs(ctx, _check)
 
     def tiny(self, ctx: CompileContext) -> None:
         a = ctx.arch

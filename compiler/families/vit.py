@@ -117,6 +117,21 @@ def width_candidates(pinned_width: int | None) -> list[int]:
     return [pinned_width] if pinned_width is not None else list(range(64, 8192 + 1, 64))
 
 
+def single_tower_knobs(ctx: CompileContext, check) -> Knobs | None:
+    """Width (multiples of 64, heads and ffn derived) and depth of one transformer
+    tower, skipping widths `check(cfg, pinned)` rejects; None when both are pinned."""
+    if "hidden_size" in ctx.pinned and "layers" in ctx.pinned:
+        return None
+    widths = []
+    pinned_d = ctx.arch["hidden_size"] if "hidden_size" in ctx.pinned else None
+    for d in width_candidates(pinned_d):
+        cfg = dict(ctx.arch, hidden_size=d)
+        if check(cfg, ctx.pinned) is None:
+            widths.append({k: cfg[k] for k in SIZE_KEYS})
+    depth_keys = [] if "layers" in ctx.pinned else ["layers"]
+    return Knobs(widths=widths, depth_keys=depth_keys, ideal_depth=lambda w: T.ideal_layers(w["hidden_size"]))
+
+
 class ViTClassifier(Family):
     def resolve(self, ctx: CompileContext) -> None:
         cfg = resolve_tower(ctx, "vit")
@@ -139,16 +154,7 @@ class ViTClassifier(Family):
             )
 
     def knobs(self, ctx: CompileContext) -> Knobs | None:
-        if "hidden_size" in ctx.pinned and "layers" in ctx.pinned:
-            return None
-        widths = []
-        pinned_d = ctx.arch["hidden_size"] if "hidden_size" in ctx.pinned else None
-        for d in width_candidates(pinned_d):
-            cfg = dict(ctx.arch, hidden_size=d)
-            if check_vision(cfg, ctx.pinned) is None:
-                widths.append({k: cfg[k] for k in SIZE_KEYS})
-        depth_keys = [] if "layers" in ctx.pinned else ["layers"]
-        return Knobs(widths=widths, depth_keys=depth_keys, ideal_depth=lambda w: T.ideal_layers(w["hidden_size"]))
+        return single_tower_knobs(ctx, check_vision)
 
     def tiny(self, ctx: CompileContext) -> None:
         vision_tiny(ctx.arch)
