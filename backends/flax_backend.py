@@ -224,6 +224,7 @@ class FlaxEmitter(ModuleEmitter):
     base_class = "nnx.Module"
     init_signature = "self, *, rngs: nnx.Rngs"
     call_method = "__call__"
+    helper_sources = HELPERS
 
     def emit(self) -> str:
         out = self.out
@@ -240,12 +241,8 @@ class FlaxEmitter(ModuleEmitter):
         out('jax.config.update("jax_default_matmul_precision", "highest")')
         out('_I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32')
         out("")
-        body = Lines()
-        for md in m.modules.values():
-            self.emit_module(body, md)
-        for h in sorted(self.helpers):
-            out(HELPERS[h].strip("\n"))
-            out("")
+        body = self.emit_classes()
+        self.emit_helpers(out)
         out.lines.extend(body.lines)
         out(f"Model = {self.class_names[m.top]}")
         out("")

@@ -256,6 +256,21 @@ class ModuleEmitter(ABC):
         self.class_ns = Namespace(set(self.reserved))
         self.class_names = {name: self.class_ns.name(hint=name) for name in model.modules}
 
+    helper_sources: dict[str, str] = {}  # op -> helper function source, set by each backend
+
+    def emit_classes(self) -> Lines:
+        """Every module's class, dependencies first; fills `self.helpers`."""
+        body = Lines()
+        for md in self.model.modules.values():
+            self.emit_module(body, md)
+        return body
+
+    def emit_helpers(self, out: Lines) -> None:
+        """The helper functions the emitted classes call."""
+        for h in sorted(self.helpers):
+            out(self.helper_sources[h].strip("\n"))
+            out("")
+
     @abstractmethod
     def emit_members(self, out: Lines, md: ModuleDef) -> None:
         """`__init__`'s body: parameters and children."""

@@ -155,13 +155,12 @@ class TorchEmitter(ModuleEmitter):
     reserved = frozenset(RESERVED)
     base_class = "nn.Module"
     call_method = "forward"
+    helper_sources = HELPERS
 
     def emit(self) -> str:
         out = self.out
         m = self.model
-        body = Lines()
-        for md in m.modules.values():
-            self.emit_module(body, md)
+        body = self.emit_classes()
         emit_common_header(out, m, "PyTorch")
         for name in sorted({"math", "zlib"}.union(*(HELPER_IMPORTS.get(h, ()) for h in self.helpers))):
             out(f"import {name}")
@@ -171,9 +170,7 @@ class TorchEmitter(ModuleEmitter):
         out("import torch.nn.functional as F")
         out("from torch import nn")
         out("")
-        for h in sorted(self.helpers):
-            out(HELPERS[h].strip("\n"))
-            out("")
+        self.emit_helpers(out)
         out.lines.extend(body.lines)
         out(f"Model = {self.class_names[m.top]}")
         out("")

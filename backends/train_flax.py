@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from metagen.backends.flax_backend import HELPERS, FlaxEmitter
+from metagen.backends.flax_backend import FlaxEmitter
 from metagen.backends.pyemit import Lines, format_python
 from metagen.backends.train_torch import DATA_RUNTIME, _program_doc, emit_loss_tables
 from metagen.compiler.objectives import LossProgram
@@ -185,12 +185,8 @@ def lower_training_flax(model: Model, loss: LossProgram, cfg: dict[str, Any]) ->
     ):
         out(line)
     emitter = FlaxEmitter(loss.loss)
-    body = Lines()
-    for md in loss.loss.modules.values():
-        emitter.emit_module(body, md)
-    for h in sorted(emitter.helpers):
-        out(HELPERS[h].strip("\n"))
-        out("")
+    body = emitter.emit_classes()
+    emitter.emit_helpers(out)
     emit_loss_tables(out, loss, cfg)
     out(DATA_RUNTIME)
     out('M = _load_sibling("model.py", "flax_model")')

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from metagen.backends.pyemit import Lines, format_python, py_literal, safe_comment
-from metagen.backends.torch_backend import HELPERS, TorchEmitter
+from metagen.backends.torch_backend import TorchEmitter
 from metagen.compiler.objectives import LossProgram
 from metagen.ir.graph import Model
 
@@ -401,12 +401,8 @@ def lower_training_torch(model: Model, loss: LossProgram, cfg: dict[str, Any]) -
     ):
         out(line)
     emitter = TorchEmitter(loss.loss)
-    body = Lines()
-    for md in loss.loss.modules.values():
-        emitter.emit_module(body, md)
-    for h in sorted(emitter.helpers):
-        out(HELPERS[h].strip("\n"))
-        out("")
+    body = emitter.emit_classes()
+    emitter.emit_helpers(out)
     emit_loss_tables(out, loss, cfg)
     out(DATA_RUNTIME)
     out('M = _load_sibling("model.py", "torch_model")')
