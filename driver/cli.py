@@ -37,6 +37,17 @@ def _seed(text: str) -> int:
     return n
 
 
+def write_stdout(data: bytes) -> None:
+    """Generated text goes to stdout as UTF-8 bytes, whatever the terminal's encoding."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text-only stream (tests redirect stdout to StringIO)
+        sys.stdout.write(data.decode("utf-8"))
+    else:
+        buffer.write(data)
+        buffer.flush()
+
+
 def _finish(sink: DiagnosticSink, werror: bool = False) -> int:
     """Print diagnostics; the exit code they imply."""
     if werror and sink.warnings:
@@ -103,18 +114,23 @@ def metagenc_main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"metagenc: error: {exc}", file=sys.stderr)
         return 1
-    from metagen.outputs import depfile_text, write_if_changed
+    from metagen.outputs import depfile_text, write_files
 
-    if out == "-":
-        sys.stdout.write(files[""].decode("utf-8"))
-        sys.stdout.flush()
-    else:
+    writes = {}
+    if out != "-":
         for rel, data in files.items():
-            write_if_changed(out if rel == "" else os.path.join(os.path.dirname(out), rel), data)
+            writes[out if rel == "" else os.path.join(os.path.dirname(out), rel)] = data
     if args.md or args.mf:
         # OUT.d, not the stem: x.py and x.onnx from one spec must not share a depfile
         depfile = args.mf or (out + ".d" if out != "-" else "metagenc.d")
-        write_if_changed(depfile, depfile_text(out, comp.deps).encode("utf-8"))
+        writes[depfile] = depfile_text(out, comp.deps).encode("utf-8")
+    try:
+        write_files(writes)
+    except CompileError as exc:
+        sink.extend(exc.diagnostics)
+        return _finish(sink) or 1
+    if out == "-":
+        write_stdout(files[""])
     return _finish(sink, args.werror)
 
 
@@ -191,33 +207,37 @@ def _cmd_convert(args) -> int:
     except CompileError as exc:
         sink.extend(d for d in exc.diagnostics if d not in sink.items)
         return _finish(sink) or 1
-    from metagen.outputs import write_if_changed
+    from metagen.outputs import write_files
 
     if args.output and args.output != "-":
-        write_if_changed(args.output, text.encode("utf-8"))
+        try:
+            write_files({args.output: text.encode("utf-8")})
+        except CompileError as exc:
+            sink.extend(exc.diagnostics)
+            return _finish(sink) or 1
     else:
-        sys.stdout.write(text)
+        write_stdout(text.encode("utf-8"))
     return _finish(sink)
 
 
 def _cmd_fmt(args) -> int:
     from metagen.frontend.dsl_format import format_mg
     from metagen.frontend.loader import read_source
-    from metagen.outputs import write_if_changed
+    from metagen.outputs import write_files
 
     sink = DiagnosticSink()
     try:
         text = read_source(args.file, sink)
         formatted = format_mg(text, args.file, sink)
+        if args.check:
+            if formatted != text:
+                print(f"{args.file}: would reformat", file=sys.stderr)
+                return 1
+            return _finish(sink)
+        write_files({args.file: formatted.encode("utf-8")})
     except CompileError as exc:
         sink.extend(d for d in exc.diagnostics if d not in sink.items)
         return _finish(sink) or 1
-    if args.check:
-        if formatted != text:
-            print(f"{args.file}: would reformat", file=sys.stderr)
-            return 1
-        return _finish(sink)
-    write_if_changed(args.file, formatted.encode("utf-8"))
     return _finish(sink)
 
 

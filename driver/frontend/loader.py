@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from metagen.diagnostics import CompileError, Diagnostic, DiagnosticSink, Loc
 from metagen.frontend.tree import LNode
@@ -13,12 +14,23 @@ MAX_SPEC_BYTES = 4 * 1024 * 1024
 
 
 def read_source(path: str, sink: DiagnosticSink) -> str:
+    """A spec's text. Only regular files are read (a FIFO would block, a link to
+    /dev/zero never ends), and never more than the 4 MiB limit plus one byte."""
     try:
-        size = os.path.getsize(path)
-        if size > MAX_SPEC_BYTES:
+        # O_NONBLOCK: opening a FIFO returns at once; fstat then tells what was opened
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise CompileError([Diagnostic("error", Loc(path, 1, 1), "cannot read spec: Is a directory")])
+            if not stat.S_ISREG(st.st_mode):
+                raise CompileError(
+                    [Diagnostic("error", Loc(path, 1, 1), "cannot read spec: not a regular file (a device, pipe or socket)")]
+                )
+            data = fh.read(MAX_SPEC_BYTES + 1)
+        if len(data) > MAX_SPEC_BYTES:
+            size = max(st.st_size, len(data))
             raise CompileError([Diagnostic("error", Loc(path, 1, 1), f"spec file is {size} bytes; specs are limited to 4 MiB")])
-        with open(path, "rb") as fh:
-            data = fh.read()
     except OSError as exc:
         raise CompileError([Diagnostic("error", Loc(path, 1, 1), f"cannot read spec: {exc.strerror or exc}")]) from None
     try:
