@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 import yaml
 
 from metagen import __version__
 from metagen.compiler.families import FAMILIES
+from metagen.diagnostics import CompileError, Diagnostic, Loc
 from metagen.frontend.schema import TOWER_FIELDS
 from metagen.ir.graph import Layer, Model, Repeat, Sub
 from metagen.ir.printer import Namer, print_model
@@ -20,8 +22,31 @@ def _yaml(data: Any) -> bytes:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100).encode("utf-8")
 
 
-def _json(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
+def _json(data: Any, name: str, loc: Loc) -> bytes:
+    """Strict JSON (RFC 8259): NaN and the infinities have no JSON spelling, and
+    Python's `Infinity` breaks every other reader, so a non-finite number in `data` is
+    a diagnostic at `loc` naming the file and the field, never written."""
+    try:
+        text = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False, allow_nan=False)
+    except ValueError:
+        key, value = _non_finite(data)
+        raise CompileError([Diagnostic(
+            "error", loc, f"{name}: '{key}' would be {value}, which JSON cannot hold; a value in the spec is out of range"
+        )]) from None
+    return (text + "\n").encode("utf-8")
+
+
+def _non_finite(data: Any, path: str = "") -> tuple[str, float] | None:
+    """The first non-finite float in `data`, as (dotted key path, value)."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for k, v in items:
+        sub = f"{path}.{k}" if path else str(k)
+        if isinstance(v, float) and not math.isfinite(v):
+            return sub, v
+        found = _non_finite(v, sub)
+        if found:
+            return found
+    return None
 
 
 ARCH_KEYS = {f.name for f in TOWER_FIELDS}

@@ -69,9 +69,26 @@ def _effective_seed(args, comp) -> int:
 
 
 def _load_weights(path: str) -> dict:
+    """The tensors of a safetensors file; anything else (missing, a folder, a device,
+    not safetensors, a dtype numpy lacks) is a diagnostic at the path."""
+    import stat
+
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    return load_file(path)
+    from metagen.diagnostics import Diagnostic, Loc
+
+    def refuse(why: str):
+        return CompileError([Diagnostic("error", Loc(path, 1, 1), f"cannot read weights: {why}")])
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # load_file would block on a FIFO
+            raise refuse("not a regular file")
+        return load_file(path)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise refuse(f"not a safetensors file ({exc})") from None
 
 
 # ------------------------------------------------------------------ metagenc
@@ -120,11 +137,11 @@ def metagenc_main(argv: list[str] | None = None) -> int:
     if out != "-":
         for rel, data in files.items():
             writes[out if rel == "" else os.path.join(os.path.dirname(out), rel)] = data
-    if args.md or args.mf:
-        # OUT.d, not the stem: x.py and x.onnx from one spec must not share a depfile
-        depfile = args.mf or (out + ".d" if out != "-" else "metagenc.d")
-        writes[depfile] = depfile_text(out, comp.deps).encode("utf-8")
     try:
+        if args.md or args.mf:
+            # OUT.d, not the stem: x.py and x.onnx from one spec must not share a depfile
+            depfile = args.mf or (out + ".d" if out != "-" else "metagenc.d")
+            writes[depfile] = depfile_text(out, comp.deps, depfile).encode("utf-8")
         write_files(writes)
     except CompileError as exc:
         sink.extend(exc.diagnostics)

@@ -231,12 +231,12 @@ def update(stream=sys.stdout) -> int:
     changed = failed = 0
     for spec, v in active:
         try:
-            data = render_case(spec, v, cache)
+            wrote = write_if_changed(golden_path(spec, v), render_case(spec, v, cache))
         except CompileError as exc:
             print(f"FAILED {case_name(spec, v)}:\n{exc}", file=sys.stderr)
             failed += 1
             continue
-        if write_if_changed(golden_path(spec, v), data):
+        if wrote:
             changed += 1
             print(f"wrote golden/{case_name(spec, v)}", file=stream)
     for p in stale_files():

@@ -4,9 +4,11 @@ only when the bytes changed (so an unchanged output keeps its mtime)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import tempfile
+import time
 
 from metagen.diagnostics import CompileError, Diagnostic, Loc
 
@@ -52,20 +54,97 @@ def _file_mode(path: str) -> int:
         return 0o666 & ~_umask()
 
 
+# Temporary files and folders are named `.metagen-<pid>-<random>` beside their target.
+# A run killed mid-write leaves one behind; the next write into that folder removes
+# it once it is stale (see `remove_stale_temps`).
+TEMP_PREFIX = ".metagen-"
+STALE_AFTER_S = 15 * 60
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"(?:(\d+)-)?")
+
+
+def _temp_prefix() -> str:
+    return f"{TEMP_PREFIX}{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or not a pid we can ask about: keep
+    return True
+
+
+def _last_change(path: str) -> float:
+    """The newest mtime in `path` (a folder's own mtime misses writes deep inside)."""
+    newest = os.lstat(path).st_mtime
+    if os.path.isdir(path) and not os.path.islink(path):
+        for dirpath, dirs, names in os.walk(path):
+            for n in dirs + names:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(dirpath, n)).st_mtime)
+                except OSError:
+                    pass
+    return newest
+
+
+def remove_stale_temps(folder: str, now: float | None = None) -> list[str]:
+    """Remove `.metagen-*` leftovers of killed runs from `folder`; the removed paths.
+
+    A temp is stale when nothing in it changed for STALE_AFTER_S seconds AND the
+    process named in it is not running on this machine (names without a pid, from
+    older versions, go by age alone). A live writer keeps its temp's mtimes fresh,
+    and its pid alive; a temp of a process on another machine sharing the folder is
+    protected by the age test. A reused pid only delays the cleanup. Best effort:
+    a temp that cannot be removed is left alone."""
+    removed = []
+    now = time.time() if now is None else now
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(TEMP_PREFIX)]
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TEMP_NAME.match(e.name)
+        if m.group(1) and (int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1)))):
+            continue
+        try:
+            if now - _last_change(e.path) < STALE_AFTER_S:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+        except OSError:
+            continue
+        removed.append(e.path)
+    return removed
+
+
 def write_if_changed(path: str, data: bytes) -> bool:
     """Atomically replace `path` with `data` unless it already holds exactly that.
-    Only regular files are written (see `regular_file_target`)."""
-    path = regular_file_target(path)
+    Only regular files are written (see `regular_file_target`); an OS failure
+    (read-only folder, full disk, a file where a folder should be) is an OutputError
+    at `path`, and leaves neither a temporary file nor a changed target."""
+    real = regular_file_target(path)
+    try:
+        return _write_if_changed(real, data)
+    except OSError as exc:
+        raise OutputError(path, f"cannot write output: {exc.strerror or exc}") from None
+
+
+def _write_if_changed(path: str, data: bytes) -> bool:
     try:
         with open(path, "rb") as fh:
-            if fh.read() == data:
+            if fh.read(len(data) + 1) == data:
                 return False
     except OSError:
         pass
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
+    remove_stale_temps(d)
     mode = _file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=".metagen-", dir=d)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), dir=d)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -82,16 +161,11 @@ def write_if_changed(path: str, data: bytes) -> bool:
 
 def write_files(files: dict[str, bytes]) -> None:
     """Write several outputs (path -> bytes), each atomically. Every target is checked
-    before the first is written, so a refused one leaves nothing half-written; an OS
-    failure (read-only folder, full disk, a file where a folder should be) is a
-    diagnostic at the path, not a traceback."""
+    before the first is written, so a refused one leaves nothing half-written."""
     for path in files:
         regular_file_target(path)
     for path, data in files.items():
-        try:
-            write_if_changed(path, data)
-        except OSError as exc:
-            raise OutputError(path, f"cannot write output: {exc.strerror or exc}") from None
+        write_if_changed(path, data)
 
 
 def write_tree(root: str, files: dict[str, bytes]) -> None:
@@ -112,7 +186,8 @@ def write_tree(root: str, files: dict[str, bytes]) -> None:
 def _write_tree(root: str, files: dict[str, bytes]) -> None:
     parent = os.path.dirname(os.path.abspath(root)) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".metagen-", dir=parent)
+    remove_stale_temps(parent)
+    tmp = tempfile.mkdtemp(prefix=_temp_prefix(), dir=parent)
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         for rel, data in sorted(files.items()):
@@ -121,7 +196,7 @@ def _write_tree(root: str, files: dict[str, bytes]) -> None:
             with open(p, "wb") as fh:
                 fh.write(data)
         if os.path.isdir(root):
-            old = tempfile.mkdtemp(prefix=".metagen-old-", dir=parent)
+            old = tempfile.mkdtemp(prefix=_temp_prefix() + "old-", dir=parent)
             os.rmdir(old)
             os.replace(root, old)
             os.replace(tmp, root)
@@ -133,12 +208,49 @@ def _write_tree(root: str, files: dict[str, bytes]) -> None:
         raise
 
 
-def depfile_text(target: str, deps: list[str]) -> str:
-    def esc(p: str) -> str:
-        return p.replace("\\", "\\\\").replace(" ", "\\ ").replace("#", "\\#").replace("$", "$$")
+# File names GNU make has no spelling for, and why.
+_MAKE_UNWRITABLE = {
+    "a control character (newline, tab, ...)": re.compile(r"[\x00-\x1f\x7f]"),
+    "';' (it starts a recipe)": re.compile(r";"),
+    "'%' (it makes a rule a pattern rule)": re.compile(r"%"),
+    "a trailing backslash": re.compile(r"\\$"),
+    "the archive-member form 'lib(member)'": re.compile(r"\(.*\)$"),
+    "a special target's name": re.compile(r"^\.[A-Z_]+$"),
+}
+# escaped with a backslash (`|` only in prerequisites: a target's `\|` stays as is)
+_MAKE_SPECIAL = " #:*?[]"
 
+
+def make_word(path: str, target: bool, depfile: str) -> str:
+    """`path` spelled so GNU make reads back exactly that file name, as a rule's target
+    or as a prerequisite: backslash before its metacharacters (backslashes before
+    them doubled), `$$` for `$`, `$(strip =)` for `=` (a bare one would make the line a
+    variable assignment: an import named `SHELL=x.mg`), `$(strip ~)` for a leading `~`.
+    A name make has no spelling for is a diagnostic at the depfile."""
+    for what, pattern in _MAKE_UNWRITABLE.items():
+        if pattern.search(path):
+            raise OutputError(depfile, f"cannot name {path!r} in a make depfile: make has no spelling for {what} in a file name; rename the file")
+    special = _MAKE_SPECIAL if target else _MAKE_SPECIAL + "|"
+    out, backslashes = [], 0
+    for ch in path:
+        if ch == "\\":
+            backslashes += 1
+            continue
+        if ch in special:
+            out.append("\\" * (2 * backslashes + 1) + ch)
+        else:
+            out.append("\\" * backslashes + {"$": "$$", "=": "$(strip =)"}.get(ch, ch))
+        backslashes = 0
+    word = "".join(out)
+    return "$(strip ~)" + word[1:] if word.startswith("~") else word
+
+
+def depfile_text(target: str, deps: list[str], depfile: str) -> str:
+    """A make rule `target: deps` plus an empty rule per prerequisite (gcc's -MP: a
+    deleted import does not break make). Raises OutputError (at `depfile`) for a file
+    name make cannot spell."""
     deps = list(dict.fromkeys(deps))  # a file imported twice is one prerequisite
-    lines = [f"{esc(target)}: " + " ".join(esc(d) for d in deps)]
+    lines = [f"{make_word(target, True, depfile)}: " + " ".join(make_word(d, False, depfile) for d in deps)]
     for d in deps:
-        lines.append(f"{esc(d)}:")  # phony rules: a deleted import does not break make
+        lines.append(f"{make_word(d, True, depfile)}:")
     return "\n".join(lines) + "\n"

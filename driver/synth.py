@@ -22,8 +22,8 @@ def synth_files(comp: Compilation, seed: int) -> dict[str, bytes]:
     files = {
         "spec_resolved.yaml": _yaml(resolved_spec(comp)),
         "blueprint/architecture.yaml": _yaml(architecture_yaml(comp)),
-        "blueprint/params_estimate.json": _json(params_estimate(comp)),
-        "blueprint/graph.json": _json(graph_json(comp.model)),
+        "blueprint/params_estimate.json": _json(params_estimate(comp), "blueprint/params_estimate.json", comp.spec.loc()),
+        "blueprint/graph.json": _json(graph_json(comp.model), "blueprint/graph.json", comp.spec.loc()),
     }
     files["ir/model.mgir"] = emit_target(comp, "ir", seed)[""]
     files["code/torch/model.py"] = emit_target(comp, "torch", seed)[""]

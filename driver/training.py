@@ -124,5 +124,5 @@ def training_files(comp: Compilation, seed: int) -> dict[str, bytes]:
             files["code/flax/train.py"] = lower_training_flax(comp.model, loss, cfg).encode("utf-8")
             programs.append("code/flax/train.py")
         report["programs"] = programs
-    files["blueprint/training_report.json"] = _json(report)
+    files["blueprint/training_report.json"] = _json(report, "blueprint/training_report.json", comp.spec.loc())
     return files

@@ -159,8 +159,75 @@ def test_depfile_names_output_and_spec(tmp_path):
 
 
 def test_depfile_escapes_make_metacharacters():
-    text = depfile_text("out dir/m$.py", ["a b.yaml", "c#d.mg"])
-    assert text == "out\\ dir/m$$.py: a\\ b.yaml c\\#d.mg\na\\ b.yaml:\nc\\#d.mg:\n"
+    text = depfile_text("out dir/m$.py", ["a b.yaml", "c#d.mg", "SHELL=x.mg", "c|d.mg"], "x.d")
+    assert text == (
+        "out\\ dir/m$$.py: a\\ b.yaml c\\#d.mg SHELL$(strip =)x.mg c\\|d.mg\n"
+        "a\\ b.yaml:\nc\\#d.mg:\nSHELL$(strip =)x.mg:\nc|d.mg:\n"
+    )
+
+
+# names GNU make must read back exactly, as the rule's target and as prerequisites
+MAKE_NAMES = [
+    "a b.mg", " lead.mg", "c:d.mg", "e#f.mg", "g$h.mg", "SHELL=x.mg", "x=.mg", "c|d.mg",
+    "e*f.mg", "g?h.mg", "i[j].mg", "~k.mg", "l(m).mg", "bs\\x.mg", "b\\ s.mg", "b\\#s.mg",
+    "o\"p.mg", "q'r.mg", "u,v.mg", "w{x}.mg", "y!.mg", "z&.mg", "ab`c.mg", "-x.mg", "em@.mg", "ü ∞.mg",
+]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+@pytest.mark.parametrize("target", ["out.py", "o ut$=#:|.py"])
+def test_real_make_reads_depfile_names_back(tmp_path, target):
+    """GNU make reads the depfile back to exactly the file names: the output is up to
+    date while every prerequisite is older, out of date when any one is newer, and a
+    deleted prerequisite does not break the build (the -MP empty rules match it)."""
+    for n in MAKE_NAMES + [target]:
+        (tmp_path / n).write_text("")
+        os.utime(tmp_path / n, (1e9, 1e9))
+    os.utime(tmp_path / target, (1.1e9, 1.1e9))
+    rule, rest = depfile_text(target, MAKE_NAMES, "x.d").split("\n", 1)
+    (tmp_path / "Makefile").write_text(f"{rule}\n\t@echo REBUILT\n{rest}", encoding="utf-8")
+    assert "REBUILT" not in _make(tmp_path, "-r", "-s").stdout
+    for n in MAKE_NAMES:
+        os.utime(tmp_path / n, (1.2e9, 1.2e9))
+        assert "REBUILT" in _make(tmp_path, "-r", "-s").stdout, n
+        os.utime(tmp_path / n, (1e9, 1e9))
+    for n in MAKE_NAMES:
+        os.unlink(tmp_path / n)
+    assert "REBUILT" in _make(tmp_path, "-r", "-s").stdout
+
+
+@pytest.mark.parametrize("name", ["new\nline.mg", "t\tab.mg", "cr\r.mg", "a;b.mg", "p%q.mg", "end\\", "lib(m)", ".SILENT", "bel\x07.mg"])
+def test_depfile_refuses_names_make_cannot_spell(name):
+    from metagen.outputs import OutputError
+
+    with pytest.raises(OutputError) as exc:
+        depfile_text("out.py", ["spec.mg", name], "build/out.py.d")
+    assert str(exc.value).startswith("build/out.py.d:1:1: error: cannot name ")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_import_named_like_a_make_assignment_is_a_prerequisite(tmp_path):
+    """`import "SHELL=x.mg"` is a prerequisite in the depfile, not `SHELL = x.mg:`."""
+    shutil.copy(example("presets", "gpt2_base.mg"), tmp_path / "SHELL=x.mg")
+    main_mg = write(tmp_path / "main.mg", 'metagen 1.0\n\nimport "SHELL=x.mg"\n\nmodel "m" {\n  architecture {\n    layers 2\n  }\n}\n')
+    out = tmp_path / "o ut.mgir"
+    assert metagenc_main([main_mg, "--target", "ir", "--tiny", "-o", str(out), "-MD"]) == 0
+    rule, rest = (tmp_path / "o ut.mgir.d").read_text().split("\n", 1)
+    assert "SHELL$(strip =)x.mg" in rule
+    (tmp_path / "Makefile").write_text(f"{rule}\n\t@echo REBUILT\n{rest}")
+    assert "REBUILT" not in _make(tmp_path, "-r", "-s").stdout
+    os.utime(tmp_path / "SHELL=x.mg", (time.time() + 100, time.time() + 100))
+    assert "REBUILT" in _make(tmp_path, "-r", "-s").stdout
+
+
+def test_depfile_with_an_unspellable_import_is_a_diagnostic(tmp_path, capsys):
+    shutil.copy(example("presets", "gpt2_base.mg"), tmp_path / "a;b.mg")
+    main_mg = write(tmp_path / "main.mg", 'metagen 1.0\n\nimport "a;b.mg"\n\nmodel "m" {\n  architecture {\n    layers 2\n  }\n}\n')
+    out = tmp_path / "m.mgir"
+    assert metagenc_main([main_mg, "--target", "ir", "--tiny", "-o", str(out), "-MD"]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}.d:1:1: error: cannot name " in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["a;b.mg", "main.mg"]  # nothing written
 
 
 def test_unchanged_output_keeps_mtime_and_changed_output_is_replaced(tmp_path):

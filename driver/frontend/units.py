@@ -103,6 +103,7 @@ def parse_context(value) -> tuple[int, str | None]:
     return int(x), None
 
 
+MAX_DURATION = 1000 * 365 * 86400  # a budget beyond this is a typo, and overflows the estimates
 _DURATION = {
     "s": 1, "sec": 1, "second": 1, "seconds": 1,
     "m": 60, "min": 60, "minute": 60, "minutes": 60,
@@ -118,8 +119,10 @@ def parse_duration(value) -> float:
     m = re.fullmatch(_NUM + r"\s*([a-zA-Z]+)", str(value).strip())
     if not m or m.group(2).lower() not in _DURATION:
         raise UnitError(f"cannot read {value!r} as a duration; write e.g. \"12 hours\", \"5 days\", \"2 weeks\"")
-    x = float(m.group(1)) * _DURATION[m.group(2).lower()]
-    return _finite_positive(x, "duration")
+    x = _finite_positive(float(m.group(1)) * _DURATION[m.group(2).lower()], "duration")
+    if x > MAX_DURATION:
+        raise UnitError(f"duration {value!r} is out of range; the allowed range is up to 52000 weeks (1000 years)")
+    return x
 
 
 def parse_hardware(value) -> tuple[int, str]:
