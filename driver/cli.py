@@ -108,6 +108,8 @@ def metagenc_main(argv: list[str] | None = None) -> int:
     p.add_argument("-Werror", dest="werror", action="store_true")
     p.add_argument("--version", action="version", version=f"metagenc {__version__}")
     args = p.parse_args(argv)
+    if args.output == "":
+        p.error("-o needs a file name ('-' for stdout)")
     if args.output == "-" and args.target == "onnx":
         p.error("-o - (stdout) is for text targets; ONNX is binary")
     if args.weights and args.target != "onnx":
@@ -309,10 +311,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _entry(fn) -> None:
+    """Run a console command. stdout is UTF-8 whatever the locale (it carries generated
+    text and JSON); stderr keeps the terminal's encoding and escapes what it cannot
+    show (`\\xe9`), so a C locale never gets a UnicodeEncodeError. A reader that
+    closes the pipe early (`metagen schema | head -c 10`) ends the command quietly."""
+    for stream, kw in ((sys.stdout, {"encoding": "utf-8"}), (sys.stderr, {"errors": "backslashreplace"})):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(**kw)
     try:
         code = fn()
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point both streams at /dev/null first
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        code = 1
     sys.exit(code)
 
 

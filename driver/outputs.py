@@ -146,7 +146,7 @@ def _write_if_changed(path: str, data: bytes) -> bool:
     mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), dir=d)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(fd, "wb") as fh:
             fh.write(data)
         os.chmod(tmp, mode)
         os.replace(tmp, path)

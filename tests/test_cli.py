@@ -380,3 +380,247 @@ def test_real_presets_touching_a_base_rebuilds_exactly_its_importers(tmp_path):
         if stem == "llama_base" or "llama" in stem and "import" in text:
             importers.append(f"build/mg/presets/{stem}.mgir")
     assert rebuilt == sorted(importers) and len(rebuilt) >= 2
+
+
+# ------------------------------------------------------------------ output-side failures
+# Every OS error on the output side is a located diagnostic (exit 1), never a
+# traceback, and leaves neither a temporary file nor a half-changed target.
+
+TRAINING = example("tutorial", "step4_training.yaml")
+
+
+def _run(fn, argv, capsys) -> tuple[int, str, str]:
+    code = fn(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+class _FullDisk:
+    """A writable file whose every write fails as on a full disk."""
+
+    def __init__(self, fh):
+        self._fh = fh
+
+    def write(self, data):
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+
+def _fill_disk(monkeypatch):
+    import builtins
+
+    import metagen.outputs
+
+    def fake_open(file, mode="r", *a, **kw):
+        fh = builtins.open(file, mode, *a, **kw)
+        return _FullDisk(fh) if "w" in mode else fh
+
+    monkeypatch.setattr(metagen.outputs, "open", fake_open, raising=False)
+
+
+def test_full_disk_is_a_diagnostic_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "m.mgir"
+    out.write_text("previous build\n")
+    _fill_disk(monkeypatch)
+    code, _, err = _run(metagenc_main, [MINIMAL, "--target", "ir", "--tiny", "-o", str(out), "-MD"], capsys)
+    assert code == 1 and f"{out}:1:1: error: cannot write output: No space left on device" in err
+    code, _, err = _run(main, ["synth", MINIMAL, "--tiny", "--out", str(tmp_path / "runs"), "--run-id", "r"], capsys)
+    assert code == 1 and f"{tmp_path / 'runs' / 'r'}:1:1: error: cannot write the run folder: No space left on device" in err
+    assert out.read_text() == "previous build\n"
+    assert listing(tmp_path) == ["m.mgir"]  # no temporary file, no depfile, no run folder
+
+
+def test_read_only_folder_is_a_diagnostic(tmp_path, monkeypatch, capsys):
+    """Root ignores a folder's mode bits, so the refusal is simulated where the OS
+    gives it: creating the temporary file or folder beside the target."""
+    import errno
+    import tempfile
+
+    def read_only(*a, **kw):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    out = tmp_path / "m.py"
+    code, _, err = _run(metagenc_main, [MINIMAL, "--target", "torch", "--tiny", "-o", str(out)], capsys)
+    assert code == 1 and f"{out}:1:1: error: cannot write output: Read-only file system" in err
+    code, _, err = _run(main, ["synth", MINIMAL, "--tiny", "--out", str(tmp_path), "--run-id", "r"], capsys)
+    assert code == 1 and f"{tmp_path / 'r'}:1:1: error: cannot write the run folder: Read-only file system" in err
+    assert listing(tmp_path) == []
+
+
+def test_depfile_path_that_is_a_folder_writes_nothing(tmp_path, capsys):
+    (tmp_path / "deps").mkdir()
+    out = tmp_path / "m.mgir"
+    code, _, err = _run(metagenc_main, [MINIMAL, "--target", "ir", "--tiny", "-o", str(out), "-MF", str(tmp_path / "deps")], capsys)
+    assert code == 1 and f"{tmp_path / 'deps'}:1:1: error: cannot write output: it is a directory" in err
+    assert not out.exists()
+
+
+def test_empty_output_name_is_misuse(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        metagenc_main([MINIMAL, "--target", "ir", "-o", ""])
+    assert exc.value.code == 2 and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "missing", "folder", "fifo", "truncated"])
+def test_weights_that_are_not_safetensors_are_a_diagnostic(tmp_path, capsys, kind):
+    w = tmp_path / "w.safetensors"
+    if kind == "text":
+        w.write_text("not tensors\n")
+    elif kind == "empty":
+        w.write_bytes(b"")
+    elif kind == "folder":
+        w.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(w)
+    elif kind == "truncated":
+        w.write_bytes((200).to_bytes(8, "little") + b'{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}')
+    out = tmp_path / "m.onnx"
+    code, _, err = _run(metagenc_main, [MINIMAL, "--target", "onnx", "--tiny", "-o", str(out), "--weights", str(w)], capsys)
+    assert code == 1 and err.startswith(f"{w}:1:1: error: cannot read weights: "), err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ strict JSON
+
+
+def _strict_json(data: bytes):
+    import json
+
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+def test_json_outputs_are_strict(tmp_path, capsys):
+    """Every JSON file of a run parses under RFC 8259 (no NaN or Infinity)."""
+    code, _, _ = _run(main, ["synth", TRAINING, "--tiny", "--out", str(tmp_path), "--run-id", "r"], capsys)
+    assert code == 0
+    found = sorted((tmp_path / "r").rglob("*.json"))
+    assert {p.name for p in found} >= {"params_estimate.json", "graph.json", "training_report.json"}
+    for p in found:
+        _strict_json(p.read_bytes())
+
+
+def test_huge_training_duration_is_a_diagnostic_not_infinity(tmp_path, capsys):
+    """`duration: "1e300 days"` wrote `"tokens_in_duration": Infinity`."""
+    spec = tmp_path / "t.yaml"
+    spec.write_text(open(TRAINING).read().replace('"5 days"', '"1e300 days"'))
+    code, _, err = _run(main, ["synth", str(spec), "--tiny", "--out", str(tmp_path / "runs")], capsys)
+    assert code == 1 and f"{spec}:19:15: error: 'training.compute.duration': duration '1e300 days' is out of range" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_non_finite_json_value_is_a_located_diagnostic():
+    from metagen.artifacts import _json
+    from metagen.diagnostics import CompileError, Loc
+
+    assert _json({"a": [1.5, None]}, "x.json", Loc("s.yaml")) == b'{\n  "a": [\n    1.5,\n    null\n  ]\n}\n'
+    with pytest.raises(CompileError) as exc:
+        _json({"a": {"b": [0.0, float("inf")]}}, "blueprint/x.json", Loc("s.yaml", 3, 4))
+    assert str(exc.value) == (
+        "s.yaml:3:4: error: blueprint/x.json: 'a.b.1' would be inf, which JSON cannot hold; a value in the spec is out of range"
+    )
+
+
+# ------------------------------------------------------------------ stale temporary files
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", ""])
+    p.wait()
+    return p.pid
+
+
+def test_next_write_removes_stale_temps_of_killed_runs(tmp_path, capsys):
+    """Leftovers of a killed run (`.metagen-<pid>-*`, pid gone, untouched for
+    STALE_AFTER_S) are removed by the next write into that folder; a temp whose process
+    is alive, or that changed recently, is kept."""
+    from metagen.outputs import STALE_AFTER_S
+
+    dead, old = _dead_pid(), time.time() - STALE_AFTER_S - 60
+    stale_file = tmp_path / f".metagen-{dead}-ab12"
+    stale_dir = tmp_path / f".metagen-{dead}-cd34"
+    legacy = tmp_path / ".metagen-ef56"  # older versions' names carry no pid
+    live = tmp_path / f".metagen-{os.getppid()}-gh78"
+    fresh = tmp_path / f".metagen-{dead}-ij90"
+    for p in (stale_file, legacy, live, fresh):
+        p.write_bytes(b"x" * 100)
+    (stale_dir / "onnx").mkdir(parents=True)
+    (stale_dir / "onnx" / "model.onnx").write_bytes(b"x")
+    for p in (stale_file, legacy, live, stale_dir / "onnx" / "model.onnx", stale_dir / "onnx", stale_dir):
+        os.utime(p, (old, old))
+    code, _, _ = _run(metagenc_main, [MINIMAL, "--target", "ir", "--tiny", "-o", str(tmp_path / "m.mgir")], capsys)
+    assert code == 0
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.mgir", live.name, fresh.name])
+
+    # the same for `metagen synth`, in its --out folder
+    stale_run = tmp_path / "runs" / f".metagen-{dead}-kl12"
+    (stale_run / "code").mkdir(parents=True)
+    for p in (stale_run / "code", stale_run):
+        os.utime(p, (old, old))
+    code, _, _ = _run(main, ["synth", MINIMAL, "--tiny", "--out", str(tmp_path / "runs"), "--run-id", "r"], capsys)
+    assert code == 0 and os.listdir(tmp_path / "runs") == ["r"]
+
+
+def test_a_temp_with_a_recent_change_deep_inside_is_kept(tmp_path):
+    """A live writer filling a big file deep in its temp folder keeps the folder's own
+    mtime old; the newest mtime inside counts."""
+    from metagen.outputs import STALE_AFTER_S, remove_stale_temps
+
+    busy = tmp_path / f".metagen-{_dead_pid()}-mn34"
+    (busy / "onnx").mkdir(parents=True)
+    (busy / "onnx" / "model.onnx.data").write_bytes(b"x")
+    old = time.time() - STALE_AFTER_S - 60
+    for p in (busy / "onnx", busy):
+        os.utime(p, (old, old))
+    assert remove_stale_temps(str(tmp_path)) == [] and busy.exists()
+    assert remove_stale_temps(str(tmp_path), now=time.time() + STALE_AFTER_S + 60) == [str(busy)]
+
+
+# ------------------------------------------------------------------ terminal encodings, closed pipes
+
+
+def _ascii_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONIO", "PYTHONUTF8"))}
+    return dict(env, LC_ALL="C", PYTHONIOENCODING="ascii", PYTHONUTF8="0", **extra)
+
+
+def test_non_utf8_terminal_gets_no_unicode_errors(tmp_path):
+    """Under PYTHONIOENCODING=ascii / LC_ALL=C: stdout is UTF-8 bytes (validate's OK
+    line, `-o -`, schema, convert), stderr escapes what ASCII cannot show."""
+    spec = write(tmp_path / "u.yaml", SMALL_SPEC.replace('"small_lm"', '"ünï ∞"').replace('["text"]\n  outputs', '["txét"]\n  outputs', 1))
+    env = _ascii_env()
+    r = subprocess.run([METAGEN, "validate", spec], capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr
+    assert r.stdout.decode("utf-8").startswith("OK ünï ∞ ")
+    assert r.stderr.isascii() and b'"tx\\xe9t"' in r.stderr
+    r = subprocess.run([METAGENC, spec, "--target", "ir", "--tiny", "-o", "-"], capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0
+    assert metagenc_main([spec, "--target", "ir", "--tiny", "-o", str(tmp_path / "u.mgir")]) == 0
+    assert r.stdout == (tmp_path / "u.mgir").read_bytes() and "ünï ∞".encode() in r.stdout
+    for argv in (["schema"], ["convert", spec, "--to", "mg"]):
+        r = subprocess.run([METAGEN, *argv], capture_output=True, env=env, timeout=120)
+        assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+        r.stdout.decode("utf-8")
+
+
+def test_reader_closing_the_pipe_early_is_quiet(tmp_path):
+    """`metagen schema | head -c 10`: the reader is gone before the first write, so
+    every write hits EPIPE; the command ends with exit 1 and prints nothing."""
+    for argv in ([METAGEN, "schema"], [METAGENC, MINIMAL, "--target", "ir", "--tiny", "-o", "-"]):
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+        p.stdout.close()
+        err = p.stderr.read()
+        assert p.wait(timeout=120) == 1 and err == b"", err
