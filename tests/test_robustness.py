@@ -5,11 +5,9 @@ failed compiles that leave nothing behind. A bad spec never gets a traceback."""
 from __future__ import annotations
 
 import ast
-import contextlib
 import glob
-import io
 import os
-import re
+import random
 import subprocess
 import sys
 import tempfile
@@ -20,31 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, example
+from hostile import DIAG, INTERESTING, MG_ALPHABET, YAML_ALPHABET, diagnostic_lines, mutate, run_cli
 from metagen import golden
 from metagen.cli import main, metagenc_main
 
 INVALID = os.path.join(ROOT, "tests", "invalid")
-DIAG = re.compile(r"^(?P<path>.+?):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|note): (?P<msg>.+)$")
 UPDATE = os.environ.get("METAGEN_UPDATE_EXPECTED") == "1"
-
-
-def run_cli(fn, argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = fn(argv)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def diagnostic_lines(stderr: str) -> list[str]:
-    """The `path:line:col: severity: message` lines, without the source echo."""
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    diags = [ln for ln in lines if DIAG.match(ln)]
-    for ln in lines:
-        assert DIAG.match(ln) or ln.startswith("    "), f"stderr line is neither a diagnostic nor a source echo: {ln!r}"
-    return diags
 
 
 # ------------------------------------------------------------------ tests/invalid/*.yaml
@@ -150,16 +129,11 @@ def check_never_crashes(text: str, ext: str = ".yaml") -> None:
         assert int(m["line"]) >= 1 and int(m["col"]) >= 1
 
 
-def tokens(alphabet: str, extra: list[str], max_size: int):
-    return st.lists(st.sampled_from(list(alphabet) + extra), max_size=max_size).map("".join)
+def tokens(alphabet: list[str], max_size: int):
+    return st.lists(st.sampled_from(alphabet), max_size=max_size).map("".join)
 
 
-YAML_TEXT = tokens("abcdemnortx:-[]{},&*!|>'\"#%@` \n\t0123456789.eE+_~?\x7f\x00", ["\u2028", "é", "∞", "<<", "\ufeff"], 60)
-INTERESTING = [
-    "-1", "0", "1e309", "-5M", "1e30", "999999999k", "null", "~", "[]", "{}", "true", "0x1F", "∞", "nan", ".inf",
-    '"', "'", "&a", "*a", "!!binary aGk=", "!!python/name:os.system", "12345678901234567890", "[text]", "{a: 1}",
-    "'8xA100'", "5 days", "2.5", "-", ":", "? x", "|", "\"\\u0000\"",
-]
+YAML_TEXT = tokens(YAML_ALPHABET, 60)
 
 
 def example_texts(ext: str) -> list[str]:
@@ -167,39 +141,9 @@ def example_texts(ext: str) -> list[str]:
     return [open(p, encoding="utf-8").read() for p in paths]
 
 
-@st.composite
-def mutated(draw, texts: list[str]):
-    text = draw(st.sampled_from(texts))
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["delete", "insert", "value", "dupline", "swaplines", "truncate"]))
-        n = len(text)
-        i = draw(st.integers(0, max(n - 1, 0)))
-        if kind == "delete":
-            text = text[:i] + text[i + draw(st.integers(1, 12)):]
-        elif kind == "insert":
-            text = text[:i] + draw(YAML_TEXT.filter(bool)) + text[i:]
-        elif kind == "value":
-            lines = text.splitlines()
-            if lines:
-                j = draw(st.integers(0, len(lines) - 1))
-                head = re.split(r"(:\s*|\s+)", lines[j], maxsplit=1)[0]
-                lines[j] = f"{head}: {draw(st.sampled_from(INTERESTING))}" if ":" in lines[j] else draw(st.sampled_from(INTERESTING))
-                text = "\n".join(lines) + "\n"
-        elif kind == "dupline":
-            lines = text.splitlines(keepends=True)
-            if lines:
-                j = draw(st.integers(0, len(lines) - 1))
-                lines.insert(j, lines[j])
-                text = "".join(lines)
-        elif kind == "swaplines":
-            lines = text.splitlines(keepends=True)
-            if len(lines) > 1:
-                j = draw(st.integers(0, len(lines) - 2))
-                lines[j], lines[j + 1] = lines[j + 1], lines[j]
-                text = "".join(lines)
-        else:
-            text = text[:i]
-    return text
+def mutated(texts: list[str], ext: str = ".yaml"):
+    """An example after hostile.mutate's random edits (hypothesis draws the seed)."""
+    return st.builds(lambda t, seed: mutate(random.Random(seed), t, ext), st.sampled_from(texts), st.integers(0, 2**32 - 1))
 
 
 @FUZZ_SETTINGS
@@ -229,13 +173,13 @@ def test_fuzz_mutated_example_yaml_never_crashes(text):
 
 
 @FUZZ_SETTINGS
-@given(mutated(example_texts(".mg") or ["metagen 1.0\n"]))
+@given(mutated(example_texts(".mg") or ["metagen 1.0\n"], ".mg"))
 def test_fuzz_mutated_example_mg_never_crashes(text):
     check_never_crashes(text, ".mg")
 
 
 @FUZZ_SETTINGS
-@given(tokens('metagn1.0 model"{}[]()=;:,#\n\t-+*/<>x0123456789\\', ["import ", "model ", "metagen 1.0\n", "∞"], 60))
+@given(tokens(MG_ALPHABET, 60))
 def test_fuzz_random_mg_never_crashes(text):
     check_never_crashes(text, ".mg")
 
