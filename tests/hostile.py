@@ -170,7 +170,7 @@ def random_defines(rng: random.Random) -> list[str]:
 
 
 ODD_OUTPUTS = [
-    "out.py", "a b/o u t.py", "$x=1#.py", "semi;colon.py", "pct%.py", "dir", "file/x.py", "link.py", "fifo",
+    "out.py", "out.py", "out.py", "sub/out.py", "a b/o u t.py", "$x=1#.py", "semi;colon.py", "pct%.py", "dir", "file/x.py", "link.py", "fifo",
     "ü∞/☃.py", "x" * 300 + ".py", "new\nline.py", "deep/" + "d/" * 40 + "x.py", "-", "out/", "./", "-x.py",
 ]
 
@@ -211,7 +211,7 @@ class Case:
 COMMANDS = ["validate", "synth", "synth", "torch", "flax", "ir", "onnx", "convert", "fmt"]
 
 
-def make_case(rng: random.Random, seeds: list[tuple[str, str]], commands: list[str] = COMMANDS, mutation_rate: float = 0.85) -> Case:
+def make_case(rng: random.Random, seeds: list[tuple[str, str]], commands: list[str] = COMMANDS, mutation_rate: float = 0.7) -> Case:
     """A random command line over a seed spec, mutated with probability `mutation_rate`."""
     ext, text = rng.choice(seeds)
     if rng.random() < mutation_rate:
