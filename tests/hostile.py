@@ -107,8 +107,9 @@ def example_specs() -> list[tuple[str, str]]:
 
 
 def seed_specs() -> list[tuple[str, str]]:
-    """(extension, text): every example, every tests/invalid case, the reproducers."""
-    return example_specs() + _read_all(["tests/invalid/*.yaml", "tests/invalid/*.mg"]) + reproducers()
+    """(extension, text): every example (twice: most accepted specs, whose generated
+    code is checked, come from them), every tests/invalid case, the reproducers."""
+    return example_specs() * 2 + _read_all(["tests/invalid/*.yaml", "tests/invalid/*.mg"]) + reproducers()
 
 
 # ------------------------------------------------------------------ mutation
@@ -160,7 +161,7 @@ def mutate(rng: random.Random, text: str, ext: str = ".yaml", rounds: int | None
 
 def random_defines(rng: random.Random) -> list[str]:
     out = []
-    for _ in range(rng.choice([0, 0, 1, 1, 2])):
+    for _ in range(rng.choice([0, 0, 0, 1, 1, 2])):
         value = rng.choice(INTERESTING + ["4", "2", "64", "text", "[text, image]", "transformer", "1e300 days"])
         out += ["-D", f"{rng.choice(DEFINE_KEYS)}={value.strip(chr(39))}"]
     return out
@@ -169,9 +170,12 @@ def random_defines(rng: random.Random) -> list[str]:
 # ------------------------------------------------------------------ one case
 
 
-ODD_OUTPUTS = [
-    "out.py", "out.py", "out.py", "sub/out.py", "a b/o u t.py", "$x=1#.py", "semi;colon.py", "pct%.py", "dir", "file/x.py", "link.py", "fifo",
-    "ü∞/☃.py", "x" * 300 + ".py", "new\nline.py", "deep/" + "d/" * 40 + "x.py", "-", "out/", "./", "-x.py",
+# output paths (relative to the case's folder): ones a build may well use, and ones
+# that must be refused (a folder, under a file, a FIFO, too long, a newline, ...)
+GOOD_OUTPUTS = ["out.py", "sub/out.py", "a b/o u t.py", "ü∞/☃.py", "link.py", "$x=1#.py", "-"]
+BAD_OUTPUTS = [
+    "semi;colon.py", "pct%.py", "dir", "file/x.py", "fifo", "x" * 300 + ".py", "new\nline.py",
+    "deep/" + "d/" * 40 + "x.py", "out/", "./", "-x.py",
 ]
 
 
@@ -211,7 +215,7 @@ class Case:
 COMMANDS = ["validate", "synth", "synth", "torch", "flax", "ir", "onnx", "convert", "fmt"]
 
 
-def make_case(rng: random.Random, seeds: list[tuple[str, str]], commands: list[str] = COMMANDS, mutation_rate: float = 0.7) -> Case:
+def make_case(rng: random.Random, seeds: list[tuple[str, str]], commands: list[str] = COMMANDS, mutation_rate: float = 0.6) -> Case:
     """A random command line over a seed spec, mutated with probability `mutation_rate`."""
     ext, text = rng.choice(seeds)
     if rng.random() < mutation_rate:
@@ -219,13 +223,13 @@ def make_case(rng: random.Random, seeds: list[tuple[str, str]], commands: list[s
     spec = "spec" + ext
     data = text.encode("utf-8", "surrogatepass")
     defs = random_defines(rng)
-    out = rng.choice(ODD_OUTPUTS)
+    out = rng.choice(GOOD_OUTPUTS if rng.random() < 0.6 else BAD_OUTPUTS)
     command = rng.choice(commands)
     if command == "validate":
         case = Case("metagen", ["validate", spec, *defs] + (["--tiny"] if rng.random() < 0.5 else []), spec, data)
     elif command == "synth":
-        run_id = rng.choice([[], ["--run-id", "r"], ["--run-id", "file"], ["--run-id", "../up"], ["--run-id", "dir"]])
-        out_dir = rng.choice(["runs", "runs", "file", "a b", "fifo", "dir", "ü"])
+        run_id = rng.choice([[], [], ["--run-id", "r"], ["--run-id", "file"], ["--run-id", "../up"], ["--run-id", "dir"]])
+        out_dir = rng.choice(["runs", "runs", "runs", "a b", "ü", "file", "fifo", "dir"])
         case = Case("metagen", ["synth", spec, "--tiny", "--out", out_dir, *run_id, *defs], spec, data)
     elif command in ("torch", "flax", "ir", "onnx"):
         extra = rng.choice([[], ["-MD"], ["-MF", rng.choice(["deps.d", "dir", "fifo", "a b.d"])]])
