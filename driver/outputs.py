@@ -59,7 +59,7 @@ def _file_mode(path: str) -> int:
 # it once it is stale (see `remove_stale_temps`).
 TEMP_PREFIX = ".metagen-"
 STALE_AFTER_S = 15 * 60
-_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"(?:(\d+)-)?")
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-(?:old-)?[a-z0-9_]{8}")  # as mkstemp/mkdtemp make them
 
 
 def _temp_prefix() -> str:
@@ -93,11 +93,12 @@ def remove_stale_temps(folder: str, now: float | None = None) -> list[str]:
     """Remove `.metagen-*` leftovers of killed runs from `folder`; the removed paths.
 
     A temp is stale when nothing in it changed for STALE_AFTER_S seconds AND the
-    process named in it is not running on this machine (names without a pid, from
-    older versions, go by age alone). A live writer keeps its temp's mtimes fresh,
-    and its pid alive; a temp of a process on another machine sharing the folder is
-    protected by the age test. A reused pid only delays the cleanup. Best effort:
-    a temp that cannot be removed is left alone."""
+    process named in it is not running on this machine. A live writer keeps its
+    temp's mtimes fresh, and its pid alive; a temp of a process on another machine
+    sharing the folder is protected by the age test. A reused pid only delays the
+    cleanup. Only names exactly of our form are considered, so a user's own
+    `.metagen-settings` is never touched. Best effort: a temp that cannot be removed
+    is left alone."""
     removed = []
     now = time.time() if now is None else now
     try:
@@ -105,8 +106,8 @@ def remove_stale_temps(folder: str, now: float | None = None) -> list[str]:
     except OSError:
         return removed
     for e in entries:
-        m = _TEMP_NAME.match(e.name)
-        if m.group(1) and (int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1)))):
+        m = _TEMP_NAME.fullmatch(e.name)
+        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
             continue
         try:
             if now - _last_change(e.path) < STALE_AFTER_S:

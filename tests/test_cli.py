@@ -546,27 +546,27 @@ def _dead_pid() -> int:
 def test_next_write_removes_stale_temps_of_killed_runs(tmp_path, capsys):
     """Leftovers of a killed run (`.metagen-<pid>-*`, pid gone, untouched for
     STALE_AFTER_S) are removed by the next write into that folder; a temp whose process
-    is alive, or that changed recently, is kept."""
+    is alive, or that changed recently, and a name not of our form, are kept."""
     from metagen.outputs import STALE_AFTER_S
 
     dead, old = _dead_pid(), time.time() - STALE_AFTER_S - 60
-    stale_file = tmp_path / f".metagen-{dead}-ab12"
-    stale_dir = tmp_path / f".metagen-{dead}-cd34"
-    legacy = tmp_path / ".metagen-ef56"  # older versions' names carry no pid
-    live = tmp_path / f".metagen-{os.getppid()}-gh78"
-    fresh = tmp_path / f".metagen-{dead}-ij90"
-    for p in (stale_file, legacy, live, fresh):
+    stale_file = tmp_path / f".metagen-{dead}-ab12cd34"
+    stale_dir = tmp_path / f".metagen-{dead}-old-cd34ef56"
+    users = tmp_path / ".metagen-settings"  # not a name of ours: never touched
+    live = tmp_path / f".metagen-{os.getppid()}-gh78ij90"
+    fresh = tmp_path / f".metagen-{dead}-ij90kl12"
+    for p in (stale_file, users, live, fresh):
         p.write_bytes(b"x" * 100)
     (stale_dir / "onnx").mkdir(parents=True)
     (stale_dir / "onnx" / "model.onnx").write_bytes(b"x")
-    for p in (stale_file, legacy, live, stale_dir / "onnx" / "model.onnx", stale_dir / "onnx", stale_dir):
+    for p in (stale_file, users, live, stale_dir / "onnx" / "model.onnx", stale_dir / "onnx", stale_dir):
         os.utime(p, (old, old))
     code, _, _ = _run(metagenc_main, [MINIMAL, "--target", "ir", "--tiny", "-o", str(tmp_path / "m.mgir")], capsys)
     assert code == 0
-    assert sorted(os.listdir(tmp_path)) == sorted(["m.mgir", live.name, fresh.name])
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.mgir", users.name, live.name, fresh.name])
 
     # the same for `metagen synth`, in its --out folder
-    stale_run = tmp_path / "runs" / f".metagen-{dead}-kl12"
+    stale_run = tmp_path / "runs" / f".metagen-{dead}-kl12mn34"
     (stale_run / "code").mkdir(parents=True)
     for p in (stale_run / "code", stale_run):
         os.utime(p, (old, old))
@@ -579,7 +579,7 @@ def test_a_temp_with_a_recent_change_deep_inside_is_kept(tmp_path):
     mtime old; the newest mtime inside counts."""
     from metagen.outputs import STALE_AFTER_S, remove_stale_temps
 
-    busy = tmp_path / f".metagen-{_dead_pid()}-mn34"
+    busy = tmp_path / f".metagen-{_dead_pid()}-mn34op56"
     (busy / "onnx").mkdir(parents=True)
     (busy / "onnx" / "model.onnx.data").write_bytes(b"x")
     old = time.time() - STALE_AFTER_S - 60
