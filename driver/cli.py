@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from metagen import __version__
@@ -310,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     return args.fn(args)
 
 
+def _terminated(signum, frame):
+    """SIGTERM unwinds like an exception, so a write in progress removes its temporary
+    file or folder (SIGKILL cannot be caught: the next run cleans up after it)."""
+    raise SystemExit(128 + signum)
+
+
 def _entry(fn) -> None:
     """Run a console command. stdout is UTF-8 whatever the locale (it carries generated
     text and JSON); stderr keeps the terminal's encoding and escapes what it cannot
@@ -318,6 +325,7 @@ def _entry(fn) -> None:
     for stream, kw in ((sys.stdout, {"encoding": "utf-8"}), (sys.stderr, {"errors": "backslashreplace"})):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(**kw)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = fn()
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit

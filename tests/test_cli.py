@@ -624,3 +624,35 @@ def test_reader_closing_the_pipe_early_is_quiet(tmp_path):
         p.stdout.close()
         err = p.stderr.read()
         assert p.wait(timeout=120) == 1 and err == b"", err
+
+
+SIGTERM_DURING_WRITE = r"""
+import os, signal, sys
+import metagen.outputs
+from metagen import cli
+
+class Stall:
+    def __init__(self, fh):
+        self.fh = fh
+    def write(self, data):
+        self.fh.write(data[:10])
+        self.fh.flush()
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, mid-write
+        raise AssertionError("SIGTERM did not stop the write")
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.fh.close()
+
+real_open = open
+metagen.outputs.open = lambda f, mode="r", *a, **k: Stall(real_open(f, mode, *a, **k)) if "w" in mode else real_open(f, mode, *a, **k)
+cli._entry(lambda: cli.main(sys.argv[1:]) if sys.argv[1] == "synth" else cli.metagenc_main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [["synth", MINIMAL, "--tiny", "--out", "runs", "--run-id", "r"], [MINIMAL, "--target", "ir", "--tiny", "-o", "m.mgir"]])
+def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path, argv):
+    r = subprocess.run([sys.executable, "-c", SIGTERM_DURING_WRITE, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 128 + 15, r.stderr
+    assert "Traceback" not in r.stderr
+    assert listing(tmp_path) == [] and [e for e in os.listdir(tmp_path) if e.startswith(".metagen-")] == []
