@@ -156,7 +156,10 @@ def main(argv=None) -> int:
                 stdout, stderr = r.outputs()
                 rss_mb = usage.ru_maxrss / 1024
                 peak_rss_mb, max_elapsed = max(peak_rss_mb, rss_mb), max(max_elapsed, r.elapsed)
-                problems = check_outcome(r.case, r.work, code, stdout, stderr)
+                try:
+                    problems = check_outcome(r.case, r.work, code, stdout, stderr)
+                except Exception as exc:  # a bug of the checker is reported, not fatal
+                    problems = [f"checker failed: {exc!r}"]
                 if r.timed_out:
                     problems.append(f"ran past {args.timeout:g} s")
                 if rss_mb > args.memory_mb:

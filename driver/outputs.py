@@ -25,6 +25,8 @@ def regular_file_target(path: str) -> str:
     points to (the link is written through, not replaced). A target that exists and is
     not a regular file is refused: replacing /dev/null or a FIFO by renaming over it is
     what an atomic write would otherwise do."""
+    if path.endswith(("/", os.sep)) or os.path.basename(path) in (".", ".."):
+        raise OutputError(path, "cannot write output: a name ending in '/', '.' or '..' is a folder's; name the file")
     real = os.path.realpath(path)
     try:
         st = os.stat(real)

@@ -280,7 +280,10 @@ def check_outcome(case: Case, work: str, code, stdout: bytes, stderr: bytes) -> 
     except UnicodeDecodeError:
         problems.append("stdout is not UTF-8")
     if code == 0:
-        problems += _check_outputs(case, work, stdout)
+        try:
+            problems += _check_outputs(case, work, stdout)
+        except OSError as exc:  # an output the command said it wrote cannot be read
+            problems.append(f"output unreadable after exit 0: {exc}")
     if os.path.exists(os.path.join(work, "PWNED")):
         problems.append("generated code ran: PWNED exists")
     return problems

@@ -656,3 +656,20 @@ def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path, argv):
     assert r.returncode == 128 + 15, r.stderr
     assert "Traceback" not in r.stderr
     assert listing(tmp_path) == [] and [e for e in os.listdir(tmp_path) if e.startswith(".metagen-")] == []
+
+
+@pytest.mark.parametrize("out", ["newdir/", "sub/..", "."])
+def test_output_named_like_a_folder_is_refused(tmp_path, monkeypatch, capsys, out):
+    """`-o out/` wrote a file named `out` (the fuzzer's case 552 of seed 18)."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(metagenc_main, [MINIMAL, "--target", "ir", "--tiny", "-o", out], capsys)
+    assert code == 1 and err.startswith(f"{out}:1:1: error: cannot write output: a name ending in '/', '.' or '..' is a folder's")
+    assert os.listdir(tmp_path) == []
+
+
+def test_define_on_a_spec_that_is_not_a_mapping(tmp_path, capsys):
+    """`-D architecture.heads=3` on a spec whose text is one word raised TypeError
+    (the fuzzer's case 338 of seed 18)."""
+    spec = write(tmp_path / "s.yaml", "metag\n")
+    code, _, err = _run(main, ["validate", spec, "-D", "architecture.heads=3", "-D", "name=x"], capsys)
+    assert code == 1 and f"{spec}:1:1: error: a spec must be a mapping of sections, not a string" in err

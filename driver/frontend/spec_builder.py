@@ -313,6 +313,8 @@ def apply_overrides(tree: LNode, overrides: list[tuple[str, str]], sink: Diagnos
     Values are read as YAML scalars, so `-D architecture.layers=2` is an integer and
     `-D name="x y"` a string.
     """
+    if not tree.is_map:
+        return tree  # build_spec says a spec must be a mapping; -D has nowhere to go
     for i, (key, raw) in enumerate(overrides):
         loc = Loc("<command line>", 1, i + 1)
         try:
