@@ -13,7 +13,7 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.families import FAMILIES
 from metagen.compiler.fit import check_constraints, fit_dimensions
 from metagen.compiler.objectives import EstimateTrainingCompute
-from metagen.compiler.pass_infra import Fact, Instrument, Pass, PassManager, PassResult, PipelineError  # noqa: F401
+from metagen.compiler.pass_infra import Fact, Pass, PassResult
 from metagen.compiler.report import parameter_report
 from metagen.compiler.select import select_family
 

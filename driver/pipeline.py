@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Sequence, TextIO
 
 from metagen.compiler.context import CompileContext, Options
-from metagen.compiler.passes import Instrument, Pass, PassManager, PassResult, standard_passes
+from metagen.compiler.pass_infra import Instrument, Pass, PassManager, PassResult
+from metagen.compiler.passes import standard_passes
 from metagen.diagnostics import DiagnosticSink
 from metagen.frontend.loader import load_tree
 from metagen.frontend.spec_builder import Spec, apply_overrides, build_spec
