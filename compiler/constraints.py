@@ -236,6 +236,12 @@ def fit_rule() -> str:
     )
 
 
+def _binds_at(bound: str, params: int, remedy: str) -> str:
+    """Why growth stopped short of the parameter minimum (after "no model reaches ...: ")."""
+    n = format_count(params)
+    return f"{bound} binds at {n} parameters; lower min to at most {n} ({params}){remedy}"
+
+
 def round_up_bytes(n: int) -> str:
     for unit, scale in (("GB", 1024**3), ("MB", 1024**2)):
         if n >= scale:
@@ -353,11 +359,8 @@ class MemoryBudget(AffineBound):
         )
 
     def stops_growth(self, params: int) -> tuple[Loc | None, str]:
-        return (
-            self.loc if self.explicit else None,
-            f"the memory budget ({format_bytes(self.limit)}) binds at {format_count(params)} parameters; "
-            f"lower min to at most {format_count(params)} ({params}) or raise memory_budget",
-        )
+        words = f"the memory budget ({format_bytes(self.limit)})"
+        return self.loc if self.explicit else None, _binds_at(words, params, " or raise memory_budget")
 
     def check(self, p: Point) -> str | None:
         if not self.broken(p):
@@ -418,10 +421,7 @@ class Latency(UpperBound):
         return self._needs(self.pressure(best), "the smallest model")
 
     def stops_growth(self, params: int) -> tuple[Loc | None, str]:
-        return None, (
-            f"{self.words()} binds at {format_count(params)} parameters; lower min to at most "
-            f"{format_count(params)} ({params}), relax latency or choose a faster device"
-        )
+        return None, _binds_at(self.words(), params, ", relax latency or choose a faster device")
 
     def check(self, p: Point) -> str | None:
         return self._needs(self.pressure(p), "the model") if self.broken(p) else None
@@ -480,14 +480,12 @@ class Throughput(UpperBound):
         return self._reaches(-self.pressure(best), "the fastest model")
 
     def stops_growth(self, params: int) -> tuple[Loc | None, str]:
-        return None, (
-            f"{self.words()} binds at {format_count(params)} parameters; lower min to at most {format_count(params)} ({params}), "
-            f"lower throughput or choose a faster device"
-        )
+        return None, _binds_at(self.words(), params, ", lower throughput or choose a faster device")
 
     def check(self, p: Point) -> str | None:
         return self._reaches(-self.pressure(p), "the model") if self.broken(p) else None
 
     def report(self) -> dict[str, dict[str, Any]]:
         b = self.bound
-        return {"cost": {"throughput_bound": None if b is None else {"spec": b.text, "per_s": cost.round_float(b.per_s)}}}
+        entry = None if b is None else {"spec": b.text, "per_s": cost.round_float(b.per_s)}
+        return {"cost": {"throughput_bound": entry}}

@@ -82,7 +82,14 @@ Instrument = Callable[[Pass, PassResult, CompileContext], None]
 
 
 class PassManager:
-    def __init__(self, passes: Sequence[Pass], instruments: Sequence[Instrument] = (), given: frozenset[Fact] = frozenset()):
+    def __init__(
+        self,
+        passes: Sequence[Pass],
+        instruments: Sequence[Instrument] = (),
+        given: frozenset[Fact] = frozenset(),
+    ):
+        """Raises PipelineError when a pass comes before what it requires (`given`:
+        what the context already holds)."""
         have = set(given)
         for p in passes:
             missing = [f.value for f in Fact if f in p.requires and f not in have]
