@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from hostile import Case, check_outcome, example_specs, make_case, prepare_workdir, reproducers, run_cli, seed_specs, write_spec
+from hostile import INTERESTING, Case, check_outcome, example_specs, make_case, prepare_workdir, reproducers, run_cli, seed_specs, write_spec
 from metagen.cli import main, metagenc_main
 
 SEEDS = seed_specs()
@@ -52,10 +52,14 @@ def test_fuzz_commands_never_crash(tmp_path, seed):
 
 @settings(CASE_SETTINGS, max_examples=8)
 @given(st.integers(0, 2**32 - 1))
-def test_fuzz_example_with_odd_defines_compiles_to_python_that_parses(tmp_path, seed):
-    """Unmutated examples (so most are accepted) with random -D values and odd --out
-    and --run-id, through `metagen synth --tiny`: every model.py and train.py parses."""
-    case = make_case(random.Random(seed), EXAMPLES, commands=["synth"], mutation_rate=0)
+def test_fuzz_example_with_hostile_text_compiles_to_python_that_parses(tmp_path, seed):
+    """Unmutated examples with hostile `-D name=` / `-D description=` values (most are
+    accepted: both fields are free text), through `metagen synth --tiny`: every
+    model.py and train.py must parse and every JSON file be strict."""
+    rng = random.Random(seed)
+    ext, text = rng.choice(EXAMPLES)
+    defines = [w for _ in range(rng.randint(1, 2)) for w in ("-D", f"{rng.choice(['name', 'description'])}={rng.choice(INTERESTING)}")]
+    case = Case("metagen", ["synth", "spec" + ext, "--tiny", "--out", "runs", *defines], "spec" + ext, text.encode("utf-8"))
     assert run_case(case, tmp_path) == [], case.describe()
 
 
