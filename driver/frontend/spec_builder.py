@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
-from metagen.diagnostics import CompileError, Diagnostic, DiagnosticSink, Loc, did_you_mean
+from metagen.diagnostics import MAX_SHOWN, CompileError, Diagnostic, DiagnosticSink, Loc, did_you_mean
 from metagen.frontend import schema as S
 from metagen.frontend import units
 from metagen.frontend.tree import LNode, from_plain
@@ -114,6 +114,11 @@ def _type_name(v: Any) -> str:
 class _Builder:
     def __init__(self, sink: DiagnosticSink):
         self.sink = sink
+        self.hints = 0  # "did you mean" for the unknown keys that will be printed, not 20,000
+
+    def did_you_mean(self, word: str, choices) -> str:
+        self.hints += 1
+        return did_you_mean(word, choices) if self.hints <= MAX_SHOWN else ""
 
     def build_map(self, field: S.Field, node: LNode | None, path: str, loc: Loc, quiet: bool = False) -> Record:
         """`quiet`: the whole section is missing and already reported; do not
@@ -131,7 +136,7 @@ class _Builder:
             if field.member(key) is None:
                 where = f"in '{path}'" if path else "at the top level"
                 kloc = node.key_locs.get(key, child.loc)
-                self.sink.error(kloc, f'unknown key "{key}" {where}{did_you_mean(key, names)}')
+                self.sink.error(kloc, f'unknown key "{key}" {where}{self.did_you_mean(key, names)}')
         for f in field.fields:
             child = given.get(f.name)
             sub = f"{path}.{f.name}" if path else f.name

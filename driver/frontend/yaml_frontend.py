@@ -184,8 +184,10 @@ def _check_flow_depth(text: str, path: str) -> None:
 
 def _reader_loc(text: str, path: str, exc) -> Loc:
     pos = getattr(exc, "position", None)
-    if not isinstance(pos, int):
-        return Loc(path, 1, 1)
+    return _offset_loc(text, path, pos) if isinstance(pos, int) else Loc(path, 1, 1)
+
+
+def _offset_loc(text: str, path: str, pos: int) -> Loc:
     before = text[:pos]
     return Loc(path, before.count("\n") + 1, pos - (before.rfind("\n") + 1) + 1)
 
@@ -216,8 +218,9 @@ def parse_yaml(text: str, path: str) -> LNode:
             raise CompileError([Diagnostic("error", loc, f"malformed YAML: {problem}")]) from None
         except yaml.YAMLError as exc:
             raise CompileError([Diagnostic("error", Loc(path, 1, 1), f"malformed YAML: {exc}")]) from None
-        except (ValueError, OverflowError) as exc:  # the scanner's chr() on "\U00110000"
-            loc = _loc(path, loader.get_mark())
+        except (ValueError, OverflowError):  # the scanner's chr() on "\U00110000"
+            at = text.rfind("\\", 0, loader.get_mark().index + 1)  # the escape's backslash
+            loc = _offset_loc(text, path, at) if at >= 0 else _loc(path, loader.get_mark())
             raise CompileError([Diagnostic("error", loc, "malformed YAML: an escape names no character (the largest is \\U0010FFFF)")]) from None
         except RecursionError:
             # PyYAML composes recursively: thousands of nested brackets exhaust the stack
