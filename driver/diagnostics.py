@@ -148,7 +148,9 @@ class DiagnosticSink:
             for d in hidden:
                 counts[d.severity] = counts.get(d.severity, 0) + 1
             words = [f"{n} more {sev}{'s' if n != 1 else ''}" for sev, n in sorted(counts.items())]
-            note = Diagnostic("note", hidden[0].loc, f"{' and '.join(words)} not shown (at most {MAX_SHOWN} are printed)")
+            note = Diagnostic(
+                "note", hidden[0].loc, f"{' and '.join(words)} not shown (at most {MAX_SHOWN} are printed)"
+            )
             print(note.render(), file=stream)
 
 

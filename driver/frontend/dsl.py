@@ -300,7 +300,9 @@ class _PostLexer:
         values = 0
         for tok in stream:
             kind = tok.type
-            is_key = stack and stack[-1].type == "LBRACE" and self.prev is not None and self.prev.type in ("LBRACE", "_SEP")
+            is_key = (
+                stack and stack[-1].type == "LBRACE" and self.prev is not None and self.prev.type in ("LBRACE", "_SEP")
+            )
             if kind in _VALUE_TOKENS and not is_key:  # values as YAML counts them: keys are not values
                 values += 1
                 if values > MAX_VALUES:  # before Lark builds a tree of a million items
@@ -797,7 +799,9 @@ IMPORTABLE = (".mg", ".yaml", ".yml", ".json")
 
 
 _MG_START = re.compile(r"(?:metagen|import|model)(?![^\s{}\[\],;#\"'=:])")
-_YAML_START = re.compile(r"""(?:[{\[]|---(?:\s|$)|%(?:YAML|TAG)\s|(?:[A-Za-z_][\w.\-]*|"[^"\n]*"|'[^'\n]*')[ \t]*:(?:\s|$))""")
+_YAML_START = re.compile(
+    r"""(?:[{\[]|---(?:\s|$)|%(?:YAML|TAG)\s|(?:[A-Za-z_][\w.\-]*|"[^"\n]*"|'[^'\n]*')[ \t]*:(?:\s|$))"""
+)
 _FIRST_LINE = re.compile(r"^[ \t]*([^\s#].*)$", re.M)
 
 
