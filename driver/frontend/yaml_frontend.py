@@ -250,7 +250,9 @@ def parse_override(text: str, loc: Loc) -> LNode | None:
             loader.dispose()
     except CompileError:
         raise CompileError([Diagnostic("error", loc, f"spec nests more than {MAX_DEPTH} levels deep; refusing to load it")]) from None
-    except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
+    except (ValueError, OverflowError):  # chr() on "\U00110000": well-formed, names no character
+        raise CompileError([Diagnostic("error", loc, "an escape names no character (the largest is \\U0010FFFF)")]) from None
+    except (yaml.YAMLError, RecursionError):
         return None
     if node is None:
         return LNode("", loc, quoted=True)
