@@ -24,7 +24,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from lark import Lark, Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
@@ -373,7 +373,6 @@ _PARSER: Lark | None = None
 _POSTLEX = _PostLexer()
 _COMMENTS: list[Token] = []
 _WANT_COMMENTS = [False]  # the compiler never looks at comments; only the formatter does
-_COMMENT_RE = re.compile(r"#[^\n]*")
 
 
 def _on_comment(tok: Token) -> Token:
@@ -382,20 +381,22 @@ def _on_comment(tok: Token) -> Token:
     return tok
 
 
+class _LineComment(NamedTuple):
+    """A comment taken out of an NL token: what `attach` reads of a COMMENT token."""
+
+    value: str
+    line: int
+    column: int
+
+
 def _on_newlines(tok: Token) -> Token:
     """Comment-only lines ride in the NL token (a million of them lex as one token);
-    the formatter gets them back as COMMENT tokens with their positions."""
+    the formatter gets them back with their positions."""
     if _WANT_COMMENTS[0] and "#" in tok.value:
-        text, line, line_start = tok.value, tok.line, 0
-        pos = 0
-        for m in _COMMENT_RE.finditer(text):
-            line += text.count("\n", pos, m.start())
-            line_start = text.rfind("\n", 0, m.start()) + 1
-            pos = m.start()
-            column = m.start() - line_start + 1
-            _COMMENTS.append(
-                Token("COMMENT", m.group(), tok.start_pos + m.start(), line, column, line, column + len(m.group()))
-            )
+        for offset, piece in enumerate(tok.value.split("\n")[1:], 1):  # each piece follows a new line
+            body = piece.lstrip(" \t")
+            if body.startswith("#"):
+                _COMMENTS.append(_LineComment(body, tok.line + offset, len(piece) - len(body) + 1))
     return tok
 
 
