@@ -114,7 +114,7 @@ def _type_name(v: Any) -> str:
 class _Builder:
     def __init__(self, sink: DiagnosticSink):
         self.sink = sink
-        self.hints = 0  # "did you mean" for the unknown keys that will be printed, not 20,000
+        self.hints = 0  # "did you mean" for the first diagnostics (those printed), not for 20,000
 
     def did_you_mean(self, word: str, choices) -> str:
         self.hints += 1
@@ -202,7 +202,7 @@ class _Builder:
                 return None
             word = v.strip().lower()
             if word not in f.choices:
-                hint = did_you_mean(word, f.choices)
+                hint = self.did_you_mean(word, f.choices)
                 if f.open_choices:
                     self.sink.warning(node.loc, f"unsupported {f.name} \"{v}\"{hint}; MetaGen builds a best-effort model for it")
                     return word
@@ -254,7 +254,7 @@ class _Builder:
                 return text
             except units.UnitError:
                 pass
-            hint = did_you_mean(text, S.LATENCY_WORDS)
+            hint = self.did_you_mean(text, S.LATENCY_WORDS)
             raise units.UnitError(
                 f"cannot read {v!r} as a latency{hint}; use one of {', '.join(S.LATENCY_WORDS)}, "
                 "a time (\"10ms\") or a rate (\"60 tok/s\", \"2 img/s\", \"30fps\")"
