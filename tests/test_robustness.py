@@ -656,3 +656,16 @@ def test_importing_a_file_that_is_not_a_spec_quotes_none_of_it(tmp_path):
         assert errors_of(err) == [f'2:8: cannot import "{name}": it is not a MetaGen spec ' + (
             "(a spec starts with 'metagen', 'import' or 'model')" if name.endswith(".mg")
             else "(a spec starts with a key such as 'metagen_version:')")]
+
+
+def test_converted_yaml_reads_the_same_in_any_yaml_reader(tmp_path):
+    """Text our reader keeps as text ("007", a date) is quoted in converted YAML, so
+    PyYAML's safe_load (YAML 1.1) does not read 7 or a date."""
+    import yaml
+
+    spec = tmp_path / "t.mg"
+    spec.write_text(HEAD_MG.replace('model "t"', "model 007") + "  description 2001-02-03\n}\n")
+    code, out, err = run_cli(main, ["convert", str(spec), "--to", "yaml"])
+    assert code == 0, err
+    plain = yaml.safe_load(out)
+    assert (plain["name"], plain["description"]) == ("007", "2001-02-03")

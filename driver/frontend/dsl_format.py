@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import re
 
+import yaml
+
 from metagen.diagnostics import CompileError, Diagnostic, DiagnosticSink
 from metagen.frontend import schema as S
 from metagen.frontend.dsl import (
@@ -313,6 +315,8 @@ def tree_to_mg(tree: LNode) -> str:
 # ---------------------------------------------------------------------------
 # Located tree -> YAML
 
+_YAML11 = yaml.resolver.Resolver()
+_STR_TAG = "tag:yaml.org,2002:str"
 _YAML_PLAIN_RE = re.compile(r"[A-Za-z0-9_./+\-][A-Za-z0-9_./+\- ]*")
 
 
@@ -321,7 +325,9 @@ def _yaml_plain_ok(text: str) -> bool:
         return False
     if text.startswith("-") and (len(text) == 1 or text[1] == " "):
         return False
-    return resolves_to_text(text)  # by the rules our YAML frontend reads it back with
+    # plain only where MetaGen's reader and a YAML 1.1 reader (PyYAML's safe_load: "010"
+    # is 8 there, "2001-02-03" a date) both read text
+    return resolves_to_text(text) and _YAML11.resolve(yaml.ScalarNode, text, (True, False)) == _STR_TAG
 
 
 def yaml_quote(text: str) -> str:
