@@ -34,7 +34,9 @@ class RuntimeSource:
 
 def runtime_source(name: str) -> RuntimeSource:
     """Runtime module `name` ("data", "torch_train", "flax_train") split for copying."""
-    return split_source(name, resources.files(__name__).joinpath(f"{name}.py").read_text(encoding="utf-8"))
+    return split_source(
+        name, resources.files(__name__).joinpath(f"{name}.py").read_text(encoding="utf-8")
+    )
 
 
 def split_source(name: str, text: str) -> RuntimeSource:
@@ -58,7 +60,9 @@ def split_source(name: str, text: str) -> RuntimeSource:
             imports.append(ast.unparse(stmt))
     late = [s.lineno for s in tree.body[first_code:] if isinstance(s, (ast.Import, ast.ImportFrom))]
     if late:
-        raise ValueError(f"runtime module {name}: top-level import at line {late[0]} after other code")
+        raise ValueError(
+            f"runtime module {name}: top-level import at line {late[0]} after other code"
+        )
     body = "\n".join(text.splitlines()[end:]).strip("\n")
     return RuntimeSource(tuple(imports), body)
 

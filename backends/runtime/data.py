@@ -54,7 +54,10 @@ def _synthetic_tokens(rng, shape, high):
 
 def _alphas_cumprod(schedule):
     """Diffusion noise schedule (scaled_linear: betas = linspace(sqrt(b0), sqrt(b1))^2)."""
-    betas = np.linspace(schedule["beta_start"] ** 0.5, schedule["beta_end"] ** 0.5, schedule["steps"]) ** 2
+    betas = (
+        np.linspace(schedule["beta_start"] ** 0.5, schedule["beta_end"] ** 0.5, schedule["steps"])
+        ** 2
+    )
     return np.cumprod(1.0 - betas)
 
 
@@ -67,7 +70,9 @@ def _carry(out, names, keys, high):
         spec = kinds[name]
         x = out[name]
         if keys.ndim == 1 and spec["kind"] == "tokens":
-            x[(slice(None),) * (x.ndim - 1) + (0,)] = keys.reshape((-1,) + (1,) * (x.ndim - 2)) % int(spec["high"])
+            x[(slice(None),) * (x.ndim - 1) + (0,)] = keys.reshape(
+                (-1,) + (1,) * (x.ndim - 2)
+            ) % int(spec["high"])
         elif spec["kind"] == "tokens" and x.shape == keys.shape:
             out[name] = (keys % int(spec["high"])).astype(x.dtype)
         elif spec["kind"] != "tokens" and x.shape[: keys.ndim] == keys.shape:
@@ -209,15 +214,30 @@ def learning_rate(step, total_steps):
 
 def parse_args(argv=None, backend="torch"):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--synthetic", action="store_true", help="generated data, no download (default without --data)")
-    p.add_argument("--data", help=".npy token array, .npz of named arrays, or any file read as bytes")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="generated data, no download (default without --data)",
+    )
+    p.add_argument(
+        "--data", help=".npy token array, .npz of named arrays, or any file read as bytes"
+    )
     p.add_argument("--steps", type=int, default=TRAIN["steps"])
     p.add_argument("--batch-size", type=int, default=TRAIN["batch_size"], help="global batch size")
-    p.add_argument("--learning-rate", type=float, default=None, help="peak; default TRAIN['learning_rate']")
+    p.add_argument(
+        "--learning-rate", type=float, default=None, help="peak; default TRAIN['learning_rate']"
+    )
     p.add_argument("--checkpoint-dir", default="checkpoints")
-    p.add_argument("--save-every", type=int, default=0, help="also save every N steps (0: only at the end)")
+    p.add_argument(
+        "--save-every", type=int, default=0, help="also save every N steps (0: only at the end)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
-    p.add_argument("--stop-after", type=int, default=0, help="stop (and save) after this step; the schedule still spans --steps")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop (and save) after this step; the schedule still spans --steps",
+    )
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=TRAIN["seed"])
     if backend == "flax":

@@ -29,9 +29,15 @@ def make_optimizer():
     so the schedule is the same Python function the torch program uses."""
     parts = [optax.clip_by_global_norm(TRAIN["grad_clip"])] if TRAIN["grad_clip"] else []
     if TRAIN["optimizer"] == "sgd":
-        parts += [optax.add_decayed_weights(TRAIN["weight_decay"], decay_mask), optax.trace(decay=0.9)]
+        parts += [
+            optax.add_decayed_weights(TRAIN["weight_decay"], decay_mask),
+            optax.trace(decay=0.9),
+        ]
     elif TRAIN["optimizer"] == "adafactor":
-        parts += [optax.scale_by_factored_rms(), optax.add_decayed_weights(TRAIN["weight_decay"], decay_mask)]
+        parts += [
+            optax.scale_by_factored_rms(),
+            optax.add_decayed_weights(TRAIN["weight_decay"], decay_mask),
+        ]
     else:
         b1, b2 = TRAIN["betas"]
         parts += [
@@ -87,7 +93,10 @@ def save_checkpoint(directory, graphdef, params, rest, opt_state, step):
 
     os.makedirs(directory, exist_ok=True)
     weights = M.to_canonical(nnx.merge(graphdef, params, rest))
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, os.path.join(directory, "model.safetensors"))
+    save_file(
+        {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
+        os.path.join(directory, "model.safetensors"),
+    )
     leaves = jax.tree.leaves(opt_state)
     np.savez(os.path.join(directory, "optimizer_flax.npz"), *[np.asarray(x) for x in leaves])
     with open(os.path.join(directory, "trainer_state.json"), "w") as f:
@@ -144,5 +153,8 @@ def train(argv=None):
         if args.save_every and (step + 1) % args.save_every == 0:
             save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, step + 1)
     save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, end)
-    print(f"saved {os.path.join(args.checkpoint_dir, 'model.safetensors')} ({len(devices)} devices)", flush=True)
+    print(
+        f"saved {os.path.join(args.checkpoint_dir, 'model.safetensors')} ({len(devices)} devices)",
+        flush=True,
+    )
     return history

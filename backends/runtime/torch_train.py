@@ -23,7 +23,10 @@ def decay_mask(name, shape):
 def make_optimizer(model):
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for n, p in params if decay_mask(n, p.shape)], "weight_decay": TRAIN["weight_decay"]},
+        {
+            "params": [p for n, p in params if decay_mask(n, p.shape)],
+            "weight_decay": TRAIN["weight_decay"],
+        },
         {"params": [p for n, p in params if not decay_mask(n, p.shape)], "weight_decay": 0.0},
     ]
     lr = TRAIN["learning_rate"]
@@ -97,7 +100,9 @@ def save_checkpoint(directory, model, optimizer, step, rank):
     weights, optim = full_state(model, optimizer)
     if rank == 0:
         os.makedirs(directory, exist_ok=True)
-        arrays = {k: np.ascontiguousarray(v.detach().cpu().float().numpy()) for k, v in weights.items()}
+        arrays = {
+            k: np.ascontiguousarray(v.detach().cpu().float().numpy()) for k, v in weights.items()
+        }
         save_file(arrays, os.path.join(directory, "model.safetensors"))
         torch.save(optim, os.path.join(directory, "optimizer.pt"))
         with open(os.path.join(directory, "trainer_state.json"), "w") as f:
@@ -121,7 +126,9 @@ def train(argv=None):
     args = parse_args(argv)
     rank, world, device = setup()
     if args.batch_size % world:
-        raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
+        raise SystemExit(
+            f"--batch-size {args.batch_size} must be divisible by the {world} processes"
+        )
     torch.manual_seed(args.seed)
     if TRAIN["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -135,9 +142,14 @@ def train(argv=None):
         shard(model)
     optimizer = make_optimizer(model)
     if optim_state is not None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
 
-        set_optimizer_state_dict(model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(
+            model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
+        )
     data = DataSource(args.data, args.seed)
     local = args.batch_size // world
     history = []
