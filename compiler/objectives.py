@@ -372,6 +372,17 @@ ACCELERATORS: dict[str, float] = {
     "TPUV5P": 459e12,
     "CPU": 2e12,
 }
+
+
+def accelerator_peak(key: str) -> float | None:
+    """The peak of the accelerator `key` names (upper case, no separators): an exact
+    name, else the longest name it starts with (A100-80GB is an A100, not an A10)."""
+    if key in ACCELERATORS:
+        return ACCELERATORS[key]
+    prefixes = [k for k in ACCELERATORS if key.startswith(k)]
+    return ACCELERATORS[max(prefixes, key=len)] if prefixes else None
+
+
 UTILIZATION = 0.4  # model FLOP utilisation assumed for the time estimate
 GPUS_PER_NODE = 8
 
@@ -459,7 +470,7 @@ def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
     if hardware is not None:
         count, kind = hardware if isinstance(hardware, tuple) else units.parse_hardware(hardware)
         key = kind.upper().replace("-", "").replace("_", "")
-        peak = ACCELERATORS.get(key) or next((v for k, v in ACCELERATORS.items() if key.startswith(k)), None)
+        peak = accelerator_peak(key)
         out["hardware"] = {"count": count, "accelerator": kind, "peak_flops_each": peak}
         out["parallel_plan"] = _parallel_plan(count)
         if peak is None:
