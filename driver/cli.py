@@ -169,7 +169,8 @@ def metagenc_main(argv: list[str] | None = None) -> int:
         if args.md or args.mf:
             # OUT.d, not the stem: x.py and x.onnx from one spec must not share a depfile
             depfile = args.mf or (out + ".d" if out != "-" else "metagenc.d")
-            writes[depfile] = depfile_text(out, comp.deps, depfile).encode("utf-8")
+            # surrogateescape: a name the locale could not decode is written back as its bytes
+            writes[depfile] = depfile_text(out, comp.deps, depfile).encode("utf-8", "surrogateescape")
         write_files(writes)
     except CompileError as exc:
         sink.extend(exc.diagnostics)
@@ -345,10 +346,13 @@ def _terminated(signum, frame):
 
 def _entry(fn) -> None:
     """Run a console command. stdout is UTF-8 whatever the locale (it carries generated
-    text and JSON); stderr keeps the terminal's encoding and escapes what it cannot
-    show (`\\xe9`), so a C locale never gets a UnicodeEncodeError. A reader that
-    closes the pipe early (`metagen schema | head -c 10`) ends the command quietly."""
-    for stream, kw in ((sys.stdout, {"encoding": "utf-8"}), (sys.stderr, {"errors": "backslashreplace"})):
+    text and JSON), and a file name the locale could not decode (its bytes came in as
+    surrogates) goes back out as the same bytes; stderr keeps the terminal's encoding
+    and escapes what it cannot show (`\\xe9`), so a C locale never gets a
+    UnicodeEncodeError. A reader that closes the pipe early (`metagen schema | head
+    -c 10`) ends the command quietly."""
+    out, err = {"encoding": "utf-8", "errors": "surrogateescape"}, {"errors": "backslashreplace"}
+    for stream, kw in ((sys.stdout, out), (sys.stderr, err)):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(**kw)
     signal.signal(signal.SIGTERM, _terminated)

@@ -673,3 +673,18 @@ def test_define_on_a_spec_that_is_not_a_mapping(tmp_path, capsys):
     spec = write(tmp_path / "s.yaml", "metag\n")
     code, _, err = _run(main, ["validate", spec, "-D", "architecture.heads=3", "-D", "name=x"], capsys)
     assert code == 1 and f"{spec}:1:1: error: a spec must be a mapping of sections, not a string" in err
+
+
+def test_c_locale_file_names_round_trip_through_depfile_and_stdout(tmp_path):
+    """Under LC_ALL=C (PYTHONUTF8=0) the bytes of `ü.yaml` reach Python as surrogates;
+    the depfile and `wrote ...` raised UnicodeEncodeError (bench/fuzz.py seed 18, case
+    3302). They now carry the names' own bytes."""
+    shutil.copy(MINIMAL, tmp_path / "ü.yaml")
+    env = _ascii_env()
+    r = subprocess.run([METAGENC, "ü.yaml", "--target", "ir", "--tiny", "-o", "☃/o.mgir", "-MD"], cwd=tmp_path,
+                       capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "☃" / "o.mgir.d").read_bytes() == "☃/o.mgir: ü.yaml\nü.yaml:\n".encode()
+    r = subprocess.run([METAGEN, "synth", "ü.yaml", "--tiny", "--out", "ü", "--run-id", "r"], cwd=tmp_path,
+                       capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout == "wrote ü/r\n".encode(), r.stderr
