@@ -7,7 +7,8 @@
 Cases come from tests/hostile.py, the generator tests/test_fuzz.py uses: the examples,
 tests/invalid and issue 18's reproducers, mutated (both frontends), with odd `-D`
 values and odd output paths, run as `metagen validate|synth|convert|fmt` or
-`metagenc --target torch|flax|ir|onnx`. Case N of seed S is always the same case.
+`metagenc --target torch|flax|ir|onnx`. Case N of seed S is always the same case, as
+long as the seed specs (examples, tests/invalid) are the same.
 
 Each case runs the installed console script in a subprocess, in its own folder under a
 temporary folder this program creates and removes (every output path is relative to
