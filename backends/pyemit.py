@@ -14,8 +14,8 @@ from typing import Any, Callable
 import black
 
 from metagen.diagnostics import CompileError, Diagnostic, Loc
-from metagen.ir.graph import Model, ModuleDef, Node, Value
-from metagen.ir.printer import _sanitize
+from metagen.ir import names
+from metagen.ir.graph import Model, ModuleDef, Node
 
 
 class EmitError(CompileError):
@@ -27,28 +27,11 @@ def missing_emitter(backend: str, node: Node, model: Model) -> EmitError:
     return EmitError([Diagnostic("error", loc, f"the {backend} backend has no emitter for op '{node.op}'")])
 
 
-class Namespace:
-    """Legal, unique Python identifiers for values (cf. torch.fx's _Namespace)."""
+class Namespace(names.Namespace):
+    """Legal, unique Python identifiers: no keyword or builtin is ever given out."""
 
     def __init__(self, reserved: set[str] = frozenset()):
-        self.taken = set(reserved) | set(keyword.kwlist) | set(dir(builtins))
-        self.names: dict[int, str] = {}
-
-    def name(self, v: Value | None = None, hint: str = "") -> str:
-        if v is not None and id(v) in self.names:
-            return self.names[id(v)]
-        base = _sanitize((v.hint if v is not None else hint) or "v") or "v"
-        name, k = base, 1
-        while name in self.taken:
-            name = f"{base}_{k}"
-            k += 1
-        self.taken.add(name)
-        if v is not None:
-            self.names[id(v)] = name
-        return name
-
-    def bind(self, v: Value, name: str) -> None:
-        self.names[id(v)] = name
+        super().__init__(set(reserved) | set(keyword.kwlist) | set(dir(builtins)))
 
 
 class Lines:

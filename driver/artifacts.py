@@ -12,7 +12,8 @@ from metagen import __version__
 from metagen.compiler.families import FAMILIES
 from metagen.frontend.schema import TOWER_FIELDS
 from metagen.ir.graph import Layer, Model, Repeat, Sub
-from metagen.ir.printer import Namer, print_model
+from metagen.ir.names import Namespace
+from metagen.ir.printer import print_model
 from metagen.pipeline import Compilation
 
 
@@ -68,7 +69,7 @@ def graph_json(model: Model) -> dict[str, Any]:
 
     modules = []
     for m in model.modules.values():
-        namer = Namer()
+        namer = Namespace()
         children = []
         for name, c in m.children.items():
             if isinstance(c, Layer):
