@@ -35,7 +35,7 @@ from metagen.backends.pyemit import (
     py_literal,
 )
 from metagen.ir import ops
-from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub
+from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub, resolve_param
 
 RESERVED = {
     "jax", "jnp", "nnx", "np", "math", "zlib", "self", "rngs", "Model", "CONFIG", "INPUTS", "OUTPUTS",
@@ -304,19 +304,11 @@ class FlaxEmitter(ModuleEmitter):
 def nnx_param_path(model: Model, md: ModuleDef, dotted: str) -> tuple[tuple[str | int, ...], str]:
     """The nnx attribute path and layout kind of parameter `dotted` (a canonical
     path relative to module `md`)."""
-    head, _, rest = dotted.partition(".")
-    if not rest:
-        return (head,), "same"
-    child = md.children[head]
-    if isinstance(child, Layer):
-        var, kind = LAYERS[child.op][2][rest]
-        return (head, var), kind
-    if isinstance(child, Sub):
-        path, kind = nnx_param_path(model, model.modules[child.module], rest)
-        return (head,) + path, kind
-    index, _, rest = rest.partition(".")
-    path, kind = nnx_param_path(model, model.modules[child.module], rest)
-    return (head, int(index)) + path, kind
+    ref = resolve_param(model.modules, md, dotted, repeats=True)
+    if ref.layer is None:
+        return (*ref.steps, ref.name), "same"
+    var, kind = LAYERS[ref.layer.op][2][ref.name]
+    return (*ref.steps, var), kind
 
 
 def param_table(model: Model) -> list[tuple[str, tuple[str | int, ...], str]]:

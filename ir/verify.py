@@ -7,7 +7,7 @@ import re
 
 from metagen.ir import ops
 from metagen.ir.builder import call_types
-from metagen.ir.graph import Layer, Model, ModuleDef, Repeat, Sub
+from metagen.ir.graph import Layer, Model, ParamPathError, Repeat, Sub, resolve_param
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -16,18 +16,6 @@ class VerifyError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("; ".join(problems))
-
-
-def _param_type(model: Model, m: ModuleDef, path: str):
-    head, _, rest = path.partition(".")
-    if not rest:
-        return m.params[head].type
-    child = m.children[head]
-    if isinstance(child, Layer):
-        return ops.layer_params(child)[rest].type
-    if isinstance(child, Sub):
-        return _param_type(model, model.modules[child.module], rest)
-    raise KeyError(path)
 
 
 def verify_model(model: Model) -> None:
@@ -57,12 +45,12 @@ def verify_model(model: Model) -> None:
                     problems.append(f"{at}: uses a value before it is defined")
             try:
                 if node.kind == "param":
-                    want = [_param_type(model, m, node.target)]
+                    want = [resolve_param(model.modules, m, node.target).param.type]
                 elif node.kind == "call":
                     want = call_types(model.modules, m, node.target, [o.type for o in node.operands])
                 else:
                     want = ops.infer(node.op, node.attrs, [o.type for o in node.operands])
-            except (ops.OpError, KeyError) as exc:
+            except (ops.OpError, ParamPathError, KeyError) as exc:
                 problems.append(f"{at}: {exc}")
                 continue
             got = [r.type for r in node.results]
