@@ -33,9 +33,6 @@ class DType(enum.Enum):
         ]
 
 
-_SYM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def dim_str(d: Dim) -> str:
     return str(d)
 
@@ -72,10 +69,6 @@ def eval_dim(d: Dim, bindings: Mapping[str, int]) -> int:
             prod *= int(factor) if factor.isdigit() else bindings[factor]
         total += prod
     return total
-
-
-def symbols_of(d: Dim) -> set[str]:
-    return set() if isinstance(d, int) else {s for s in _SYM.findall(d)}
 
 
 @dataclass(frozen=True)
