@@ -59,7 +59,7 @@ def _finish(sink: DiagnosticSink, werror: bool = False) -> int:
 def _compile(args, sink: DiagnosticSink):
     from metagen.pipeline import compile_spec
 
-    return compile_spec(args.spec, sink, overrides=args.define or [], tiny=args.tiny, seed=args.seed)
+    return compile_spec(args.spec, sink, overrides=args.define or [], tiny=args.tiny)
 
 
 def _effective_seed(args, comp) -> int:

@@ -157,7 +157,7 @@ def render_case(spec: GoldenSpec, variant: Variant, _cache: dict | None = None) 
         cwd = os.getcwd()
         os.chdir(ROOT)
         try:
-            comp = compile_spec(spec.path, DiagnosticSink(), tiny=variant.tiny, seed=SEED)
+            comp = compile_spec(spec.path, DiagnosticSink(), tiny=variant.tiny)
         finally:
             os.chdir(cwd)
         if _cache is not None:
