@@ -6,10 +6,7 @@ model "bert_base_sentiment" {
     inputs [text]
     outputs [label]
   }
-  task {
-    type classification
-    num_classes 2
-  }
+  task { num_classes 2 }
   constraints {
     parameter_budget { max 120M }
     context_window 512

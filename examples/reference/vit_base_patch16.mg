@@ -6,10 +6,7 @@ model "vit_base_patch16_224" {
     inputs [image]
     outputs [label]
   }
-  task {
-    type classification
-    num_classes 1000
-  }
+  task { num_classes 1000 }
   constraints {
     parameter_budget { max 90M }
   }
