@@ -190,7 +190,7 @@ def _cmd_verify(args) -> int:
         sink.extend(d for d in exc.diagnostics if d not in sink.items)
         return _finish(sink) or 1
     _finish(sink)
-    ok = verify_spec(comp, seed=args.seed or 0, stream=sys.stdout)
+    ok = verify_spec(comp, seed=_effective_seed(args, comp), stream=sys.stdout)
     return 0 if ok else 1
 
 

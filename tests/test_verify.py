@@ -67,3 +67,19 @@ def test_wrong_flax_emitter_is_a_mismatch(monkeypatch, capsys):
     assert code == 1
     assert "FAIL" in out and out.rstrip().endswith("MISMATCH")
     assert any(line.split()[1:4] == ["flax", "vs", "torch"] and line.endswith("FAIL") for line in out.splitlines())
+
+
+@pytest.mark.parametrize(
+    "argv, seed",
+    [([], 0), (["-D", "reproducibility.seed=7"], 7), (["-D", "reproducibility.seed=7", "--seed", "3"], 3)],
+    ids=["default", "spec", "flag"],
+)
+def test_verify_seed_is_the_spec_seed_unless_given(monkeypatch, argv, seed):
+    """`metagen verify` draws the weights from the seed synth would use."""
+    import metagen.verify
+    from metagen.cli import main
+
+    used = []
+    monkeypatch.setattr(metagen.verify, "verify_spec", lambda comp, seed, stream: used.append(seed) or True)
+    assert main(["verify", example("tutorial", "step1_minimal.yaml"), "--tiny", *argv]) == 0
+    assert used == [seed]
