@@ -13,9 +13,10 @@ kernels are `[in, out]`, conv kernels `[kh, kw, in, out]` on channels-last input
 are called `scale`. The generated `_PARAMS` table maps each canonical name to its
 nnx path and layout kind; `load_canonical`/`to_canonical` convert with it.
 
-Precision: the generated module sets `jax_default_matmul_precision` to "highest"
-so matmuls and convolutions run in full float32 (CONTRACT §5), and the norms use
-the two-pass variance (`use_fast_variance=False`) as torch does.
+Precision: `run` traces the model under `jax.default_matmul_precision("highest")`,
+so its matmuls and convolutions run in full float32 (CONTRACT §5) without the module
+touching JAX's global settings when imported; the norms use the two-pass variance
+(`use_fast_variance=False`) as torch does.
 """
 
 from __future__ import annotations
@@ -238,7 +239,6 @@ class FlaxEmitter(ModuleEmitter):
         out("import numpy as np")
         out("from flax import nnx")
         out("")
-        out('jax.config.update("jax_default_matmul_precision", "highest")')
         out('_I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32')
         out("")
         body = self.emit_classes()
@@ -383,7 +383,8 @@ def to_canonical(state):
 
 @nnx.jit
 def _forward(model, inputs):
-    return model(**inputs)
+    with jax.default_matmul_precision("highest"):
+        return model(**inputs)
 
 
 def run(state, inputs):
