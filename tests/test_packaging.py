@@ -1,7 +1,7 @@
 """The package as a user gets it: `pip wheel .` and the sdist hold every module of the
 source tree, and the wheel, installed into a fresh virtualenv with only the core
 dependencies (no torch, jax or onnx), validates a spec and compiles it to every
-Python/IR target. The editable install the other tests use hides a missing subpackage
+Python/IR target, and asked for ONNX says which extra to install. The editable install the other tests use hides a missing subpackage
 or package-data file; this test does not.
 
 Needs a package index (the core dependencies and the build backend come from it, or
@@ -32,9 +32,12 @@ PURE_TARGETS = ("ir", "torch", "flax", "numpy")
 SPEC = example("reference", "llama2_7b.yaml")
 
 
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), **kw)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -109,6 +112,13 @@ def test_wheel_installs_and_compiles_without_frameworks(tmp_path):
             # Valid Python with the module API; running it needs its framework.
             names = {t.id for node in ast.parse(text).body if isinstance(node, ast.Assign) for t in node.targets}
             assert {"Model", "CONFIG", "INPUTS"} <= names, (target, sorted(names))
+
+    # ONNX needs the onnx package: without it, one line naming the extra, no traceback.
+    cmd = [str(bin_dir / "metagenc"), "--target", "onnx", "--tiny", SPEC, "-o", str(out / "m.onnx")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=out)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "pip install 'metagen[onnx]'" in res.stderr, res.stderr
+    assert not (out / "m.onnx").exists()
 
 
 def _package_of(installed: str) -> str:
