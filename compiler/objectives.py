@@ -234,24 +234,15 @@ OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
     "contrastive": contrastive,
 }
 
-# Used when the spec names no objective.
-DEFAULT_OBJECTIVE = {
-    "decoder_lm": "autoregressive",
-    "audio_lm": "autoregressive",
-    "vit": "classification",
-    "encoder": "classification",
-    "masked_lm": "masked",
-    "diffusion_unet": "diffusion",
-    "clip": "contrastive",
-}
-
-
 def objective_name(ctx: CompileContext) -> str:
     training = getattr(ctx.spec, "training", None)
     names = list(training.get("objective") or []) if training is not None else []
     if names:
         return names[0]
-    return DEFAULT_OBJECTIVE.get(ctx.family, "classification" if "logits" in ctx.model.output_names else "")
+    from metagen.compiler.families import FAMILIES
+
+    default = FAMILIES[ctx.family].default_objective
+    return default or ("classification" if "logits" in ctx.model.output_names else "")
 
 
 def training_seq_len(ctx: CompileContext) -> int:
