@@ -2,7 +2,8 @@
 
 Each family declares the combinations that select it (`Family.rules`); `RULES` is
 their union in catalogue order. The tables in docs/families.md are generated from
-the same declarations (`python -m metagen.compiler.select`), and an unmatched
+the same declarations (`python -m metagen.compiler.select < docs/families.md`
+prints the file with them rewritten), and an unmatched
 combination gets a diagnostic naming what is supported.
 """
 
@@ -83,6 +84,31 @@ def tiny_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def keys_table() -> str:
+    """docs/families.md's keys table: the architecture keys each family reads."""
+    lines = ["| family | reads |", "| --- | --- |"]
+    for fam in FAMILIES.values():
+        parts = [", ".join(f"`{k}`" for k in fam.config.spec_keys())]
+        for name, tower in fam.config.towers().items():
+            parts.append(f"`{name}`: " + ", ".join(f"`{k}`" for k in tower.spec_keys()))
+        lines.append(f"| `{fam.name}` | {'; '.join(p for p in parts if p)} |")
+    return "\n".join(lines) + "\n"
+
+
+GENERATED = {"combinations": combinations_table, "tiny": tiny_table, "keys": keys_table}
+
+
+def render_doc(text: str) -> str:
+    """docs/families.md with every generated block rewritten from the declarations."""
+    for name, table in GENERATED.items():
+        start, end = f"<!-- generated: {name} -->\n", "<!-- end generated -->\n"
+        a = text.index(start) + len(start)
+        b = text.index(end, a)
+        text = text[:a] + table() + text[b:]
+    return text
+
+
 if __name__ == "__main__":
-    print(combinations_table())
-    print(tiny_table(), end="")
+    import sys
+
+    sys.stdout.write(render_doc(sys.stdin.read()))
