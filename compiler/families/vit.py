@@ -34,7 +34,6 @@ class ViTClassifier(Family):
     outputs_doc = "logits: float32 [batch, num_classes], class scores"
     rules = (
         Rule(("image",), ("label",), ("classification", None)),
-        # Tutorial step 5 writes outputs ["image"] for a classifier; vit warns that it outputs class logits.
         Rule(("image",), ("image",), ("classification",), "tutorial step 5's spelling; a warning says the model outputs class logits"),
     )
     default_objective = "classification"
