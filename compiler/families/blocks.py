@@ -55,9 +55,9 @@ def read_spec(ctx: CompileContext, cfg: ArchConfig, section=None, prefix: str = 
     the config declares, so an unread key stays unpinned (and is diagnosed by
     `Family.report_unused_keys`)."""
     section = section if section is not None else ctx.spec.architecture
-    towers = type(cfg).towers()
+    reads = set(type(cfg).spec_keys())  # neither towers nor keys declared ignored
     for key, f in type(cfg).spec_fields():
-        if f.name in towers or key not in type(cfg).spec_keys():
+        if key not in reads:
             continue
         value = section.get(key)
         if value is not None and section.given(key):
