@@ -29,7 +29,7 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Rule, derived, spec_key
-from metagen.compiler.families.blocks import block_stack, class_name, dtype_bytes, resolve_tower, tower_block, warn_family
+from metagen.compiler.families.blocks import block_stack, class_name, dtype_bytes, resolve_tower, tower_block
 from metagen.compiler.families.decoder_lm import DecoderLM
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
@@ -73,9 +73,9 @@ class AudioLM(DecoderLM):
     unit = UnitOfWork("frame", "frame")
     config = AudioConfig
     tiny_doc = "as `decoder_lm`, with at most 2 codebooks of 64 entries"
+    built = "an autoregressive audio model"
 
     def configure(self, ctx: CompileContext) -> None:
-        warn_family(ctx, "an autoregressive audio model")
         cfg = resolve_tower(ctx, "modern", AudioConfig)
         cfg.gqa = cfg.position == "rope"
         cfg.context = ctx.context_window

@@ -220,6 +220,10 @@ class Family(ABC):
     inputs_doc: ClassVar[str] = ""
     outputs_doc: ClassVar[str] = ""
     msl_family_name: ClassVar[str] = "transformer"  # what `architecture.family: auto` resolves to
+    # `architecture.family` values this family honours; another one is a warning
+    # that says what is built instead (`built`; no warning when empty).
+    accepts_families: ClassVar[tuple[str, ...]] = ("auto", "transformer")
+    built: ClassVar[str] = ""
     rules: ClassVar[tuple[Rule, ...]] = ()
     default_objective: ClassVar[str | None] = None  # None: classification when the model outputs logits
     unit: ClassVar[UnitOfWork]
@@ -246,9 +250,17 @@ class Family(ABC):
         return written if written != "auto" else self.msl_family_name
 
     def resolve(self, ctx: CompileContext) -> None:
-        """Diagnose keys the family does not read, then fill ctx.arch."""
+        """Diagnose a family key it does not honour and keys it does not read, then
+        fill ctx.arch."""
+        written = ctx.spec.architecture.family
+        if self.built and written not in self.accepts_families:
+            ctx.sink.warning(ctx.spec.architecture.loc("family"), self.family_mismatch(written))
         self.report_unused_keys(ctx)
         self.configure(ctx)
+
+    def family_mismatch(self, written: str) -> str:
+        """Tutorial Best Practices 3: a family that does not suit the task is not honoured silently."""
+        return f"family '{written}' does not fit this modality and objective; building {self.built} (a transformer) instead"
 
     @abstractmethod
     def configure(self, ctx: CompileContext) -> None:

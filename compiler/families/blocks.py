@@ -98,16 +98,6 @@ def class_name(spec_name: str) -> str:
     return name
 
 
-def warn_family(ctx: CompileContext, built: str) -> None:
-    """Tutorial Best Practices 3: a family that does not suit the task is not honoured silently."""
-    fam = ctx.spec.architecture.family
-    if fam not in ("auto", "transformer"):
-        ctx.sink.warning(
-            ctx.spec.architecture.loc("family"),
-            f"family '{fam}' does not fit this modality and objective; building {built} (a transformer) instead",
-        )
-
-
 def report_structure(ctx: CompileContext, problem: tuple[str, str] | None, section=None, where: str = "") -> None:
     """A convention no size can satisfy is an error at the key that asks for it."""
     if problem:

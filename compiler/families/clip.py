@@ -22,7 +22,7 @@ from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, deri
 from metagen.compiler.families.blocks import (
     SIZE_KEYS, VisionTower, block_stack, check_vision, class_name, dtype_bytes, num_patches, pixel_input,
     pool_tokens, report_structure, resolve_tower, token_embeddings, tower_activations, tower_block, vision_embed,
-    vision_structure, vision_tiny, warn_family, width_candidates,
+    vision_structure, vision_tiny, width_candidates,
 )
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model, const
@@ -109,6 +109,7 @@ class DualEncoder(Family):
     default_objective = "contrastive"
     unit = UnitOfWork("text-image pair", "image")
     config = DualEncoderConfig
+    built = "a CLIP-style dual encoder"
     tiny_doc = (
         "text tower d = 64 (4 heads), image tower d = 96 (6 heads; different widths so a mixed-up projection fails), "
         "2 layers each, 32 x 32 images in 8 x 8 patches, vocab 256, context 64, projection 32"
@@ -129,7 +130,6 @@ class DualEncoder(Family):
             ctx.pinned.add("projection_dim")
         report_structure(ctx, _text_structure(ctx.arch["text_encoder"]), arch.text_encoder, "text_encoder: ")
         report_structure(ctx, vision_structure(ctx.arch["image_encoder"]), arch.image_encoder, "image_encoder: ")
-        warn_family(ctx, "a CLIP-style dual encoder")
 
     def unused_key_message(self, dotted: str) -> str:
         key = dotted.removeprefix("architecture.")

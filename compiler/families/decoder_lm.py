@@ -10,7 +10,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
-    block_stack, class_name, dtype_bytes, resolve_tower, token_embeddings, tower_block, warn_family,
+    block_stack, class_name, dtype_bytes, resolve_tower, token_embeddings, tower_block,
 )
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
@@ -58,10 +58,10 @@ class DecoderLM(Family):
     default_objective = "autoregressive"
     unit = UnitOfWork("token", "token")
     config = DecoderConfig
+    built = "a decoder-only language model"
     tiny_doc = "d = 64, 2 layers, 4 heads of 16 (2 kv heads when grouped-query), vocab 256, context 64"
 
     def configure(self, ctx: CompileContext) -> None:
-        warn_family(ctx, "a decoder-only language model")
         cfg = resolve_tower(ctx, "modern", self.config)
         # Grouped-query attention is part of the modern (rotary) convention; models
         # pinned to learned positions follow GPT-2's plain multi-head attention.

@@ -13,7 +13,7 @@ from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
     block_stack, class_name, dtype_bytes, num_classes, report_structure, single_tower_knobs, token_embeddings,
-    tower_activations, tower_block, resolve_tower, warn_family,
+    tower_activations, tower_block, resolve_tower,
 )
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import ZEROS, InputSpec, Model
@@ -77,7 +77,6 @@ class EncoderClassifier(Family):
         ctx.arch["context"] = ctx.context_window if given else DEFAULT_CONTEXT
         ctx.context_window = ctx.arch["context"]
         report_structure(ctx, encoder_structure(ctx.arch))
-        warn_family(ctx, self.built_what)
         if self.classifies and ctx.spec.task.num_classes is None:
             ctx.sink.note(ctx.spec.task.loc(), f"task.num_classes is not given; using {DEFAULT_TEXT_CLASSES} classes")
 
@@ -96,7 +95,7 @@ class EncoderClassifier(Family):
         return check_encoder(ctx.arch, ctx.pinned)
 
     doc_line = "Transformer encoder classifier."
-    built_what = "a text encoder classifier"
+    built = "a text encoder classifier"
     classifies = True
 
     def build(self, ctx: CompileContext) -> Model:
@@ -186,7 +185,7 @@ class MaskedLM(EncoderClassifier):
     default_objective = "masked"
     tiny_doc = "as `encoder`, without the classes"
     doc_line = "Transformer encoder with a masked-language-model head."
-    built_what = "a masked-language-model encoder"
+    built = "a masked-language-model encoder"
     classifies = False
 
     def configure(self, ctx: CompileContext) -> None:

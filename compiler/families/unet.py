@@ -107,6 +107,8 @@ class DiffusionUNet(Family):
     )
     outputs_doc = "noise_pred: float32 [batch, latent_channels, sample_size, sample_size], the predicted noise epsilon"
     msl_family_name = "diffusion"
+    accepts_families = ("auto", "diffusion", "unet")
+    built = "the diffusion U-Net (ResNet blocks with spatial transformers)"
     rules = (
         Rule(("text", "image"), ("image",), ("diffusion", None), "latent-space U-Net with its CLIP text encoder; no VAE"),
         # Text-to-image written without the noisy image among the inputs: the same model.
@@ -124,14 +126,11 @@ class DiffusionUNet(Family):
         "text encoder d = 32, 2 layers, 2 heads, vocab 256, context 16"
     )
 
+    def family_mismatch(self, written: str) -> str:
+        return f"family '{written}' does not fit a text-conditioned diffusion objective; building {self.built} instead"
+
     def configure(self, ctx: CompileContext) -> None:
         spec_arch = ctx.spec.architecture
-        if spec_arch.family not in ("auto", "diffusion", "unet"):
-            ctx.sink.warning(
-                spec_arch.loc("family"),
-                f"family '{spec_arch.family}' does not fit a text-conditioned diffusion objective; building the "
-                "diffusion U-Net (ResNet blocks with spatial transformers) instead",
-            )
         a = read_spec(ctx, UNetConfig())
         te = resolve_tower(ctx, "clip_text", UNetTextTower, section=spec_arch.text_encoder, prefix="text_encoder.")
         for key, value in TEXT_DEFAULTS.items():

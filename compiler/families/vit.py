@@ -14,7 +14,7 @@ from metagen.compiler.families.base import Family, Knobs, Rule, derived
 from metagen.compiler.families.blocks import (
     VisionTower, block_stack, check_vision, class_name, dtype_bytes, num_classes, num_patches, pixel_input,
     pool_tokens, report_structure, resolve_tower, single_tower_knobs, tower_activations, tower_block, vision_embed,
-    vision_structure, vision_tiny, warn_family,
+    vision_structure, vision_tiny,
 )
 from metagen.ir.graph import InputSpec, Model
 
@@ -39,6 +39,7 @@ class ViTClassifier(Family):
     default_objective = "classification"
     unit = UnitOfWork("image", "image")
     config = ViTConfig
+    built = "a vision transformer classifier"
     tiny_doc = (
         "32 x 32 images in 8 x 8 patches (16 patches + class token), d = 64, 2 layers, 4 heads, at most 10 classes, "
         "at most 4 channels"
@@ -49,7 +50,6 @@ class ViTClassifier(Family):
         ctx.arch["num_classes"] = num_classes(ctx, DEFAULT_IMAGE_CLASSES)
         ctx.arch["context"] = num_patches(ctx.arch) + 1 if ctx.arch["image_size"] % ctx.arch["patch_size"] == 0 else 0
         report_structure(ctx, vision_structure(ctx.arch))
-        warn_family(ctx, "a vision transformer classifier")
         outs = list(ctx.spec.modality.outputs or [])
         if outs == ["image"]:
             ctx.sink.warning(
