@@ -169,7 +169,15 @@ def test_no_example_writes_a_key_its_family_ignores(spec):
 # ---------------------------------------------------------------- locations
 
 
-@pytest.mark.parametrize("spec", ["examples/reference/gpt2_small.yaml", "examples/reference/clip_vit_b32.yaml", "examples/reference/sd15_unet.yaml", "examples/tutorial/pattern_taste.yaml"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "examples/reference/gpt2_small.yaml",
+        "examples/reference/clip_vit_b32.yaml",
+        "examples/reference/sd15_unet.yaml",
+        "examples/tutorial/pattern_taste.yaml",
+    ],
+)
 def test_every_node_a_family_builds_points_into_the_spec(spec):
     comp = compile_spec(_path(spec), DiagnosticSink(), tiny=True)
     model = comp.model

@@ -165,7 +165,9 @@ def token_embeddings(b: ModuleBuilder, ids: Value, cfg: Any, context: int, pos_i
     return learned_positions(b, x, ids, cfg, context, pos_init_std)
 
 
-def block_stack(b: ModuleBuilder, block: ModuleDef, x: Value, cfg: Any, final_norm: str | None = "norm_f", hint: str = "x") -> Value:
+def block_stack(
+    b: ModuleBuilder, block: ModuleDef, x: Value, cfg: Any, final_norm: str | None = "norm_f", hint: str = "x"
+) -> Value:
     """`layers` copies of `block` over x, then the final norm."""
     b.repeat("blocks", block, cfg["layers"])
     x = b.call("blocks", x, hint="x")
@@ -175,7 +177,9 @@ def block_stack(b: ModuleBuilder, block: ModuleDef, x: Value, cfg: Any, final_no
     return b.call(final_norm, x, hint=hint)
 
 
-def tower_block(mb: ModelBuilder, ctx: CompileContext, cfg: Any, tokens: Any, *, causal: bool, name: str = "Block", section=None) -> ModuleDef:
+def tower_block(
+    mb: ModelBuilder, ctx: CompileContext, cfg: Any, tokens: Any, *, causal: bool, name: str = "Block", section=None
+) -> ModuleDef:
     """The tower's transformer block over [batch, tokens, d], its nodes located at
     the spec's `layers` key (where the block count is decided)."""
     x_type = TensorType(DType.f32, ("batch", tokens, cfg["hidden_size"]))

@@ -236,7 +236,8 @@ class DiffusionUNet(Family):
         seq_type = TensorType(DType.f32, ("batch", "seq", te["hidden_size"]))
         temb_type = TensorType(DType.f32, ("batch", tdim))
 
-        text = text_encoder_module(mb, te, a["context"], tower_block(mb, ctx, te, "seq", causal=True, name="TextBlock", section=ctx.spec.architecture.text_encoder))
+        text_block = tower_block(mb, ctx, te, "seq", causal=True, name="TextBlock", section=ctx.spec.architecture.text_encoder)
+        text = text_encoder_module(mb, te, a["context"], text_block)
         top = mb.module(class_name(ctx.spec.name), doc="Text-conditioned latent diffusion U-Net (predicts the noise).")
         sample = top.input("sample", TensorType(DType.f32, ("batch", lc, s, s)))
         timestep = top.input("timestep", TensorType(DType.f32, ("batch",)))
