@@ -188,14 +188,24 @@ def estimate(device: Device, w: Workload, memory_budget: int) -> Estimate:
 
 
 @dataclass(frozen=True)
-class CostBounds:
-    latency_s: float | None  # per unit
-    latency_text: str
-    throughput: float | None  # units/s
-    throughput_text: str | None
+class LatencyBound:
+    """The spec's latency as seconds per unit of work; None when it sets no bound
+    (a word such as "batch")."""
+
+    seconds: float | None
+    text: str  # as the spec wrote it, lower-cased ("real-time", "80ms")
     unit: UnitOfWork
-    throughput_rate_unit: str = "samples/s"  # the spec's rate unit
-    throughput_factor: float = 1.0  # units of work per counted thing (steps per image)
+
+
+@dataclass(frozen=True)
+class ThroughputBound:
+    """The spec's throughput as units of work per second."""
+
+    per_s: float
+    text: str  # as the spec wrote it ("1000 tok/s")
+    unit: UnitOfWork
+    rate_unit: str  # the spec's rate unit
+    factor: float  # units of work per counted thing (steps per image)
 
 
 class BoundError(ValueError):
@@ -220,24 +230,24 @@ def _rate_hint(kind: str) -> str:
     return {"token": "tok/s", "frame": "tok/s", "step": "img/s", "image": "img/s"}.get(kind, "samples/s")
 
 
-def cost_bounds(latency: str, throughput: str | None, w: Workload) -> CostBounds:
-    unit = w.unit
+def latency_bound(latency: str | None, w: Workload) -> LatencyBound:
+    """A latency word, a time per unit or a rate ("20 tok/s"); raises BoundError."""
     text = (latency or "batch").strip().lower()
-    words = LATENCY_BOUNDS[unit.kind]
+    words = LATENCY_BOUNDS[w.unit.kind]
     if text in words:
-        lat = words[text]
-    else:
-        try:
-            lat = units.parse_time(text)
-        except units.UnitError:
-            rate, rate_unit = units.parse_rate(text)
-            lat = 1.0 / _per_unit(rate, rate_unit, unit, w.steps_per_image, "latency", text)
-    thr, thr_unit, factor = None, "samples/s", 1.0
-    if throughput is not None:
-        rate, thr_unit = units.parse_rate(throughput)
-        thr = _per_unit(rate, thr_unit, unit, w.steps_per_image, "throughput", throughput)
-        factor = thr / rate
-    return CostBounds(lat, text, thr, throughput, unit, thr_unit, factor)
+        return LatencyBound(words[text], text, w.unit)
+    try:
+        return LatencyBound(units.parse_time(text), text, w.unit)
+    except units.UnitError:
+        rate, rate_unit = units.parse_rate(text)
+        return LatencyBound(1.0 / _per_unit(rate, rate_unit, w.unit, w.steps_per_image, "latency", text), text, w.unit)
+
+
+def throughput_bound(throughput: str, w: Workload) -> ThroughputBound:
+    """A rate in the spec's unit; raises BoundError."""
+    rate, rate_unit = units.parse_rate(throughput)
+    per_s = _per_unit(rate, rate_unit, w.unit, w.steps_per_image, "throughput", throughput)
+    return ThroughputBound(per_s, throughput, w.unit, rate_unit, per_s / rate)
 
 
 # ---------------------------------------------------------------- words for reports and diagnostics
@@ -264,10 +274,10 @@ def format_rate(per_s: float, unit: str) -> str:
     return f"{_sig(per_s)} {unit}s/s"
 
 
-def spec_rate_at_most(per_s: float, cb: "CostBounds") -> str:
+def spec_rate_at_most(per_s: float, tb: ThroughputBound) -> str:
     """A spec-ready rate in the spec's own unit ("42 tok/s") no larger than `per_s`
     units of work per second, two significant digits."""
-    return f"{_round_sig(per_s / cb.throughput_factor, up=False)} {cb.throughput_rate_unit}"
+    return f"{_round_sig(per_s / tb.factor, up=False)} {tb.rate_unit}"
 
 
 def _sig(x: float) -> str:
@@ -288,18 +298,9 @@ def _round_sig(x: float, up: bool) -> str:
     return f"{v:.{-exp}f}".rstrip("0").rstrip(".")
 
 
-def _latency_note(cb: CostBounds, unit: str, is_default: bool) -> str:
-    if cb.latency_s is not None:
-        return f"<= {format_time(cb.latency_s)}/{unit}"
-    if is_default:
-        return f"no latency bound ('{cb.latency_text}' is the spec's default)"
-    return f"no latency bound ('{cb.latency_text}')"
-
-
-def report(
-    device: Device, w: Workload, e: Estimate, cb: CostBounds, memory_budget: int, latency_is_default: bool = False
-) -> dict[str, Any]:
-    """ctx.report["cost"]: device figures, per-unit estimates and the bounds."""
+def report(device: Device, w: Workload, e: Estimate, memory_budget: int) -> dict[str, Any]:
+    """ctx.report["cost"]: device figures and per-unit estimates (the latency and
+    throughput constraints add their bounds)."""
     return {
         "device": {
             "class": device.name,
@@ -312,22 +313,14 @@ def report(
         "unit": w.unit.word,
         "flops_per_unit": round(e.flops_per_unit),
         "bytes_per_unit": round(e.bytes_per_unit),
-        "latency_per_unit_s": _round_float(e.latency_s),
+        "latency_per_unit_s": round_float(e.latency_s),
         "latency_per_unit": f"{format_time(e.latency_s)}/{w.unit}",
         "bound_by": e.bound_by,
-        "throughput_per_s": _round_float(e.throughput),
+        "throughput_per_s": round_float(e.throughput),
         "throughput_batch": e.batch,
         "memory_budget_bytes": memory_budget,
-        "latency_bound": {
-            "spec": cb.latency_text,
-            "per_unit_s": None if cb.latency_s is None else _round_float(cb.latency_s),
-            "note": _latency_note(cb, w.unit, latency_is_default),
-        },
-        "throughput_bound": None
-        if cb.throughput is None
-        else {"spec": cb.throughput_text, "per_s": _round_float(cb.throughput)},
     }
 
 
-def _round_float(x: float) -> float:
+def round_float(x: float) -> float:
     return float(f"{x:.6g}")

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 from metagen.compiler.context import CompileContext
+from metagen.compiler.pass_infra import Fact, Pass, PassResult
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Layer, Model, Repeat, Sub
 from metagen.ir.types import DType, TensorType, eval_dim
@@ -389,22 +390,24 @@ def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
     return out
 
 
-@dataclass
-class EstimateTrainingCompute:
-    """Records the training estimate and warns, at training.compute.duration, when
-    the spec's duration cannot hold the work."""
+@dataclass(frozen=True)
+class EstimateTrainingCompute(Pass):
+    """Estimate the training run's compute; warn when its duration cannot hold it.
 
-    name: ClassVar[str] = "estimate-training-compute"
+    The warning points at training.compute.duration."""
 
-    def run(self, ctx: CompileContext) -> bool:
+    name = "estimate-training-compute"
+    requires = frozenset({Fact.MODEL})
+
+    def run(self, ctx: CompileContext) -> PassResult:
         from metagen.frontend.units import UnitError
 
         try:
             est = training_estimate(ctx)
         except (UnitError, KeyError, ValueError):
-            return False  # the spec builder reports malformed values itself
+            return PassResult(changed=False)  # the spec builder reports malformed values itself
         if est is None:
-            return False
+            return PassResult(changed=False)
         ctx.report["training"] = est
         if est.get("fits") is False and "assumed" not in est["data"]:
             compute = ctx.spec.training.compute
@@ -415,4 +418,4 @@ class EstimateTrainingCompute:
                 f"{est['training_flops']:.3g} FLOPs on {hw['count']}x{hw['accelerator']} at "
                 f"{UTILIZATION:.0%} utilisation; it needs about {est['estimated']}",
             )
-        return True
+        return PassResult(changed=False)
