@@ -134,7 +134,7 @@ def metagenc_main(argv: list[str] | None = None) -> int:
         if args.werror and sink.warnings:
             return _finish(sink, True)  # before writing: a failed build leaves no output
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink, args.werror) or 1
     except OSError as exc:
         print(f"metagenc: error: {exc}", file=sys.stderr)
@@ -167,15 +167,16 @@ def _cmd_validate(args) -> int:
     try:
         comp = _compile(args, sink)
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     code = _finish(sink, args.werror)
     if code == 0:
         r = comp.ctx.report
+        from metagen.diagnostics import printable
         from metagen.frontend.units import format_count
 
         print(
-            f"OK {comp.spec.name} ({comp.ctx.family}, {format_count(r['total_params'])} parameters, "
+            f"OK {printable(comp.spec.name)} ({comp.ctx.family}, {format_count(r['total_params'])} parameters, "
             f"binding: {r.get('binding_constraint')})"
         )
     return code
@@ -198,7 +199,7 @@ def _cmd_synth(args) -> int:
             return _finish(sink, True)
         path = synthesize(comp, args.out, _effective_seed(args, comp), args.run_id)
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     code = _finish(sink)
     print(f"wrote {path}")
@@ -212,7 +213,7 @@ def _cmd_verify(args) -> int:
     try:
         comp = _compile(args, sink)
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     _finish(sink)
     ok = verify_spec(comp, seed=args.seed or 0, stream=sys.stdout)
@@ -230,7 +231,7 @@ def _cmd_convert(args) -> int:
         tree, _ = load_tree(args.spec, DiagnosticSink())
         text = tree_to_mg(tree) if args.to == "mg" else tree_to_yaml(tree)
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     from metagen.outputs import write_files
 
@@ -261,7 +262,7 @@ def _cmd_fmt(args) -> int:
             return _finish(sink)
         write_files({args.file: formatted.encode("utf-8")})
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     return _finish(sink)
 
