@@ -128,3 +128,12 @@ def test_ir_has_no_framework_imports():
         text = open(path, encoding="utf-8").read()
         for banned in ("import torch", "import jax", "import onnx", "from torch", "from jax", "from onnx", "import flax"):
             assert banned not in text, (path, banned)
+
+
+def test_every_spec_dtype_is_an_ir_dtype():
+    """constraints.dtype sizes come from the IR's one dtype table."""
+    from metagen.frontend.schema import DTYPES
+
+    assert {d: DType.from_numpy(d).nbytes for d in DTYPES} == {"float32": 4, "bfloat16": 2, "float16": 2}
+    with pytest.raises(ValueError):
+        DType.from_numpy("float8")
