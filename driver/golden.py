@@ -264,12 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--check", action="store_true", help="fail with a unified diff when golden/ is stale")
     g.add_argument("--list-specs", action="store_true", help="the example specs, relative to examples/ (for examples/Makefile)")
     g.add_argument("--list-targets", action="store_true", help="the targets whose backend is in this tree")
+    g.add_argument("--list-suffixes", action="store_true", help="TARGET=SUFFIX for each of them (metagenc's default output names)")
     args = p.parse_args(argv)
     if args.list_specs:
         print(" ".join(os.path.relpath(p, "examples") for p in example_specs()))
         return 0
-    if args.list_targets:
-        print(" ".join(dict.fromkeys(v.target for v in VARIANTS if _available(v.backend))))
+    if args.list_targets or args.list_suffixes:
+        from metagen.backends import registry
+
+        targets = [b for b in registry.BACKENDS.values() if _available(b.module)]
+        print(" ".join(b.name if args.list_targets else f"{b.name}={b.suffix}" for b in targets))
         return 0
     return update() if args.update else check()
 
