@@ -40,5 +40,5 @@ def first_loc(*candidates: Loc | None) -> Loc:
 
 
 def missing_rule(backend: str, kind: str, op: str, loc: Loc) -> EmitError:
-    """The error for an op (`kind` 'op') or layer (`kind` 'layer') the backend cannot lower."""
+    """The error for an op (`kind` 'op') or layer (`kind` 'layer op') the backend cannot lower."""
     return EmitError([Diagnostic("error", loc, f"the {backend} backend has no emitter for {kind} '{op}'")])

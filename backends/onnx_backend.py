@@ -486,7 +486,7 @@ class Lowering:
             e.params = {k: prefix + k for k in ops.layer_params(child)}
             fn = self._emitter(child.op, layer=True)
             if fn is None:
-                raise missing_rule("onnx", "layer", child.op, e.loc)
+                raise missing_rule("onnx", "layer op", child.op, e.loc)
             return [fn(e, *ins)]
         sub = self.model.modules[child.module]
         if isinstance(child, Sub):

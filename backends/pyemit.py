@@ -401,12 +401,12 @@ class ModuleEmitter(ABC):
     def layer_rule(self, op: str, loc) -> LayerRule:
         rule = self.layers.get(op)
         if rule is None:
-            raise missing_rule(self.backend, "layer", op, loc)
+            raise missing_rule(self.backend, "layer op", op, loc)
         return rule
 
     def use_helper(self, name: str, loc) -> None:
         if name not in self.helper_sources:
-            raise missing_rule(self.backend, "helper", name, loc)
+            raise missing_rule(self.backend, "helper function", name, loc)
         if name not in self.helpers:
             self.helpers.append(name)
 

@@ -128,7 +128,7 @@ def test_missing_layer_rule_is_located(backend, monkeypatch):
     with pytest.raises(CompileError) as exc:
         backend.lower(_model())
     (d,) = exc.value.diagnostics
-    assert (d.loc, d.message) == (LAYER_LOC, f"the {backend.name} backend has no emitter for layer 'linear'")
+    assert (d.loc, d.message) == (LAYER_LOC, f"the {backend.name} backend has no emitter for layer op 'linear'")
 
 
 def test_unlocated_node_falls_back_to_its_module(monkeypatch):
