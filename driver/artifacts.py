@@ -164,6 +164,10 @@ def emit_target(
         from metagen.backends.flax_backend import lower_to_flax
 
         return {"": lower_to_flax(model).encode("utf-8")}
+    if target == "numpy":
+        from metagen.backends.numpy_backend import lower_to_numpy
+
+        return {"": lower_to_numpy(model).encode("utf-8")}
     if target == "onnx":
         from metagen.backends.onnx_backend import lower_to_onnx
 

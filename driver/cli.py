@@ -14,8 +14,8 @@ import sys
 from metagen import __version__
 from metagen.diagnostics import CompileError, DiagnosticSink
 
-TARGETS = ("torch", "flax", "onnx", "ir")
-DEFAULT_SUFFIX = {"torch": ".py", "flax": "_flax.py", "onnx": ".onnx", "ir": ".mgir"}
+TARGETS = ("torch", "flax", "onnx", "numpy", "ir")
+DEFAULT_SUFFIX = {"torch": ".py", "flax": "_flax.py", "onnx": ".onnx", "numpy": "_np.py", "ir": ".mgir"}
 
 
 def _define(text: str) -> tuple[str, str]:

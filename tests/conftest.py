@@ -34,7 +34,7 @@ def compile_to(tmp_path, spec: str, target: str, tiny: bool = True, **kw):
 
     comp = compile_spec(spec, tiny=tiny, **kw)
     files = emit_target(comp, target, seed=0)
-    suffix = {"torch": "_torch.py", "flax": "_flax.py", "onnx": ".onnx", "ir": ".mgir"}[target]
+    suffix = {"torch": "_torch.py", "flax": "_flax.py", "onnx": ".onnx", "numpy": "_np.py", "ir": ".mgir"}[target]
     out = tmp_path / (os.path.splitext(os.path.basename(spec))[0] + suffix)
     for rel, data in files.items():
         (out if rel == "" else tmp_path / rel).write_bytes(data)
