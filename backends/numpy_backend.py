@@ -14,6 +14,9 @@ The result is the float32 model's exact value up to float64 rounding, which is w
 other backends are compared with (CONTRACT §5). A `cast` to a narrower float type rounds
 to that type's precision (the values stay float64); NumPy has no bfloat16, so a
 bfloat16 output is returned as float32 holding bfloat16-rounded values.
+`timestep_embedding` takes sin/cos of t * freq in float64 too; float32 backends, whose
+argument (up to 1000 rad) is off by up to ~3e-5, differ from it on the raw embedding
+(docs/backends.md has the figures).
 """
 
 from __future__ import annotations
