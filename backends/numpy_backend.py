@@ -21,45 +21,53 @@ argument (up to 1000 rad) is off by up to ~3e-5, differ from it on the raw embed
 
 from __future__ import annotations
 
-import re
-from typing import Any, Callable
-
 from metagen.backends.pyemit import (
+    BASE_OPS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
-    EmitError,
-    Lines,
+    LayerRule,
     ModuleEmitter,
-    Namespace,
+    Rule,
     emit_common_header,
     emit_tables,
     format_python,
-    missing_emitter,
     py_literal,
+    uncovered_ops,
 )
-from metagen.diagnostics import Diagnostic, Loc
-from metagen.ir import ops
-from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub
+from metagen.ir.graph import Model, ModuleDef, Param
 from metagen.ir.types import DType
 
-# ------------------------------------------------------------------ layer ops
-# attrs -> constructor of the layer's class (declared in HELPERS).
+RESERVED = {"np", "math", "zlib", "self", "Model", "CONFIG", "INPUTS", "OUTPUTS"}
 
-LAYERS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "linear": lambda a: f"_Linear({a['in_features']}, {a['out_features']}, bias={a['bias']})",
-    "embedding": lambda a: f"_Embedding({a['num']}, {a['dim']})",
-    "layer_norm": lambda a: f"_LayerNorm({a['dim']}, eps={a['eps']!r}, affine={a['affine']}, bias={a['bias']})",
-    "rms_norm": lambda a: f"_RMSNorm({a['dim']}, eps={a['eps']!r})",
-    "group_norm": lambda a: f"_GroupNorm({a['groups']}, {a['channels']}, eps={a['eps']!r})",
-    "conv2d": lambda a: (
-        f"_Conv2d({a['in_channels']}, {a['out_channels']}, {a['kernel']}, stride={a['stride']}, "
-        f"padding={a['padding']}, bias={a['bias']})"
+# ------------------------------------------------------------------ layer ops
+# Each layer op is a small class (a helper: `_Linear`, ...) holding its parameters
+# under their canonical names in the PyTorch layout.
+
+LAYERS: dict[str, LayerRule] = {
+    "linear": LayerRule(
+        lambda c: f"{c.helper('Linear')}({c.a['in_features']}, {c.a['out_features']}, bias={c.a['bias']})"
+    ),
+    "embedding": LayerRule(lambda c: f"{c.helper('Embedding')}({c.a['num']}, {c.a['dim']})"),
+    "layer_norm": LayerRule(
+        lambda c: (
+            f"{c.helper('LayerNorm')}({c.a['dim']}, eps={c.a['eps']!r}, affine={c.a['affine']}, bias={c.a['bias']})"
+        )
+    ),
+    "rms_norm": LayerRule(lambda c: f"{c.helper('RMSNorm')}({c.a['dim']}, eps={c.a['eps']!r})"),
+    "group_norm": LayerRule(
+        lambda c: f"{c.helper('GroupNorm')}({c.a['groups']}, {c.a['channels']}, eps={c.a['eps']!r})"
+    ),
+    "conv2d": LayerRule(
+        lambda c: (
+            f"{c.helper('Conv2d')}({c.a['in_channels']}, {c.a['out_channels']}, {c.a['kernel']}, "
+            f"stride={c.a['stride']}, padding={c.a['padding']}, bias={c.a['bias']})"
+        )
     ),
 }
 
 # ------------------------------------------------------------------ primitive ops
-# Each takes the node's attributes and its operands' Python names and returns an
-# expression; a helper it calls (a name in HELPERS) is emitted with it.
+# The base table in `np` (its helper calls name the helpers below), with the forms
+# chosen for the reference where they differ.
 
 
 def _index(x: str, axis: int, item: str) -> str:
@@ -69,67 +77,33 @@ def _index(x: str, axis: int, item: str) -> str:
     return f"{x}[..., {item}{', :' * (-axis - 1)}]"
 
 
-def _cast(dtype: str, x: str) -> str:
-    if dtype == "bf16":
-        return f"_round_to_bfloat16({x})"
-    if DType(dtype).is_float:  # round to the type's precision, keep computing in float64
-        return f"{x}.astype(np.{DType(dtype).numpy}).astype(np.float64)"
-    return f"{x}.astype(np.{DType(dtype).numpy})"
+def _cast(c, x: str) -> str:
+    dtype = DType(c.a["dtype"])
+    if dtype is DType.bf16:
+        return f"{c.helper('round_to_bfloat16')}({x})"
+    if dtype.is_float:  # round to the type's precision, keep computing in float64
+        return f"{x}.astype(np.{dtype.numpy}).astype(np.float64)"
+    return f"{x}.astype(np.{dtype.numpy})"
 
 
-OPS: dict[str, Callable[..., str]] = {
-    "add": lambda a, x, y: f"{x} + {y}",
-    "sub": lambda a, x, y: f"{x} - {y}",
-    "mul": lambda a, x, y: f"{x} * {y}",
-    "scale": lambda a, x: f"{x} * {a['factor']!r}",
-    "gelu": lambda a, x: f"_gelu({x})",
-    "gelu_tanh": lambda a, x: f"_gelu_tanh({x})",
-    "quick_gelu": lambda a, x: f"{x} * _sigmoid(1.702 * {x})",
-    "silu": lambda a, x: f"{x} * _sigmoid({x})",
-    "relu": lambda a, x: f"np.maximum({x}, 0.0)",
-    "tanh": lambda a, x: f"np.tanh({x})",
-    "sigmoid": lambda a, x: f"_sigmoid({x})",
-    "exp": lambda a, x: f"np.exp({x})",
-    "softmax": lambda a, x: f"_softmax({x}, axis={a['axis']})",
-    "l2_normalize": lambda a, x: (
-        f"{x} / np.maximum(np.linalg.norm({x}, axis={a['axis']}, keepdims=True), 1e-12)"
-    ),
-    "matmul": lambda a, x, y: f"{x} @ np.swapaxes({y}, -1, -2)" if a["transpose_b"] else f"{x} @ {y}",
-    "linear_fn": lambda a, x, w: f"{x} @ {w}.T",
-    "attention": lambda a, q, k, v: (
-        f"_attention({q}, {k}, {v}, heads={a['heads']}, kv_heads={a['kv_heads']}, "
-        f"causal={a['causal']}, scale={a['scale']!r})"
-    ),
-    "rope": lambda a, x: f"_rope({x}, heads={a['heads']}, theta={a['theta']!r})",
-    "positions": lambda a, x: f"np.arange({x}.shape[{a['axis']}], dtype=np.int64)",
-    "concat": lambda a, *xs: f"np.concatenate([{', '.join(xs)}], axis={a['axis']})",
-    "stack": lambda a, *xs: f"np.stack([{', '.join(xs)}], axis={a['axis']})",
-    "slice": lambda a, x: _index(x, a["axis"], f"{a['start']}:{a['end']}"),
-    "select": lambda a, x: _index(x, a["axis"], str(a["index"])),
-    "transpose": lambda a, x: f"np.transpose({x}, {tuple(a['perm'])})",
-    "unsqueeze": lambda a, x: f"np.expand_dims({x}, {tuple(sorted(a['axes']))})",
-    "prepend": lambda a, x, t: f"np.concatenate([np.broadcast_to({t}, ({x}.shape[0],) + {t}.shape[1:]), {x}], axis=1)",
-    "flatten_spatial": lambda a, x: f"{x}.reshape({x}.shape[0], {x}.shape[1], -1).transpose(0, 2, 1)",
-    "unflatten_spatial": lambda a, x: (
-        f"{x}.transpose(0, 2, 1).reshape({x}.shape[0], {x}.shape[2], {a['height']}, {a['width']})"
-    ),
-    "mean": lambda a, x: f"np.mean({x}, axis={a['axis']})",
-    "gather_argmax": lambda a, x, ids: f"{x}[np.arange({x}.shape[0]), np.argmax({ids}, axis=-1)]",
-    "upsample_nearest": lambda a, x: f"{x}.repeat({a['factor']}, axis=2).repeat({a['factor']}, axis=3)",
-    "timestep_embedding": lambda a, t: (
-        f"_timestep_embedding({t}, {a['dim']}, flip_sin_to_cos={a['flip_sin_to_cos']}, "
-        f"freq_shift={a['freq_shift']!r}, max_period={a['max_period']!r})"
-    ),
-    "cast": lambda a, x: _cast(a["dtype"], x),
-    "cross_entropy": lambda a, logits, labels: f"_cross_entropy({logits}, {labels})",
-    "mse": lambda a, x, y: f"np.mean(np.square({x} - {y}))",
-    "masked_cross_entropy": lambda a, logits, labels, mask: f"_masked_cross_entropy({logits}, {labels}, {mask})",
+OPS: dict[str, Rule] = {
+    **BASE_OPS,
+    "gelu": lambda c, x: f"{c.helper('gelu')}({x})",
+    "gelu_tanh": lambda c, x: f"{c.helper('gelu_tanh')}({x})",
+    "silu": lambda c, x: f"{x} * {c.call('sigmoid', x)}",
+    "relu": lambda c, x: f"np.maximum({x}, 0.0)",
+    "sigmoid": lambda c, x: f"{c.helper('sigmoid')}({x})",
+    "softmax": lambda c, x: f"{c.helper('softmax')}({x}, axis={c.a['axis']})",
+    "positions": lambda c, x: f"np.arange({x}.shape[{c.a['axis']}], dtype=np.int64)",
+    "slice": lambda c, x: _index(x, c.a["axis"], f"{c.a['start']}:{c.a['end']}"),
+    "select": lambda c, x: _index(x, c.a["axis"], str(c.a["index"])),
+    "cast": _cast,
 }
 
-# Helper functions and layer classes, keyed by the name each defines. One is emitted
-# when an emitted line, or another emitted helper, mentions its name.
+# Helper functions and layer classes: `name` defines `_name`. A helper is emitted when
+# a rule asks for it, with the helpers its source calls.
 HELPERS: dict[str, str] = {
-    "_Linear": '''
+    "Linear": '''
 class _Linear:
     """y = x W^T + b over the last axis; weight [out, in]."""
 
@@ -141,7 +115,7 @@ class _Linear:
         y = x @ self.weight.T
         return y if self.bias is None else y + self.bias
 ''',
-    "_Embedding": '''
+    "Embedding": '''
 class _Embedding:
     """Rows of the table at integer ids; weight [num, dim]."""
 
@@ -151,7 +125,7 @@ class _Embedding:
     def __call__(self, ids):
         return self.weight[ids]
 ''',
-    "_LayerNorm": '''
+    "LayerNorm": '''
 class _LayerNorm:
     """(x - mean) / sqrt(var + eps) over the last axis (biased variance), then
     * weight + bias when affine."""
@@ -171,7 +145,7 @@ class _LayerNorm:
             y = y + self.bias
         return y
 ''',
-    "_RMSNorm": '''
+    "RMSNorm": '''
 class _RMSNorm:
     """x / sqrt(mean(x^2) + eps) * weight over the last axis."""
 
@@ -182,7 +156,7 @@ class _RMSNorm:
     def __call__(self, x):
         return x / np.sqrt(np.square(x).mean(axis=-1, keepdims=True) + self.eps) * self.weight
 ''',
-    "_GroupNorm": '''
+    "GroupNorm": '''
 class _GroupNorm:
     """[B, C, H, W]: normalize each group of C/groups channels over its channels and
     positions together (biased variance), then * weight + bias per channel."""
@@ -200,7 +174,7 @@ class _GroupNorm:
         y = ((g - mean) / np.sqrt(var + self.eps)).reshape(b, c, h, w)
         return y * self.weight[:, None, None] + self.bias[:, None, None]
 ''',
-    "_Conv2d": '''
+    "Conv2d": '''
 class _Conv2d:
     """2-D cross-correlation, NCHW, square kernel, zero padding; weight
     [out, in, k, k]. Each output pixel is the dot product of the weight with the
@@ -218,58 +192,56 @@ class _Conv2d:
         y = np.einsum("bchwij,ocij->bohw", windows, self.weight, optimize=True)
         return y if self.bias is None else y + self.bias[:, None, None]
 ''',
-    "_sigmoid": '''
+    "sigmoid": '''
 def _sigmoid(x):
     """1 / (1 + e^-x), written through tanh so that no input overflows."""
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 ''',
-    "_gelu": '''
+    "gelu": '''
 def _gelu(x):
     """x * Phi(x), Phi the standard normal CDF; erfc(-x / sqrt 2) / 2 keeps the
     negative tail exact where 1 + erf would cancel."""
     return x * np.vectorize(math.erfc, otypes=[np.float64])(-x / math.sqrt(2.0)) / 2.0
 ''',
-    "_gelu_tanh": '''
+    "gelu_tanh": '''
 def _gelu_tanh(x):
     """GELU's tanh approximation."""
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 ''',
-    "_softmax": '''
+    "softmax": '''
 def _softmax(x, axis):
     """e^x / sum(e^x) along `axis`, shifted by the maximum so nothing overflows."""
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
     return e / np.sum(e, axis=axis, keepdims=True)
 ''',
-    "_log_softmax": '''
+    "log_softmax": '''
 def _log_softmax(x, axis):
     """log(softmax(x)) along `axis`, as x - max - log(sum(e^(x - max)))."""
     shifted = x - np.max(x, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 ''',
-    "_attention": '''
-def _attention(q, k, v, heads, kv_heads, causal, scale):
+    "attention": '''
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     """Scaled dot-product attention on packed heads: q [B, Sq, H*D], k and v
     [B, Sk, KVH*D] -> [B, Sq, H*D]. Query head h reads key/value head
     h // (H / KVH) (grouped-query attention); causal masks key j > query i;
     scale None means 1 / sqrt(D)."""
-    b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
-    d = q.shape[-1] // heads
+    b, sq, sk, d = q.shape[0], q.shape[1], k.shape[1], head_dim
     q = q.reshape(b, sq, heads, d).transpose(0, 2, 1, 3)
     k = np.repeat(k.reshape(b, sk, kv_heads, d).transpose(0, 2, 1, 3), heads // kv_heads, axis=1)
     v = np.repeat(v.reshape(b, sk, kv_heads, d).transpose(0, 2, 1, 3), heads // kv_heads, axis=1)
     scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(d) if scale is None else scale)
-    if causal:
+    if is_causal:
         scores = np.where(np.tril(np.ones((sq, sk), dtype=bool)), scores, -np.inf)
     out = _softmax(scores, axis=-1) @ v
     return out.transpose(0, 2, 1, 3).reshape(b, sq, heads * d)
 ''',
-    "_rope": '''
-def _rope(x, heads, theta):
+    "rope": '''
+def _rope(x, heads, head_dim, theta):
     """Rotary position embedding on packed heads [B, S, H*D], positions 0..S-1,
     rotate-half convention: dims i and i + D/2 form a pair rotated by the angle
     position * theta^(-2i/D)."""
-    b, s = x.shape[0], x.shape[1]
-    d = x.shape[-1] // heads
+    b, s, d = x.shape[0], x.shape[1], head_dim
     inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
     angles = np.outer(np.arange(s), inv_freq)
     angles = np.concatenate([angles, angles], axis=-1)[:, None, :]
@@ -277,7 +249,7 @@ def _rope(x, heads, theta):
     rotated = np.concatenate([-x[..., d // 2 :], x[..., : d // 2]], axis=-1)
     return (x * np.cos(angles) + rotated * np.sin(angles)).reshape(b, s, heads * d)
 ''',
-    "_timestep_embedding": '''
+    "timestep_embedding": '''
 def _timestep_embedding(t, dim, flip_sin_to_cos, freq_shift, max_period):
     """Sinusoidal embedding of timesteps t [B] -> [B, dim], as diffusers defines it:
     frequency i = max_period^(-i / (dim/2 - freq_shift)), features [sin, cos] of
@@ -289,13 +261,13 @@ def _timestep_embedding(t, dim, flip_sin_to_cos, freq_shift, max_period):
         return np.concatenate([np.cos(args), np.sin(args)], axis=-1)
     return np.concatenate([np.sin(args), np.cos(args)], axis=-1)
 ''',
-    "_cross_entropy": '''
+    "cross_entropy": '''
 def _cross_entropy(logits, labels):
     """Mean over positions of -log softmax(logits)[label]: logits [..., C], labels [...]."""
     logp = _log_softmax(logits.reshape(-1, logits.shape[-1]), axis=-1)
     return -np.mean(logp[np.arange(logp.shape[0]), labels.reshape(-1)])
 ''',
-    "_masked_cross_entropy": '''
+    "masked_cross_entropy": '''
 def _masked_cross_entropy(logits, labels, mask):
     """Cross-entropy summed where mask is 1, divided by max(sum(mask), 1)."""
     logp = _log_softmax(logits.reshape(-1, logits.shape[-1]), axis=-1)
@@ -303,7 +275,7 @@ def _masked_cross_entropy(logits, labels, mask):
     weight = mask.reshape(-1).astype(np.float64)
     return -np.sum(picked * weight) / max(np.sum(weight), 1.0)
 ''',
-    "_round_to_bfloat16": '''
+    "round_to_bfloat16": '''
 def _round_to_bfloat16(x):
     """x rounded to bfloat16 precision (to float32, then nearest even in the top 16
     bits); NumPy has no bfloat16 type, so the values stay float64."""
@@ -313,16 +285,15 @@ def _round_to_bfloat16(x):
 ''',
 }
 
-RESERVED = {"np", "math", "zlib", "self", "layer", "Model", "CONFIG", "INPUTS", "OUTPUTS"} | set(HELPERS)
-
-_NAME = re.compile(r"\b_[A-Za-z][A-Za-z0-9_]*\b")
-
-
 class NumpyEmitter(ModuleEmitter):
+    backend = "numpy"
+    lib = "np"
+    ops = OPS
+    layers = LAYERS
+    helper_sources = HELPERS
     reserved = frozenset(RESERVED)
     base_class = ""
     call_method = "__call__"
-    helper_sources = HELPERS
 
     def emit(self) -> str:
         out = self.out
@@ -349,61 +320,17 @@ class NumpyEmitter(ModuleEmitter):
         out(NUMPY_API)
         return format_python(out.text())
 
-    def use(self, text: str) -> str:
-        """Note the helpers `text` mentions (and theirs) for emission; `text` back."""
-        todo = [n for n in _NAME.findall(text) if n in HELPERS]
-        while todo:
-            name = todo.pop()
-            if name not in self.helpers:
-                self.helpers.append(name)
-                todo.extend(n for n in _NAME.findall(HELPERS[name]) if n in HELPERS and n != name)
-        return text
+    def param_member(self, p: Param) -> str:
+        return f"np.zeros({tuple(p.type.shape)})"
 
-    def emit_members(self, out: Lines, md: ModuleDef) -> None:
-        for p in md.params.values():
-            out(f"self.{p.name} = np.zeros({tuple(p.type.shape)})")
-        for name, child in md.children.items():
-            if isinstance(child, Layer):
-                ctor = LAYERS.get(child.op)
-                if ctor is None:
-                    raise missing_layer_emitter(child.op, name, md, self.model)
-                out(self.use(f"self.{name} = {ctor(child.attr_dict())}"))
-            elif isinstance(child, Sub):
-                out(f"self.{name} = {self.class_names[child.module]}()")
-            else:
-                out(f"self.{name} = [{self.class_names[child.module]}() for _ in range({child.count})]")
-        if not md.params and not md.children:
-            out("pass")
+    def sub_member(self, cls: str) -> str:
+        return f"{cls}()"
 
-    def emit_node(self, out: Lines, md: ModuleDef, node: Node, ns: Namespace) -> None:
-        args = [ns.name(o) for o in node.operands]
-        if node.kind == "param":
-            path = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in node.target.split("."))
-            ns.bind(node.results[0], f"self{path}")
-            return
-        if node.kind == "call":
-            child = md.children[node.target]
-            res = [ns.name(r) for r in node.results]
-            if isinstance(child, Repeat):
-                rest = "".join(f", {a}" for a in args[1:])
-                out(f"{res[0]} = {args[0]}")
-                out(f"for layer in self.{node.target}:")
-                with out.indent():
-                    out(f"{res[0]} = layer({res[0]}{rest})")
-            else:
-                out(f"{', '.join(res)} = self.{node.target}({', '.join(args)})")
-            return
-        fn = OPS.get(node.op)
-        if fn is None:
-            raise missing_emitter("numpy", node, self.model)
-        out(self.use(f"{ns.name(node.results[0])} = {fn(node.attrs, *args)}"))
+    def repeat_member(self, cls: str, count: int) -> str:
+        return f"[{cls}() for _ in range({count})]"
 
-
-def missing_layer_emitter(op: str, child: str, md: ModuleDef, model: Model) -> EmitError:
-    """The error for a layer op with no constructor, at the node that calls the layer."""
-    node = next((n for n in md.nodes if n.kind == "call" and n.target == child), None)
-    loc = (node.loc if node else None) or md.loc or model.loc or Loc("<ir>")
-    return EmitError([Diagnostic("error", loc, f"the numpy backend has no emitter for layer op '{op}'")])
+    def param_expr(self, md: ModuleDef, target: str) -> str:
+        return "self" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in target.split("."))
 
 
 def output_dtypes(model: Model) -> dict[str, str]:
@@ -417,7 +344,7 @@ def output_dtypes(model: Model) -> dict[str, str]:
 
 def check_coverage() -> list[str]:
     """Registry ops with no numpy emitter (empty when the backend is complete)."""
-    return [name for name, d in ops.REGISTRY.items() if name not in (LAYERS if d.is_layer else OPS)]
+    return uncovered_ops(OPS, LAYERS)
 
 
 NUMPY_API = '''

@@ -337,6 +337,9 @@ BASE_OPS: dict[str, Rule] = {
 }
 
 
+_HELPER_CALL = re.compile(r"\b_([A-Za-z][A-Za-z0-9_]*)\b")
+
+
 def uncovered_ops(ops_table: Mapping[str, Any], layers_table: Mapping[str, Any]) -> list[str]:
     """Registry ops a backend's tables have no rule for (empty when it is complete)."""
     from metagen.ir import ops
@@ -365,6 +368,8 @@ class ModuleEmitter(ABC):
         self.model = model
         self.out = Lines()
         self.helpers: list[str] = []
+        # Helper functions and the `Repeat` loop variable share the module's namespace.
+        self.reserved = frozenset(self.reserved) | {f"_{h}" for h in self.helper_sources} | {"layer"}
         self.class_ns = Namespace(set(self.reserved))
         self.class_names = {name: self.class_ns.name(hint=name) for name in model.modules}
 
@@ -405,10 +410,15 @@ class ModuleEmitter(ABC):
         return rule
 
     def use_helper(self, name: str, loc) -> None:
+        """Emit helper `name`, and the helpers its source calls (`_<other>` mentioned)."""
         if name not in self.helper_sources:
             raise missing_rule(self.backend, "helper function", name, loc)
-        if name not in self.helpers:
-            self.helpers.append(name)
+        todo = [name]
+        while todo:
+            h = todo.pop()
+            if h not in self.helpers:
+                self.helpers.append(h)
+                todo += [m for m in _HELPER_CALL.findall(self.helper_sources[h]) if m in self.helper_sources]
 
     def node_context(self, md: ModuleDef, node: Node, attrs: Mapping[str, Any] | None = None) -> PyContext:
         return PyContext(

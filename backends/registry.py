@@ -134,3 +134,15 @@ register(
         goldens=(GoldenVariant("model.onnx.txt", render="metagen.backends.onnx_backend:golden_text"),),
     )
 )
+register(
+    Backend(
+        "numpy",
+        "A plain NumPy module: the reference semantics of every op (float64 while running).",
+        suffix="_np.py",
+        lowering="metagen.backends.numpy_backend:lower_to_numpy",
+        synth_path="code/numpy/model.py",
+        runner="metagen.verify:run_python_module",
+        goldens=(GoldenVariant("numpy_model.py"),),
+        reference=True,
+    )
+)
