@@ -234,7 +234,7 @@ def _report(
     w = max(12, *(len(c) + 2 for c in cols))
 
     def line(label: str, values: list[str], tail: str = "") -> None:
-        print(f"  {label:<{label_w}}" + "".join(f"{v:>{w}}" for v in values) + tail, file=stream)
+        print((f"  {label:<{label_w}}" + "".join(f"{v:>{w}}" for v in values) + tail).rstrip(), file=stream)
 
     print(
         f"verify {model.name}: each backend against {ref.name} (the reference); "
