@@ -26,6 +26,7 @@ class EmitError(CompileError):
 class LoweringContext:
     op_name: str  # the op (or layer op) being lowered
     a: Mapping[str, Any]  # the op's attributes ("a" because every rule reads it)
+    operands: tuple[str, ...] = ()  # the backend's handles of the operands (also the rule's arguments)
     in_types: tuple[TensorType, ...] = ()
     out_types: tuple[TensorType, ...] = ()
     loc: Loc | None = None

@@ -439,10 +439,11 @@ class Lowering:
             return FUSED[op]
         return (LAYERS if layer else OPS).get(op)
 
-    def context(self, md: ModuleDef, node: Node, op: str, attrs: dict, scope: str) -> Emit:
+    def context(self, md: ModuleDef, node: Node, op: str, attrs: dict, scope: str, operands: list[str]) -> Emit:
         return Emit(
             op_name=op,
             a=attrs,
+            operands=tuple(operands),
             in_types=tuple(o.type for o in node.operands),
             out_types=tuple(r.type for r in node.results),
             loc=first_loc(node.loc, md.loc, self.model.loc),
@@ -464,7 +465,7 @@ class Lowering:
             if node.kind == "call":
                 outs = self.lower_call(md, node, path, ins)
             else:
-                e = self.context(md, node, node.op, node.attrs, scope)
+                e = self.context(md, node, node.op, node.attrs, scope, ins)
                 fn = self._emitter(node.op, layer=False)
                 if fn is None:
                     raise missing_rule("onnx", "op", node.op, e.loc)
@@ -482,7 +483,7 @@ class Lowering:
         if isinstance(child, Layer):
             prefix = "".join(p + "." for p in here)
             attrs = ops.get(child.op).resolve_attrs(child.attr_dict())
-            e = self.context(md, node, child.op, attrs, "/" + "/".join(here))
+            e = self.context(md, node, child.op, attrs, "/" + "/".join(here), ins)
             e.params = {k: prefix + k for k in ops.layer_params(child)}
             fn = self._emitter(child.op, layer=True)
             if fn is None:

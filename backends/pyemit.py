@@ -420,10 +420,13 @@ class ModuleEmitter(ABC):
                 self.helpers.append(h)
                 todo += [m for m in _HELPER_CALL.findall(self.helper_sources[h]) if m in self.helper_sources]
 
-    def node_context(self, md: ModuleDef, node: Node, attrs: Mapping[str, Any] | None = None) -> PyContext:
+    def node_context(
+        self, md: ModuleDef, node: Node, attrs: Mapping[str, Any] | None = None, operands: tuple[str, ...] = ()
+    ) -> PyContext:
         return PyContext(
             op_name=node.op,
             a=node.attrs if attrs is None else attrs,
+            operands=operands,
             in_types=tuple(o.type for o in node.operands),
             out_types=tuple(r.type for r in node.results),
             loc=first_loc(node.loc, md.loc, self.model.loc),
@@ -489,7 +492,7 @@ class ModuleEmitter(ABC):
                     out(f"{res[0]} = layer({res[0]}{rest})")
                 return
             if isinstance(child, Layer):
-                ctx = self.node_context(md, node, child.attr_dict())
+                ctx = self.node_context(md, node, child.attr_dict(), tuple(args))
                 ctx.op_name = child.op
                 rule = self.layer_rule(child.op, ctx.loc)
                 if rule.apply is not None:
@@ -497,7 +500,7 @@ class ModuleEmitter(ABC):
                     return
             out(f"{', '.join(res)} = {member}({', '.join(args)})")
             return
-        ctx = self.node_context(md, node)
+        ctx = self.node_context(md, node, operands=tuple(args))
         rule = self.op_rule(node.op, ctx.loc)
         out(f"{ns.name(node.results[0])} = {rule(ctx, *args)}")
 

@@ -166,3 +166,23 @@ def test_base_table_rule_composes_per_backend():
     for emitter, want in ((torch_backend.TorchEmitter, "torch.sigmoid(1.702 * h)"), (flax_backend.FlaxEmitter, "jax.nn.sigmoid(1.702 * h)")):
         ctx = pyemit.PyContext(op_name="quick_gelu", a={}, emitter=emitter(model))
         assert pyemit.BASE_OPS["quick_gelu"](ctx, "h") == f"h * {want}"
+
+
+@pytest.mark.parametrize("backend", LOWERED, ids=lambda b: b.name)
+def test_rules_see_operands_types_and_location(backend, monkeypatch):
+    mod = importlib.import_module(backend.module)
+    seen = []
+    rule = mod.OPS["gelu"]
+
+    def spy(ctx, *args):
+        seen.append(ctx)
+        return rule(ctx, *args)
+
+    monkeypatch.setitem(mod.OPS, "gelu", spy)
+    model = _model()
+    backend.lower(model)
+    (ctx,) = seen
+    node = model.top_module.nodes[-1]
+    assert (ctx.op_name, ctx.loc) == ("gelu", OP_LOC)
+    assert ctx.in_types == (node.operands[0].type,) and ctx.out_types == (node.results[0].type,)
+    assert len(ctx.operands) == 1 and isinstance(ctx.operands[0], str)
