@@ -2,10 +2,11 @@
 
 The loss class is lowered from the objective's IR by the flax backend's module
 emitter; the data side and the learning-rate schedule are the same numpy code the
-torch program runs (backends/train_torch.DATA_RUNTIME), so both programs see the
-same batches and learning rates. The optimizer is optax, composed to match
-torch's AdamW step for step (decoupled decay on matrices only, bias correction,
-eps outside the square root); the batch is sharded over a `jax.sharding.Mesh`.
+torch program runs (backends/runtime/data.py), so both programs see the same
+batches and learning rates. The rest is backends/runtime/flax_train.py: the
+optimizer is optax, composed to match torch's AdamW step for step (decoupled decay
+on matrices only, bias correction, eps outside the square root); the batch is
+sharded over a `jax.sharding.Mesh`.
 """
 
 from __future__ import annotations
@@ -13,185 +14,37 @@ from __future__ import annotations
 from typing import Any
 
 from metagen.backends.flax_backend import FlaxEmitter
-from metagen.backends.pyemit import Lines, format_python
-from metagen.backends.train_torch import DATA_RUNTIME, _program_doc, emit_loss_tables
+from metagen.backends.train_torch import emit_program
 from metagen.compiler.objectives import LossProgram
 from metagen.ir.graph import Model
 
-FLAX_RUNTIME = '''
-def decay_mask(params):
-    """Weight decay applies to matrices and kernels, not to norms and biases."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
-def make_optimizer():
-    """Gradient transformation without the learning rate; the step multiplies by -lr
-    so the schedule is the same Python function the torch program uses."""
-    parts = [optax.clip_by_global_norm(TRAIN["grad_clip"])] if TRAIN["grad_clip"] else []
-    if TRAIN["optimizer"] == "sgd":
-        parts += [optax.add_decayed_weights(TRAIN["weight_decay"], decay_mask), optax.trace(decay=0.9)]
-    elif TRAIN["optimizer"] == "adafactor":
-        parts += [optax.scale_by_factored_rms(), optax.add_decayed_weights(TRAIN["weight_decay"], decay_mask)]
-    else:
-        b1, b2 = TRAIN["betas"]
-        parts += [
-            optax.scale_by_adam(b1=b1, b2=b2, eps=TRAIN["eps"]),
-            optax.add_decayed_weights(TRAIN["weight_decay"], decay_mask),
-        ]
-    return optax.chain(*parts)
-
-
-def split(model):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, params, rest
-
-
-def compute_loss(graphdef, params, rest, batch):
-    """The objective's loss (lowered from the IR) on one batch of jax arrays."""
-    model = nnx.merge(graphdef, params, rest)
-    out = model(**{name: batch[name] for name in M.INPUTS})
-    args = [out[name] if kind == "output" else batch[name] for kind, name in LOSS_SOURCES]
-    return LOSS(*args)["loss"]
-
-
-def loss_and_grads(model, batch):
-    """(loss, gradients as canonical name -> numpy array in PyTorch layout)."""
-    graphdef, params, rest = split(model)
-    grad_fn = jax.jit(jax.value_and_grad(compute_loss, argnums=1), static_argnums=0)
-    loss, grads = grad_fn(graphdef, params, rest, to_arrays(batch))
-    return float(loss), M.to_canonical(nnx.merge(graphdef, grads, rest))
-
-
-def to_arrays(batch, sharding=None):
-    out = {}
-    for k, v in batch.items():
-        if v.dtype == np.int64 and not jax.config.read("jax_enable_x64"):
-            v = v.astype(np.int32)
-        out[k] = jnp.asarray(v) if sharding is None else jax.device_put(v, sharding)
-    return out
-
-
-def make_step(graphdef, rest, tx):
-    @jax.jit
-    def step(params, opt_state, batch, lr):
-        loss, grads = jax.value_and_grad(compute_loss, argnums=1)(graphdef, params, rest, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        updates = jax.tree.map(lambda u: -lr * u, updates)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
-
-
-def save_checkpoint(directory, graphdef, params, rest, opt_state, step):
-    from safetensors.numpy import save_file
-
-    os.makedirs(directory, exist_ok=True)
-    weights = M.to_canonical(nnx.merge(graphdef, params, rest))
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, os.path.join(directory, "model.safetensors"))
-    leaves = jax.tree.leaves(opt_state)
-    np.savez(os.path.join(directory, "optimizer_flax.npz"), *[np.asarray(x) for x in leaves])
-    with open(os.path.join(directory, "trainer_state.json"), "w") as f:
-        json.dump({"step": step, "objective": TRAIN["objective"]}, f)
-
-
-def load_checkpoint(directory, opt_state):
-    """Weights, optimizer state (the flax program's own, else a fresh one) and step."""
-    from safetensors.numpy import load_file
-
-    weights = load_file(os.path.join(directory, "model.safetensors"))
-    with open(os.path.join(directory, "trainer_state.json")) as f:
-        step = json.load(f)["step"]
-    path = os.path.join(directory, "optimizer_flax.npz")
-    if os.path.exists(path):
-        with np.load(path) as f:
-            leaves = [jnp.asarray(f["arr_%d" % i]) for i in range(len(f.files))]
-        opt_state = jax.tree.unflatten(jax.tree.structure(opt_state), leaves)
-    return weights, opt_state, step
-
-
-def train(argv=None):
-    """Run training; returns the list of (step, loss) logged."""
-    args = parse_args(argv, backend="flax")
-    devices = jax.devices()[: args.devices] if args.devices else jax.devices()
-    if args.batch_size % len(devices):
-        devices = devices[:1]
-    mesh = Mesh(np.array(devices), ("data",))
-    data_sharding = NamedSharding(mesh, P("data"))
-    replicated = NamedSharding(mesh, P())
-    weights = M.init_arrays(args.seed)
-    tx = make_optimizer()
-    start = 0
-    if args.resume:
-        graphdef, params, rest = split(M.init(args.seed))
-        weights, opt_state, start = load_checkpoint(args.checkpoint_dir, tx.init(params))
-    graphdef, params, rest = split(M.load_canonical(weights))
-    if not args.resume:
-        opt_state = tx.init(params)
-    params = jax.device_put(params, replicated)
-    opt_state = jax.device_put(opt_state, replicated)
-    step_fn = make_step(graphdef, rest, tx)
-    data = DataSource(args.data, args.seed)
-    history = []
-    end = min(args.steps, args.stop_after or args.steps)
-    for step in range(start, end):
-        lr = learning_rate(step, args.steps)
-        batch = to_arrays(data.batch(step, args.batch_size), data_sharding)
-        params, opt_state, loss = step_fn(params, opt_state, batch, jnp.float32(lr))
-        if (step + 1) % args.log_every == 0 or step == start or step + 1 == end:
-            value = float(loss)
-            history.append((step + 1, value))
-            print(f"step {step + 1} loss {value:.6f} lr {lr:.3e}", flush=True)
-        if args.save_every and (step + 1) % args.save_every == 0:
-            save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, step + 1)
-    save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, end)
-    print(f"saved {os.path.join(args.checkpoint_dir, 'model.safetensors')} ({len(devices)} devices)", flush=True)
-    return history
-
-
-if __name__ == "__main__":
-    train()
-'''
+# What the lowered loss classes use beyond the runtime's own imports.
+LOSS_IMPORTS = (
+    "import math",
+    "import zlib",
+    "import jax",
+    "import jax.numpy as jnp",
+    "import numpy as np",
+    "from flax import nnx",
+)
 
 
 def lower_training_flax(model: Model, loss: LossProgram, cfg: dict[str, Any]) -> str:
-    out = Lines()
     usage = [
         "python train.py --synthetic --steps 100 --log-every 10",
         "python train.py --data tokens.npy --checkpoint-dir ckpt [--resume]",
         f"python train.py --synthetic --devices {cfg['world_size']}  # data mesh over {cfg['world_size']} devices",
     ]
-    for line in _program_doc(model, loss, cfg, "JAX/Flax (nnx)", usage):
-        out(line)
-    out("")
-    for line in (
-        "import argparse",
-        "import importlib.util",
-        "import json",
-        "import math",
-        "import os",
-        "import sys",
-        "import zlib",
-        "",
-        "import jax",
-        "import jax.numpy as jnp",
-        "import numpy as np",
-        "import optax",
-        "from flax import nnx",
-        "from jax.sharding import Mesh, NamedSharding",
-        "from jax.sharding import PartitionSpec as P",
-        "",
-        'jax.config.update("jax_default_matmul_precision", "highest")',
-        "",
-    ):
-        out(line)
-    emitter = FlaxEmitter(loss.loss)
-    body = emitter.emit_classes()
-    emitter.emit_helpers(out)
-    emit_loss_tables(out, loss, cfg)
-    out(DATA_RUNTIME)
-    out('M = _load_sibling("model.py", "flax_model")')
-    out("")
-    out.lines.extend(body.lines)
-    out(f"LOSS = {emitter.class_names[loss.loss.top]}(rngs=nnx.Rngs(0))")
-    out(FLAX_RUNTIME)
-    return format_python(out.text())
+    return emit_program(
+        model,
+        loss,
+        cfg,
+        backend="JAX/Flax (nnx)",
+        usage=usage,
+        emitter=FlaxEmitter(loss.loss),
+        loss_imports=LOSS_IMPORTS,
+        runtime="flax_train",
+        model_tag="flax_model",
+        loss_args="rngs=nnx.Rngs(0)",
+        preamble=('jax.config.update("jax_default_matmul_precision", "highest")',),
+    )

@@ -41,21 +41,29 @@ LATENCY_BOUNDS: dict[str, dict[str, float | None]] = {
 }
 DEFAULT_STEPS_PER_IMAGE = 25
 
-# Families name their unit of work in words; each name is one of the kinds above.
-UNIT_KINDS: dict[str, str] = {
-    "token": "token",
-    "frame": "frame",
-    "image": "image",
-    "text-image pair": "image",
-    "step": "step",
-    "denoising step": "step",
-    "sample": "sample",
-    "sequence": "sample",
-}
 
 
-def unit_kind(unit: str) -> str:
-    return UNIT_KINDS.get(unit, "sample")
+@dataclass(frozen=True)
+class UnitOfWork:
+    """What a family produces one of at a time: `word` names it in reports and
+    diagnostics ("a text-image pair"), `kind` says which latency and rate words
+    apply to it (a key of LATENCY_BOUNDS). Each family declares one."""
+
+    word: str
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in LATENCY_BOUNDS:
+            raise ValueError(f"unit of work '{self.word}': kind '{self.kind}' is not one of {sorted(LATENCY_BOUNDS)}")
+
+    def __str__(self) -> str:
+        return self.word
+
+    @classmethod
+    def of(cls, unit: "UnitOfWork | str") -> "UnitOfWork":
+        """A unit, or a kind named by itself ("token")."""
+        return unit if isinstance(unit, UnitOfWork) else cls(unit, unit)
+
 
 # Which units of work a rate unit counts.
 RATE_UNITS: dict[str, tuple[str, ...]] = {
@@ -112,13 +120,16 @@ def _full_attrs(d: ops.OpDef, attrs: dict[str, Any]) -> dict[str, Any]:
 class Workload:
     """One unit of work in integers, so the fitter's interpolation is exact."""
 
-    unit: str
+    unit: UnitOfWork
     flops: int  # per forward at `bindings`, i.e. `per_unit` units
     per_unit: int
     weights: int  # bytes
     cache: int  # bytes (KV cache), read once per unit
     activations: int  # bytes of the working set of one forward
     steps_per_image: int = DEFAULT_STEPS_PER_IMAGE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unit", UnitOfWork.of(self.unit))
 
     @property
     def stream_bytes(self) -> int:
@@ -130,7 +141,7 @@ def workload(family, ctx, model: Model, mem: Mapping[str, int]) -> Workload:
     w = family.workload(ctx, model)
     bindings = {**model.examples, "batch": 1, **w.get("bindings", {})}
     return Workload(
-        unit=w.get("unit", "sample"),
+        unit=family.unit,
         flops=model_flops(model, bindings),
         per_unit=max(1, int(w.get("per_unit", 1))),
         weights=int(mem.get("weights", 0)),
@@ -177,25 +188,35 @@ def estimate(device: Device, w: Workload, memory_budget: int) -> Estimate:
 
 
 @dataclass(frozen=True)
-class CostBounds:
-    latency_s: float | None  # per unit
-    latency_text: str
-    throughput: float | None  # units/s
-    throughput_text: str | None
-    unit: str
-    throughput_rate_unit: str = "samples/s"  # the spec's rate unit
-    throughput_factor: float = 1.0  # units of work per counted thing (steps per image)
+class LatencyBound:
+    """The spec's latency as seconds per unit of work; None when it sets no bound
+    (a word such as "batch")."""
+
+    seconds: float | None
+    text: str  # as the spec wrote it, lower-cased ("real-time", "80ms")
+    unit: UnitOfWork
+
+
+@dataclass(frozen=True)
+class ThroughputBound:
+    """The spec's throughput as units of work per second."""
+
+    per_s: float
+    text: str  # as the spec wrote it ("1000 tok/s")
+    unit: UnitOfWork
+    rate_unit: str  # the spec's rate unit
+    factor: float  # units of work per counted thing (steps per image)
 
 
 class BoundError(ValueError):
     """A latency or throughput whose unit does not count this model's unit of work."""
 
 
-def _per_unit(rate: float, rate_unit: str, unit: str, steps_per_image: int, what: str, text: str) -> float:
+def _per_unit(rate: float, rate_unit: str, unit: UnitOfWork, steps_per_image: int, what: str, text: str) -> float:
     """A rate in the spec's unit as units of work per second."""
-    kind = unit_kind(unit)
+    kind = unit.kind
     if kind not in RATE_UNITS[rate_unit]:
-        article = "an" if unit[:1] in "aeiou" else "a"
+        article = "an" if unit.word[:1] in "aeiou" else "a"
         raise BoundError(
             f"{what} '{text}' counts {RATE_NOUNS[rate_unit]}, but this model's unit of work is {article} {unit}; "
             f"write {_rate_hint(kind)} or a time per {unit}"
@@ -209,24 +230,24 @@ def _rate_hint(kind: str) -> str:
     return {"token": "tok/s", "frame": "tok/s", "step": "img/s", "image": "img/s"}.get(kind, "samples/s")
 
 
-def cost_bounds(latency: str, throughput: str | None, w: Workload) -> CostBounds:
-    unit = w.unit
+def latency_bound(latency: str | None, w: Workload) -> LatencyBound:
+    """A latency word, a time per unit or a rate ("20 tok/s"); raises BoundError."""
     text = (latency or "batch").strip().lower()
-    words = LATENCY_BOUNDS[unit_kind(unit)]
+    words = LATENCY_BOUNDS[w.unit.kind]
     if text in words:
-        lat = words[text]
-    else:
-        try:
-            lat = units.parse_time(text)
-        except units.UnitError:
-            rate, rate_unit = units.parse_rate(text)
-            lat = 1.0 / _per_unit(rate, rate_unit, unit, w.steps_per_image, "latency", text)
-    thr, thr_unit, factor = None, "samples/s", 1.0
-    if throughput is not None:
-        rate, thr_unit = units.parse_rate(throughput)
-        thr = _per_unit(rate, thr_unit, unit, w.steps_per_image, "throughput", throughput)
-        factor = thr / rate
-    return CostBounds(lat, text, thr, throughput, unit, thr_unit, factor)
+        return LatencyBound(words[text], text, w.unit)
+    try:
+        return LatencyBound(units.parse_time(text), text, w.unit)
+    except units.UnitError:
+        rate, rate_unit = units.parse_rate(text)
+        return LatencyBound(1.0 / _per_unit(rate, rate_unit, w.unit, w.steps_per_image, "latency", text), text, w.unit)
+
+
+def throughput_bound(throughput: str, w: Workload) -> ThroughputBound:
+    """A rate in the spec's unit; raises BoundError."""
+    rate, rate_unit = units.parse_rate(throughput)
+    per_s = _per_unit(rate, rate_unit, w.unit, w.steps_per_image, "throughput", throughput)
+    return ThroughputBound(per_s, throughput, w.unit, rate_unit, per_s / rate)
 
 
 # ---------------------------------------------------------------- words for reports and diagnostics
@@ -253,10 +274,10 @@ def format_rate(per_s: float, unit: str) -> str:
     return f"{_sig(per_s)} {unit}s/s"
 
 
-def spec_rate_at_most(per_s: float, cb: "CostBounds") -> str:
+def spec_rate_at_most(per_s: float, tb: ThroughputBound) -> str:
     """A spec-ready rate in the spec's own unit ("42 tok/s") no larger than `per_s`
     units of work per second, two significant digits."""
-    return f"{_round_sig(per_s / cb.throughput_factor, up=False)} {cb.throughput_rate_unit}"
+    return f"{_round_sig(per_s / tb.factor, up=False)} {tb.rate_unit}"
 
 
 def _sig(x: float) -> str:
@@ -277,18 +298,9 @@ def _round_sig(x: float, up: bool) -> str:
     return f"{v:.{-exp}f}".rstrip("0").rstrip(".")
 
 
-def _latency_note(cb: CostBounds, unit: str, is_default: bool) -> str:
-    if cb.latency_s is not None:
-        return f"<= {format_time(cb.latency_s)}/{unit}"
-    if is_default:
-        return f"no latency bound ('{cb.latency_text}' is the spec's default)"
-    return f"no latency bound ('{cb.latency_text}')"
-
-
-def report(
-    device: Device, w: Workload, e: Estimate, cb: CostBounds, memory_budget: int, latency_is_default: bool = False
-) -> dict[str, Any]:
-    """ctx.report["cost"]: device figures, per-unit estimates and the bounds."""
+def report(device: Device, w: Workload, e: Estimate, memory_budget: int) -> dict[str, Any]:
+    """ctx.report["cost"]: device figures and per-unit estimates (the latency and
+    throughput constraints add their bounds)."""
     return {
         "device": {
             "class": device.name,
@@ -298,25 +310,17 @@ def report(
             "bandwidth_bytes_per_s": device.bandwidth,
             "capacity_bytes": device.capacity,
         },
-        "unit": w.unit,
+        "unit": w.unit.word,
         "flops_per_unit": round(e.flops_per_unit),
         "bytes_per_unit": round(e.bytes_per_unit),
-        "latency_per_unit_s": _round_float(e.latency_s),
+        "latency_per_unit_s": round_float(e.latency_s),
         "latency_per_unit": f"{format_time(e.latency_s)}/{w.unit}",
         "bound_by": e.bound_by,
-        "throughput_per_s": _round_float(e.throughput),
+        "throughput_per_s": round_float(e.throughput),
         "throughput_batch": e.batch,
         "memory_budget_bytes": memory_budget,
-        "latency_bound": {
-            "spec": cb.latency_text,
-            "per_unit_s": None if cb.latency_s is None else _round_float(cb.latency_s),
-            "note": _latency_note(cb, w.unit, latency_is_default),
-        },
-        "throughput_bound": None
-        if cb.throughput is None
-        else {"spec": cb.throughput_text, "per_s": _round_float(cb.throughput)},
     }
 
 
-def _round_float(x: float) -> float:
+def round_float(x: float) -> float:
     return float(f"{x:.6g}")

@@ -2,10 +2,12 @@
 
 An objective is a small loss `Model` (no parameters) built with the IR builder from
 the trained model's outputs and the batch's targets, so every backend lowers the
-same loss with the emitters it already has for the forward pass. What a loss needs
-that is random (diffusion noise and timesteps) is drawn by the training program
-from a seeded generator and handed to the loss as an ordinary batch field; the
-graph itself is deterministic.
+same loss with the emitters it already has for the forward pass. What an objective
+does to a batch before the loss (noise a sample, hide tokens, draw labels, pair
+inputs) is declared next to its loss as `DataTransform`s, which name the training
+runtime's function (backends/runtime/data.py) and the inputs and batch fields it
+works on; the runtime draws what is random from a seeded generator, and the graph
+itself is deterministic.
 
 | objective      | loss graph                                                        |
 | -------------- | ----------------------------------------------------------------- |
@@ -20,12 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 from metagen.compiler.context import CompileContext
+from metagen.compiler.pass_infra import Fact, Pass, PassResult
 from metagen.ir.builder import ModelBuilder
-from metagen.ir.graph import InputSpec, Layer, Model, Repeat, Sub
-from metagen.ir.types import DType, TensorType, eval_dim
+from metagen.ir.graph import InputSpec, Layer, Model, ModuleDef, Repeat, Sub
+from metagen.ir.types import DType, TensorType
 
 # Stable Diffusion's training schedule ("scaled_linear" in diffusers): betas are the
 # squares of a linear ramp of sqrt(beta) from sqrt(0.00085) to sqrt(0.012).
@@ -36,27 +39,56 @@ class ObjectiveError(ValueError):
     """The model's outputs do not carry what the objective needs."""
 
 
+@dataclass(frozen=True)
+class DataTransform:
+    """One data-side step of an objective, run by the training program on every batch
+    before the loss: the function `kind` of the runtime's TRANSFORMS table
+    (backends/runtime/data.py). `inputs` maps the roles it reads or rewrites to model
+    inputs, `outputs` the roles it adds to batch fields (the loss's ("batch", name)
+    sources), `carry` the inputs in which synthetic data carries the key it draws (a
+    label, a pair id) so that it can be learned, `params` its settings."""
+
+    kind: str
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    carry: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> dict[str, Any]:
+        """The entry of the program's TRAIN["data"] and of the training report."""
+        return {
+            "kind": self.kind,
+            "inputs": dict(self.inputs),
+            "outputs": dict(self.outputs),
+            "carry": list(self.carry),
+            "params": dict(self.params),
+        }
+
+
 @dataclass
 class LossProgram:
     """What a training program needs to know about its loss.
 
     `loss` is the IR loss model; `sources[i]` says where the loss's i-th input comes
-    from: ("output", name) of the model or ("batch", name) of the batch. `targets`
-    describes the batch fields the data side adds beyond the model's inputs.
+    from: ("output", name) of the model or ("batch", name) of the batch. `data` are
+    the transforms that make a batch of model inputs into the batch the loss reads.
     """
 
     objective: str
     loss: Model
     sources: list[tuple[str, str]]
-    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: list[DataTransform] = field(default_factory=list)
     seq_len: int = 0
     notes: str = ""
+
+    def data_table(self) -> list[dict[str, Any]]:
+        return [t.table() for t in self.data]
 
     def describe(self) -> dict[str, Any]:
         return {
             "objective": self.objective,
             "loss_inputs": [f"{kind}:{name}" for kind, name in self.sources],
-            "targets": self.targets,
+            "data": self.data_table(),
             "seq_len": self.seq_len,
             "notes": self.notes,
         }
@@ -68,6 +100,30 @@ def _output(model: Model, *names: str) -> tuple[str, TensorType]:
         if n in top.output_names:
             return n, top.outputs[top.output_names.index(n)].type
     raise ObjectiveError(f"the model has no output named {' or '.join(names)} (it has {', '.join(top.output_names)})")
+
+
+def _inputs_into(model: Model, op: str) -> list[str]:
+    """The model inputs that are an operand of an `op` node (or layer), directly or
+    through child-module calls: what an input *is* is read from the graph, not from
+    its name."""
+
+    def reaches(md: ModuleDef, index: int) -> bool:
+        value = md.inputs[index]
+        for node in md.nodes:
+            for pos, operand in enumerate(node.operands):
+                if operand is not value:
+                    continue
+                if node.kind == "op" and node.op == op:
+                    return True
+                child = md.children.get(node.target) if node.kind == "call" else None
+                if isinstance(child, Layer) and child.op == op:
+                    return True
+                if isinstance(child, (Sub, Repeat)) and reaches(model.modules[child.module], pos):
+                    return True
+        return False
+
+    top = model.top_module
+    return [spec.name for i, spec in enumerate(model.inputs) if reaches(top, i)]
 
 
 def _bind(t: TensorType, sizes: dict[str, int]) -> TensorType:
@@ -119,17 +175,36 @@ def classification(model: Model, seq: int) -> LossProgram:
     top = m.ret(m.op("cross_entropy", logits, labels, hint="loss"), names=["loss"])
     classes = lt.shape[-1]
     spec = [InputSpec("logits", lt, "normal"), InputSpec("labels", labels.type, "tokens", 0, classes)]
+    draw = DataTransform(
+        "class_labels",
+        outputs={"labels": "labels"},
+        carry=tuple(i.name for i in model.inputs),
+        params={"classes": classes, "shape": list(labels.type.shape)},
+    )
     return LossProgram(
         "classification",
         _finish(mb, top, model, spec),
-        [("output", name), ("batch", "labels")],
-        {"labels": {"kind": "class", "high": classes, "shape": list(labels.type.shape)}},
+        [("output", name), ("batch", draw.outputs["labels"])],
+        [draw],
         seq,
     )
 
 
 def diffusion(model: Model, seq: int) -> LossProgram:
+    """DDPM's noise-prediction loss. The noised input is the first float input shaped
+    like the prediction; the timestep input, if any, is the one the model feeds to
+    its timestep embedding."""
     name, pt = _output(model, "noise_pred", "sample", "out")
+    sample = next((i for i in model.inputs if i.kind == "normal" and i.type.shape == pt.shape), None)
+    if sample is None:
+        raise ObjectiveError(f"diffusion training needs a float input shaped like the prediction {pt}")
+    roles = {"sample": sample.name}
+    timesteps = _inputs_into(model, "timestep_embedding")
+    if timesteps:
+        roles["timestep"] = timesteps[0]
+    noising = DataTransform(
+        "diffusion_noise", inputs=roles, outputs={"noise": "noise"}, params={"schedule": dict(DIFFUSION_SCHEDULE)}
+    )
     mb = ModelBuilder()
     m = mb.module("NoisePredictionLoss", doc="MSE between the predicted and the true noise.")
     pred = m.input("noise_pred", pt)
@@ -139,11 +214,14 @@ def diffusion(model: Model, seq: int) -> LossProgram:
     return LossProgram(
         "diffusion",
         _finish(mb, top, model, spec),
-        [("output", name), ("batch", "noise")],
-        {"noise": {"kind": "diffusion_noise", "schedule": dict(DIFFUSION_SCHEDULE)}},
+        [("output", name), ("batch", noising.outputs["noise"])],
+        [noising],
         seq,
         "x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise with t ~ U{0..steps-1}, drawn by the data side",
     )
+
+
+PAIR_KEYS = 16  # distinct pair ids that synthetic contrastive batches carry
 
 
 def contrastive(model: Model, seq: int) -> LossProgram:
@@ -181,7 +259,7 @@ def contrastive(model: Model, seq: int) -> LossProgram:
         "contrastive",
         _finish(mb, top, model, spec),
         sources,
-        {"pairs": {"kind": "paired"}},
+        [DataTransform("pair_keys", carry=tuple(i.name for i in model.inputs), params={"keys": PAIR_KEYS})],
         seq,
         "matching pairs are the batch diagonal",
     )
@@ -207,6 +285,12 @@ def masked(model: Model, seq: int) -> LossProgram:
     mask = m.input("mask", it.with_dtype(DType.f32))
     top = m.ret(m.op("masked_cross_entropy", logits, labels, mask, hint="loss"), names=["loss"])
     vocab = int(ids.high)
+    masking = DataTransform(
+        "mask_tokens",
+        inputs={"tokens": ids.name},
+        outputs={"labels": "labels", "mask": "mask"},
+        params={"rate": MASK_RATE, "mask_id": vocab - 1},
+    )
     spec = [
         InputSpec("logits", lt, "normal"),
         InputSpec("labels", it, "tokens", 0, vocab),
@@ -215,11 +299,8 @@ def masked(model: Model, seq: int) -> LossProgram:
     return LossProgram(
         "masked",
         _finish(mb, top, model, spec),
-        [("output", name), ("batch", "labels"), ("batch", "mask")],
-        {
-            "labels": {"kind": "masked_tokens", "input": ids.name, "rate": MASK_RATE, "mask_id": vocab - 1},
-            "mask": {"kind": "token_mask"},
-        },
+        [("output", name), ("batch", masking.outputs["labels"]), ("batch", masking.outputs["mask"])],
+        [masking],
         seq,
         f"{MASK_RATE:.0%} of tokens (at least one per row) replaced by the mask id {vocab - 1}; "
         "labels are the original tokens",
@@ -234,24 +315,15 @@ OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
     "contrastive": contrastive,
 }
 
-# Used when the spec names no objective.
-DEFAULT_OBJECTIVE = {
-    "decoder_lm": "autoregressive",
-    "audio_lm": "autoregressive",
-    "vit": "classification",
-    "encoder": "classification",
-    "masked_lm": "masked",
-    "diffusion_unet": "diffusion",
-    "clip": "contrastive",
-}
-
-
 def objective_name(ctx: CompileContext) -> str:
     training = getattr(ctx.spec, "training", None)
     names = list(training.get("objective") or []) if training is not None else []
     if names:
         return names[0]
-    return DEFAULT_OBJECTIVE.get(ctx.family, "classification" if "logits" in ctx.model.output_names else "")
+    from metagen.compiler.families import FAMILIES
+
+    default = FAMILIES[ctx.family].default_objective
+    return default or ("classification" if "logits" in ctx.model.output_names else "")
 
 
 def training_seq_len(ctx: CompileContext) -> int:
@@ -291,6 +363,17 @@ ACCELERATORS: dict[str, float] = {
     "TPUV5P": 459e12,
     "CPU": 2e12,
 }
+
+
+def accelerator_peak(key: str) -> float | None:
+    """The peak of the accelerator `key` names (upper case, no separators): an exact
+    name, else the longest name it starts with (A100-80GB is an A100, not an A10)."""
+    if key in ACCELERATORS:
+        return ACCELERATORS[key]
+    prefixes = [k for k in ACCELERATORS if key.startswith(k)]
+    return ACCELERATORS[max(prefixes, key=len)] if prefixes else None
+
+
 UTILIZATION = 0.4  # model FLOP utilisation assumed for the time estimate
 GPUS_PER_NODE = 8
 
@@ -378,7 +461,7 @@ def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
     if hardware is not None:
         count, kind = hardware if isinstance(hardware, tuple) else units.parse_hardware(hardware)
         key = kind.upper().replace("-", "").replace("_", "")
-        peak = ACCELERATORS.get(key) or next((v for k, v in ACCELERATORS.items() if key.startswith(k)), None)
+        peak = accelerator_peak(key)
         out["hardware"] = {"count": count, "accelerator": kind, "peak_flops_each": peak}
         out["parallel_plan"] = _parallel_plan(count)
         if peak is None:
@@ -398,22 +481,24 @@ def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
     return out
 
 
-@dataclass
-class EstimateTrainingCompute:
-    """Records the training estimate and warns, at training.compute.duration, when
-    the spec's duration cannot hold the work."""
+@dataclass(frozen=True)
+class EstimateTrainingCompute(Pass):
+    """Estimate the training run's compute; warn when its duration cannot hold it.
 
-    name: ClassVar[str] = "estimate-training-compute"
+    The warning points at training.compute.duration."""
 
-    def run(self, ctx: CompileContext) -> bool:
+    name = "estimate-training-compute"
+    requires = frozenset({Fact.MODEL})
+
+    def run(self, ctx: CompileContext) -> PassResult:
         from metagen.frontend.units import UnitError
 
         try:
             est = training_estimate(ctx)
         except (UnitError, KeyError, ValueError):
-            return False  # the spec builder reports malformed values itself
+            return PassResult(changed=False)  # the spec builder reports malformed values itself
         if est is None:
-            return False
+            return PassResult(changed=False)
         ctx.report["training"] = est
         if est.get("fits") is False and "assumed" not in est["data"]:
             compute = ctx.spec.training.compute
@@ -424,4 +509,4 @@ class EstimateTrainingCompute:
                 f"{est['training_flops']:.3g} FLOPs on {hw['count']}x{hw['accelerator']} at "
                 f"{UTILIZATION:.0%} utilisation; it needs about {est['estimated']}",
             )
-        return True
+        return PassResult(changed=False)

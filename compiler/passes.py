@@ -1,139 +1,127 @@
-"""The pass manager and the passes that take a spec to a verified IR model.
+"""The passes that take a spec to a verified IR model, and the standard pipeline.
 
-Each pass is a small named object with `run(ctx) -> bool` (whether it changed
-anything). The manager stops at the first pass that reports errors and runs the IR
-verifier after every pass once a model exists, so a broken pass is caught where it
-breaks things, not three passes later.
+The infrastructure (Pass, PassResult, Fact, PassManager) is in pass_infra.py;
+`metagenc --list-passes` prints the pipeline, `--print-after-all` the IR after
+each pass.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
 
 from metagen.compiler.context import CompileContext
 from metagen.compiler.families import FAMILIES
+from metagen.compiler.fit import check_constraints, fit_dimensions
+from metagen.compiler.objectives import EstimateTrainingCompute
+from metagen.compiler.pass_infra import Fact, Pass, PassResult
+from metagen.compiler.report import parameter_report
 from metagen.compiler.select import select_family
-from metagen.diagnostics import Loc
-from metagen.ir.verify import VerifyError, verify_model
 
 
-class Pass(ABC):
-    name: ClassVar[str] = "pass"
-
-    @abstractmethod
-    def run(self, ctx: CompileContext) -> bool:
-        """Transform the context; whether anything changed."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class SelectFamily(Pass):
-    name: ClassVar[str] = "select-family"
+    """Choose the family from modality, objective and architecture.family."""
 
-    def run(self, ctx):
+    name = "select-family"
+    ensures = frozenset({Fact.FAMILY})
+
+    def run(self, ctx: CompileContext) -> PassResult:
         ctx.family = select_family(ctx.spec, ctx.sink) or ""
-        return True
+        return PassResult(changed=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResolveDefaults(Pass):
-    """Conventions and the context window; sizes stay free for the fitter."""
+    """Apply the family's conventions under the pinned keys; sizes stay free."""
 
-    name: ClassVar[str] = "resolve-defaults"
+    name = "resolve-defaults"
+    requires = frozenset({Fact.FAMILY})
+    ensures = frozenset({Fact.CONVENTIONS})
 
-    def run(self, ctx):
+    def run(self, ctx: CompileContext) -> PassResult:
         ctx.context_window = ctx.spec.constraints.context_window
         FAMILIES[ctx.family].resolve(ctx)
-        return True
+        return PassResult(changed=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Shrink(Pass):
-    """--tiny: every size to test scale, topology unchanged."""
+    """Shrink every size to test scale (--tiny), keeping the topology."""
 
-    name: ClassVar[str] = "shrink"
+    name = "shrink"
+    requires = frozenset({Fact.CONVENTIONS})
+    ensures = frozenset({Fact.ARCHITECTURE})
 
-    def run(self, ctx):
+    def run(self, ctx: CompileContext) -> PassResult:
         FAMILIES[ctx.family].tiny(ctx)
         ctx.report["tiny"] = True
-        return True
+        return PassResult(changed=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitDimensions(Pass):
-    name: ClassVar[str] = "fit-dimensions"
+    """Fit the free dimensions to every constraint and record the binding one."""
 
-    def run(self, ctx):
-        from metagen.compiler.fit import fit_dimensions
+    name = "fit-dimensions"
+    requires = frozenset({Fact.CONVENTIONS})
+    ensures = frozenset({Fact.ARCHITECTURE})
+    print_time: bool = False  # the fitter's own time on stderr
 
-        fit_dimensions(ctx)
-        return True
+    def run(self, ctx: CompileContext) -> PassResult:
+        return PassResult(changed=fit_dimensions(ctx, print_time=self.print_time))
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildGraph(Pass):
-    name: ClassVar[str] = "build-graph"
+    """Build the IR model of the resolved architecture."""
 
-    def run(self, ctx):
+    name = "build-graph"
+    requires = frozenset({Fact.ARCHITECTURE})
+    ensures = frozenset({Fact.MODEL})
+
+    def run(self, ctx: CompileContext) -> PassResult:
         family = FAMILIES[ctx.family]
         problem = family.finalize(ctx)
         if problem:
             ctx.sink.error(ctx.spec.architecture.loc(), f"architecture: {problem}")
-            return False
+            return PassResult(changed=False)
         ctx.model = family.build(ctx)
-        return True
+        return PassResult(changed=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CountParameters(Pass):
-    """Exact count with a per-module breakdown, from the IR alone."""
+    """Count the parameters exactly, per module, and estimate the memory."""
 
-    name: ClassVar[str] = "count-parameters"
+    name = "count-parameters"
+    requires = frozenset({Fact.MODEL})
+    ensures = frozenset({Fact.PARAMETER_COUNT})
 
-    def run(self, ctx):
-        from metagen.compiler.report import parameter_report
-
+    def run(self, ctx: CompileContext) -> PassResult:
         ctx.report.update(parameter_report(ctx))
-        return False
+        return PassResult(changed=False)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckConstraints(Pass):
-    """The built model against every constraint; says which one binds."""
+    """Check the built model against every constraint; name the binding one."""
 
-    name: ClassVar[str] = "check-constraints"
+    name = "check-constraints"
+    requires = frozenset({Fact.PARAMETER_COUNT})
 
-    def run(self, ctx):
-        from metagen.compiler.fit import check_constraints
-
+    def run(self, ctx: CompileContext) -> PassResult:
         check_constraints(ctx)
-        return False
+        return PassResult(changed=False)
 
 
-def standard_passes(tiny: bool) -> list[Pass]:
-    passes: list[Pass] = [SelectFamily(), ResolveDefaults()]
-    passes.append(Shrink() if tiny else FitDimensions())
-    passes += [BuildGraph(), CountParameters(), CheckConstraints()]
-    from metagen.compiler.objectives import EstimateTrainingCompute
-
-    passes.append(EstimateTrainingCompute())
-    return passes
-
-
-class PassManager:
-    def __init__(self, passes: list[Pass]):
-        self.passes = passes
-
-    def run(self, ctx: CompileContext) -> None:
-        for p in self.passes:
-            p.run(ctx)
-            ctx.sink.check()
-            if ctx.model is not None:
-                try:
-                    verify_model(ctx.model)
-                except VerifyError as exc:
-                    loc = ctx.spec.loc() if ctx.spec is not None else Loc("<ir>")
-                    for problem in exc.problems:
-                        ctx.sink.error(loc, f"internal error after pass '{p.name}': {problem}")
-                    ctx.sink.check()
+def standard_passes(tiny: bool, fit_time: bool = False) -> list[Pass]:
+    """The pipeline for these options, in order."""
+    return [
+        SelectFamily(),
+        ResolveDefaults(),
+        Shrink() if tiny else FitDimensions(print_time=fit_time),
+        BuildGraph(),
+        CountParameters(),
+        CheckConstraints(),
+        EstimateTrainingCompute(),
+    ]

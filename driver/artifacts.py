@@ -10,7 +10,6 @@ import yaml
 
 from metagen import __version__
 from metagen.compiler.families import FAMILIES
-from metagen.frontend.schema import TOWER_FIELDS
 from metagen.ir.graph import Layer, Model, Repeat, Sub
 from metagen.ir.printer import Namer
 from metagen.pipeline import Compilation
@@ -24,20 +23,9 @@ def _json(data: Any) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
 
 
-ARCH_KEYS = {f.name for f in TOWER_FIELDS}
-
-
 def resolved_architecture(comp: Compilation) -> dict[str, Any]:
     """The architecture section with every convention and fitted size filled in."""
-    ctx = comp.ctx
-    family = FAMILIES[ctx.family]
-    if hasattr(family, "resolved_architecture"):
-        return family.resolved_architecture(ctx)
-    arch = {"family": family.msl_family(ctx)}
-    for key, value in ctx.model.config.items():
-        if key in ARCH_KEYS:
-            arch[key] = value
-    return arch
+    return FAMILIES[comp.ctx.family].resolved_architecture(comp.ctx)
 
 
 def resolved_spec(comp: Compilation) -> dict[str, Any]:

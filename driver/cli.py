@@ -56,10 +56,10 @@ def _finish(sink: DiagnosticSink, werror: bool = False) -> int:
     return 1 if sink.errors else 0
 
 
-def _compile(args, sink: DiagnosticSink):
+def _compile(args, sink: DiagnosticSink, instruments=()):
     from metagen.pipeline import compile_spec
 
-    return compile_spec(args.spec, sink, overrides=args.define or [], tiny=args.tiny, seed=args.seed)
+    return compile_spec(args.spec, sink, overrides=args.define or [], tiny=args.tiny, seed=args.seed, instruments=instruments)
 
 
 def _effective_seed(args, comp) -> int:
@@ -78,9 +78,13 @@ def _load_weights(path: str) -> dict:
 
 
 def metagenc_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="metagenc", description="Compile a MetaGen spec to one target.")
-    p.add_argument("spec")
-    p.add_argument("--target", required=True, choices=TARGETS)
+    p = argparse.ArgumentParser(
+        prog="metagenc",
+        description="Compile a MetaGen spec to one target.",
+        usage="%(prog)s SPEC --target TARGET [options]\n       %(prog)s --list-passes [--tiny]",
+    )
+    p.add_argument("spec", nargs="?")
+    p.add_argument("--target", choices=TARGETS)
     p.add_argument("-o", dest="output", help="output file ('-' for stdout, text targets only)")
     p.add_argument("--seed", type=_seed)
     p.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE")
@@ -89,8 +93,29 @@ def metagenc_main(argv: list[str] | None = None) -> int:
     p.add_argument("-MD", dest="md", action="store_true", help="write a make depfile beside the output")
     p.add_argument("-MF", dest="mf", help="depfile path")
     p.add_argument("-Werror", dest="werror", action="store_true")
+    p.add_argument("--list-passes", action="store_true", help="print the pass pipeline for these flags and exit")
+    p.add_argument("--print-after-all", action="store_true", help="print the IR to stderr after every pass")
+    p.add_argument("--print-after", action="append", metavar="PASS", help="print the IR to stderr after PASS")
     p.add_argument("--version", action="version", version=f"metagenc {__version__}")
     args = p.parse_args(argv)
+    from metagen.pipeline import PrintIR, pipeline
+
+    passes = pipeline(args.tiny)
+    if args.list_passes:
+        width = max(len(q.spelling()) for q in passes)
+        for q in passes:
+            print(f"{q.spelling():<{width}}  {q.summary()}")
+        return 0
+    missing = [what for what, v in (("spec", args.spec), ("--target", args.target)) if v is None]
+    if missing:
+        p.error(f"the following arguments are required: {', '.join(missing)}")
+    names = [q.name for q in passes]
+    for name in args.print_after or ():
+        if name not in names:
+            p.error(f"--print-after: no pass '{name}' in this pipeline; passes: {', '.join(names)}")
+    instruments = []
+    if args.print_after_all or args.print_after:
+        instruments.append(PrintIR(None if args.print_after_all else frozenset(args.print_after)))
     backend = registry.get(args.target)
     if args.output == "-" and backend.binary:
         p.error(f"-o - (stdout) is for text targets; {backend.name} is binary")
@@ -98,7 +123,7 @@ def metagenc_main(argv: list[str] | None = None) -> int:
         p.error(f"--weights applies to --target {'|'.join(b.name for b in registry.BACKENDS.values() if b.takes_weights)}")
     sink = DiagnosticSink()
     try:
-        comp = _compile(args, sink)
+        comp = _compile(args, sink, instruments)
         if args.werror and sink.warnings:
             return _finish(sink, True)
         weights = _load_weights(args.weights) if args.weights else None
@@ -110,7 +135,7 @@ def metagenc_main(argv: list[str] | None = None) -> int:
         if args.werror and sink.warnings:
             return _finish(sink, True)  # before writing: a failed build leaves no output
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink, args.werror) or 1
     except OSError as exc:
         print(f"metagenc: error: {exc}", file=sys.stderr)
@@ -143,15 +168,16 @@ def _cmd_validate(args) -> int:
     try:
         comp = _compile(args, sink)
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     code = _finish(sink, args.werror)
     if code == 0:
         r = comp.ctx.report
+        from metagen.diagnostics import printable
         from metagen.frontend.units import format_count
 
         print(
-            f"OK {comp.spec.name} ({comp.ctx.family}, {format_count(r['total_params'])} parameters, "
+            f"OK {printable(comp.spec.name)} ({comp.ctx.family}, {format_count(r['total_params'])} parameters, "
             f"binding: {r.get('binding_constraint')})"
         )
     return code
@@ -174,7 +200,7 @@ def _cmd_synth(args) -> int:
             return _finish(sink, True)
         path = synthesize(comp, args.out, _effective_seed(args, comp), args.run_id)
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     code = _finish(sink)
     print(f"wrote {path}")
@@ -188,7 +214,7 @@ def _cmd_verify(args) -> int:
     try:
         comp = _compile(args, sink)
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     _finish(sink)
     ok = verify_spec(comp, seed=args.seed or 0, stream=sys.stdout)
@@ -206,7 +232,7 @@ def _cmd_convert(args) -> int:
         tree, _ = load_tree(args.spec, DiagnosticSink())
         text = tree_to_mg(tree) if args.to == "mg" else tree_to_yaml(tree)
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     from metagen.outputs import write_files
 
@@ -237,7 +263,7 @@ def _cmd_fmt(args) -> int:
             return _finish(sink)
         write_files({args.file: formatted.encode("utf-8")})
     except CompileError as exc:
-        sink.extend(d for d in exc.diagnostics if d not in sink.items)
+        sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     return _finish(sink)
 

@@ -87,7 +87,7 @@ def training_config(comp: Compilation, loss: LossProgram, seed: int) -> dict[str
         "world_size": plan["world_size"],
         "nodes": plan["nodes"],
         "nproc_per_node": plan["nproc_per_node"],
-        "targets": loss.targets,
+        "data": loss.data_table(),
     }
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from metagen.diagnostics import Loc
 from metagen.ir import ops
@@ -96,14 +97,30 @@ class ModuleBuilder:
 
 
 class ModelBuilder:
-    """Collects module definitions, sharing identical ones under one class name."""
+    """Collects module definitions, sharing identical ones under one class name.
 
-    def __init__(self):
+    `loc` is the source location new modules (and so their nodes) carry unless they
+    are given one: a family points it at the spec key that caused what it builds
+    next (`with mb.at(loc): ...`), so a diagnostic from a pass or a backend names
+    the user's line. Locations stay in memory; the IR text does not print them."""
+
+    def __init__(self, loc: Loc | None = None):
         self.modules: dict[str, ModuleDef] = {}
         self._by_signature: dict[tuple, str] = {}
+        self.loc = loc
 
     def module(self, name: str, doc: str = "", loc: Loc | None = None) -> ModuleBuilder:
-        return ModuleBuilder(self, name, doc, loc)
+        return ModuleBuilder(self, name, doc, loc or self.loc)
+
+    @contextmanager
+    def at(self, loc: Loc | None) -> Iterator[None]:
+        """Modules begun inside the block carry `loc`."""
+        saved = self.loc
+        self.loc = loc or saved
+        try:
+            yield
+        finally:
+            self.loc = saved
 
     def define(self, m: ModuleDef) -> str:
         """Register a module; a structurally identical one already defined is reused."""
@@ -153,7 +170,7 @@ class ModelBuilder:
             family=family,
             symbols=symbols,
             examples=dict(examples or {}),
-            loc=loc,
+            loc=loc or self.loc,
         )
 
 

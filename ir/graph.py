@@ -91,7 +91,11 @@ class Value:
 class Node:
     """One operation. `kind` is 'op' (a primitive), 'call' (a child module or
     layer, `target` its attribute name) or 'param' (read parameter `target`, a
-    dotted path inside this module, e.g. `wte.weight` for a tied head)."""
+    dotted path inside this module, e.g. `wte.weight` for a tied head).
+
+    `loc` is the source location that caused the node (the spec key a family built
+    it for, or the `.mgir` line it was parsed from), for diagnostics; the printer
+    does not write it, so the IR text does not depend on where the spec lives."""
 
     kind: str
     op: str

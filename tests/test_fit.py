@@ -290,7 +290,58 @@ def test_latency_words_per_unit():
         assert words["batch"] is None and words["offline"] is None
         assert words["real-time"] < words["near-real-time"] < words["interactive"]
     w = cost.Workload("step", flops=1, per_unit=1, weights=1, cache=0, activations=0)
-    cb = cost.cost_bounds("2 img/s", "1 img/s", w)
-    assert cb.latency_s == pytest.approx(1 / (2 * cost.DEFAULT_STEPS_PER_IMAGE))
-    assert cb.throughput == cost.DEFAULT_STEPS_PER_IMAGE
-    assert cost.cost_bounds("30fps", None, cost.Workload("image", 1, 1, 1, 0, 0)).latency_s == pytest.approx(1 / 30)
+    assert cost.latency_bound("2 img/s", w).seconds == pytest.approx(1 / (2 * cost.DEFAULT_STEPS_PER_IMAGE))
+    assert cost.throughput_bound("1 img/s", w).per_s == cost.DEFAULT_STEPS_PER_IMAGE
+    assert cost.latency_bound("30fps", cost.Workload("image", 1, 1, 1, 0, 0)).seconds == pytest.approx(1 / 30)
+
+
+# ---------------------------------------------------------------- constraints as objects
+
+
+def test_fit_rule_names_every_registered_upper_bound():
+    from metagen.compiler import constraints
+
+    nouns = [c.noun for c in constraints.CONSTRAINTS if issubclass(c, constraints.UpperBound)]
+    assert nouns == ["parameters", "memory", "latency", "throughput"]
+    assert "(parameters, memory, latency, throughput)" in fit(EDGE)["fit"]["rule"]
+
+
+def test_a_new_constraint_is_one_class(monkeypatch):
+    """A bound registered from outside fit.py is fitted, named as binding, diagnosed
+    when no model meets it, and listed in the fit rule, with no other change."""
+    from metagen.compiler import constraints as cs
+
+    class WeightBytes(cs.AffineBound):
+        """Bytes of weights (a stand-in for a future constraint)."""
+
+        key, field, noun = "test.weight_bytes", "memory_budget", "weight bytes"
+        limit = 40_000_000
+
+        def value(self, p):
+            return p.work.weights
+
+        def no_model(self, best):
+            return f"weights need {best.work.weights} bytes, over {self.limit}"
+
+        def check(self, p):
+            return f"weights over {self.limit}" if self.broken(p) else None
+
+    monkeypatch.setattr(cs, "CONSTRAINTS", [*cs.CONSTRAINTS, WeightBytes])
+    r = fit(EDGE)
+    assert r["binding_constraint"] == "test.weight_bytes"
+    assert r["memory"]["weights"] <= 40_000_000
+    assert "throughput, weight bytes)" in r["fit"]["rule"]
+    monkeypatch.setattr(WeightBytes, "limit", 1000)
+    msgs = errors(EDGE)
+    # At the spec's memory_budget (its `field`), with the smallest model's weights.
+    assert msgs == [f"{EDGE}:12:18: error: weights need 8323456 bytes, over 1000"]
+
+
+def test_every_inapplicable_bound_is_reported():
+    """Latency and throughput in a unit that does not count tokens: both are named."""
+    assert errors(EDGE, latency="2 img/s", throughput="2 img/s") == [
+        f"{CMD}: error: latency '2 img/s' counts images, but this model's unit of work is a token; "
+        "write tok/s or a time per token",
+        f"<command line>:1:2: error: throughput '2 img/s' counts images, but this model's unit of work is a token; "
+        "write tok/s or a time per token",
+    ]

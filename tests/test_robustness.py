@@ -341,3 +341,331 @@ def test_failed_compile_leaves_no_output_and_keeps_old_one(tmp_path):
     keep.write_text("previous build\n")
     code, _, _ = run_cli(metagenc_main, [str(bad), "--target", "ir", "-o", str(keep)])
     assert code == 1 and keep.read_text() == "previous build\n"
+
+
+# ------------------------------------------------------------------ spec input (issue 18)
+#
+# Every reproducer from the adversarial campaign on the input side, written here: a
+# located diagnostic (or the right value), never a traceback, within the limits that
+# docs/robustness.md lists.
+
+HEAD_YAML = 'metagen_version: "1.0"\nname: "t"\nmodality:\n  inputs: ["text"]\n  outputs: ["text"]\n'
+HEAD_MG = 'metagen 1.0\nmodel "t" {\n  modality { inputs [text]; outputs [text] }\n'
+
+
+def with_imports(*names: str) -> str:
+    return "metagen 1.0\n" + "".join(f'import "{n}"\n' for n in names) + HEAD_MG.split("\n", 1)[1] + "}\n"
+
+
+def validate(tmp_path, text: str, ext: str = ".yaml", *defines: str, name: str = "s") -> tuple[int, str, str]:
+    path = tmp_path / f"{name}{ext}"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    argv = ["validate", str(path)]
+    for d in defines:
+        argv += ["-D", d]
+    code, out, err = run_cli(main, argv)
+    assert "Traceback" not in err and code in (0, 1), err
+    return code, out, err
+
+
+def errors_of(err: str) -> list[str]:
+    """`line:col: message` of each error (path dropped)."""
+    return [f'{m["line"]}:{m["col"]}: {m["msg"]}' for m in map(DIAG.match, diagnostic_lines(err)) if m["sev"] == "error"]
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("!!int abc", "bad scalar: 'abc' is not an integer (write decimal digits)"),
+        ("!!float x", "bad scalar: 'x' is not a number (write decimal digits)"),
+        ("!!bool maybe", "bad scalar: 'maybe' is not a boolean (write true or false)"),
+        ("!!timestamp x", "bad scalar: 'x' is not a timestamp"),
+        ("!!timestamp 2001-02-03T10:00:00+25:00", "is not a timestamp"),
+        ("!!timestamp 2001-02-30", "is not a timestamp"),
+        ('"\\ud800"', "string holds a lone surrogate (U+D800), which is not a character"),
+        ('"\\U00110000"', "malformed YAML: an escape names no character"),
+    ],
+)
+def test_yaml_scalars_that_fail_construction_are_located(tmp_path, value, message):
+    code, _, err = validate(tmp_path, HEAD_YAML + f"description: {value}\n")
+    errs = errors_of(err)
+    assert code == 1 and len(errs) == 1 and errs[0].startswith("6:") and message in errs[0], err
+    # -D reads its value by the same rules, and says so at the option
+    code, _, err = validate(tmp_path, HEAD_YAML, ".yaml", f"description={value}")
+    expected = errs[0].split(": ", 1)[1].replace("malformed YAML: ", "")
+    assert code == 1 and errors_of(err) == [f"1:1: -D description: {expected}"], err
+
+
+def test_json_lone_surrogate_is_located(tmp_path):
+    text = '{"metagen_version": "1.0", "name": "\\ud83d", "modality": {"inputs": ["text"], "outputs": ["text"]}}'
+    code, _, err = validate(tmp_path, text, ".json")
+    assert code == 1 and errors_of(err) == ["1:36: string holds a lone surrogate (U+D83D), which is not a character"]
+
+
+def test_dates_are_text_in_files_and_in_defines(tmp_path):
+    """A plain `2001-02-03` is the text written, in a file and after -D alike (YAML
+    1.1 made it a date: 'must be a string, not a string'); `2001-02-30` no longer
+    raises from datetime."""
+    from metagen.diagnostics import DiagnosticSink
+    from metagen.pipeline import load_spec
+
+    for date in ("2001-02-03", "2001-02-30", "2001-02-03 10:00:00"):
+        spec = tmp_path / "d.yaml"
+        spec.write_text(HEAD_YAML + f"description: {date}\n")
+        assert load_spec(str(spec), DiagnosticSink())[0].description == date
+        bare = tmp_path / "b.yaml"
+        bare.write_text(HEAD_YAML)
+        assert load_spec(str(bare), DiagnosticSink(), [("description", date)])[0].description == date
+
+
+# -- numbers: one grammar in YAML, .mg and -D ----------------------------------------
+
+ONE_MEANING = [
+    # (written, what every frontend makes of it in 'architecture.layers')
+    ("12", None),
+    ("010", "'architecture.layers' must be an integer, not a string '010'; a number cannot start with 0"),
+    ("1:30", "'architecture.layers' must be an integer, not a string '1:30'"),
+    ("0x10", "'architecture.layers' must be an integer, not a string '0x10'"),
+    ("1_000", "'architecture.layers' must be an integer, not a string '1_000'"),
+    ("１２", "'architecture.layers' must be an integer, not a string '１２'"),  # fullwidth
+    ("١٢", "'architecture.layers' must be an integer, not a string '١٢'"),  # Arabic-Indic
+]
+
+
+@pytest.mark.parametrize("written, message", ONE_MEANING)
+def test_numbers_mean_the_same_in_yaml_mg_and_defines(tmp_path, written, message):
+    """`010` was 8 in YAML and -D but 10 in .mg; `1:30` was 90 (sexagesimal); Unicode
+    digits were read by float(). Now one grammar: decimal ASCII digits, no leading zero."""
+    runs = [
+        validate(tmp_path, HEAD_YAML + f"architecture:\n  layers: {written}\n"),
+        validate(tmp_path, HEAD_MG + f"  architecture {{ layers {written} }}\n}}\n", ".mg")
+        if ":" not in written
+        else validate(tmp_path, HEAD_MG + f'  architecture {{ layers "{written}" }}\n}}\n', ".mg"),
+        validate(tmp_path, HEAD_YAML, ".yaml", f"architecture.layers={written}"),
+    ]
+    for code, out, err in runs:
+        if message is None:
+            assert code == 0, err
+        else:
+            assert code == 1 and len(errors_of(err)) == 1 and message in errors_of(err)[0], err
+
+
+def test_leading_zero_text_is_kept_as_written(tmp_path):
+    from metagen.diagnostics import DiagnosticSink
+    from metagen.pipeline import load_spec
+
+    y = tmp_path / "z.yaml"
+    y.write_text(HEAD_YAML.replace('name: "t"', "name: 007"))
+    m = tmp_path / "z.mg"
+    m.write_text(HEAD_MG.replace('model "t"', "model 007") + "}\n")
+    names = {load_spec(str(p), DiagnosticSink())[0].name for p in (y, m)}
+    names.add(load_spec(str(y), DiagnosticSink(), [("name", "007")])[0].name)
+    assert names == {"007"}
+
+
+HUGE = ["9" * 310, "1" * 5000]
+
+
+@pytest.mark.parametrize("digits", HUGE, ids=["310-digits", "5000-digits"])
+def test_huge_numbers_are_diagnosed_not_raised(tmp_path, digits):
+    """~310 digits overflowed float() (OverflowError); >4300 hit int()'s limit (ValueError)."""
+    too_long = f"a number of {len(digits)} digits is too long; numbers have at most 100 digits"
+    fields = {
+        "architecture:\n  layers: {}\n": too_long,
+        "constraints:\n  parameter_budget:\n    max: {}\n": too_long,
+        'constraints:\n  parameter_budget:\n    max: "{}M"\n': too_long,
+        'constraints:\n  context_window: "{}"\n': too_long,
+        'constraints:\n  memory_budget: "{}GB"\n': too_long,
+        'training:\n  compute:\n    hardware: "{}xA100"\n': too_long,
+        'training:\n  compute:\n    duration: "{} days"\n': too_long,
+        'training:\n  data:\n    size: "{} tokens"\n': too_long,
+    }
+    for template, message in fields.items():
+        code, _, err = validate(tmp_path, HEAD_YAML + template.format(digits))
+        assert code == 1 and any(message in e for e in errors_of(err)), (template, err)
+    code, _, err = validate(tmp_path, HEAD_MG + f"  architecture {{ layers {digits} }}\n}}\n", ".mg")
+    assert code == 1 and errors_of(err) == [f"4:25: {too_long}"]
+    code, _, err = validate(tmp_path, HEAD_YAML, ".yaml", f"architecture.layers={digits}")
+    assert code == 1 and errors_of(err) == [f"1:1: -D architecture.layers: {too_long}"]
+    assert len(err) < 2000  # the number is not echoed whole
+
+
+# -- import depth -------------------------------------------------------------------
+
+
+def _chain(tmp_path, n: int, last: str = 'model "m" { description "x" }\n') -> str:
+    for i in range(n):
+        body = f'import "c{i + 1}.mg"\nmodel "m" {{}}\n' if i < n - 1 else last
+        (tmp_path / f"c{i}.mg").write_text("metagen 1.0\n" + body)
+    return str(tmp_path / "c0.mg")
+
+
+def test_import_chain_deeper_than_the_limit_is_a_located_error(tmp_path):
+    """500 files deep raised RecursionError; the chain is limited to MAX_IMPORT_DEPTH."""
+    from metagen.frontend.tree import MAX_IMPORT_DEPTH
+
+    code, _, err = run_cli(main, ["validate", _chain(tmp_path, 500)])
+    assert code == 1 and "Traceback" not in err
+    first = diagnostic_lines(err)[0]
+    n = MAX_IMPORT_DEPTH
+    assert first == (
+        f'{tmp_path / f"c{n - 1}.mg"}:2:8: error: cannot import "c{n}.mg": imports nest more than {n} files deep '
+        f"(from {tmp_path / 'c0.mg'}); refusing to load it"
+    )
+
+
+def test_import_chain_at_the_limit_loads_even_with_deep_yaml_at_its_end(tmp_path):
+    from metagen.diagnostics import DiagnosticSink
+    from metagen.frontend.dsl import parse_dsl_file
+    from metagen.frontend.tree import MAX_DEPTH, MAX_IMPORT_DEPTH
+
+    deep = "description: " + "[" * (MAX_DEPTH - 2) + "x" + "]" * (MAX_DEPTH - 2) + "\n"
+    (tmp_path / "deep.yaml").write_text(deep)
+    top = _chain(tmp_path, MAX_IMPORT_DEPTH - 1, 'import "deep.yaml"\nmodel "m" {}\n')  # deep.yaml is the last
+    tree, deps = parse_dsl_file(top, DiagnosticSink())
+    assert len(deps) == MAX_IMPORT_DEPTH and tree.value["description"].is_list
+
+
+# -- diagnostics: linear in count, bounded in size ------------------------------------
+
+
+def test_ten_thousand_errors_print_a_bounded_report(tmp_path):
+    """10k unknown keys on one 100 KB line: 452 MB of stderr before (each error echoed
+    the whole line); now 100 diagnostics, each echo clipped, and a count of the rest."""
+    from metagen.diagnostics import MAX_SHOWN
+
+    keys = ", ".join(f"k{i}: 1" for i in range(10_000))
+    code, _, err = validate(tmp_path, HEAD_YAML + "architecture: {" + keys + "}\n")
+    diags = diagnostic_lines(err)
+    assert code == 1 and len(diags) == MAX_SHOWN + 1
+    assert diags[-1].endswith(f"note: {10_000 - MAX_SHOWN} more errors not shown (at most {MAX_SHOWN} are printed)")
+    assert max(len(line) for line in err.splitlines()) < 200 and len(err) < 40_000
+
+
+def test_merging_diagnostics_is_linear(tmp_path, monkeypatch):
+    """`d not in sink.items` compared every error with every other (10k duplicate .mg
+    keys took 16 s); count the comparisons instead of timing them."""
+    from metagen.diagnostics import Diagnostic
+
+    calls = [0]
+    eq = Diagnostic.__eq__
+
+    def counting(self, other):
+        calls[0] += 1
+        return eq(self, other)
+
+    monkeypatch.setattr(Diagnostic, "__eq__", counting)
+    body = "".join(f'  description "d{i}"\n' for i in range(10_000))
+    code, _, err = validate(tmp_path, HEAD_MG + body + "}\n", ".mg")
+    assert code == 1 and diagnostic_lines(err)[-1].endswith("9899 more errors not shown (at most 100 are printed)")
+    assert calls[0] < 5 * 10_000
+
+
+def test_escapes_in_diagnostics_and_validate_output_are_escaped(tmp_path):
+    """ESC and BEL in names, keys and echoed lines reached the terminal raw."""
+    code, out, err = validate(tmp_path, HEAD_YAML.replace('"t"', '"t\\e[2J\\a"'))
+    assert code == 0 and out.startswith("OK t\\x1b[2J\\x07 (") and "\x1b" not in out
+    code, _, err = validate(tmp_path, HEAD_MG + '  "x\\u001b]0;pwn\\u0007" 1\n  note "\x1b[31m\x07"\n}\n', ".mg")
+    assert code == 1 and "\x1b" not in err and "\x07" not in err
+    assert 'unknown key "x\\x1b]0;pwn\\x07" at the top level' in err and "\\x1b[31m\\x07" in err
+
+
+# -- budgets: .mg values, comment lines, YAML bytes after aliases ---------------------
+
+
+def test_mg_value_budget_refuses_a_huge_list(tmp_path):
+    """1.4M items ran past 120 s at 2 GB: the postlexer now stops at the budget."""
+    from metagen.frontend.tree import MAX_VALUES
+
+    code, _, err = validate(tmp_path, HEAD_MG + "  x [" + ",".join(["1"] * 1_400_000) + "]\n}\n", ".mg")
+    errs = errors_of(err)
+    assert code == 1 and len(errs) == 1 and errs[0].endswith(f"spec holds more than {MAX_VALUES} values; refusing to load it")
+
+
+def test_a_million_comment_lines_are_one_token(tmp_path):
+    """1M comment lines took 18 s and 690 MB (two Lark tokens a line); comment-only
+    lines now ride in one new-line token, and the compiler never collects comments."""
+    from metagen.frontend.dsl import _parse_lark
+
+    text = "# c\n" * 1_000_000 + HEAD_MG + "}\n"
+    code, out, _ = validate(tmp_path, text, ".mg")
+    assert code == 0 and out.startswith("OK t ")
+    _, comments = _parse_lark("# a\n\n  # b\nmetagen 1.0 # c\n# d\nmodel \"m\" {}\n", "c.mg")
+    assert [(c.value, c.line, c.column) for c in comments] == [("# a", 1, 1), ("# b", 3, 3), ("# c", 4, 13), ("# d", 5, 1)]
+
+
+def test_mg_imports_share_one_budget(tmp_path):
+    """Each file is under 4 MiB; what they hold together is limited too."""
+    big = "# " + "x" * (3 * 1024 * 1024) + "\nmodel \"b\" {}\n"
+    (tmp_path / "a.mg").write_text(big)
+    (tmp_path / "b.mg").write_text(big)
+    code, _, err = validate(tmp_path, with_imports("a.mg", "b.mg"), ".mg")
+    assert code == 1 and "hold more than 4 MiB of text together" in errors_of(err)[0]
+
+
+def test_aliases_of_a_long_string_are_refused_by_bytes(tmp_path):
+    """A 1 MB string aliased 200 times made `convert` write 210 MB: the budget now
+    counts text after alias expansion, not just values."""
+    text = HEAD_YAML + "description: &big " + "x" * 1_000_000 + "\nsources: [" + ", ".join(["*big"] * 200) + "]\n"
+    code, _, err = validate(tmp_path, text)
+    errs = errors_of(err)
+    assert code == 1 and len(errs) == 1
+    assert errs[0].endswith("spec expands to more than 4 MiB of text (aliases of long strings?); refusing to load it")
+    code, out, err = run_cli(main, ["convert", str(tmp_path / "s.yaml"), "--to", "mg"])
+    assert code == 1 and out == ""
+
+
+# -- nonsense accepted silently before ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("training.compute.hardware", "nan", "unknown accelerator 'nan' in 'nan'"),
+        ("training.compute.hardware", "8xFOO", "unknown accelerator 'FOO' in '8xFOO'"),
+        ("training.compute.hardware", "8xA100x2", "unknown accelerator 'A100x2' in '8xA100x2' (did you mean \"A100\"?)"),
+        ("constraints.memory_budget", "0.1B", "memory budget '0.1B' is out of range; the allowed range is 1MB to 1PB"),
+        ("training.data.size", "0.1 tokens", "data size '0.1 tokens' is out of range (1 to 10 quadrillion tokens)"),
+        ("training.data.size", "1.5 samples", "data size '1.5 samples' is not a whole number of samples"),
+        ("constraints.parameter_budget.max", "1G", "unknown suffix 'G' in '1G'; use K, M, B or T (e.g. \"500M\") (did you mean \"1B\"?)"),
+        ("constraints.parameter_budget.max", "５M", "cannot read '５M' as a parameter count"),
+        ("constraints.parameter_budget.max", "٥M", "cannot read '٥M' as a parameter count"),
+        ("constraints.parameter_budget.max", "05M", "'05': a number cannot start with 0"),
+    ],
+)
+def test_nonsense_values_are_refused(tmp_path, field, value, message):
+    code, _, err = validate(tmp_path, HEAD_YAML, ".yaml", f"{field}={value}")
+    errs = errors_of(err)
+    assert code == 1 and len(errs) == 1 and f"'{field}': {message}" in errs[0], err
+
+
+@pytest.mark.parametrize("hardware", ["8xA100", "512 x H100", "H100", "8xA100-80GB", "4xH100_SXM", "TPUv5e"])
+def test_known_accelerators_and_variants_are_accepted(tmp_path, hardware):
+    code, _, err = validate(tmp_path, HEAD_YAML, ".yaml", f"training.compute.hardware={hardware}")
+    assert code == 0, err
+
+
+def test_importing_a_file_that_is_not_a_spec_quotes_none_of_it(tmp_path):
+    """A .mg import of a symlink to a key file printed the key's lines."""
+    secret = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n"
+    (tmp_path / "id_key").write_text(secret)
+    for name in ("key.mg", "key.yaml"):
+        (tmp_path / name).symlink_to("id_key")
+        code, _, err = validate(tmp_path, with_imports(name), ".mg", name="main")
+        assert code == 1 and "b3Bl" not in err and "BEGIN" not in err, err
+        assert errors_of(err) == [f'2:8: cannot import "{name}": it is not a MetaGen spec ' + (
+            "(a spec starts with 'metagen', 'import' or 'model')" if name.endswith(".mg")
+            else "(a spec starts with a key such as 'metagen_version:')")]
+
+
+def test_converted_yaml_reads_the_same_in_any_yaml_reader(tmp_path):
+    """Text our reader keeps as text ("007", a date) is quoted in converted YAML, so
+    PyYAML's safe_load (YAML 1.1) does not read 7 or a date."""
+    import yaml
+
+    spec = tmp_path / "t.mg"
+    spec.write_text(HEAD_MG.replace('model "t"', "model 007") + "  description 2001-02-03\n}\n")
+    code, out, err = run_cli(main, ["convert", str(spec), "--to", "yaml"])
+    assert code == 0, err
+    plain = yaml.safe_load(out)
+    assert (plain["name"], plain["description"]) == ("007", "2001-02-03")

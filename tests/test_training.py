@@ -384,3 +384,14 @@ def test_masked_objective_masks_agrees_across_backends_and_learns(tmp_path):
         loss.backward()
         opt.step()
     assert loss.item() < 0.25 * first, (first, loss.item())
+
+
+def test_accelerator_variants_take_their_own_peak():
+    """A100-80GB is an A100 (longest matching name), not the A10 that comes first."""
+    from metagen.compiler.objectives import ACCELERATORS, accelerator_peak
+
+    assert accelerator_peak("A10080GB") == ACCELERATORS["A100"]
+    assert accelerator_peak("A10G") == ACCELERATORS["A10G"]
+    assert accelerator_peak("A10") == ACCELERATORS["A10"]
+    assert accelerator_peak("H100SXM") == ACCELERATORS["H100"]
+    assert accelerator_peak("FOO") is None

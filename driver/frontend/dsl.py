@@ -24,47 +24,46 @@ import re
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from lark import Lark, Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from metagen.diagnostics import CompileError, Diagnostic, DiagnosticSink, Loc
-from metagen.frontend.tree import LNode
-
-MAX_DEPTH = 64  # nesting of '{' and '['; far beyond any spec, well inside Python's stack
+from metagen.frontend import units
+from metagen.frontend.tree import MAX_DEPTH, MAX_IMPORT_DEPTH, MAX_SPEC_BYTES, MAX_VALUES, LNode
 
 # ---------------------------------------------------------------------------
 # Scalars
 
 _ATOM_RE = re.compile(r"""[^\s{}\[\],;#"'=:]+""")
 _QUANTITY_RE = re.compile(r"""[+-]?\.?[0-9][^\s{}\[\],;#"'=:]*[ \t]+[^\W\d_][^\s{}\[\],;#"'=:]*""")
-_INT_RE = re.compile(r"[+-]?[0-9]+")
-_FLOAT_RE = re.compile(r"[+-]?(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+)")
 _WORDS = {"true": True, "false": False, "null": None}
 
 
 def classify_atom(text: str) -> Any:
-    """The value of a bare word: integer, float, true/false, null, or the text itself."""
+    """The value of a bare word: integer, float, true/false, null, or the text itself.
+    Numbers follow the grammar every frontend shares (`units.read_numeral`: "010"
+    is text); a numeral of more than 100 digits raises `units.UnitError`."""
     if text in _WORDS:
         return _WORDS[text]
-    if _INT_RE.fullmatch(text):
-        return int(text)
-    if _FLOAT_RE.fullmatch(text):
-        return float(text)
-    return text
+    number = units.read_numeral(text)
+    return text if number is None else number
 
 
 def is_bare_text(text: str) -> bool:
     """Whether `text` can be written without quotes and still read back as this text."""
     if _ATOM_RE.fullmatch(text):
-        return classify_atom(text) == text and isinstance(classify_atom(text), str)
+        return text not in _WORDS and not units.is_numeral(text)
     return bool(_QUANTITY_RE.fullmatch(text)) and "\t" not in text and "  " not in text
 
 
 def is_number_literal(text: str) -> bool:
     """Whether a bare `text` reads as a number (with the value `float(text)` gives)."""
-    return bool(_INT_RE.fullmatch(text) or _FLOAT_RE.fullmatch(text))
+    try:
+        return units.read_numeral(text) is not None
+    except units.UnitError:
+        return False
 
 
 def is_bare_key(text: str) -> bool:
@@ -262,6 +261,7 @@ class DslSyntaxError(Exception):
 
 
 _CLOSER_OF = {"LBRACE": "}", "LSQB": "]"}
+_VALUE_TOKENS = frozenset({"ATOM", "STRING", "QUANTITY", "LBRACE", "LSQB"})
 _OPENING_FOR = {"RBRACE": "LBRACE", "RSQB": "LSQB"}
 
 
@@ -297,8 +297,18 @@ class _PostLexer:
         self.stack = stack = []
         suspicious: list[tuple[Token, Token]] = []  # pairs closed at a different indentation
         self.history = []
+        values = 0
         for tok in stream:
             kind = tok.type
+            is_key = (
+                stack and stack[-1].type == "LBRACE" and self.prev is not None and self.prev.type in ("LBRACE", "_SEP")
+            )
+            if kind in _VALUE_TOKENS and not is_key:  # values as YAML counts them: keys are not values
+                values += 1
+                if values > MAX_VALUES:  # before Lark builds a tree of a million items
+                    raise DslSyntaxError(
+                        [self._diag(tok, f"spec holds more than {MAX_VALUES} values; refusing to load it")]
+                    )
             top = stack[-1].type if stack else None
             if kind in ("NL", "SEMI"):
                 if top == "LSQB":
@@ -362,6 +372,32 @@ _LOCK = threading.Lock()
 _PARSER: Lark | None = None
 _POSTLEX = _PostLexer()
 _COMMENTS: list[Token] = []
+_WANT_COMMENTS = [False]  # the compiler never looks at comments; only the formatter does
+
+
+def _on_comment(tok: Token) -> Token:
+    if _WANT_COMMENTS[0]:
+        _COMMENTS.append(tok)
+    return tok
+
+
+class _LineComment(NamedTuple):
+    """A comment taken out of an NL token: what `attach` reads of a COMMENT token."""
+
+    value: str
+    line: int
+    column: int
+
+
+def _on_newlines(tok: Token) -> Token:
+    """Comment-only lines ride in the NL token (a million of them lex as one token);
+    the formatter gets them back with their positions."""
+    if _WANT_COMMENTS[0] and "#" in tok.value:
+        for offset, piece in enumerate(tok.value.split("\n")[1:], 1):  # each piece follows a new line
+            body = piece.lstrip(" \t")
+            if body.startswith("#"):
+                _COMMENTS.append(_LineComment(body, tok.line + offset, len(piece) - len(body) + 1))
+    return tok
 
 
 def grammar_text() -> str:
@@ -379,16 +415,17 @@ def _parser() -> Lark:
             propagate_positions=True,
             keep_all_tokens=True,
             maybe_placeholders=False,
-            lexer_callbacks={"COMMENT": _COMMENTS.append},
+            lexer_callbacks={"COMMENT": _on_comment, "NL": _on_newlines},
         )
     return _PARSER
 
 
-def _parse_lark(text: str, path: str) -> tuple[Tree, list[Token]]:
+def _parse_lark(text: str, path: str, comments: bool = True) -> tuple[Tree, list[Token]]:
     with _LOCK:
         parser = _parser()
         _POSTLEX.path, _POSTLEX.text = path, text
         _COMMENTS.clear()
+        _WANT_COMMENTS[0] = comments
         try:
             tree = parser.parse(text)
         except DslSyntaxError as exc:
@@ -618,7 +655,12 @@ class _CstBuilder:
         if tok.type == "QUANTITY":
             text = " ".join(tok.value.split())
             return Scalar(text, False, text, loc)
-        value = tok.value if as_text else classify_atom(tok.value)
+        value = tok.value
+        if not as_text:
+            try:
+                value = classify_atom(tok.value)
+            except units.UnitError as exc:
+                self.errors.append(Diagnostic("error", loc, str(exc)))
         return Scalar(value, False, tok.value, loc)
 
     def block(self, t: Tree) -> Block:
@@ -666,11 +708,12 @@ class _CstBuilder:
             target.leading.append(Comment(text, self.blank_before(c.line)))
 
 
-def parse_cst(text: str, path: str) -> Doc:
-    """The concrete syntax of one `.mg` file, comments included; CompileError if malformed."""
+def parse_cst(text: str, path: str, comments: bool = True) -> Doc:
+    """The concrete syntax of one `.mg` file, comments included unless `comments` is
+    false (the compiler's case); CompileError if malformed."""
     if text.startswith("\ufeff"):
         text = text[1:]
-    tree, comments = _parse_lark(text, path)
+    tree, comments = _parse_lark(text, path, comments)
     builder = _CstBuilder(text, path)
     doc = builder.doc(tree, comments)
     if builder.errors:
@@ -756,21 +799,60 @@ def _copy(node: LNode) -> LNode:
 IMPORTABLE = (".mg", ".yaml", ".yml", ".json")
 
 
+_MG_START = re.compile(r"(?:metagen|import|model)(?![^\s{}\[\],;#\"'=:])")
+_YAML_START = re.compile(
+    r"""(?:[{\[]|---(?:\s|$)|%(?:YAML|TAG)\s|(?:[A-Za-z_][\w.\-]*|"[^"\n]*"|'[^'\n]*')[ \t]*:(?:\s|$))"""
+)
+_FIRST_LINE = re.compile(r"^[ \t]*([^\s#].*)$", re.M)
+
+
+def looks_like_spec(text: str, ext: str) -> bool:
+    """Whether the first line that is not blank or a comment starts a spec: a .mg
+    statement, or a YAML key or flow collection. An imported file that does not
+    (a key file, notes, ...) is refused without quoting any of its lines."""
+    m = _FIRST_LINE.search(text.lstrip("\ufeff"))
+    if m is None:
+        return True  # empty: its own diagnostic quotes nothing
+    return bool((_MG_START if ext == ".mg" else _YAML_START).match(m.group(1)))
+
+
+def _count_values(node: LNode) -> int:
+    if node.is_map:
+        return 1 + sum(_count_values(v) for v in node.value.values())
+    if node.is_list:
+        return 1 + sum(_count_values(v) for v in node.value)
+    return 1
+
+
 class _Loader:
+    """Loads a file and its imports, with budgets for the whole spec: the import
+    chain's depth, and the bytes and values of all files together."""
+
     def __init__(self, sink: DiagnosticSink):
         self.sink = sink
         self.deps: list[str] = []
         self.cache: dict[str, LNode] = {}
         self.stack: list[tuple[str, str]] = []  # (realpath, shown path) of files being loaded
+        self.chars = 0
+        self.values = 0
 
     def note_dep(self, path: str) -> None:
         if path not in self.deps:
             self.deps.append(path)
 
+    def count(self, tree: LNode, chars: int, path: str) -> None:
+        self.chars += chars
+        self.values += _count_values(tree)
+        if self.chars > MAX_SPEC_BYTES or self.values > MAX_VALUES:
+            what = "4 MiB of text" if self.chars > MAX_SPEC_BYTES else f"{MAX_VALUES} values"
+            message = f"a spec and the files it imports hold more than {what} together; refusing to load them"
+            raise CompileError([Diagnostic("error", Loc(path, 1, 1), message)])
+
     def load_text(self, text: str, path: str) -> LNode:
         self.sink.add_source(path, text[1:] if text.startswith("\ufeff") else text)
-        doc = parse_cst(text, path)
+        doc = parse_cst(text, path, comments=False)
         own = doc_to_tree(doc)
+        self.count(own, len(text), path)
         self.stack.append((os.path.realpath(path), path))
         try:
             merged: LNode | None = None
@@ -802,6 +884,17 @@ class _Loader:
                     )
                 ]
             )
+        if len(self.stack) >= MAX_IMPORT_DEPTH:
+            raise CompileError(
+                [
+                    Diagnostic(
+                        "error",
+                        imp.target_loc,
+                        f'cannot import "{target}": imports nest more than {MAX_IMPORT_DEPTH} files deep '
+                        f"(from {self.stack[0][1]}); refusing to load it",
+                    )
+                ]
+            )
         for i, (r, _) in enumerate(self.stack):
             if r == real:
                 chain = " -> ".join([shown for _, shown in self.stack[i:]] + [full])
@@ -815,17 +908,28 @@ class _Loader:
         if real in self.cache:
             return self.cache[real]
         try:
-            text = read_source(full, self.sink)
+            text = read_source(full, DiagnosticSink())  # its lines are shown only if it is a spec
+        except CompileError as exc:
+            raise CompileError(
+                [Diagnostic("error", imp.target_loc, f'cannot import "{target}": {exc.diagnostics[0].message}')]
+            ) from None
+        if not looks_like_spec(text, ext):
+            kind = "'metagen', 'import' or 'model'" if ext == ".mg" else "a key such as 'metagen_version:'"
+            message = f'cannot import "{target}": it is not a MetaGen spec (a spec starts with {kind})'
+            raise CompileError([Diagnostic("error", imp.target_loc, message)])
+        try:
             if ext == ".mg":
                 tree = self.load_text(text, full)
             else:
                 from metagen.frontend.yaml_frontend import parse_yaml
 
+                self.sink.add_source(full, text)
                 tree = parse_yaml(text, full)
                 if not tree.is_map:
                     raise CompileError(
                         [Diagnostic("error", tree.loc, "an imported spec must be a mapping of sections")]
                     )
+                self.count(tree, len(text), full)
         except CompileError as exc:
             note = Diagnostic("note", imp.target_loc, f'in the file imported here ("{target}")')
             raise CompileError(exc.diagnostics + [note]) from None

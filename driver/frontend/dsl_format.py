@@ -39,6 +39,7 @@ from metagen.frontend.dsl import (
     quote,
 )
 from metagen.frontend.tree import LNode
+from metagen.frontend.yaml_frontend import resolves_to_text
 
 INDENT = "  "
 WIDTH = 88  # an inline list or one-entry block longer than this is broken over lines
@@ -208,14 +209,6 @@ def _scalar_field(f: S.Field | None) -> S.Field | None:
     return f
 
 
-def _finite_float(text: str) -> float | None:
-    try:
-        x = float(text)
-    except ValueError:
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _float_text(x: float) -> str:
     """A DSL float literal: `repr` with a short exponent (1e-5, not 1e-05)."""
     if not math.isfinite(x):
@@ -250,10 +243,7 @@ def mg_scalar(node: LNode, f: S.Field | None, path: tuple[str, ...]) -> str:
             return quote(text)
         if is_number_literal(text):  # text YAML did not read as a number ("1e3"); the builder does
             return str(int(text)) if re.fullmatch(r"[+-]?[0-9]+", text) else _float_text(float(text))
-        if is_bare_text(text):
-            return text
-        x = _finite_float(text)
-        return _float_text(x) if x is not None else quote(text)
+        return text if is_bare_text(text) else quote(text)  # text stays text ("１２" is no number)
     if kind == S.STR:
         return text if _WORD_RE.fullmatch(text) and is_bare_text(text) else quote(text)
     if kind in (S.PARAMS, S.CONTEXT) and re.fullmatch(r"[0-9]+", text):
@@ -325,9 +315,9 @@ def tree_to_mg(tree: LNode) -> str:
 # ---------------------------------------------------------------------------
 # Located tree -> YAML
 
-_YAML_PLAIN_RE = re.compile(r"[A-Za-z0-9_./+\-][A-Za-z0-9_./+\- ]*")
-_RESOLVER = yaml.resolver.Resolver()
+_YAML11 = yaml.resolver.Resolver()
 _STR_TAG = "tag:yaml.org,2002:str"
+_YAML_PLAIN_RE = re.compile(r"[A-Za-z0-9_./+\-][A-Za-z0-9_./+\- ]*")
 
 
 def _yaml_plain_ok(text: str) -> bool:
@@ -335,7 +325,9 @@ def _yaml_plain_ok(text: str) -> bool:
         return False
     if text.startswith("-") and (len(text) == 1 or text[1] == " "):
         return False
-    return _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)) == _STR_TAG
+    # plain only where MetaGen's reader and a YAML 1.1 reader (PyYAML's safe_load: "010"
+    # is 8 there, "2001-02-03" a date) both read text
+    return resolves_to_text(text) and _YAML11.resolve(yaml.ScalarNode, text, (True, False)) == _STR_TAG
 
 
 def yaml_quote(text: str) -> str:
@@ -395,12 +387,7 @@ def yaml_scalar(node: LNode, f: S.Field | None) -> str:
     text = str(v)
     kind = f.kind if f is not None else None
     if kind in (S.INT, S.FLOAT) and not node.quoted:
-        if _yaml_plain_ok(text):
-            return text
-        x = _finite_float(text)
-        if x is not None:
-            return _yaml_float(x)
-        return yaml_quote(text)
+        return text if _yaml_plain_ok(text) else yaml_quote(text)
     if node.quoted or not _yaml_plain_ok(text):
         return yaml_quote(text)
     return text

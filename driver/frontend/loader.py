@@ -6,11 +6,10 @@ import os
 import stat
 
 from metagen.diagnostics import CompileError, Diagnostic, DiagnosticSink, Loc
-from metagen.frontend.tree import LNode
+from metagen.frontend.tree import MAX_SPEC_BYTES, LNode
 
 YAML_EXTS = (".yaml", ".yml", ".json")
 DSL_EXTS = (".mg",)
-MAX_SPEC_BYTES = 4 * 1024 * 1024
 
 
 def read_source(path: str, sink: DiagnosticSink) -> str:

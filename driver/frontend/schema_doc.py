@@ -16,14 +16,18 @@ a pass chooses the value (family conventions, fitted sizes) and records its choi
 
 | kind | forms | notes |
 | --- | --- | --- |
-| parameters | `50M`, `1.5B`, `70B`, `125K`, `125000` | decimal: K = 10^3, M = 10^6, B = 10^9, T = 10^12; at most 10T |
-| memory | `512MB`, `8GB`, `1TB` (`GiB` etc. accepted) | binary: MB = 2^20 bytes, GB = 2^30, as GPU tools report |
+| parameters | `50M`, `1.5B`, `70B`, `125K`, `125000` | decimal: K = 10^3, M = 10^6, B = 10^9, T = 10^12; at most 10T; `G` is refused (did you mean `B`?), since `1G` reads like a memory size |
+| memory | `512MB`, `8GB`, `1TB` (`GiB` etc. accepted) | binary: MB = 2^20 bytes, GB = 2^30, as GPU tools report; 1MB to 1PB |
 | context | `512`, `32k`, `128k`, `1M` | k = 1024 tokens, M = 2^20; `∞`/`infinite` warns and means 1M |
 | latency | `real-time`, `near-real-time`, `interactive`, `batch`, `offline`, `10ms`, `60 tok/s`, `2 img/s`, `30fps` | see docs/cost_model.md |
 | rate | `60 tok/s`, `2 img/s`, `30fps`, `10 samples/s` | |
 | duration | `12 hours`, `5 days`, `2 weeks` | |
-| hardware | `8xA100`, `512xH100`, `H100` | count x accelerator |
-| data size | `100B tokens`, `1.28M samples` | |
+| hardware | `8xA100`, `512xH100`, `H100`, `8xA100-80GB` | count x accelerator, one of docs/training.md's table; a variant follows `-` or `_` |
+| data size | `100B tokens`, `1.28M samples` | a whole number, at least 1 |
+
+Numbers are written in ASCII decimal digits, in every frontend alike: no leading
+zero (`010` was octal 8 in YAML 1.1), no `0x`, `1_000` or `1:30`, no fullwidth or
+other scripts' digits, at most 100 digits.
 
 ## Defaults worth knowing
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
-import yaml
-
-from metagen.diagnostics import DiagnosticSink, Loc, did_you_mean
+from metagen.diagnostics import MAX_SHOWN, CompileError, Diagnostic, DiagnosticSink, Loc, did_you_mean
 from metagen.frontend import schema as S
 from metagen.frontend import units
 from metagen.frontend.tree import LNode, from_plain
@@ -116,6 +114,11 @@ def _type_name(v: Any) -> str:
 class _Builder:
     def __init__(self, sink: DiagnosticSink):
         self.sink = sink
+        self.hints = 0  # "did you mean" for the first diagnostics (those printed), not for 20,000
+
+    def did_you_mean(self, word: str, choices) -> str:
+        self.hints += 1
+        return did_you_mean(word, choices) if self.hints <= MAX_SHOWN else ""
 
     def build_map(self, field: S.Field, node: LNode | None, path: str, loc: Loc, quiet: bool = False) -> Record:
         """`quiet`: the whole section is missing and already reported; do not
@@ -133,7 +136,7 @@ class _Builder:
             if field.member(key) is None:
                 where = f"in '{path}'" if path else "at the top level"
                 kloc = node.key_locs.get(key, child.loc)
-                self.sink.error(kloc, f'unknown key "{key}" {where}{did_you_mean(key, names)}')
+                self.sink.error(kloc, f'unknown key "{key}" {where}{self.did_you_mean(key, names)}')
         for f in field.fields:
             child = given.get(f.name)
             sub = f"{path}.{f.name}" if path else f.name
@@ -199,7 +202,7 @@ class _Builder:
                 return None
             word = v.strip().lower()
             if word not in f.choices:
-                hint = did_you_mean(word, f.choices)
+                hint = self.did_you_mean(word, f.choices)
                 if f.open_choices:
                     self.sink.warning(node.loc, f"unsupported {f.name} \"{v}\"{hint}; MetaGen builds a best-effort model for it")
                     return word
@@ -212,9 +215,10 @@ class _Builder:
                 return None
             return v
         if kind in (S.INT, S.FLOAT):
-            num = _as_number(v, node.quoted)
+            num = _as_number(v)
             if num is None:
-                err(node.loc, f"'{path}' must be {_expect(f)}, not {_type_name(v)} {v!r}")
+                hint = units.leading_zero_hint(v) if isinstance(v, str) and not node.quoted else ""
+                err(node.loc, f"'{path}' must be {_expect(f)}, not {_type_name(v)} {v!r}{hint}")
                 return None
             if kind == S.INT:
                 if isinstance(num, float) and not num.is_integer():
@@ -250,15 +254,19 @@ class _Builder:
                 return text
             except units.UnitError:
                 pass
-            hint = did_you_mean(text, S.LATENCY_WORDS)
+            hint = self.did_you_mean(text, S.LATENCY_WORDS)
             raise units.UnitError(
                 f"cannot read {v!r} as a latency{hint}; use one of {', '.join(S.LATENCY_WORDS)}, "
                 "a time (\"10ms\") or a rate (\"60 tok/s\", \"2 img/s\", \"30fps\")"
             )
+        if kind == S.HARDWARE:
+            from metagen.compiler.objectives import ACCELERATORS  # the accelerators with known throughput
+
+            units.parse_hardware(v, ACCELERATORS)
+            return str(v).strip()
         parser = {
             S.RATE: units.parse_rate,
             S.DURATION: units.parse_duration,
-            S.HARDWARE: units.parse_hardware,
             S.DATA_SIZE: units.parse_data_size,
         }[kind]
         parser(v)
@@ -269,18 +277,13 @@ def _number_text(v) -> str:
     return str(v)
 
 
-def _as_number(v, quoted: bool):
-    if isinstance(v, bool):
+def _as_number(v):
+    """A finite number, or None. Every frontend reads numerals by one grammar
+    (`units.read_numeral`), so text here is never a number: "1e-5" is already a
+    float, and "010", "1_000", "１２" or "1:30" stay text and are refused."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    if isinstance(v, (int, float)):
-        return v if math.isfinite(v) else None
-    if isinstance(v, str) and not quoted:
-        try:
-            x = float(v)  # YAML 1.1 reads "1e-5" as text; a spec author means a number
-        except ValueError:
-            return None
-        return x if math.isfinite(x) else None
-    return None
+    return v if math.isfinite(v) else None
 
 
 def _fmt(x) -> str:
@@ -310,17 +313,27 @@ def _expect(f: S.Field) -> str:
 def apply_overrides(tree: LNode, overrides: list[tuple[str, str]], sink: DiagnosticSink) -> LNode:
     """Apply `-D key=value` overrides to a located tree, as if written in the spec.
 
-    Values are read as YAML scalars, so `-D architecture.layers=2` is an integer and
-    `-D name="x y"` a string.
+    Values are read as YAML scalars by the YAML frontend's own rules, so
+    `-D architecture.layers=2` is an integer, `-D name="x y"` a string, and
+    `-D description=2001-02-03` the same text it is in a file. Text that is not
+    well-formed YAML, or that YAML reads as a mapping, is taken as it is.
     """
+    from metagen.frontend.yaml_frontend import parse_override
+
     for i, (key, raw) in enumerate(overrides):
         loc = Loc("<command line>", 1, i + 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, (dict, list)) and not raw.strip().startswith(("[", "{")):
-            value = raw
+            value = parse_override(raw, loc) if raw.strip() else None
+        except CompileError as exc:
+            sink.extend(Diagnostic(d.severity, d.loc, f"-D {key}: {d.message}") for d in exc.diagnostics)
+            continue
+        if value is None or (value.is_map and not raw.strip().startswith("{")) or (
+            value.is_list and not raw.strip().startswith("[")
+        ):
+            if not _is_text(raw):
+                sink.error(loc, f"-D {key}: the value is not UTF-8 text")
+                continue
+            value = LNode(raw, loc, quoted=True)
         parts = key.split(".")
         node = tree
         ok = True
@@ -336,9 +349,17 @@ def apply_overrides(tree: LNode, overrides: list[tuple[str, str]], sink: Diagnos
                 break
             node = child
         if ok:
-            node.value[parts[-1]] = from_plain(value, loc)
+            node.value[parts[-1]] = value
             node.key_locs[parts[-1]] = loc
     return tree
+
+
+def _is_text(raw: str) -> bool:
+    try:
+        raw.encode("utf-8")  # argv undecodable in the locale arrives as lone surrogates
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def build_spec(tree: LNode, sink: DiagnosticSink) -> Spec:

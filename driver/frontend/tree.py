@@ -14,6 +14,13 @@ from metagen.diagnostics import Loc
 
 Scalar = Union[str, int, float, bool, None]
 
+# Limits every frontend enforces (docs/robustness.md lists them): far beyond any real
+# spec, and small enough that a hostile one is refused in well under a second.
+MAX_SPEC_BYTES = 4 * 1024 * 1024  # one file, and a spec with everything it imports
+MAX_VALUES = 20_000  # keys and values, after YAML aliases are expanded and imports merged
+MAX_DEPTH = 64  # nesting of maps and lists
+MAX_IMPORT_DEPTH = 32  # a .mg file importing one importing one ...
+
 
 @dataclass
 class LNode:

@@ -8,15 +8,63 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Iterable
+
+from metagen.diagnostics import did_you_mean
 
 
 class UnitError(ValueError):
     pass
 
 
+# One number grammar for every frontend (YAML, JSON, `.mg`, `-D`) and every unit:
+# ASCII decimal digits only (no octal `010`, hex, `1_000`, sexagesimal `1:30`, nor
+# fullwidth or Arabic-Indic digits, which Python's int() and float() would take).
 _NUM = r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+)"
+_PLAIN_INT = re.compile(r"[+-]?[0-9]+")
+_PLAIN_FLOAT = re.compile(r"[+-]?(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+)")
+_LEADING_ZERO = re.compile(r"[+-]?0[0-9]")
+MAX_NUMBER_DIGITS = 100  # a numeral longer than this is a typo (and 10^310 overflows a float)
 
-_PARAM_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+def _check_numeral(text: str) -> None:
+    digits = sum(c.isdigit() for c in text)
+    if digits > MAX_NUMBER_DIGITS:
+        raise UnitError(f"a number of {digits} digits is too long; numbers have at most {MAX_NUMBER_DIGITS} digits")
+    if _LEADING_ZERO.match(text):
+        raise UnitError(f"{text[:MAX_NUMBER_DIGITS]!r}: a number cannot start with 0 (YAML 1.1 read 010 as octal 8); write it without leading zeros")
+
+
+def is_numeral(text: str) -> bool:
+    """Whether plain (unquoted) `text` is a number in the spec language's grammar;
+    numerals with a leading zero are text ("010"), and a numeric field refuses them."""
+    return bool(_PLAIN_INT.fullmatch(text) or _PLAIN_FLOAT.fullmatch(text)) and not _LEADING_ZERO.match(text)
+
+
+def read_numeral(text: str) -> int | float | None:
+    """The number plain `text` spells (int without '.' or exponent), else None.
+    Raises UnitError for a numeral of more than MAX_NUMBER_DIGITS digits."""
+    if not is_numeral(text):
+        return None
+    _check_numeral(text)
+    return int(text) if _PLAIN_INT.fullmatch(text) else float(text)
+
+
+def leading_zero_hint(text: str) -> str:
+    """A hint for text that is a numeral but for its leading zero, else ''."""
+    if (_PLAIN_INT.fullmatch(text) or _PLAIN_FLOAT.fullmatch(text)) and _LEADING_ZERO.match(text):
+        return "; a number cannot start with 0 (YAML 1.1 read 010 as octal 8): write it without leading zeros"
+    return ""
+
+
+def _num(text: str) -> float:
+    """The value of a numeral matched by `_NUM` inside a quantity ("500" of "500M")."""
+    _check_numeral(text)
+    return float(text)
+
+
+_PARAM_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+_SUFFIX_HINT = {"G": "B"}  # giga is written B in parameter counts (as in "7B"); GB is a memory size
 MAX_PARAMS = 10**13  # 10T: far beyond any trained model; larger is a typo
 
 
@@ -33,7 +81,10 @@ def parse_count(value, what: str = "parameter count", limit: int = MAX_PARAMS) -
     if isinstance(value, bool):
         raise UnitError(f"{what} must be a number like \"500M\" or \"1.5B\", not a boolean")
     if isinstance(value, (int, float)):
-        x = float(value)
+        try:
+            x = float(value)
+        except OverflowError:  # an int beyond 1e308
+            x = math.inf
     else:
         m = re.fullmatch(r"\s*([+-]?)" + _NUM + r"\s*([a-zA-Z]*)\s*", str(value))
         if not m:
@@ -41,8 +92,9 @@ def parse_count(value, what: str = "parameter count", limit: int = MAX_PARAMS) -
         sign, num, suffix = m.groups()
         key = suffix.upper()
         if key not in _PARAM_SUFFIX:
-            raise UnitError(f"unknown suffix {suffix!r} in {value!r}; use K, M, B or T (e.g. \"500M\")")
-        x = float(num) * _PARAM_SUFFIX[key] * (-1 if sign == "-" else 1)
+            hint = f' (did you mean "{num}{_SUFFIX_HINT[key]}"?)' if key in _SUFFIX_HINT else ""
+            raise UnitError(f"unknown suffix {suffix!r} in {value!r}; use K, M, B or T (e.g. \"500M\"){hint}")
+        x = _num(num) * _PARAM_SUFFIX[key] * (-1 if sign == "-" else 1)
     if not math.isfinite(x):
         raise UnitError(f"{what} must be a finite number; the allowed range is 1 to {format_count(limit)}")
     if x < 1 or x > limit:
@@ -57,7 +109,7 @@ _BYTES = {
     "GB": 1024**3, "GIB": 1024**3,
     "TB": 1024**4, "TIB": 1024**4,
 }
-MAX_BYTES = 1024**5  # 1 PB
+MIN_BYTES, MAX_BYTES = 1024**2, 1024**5  # 1 MB to 1 PB
 
 
 def parse_bytes(value, what: str = "memory budget") -> int:
@@ -70,9 +122,9 @@ def parse_bytes(value, what: str = "memory budget") -> int:
     sign, num, unit = m.groups()
     if unit.upper() not in _BYTES:
         raise UnitError(f"unknown unit {unit!r} in {value!r}; use MB, GB or TB")
-    x = float(num) * _BYTES[unit.upper()] * (-1 if sign == "-" else 1)
+    x = _num(num) * _BYTES[unit.upper()] * (-1 if sign == "-" else 1)
     _finite_positive(x, what)
-    if x > MAX_BYTES:
+    if x < MIN_BYTES or x > MAX_BYTES:
         raise UnitError(f"{what} {value!r} is out of range; the allowed range is 1MB to 1PB")
     return int(x)
 
@@ -93,7 +145,7 @@ def parse_context(value) -> tuple[int, str | None]:
     if not m:
         raise UnitError(f"cannot read {value!r} as a context window; write e.g. \"512\", \"32k\", \"128k\", \"1M\"")
     num, suffix = m.groups()
-    x = float(num) * {"": 1, "k": 1024, "m": 1024**2}[suffix.lower()]
+    x = _num(num) * {"": 1, "k": 1024, "m": 1024**2}[suffix.lower()]
     if x < 1:
         raise UnitError("context window must be at least 1 token")
     if x > MAX_CONTEXT:
@@ -118,19 +170,31 @@ def parse_duration(value) -> float:
     m = re.fullmatch(_NUM + r"\s*([a-zA-Z]+)", str(value).strip())
     if not m or m.group(2).lower() not in _DURATION:
         raise UnitError(f"cannot read {value!r} as a duration; write e.g. \"12 hours\", \"5 days\", \"2 weeks\"")
-    x = float(m.group(1)) * _DURATION[m.group(2).lower()]
+    x = _num(m.group(1)) * _DURATION[m.group(2).lower()]
     return _finite_positive(x, "duration")
 
 
-def parse_hardware(value) -> tuple[int, str]:
-    """'8xA100' -> (8, 'A100'); 'H100' -> (1, 'H100')."""
+def parse_hardware(value, accelerators: Iterable[str] = ()) -> tuple[int, str]:
+    """'8xA100' -> (8, 'A100'); 'H100' -> (1, 'H100'). With `accelerators` (the
+    known names, upper case), the name must be one of them, optionally followed by
+    a variant after '-' or '_' ("A100-80GB", "H100_SXM"): "8xFOO", "8xA100x2" and
+    "nan" are refused."""
     m = re.fullmatch(r"\s*(?:([0-9]+)\s*[xX×*]\s*)?([A-Za-z][A-Za-z0-9_\-]*)\s*", str(value))
     if not m:
         raise UnitError(f"cannot read {value!r} as hardware; write e.g. \"8xA100\", \"512xH100\"")
-    count = int(m.group(1) or 1)
+    count = _num(m.group(1) or "1")
     if count < 1 or count > 10**6:
         raise UnitError(f"device count in {value!r} is out of range (1 to 1000000)")
-    return count, m.group(2)
+    name = m.group(2)
+    known = {a.upper() for a in accelerators}
+    if known:
+        cuts = [len(name)] + [i for i, c in enumerate(name) if c in "-_"]
+        if not any(name[:i].upper().replace("-", "").replace("_", "") in known for i in cuts):
+            raise UnitError(
+                f"unknown accelerator {name!r} in {value!r}{did_you_mean(name.upper(), known)}; "
+                f"known: {', '.join(sorted(known))} (a variant follows '-', e.g. \"A100-80GB\")"
+            )
+    return int(count), name
 
 
 def parse_data_size(value) -> tuple[int, str]:
@@ -146,10 +210,12 @@ def parse_data_size(value) -> tuple[int, str]:
         unit = "samples"
     else:
         raise UnitError(f"unknown data unit {unit!r} in {value!r}; use tokens or samples")
-    x = float(num) * _PARAM_SUFFIX[suffix]
+    x = _num(num) * _PARAM_SUFFIX[suffix]
     _finite_positive(x, "data size")
-    if x > 10**16:
-        raise UnitError(f"data size {value!r} is out of range (at most 10 quadrillion)")
+    if x < 1 or x > 10**16:
+        raise UnitError(f"data size {value!r} is out of range (1 to 10 quadrillion {unit})")
+    if not x.is_integer():
+        raise UnitError(f"data size {value!r} is not a whole number of {unit}")
     return int(x), unit
 
 
@@ -158,7 +224,7 @@ def parse_rate(value) -> tuple[float, str]:
     m = re.fullmatch(r"\s*" + _NUM + r"\s*([a-zA-Z/]+)\s*", str(value))
     if not m:
         raise UnitError(f"cannot read {value!r} as a rate; write e.g. \"60 tok/s\", \"2 img/s\", \"30fps\"")
-    x = _finite_positive(float(m.group(1)), "rate")
+    x = _finite_positive(_num(m.group(1)), "rate")
     unit = m.group(2).lower()
     aliases = {
         "tok/s": "tok/s", "tokens/s": "tok/s", "token/s": "tok/s", "tps": "tok/s",
@@ -176,7 +242,7 @@ def parse_time(value) -> float:
     if not m:
         raise UnitError(f"cannot read {value!r} as a time; write e.g. \"10ms\" or \"2s\"")
     scale = {"ms": 1e-3, "s": 1.0, "us": 1e-6, "µs": 1e-6}[m.group(2)]
-    return _finite_positive(float(m.group(1)) * scale, "time")
+    return _finite_positive(_num(m.group(1)) * scale, "time")
 
 
 def format_count(n: int) -> str:

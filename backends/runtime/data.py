@@ -1,0 +1,250 @@
+"""The data side of the generated training programs: numpy only, so the torch and the
+flax program draw the same batches; the objective's data transforms; the
+learning-rate schedule; the command line. Copied into every train.py.
+
+What an objective does to a batch before its loss (noise a sample, hide tokens, draw
+labels, pair inputs) is declared by the objective (compiler/objectives.py,
+`DataTransform`) and written to TRAIN["data"]; each entry names a function of
+TRANSFORMS below and the inputs and batch fields it works on. Nothing here looks at
+an input's name to decide what it is.
+"""
+
+import argparse
+import importlib.util
+import math
+import os
+import sys
+import zlib
+
+import numpy as np
+
+from metagen.backends.runtime.program import M, TRAIN
+
+
+def _load_sibling(filename, tag):
+    """The sibling model file, imported under a name unique to its path."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
+    name = "_metagen_%s_%08x" % (tag, zlib.crc32(path.encode("utf-8")))
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _input_shape(name, batch_size):
+    sizes = dict(M._EXAMPLE_SIZES, batch=batch_size)
+    if TRAIN["seq_len"]:
+        sizes["seq"] = TRAIN["seq_len"]
+    return tuple(d if isinstance(d, int) else sizes[d] for d in M.INPUTS[name]["shape"])
+
+
+def _input_kinds():
+    return {spec["name"]: spec for spec in M._INPUT_KINDS}
+
+
+def _synthetic_tokens(rng, shape, high):
+    """Learnable token streams: each row counts up from a random start by a random
+    stride (mod vocabulary), so next-token loss can fall well below log(vocab)."""
+    start = rng.integers(0, high, size=shape[:-1] + (1,))
+    stride = rng.integers(1, 4, size=shape[:-1] + (1,))
+    return (start + stride * np.arange(shape[-1])) % high
+
+
+def _alphas_cumprod(schedule):
+    """Diffusion noise schedule (scaled_linear: betas = linspace(sqrt(b0), sqrt(b1))^2)."""
+    betas = (
+        np.linspace(schedule["beta_start"] ** 0.5, schedule["beta_end"] ** 0.5, schedule["steps"])
+        ** 2
+    )
+    return np.cumprod(1.0 - betas)
+
+
+def _carry(out, names, keys, high):
+    """Make the synthetic inputs `names` carry a per-row (or per-position) key, so a
+    label or a pairing can be learned: the key becomes the first token of token
+    inputs and a shift of float inputs."""
+    kinds = _input_kinds()
+    for name in names:
+        spec = kinds[name]
+        x = out[name]
+        if keys.ndim == 1 and spec["kind"] == "tokens":
+            x[(slice(None),) * (x.ndim - 1) + (0,)] = keys.reshape(
+                (-1,) + (1,) * (x.ndim - 2)
+            ) % int(spec["high"])
+        elif spec["kind"] == "tokens" and x.shape == keys.shape:
+            out[name] = (keys % int(spec["high"])).astype(x.dtype)
+        elif spec["kind"] != "tokens" and x.shape[: keys.ndim] == keys.shape:
+            shift = (keys / high).reshape(keys.shape + (1,) * (x.ndim - keys.ndim))
+            out[name] = (x + shift).astype(x.dtype)
+
+
+# Data transforms: fn(batch, rng, transform, batch_size, synthetic) rewrites the batch
+# in place. `transform` is the objective's declaration (kind, inputs, outputs,
+# carry, params); `synthetic` is False when the batch came from an .npz file.
+
+
+def class_labels(batch, rng, transform, batch_size, synthetic):
+    """Integer labels in [0, classes) of the declared shape, unless the data file
+    has them; synthetic inputs carry the label."""
+    name = transform["outputs"]["labels"]
+    if name in batch:
+        return
+    classes = transform["params"]["classes"]
+    shape = tuple(batch_size if d == "batch" else d for d in transform["params"]["shape"])
+    labels = rng.integers(0, classes, size=shape)
+    batch[name] = labels.astype(np.int64)
+    if synthetic:
+        _carry(batch, transform["carry"], labels, classes)
+
+
+def mask_tokens(batch, rng, transform, batch_size, synthetic):
+    """Masked-LM: hide `rate` of the tokens (at least one per row) behind `mask_id`;
+    the labels are the original tokens and the mask marks the hidden positions."""
+    labels, mask = transform["outputs"]["labels"], transform["outputs"]["mask"]
+    if labels in batch:
+        return
+    source = transform["inputs"]["tokens"]
+    tokens = batch[source]
+    hide = rng.random(tokens.shape) < transform["params"]["rate"]
+    rows = np.arange(tokens.shape[0])
+    hide[rows, rng.integers(0, tokens.shape[-1], size=tokens.shape[0])] = True
+    batch[labels] = tokens.astype(np.int64)
+    batch[source] = np.where(hide, transform["params"]["mask_id"], tokens).astype(tokens.dtype)
+    batch[mask] = hide.astype(np.float32)
+
+
+def pair_keys(batch, rng, transform, batch_size, synthetic):
+    """Contrastive: row i of every input belongs to row i of the others; synthetic
+    inputs carry a shared per-row key so the pairing is learnable."""
+    if synthetic:
+        keys = transform["params"]["keys"]
+        _carry(batch, transform["carry"], rng.integers(0, keys, size=batch_size), keys)
+
+
+def diffusion_noise(batch, rng, transform, batch_size, synthetic):
+    """DDPM forward process: t ~ U{0..steps-1}, noise ~ N(0, 1), the sample becomes
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, the timestep input t;
+    the noise is the loss's target."""
+    sample = transform["inputs"]["sample"]
+    schedule = transform["params"]["schedule"]
+    t = rng.integers(0, schedule["steps"], size=batch_size)
+    noise = rng.standard_normal(batch[sample].shape).astype(np.float32)
+    ab = _alphas_cumprod(schedule)[t].reshape((-1,) + (1,) * (noise.ndim - 1))
+    x0 = batch[sample]
+    batch[sample] = (np.sqrt(ab) * x0 + np.sqrt(1.0 - ab) * noise).astype(np.float32)
+    timestep = transform["inputs"].get("timestep")
+    if timestep is not None:
+        batch[timestep] = t.astype(_input_kinds()[timestep]["dtype"])
+    batch[transform["outputs"]["noise"]] = noise
+
+
+TRANSFORMS = {
+    "class_labels": class_labels,
+    "mask_tokens": mask_tokens,
+    "pair_keys": pair_keys,
+    "diffusion_noise": diffusion_noise,
+}
+
+
+class DataSource:
+    """Global batches as numpy arrays, a pure function of (seed, step): every rank
+    and every backend draws the same batch and takes its own rows."""
+
+    def __init__(self, path=None, seed=0):
+        self.seed = seed
+        self.tokens = None
+        self.arrays = None
+        if path is not None:
+            if path.endswith(".npy"):
+                self.tokens = np.load(path).reshape(-1).astype(np.int64)
+            elif path.endswith(".npz"):
+                with np.load(path) as f:
+                    self.arrays = {k: f[k] for k in f.files}
+            else:
+                with open(path, "rb") as f:
+                    self.tokens = np.frombuffer(f.read(), dtype=np.uint8).astype(np.int64)
+
+    def batch(self, step, batch_size):
+        rng = np.random.default_rng([self.seed, 1000003, step])
+        out = {}
+        if self.arrays is not None:
+            n = len(next(iter(self.arrays.values())))
+            rows = rng.integers(0, n, size=batch_size)
+            out = {k: np.asarray(v[rows]) for k, v in self.arrays.items()}
+        for spec in M._INPUT_KINDS:
+            name = spec["name"]
+            if name in out:
+                continue
+            shape = _input_shape(name, batch_size)
+            if spec["kind"] == "tokens" and self.tokens is not None:
+                length = shape[-1]
+                starts = rng.integers(0, len(self.tokens) - length, size=batch_size)
+                x = np.stack([self.tokens[s : s + length] for s in starts]) % int(spec["high"])
+            elif spec["kind"] == "tokens":
+                x = _synthetic_tokens(rng, shape, int(spec["high"]))
+            elif spec["kind"] == "uniform":
+                x = rng.uniform(spec["low"], spec["high"], size=shape)
+            else:
+                x = rng.standard_normal(shape)
+            out[name] = x.astype(spec["dtype"])
+        for transform in TRAIN["data"]:
+            TRANSFORMS[transform["kind"]](out, rng, transform, batch_size, self.arrays is None)
+        return out
+
+
+def learning_rate(step, total_steps):
+    """Linear warmup to the peak, then the spec's schedule down to min_lr_ratio x peak
+    (cosine), to 0 (linear) or flat (constant)."""
+    peak = TRAIN["learning_rate"]
+    warmup = TRAIN["warmup"]
+    if warmup is None:
+        warmup = int(math.ceil(TRAIN["warmup_fraction"] * total_steps))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if TRAIN["schedule"] == "constant":
+        return peak
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if TRAIN["schedule"] == "linear":
+        return peak * (1.0 - progress)
+    floor = peak * TRAIN["min_lr_ratio"]
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def parse_args(argv=None, backend="torch"):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="generated data, no download (default without --data)",
+    )
+    p.add_argument(
+        "--data", help=".npy token array, .npz of named arrays, or any file read as bytes"
+    )
+    p.add_argument("--steps", type=int, default=TRAIN["steps"])
+    p.add_argument("--batch-size", type=int, default=TRAIN["batch_size"], help="global batch size")
+    p.add_argument(
+        "--learning-rate", type=float, default=None, help="peak; default TRAIN['learning_rate']"
+    )
+    p.add_argument("--checkpoint-dir", default="checkpoints")
+    p.add_argument(
+        "--save-every", type=int, default=0, help="also save every N steps (0: only at the end)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop (and save) after this step; the schedule still spans --steps",
+    )
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=TRAIN["seed"])
+    if backend == "flax":
+        p.add_argument("--devices", type=int, default=0, help="devices in the data mesh (0: all)")
+    args = p.parse_args(argv)
+    if args.synthetic and args.data:
+        p.error("--synthetic and --data exclude each other")
+    if args.learning_rate is not None:
+        TRAIN["learning_rate"] = args.learning_rate
+    return args
