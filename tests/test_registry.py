@@ -145,16 +145,17 @@ def test_unlocated_node_falls_back_to_its_module(monkeypatch):
     assert exc.value.diagnostics[0].loc == module_loc
 
 
-def test_missing_rule_through_metagenc_is_a_diagnostic(tmp_path, monkeypatch, capsys):
-    from metagen.backends import torch_backend
+@pytest.mark.parametrize("target,table,entry,kind", [("torch", "OPS", "add", "op"), ("flax", "LAYERS", "linear", "layer op")])
+def test_missing_rule_through_metagenc_points_into_the_spec(target, table, entry, kind, tmp_path, monkeypatch, capsys):
     from metagen.cli import metagenc_main
 
-    monkeypatch.delitem(torch_backend.OPS, "add")
-    out = tmp_path / "m.py"
-    code = metagenc_main([example("tutorial", "step1_minimal.yaml"), "--target", "torch", "--tiny", "-o", str(out)])
+    monkeypatch.delitem(getattr(importlib.import_module(registry.get(target).module), table), entry)
+    spec, out = example("tutorial", "step1_minimal.yaml"), tmp_path / "m.py"
+    code = metagenc_main([spec, "--target", target, "--tiny", "-o", str(out)])
     err = capsys.readouterr().err
-    assert code == 1 and not out.exists()
-    assert "error: the torch backend has no emitter for op 'add'" in err and "Traceback" not in err
+    assert code == 1 and not out.exists() and "Traceback" not in err
+    first = err.splitlines()[0]
+    assert first.startswith(f"{spec}:") and first.endswith(f": error: the {target} backend has no emitter for {kind} '{entry}'")
 
 
 def test_base_table_rule_composes_per_backend():
