@@ -32,13 +32,13 @@ def tolerance_used(a, b) -> float:
     return float(np.max(np.abs(a - b) / (ATOL + RTOL * np.abs(b))))
 
 
-def assert_agree(got: dict, want: dict) -> None:
-    """Every output of `got` (numpy) agrees with `want` (torch): same names, shapes and
-    dtypes, integers equal, floats within CONTRACT §5."""
-    assert list(got) == list(want)
-    for name in want:
-        a, b = np.asarray(got[name]), np.asarray(want[name])
-        assert a.dtype == b.dtype, f"{name}: dtype {a.dtype} vs torch's {b.dtype}"
+def assert_agree(reference: dict, other: dict) -> None:
+    """Every output of `other` (torch) agrees with `reference` (numpy): same names,
+    shapes and dtypes, integers equal, floats within CONTRACT §5 around the reference."""
+    assert list(other) == list(reference)
+    for name in reference:
+        a, b = np.asarray(other[name]), np.asarray(reference[name])
+        assert a.dtype == b.dtype, f"{name}: torch's dtype {a.dtype} vs {b.dtype}"
         if not np.issubdtype(b.dtype, np.floating):
             np.testing.assert_array_equal(a, b, err_msg=name)
         else:
