@@ -12,7 +12,6 @@ from metagen import __version__
 from metagen.compiler.families import FAMILIES
 from metagen.ir.graph import Layer, Model, Repeat, Sub
 from metagen.ir.names import Namespace
-from metagen.ir.printer import print_model
 from metagen.pipeline import Compilation
 
 
@@ -142,19 +141,6 @@ def emit_target(
 ) -> dict[str, bytes]:
     """Files for one target, keyed by a name relative to the output's folder ('' = the
     main file; ONNX may add an external-data file named `data_name`)."""
-    model = comp.model
-    if target == "ir":
-        return {"": print_model(model).encode("utf-8")}
-    if target == "torch":
-        from metagen.backends.torch_backend import lower_to_torch
+    from metagen.backends import registry
 
-        return {"": lower_to_torch(model).encode("utf-8")}
-    if target == "flax":
-        from metagen.backends.flax_backend import lower_to_flax
-
-        return {"": lower_to_flax(model).encode("utf-8")}
-    if target == "onnx":
-        from metagen.backends.onnx_backend import lower_to_onnx
-
-        return lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name)
-    raise ValueError(target)
+    return registry.get(target).lower(comp.model, seed=seed, weights=weights, data_name=data_name)

@@ -12,10 +12,10 @@ import os
 import sys
 
 from metagen import __version__
+from metagen.backends import registry
 from metagen.diagnostics import CompileError, DiagnosticSink
 
-TARGETS = ("torch", "flax", "onnx", "ir")
-DEFAULT_SUFFIX = {"torch": ".py", "flax": "_flax.py", "onnx": ".onnx", "ir": ".mgir"}
+TARGETS = registry.names()
 
 
 def _define(text: str) -> tuple[str, str]:
@@ -116,17 +116,18 @@ def metagenc_main(argv: list[str] | None = None) -> int:
     instruments = []
     if args.print_after_all or args.print_after:
         instruments.append(PrintIR(None if args.print_after_all else frozenset(args.print_after)))
-    if args.output == "-" and args.target == "onnx":
-        p.error("-o - (stdout) is for text targets; ONNX is binary")
-    if args.weights and args.target != "onnx":
-        p.error("--weights applies to --target onnx")
+    backend = registry.get(args.target)
+    if args.output == "-" and backend.binary:
+        p.error(f"-o - (stdout) is for text targets; {backend.name} is binary")
+    if args.weights and not backend.takes_weights:
+        p.error(f"--weights applies to --target {'|'.join(b.name for b in registry.BACKENDS.values() if b.takes_weights)}")
     sink = DiagnosticSink()
     try:
         comp = _compile(args, sink, instruments)
         if args.werror and sink.warnings:
             return _finish(sink, True)
         weights = _load_weights(args.weights) if args.weights else None
-        out = args.output or (os.path.splitext(os.path.basename(args.spec))[0] + DEFAULT_SUFFIX[args.target])
+        out = args.output or (os.path.splitext(os.path.basename(args.spec))[0] + backend.suffix)
         from metagen.artifacts import emit_target
 
         data_name = os.path.basename(out) + ".data"

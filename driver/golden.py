@@ -4,10 +4,12 @@
     python -m metagen.golden --update   # rewrite golden/ (`make golden`)
     python -m metagen.golden --check    # unified diff + exit 1 when golden/ is stale
 
-The cases are data: `SPECS` names the example specs, `VARIANTS` the files made from
-each. A new spec or a new target is one line. A variant whose backend module is not
-in this tree yet is skipped (and says so); once the backend lands, `--check` reports
-its golden file as missing until `make golden` writes it.
+The cases are data: `SPECS` names the example specs; the files made from each are the
+golden variants of every backend in the registry (`metagen.backends.registry`). A new
+spec is one line here, a new target's golden files one field of its registry entry.
+A variant whose backend module is not in this tree yet is skipped (and says so); once
+the backend lands, `--check` reports its golden file as missing until `make golden`
+writes it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,28 +76,8 @@ def example_specs() -> list[str]:
     return out
 
 
-def _onnx_text(files: dict[str, bytes]) -> bytes:
-    """ONNX as onnx.printer text, initializer payloads replaced by a digest so the
-    file stays readable (the weights themselves are covered by the differential and
-    determinism tests)."""
-    import hashlib
-
-    import onnx
-    from onnx import printer
-
-    model = onnx.load_from_string(files[""])
-    lines = []
-    for init in model.graph.initializer:
-        payload = init.raw_data or init.SerializeToString()
-        digest = hashlib.sha256(payload).hexdigest()[:16]
-        lines.append(f"# initializer {init.name} {list(init.dims)} sha256:{digest}")
-        init.ClearField("raw_data")
-        for fld in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
-            init.ClearField(fld)
-        init.ClearField("external_data")
-        init.data_location = onnx.TensorProto.DEFAULT
-    text = printer.to_text(model)
-    return ("\n".join(lines) + ("\n" if lines else "") + text.rstrip("\n") + "\n").encode("utf-8")
+def _main_file(files: dict[str, bytes]) -> bytes:
+    return files[""]
 
 
 @dataclass(frozen=True)
@@ -103,18 +86,28 @@ class Variant:
     target: str
     tiny: bool
     backend: str | None  # module that must exist for this variant to apply
-    render: Callable[[dict[str, bytes]], bytes] = lambda files: files[""]
+    render: Callable[[dict[str, bytes]], bytes] = _main_file
     only_full_ir: bool = False
 
 
-# One line per file kept for each spec.
-VARIANTS: list[Variant] = [
-    Variant("model.mgir", "ir", tiny=True, backend=None),
-    Variant("model_full.mgir", "ir", tiny=False, backend=None, only_full_ir=True),
-    Variant("torch_model.py", "torch", tiny=True, backend="metagen.backends.torch_backend"),
-    Variant("flax_model.py", "flax", tiny=True, backend="metagen.backends.flax_backend"),
-    Variant("model.onnx.txt", "onnx", tiny=True, backend="metagen.backends.onnx_backend", render=_onnx_text),
-]
+def _rendered(ref: str, files: dict[str, bytes]) -> bytes:
+    from metagen.backends import registry
+
+    return registry.resolve(ref)(files)
+
+
+def _variants() -> list[Variant]:
+    from metagen.backends import registry
+
+    return [
+        Variant(g.filename, b.name, g.tiny, b.module, partial(_rendered, g.render) if g.render else _main_file, g.only_full_ir)
+        for b in registry.BACKENDS.values()
+        for g in b.goldens
+    ]
+
+
+# Every file kept for each spec, from the backend registry.
+VARIANTS: list[Variant] = _variants()
 
 
 def _available(module: str | None) -> bool:
@@ -271,12 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--check", action="store_true", help="fail with a unified diff when golden/ is stale")
     g.add_argument("--list-specs", action="store_true", help="the example specs, relative to examples/ (for examples/Makefile)")
     g.add_argument("--list-targets", action="store_true", help="the targets whose backend is in this tree")
+    g.add_argument("--list-suffixes", action="store_true", help="TARGET=SUFFIX for each of them (metagenc's default output names)")
     args = p.parse_args(argv)
     if args.list_specs:
         print(" ".join(os.path.relpath(p, "examples") for p in example_specs()))
         return 0
-    if args.list_targets:
-        print(" ".join(dict.fromkeys(v.target for v in VARIANTS if _available(v.backend))))
+    if args.list_targets or args.list_suffixes:
+        from metagen.backends import registry
+
+        targets = [b for b in registry.BACKENDS.values() if _available(b.module)]
+        print(" ".join(b.name if args.list_targets else f"{b.name}={b.suffix}" for b in targets))
         return 0
     return update() if args.update else check()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from metagen.backends import registry
+
 # Value kinds. Each maps to one check in spec_builder and one JSON Schema fragment.
 STR, INT, FLOAT, BOOL = "str", "int", "float", "bool"
 PARAMS, BYTES, CONTEXT = "params", "bytes", "context"
@@ -180,7 +182,7 @@ SPEC = _map(
     _map(
         "outputs",
         "What to emit.",
-        Field("targets", LIST, "Backends to emit.", default=["torch", "flax", "onnx"], item=Field("target", ENUM, "", choices=("torch", "flax", "onnx"))),
+        Field("targets", LIST, "Backends `metagen synth` emits.", default=list(registry.names()), item=Field("target", ENUM, "", choices=registry.names())),
     ),
     _map(
         "evaluation",
