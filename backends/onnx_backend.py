@@ -390,7 +390,6 @@ OPS: dict[str, Callable[..., str]] = {
     "tanh": lambda e, x: e.op("Tanh", x),
     "sigmoid": lambda e, x: e.op("Sigmoid", x),
     "exp": lambda e, x: e.op("Exp", x),
-    "softplus": lambda e, x: e.op("Softplus", x),
     "softmax": lambda e, x: e.op("Softmax", x, axis=e.a["axis"]),
     "l2_normalize": _l2_normalize,
     "matmul": _matmul,

@@ -296,7 +296,6 @@ BASE_OPS: dict[str, Rule] = {
     "quick_gelu": lambda c, x: f"{x} * {c.call('sigmoid', f'1.702 * {x}')}",
     "tanh": lambda c, x: f"{c.lib}.tanh({x})",
     "exp": lambda c, x: f"{c.lib}.exp({x})",
-    "softplus": lambda c, x: f"{c.lib}.logaddexp({x}, 0.0)",
     "l2_normalize": lambda c, x: (
         f"{x} / {c.lib}.maximum({c.lib}.linalg.norm({x}, axis={c.a['axis']}, keepdims=True), 1e-12)"
     ),

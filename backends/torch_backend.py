@@ -74,7 +74,6 @@ OPS: dict[str, Rule] = {
     "silu": lambda c, x: f"F.silu({x})",
     "relu": lambda c, x: f"F.relu({x})",
     "sigmoid": lambda c, x: f"torch.sigmoid({x})",
-    "softplus": lambda c, x: f"F.softplus({x})",
     "softmax": lambda c, x: f"torch.softmax({x}, dim={c.a['axis']})",
     "l2_normalize": lambda c, x: f"F.normalize({x}, dim={c.a['axis']})",
     "matmul": lambda c, x, y: (

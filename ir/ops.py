@@ -356,7 +356,6 @@ _unary("relu", "max(x, 0).")
 _unary("tanh", "tanh(x).", 4)
 _unary("sigmoid", "1 / (1 + exp(-x)).", 4)
 _unary("exp", "e^x.", 4)
-_unary("softplus", "log(1 + e^x).", 4)
 
 
 @op("scale", ("x",), (Attr("factor", "float"),))

@@ -113,7 +113,6 @@ CASES: dict[str, list] = {
     "tanh": [_unary("tanh")],
     "sigmoid": [_unary("sigmoid")],
     "exp": [_unary("exp")],
-    "softplus": [_unary("softplus")],
     "softmax": [_unary("softmax"), _unary("softmax", axis=1)],
     "l2_normalize": [_unary("l2_normalize"), _unary("l2_normalize", axis=0)],
     "matmul": [
