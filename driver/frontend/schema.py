@@ -55,6 +55,7 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu", "swiglu", "geg
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "sinusoidal", "none")
 POOLINGS = ("cls", "cls_pooler", "mean", "eot", "last", "none")
+TASKS = ("generation", "classification", "embedding", "denoising")
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Keys shared by a whole model and by each tower of a multi-tower model.
@@ -119,6 +120,7 @@ SPEC = _map(
     _map(
         "task",
         "What the model is for.",
+        Field("type", ENUM, "Task type; derived from the objective when absent.", choices=TASKS),
         Field("num_classes", INT, "Classes of a classifier.", minimum=2, maximum=10**7),
     ),
     _map(

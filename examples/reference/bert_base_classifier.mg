@@ -6,7 +6,10 @@ model "bert_base_sentiment" {
     inputs [text]
     outputs [label]
   }
-  task { num_classes 2 }
+  task {
+    type classification
+    num_classes 2
+  }
   constraints {
     parameter_budget { max 120M }
     context_window 512

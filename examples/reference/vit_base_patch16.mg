@@ -6,7 +6,10 @@ model "vit_base_patch16_224" {
     inputs [image]
     outputs [label]
   }
-  task { num_classes 1000 }
+  task {
+    type classification
+    num_classes 1000
+  }
   constraints {
     parameter_budget { max 90M }
   }
