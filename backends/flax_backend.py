@@ -13,151 +13,100 @@ kernels are `[in, out]`, conv kernels `[kh, kw, in, out]` on channels-last input
 are called `scale`. The generated `_PARAMS` table maps each canonical name to its
 nnx path and layout kind; `load_canonical`/`to_canonical` convert with it.
 
-Precision: the generated module sets `jax_default_matmul_precision` to "highest"
-so matmuls and convolutions run in full float32 (CONTRACT §5), and the norms use
-the two-pass variance (`use_fast_variance=False`) as torch does.
+Precision: `run` traces the model under `jax.default_matmul_precision("highest")`,
+so its matmuls and convolutions run in full float32 (CONTRACT §5) without the module
+touching JAX's global settings when imported; the norms use the two-pass variance
+(`use_fast_variance=False`) as torch does.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 from metagen.backends.pyemit import (
+    BASE_OPS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
-    Lines,
+    LayerRule,
     ModuleEmitter,
-    Namespace,
+    Rule,
     emit_common_header,
     emit_tables,
     format_python,
-    missing_emitter,
     py_literal,
+    uncovered_ops,
 )
-from metagen.ir import ops
-from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub
+from metagen.ir.graph import Model, ModuleDef, Param, resolve_param
 
 RESERVED = {
     "jax", "jnp", "nnx", "np", "math", "zlib", "self", "rngs", "Model", "CONFIG", "INPUTS", "OUTPUTS",
 }
 
 # ------------------------------------------------------------------ layer ops
-# constructor: attrs -> nnx constructor expression (rngs in scope);
-# apply: (attribute expression, operand) -> call expression;
-# params: canonical local name -> (nnx variable name, layout kind).
+# Each layer is an nnx module built with `rngs` in scope; `params` maps the canonical
+# local names to nnx's variable names and layout kinds (see `_PARAMS`).
 
 
-def _linear_ctor(a):
-    return f"nnx.Linear({a['in_features']}, {a['out_features']}, use_bias={a['bias']}, rngs=rngs)"
+def _linear_ctor(c):
+    return f"nnx.Linear({c.a['in_features']}, {c.a['out_features']}, use_bias={c.a['bias']}, rngs=rngs)"
 
 
-def _conv_ctor(a):
-    p = a["padding"]
+def _conv_ctor(c):
+    p = c.a["padding"]
     return (
-        f"nnx.Conv({a['in_channels']}, {a['out_channels']}, ({a['kernel']}, {a['kernel']}), "
-        f"strides={a['stride']}, padding=(({p}, {p}), ({p}, {p})), use_bias={a['bias']}, rngs=rngs)"
+        f"nnx.Conv({c.a['in_channels']}, {c.a['out_channels']}, ({c.a['kernel']}, {c.a['kernel']}), "
+        f"strides={c.a['stride']}, padding=(({p}, {p}), ({p}, {p})), use_bias={c.a['bias']}, rngs=rngs)"
     )
 
 
-def _channels_last(layer: str, x: str) -> str:
+def _channels_last(c, layer: str, x: str) -> str:
     return f"jnp.transpose({layer}(jnp.transpose({x}, (0, 2, 3, 1))), (0, 3, 1, 2))"
 
 
-LAYERS: dict[str, tuple[Callable[[dict[str, Any]], str], Callable[[str, str], str], dict[str, tuple[str, str]]]] = {
-    "linear": (_linear_ctor, lambda l, x: f"{l}({x})", {"weight": ("kernel", "linear"), "bias": ("bias", "same")}),
-    "embedding": (
-        lambda a: f"nnx.Embed({a['num']}, {a['dim']}, rngs=rngs)",
-        lambda l, x: f"{l}({x})",
-        {"weight": ("embedding", "same")},
+LAYERS: dict[str, LayerRule] = {
+    "linear": LayerRule(_linear_ctor, params={"weight": ("kernel", "linear"), "bias": ("bias", "same")}),
+    "embedding": LayerRule(
+        lambda c: f"nnx.Embed({c.a['num']}, {c.a['dim']}, rngs=rngs)",
+        params={"weight": ("embedding", "same")},
     ),
-    "layer_norm": (
-        lambda a: (
-            f"nnx.LayerNorm({a['dim']}, epsilon={a['eps']!r}, use_scale={a['affine']}, "
-            f"use_bias={a['affine'] and a['bias']}, use_fast_variance=False, rngs=rngs)"
+    "layer_norm": LayerRule(
+        lambda c: (
+            f"nnx.LayerNorm({c.a['dim']}, epsilon={c.a['eps']!r}, use_scale={c.a['affine']}, "
+            f"use_bias={c.a['affine'] and c.a['bias']}, use_fast_variance=False, rngs=rngs)"
         ),
-        lambda l, x: f"{l}({x})",
-        {"weight": ("scale", "same"), "bias": ("bias", "same")},
+        params={"weight": ("scale", "same"), "bias": ("bias", "same")},
     ),
-    "rms_norm": (
-        lambda a: f"nnx.RMSNorm({a['dim']}, epsilon={a['eps']!r}, use_fast_variance=False, rngs=rngs)",
-        lambda l, x: f"{l}({x})",
-        {"weight": ("scale", "same")},
+    "rms_norm": LayerRule(
+        lambda c: f"nnx.RMSNorm({c.a['dim']}, epsilon={c.a['eps']!r}, use_fast_variance=False, rngs=rngs)",
+        params={"weight": ("scale", "same")},
     ),
-    "group_norm": (
-        lambda a: (
-            f"nnx.GroupNorm({a['channels']}, num_groups={a['groups']}, epsilon={a['eps']!r}, "
+    "group_norm": LayerRule(
+        lambda c: (
+            f"nnx.GroupNorm({c.a['channels']}, num_groups={c.a['groups']}, epsilon={c.a['eps']!r}, "
             f"use_fast_variance=False, rngs=rngs)"
         ),
-        _channels_last,
-        {"weight": ("scale", "same"), "bias": ("bias", "same")},
+        apply=_channels_last,
+        params={"weight": ("scale", "same"), "bias": ("bias", "same")},
     ),
-    "conv2d": (_conv_ctor, _channels_last, {"weight": ("kernel", "conv"), "bias": ("bias", "same")}),
+    "conv2d": LayerRule(
+        _conv_ctor, apply=_channels_last, params={"weight": ("kernel", "conv"), "bias": ("bias", "same")}
+    ),
 }
 
 # ------------------------------------------------------------------ primitive ops
-# Each takes the node's attributes and its operands' Python names and returns an
-# expression. Helpers (functions some ops need) are declared in HELPERS.
+# The base table in `jnp`, with jax.nn / jax.lax where they are the idiom.
 
 _JNP_DTYPES = {"f32": "jnp.float32", "f16": "jnp.float16", "bf16": "jnp.bfloat16", "i64": "_I64", "i32": "jnp.int32", "bool": "jnp.bool_"}
 
-
-def _attention(a, q, k, v):
-    scale = f", scale={a['scale']!r}" if a["scale"] is not None else ""
-    return (
-        f"_attention({q}, {k}, {v}, {a['heads']}, {a['kv_heads']}, {a['head_dim']}, "
-        f"is_causal={a['causal']}{scale})"
-    )
-
-
-OPS: dict[str, Callable[..., str]] = {
-    "add": lambda a, x, y: f"{x} + {y}",
-    "sub": lambda a, x, y: f"{x} - {y}",
-    "mul": lambda a, x, y: f"{x} * {y}",
-    "scale": lambda a, x: f"{x} * {a['factor']!r}",
-    "gelu": lambda a, x: f"jax.nn.gelu({x}, approximate=False)",
-    "gelu_tanh": lambda a, x: f"jax.nn.gelu({x}, approximate=True)",
-    "quick_gelu": lambda a, x: f"{x} * jax.nn.sigmoid(1.702 * {x})",
-    "silu": lambda a, x: f"jax.nn.silu({x})",
-    "relu": lambda a, x: f"jax.nn.relu({x})",
-    "tanh": lambda a, x: f"jnp.tanh({x})",
-    "sigmoid": lambda a, x: f"jax.nn.sigmoid({x})",
-    "exp": lambda a, x: f"jnp.exp({x})",
-    "softmax": lambda a, x: f"jax.nn.softmax({x}, axis={a['axis']})",
-    "l2_normalize": lambda a, x: (
-        f"{x} / jnp.maximum(jnp.linalg.norm({x}, axis={a['axis']}, keepdims=True), 1e-12)"
-    ),
-    "matmul": lambda a, x, y: (
-        f"jnp.matmul({x}, jnp.swapaxes({y}, -1, -2))" if a["transpose_b"] else f"jnp.matmul({x}, {y})"
-    ),
-    "linear_fn": lambda a, x, w: f"jnp.matmul({x}, {w}.T)",
-    "attention": _attention,
-    "rope": lambda a, x: f"_rope({x}, {a['heads']}, {a['head_dim']}, {a['theta']!r})",
-    "positions": lambda a, x: f"jnp.arange({x}.shape[{a['axis']}])",
-    "concat": lambda a, *xs: f"jnp.concatenate([{', '.join(xs)}], axis={a['axis']})",
-    "stack": lambda a, *xs: f"jnp.stack([{', '.join(xs)}], axis={a['axis']})",
-    "slice": lambda a, x: f"jax.lax.slice_in_dim({x}, {a['start']}, {a['end']}, axis={a['axis']})",
-    "select": lambda a, x: f"jax.lax.index_in_dim({x}, {a['index']}, axis={a['axis']}, keepdims=False)",
-    "transpose": lambda a, x: f"jnp.transpose({x}, ({''.join(f'{p}, ' for p in a['perm'])}))",
-    "unsqueeze": lambda a, x: f"jnp.expand_dims({x}, ({''.join(f'{p}, ' for p in sorted(a['axes']))}))",
-    "prepend": lambda a, x, t: (
-        f"jnp.concatenate([jnp.broadcast_to({t}, ({x}.shape[0],) + {t}.shape[1:]), {x}], axis=1)"
-    ),
-    "flatten_spatial": lambda a, x: f"jnp.transpose({x}.reshape({x}.shape[0], {x}.shape[1], -1), (0, 2, 1))",
-    "unflatten_spatial": lambda a, x: (
-        f"jnp.transpose({x}, (0, 2, 1)).reshape({x}.shape[0], {x}.shape[2], {a['height']}, {a['width']})"
-    ),
-    "mean": lambda a, x: f"jnp.mean({x}, axis={a['axis']})",
-    "gather_argmax": lambda a, x, ids: f"{x}[jnp.arange({x}.shape[0]), jnp.argmax({ids}, axis=-1)]",
-    "upsample_nearest": lambda a, x: (
-        f"jnp.repeat(jnp.repeat({x}, {a['factor']}, axis=2), {a['factor']}, axis=3)"
-    ),
-    "timestep_embedding": lambda a, t: (
-        f"_timestep_embedding({t}, {a['dim']}, {a['flip_sin_to_cos']}, {a['freq_shift']!r}, {a['max_period']!r})"
-    ),
-    "cast": lambda a, x: f"{x}.astype({_JNP_DTYPES[a['dtype']]})",
-    "cross_entropy": lambda a, logits, labels: f"_cross_entropy({logits}, {labels})",
-    "mse": lambda a, x, y: f"jnp.mean(jnp.square({x} - {y}))",
-    "masked_cross_entropy": lambda a, logits, labels, mask: f"_masked_cross_entropy({logits}, {labels}, {mask})",
+OPS: dict[str, Rule] = {
+    **BASE_OPS,
+    "gelu": lambda c, x: f"jax.nn.gelu({x}, approximate=False)",
+    "gelu_tanh": lambda c, x: f"jax.nn.gelu({x}, approximate=True)",
+    "silu": lambda c, x: f"jax.nn.silu({x})",
+    "relu": lambda c, x: f"jax.nn.relu({x})",
+    "sigmoid": lambda c, x: f"jax.nn.sigmoid({x})",
+    "softmax": lambda c, x: f"jax.nn.softmax({x}, axis={c.a['axis']})",
+    "slice": lambda c, x: f"jax.lax.slice_in_dim({x}, {c.a['start']}, {c.a['end']}, axis={c.a['axis']})",
+    "select": lambda c, x: f"jax.lax.index_in_dim({x}, {c.a['index']}, axis={c.a['axis']}, keepdims=False)",
+    "cast": lambda c, x: f"{x}.astype({_JNP_DTYPES[c.a['dtype']]})",
 }
 
 HELPERS: dict[str, str] = {
@@ -220,11 +169,15 @@ def _cross_entropy(logits, labels):
 
 
 class FlaxEmitter(ModuleEmitter):
+    backend = "flax"
+    lib = "jnp"
+    ops = OPS
+    layers = LAYERS
+    helper_sources = HELPERS
     reserved = frozenset(RESERVED)
     base_class = "nnx.Module"
     init_signature = "self, *, rngs: nnx.Rngs"
     call_method = "__call__"
-    helper_sources = HELPERS
 
     def emit(self) -> str:
         out = self.out
@@ -238,7 +191,6 @@ class FlaxEmitter(ModuleEmitter):
         out("import numpy as np")
         out("from flax import nnx")
         out("")
-        out('jax.config.update("jax_default_matmul_precision", "highest")')
         out('_I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32')
         out("")
         body = self.emit_classes()
@@ -257,66 +209,29 @@ class FlaxEmitter(ModuleEmitter):
         out(FLAX_API)
         return format_python(out.text())
 
-    def emit_members(self, out: Lines, md: ModuleDef) -> None:
-        for p in md.params.values():
-            shape = "".join(f"{d}, " for d in p.type.shape)
-            out(f"self.{p.name} = nnx.Param(jnp.zeros(({shape}), dtype=jnp.float32))")
-        for name, child in md.children.items():
-            if isinstance(child, Layer):
-                out(f"self.{name} = {LAYERS[child.op][0](child.attr_dict())}")
-            elif isinstance(child, Sub):
-                out(f"self.{name} = {self.class_names[child.module]}(rngs=rngs)")
-            else:
-                sub = self.class_names[child.module]
-                out(f"self.{name} = nnx.List([{sub}(rngs=rngs) for _ in range({child.count})])")
-        if not md.params and not md.children:
-            out("pass")
+    def param_member(self, p: Param) -> str:
+        shape = "".join(f"{d}, " for d in p.type.shape)
+        return f"nnx.Param(jnp.zeros(({shape}), dtype=jnp.float32))"
 
-    def emit_node(self, out: Lines, md: ModuleDef, node: Node, ns: Namespace) -> None:
-        args = [ns.name(o) for o in node.operands]
-        if node.kind == "param":
-            path, _ = nnx_param_path(self.model, md, node.target)
-            attr = "self" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
-            ns.bind(node.results[0], f"{attr}[...]")
-            return
-        if node.kind == "call":
-            child = md.children[node.target]
-            res = [ns.name(r) for r in node.results]
-            if isinstance(child, Repeat):
-                rest = "".join(f", {a}" for a in args[1:])
-                out(f"{res[0]} = {args[0]}")
-                out(f"for layer in self.{node.target}:")
-                with out.indent():
-                    out(f"{res[0]} = layer({res[0]}{rest})")
-            elif isinstance(child, Layer):
-                out(f"{res[0]} = {LAYERS[child.op][1](f'self.{node.target}', args[0])}")
-            else:
-                out(f"{', '.join(res)} = self.{node.target}({', '.join(args)})")
-            return
-        fn = OPS.get(node.op)
-        if fn is None:
-            raise missing_emitter("flax", node, self.model)
-        if node.op in HELPERS and node.op not in self.helpers:
-            self.helpers.append(node.op)
-        out(f"{ns.name(node.results[0])} = {fn(node.attrs, *args)}")
+    def sub_member(self, cls: str) -> str:
+        return f"{cls}(rngs=rngs)"
+
+    def repeat_member(self, cls: str, count: int) -> str:
+        return f"nnx.List([{cls}(rngs=rngs) for _ in range({count})])"
+
+    def param_expr(self, md: ModuleDef, target: str) -> str:
+        path, _ = nnx_param_path(self.model, md, target)
+        return "self" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path) + "[...]"
 
 
 def nnx_param_path(model: Model, md: ModuleDef, dotted: str) -> tuple[tuple[str | int, ...], str]:
     """The nnx attribute path and layout kind of parameter `dotted` (a canonical
     path relative to module `md`)."""
-    head, _, rest = dotted.partition(".")
-    if not rest:
-        return (head,), "same"
-    child = md.children[head]
-    if isinstance(child, Layer):
-        var, kind = LAYERS[child.op][2][rest]
-        return (head, var), kind
-    if isinstance(child, Sub):
-        path, kind = nnx_param_path(model, model.modules[child.module], rest)
-        return (head,) + path, kind
-    index, _, rest = rest.partition(".")
-    path, kind = nnx_param_path(model, model.modules[child.module], rest)
-    return (head, int(index)) + path, kind
+    ref = resolve_param(model.modules, md, dotted, repeats=True)
+    if ref.layer is None:
+        return (*ref.steps, ref.name), "same"
+    var, kind = LAYERS[ref.layer.op].params[ref.name]
+    return (*ref.steps, var), kind
 
 
 def param_table(model: Model) -> list[tuple[str, tuple[str | int, ...], str]]:
@@ -331,13 +246,7 @@ def param_table(model: Model) -> list[tuple[str, tuple[str | int, ...], str]]:
 
 def check_coverage() -> list[str]:
     """Registry ops with no flax emitter (empty when the backend is complete)."""
-    missing = []
-    for name, d in ops.REGISTRY.items():
-        if d.is_layer and name not in LAYERS:
-            missing.append(name)
-        elif not d.is_layer and name not in OPS:
-            missing.append(name)
-    return missing
+    return uncovered_ops(OPS, LAYERS)
 
 
 FLAX_API = '''
@@ -391,7 +300,8 @@ def to_canonical(state):
 
 @nnx.jit
 def _forward(model, inputs):
-    return model(**inputs)
+    with jax.default_matmul_precision("highest"):
+        return model(**inputs)
 
 
 def run(state, inputs):

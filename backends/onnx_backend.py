@@ -20,8 +20,10 @@ than the 2 GiB protobuf limit go to an external data file.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -29,10 +31,11 @@ import onnx
 from onnx import TensorProto, helper
 
 from metagen import __version__
-from metagen.backends.pyemit import INIT_FUNCTIONS, init_table, missing_emitter
-from metagen.diagnostics import CompileError, Diagnostic, Loc
+from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
+from metagen.backends.pyemit import INIT_FUNCTIONS
+from metagen.diagnostics import Diagnostic, Loc
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub, Value
-from metagen.ir.printer import _sanitize
+from metagen.ir.names import Namespace, sanitize
 from metagen.ir.types import DType, TensorType
 
 OPSET = 23
@@ -68,7 +71,7 @@ def _draw_function() -> Callable:
 _draw = _draw_function()
 
 
-class OnnxEmitError(CompileError):
+class OnnxEmitError(EmitError):
     pass
 
 
@@ -84,27 +87,16 @@ class GraphBuilder:
 
     def __init__(self):
         self.nodes: list[onnx.NodeProto] = []
-        self.taken: set[str] = set()
+        self.values = Namespace()
         self.consts: dict[tuple, str] = {}
-        self.node_names: set[str] = set()
+        self.node_names = Namespace()
         self.types: dict[str, TensorType] = {}  # ONNX value name -> IR type (for checks)
 
     def fresh(self, hint: str) -> str:
-        base = hint or "v"
-        name, k = base, 1
-        while name in self.taken:
-            name = f"{base}_{k}"
-            k += 1
-        self.taken.add(name)
-        return name
+        return self.values.fresh(hint or "v")
 
     def node(self, scope: str, op_type: str, inputs: list[str], n_out: int = 1, out: list[str] | None = None, **attrs) -> list[str]:
-        base = f"{scope}/{op_type}"
-        name, k = base, 1
-        while name in self.node_names:
-            name = f"{base}_{k}"
-            k += 1
-        self.node_names.add(name)
+        name = self.node_names.fresh(f"{scope}/{op_type}")
         outs = out or [self.fresh(f"{scope}/{op_type}_output_{i}".lstrip("/")) for i in range(n_out)]
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
         return outs
@@ -120,18 +112,15 @@ class GraphBuilder:
         return self.consts[key]
 
 
-class Emit:
-    """What one emitter sees: its node's attributes, operand and result types, its
-    layer's parameter names (canonical), and `op`/`const` helpers scoped to the
-    node's module path."""
+@dataclass
+class Emit(LoweringContext):
+    """An ONNX rule's context: the common one (attributes, operand and result types,
+    location) plus its layer's parameter names (canonical) and `op`/`const` helpers
+    scoped to the node's module path."""
 
-    def __init__(self, g: GraphBuilder, scope: str, attrs: dict, in_types: list[TensorType], out_types: list[TensorType], params: dict[str, str] | None = None):
-        self.g = g
-        self.scope = scope
-        self.a = attrs
-        self.in_types = in_types
-        self.out_types = out_types
-        self.params = params or {}
+    g: GraphBuilder | None = None
+    scope: str = ""
+    params: dict[str, str] = field(default_factory=dict)
 
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
         return self.g.node(self.scope, op_type, list(inputs), **attrs)[0]
@@ -439,6 +428,18 @@ class Lowering:
             return FUSED[op]
         return (LAYERS if layer else OPS).get(op)
 
+    def context(self, md: ModuleDef, node: Node, op: str, attrs: dict, scope: str, operands: list[str]) -> Emit:
+        return Emit(
+            op_name=op,
+            a=attrs,
+            operands=tuple(operands),
+            in_types=tuple(o.type for o in node.operands),
+            out_types=tuple(r.type for r in node.results),
+            loc=first_loc(node.loc, md.loc, self.model.loc),
+            g=self.g,
+            scope=scope,
+        )
+
     def lower_module(self, md: ModuleDef, path: list[str], args: list[str]) -> list[str]:
         """Inline `md` at module path `path` (child names) on ONNX values `args`."""
         prefix = "".join(p + "." for p in path)
@@ -453,10 +454,10 @@ class Lowering:
             if node.kind == "call":
                 outs = self.lower_call(md, node, path, ins)
             else:
+                e = self.context(md, node, node.op, node.attrs, scope, ins)
                 fn = self._emitter(node.op, layer=False)
                 if fn is None:
-                    raise missing_emitter("onnx", node, self.model)
-                e = Emit(g, scope, node.attrs, [o.type for o in node.operands], [r.type for r in node.results])
+                    raise missing_rule("onnx", "op", node.op, e.loc)
                 outs = [fn(e, *ins)]
             for r, name in zip(node.results, outs):
                 env[id(r)] = name
@@ -469,13 +470,13 @@ class Lowering:
         child = md.children[node.target]
         here = path + [node.target]
         if isinstance(child, Layer):
+            prefix = "".join(p + "." for p in here)
+            attrs = ops.get(child.op).resolve_attrs(child.attr_dict())
+            e = self.context(md, node, child.op, attrs, "/" + "/".join(here), ins)
+            e.params = {k: prefix + k for k in ops.layer_params(child)}
             fn = self._emitter(child.op, layer=True)
             if fn is None:
-                raise missing_emitter("onnx", Node("op", child.op, [], {}, [], loc=node.loc), self.model)
-            prefix = "".join(p + "." for p in here)
-            params = {k: prefix + k for k in ops.layer_params(child)}
-            attrs = ops.get(child.op).resolve_attrs(child.attr_dict())
-            e = Emit(self.g, "/" + "/".join(here), attrs, [o.type for o in node.operands], [r.type for r in node.results], params)
+                raise missing_rule("onnx", "layer op", child.op, e.loc)
             return [fn(e, *ins)]
         sub = self.model.modules[child.module]
         if isinstance(child, Sub):
@@ -518,12 +519,12 @@ def build_onnx(
     g = lw.g
     top = model.top_module
     for spec in model.inputs:
-        g.taken.add(spec.name)
+        g.values.taken.add(spec.name)
     params = list(model.walk_params())
     for name, _ in params:
-        g.taken.add(name)
+        g.values.taken.add(name)
     for name in model.output_names:
-        g.taken.add(name)
+        g.values.taken.add(name)
     outs = lw.lower_module(top, [], [spec.name for spec in model.inputs])
     for name, v, value in zip(model.output_names, outs, top.outputs):
         g.node("", "Identity", [v], out=[name])
@@ -545,7 +546,7 @@ def build_onnx(
             else:
                 initializers.append(onnx.numpy_helper.from_array(arr, name))
     outputs = [_value_info(name, value.type) for name, value in zip(model.output_names, top.outputs)]
-    graph = helper.make_graph(g.nodes, _sanitize(model.name) or "model", inputs, outputs, initializer=initializers)
+    graph = helper.make_graph(g.nodes, sanitize(model.name) or "model", inputs, outputs, initializer=initializers)
     doc = f"{model.spec_name} ({model.family}), lowered by {PRODUCER} {__version__}"
     proto = helper.make_model(
         graph,
@@ -650,3 +651,24 @@ def _initializers_wire(arrays: list[tuple[str, np.ndarray]]) -> bytes:
         parts += [b"\x2a", _varint(body_len), head, b"\x4a", _varint(len(raw)), raw]
     graph_len = sum(len(p) for p in parts)
     return b"".join([b"\x3a", _varint(graph_len)] + parts)
+
+
+def golden_text(files: dict[str, bytes]) -> bytes:
+    """ONNX as onnx.printer text, initializer payloads replaced by a digest so the
+    file stays readable (the weights themselves are covered by the differential and
+    determinism tests)."""
+    from onnx import printer
+
+    model = onnx.load_from_string(files[""])
+    lines = []
+    for init in model.graph.initializer:
+        payload = init.raw_data or init.SerializeToString()
+        digest = hashlib.sha256(payload).hexdigest()[:16]
+        lines.append(f"# initializer {init.name} {list(init.dims)} sha256:{digest}")
+        init.ClearField("raw_data")
+        for fld in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+            init.ClearField(fld)
+        init.ClearField("external_data")
+        init.data_location = onnx.TensorProto.DEFAULT
+    text = printer.to_text(model)
+    return ("\n".join(lines) + ("\n" if lines else "") + text.rstrip("\n") + "\n").encode("utf-8")

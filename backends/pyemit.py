@@ -1,54 +1,31 @@
-"""What the torch and flax emitters share: a line buffer with indentation, a
-namespace that makes every identifier legal and unique, helper-function collection,
+"""What the Python emitters (torch, flax, numpy) share: a line buffer with indentation,
+a namespace that makes every identifier legal and unique, the lowering-rule context
+and the base op table each backend overrides, the class layout of a generated module,
 the canonical-init table and the module-level API every generated file exposes."""
 
 from __future__ import annotations
 
 import builtins
-import json
 import keyword
 import re
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import black
 
-from metagen.diagnostics import CompileError, Diagnostic, Loc
-from metagen.ir.graph import Model, ModuleDef, Node, Value
-from metagen.ir.printer import _sanitize
+from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
+from metagen.ir import names
+from metagen.ir.graph import Layer, Model, ModuleDef, Node, Param, Repeat, Sub
+
+__all__ = ["EmitError"]  # re-exported: the Python emitters' error is every backend's
 
 
-class EmitError(CompileError):
-    pass
-
-
-def missing_emitter(backend: str, node: Node, model: Model) -> EmitError:
-    loc = node.loc or model.loc or Loc("<ir>")
-    return EmitError([Diagnostic("error", loc, f"the {backend} backend has no emitter for op '{node.op}'")])
-
-
-class Namespace:
-    """Legal, unique Python identifiers for values (cf. torch.fx's _Namespace)."""
+class Namespace(names.Namespace):
+    """Legal, unique Python identifiers: no keyword or builtin is ever given out."""
 
     def __init__(self, reserved: set[str] = frozenset()):
-        self.taken = set(reserved) | set(keyword.kwlist) | set(dir(builtins))
-        self.names: dict[int, str] = {}
-
-    def name(self, v: Value | None = None, hint: str = "") -> str:
-        if v is not None and id(v) in self.names:
-            return self.names[id(v)]
-        base = _sanitize((v.hint if v is not None else hint) or "v") or "v"
-        name, k = base, 1
-        while name in self.taken:
-            name = f"{base}_{k}"
-            k += 1
-        self.taken.add(name)
-        if v is not None:
-            self.names[id(v)] = name
-        return name
-
-    def bind(self, v: Value, name: str) -> None:
-        self.names[id(v)] = name
+        super().__init__(set(reserved) | set(keyword.kwlist) | set(dir(builtins)))
 
 
 class Lines:
@@ -247,15 +224,124 @@ def example_inputs(batch_size=2, seed=0):
     return out
 '''
 
-EmitterFn = Callable[..., str]
+Rule = Callable[..., str]  # rule(ctx, *operand_expressions) -> expression
+
+
+@dataclass
+class PyContext(LoweringContext):
+    """A Python rule's context: the node's attributes, types and location, plus the
+    emitting backend's array namespace, its helper functions and its other rules."""
+
+    emitter: "ModuleEmitter | None" = None
+
+    @property
+    def lib(self) -> str:
+        """The array namespace the base rules write (`np`, `jnp`, `torch`)."""
+        return self.emitter.lib
+
+    def helper(self, name: str) -> str:
+        """The function defined by the backend's helper `name` (`_<name>`), which the
+        generated module then contains."""
+        self.emitter.use_helper(name, self.loc)
+        return f"_{name}"
+
+    def call(self, op: str, *operands: str) -> str:
+        """`op`'s expression in this backend, for a rule written in terms of another."""
+        return self.emitter.op_rule(op, self.loc)(self, *operands)
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """How a backend builds and applies a layer op (a parametric child: linear,
+    embedding, norms, conv). `construct(ctx)` is the member's constructor expression;
+    `apply(ctx, member, *operands)` its call (default `member(*operands)`); `params`
+    maps each canonical local parameter name to the backend's variable name and layout
+    kind, for backends whose variables are not named canonically."""
+
+    construct: Rule
+    apply: Rule | None = None
+    params: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def _tuple_literal(items) -> str:
+    return f"({''.join(f'{i}, ' for i in items)})"
+
+
+# The base op table, written against the NumPy array API in the backend's namespace
+# (`c.lib`): a backend's table is `{**BASE_OPS, ...its overrides}` (cf. tinygrad's
+# renderers). Ops whose code is a helper function call it by name; each backend
+# supplies the helper's source.
+BASE_OPS: dict[str, Rule] = {
+    "add": lambda c, x, y: f"{x} + {y}",
+    "sub": lambda c, x, y: f"{x} - {y}",
+    "mul": lambda c, x, y: f"{x} * {y}",
+    "scale": lambda c, x: f"{x} * {c.a['factor']!r}",
+    "quick_gelu": lambda c, x: f"{x} * {c.call('sigmoid', f'1.702 * {x}')}",
+    "tanh": lambda c, x: f"{c.lib}.tanh({x})",
+    "exp": lambda c, x: f"{c.lib}.exp({x})",
+    "l2_normalize": lambda c, x: (
+        f"{x} / {c.lib}.maximum({c.lib}.linalg.norm({x}, axis={c.a['axis']}, keepdims=True), 1e-12)"
+    ),
+    "matmul": lambda c, x, y: (
+        f"{c.lib}.matmul({x}, {c.lib}.swapaxes({y}, -1, -2))" if c.a["transpose_b"] else f"{c.lib}.matmul({x}, {y})"
+    ),
+    "linear_fn": lambda c, x, w: f"{c.lib}.matmul({x}, {w}.T)",
+    "attention": lambda c, q, k, v: (
+        f"{c.helper('attention')}({q}, {k}, {v}, {c.a['heads']}, {c.a['kv_heads']}, {c.a['head_dim']}, "
+        f"is_causal={c.a['causal']}" + (f", scale={c.a['scale']!r}" if c.a["scale"] is not None else "") + ")"
+    ),
+    "rope": lambda c, x: f"{c.helper('rope')}({x}, {c.a['heads']}, {c.a['head_dim']}, {c.a['theta']!r})",
+    "positions": lambda c, x: f"{c.lib}.arange({x}.shape[{c.a['axis']}])",
+    "concat": lambda c, *xs: f"{c.lib}.concatenate([{', '.join(xs)}], axis={c.a['axis']})",
+    "stack": lambda c, *xs: f"{c.lib}.stack([{', '.join(xs)}], axis={c.a['axis']})",
+    "transpose": lambda c, x: f"{c.lib}.transpose({x}, {_tuple_literal(c.a['perm'])})",
+    "unsqueeze": lambda c, x: f"{c.lib}.expand_dims({x}, {_tuple_literal(sorted(c.a['axes']))})",
+    "prepend": lambda c, x, t: (
+        f"{c.lib}.concatenate([{c.lib}.broadcast_to({t}, ({x}.shape[0],) + {t}.shape[1:]), {x}], axis=1)"
+    ),
+    "flatten_spatial": lambda c, x: f"{c.lib}.transpose({x}.reshape({x}.shape[0], {x}.shape[1], -1), (0, 2, 1))",
+    "unflatten_spatial": lambda c, x: (
+        f"{c.lib}.transpose({x}, (0, 2, 1)).reshape({x}.shape[0], {x}.shape[2], {c.a['height']}, {c.a['width']})"
+    ),
+    "mean": lambda c, x: f"{c.lib}.mean({x}, axis={c.a['axis']})",
+    "gather_argmax": lambda c, x, ids: f"{x}[{c.lib}.arange({x}.shape[0]), {c.lib}.argmax({ids}, axis=-1)]",
+    "upsample_nearest": lambda c, x: (
+        f"{c.lib}.repeat({c.lib}.repeat({x}, {c.a['factor']}, axis=2), {c.a['factor']}, axis=3)"
+    ),
+    "timestep_embedding": lambda c, t: (
+        f"{c.helper('timestep_embedding')}({t}, {c.a['dim']}, {c.a['flip_sin_to_cos']}, "
+        f"{c.a['freq_shift']!r}, {c.a['max_period']!r})"
+    ),
+    "cross_entropy": lambda c, logits, labels: f"{c.helper('cross_entropy')}({logits}, {labels})",
+    "mse": lambda c, x, y: f"{c.lib}.mean({c.lib}.square({x} - {y}))",
+    "masked_cross_entropy": lambda c, logits, labels, mask: (
+        f"{c.helper('masked_cross_entropy')}({logits}, {labels}, {mask})"
+    ),
+}
+
+
+_HELPER_CALL = re.compile(r"\b_([A-Za-z][A-Za-z0-9_]*)\b")
+
+
+def uncovered_ops(ops_table: Mapping[str, Any], layers_table: Mapping[str, Any]) -> list[str]:
+    """Registry ops a backend's tables have no rule for (empty when it is complete)."""
+    from metagen.ir import ops
+
+    return [name for name, d in ops.REGISTRY.items() if name not in (layers_table if d.is_layer else ops_table)]
 
 
 class ModuleEmitter(ABC):
-    """The class layout the torch and flax emitters share: one class per module
-    definition, members built in `__init__`, the body written node by node in the
-    call method, outputs returned as a dict (top module) or values. Subclasses say
-    what the base class is, how members are constructed and how a node is written."""
+    """The class layout the Python emitters share: one class per module definition,
+    members built in `__init__`, the body written node by node in the call method,
+    outputs returned as a dict (top module) or values. A backend gives its tables
+    (`ops`, `layers`, `helper_sources`), its array namespace, and how a member is
+    declared and a parameter read."""
 
+    backend = ""  # its name in diagnostics
+    lib = ""  # the array namespace the base rules write
+    ops: Mapping[str, Rule] = {}
+    layers: Mapping[str, LayerRule] = {}
+    helper_sources: Mapping[str, str] = {}  # helper name -> function source defining `_<name>`
     reserved: frozenset[str] = frozenset()
     base_class = ""
     init_signature = "self"
@@ -265,10 +351,82 @@ class ModuleEmitter(ABC):
         self.model = model
         self.out = Lines()
         self.helpers: list[str] = []
+        # Helper functions and the `Repeat` loop variable share the module's namespace.
+        self.reserved = frozenset(self.reserved) | {f"_{h}" for h in self.helper_sources} | {"layer"}
         self.class_ns = Namespace(set(self.reserved))
         self.class_names = {name: self.class_ns.name(hint=name) for name in model.modules}
 
-    helper_sources: dict[str, str] = {}  # op -> helper function source, set by each backend
+    # ------------------------------------------------------------ what a backend says
+
+    def member_prologue(self) -> list[str]:
+        """Lines that open every `__init__`."""
+        return []
+
+    @abstractmethod
+    def param_member(self, p: Param) -> str:
+        """The expression a parameter member is initialised with."""
+
+    @abstractmethod
+    def sub_member(self, cls: str) -> str:
+        """The expression a child module member is initialised with."""
+
+    @abstractmethod
+    def repeat_member(self, cls: str, count: int) -> str:
+        """The expression a `Repeat` member (a list of `count` modules) is initialised with."""
+
+    def param_expr(self, md: ModuleDef, target: str) -> str:
+        """How the call method reads parameter `target` (a dotted path in `md`)."""
+        return f"self.{target}"
+
+    # ------------------------------------------------------------ rules
+
+    def op_rule(self, op: str, loc) -> Rule:
+        rule = self.ops.get(op)
+        if rule is None:
+            raise missing_rule(self.backend, "op", op, loc)
+        return rule
+
+    def layer_rule(self, op: str, loc) -> LayerRule:
+        rule = self.layers.get(op)
+        if rule is None:
+            raise missing_rule(self.backend, "layer op", op, loc)
+        return rule
+
+    def use_helper(self, name: str, loc) -> None:
+        """Emit helper `name`, and the helpers its source calls (`_<other>` mentioned)."""
+        if name not in self.helper_sources:
+            raise missing_rule(self.backend, "helper function", name, loc)
+        todo = [name]
+        while todo:
+            h = todo.pop()
+            if h not in self.helpers:
+                self.helpers.append(h)
+                todo += [m for m in _HELPER_CALL.findall(self.helper_sources[h]) if m in self.helper_sources]
+
+    def node_context(
+        self, md: ModuleDef, node: Node, attrs: Mapping[str, Any] | None = None, operands: tuple[str, ...] = ()
+    ) -> PyContext:
+        return PyContext(
+            op_name=node.op,
+            a=node.attrs if attrs is None else attrs,
+            operands=operands,
+            in_types=tuple(o.type for o in node.operands),
+            out_types=tuple(r.type for r in node.results),
+            loc=first_loc(node.loc, md.loc, self.model.loc),
+            emitter=self,
+        )
+
+    def layer_context(self, md: ModuleDef, name: str, layer: Layer) -> PyContext:
+        """A layer member's context: its attributes, and the types and location of the
+        first node that calls it (a member is declared once, however often it is called)."""
+        call = next((n for n in md.nodes if n.kind == "call" and n.target == name), None)
+        if call is None:
+            return PyContext(op_name=layer.op, a=layer.attr_dict(), loc=first_loc(md.loc, self.model.loc), emitter=self)
+        ctx = self.node_context(md, call, layer.attr_dict())
+        ctx.op_name = layer.op
+        return ctx
+
+    # ------------------------------------------------------------ emission
 
     def emit_classes(self) -> Lines:
         """Every module's class, dependencies first; fills `self.helpers`."""
@@ -283,13 +441,51 @@ class ModuleEmitter(ABC):
             out(self.helper_sources[h].strip("\n"))
             out("")
 
-    @abstractmethod
     def emit_members(self, out: Lines, md: ModuleDef) -> None:
         """`__init__`'s body: parameters and children."""
+        lines = list(self.member_prologue())
+        for p in md.params.values():
+            lines.append(f"self.{p.name} = {self.param_member(p)}")
+        for name, child in md.children.items():
+            if isinstance(child, Layer):
+                ctx = self.layer_context(md, name, child)
+                lines.append(f"self.{name} = {self.layer_rule(child.op, ctx.loc).construct(ctx)}")
+            elif isinstance(child, Sub):
+                lines.append(f"self.{name} = {self.sub_member(self.class_names[child.module])}")
+            else:
+                lines.append(f"self.{name} = {self.repeat_member(self.class_names[child.module], child.count)}")
+        for line in lines or ["pass"]:
+            out(line)
 
-    @abstractmethod
     def emit_node(self, out: Lines, md: ModuleDef, node: Node, ns: Namespace) -> None:
         """One node of the call method's body."""
+        args = [ns.name(o) for o in node.operands]
+        if node.kind == "param":
+            ns.bind(node.results[0], self.param_expr(md, node.target))
+            return
+        if node.kind == "call":
+            child = md.children[node.target]
+            res = [ns.name(r) for r in node.results]
+            member = f"self.{node.target}"
+            if isinstance(child, Repeat):
+                rest = "".join(f", {a}" for a in args[1:])
+                out(f"{res[0]} = {args[0]}")
+                out(f"for layer in {member}:")
+                with out.indent():
+                    out(f"{res[0]} = layer({res[0]}{rest})")
+                return
+            if isinstance(child, Layer):
+                ctx = self.node_context(md, node, child.attr_dict(), tuple(args))
+                ctx.op_name = child.op
+                rule = self.layer_rule(child.op, ctx.loc)
+                if rule.apply is not None:
+                    out(f"{res[0]} = {rule.apply(ctx, member, *args)}")
+                    return
+            out(f"{', '.join(res)} = {member}({', '.join(args)})")
+            return
+        ctx = self.node_context(md, node, operands=tuple(args))
+        rule = self.op_rule(node.op, ctx.loc)
+        out(f"{ns.name(node.results[0])} = {rule(ctx, *args)}")
 
     def emit_module(self, out: Lines, md: ModuleDef) -> None:
         out(f"class {self.class_names[md.name]}({self.base_class}):")

@@ -1,109 +1,104 @@
 """IR -> standalone PyTorch source.
 
-One table maps each primitive op to a one-line expression and each layer op to its
-`torch.nn` constructor; module definitions become `nn.Module` classes and `Repeat`
-children an `nn.ModuleList` looped in `forward`.
+The op table is the shared base (`pyemit.BASE_OPS`, NumPy's array API) with torch's
+own spelling where it differs; each layer op maps to its `torch.nn` constructor.
+Module definitions become `nn.Module` classes and `Repeat` children an
+`nn.ModuleList` looped in `forward`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 from metagen.backends.pyemit import (
+    BASE_OPS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
-    Lines,
+    LayerRule,
     ModuleEmitter,
-    Namespace,
+    Rule,
     emit_common_header,
     emit_tables,
     format_python,
-    missing_emitter,
 )
-from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub
+from metagen.ir.graph import Model, Param
+from metagen.ir.types import DType
 
 RESERVED = {"torch", "nn", "F", "np", "math", "zlib", "self", "Model", "CONFIG", "INPUTS", "OUTPUTS"}
 
 # ------------------------------------------------------------------ layer ops
 
-LAYERS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "linear": lambda a: f"nn.Linear({a['in_features']}, {a['out_features']}, bias={a['bias']})",
-    "embedding": lambda a: f"nn.Embedding({a['num']}, {a['dim']})",
-    "layer_norm": lambda a: (
-        f"nn.LayerNorm({a['dim']}, eps={a['eps']!r}, elementwise_affine={a['affine']}, bias={a['bias']})"
+LAYERS: dict[str, LayerRule] = {
+    "linear": LayerRule(lambda c: f"nn.Linear({c.a['in_features']}, {c.a['out_features']}, bias={c.a['bias']})"),
+    "embedding": LayerRule(lambda c: f"nn.Embedding({c.a['num']}, {c.a['dim']})"),
+    "layer_norm": LayerRule(
+        lambda c: (
+            f"nn.LayerNorm({c.a['dim']}, eps={c.a['eps']!r}, elementwise_affine={c.a['affine']}, bias={c.a['bias']})"
+        )
     ),
-    "rms_norm": lambda a: f"nn.RMSNorm({a['dim']}, eps={a['eps']!r})",
-    "group_norm": lambda a: f"nn.GroupNorm({a['groups']}, {a['channels']}, eps={a['eps']!r})",
-    "conv2d": lambda a: (
-        f"nn.Conv2d({a['in_channels']}, {a['out_channels']}, {a['kernel']}, stride={a['stride']}, "
-        f"padding={a['padding']}, bias={a['bias']})"
+    "rms_norm": LayerRule(lambda c: f"nn.RMSNorm({c.a['dim']}, eps={c.a['eps']!r})"),
+    "group_norm": LayerRule(lambda c: f"nn.GroupNorm({c.a['groups']}, {c.a['channels']}, eps={c.a['eps']!r})"),
+    "conv2d": LayerRule(
+        lambda c: (
+            f"nn.Conv2d({c.a['in_channels']}, {c.a['out_channels']}, {c.a['kernel']}, stride={c.a['stride']}, "
+            f"padding={c.a['padding']}, bias={c.a['bias']})"
+        )
     ),
 }
 
 # ------------------------------------------------------------------ primitive ops
-# Each takes the node's attributes and its operands' Python names and returns an
-# expression. Helpers (functions some ops need) are declared in HELPERS.
+# The base table, with torch's spelling where it differs (torch calls an axis `dim`,
+# and has fused forms: scaled_dot_product_attention, F.normalize, F.cross_entropy).
 
 
-def _attention(a, q, k, v):
-    h, kvh, d = a["heads"], a["kv_heads"], a["head_dim"]
-    extra = f", scale={a['scale']!r}" if a["scale"] is not None else ""
+def _attention(c, q, k, v):
+    h, kvh, d = c.a["heads"], c.a["kv_heads"], c.a["head_dim"]
+    extra = f", scale={c.a['scale']!r}" if c.a["scale"] is not None else ""
     gqa = ", enable_gqa=True" if kvh != h else ""
     return (
         f"F.scaled_dot_product_attention({q}.unflatten(-1, ({h}, {d})).transpose(1, 2), "
         f"{k}.unflatten(-1, ({kvh}, {d})).transpose(1, 2), {v}.unflatten(-1, ({kvh}, {d})).transpose(1, 2), "
-        f"is_causal={a['causal']}{gqa}{extra}).transpose(1, 2).flatten(2)"
+        f"is_causal={c.a['causal']}{gqa}{extra}).transpose(1, 2).flatten(2)"
     )
 
 
-OPS: dict[str, Callable[..., str]] = {
-    "add": lambda a, x, y: f"{x} + {y}",
-    "sub": lambda a, x, y: f"{x} - {y}",
-    "mul": lambda a, x, y: f"{x} * {y}",
-    "scale": lambda a, x: f"{x} * {a['factor']!r}",
-    "gelu": lambda a, x: f"F.gelu({x})",
-    "gelu_tanh": lambda a, x: f'F.gelu({x}, approximate="tanh")',
-    "quick_gelu": lambda a, x: f"{x} * torch.sigmoid(1.702 * {x})",
-    "silu": lambda a, x: f"F.silu({x})",
-    "relu": lambda a, x: f"F.relu({x})",
-    "tanh": lambda a, x: f"torch.tanh({x})",
-    "sigmoid": lambda a, x: f"torch.sigmoid({x})",
-    "exp": lambda a, x: f"torch.exp({x})",
-    "softmax": lambda a, x: f"torch.softmax({x}, dim={a['axis']})",
-    "l2_normalize": lambda a, x: f"F.normalize({x}, dim={a['axis']})",
-    "matmul": lambda a, x, y: f"torch.matmul({x}, {y}.transpose(-1, -2))" if a["transpose_b"] else f"torch.matmul({x}, {y})",
-    "linear_fn": lambda a, x, w: f"F.linear({x}, {w})",
-    "attention": _attention,
-    "rope": lambda a, x: f"_rope({x}, {a['heads']}, {a['head_dim']}, {a['theta']!r})",
-    "positions": lambda a, x: f"torch.arange({x}.shape[{a['axis']}], device={x}.device)",
-    "concat": lambda a, *xs: f"torch.cat([{', '.join(xs)}], dim={a['axis']})",
-    "stack": lambda a, *xs: f"torch.stack([{', '.join(xs)}], dim={a['axis']})",
-    "slice": lambda a, x: f"{x}.narrow({a['axis']}, {a['start']}, {a['end'] - a['start']})",
-    "select": lambda a, x: f"{x}.select({a['axis']}, {a['index']})",
-    "transpose": lambda a, x: f"{x}.permute({', '.join(map(str, a['perm']))})",
-    "unsqueeze": lambda a, x: _unsqueeze(x, a["axes"]),
-    "prepend": lambda a, x, t: f"torch.cat([{t}.expand({x}.shape[0], -1, -1), {x}], dim=1)",
-    "flatten_spatial": lambda a, x: f"{x}.flatten(2).transpose(1, 2)",
-    "unflatten_spatial": lambda a, x: f"{x}.transpose(1, 2).unflatten(2, ({a['height']}, {a['width']}))",
-    "mean": lambda a, x: f"{x}.mean(dim={a['axis']})",
-    "gather_argmax": lambda a, x, ids: f"{x}[torch.arange({x}.shape[0], device={x}.device), {ids}.argmax(dim=-1)]",
-    "upsample_nearest": lambda a, x: f'F.interpolate({x}, scale_factor={a["factor"]}, mode="nearest")',
-    "timestep_embedding": lambda a, t: (
-        f"_timestep_embedding({t}, {a['dim']}, {a['flip_sin_to_cos']}, {a['freq_shift']!r}, {a['max_period']!r})"
-    ),
-    "cast": lambda a, x: f"{x}.to(torch.{_TORCH_DTYPES[a['dtype']]})",
-    "cross_entropy": lambda a, logits, labels: f"F.cross_entropy({logits}.flatten(0, -2), {labels}.flatten())",
-    "mse": lambda a, x, y: f"F.mse_loss({x}, {y})",
-    "masked_cross_entropy": lambda a, logits, labels, mask: f"_masked_cross_entropy({logits}, {labels}, {mask})",
-}
-
-_TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64", "i32": "int32", "bool": "bool"}
-
-
-def _unsqueeze(x: str, axes) -> str:
-    for ax in sorted(axes):
+def _unsqueeze(c, x: str) -> str:
+    for ax in sorted(c.a["axes"]):
         x = f"{x}.unsqueeze({ax})"
     return x
+
+
+OPS: dict[str, Rule] = {
+    **BASE_OPS,
+    "gelu": lambda c, x: f"F.gelu({x})",
+    "gelu_tanh": lambda c, x: f'F.gelu({x}, approximate="tanh")',
+    "silu": lambda c, x: f"F.silu({x})",
+    "relu": lambda c, x: f"F.relu({x})",
+    "sigmoid": lambda c, x: f"torch.sigmoid({x})",
+    "softmax": lambda c, x: f"torch.softmax({x}, dim={c.a['axis']})",
+    "l2_normalize": lambda c, x: f"F.normalize({x}, dim={c.a['axis']})",
+    "matmul": lambda c, x, y: (
+        f"torch.matmul({x}, {y}.transpose(-1, -2))" if c.a["transpose_b"] else f"torch.matmul({x}, {y})"
+    ),
+    "linear_fn": lambda c, x, w: f"F.linear({x}, {w})",
+    "attention": _attention,
+    "positions": lambda c, x: f"torch.arange({x}.shape[{c.a['axis']}], device={x}.device)",
+    "concat": lambda c, *xs: f"torch.cat([{', '.join(xs)}], dim={c.a['axis']})",
+    "stack": lambda c, *xs: f"torch.stack([{', '.join(xs)}], dim={c.a['axis']})",
+    "slice": lambda c, x: f"{x}.narrow({c.a['axis']}, {c.a['start']}, {c.a['end'] - c.a['start']})",
+    "select": lambda c, x: f"{x}.select({c.a['axis']}, {c.a['index']})",
+    "transpose": lambda c, x: f"{x}.permute({', '.join(map(str, c.a['perm']))})",
+    "unsqueeze": _unsqueeze,
+    "prepend": lambda c, x, t: f"torch.cat([{t}.expand({x}.shape[0], -1, -1), {x}], dim=1)",
+    "flatten_spatial": lambda c, x: f"{x}.flatten(2).transpose(1, 2)",
+    "unflatten_spatial": lambda c, x: f"{x}.transpose(1, 2).unflatten(2, ({c.a['height']}, {c.a['width']}))",
+    "mean": lambda c, x: f"{x}.mean(dim={c.a['axis']})",
+    "gather_argmax": lambda c, x, ids: (
+        f"{x}[torch.arange({x}.shape[0], device={x}.device), {ids}.argmax(dim=-1)]"
+    ),
+    "upsample_nearest": lambda c, x: f'F.interpolate({x}, scale_factor={c.a["factor"]}, mode="nearest")',
+    "cast": lambda c, x: f"{x}.to(torch.{DType(c.a['dtype']).numpy})",  # torch spells dtypes as NumPy does
+    "cross_entropy": lambda c, logits, labels: f"F.cross_entropy({logits}.flatten(0, -2), {labels}.flatten())",
+    "mse": lambda c, x, y: f"F.mse_loss({x}, {y})",
+}
 
 
 # Standard-library modules a helper needs beyond math and zlib.
@@ -152,10 +147,14 @@ def _timestep_embedding(t, dim, flip_sin_to_cos, freq_shift, max_period):
 
 
 class TorchEmitter(ModuleEmitter):
+    backend = "torch"
+    lib = "torch"
+    ops = OPS
+    layers = LAYERS
+    helper_sources = HELPERS
     reserved = frozenset(RESERVED)
     base_class = "nn.Module"
     call_method = "forward"
-    helper_sources = HELPERS
 
     def emit(self) -> str:
         out = self.out
@@ -180,42 +179,17 @@ class TorchEmitter(ModuleEmitter):
         out(TORCH_API)
         return format_python(out.text())
 
-    def emit_members(self, out: Lines, md: ModuleDef) -> None:
-        out("super().__init__()")
-        for p in md.params.values():
-            out(f"self.{p.name} = nn.Parameter(torch.empty({', '.join(map(str, p.type.shape)) or '()'}))")
-        for name, child in md.children.items():
-            if isinstance(child, Layer):
-                out(f"self.{name} = {LAYERS[child.op](child.attr_dict())}")
-            elif isinstance(child, Sub):
-                out(f"self.{name} = {self.class_names[child.module]}()")
-            else:
-                out(f"self.{name} = nn.ModuleList({self.class_names[child.module]}() for _ in range({child.count}))")
+    def member_prologue(self) -> list[str]:
+        return ["super().__init__()"]
 
-    def emit_node(self, out: Lines, md: ModuleDef, node: Node, ns: Namespace) -> None:
-        args = [ns.name(o) for o in node.operands]
-        if node.kind == "param":
-            ns.bind(node.results[0], f"self.{node.target}")
-            return
-        if node.kind == "call":
-            child = md.children[node.target]
-            res = [ns.name(r) for r in node.results]
-            if isinstance(child, Repeat):
-                x = args[0]
-                rest = "".join(f", {a}" for a in args[1:])
-                out(f"{res[0]} = {x}")
-                out(f"for layer in self.{node.target}:")
-                with out.indent():
-                    out(f"{res[0]} = layer({res[0]}{rest})")
-            else:
-                out(f"{', '.join(res)} = self.{node.target}({', '.join(args)})")
-            return
-        fn = OPS.get(node.op)
-        if fn is None:
-            raise missing_emitter("torch", node, self.model)
-        if node.op in HELPERS and node.op not in self.helpers:
-            self.helpers.append(node.op)
-        out(f"{ns.name(node.results[0])} = {fn(node.attrs, *args)}")
+    def param_member(self, p: Param) -> str:
+        return f"nn.Parameter(torch.empty({', '.join(map(str, p.type.shape)) or '()'}))"
+
+    def sub_member(self, cls: str) -> str:
+        return f"{cls}()"
+
+    def repeat_member(self, cls: str, count: int) -> str:
+        return f"nn.ModuleList({cls}() for _ in range({count}))"
 
 
 TORCH_API = '''

@@ -41,21 +41,29 @@ LATENCY_BOUNDS: dict[str, dict[str, float | None]] = {
 }
 DEFAULT_STEPS_PER_IMAGE = 25
 
-# Families name their unit of work in words; each name is one of the kinds above.
-UNIT_KINDS: dict[str, str] = {
-    "token": "token",
-    "frame": "frame",
-    "image": "image",
-    "text-image pair": "image",
-    "step": "step",
-    "denoising step": "step",
-    "sample": "sample",
-    "sequence": "sample",
-}
 
 
-def unit_kind(unit: str) -> str:
-    return UNIT_KINDS.get(unit, "sample")
+@dataclass(frozen=True)
+class UnitOfWork:
+    """What a family produces one of at a time: `word` names it in reports and
+    diagnostics ("a text-image pair"), `kind` says which latency and rate words
+    apply to it (a key of LATENCY_BOUNDS). Each family declares one."""
+
+    word: str
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in LATENCY_BOUNDS:
+            raise ValueError(f"unit of work '{self.word}': kind '{self.kind}' is not one of {sorted(LATENCY_BOUNDS)}")
+
+    def __str__(self) -> str:
+        return self.word
+
+    @classmethod
+    def of(cls, unit: "UnitOfWork | str") -> "UnitOfWork":
+        """A unit, or a kind named by itself ("token")."""
+        return unit if isinstance(unit, UnitOfWork) else cls(unit, unit)
+
 
 # Which units of work a rate unit counts.
 RATE_UNITS: dict[str, tuple[str, ...]] = {
@@ -112,13 +120,16 @@ def _full_attrs(d: ops.OpDef, attrs: dict[str, Any]) -> dict[str, Any]:
 class Workload:
     """One unit of work in integers, so the fitter's interpolation is exact."""
 
-    unit: str
+    unit: UnitOfWork
     flops: int  # per forward at `bindings`, i.e. `per_unit` units
     per_unit: int
     weights: int  # bytes
     cache: int  # bytes (KV cache), read once per unit
     activations: int  # bytes of the working set of one forward
     steps_per_image: int = DEFAULT_STEPS_PER_IMAGE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unit", UnitOfWork.of(self.unit))
 
     @property
     def stream_bytes(self) -> int:
@@ -130,7 +141,7 @@ def workload(family, ctx, model: Model, mem: Mapping[str, int]) -> Workload:
     w = family.workload(ctx, model)
     bindings = {**model.examples, "batch": 1, **w.get("bindings", {})}
     return Workload(
-        unit=w.get("unit", "sample"),
+        unit=family.unit,
         flops=model_flops(model, bindings),
         per_unit=max(1, int(w.get("per_unit", 1))),
         weights=int(mem.get("weights", 0)),
@@ -183,7 +194,7 @@ class LatencyBound:
 
     seconds: float | None
     text: str  # as the spec wrote it, lower-cased ("real-time", "80ms")
-    unit: str
+    unit: UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -192,7 +203,7 @@ class ThroughputBound:
 
     per_s: float
     text: str  # as the spec wrote it ("1000 tok/s")
-    unit: str
+    unit: UnitOfWork
     rate_unit: str  # the spec's rate unit
     factor: float  # units of work per counted thing (steps per image)
 
@@ -201,11 +212,11 @@ class BoundError(ValueError):
     """A latency or throughput whose unit does not count this model's unit of work."""
 
 
-def _per_unit(rate: float, rate_unit: str, unit: str, steps_per_image: int, what: str, text: str) -> float:
+def _per_unit(rate: float, rate_unit: str, unit: UnitOfWork, steps_per_image: int, what: str, text: str) -> float:
     """A rate in the spec's unit as units of work per second."""
-    kind = unit_kind(unit)
+    kind = unit.kind
     if kind not in RATE_UNITS[rate_unit]:
-        article = "an" if unit[:1] in "aeiou" else "a"
+        article = "an" if unit.word[:1] in "aeiou" else "a"
         raise BoundError(
             f"{what} '{text}' counts {RATE_NOUNS[rate_unit]}, but this model's unit of work is {article} {unit}; "
             f"write {_rate_hint(kind)} or a time per {unit}"
@@ -222,7 +233,7 @@ def _rate_hint(kind: str) -> str:
 def latency_bound(latency: str | None, w: Workload) -> LatencyBound:
     """A latency word, a time per unit or a rate ("20 tok/s"); raises BoundError."""
     text = (latency or "batch").strip().lower()
-    words = LATENCY_BOUNDS[unit_kind(w.unit)]
+    words = LATENCY_BOUNDS[w.unit.kind]
     if text in words:
         return LatencyBound(words[text], text, w.unit)
     try:
@@ -299,7 +310,7 @@ def report(device: Device, w: Workload, e: Estimate, memory_budget: int) -> dict
             "bandwidth_bytes_per_s": device.bandwidth,
             "capacity_bytes": device.capacity,
         },
-        "unit": w.unit,
+        "unit": w.unit.word,
         "flops_per_unit": round(e.flops_per_unit),
         "bytes_per_unit": round(e.bytes_per_unit),
         "latency_per_unit_s": round_float(e.latency_s),

@@ -1,56 +1,40 @@
 """Which family a spec's modality, objective and family select.
 
-The table in docs/families.md is generated from `RULES`; an unmatched combination
-gets a diagnostic naming what is supported.
+Each family declares the combinations that select it (`Family.rules`); `RULES` is
+their union in catalogue order. The tables in docs/families.md are generated from
+the same declarations (`python -m metagen.compiler.select < docs/families.md`
+prints the file with them rewritten), and an unmatched
+combination gets a diagnostic naming what is supported.
 """
 
 from __future__ import annotations
 
+from metagen.compiler.families import FAMILIES, Family, Rule
 from metagen.diagnostics import DiagnosticSink
 from metagen.frontend.schema import MODALITIES
 from metagen.frontend.spec_builder import Spec
 
-# (inputs, outputs, objective) -> family. Objective None matches a spec that names none.
-RULES: list[tuple[frozenset, frozenset, str | None, str]] = [
-    (frozenset({"text"}), frozenset({"text"}), "autoregressive", "decoder_lm"),
-    (frozenset({"text"}), frozenset({"text"}), None, "decoder_lm"),
-    (frozenset({"text"}), frozenset({"text"}), "masked", "masked_lm"),
-    (frozenset({"image"}), frozenset({"label"}), "classification", "vit"),
-    (frozenset({"image"}), frozenset({"label"}), None, "vit"),
-    # Tutorial step 5 writes outputs ["image"] for a classifier; vit warns that it outputs class logits.
-    (frozenset({"image"}), frozenset({"image"}), "classification", "vit"),
-    (frozenset({"text"}), frozenset({"label"}), "classification", "encoder"),
-    (frozenset({"text"}), frozenset({"label"}), None, "encoder"),
-    (frozenset({"text", "image"}), frozenset({"text", "image"}), "contrastive", "clip"),
-    (frozenset({"text", "image"}), frozenset({"text", "image"}), None, "clip"),
-    (frozenset({"text", "image"}), frozenset({"embedding"}), "contrastive", "clip"),
-    (frozenset({"text", "image"}), frozenset({"image"}), "diffusion", "diffusion_unet"),
-    (frozenset({"text", "image"}), frozenset({"image"}), None, "diffusion_unet"),
-    # Text-to-image written without the noisy image among the inputs: the same model.
-    (frozenset({"text"}), frozenset({"image"}), "diffusion", "diffusion_unet"),
-    (frozenset({"text"}), frozenset({"image"}), None, "diffusion_unet"),
-    (frozenset({"audio"}), frozenset({"audio"}), "autoregressive", "audio_lm"),
-    (frozenset({"audio"}), frozenset({"audio"}), None, "audio_lm"),
-]
+
+def rules() -> list[tuple[Rule, Family]]:
+    return [(rule, family) for family in FAMILIES.values() for rule in family.rules]
 
 
 def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
-    from metagen.compiler.families import FAMILIES
-
     ins = frozenset(spec.modality.inputs or [])
     outs = frozenset(spec.modality.outputs or [])
     objectives = spec.training.objective or []
     objective = objectives[0] if objectives else None
-    known = set(MODALITIES)
-    if (ins | outs) - known:
-        family = "fallback"
-    else:
-        family = None
-        for rin, rout, robj, fam in RULES:
-            if rin == ins and rout == outs and (robj == objective):
-                family = fam
+    unknown = bool((ins | outs) - set(MODALITIES))
+    family = None
+    for rule, fam in rules():
+        if unknown:
+            if rule.unknown_modalities:
+                family = fam.name
                 break
-    if family is None or family not in FAMILIES:
+        elif frozenset(rule.inputs) == ins and frozenset(rule.outputs) == outs and objective in rule.objectives:
+            family = fam.name
+            break
+    if family is None:
         what = f"{_modalities(ins)} -> {_modalities(outs)}" + (f" with objective '{objective}'" if objective else "")
         sink.error(
             spec.modality.loc(),
@@ -60,21 +44,71 @@ def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
     return family
 
 
-def _modalities(ms: frozenset) -> str:
+def _modalities(ms) -> str:
     return " + ".join(sorted(ms)) or "nothing"
 
 
 def supported_summary() -> str:
-    """'text -> text (autoregressive or none), ...' from RULES."""
-    from metagen.compiler.families import FAMILIES
-
+    """'text -> text (autoregressive or none), ...' from the families' rules."""
     combos: dict[tuple[str, str], list[str]] = {}
-    for rin, rout, robj, fam in RULES:
-        if fam in FAMILIES:
-            combos.setdefault((_modalities(rin), _modalities(rout)), []).append(robj or "none")
+    for rule, _ in rules():
+        if rule.unknown_modalities:
+            continue
+        objs = combos.setdefault((_modalities(rule.inputs), _modalities(rule.outputs)), [])
+        objs.extend(o or "none" for o in rule.objectives)
     return "; ".join(f"{a} -> {b} ({_either(objs)})" for (a, b), objs in combos.items())
 
 
 def _either(words: list[str]) -> str:
     words = [w for w in words if w != "none"] + [w for w in words if w == "none"]
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def combinations_table() -> str:
+    """docs/families.md's combinations table: one row per rule."""
+    lines = ["| inputs | outputs | objective | family | notes |", "| --- | --- | --- | --- | --- |"]
+    for rule, fam in rules():
+        if rule.unknown_modalities:
+            cells = ["any unknown modality", "anything", "anything"]
+        else:
+            cells = [", ".join(rule.inputs), ", ".join(rule.outputs), ", ".join(o or "none" for o in rule.objectives)]
+        note = f" {rule.note} " if rule.note else " "
+        lines.append(f"| {' | '.join(cells)} | `{fam.name}` |{note}|")
+    return "\n".join(lines) + "\n"
+
+
+def tiny_table() -> str:
+    """docs/families.md's --tiny table: one row per family."""
+    lines = ["| family | tiny sizes |", "| --- | --- |"]
+    lines += [f"| `{fam.name}` | {fam.tiny_doc} |" for fam in FAMILIES.values()]
+    return "\n".join(lines) + "\n"
+
+
+def keys_table() -> str:
+    """docs/families.md's keys table: the architecture keys each family reads."""
+    lines = ["| family | reads |", "| --- | --- |"]
+    for fam in FAMILIES.values():
+        parts = [", ".join(f"`{k}`" for k in fam.config.spec_keys())]
+        for name, tower in fam.config.towers().items():
+            parts.append(f"`{name}`: " + ", ".join(f"`{k}`" for k in tower.spec_keys()))
+        lines.append(f"| `{fam.name}` | {'; '.join(p for p in parts if p)} |")
+    return "\n".join(lines) + "\n"
+
+
+GENERATED = {"combinations": combinations_table, "tiny": tiny_table, "keys": keys_table}
+
+
+def render_doc(text: str) -> str:
+    """docs/families.md with every generated block rewritten from the declarations."""
+    for name, table in GENERATED.items():
+        start, end = f"<!-- generated: {name} -->\n", "<!-- end generated -->\n"
+        a = text.index(start) + len(start)
+        b = text.index(end, a)
+        text = text[:a] + table() + text[b:]
+    return text
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(render_doc(sys.stdin.read()))

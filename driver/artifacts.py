@@ -12,9 +12,8 @@ import yaml
 from metagen import __version__
 from metagen.compiler.families import FAMILIES
 from metagen.diagnostics import CompileError, Diagnostic, Loc
-from metagen.frontend.schema import TOWER_FIELDS
 from metagen.ir.graph import Layer, Model, Repeat, Sub
-from metagen.ir.printer import Namer, print_model
+from metagen.ir.names import Namespace
 from metagen.pipeline import Compilation
 
 
@@ -49,20 +48,9 @@ def _non_finite(data: Any, path: str = "") -> tuple[str, float] | None:
     return None
 
 
-ARCH_KEYS = {f.name for f in TOWER_FIELDS}
-
-
 def resolved_architecture(comp: Compilation) -> dict[str, Any]:
     """The architecture section with every convention and fitted size filled in."""
-    ctx = comp.ctx
-    family = FAMILIES[ctx.family]
-    if hasattr(family, "resolved_architecture"):
-        return family.resolved_architecture(ctx)
-    arch = {"family": family.msl_family(ctx)}
-    for key, value in ctx.model.config.items():
-        if key in ARCH_KEYS:
-            arch[key] = value
-    return arch
+    return FAMILIES[comp.ctx.family].resolved_architecture(comp.ctx)
 
 
 def resolved_spec(comp: Compilation) -> dict[str, Any]:
@@ -93,7 +81,7 @@ def graph_json(model: Model) -> dict[str, Any]:
 
     modules = []
     for m in model.modules.values():
-        namer = Namer()
+        namer = Namespace()
         children = []
         for name, c in m.children.items():
             if isinstance(c, Layer):
@@ -178,19 +166,6 @@ def emit_target(
 ) -> dict[str, bytes]:
     """Files for one target, keyed by a name relative to the output's folder ('' = the
     main file; ONNX may add an external-data file named `data_name`)."""
-    model = comp.model
-    if target == "ir":
-        return {"": print_model(model).encode("utf-8")}
-    if target == "torch":
-        from metagen.backends.torch_backend import lower_to_torch
+    from metagen.backends import registry
 
-        return {"": lower_to_torch(model).encode("utf-8")}
-    if target == "flax":
-        from metagen.backends.flax_backend import lower_to_flax
-
-        return {"": lower_to_flax(model).encode("utf-8")}
-    if target == "onnx":
-        from metagen.backends.onnx_backend import lower_to_onnx
-
-        return lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name)
-    raise ValueError(target)
+    return registry.get(target).lower(comp.model, seed=seed, weights=weights, data_name=data_name)

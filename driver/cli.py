@@ -13,10 +13,10 @@ import signal
 import sys
 
 from metagen import __version__
+from metagen.backends import registry
 from metagen.diagnostics import CompileError, DiagnosticSink
 
-TARGETS = ("torch", "flax", "onnx", "ir")
-DEFAULT_SUFFIX = {"torch": ".py", "flax": "_flax.py", "onnx": ".onnx", "ir": ".mgir"}
+TARGETS = registry.names()
 
 
 def _define(text: str) -> tuple[str, str]:
@@ -60,7 +60,7 @@ def _finish(sink: DiagnosticSink, werror: bool = False) -> int:
 def _compile(args, sink: DiagnosticSink, instruments=()):
     from metagen.pipeline import compile_spec
 
-    return compile_spec(args.spec, sink, overrides=args.define or [], tiny=args.tiny, seed=args.seed, instruments=instruments)
+    return compile_spec(args.spec, sink, overrides=args.define or [], tiny=args.tiny, instruments=instruments)
 
 
 def _effective_seed(args, comp) -> int:
@@ -136,17 +136,18 @@ def metagenc_main(argv: list[str] | None = None) -> int:
         instruments.append(PrintIR(None if args.print_after_all else frozenset(args.print_after)))
     if args.output == "":
         p.error("-o needs a file name ('-' for stdout)")
-    if args.output == "-" and args.target == "onnx":
-        p.error("-o - (stdout) is for text targets; ONNX is binary")
-    if args.weights and args.target != "onnx":
-        p.error("--weights applies to --target onnx")
+    backend = registry.get(args.target)
+    if args.output == "-" and backend.binary:
+        p.error(f"-o - (stdout) is for text targets; {backend.name} is binary")
+    if args.weights and not backend.takes_weights:
+        p.error(f"--weights applies to --target {'|'.join(b.name for b in registry.BACKENDS.values() if b.takes_weights)}")
     sink = DiagnosticSink()
     try:
         comp = _compile(args, sink, instruments)
         if args.werror and sink.warnings:
             return _finish(sink, True)
         weights = _load_weights(args.weights) if args.weights else None
-        out = args.output or (os.path.splitext(os.path.basename(args.spec))[0] + DEFAULT_SUFFIX[args.target])
+        out = args.output or (os.path.splitext(os.path.basename(args.spec))[0] + backend.suffix)
         from metagen.artifacts import emit_target
 
         data_name = os.path.basename(out) + ".data"
@@ -237,7 +238,7 @@ def _cmd_verify(args) -> int:
         sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     _finish(sink)
-    ok = verify_spec(comp, seed=args.seed or 0, stream=sys.stdout)
+    ok = verify_spec(comp, seed=_effective_seed(args, comp), stream=sys.stdout)
     return 0 if ok else 1
 
 
@@ -344,6 +345,23 @@ def _terminated(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def _extra_providing(package: str) -> str | None:
+    """The install extra of this distribution that requires `package` (e.g. 'onnx'),
+    read from the installed metadata, so pyproject.toml stays the only list."""
+    import importlib.metadata
+    import re
+
+    try:
+        requires = importlib.metadata.requires("metagen") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for req in requires:
+        m = re.match(r"([A-Za-z0-9_.-]+).*;\s*extra\s*==\s*['\"]([^'\"]+)['\"]", req)
+        if m and m.group(1).lower() == package.lower() and m.group(2) != "all":
+            return m.group(2)
+    return None
+
+
 def _entry(fn) -> None:
     """Run a console command. stdout is UTF-8 whatever the locale (it carries generated
     text and JSON), and a file name the locale could not decode (its bytes came in as
@@ -366,6 +384,14 @@ def _entry(fn) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         for fd in (1, 2):
             os.dup2(devnull, fd)
+        code = 1
+    except ModuleNotFoundError as exc:
+        # A target whose framework is an optional dependency, asked for without it.
+        package = (exc.name or "").split(".")[0]
+        extra = _extra_providing(package)
+        if extra is None:
+            raise
+        print(f"metagen: error: this needs the '{package}' package: pip install 'metagen[{extra}]'", file=sys.stderr)
         code = 1
     sys.exit(code)
 

@@ -4,20 +4,20 @@
     python -m metagen.golden --update   # rewrite golden/ (`make golden`)
     python -m metagen.golden --check    # unified diff + exit 1 when golden/ is stale
 
-The cases are data: `SPECS` names the example specs, `VARIANTS` the files made from
-each. A new spec or a new target is one line. A variant whose backend module is not
-in this tree yet is skipped (and says so); once the backend lands, `--check` reports
-its golden file as missing until `make golden` writes it.
+The cases are data: `SPECS` names the example specs; the files made from each are the
+golden variants of every backend in the registry (`metagen.backends.registry`). A new
+spec is one line here, a new target's golden files one field of its registry entry;
+`--check` reports a new variant's golden file as missing until `make golden` writes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,28 +73,8 @@ def example_specs() -> list[str]:
     return out
 
 
-def _onnx_text(files: dict[str, bytes]) -> bytes:
-    """ONNX as onnx.printer text, initializer payloads replaced by a digest so the
-    file stays readable (the weights themselves are covered by the differential and
-    determinism tests)."""
-    import hashlib
-
-    import onnx
-    from onnx import printer
-
-    model = onnx.load_from_string(files[""])
-    lines = []
-    for init in model.graph.initializer:
-        payload = init.raw_data or init.SerializeToString()
-        digest = hashlib.sha256(payload).hexdigest()[:16]
-        lines.append(f"# initializer {init.name} {list(init.dims)} sha256:{digest}")
-        init.ClearField("raw_data")
-        for fld in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
-            init.ClearField(fld)
-        init.ClearField("external_data")
-        init.data_location = onnx.TensorProto.DEFAULT
-    text = printer.to_text(model)
-    return ("\n".join(lines) + ("\n" if lines else "") + text.rstrip("\n") + "\n").encode("utf-8")
+def _main_file(files: dict[str, bytes]) -> bytes:
+    return files[""]
 
 
 @dataclass(frozen=True)
@@ -102,28 +82,28 @@ class Variant:
     filename: str
     target: str
     tiny: bool
-    backend: str | None  # module that must exist for this variant to apply
-    render: Callable[[dict[str, bytes]], bytes] = lambda files: files[""]
+    render: Callable[[dict[str, bytes]], bytes] = _main_file
     only_full_ir: bool = False
 
 
-# One line per file kept for each spec.
-VARIANTS: list[Variant] = [
-    Variant("model.mgir", "ir", tiny=True, backend=None),
-    Variant("model_full.mgir", "ir", tiny=False, backend=None, only_full_ir=True),
-    Variant("torch_model.py", "torch", tiny=True, backend="metagen.backends.torch_backend"),
-    Variant("flax_model.py", "flax", tiny=True, backend="metagen.backends.flax_backend"),
-    Variant("model.onnx.txt", "onnx", tiny=True, backend="metagen.backends.onnx_backend", render=_onnx_text),
-]
+def _rendered(ref: str, files: dict[str, bytes]) -> bytes:
+    from metagen.backends import registry
+
+    return registry.resolve(ref)(files)
 
 
-def _available(module: str | None) -> bool:
-    if module is None:
-        return True
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:
-        return False
+def _variants() -> list[Variant]:
+    from metagen.backends import registry
+
+    return [
+        Variant(g.filename, b.name, g.tiny, partial(_rendered, g.render) if g.render else _main_file, g.only_full_ir)
+        for b in registry.BACKENDS.values()
+        for g in b.goldens
+    ]
+
+
+# Every file kept for each spec, from the backend registry.
+VARIANTS: list[Variant] = _variants()
 
 
 def cases() -> list[tuple[GoldenSpec, Variant]]:
@@ -157,24 +137,13 @@ def render_case(spec: GoldenSpec, variant: Variant, _cache: dict | None = None) 
         cwd = os.getcwd()
         os.chdir(ROOT)
         try:
-            comp = compile_spec(spec.path, DiagnosticSink(), tiny=variant.tiny, seed=SEED)
+            comp = compile_spec(spec.path, DiagnosticSink(), tiny=variant.tiny)
         finally:
             os.chdir(cwd)
         if _cache is not None:
             _cache[key] = comp
     files = emit_target(comp, variant.target, SEED, data_name="model.onnx.data")
     return variant.render(files)
-
-
-def active_cases() -> tuple[list[tuple[GoldenSpec, Variant]], list[str]]:
-    """The cases that apply in this tree, and a note for each skipped one."""
-    active, skipped = [], []
-    for spec, v in cases():
-        if _available(v.backend):
-            active.append((spec, v))
-        else:
-            skipped.append(f"{case_name(spec, v)} (no {v.backend} yet)")
-    return active, skipped
 
 
 def diff_text(expected: bytes, actual: bytes, name: str) -> str:
@@ -210,7 +179,7 @@ def check_case(spec: GoldenSpec, variant: Variant, cache: dict | None = None) ->
 
 
 def stale_files() -> list[str]:
-    """Files under golden/ that no case (active or skipped) produces."""
+    """Files under golden/ that no case produces."""
     wanted = {golden_path(s, v) for s, v in cases()}
     wanted.add(os.path.join(GOLDEN_DIR, "README.md"))
     found = []
@@ -226,7 +195,7 @@ def update(stream=sys.stdout) -> int:
     from metagen.diagnostics import CompileError
     from metagen.outputs import write_if_changed
 
-    active, skipped = active_cases()
+    active = cases()
     cache: dict = {}
     changed = failed = 0
     for spec, v in active:
@@ -242,21 +211,17 @@ def update(stream=sys.stdout) -> int:
     for p in stale_files():
         os.unlink(os.path.join(ROOT, p))
         print(f"removed {p}", file=stream)
-    for note in skipped:
-        print(f"skipped {note}", file=stream)
     print(f"{len(active)} golden files, {changed} changed", file=stream)
     return 1 if failed else 0
 
 
 def check(stream=sys.stdout) -> int:
-    active, skipped = active_cases()
+    active = cases()
     cache: dict = {}
     problems = [msg for s, v in active if (msg := check_case(s, v, cache))]
     problems += [f"{p}: no golden case produces this file; {REGENERATE} removes it\n" for p in stale_files()]
     for msg in problems:
         stream.write(msg)
-    for note in skipped:
-        print(f"skipped {note}", file=stream)
     if problems:
         print(f"{len(problems)} golden file(s) out of date; regenerate with: {REGENERATE}", file=stream)
         return 1
@@ -270,13 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--update", action="store_true", help="rewrite golden/ from the compiler's output")
     g.add_argument("--check", action="store_true", help="fail with a unified diff when golden/ is stale")
     g.add_argument("--list-specs", action="store_true", help="the example specs, relative to examples/ (for examples/Makefile)")
-    g.add_argument("--list-targets", action="store_true", help="the targets whose backend is in this tree")
+    g.add_argument("--list-targets", action="store_true", help="every target in the backend registry")
+    g.add_argument("--list-suffixes", action="store_true", help="TARGET=SUFFIX for each of them (metagenc's default output names)")
     args = p.parse_args(argv)
     if args.list_specs:
         print(" ".join(os.path.relpath(p, "examples") for p in example_specs()))
         return 0
-    if args.list_targets:
-        print(" ".join(dict.fromkeys(v.target for v in VARIANTS if _available(v.backend))))
+    if args.list_targets or args.list_suffixes:
+        from metagen.backends import registry
+
+        targets = list(registry.BACKENDS.values())
+        print(" ".join(b.name if args.list_targets else f"{b.name}={b.suffix}" for b in targets))
         return 0
     return update() if args.update else check()
 

@@ -8,7 +8,6 @@ from metagen.artifacts import (
     _json,
     _yaml,
     architecture_yaml,
-    emit_target,
     graph_json,
     params_estimate,
     resolved_spec,
@@ -19,23 +18,23 @@ from metagen.pipeline import Compilation
 
 
 def synth_files(comp: Compilation, seed: int) -> dict[str, bytes]:
+    """The run folder's files: the blueprint, then each of the spec's `outputs.targets`
+    at its registry path (with its training program where the backend has one)."""
+    from metagen.backends import registry
+    from metagen.training import training_files
+
     files = {
         "spec_resolved.yaml": _yaml(resolved_spec(comp)),
         "blueprint/architecture.yaml": _yaml(architecture_yaml(comp)),
         "blueprint/params_estimate.json": _json(params_estimate(comp), "blueprint/params_estimate.json", comp.spec.loc()),
         "blueprint/graph.json": _json(graph_json(comp.model), "blueprint/graph.json", comp.spec.loc()),
     }
-    files["ir/model.mgir"] = emit_target(comp, "ir", seed)[""]
-    files["code/torch/model.py"] = emit_target(comp, "torch", seed)[""]
-    for target, main in (("flax", "code/flax/model.py"), ("onnx", "onnx/model.onnx")):
-        for rel, data in emit_target(comp, target, seed, data_name="model.onnx.data").items():
-            files[main if rel == "" else os.path.join(os.path.dirname(main), rel)] = data
-    try:
-        from metagen.training import training_files
-    except ImportError:
-        training_files = None
-    if training_files is not None:
-        files.update(training_files(comp, seed))
+    targets = [registry.get(name) for name in dict.fromkeys(comp.spec.outputs.targets)]
+    for backend in targets:
+        folder, main = os.path.split(backend.synth_path)
+        for rel, data in backend.lower(comp.model, seed=seed, data_name=main + ".data").items():
+            files[os.path.join(folder, rel or main)] = data
+    files.update(training_files(comp, seed, [b for b in targets if b.training]))
     return files
 
 

@@ -1,7 +1,8 @@
 """The spec's `training` section -> training programs and the training report.
 
-`metagen synth` calls `training_files`; it returns the torch and flax training
-programs (beside each backend's model.py) and blueprint/training_report.json.
+`metagen synth` calls `training_files`; it returns the training program of each
+backend that has a training emitter in the registry (torch, flax: `train.py` beside
+the backend's model.py) and blueprint/training_report.json.
 A compilation whose objective has no loss definition yet gets the report only,
 with the reason.
 """
@@ -9,6 +10,7 @@ with the reason.
 from __future__ import annotations
 
 import math
+import posixpath
 from typing import Any
 
 from metagen.compiler.objectives import (
@@ -101,28 +103,37 @@ def training_report(comp: Compilation, seed: int) -> tuple[dict[str, Any], LossP
     cfg = training_config(comp, loss, seed)
     report["loss"] = loss.describe()
     report["config"] = cfg
-    report["programs"] = ["code/torch/train.py", "code/flax/train.py"]
+    report["programs"] = [program_path(b) for b in _trainable(None)]
     return report, loss, cfg
 
 
-def training_files(comp: Compilation, seed: int) -> dict[str, bytes]:
+def _trainable(backends):
+    """The backends to write a training program for: `backends`, or every registry
+    backend that has a training emitter."""
+    from metagen.backends import registry
+
+    return [b for b in (registry.BACKENDS.values() if backends is None else backends) if b.training]
+
+
+def program_path(backend) -> str:
+    """Where a backend's training program goes in a synth run: beside its model."""
+    return posixpath.join(posixpath.dirname(backend.synth_path), "train.py")
+
+
+def training_files(comp: Compilation, seed: int, backends=None) -> dict[str, bytes]:
+    """The training program of each backend in `backends` (registry records; default:
+    every backend with a training emitter) and blueprint/training_report.json."""
     from metagen.artifacts import _json
+    from metagen.backends.registry import resolve
 
     report, loss, cfg = training_report(comp, seed)
     files: dict[str, bytes] = {}
-    programs = []
     if loss is not None:
-        from metagen.backends.train_torch import lower_training_torch
-
-        files["code/torch/train.py"] = lower_training_torch(comp.model, loss, cfg).encode("utf-8")
-        programs.append("code/torch/train.py")
-        try:
-            from metagen.backends.train_flax import lower_training_flax
-        except ImportError:
-            lower_training_flax = None
-        if lower_training_flax is not None:
-            files["code/flax/train.py"] = lower_training_flax(comp.model, loss, cfg).encode("utf-8")
-            programs.append("code/flax/train.py")
+        programs = []
+        for backend in _trainable(backends):
+            path = program_path(backend)
+            files[path] = resolve(backend.training)(comp.model, loss, cfg).encode("utf-8")
+            programs.append(path)
         report["programs"] = programs
     files["blueprint/training_report.json"] = _json(report, "blueprint/training_report.json", comp.spec.loc())
     return files

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from metagen.diagnostics import Loc
 from metagen.ir import ops
-from metagen.ir.graph import Init, InputSpec, Layer, Model, ModuleDef, Node, Param, Repeat, Sub, Value
+from metagen.ir.graph import Init, InputSpec, Layer, Model, ModuleDef, Node, Param, Repeat, Sub, Value, resolve_param
 from metagen.ir.types import DType, TensorType
 
 
@@ -31,7 +32,7 @@ class ModuleBuilder:
         return self.get_param(name, hint or name)
 
     def get_param(self, path: str, hint: str = "") -> Value:
-        t = self.model.param_type(self.m, path)
+        t = resolve_param(self.model.modules, self.m, path).param.type
         v = Value(t, hint or path.replace(".", "_"))
         n = Node("param", "param", [], {}, [v], target=path, loc=self.loc)
         v.producer = n
@@ -96,14 +97,30 @@ class ModuleBuilder:
 
 
 class ModelBuilder:
-    """Collects module definitions, sharing identical ones under one class name."""
+    """Collects module definitions, sharing identical ones under one class name.
 
-    def __init__(self):
+    `loc` is the source location new modules (and so their nodes) carry unless they
+    are given one: a family points it at the spec key that caused what it builds
+    next (`with mb.at(loc): ...`), so a diagnostic from a pass or a backend names
+    the user's line. Locations stay in memory; the IR text does not print them."""
+
+    def __init__(self, loc: Loc | None = None):
         self.modules: dict[str, ModuleDef] = {}
         self._by_signature: dict[tuple, str] = {}
+        self.loc = loc
 
     def module(self, name: str, doc: str = "", loc: Loc | None = None) -> ModuleBuilder:
-        return ModuleBuilder(self, name, doc, loc)
+        return ModuleBuilder(self, name, doc, loc or self.loc)
+
+    @contextmanager
+    def at(self, loc: Loc | None) -> Iterator[None]:
+        """Modules begun inside the block carry `loc`."""
+        saved = self.loc
+        self.loc = loc or saved
+        try:
+            yield
+        finally:
+            self.loc = saved
 
     def define(self, m: ModuleDef) -> str:
         """Register a module; a structurally identical one already defined is reused."""
@@ -122,22 +139,6 @@ class ModelBuilder:
         self._by_signature[sig] = name
         return name
 
-    def param_type(self, m: ModuleDef, path: str) -> TensorType:
-        head, _, rest = path.partition(".")
-        if not rest:
-            if head not in m.params:
-                raise ValueError(f"{m.name} has no parameter '{head}'")
-            return m.params[head].type
-        child = m.children.get(head)
-        if isinstance(child, Layer):
-            params = ops.layer_params(child)
-            if rest not in params:
-                raise ValueError(f"layer {head} has no parameter '{rest}'")
-            return params[rest].type
-        if isinstance(child, Sub):
-            return self.param_type(self.modules[child.module], rest)
-        raise ValueError(f"cannot read parameter '{path}' in {m.name}")
-
     def call_types(self, m: ModuleDef, child_name: str, arg_types: list[TensorType]) -> list[TensorType]:
         return call_types(self.modules, m, child_name, arg_types)
 
@@ -153,7 +154,7 @@ class ModelBuilder:
             family=family,
             symbols=symbols,
             examples=dict(examples or {}),
-            loc=loc,
+            loc=loc or self.loc,
         )
 
 

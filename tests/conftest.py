@@ -30,12 +30,12 @@ def load_module(path: str):
 def compile_to(tmp_path, spec: str, target: str, tiny: bool = True, **kw):
     """Compile `spec` to `target` in tmp_path; the written file's path."""
     from metagen.artifacts import emit_target
+    from metagen.backends import registry
     from metagen.pipeline import compile_spec
 
     comp = compile_spec(spec, tiny=tiny, **kw)
     files = emit_target(comp, target, seed=0)
-    suffix = {"torch": "_torch.py", "flax": "_flax.py", "onnx": ".onnx", "ir": ".mgir"}[target]
-    out = tmp_path / (os.path.splitext(os.path.basename(spec))[0] + suffix)
+    out = tmp_path / (os.path.splitext(os.path.basename(spec))[0] + registry.get(target).suffix)
     for rel, data in files.items():
         (out if rel == "" else tmp_path / rel).write_bytes(data)
     return out, comp

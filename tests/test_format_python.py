@@ -4,6 +4,7 @@ statement); its output must stay exactly black's."""
 import black
 import pytest
 
+from metagen.backends import registry
 from metagen.backends.pyemit import BLACK_MODE, _split_row_table, format_python
 
 from conftest import example
@@ -39,7 +40,7 @@ def test_strings_black_would_requote_take_the_slow_path(row):
     assert format_python(src) == _black(src)
 
 
-@pytest.mark.parametrize("target", ["torch", "flax"])
+@pytest.mark.parametrize("target", [b.name for b in registry.BACKENDS.values() if b.suffix.endswith(".py")])
 @pytest.mark.parametrize("spec", [("reference", "gpt2_small.yaml"), ("tutorial", "step6_diffusion.yaml")])
 def test_generated_modules_are_black(spec, target, compiled):
     path, _ = compiled(example(*spec), target)

@@ -67,7 +67,7 @@ def test_name_with_triple_quotes_is_not_code(tmp_path, ext):
     literal = "'" + INJECTION + "'" if ext == ".yaml" else '"' + INJECTION.replace('"', '\\"') + '"'
     files = _compile_all(tmp_path, literal, ext)
     assert [p.relative_to(tmp_path / "out" / "r").as_posix() for p in files] == [
-        "code/flax/model.py", "code/flax/train.py", "code/torch/model.py", "code/torch/train.py",
+        "code/flax/model.py", "code/flax/train.py", "code/numpy/model.py", "code/torch/model.py", "code/torch/train.py",
     ]
     for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"))

@@ -1,5 +1,5 @@
-"""`metagen verify`: the tolerance rule, the three-backend comparison on example
-specs at --tiny, and that a wrong emitter makes it fail (exit 1)."""
+"""`metagen verify`: the tolerance rule, every registered backend against the
+reference on example specs at --tiny, and that a wrong emitter makes it fail (exit 1)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import pytest
 
 from conftest import example
 
+from metagen.backends import registry
 from metagen.verify import ATOL, RTOL, compare, verify_spec
+
+RUNNABLE = [b.name for b in registry.BACKENDS.values() if b.runner]
 
 
 def test_tolerance_is_contract_rule():
@@ -48,12 +51,21 @@ SPECS = FAST + [pytest.param(s, marks=pytest.mark.slow) for s in TUTORIAL] + [
 ]
 
 
+def _row(text: str, label: str) -> list[str]:
+    """The cells of the report row `label`, one per backend column."""
+    for line in text.splitlines():
+        if line.strip().startswith(label):
+            return line.strip()[len(label) :].split()[: len(RUNNABLE)]
+    raise AssertionError(f"no row '{label}' in:\n{text}")
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: os.path.splitext(os.path.basename(s))[0])
 def test_verify_example_tiny(spec):
     ok, text = _verify(spec)
     assert ok, text
-    for pair in ("flax vs torch", "onnx vs torch", "onnx vs flax"):
-        assert pair in text
+    assert text.splitlines()[1].split() == RUNNABLE  # one column per backend
+    assert f"against {registry.reference().name} (the reference)" in text.splitlines()[0]
+    assert _row(text, "result") == ["ok"] * len(RUNNABLE)
     assert text.rstrip().endswith("OK")
 
 
@@ -61,9 +73,27 @@ def test_wrong_flax_emitter_is_a_mismatch(monkeypatch, capsys):
     from metagen import cli
     from metagen.backends import flax_backend
 
-    monkeypatch.setitem(flax_backend.OPS, "gelu_tanh", lambda a, x: f"jax.nn.relu({x})")
+    monkeypatch.setitem(flax_backend.OPS, "gelu_tanh", lambda c, x: f"jax.nn.relu({x})")
     code = cli.main(["verify", example("reference", "gpt2_small.yaml"), "--tiny"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "FAIL" in out and out.rstrip().endswith("MISMATCH")
-    assert any(line.split()[1:4] == ["flax", "vs", "torch"] and line.endswith("FAIL") for line in out.splitlines())
+    assert out.rstrip().endswith("MISMATCH")
+    result = dict(zip(RUNNABLE, _row(out, "result")))
+    assert result.pop("flax") == "FAIL" and set(result.values()) == {"ok"}, out
+    assert "FAIL flax: 'logits' uses" in out
+
+
+@pytest.mark.parametrize(
+    "argv, seed",
+    [([], 0), (["-D", "reproducibility.seed=7"], 7), (["-D", "reproducibility.seed=7", "--seed", "3"], 3)],
+    ids=["default", "spec", "flag"],
+)
+def test_verify_seed_is_the_spec_seed_unless_given(monkeypatch, argv, seed):
+    """`metagen verify` draws the weights from the seed synth would use."""
+    import metagen.verify
+    from metagen.cli import main
+
+    used = []
+    monkeypatch.setattr(metagen.verify, "verify_spec", lambda comp, seed, stream: used.append(seed) or True)
+    assert main(["verify", example("tutorial", "step1_minimal.yaml"), "--tiny", *argv]) == 0
+    assert used == [seed]

@@ -1,9 +1,12 @@
 """Model families: each turns a resolved architecture into IR, and says how its
-free dimensions scale so the fitter can size it."""
+free dimensions scale so the fitter can size it.
+
+A family registers itself when its class is defined (families/base.py); importing
+its module is all this package does. The order below is the catalogue's order: the
+table in docs/families.md and the list a spec no family matches is shown.
+"""
 
 from __future__ import annotations
 
-from metagen.compiler.families.base import FAMILIES, Family, get_family  # noqa: F401
-from metagen.compiler.families import decoder_lm  # noqa: F401  (registers itself)
-from metagen.compiler.families import vit, encoder, clip, fallback  # noqa: F401,E402  (register themselves)
-from metagen.compiler.families import unet, audio  # noqa: F401,E402  (register themselves)
+from metagen.compiler.families.base import FAMILIES, ArchConfig, Family, Knobs, Rule  # noqa: F401
+from metagen.compiler.families import decoder_lm, vit, encoder, clip, fallback, unet, audio  # noqa: F401,E402

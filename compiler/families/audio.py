@@ -22,49 +22,66 @@ the graph itself is layout-agnostic and does not apply it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from metagen.compiler.context import CompileContext
+from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
-from metagen.compiler.families.base import register
-from metagen.compiler.families.decoder_lm import DecoderLM, class_name, resolve_tower
-from metagen.compiler.families.vit import warn_family
-from metagen.ir.builder import ModelBuilder
+from metagen.compiler.families.base import ArchConfig, Rule, derived, spec_key
+from metagen.compiler.families.blocks import block_stack, class_name, dtype_bytes, resolve_tower, tower_block
+from metagen.compiler.families.decoder_lm import DecoderLM
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
 
-TOWER_KEYS = [
-    "hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size", "activation",
-    "norm", "norm_eps", "norm_position", "position", "rope_theta", "bias",
-]
-AUDIO_DEFAULTS = {"codebooks": 4, "codebook_size": 2048}
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+@dataclass
+class AudioConfig(ArchConfig):
+    hidden_size: int | None = spec_key()
+    layers: int | None = spec_key()
+    heads: int | None = spec_key()
+    kv_heads: int | None = spec_key()
+    head_dim: int | None = spec_key()
+    ffn_size: int | None = spec_key()
+    activation: str | None = spec_key()
+    norm: str | None = spec_key()
+    norm_eps: float | None = spec_key()
+    norm_position: str | None = spec_key()
+    position: str | None = spec_key()
+    rope_theta: float | None = spec_key()
+    bias: bool | None = spec_key()
+    codebooks: int = spec_key(4)  # MusicGen's 32 kHz EnCodec
+    codebook_size: int = spec_key(2048)
+    # DecoderLM's helpers read these: the vocabulary is one codebook's entries.
+    vocab_size: int | None = spec_key(
+        ignored="vocab_size is ignored by the audio model: its vocabulary is codebook_size entries per codebook"
+    )
+    tie_embeddings: bool = derived(False)
+    gqa: bool = derived(False)
+    context: int = derived(0)
 
 
 class AudioLM(DecoderLM):
     """Shares the decoder LM's fitting (width x depth over the transformer tower)."""
 
-    def resolve(self, ctx: CompileContext) -> None:
-        warn_family(ctx, "an autoregressive audio model")
-        cfg = resolve_tower(ctx, "modern")
-        spec_arch = ctx.spec.architecture
-        ctx.arch = {k: cfg.get(k) for k in TOWER_KEYS}
-        for key, default in AUDIO_DEFAULTS.items():
-            if spec_arch.given(key):
-                ctx.arch[key] = spec_arch.get(key)
-                ctx.pinned.add(key)
-            else:
-                ctx.arch[key] = default
-        if spec_arch.given("vocab_size"):
-            ctx.sink.warning(
-                spec_arch.loc("vocab_size"),
-                "vocab_size is ignored by the audio model: its vocabulary is codebook_size entries per codebook",
-            )
-        ctx.arch["gqa"] = cfg["position"] == "rope"
-        ctx.arch["context"] = ctx.context_window
-        # DecoderLM's helpers read these keys.
-        ctx.arch["vocab_size"] = ctx.arch["codebook_size"]
-        ctx.arch["tie_embeddings"] = False
+    name = "audio_lm"
+    doc = "Autoregressive transformer over neural-codec tokens (summed codebook embeddings, one head per codebook)."
+    inputs_doc = "codes: int64 [batch, codebooks, seq] neural-codec codes (e.g. EnCodec), 0 <= code < codebook_size"
+    outputs_doc = "logits: float32 [batch, codebooks, seq, codebook_size], next-frame scores per codebook"
+    rules = (Rule(("audio",), ("audio",), ("autoregressive", None), "over neural-codec tokens (EnCodec, DAC)"),)
+    default_objective = "autoregressive"
+    unit = UnitOfWork("frame", "frame")
+    config = AudioConfig
+    tiny_doc = "as `decoder_lm`, with at most 2 codebooks of 64 entries"
+    built = "an autoregressive audio model"
+
+    def configure(self, ctx: CompileContext) -> None:
+        cfg = resolve_tower(ctx, "modern", AudioConfig)
+        cfg.gqa = cfg.position == "rope"
+        cfg.context = ctx.context_window
+        cfg.vocab_size = cfg.codebook_size
+        cfg.tie_embeddings = False
+        ctx.arch = cfg
 
     def tiny(self, ctx: CompileContext) -> None:
         super().tiny(ctx)
@@ -72,10 +89,9 @@ class AudioLM(DecoderLM):
 
     def build(self, ctx: CompileContext) -> Model:
         a = ctx.arch
-        mb = ModelBuilder()
+        mb = self.model_builder(ctx)
         d, k, v = a["hidden_size"], a["codebooks"], a["codebook_size"]
-        x_type = TensorType(DType.f32, ("batch", "seq", d))
-        block = T.block_module(mb, a, x_type, causal=True)
+        block = tower_block(mb, ctx, a, "seq", causal=True)
         top = mb.module(class_name(ctx.spec.name), doc="Autoregressive transformer over neural-codec tokens.")
         codes = top.input("codes", TensorType(DType.i64, ("batch", k, "seq")))
         x = None
@@ -84,18 +100,15 @@ class AudioLM(DecoderLM):
             ids = top.op("select", codes, axis=1, index=i, hint=f"codes_{i}")
             e = top.call(f"embed_{i}", ids, hint="x")
             x = e if x is None else top.op("add", x, e, hint="x")
-        top.repeat("blocks", block, a["layers"])
-        x = top.call("blocks", x, hint="x")
-        T.norm_layer(top, "norm_f", a)
-        x = top.call("norm_f", x, hint="x")
+        x = block_stack(top, block, x, a)
         logits = []
         for i in range(k):
             top.layer(f"head_{i}", "linear", in_features=d, out_features=v, bias=False)
             logits.append(top.call(f"head_{i}", x, hint=f"logits_{i}"))
         out = top.op("stack", *logits, axis=1, hint="logits") if k > 1 else top.op("unsqueeze", logits[0], axes=(1,), hint="logits")
         top_def = top.ret(out, names=["logits"])
-        config = {key: a[key] for key in TOWER_KEYS}
-        config.update(codebooks=k, codebook_size=v, context_window=a["context"])
+        config = a.pick(AudioConfig.spec_keys())
+        config.update(context_window=a["context"])
         return mb.finish(
             top_def,
             name=top_def.name,
@@ -107,32 +120,15 @@ class AudioLM(DecoderLM):
             examples={"seq": min(16, a["context"])},
         )
 
-    def resolved_architecture(self, ctx: CompileContext) -> dict[str, Any]:
-        a = ctx.arch
-        out: dict[str, Any] = {"family": self.msl_family(ctx)}
-        for key in TOWER_KEYS + ["codebooks", "codebook_size"]:
-            out[key] = a[key]
-        return out
-
     def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
         """Weights + KV cache at the full context + one layer's prefill activations
         and the logits of every codebook: context * (4d + ffn + codebooks * size)."""
         a = ctx.arch
-        nbytes = DTYPE_BYTES[ctx.spec.constraints.dtype]
+        nbytes = dtype_bytes(ctx)
         weights = params * nbytes
         kv = T.kv_cache_bytes(a, a["context"], nbytes)
         acts = a["context"] * (4 * a["hidden_size"] + a["ffn_size"] + a["codebooks"] * a["codebook_size"]) * nbytes
         return {"weights": weights, "kv_cache": kv, "activations": acts, "total": weights + kv + acts}
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
-        return {"unit": "frame", "bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": ctx.arch["context"]}
-
-
-register(
-    AudioLM(
-        "audio_lm",
-        "Autoregressive transformer over neural-codec tokens (summed codebook embeddings, one head per codebook).",
-        inputs_doc="codes: int64 [batch, codebooks, seq] neural-codec codes (e.g. EnCodec), 0 <= code < codebook_size",
-        outputs_doc="logits: float32 [batch, codebooks, seq, codebook_size], next-frame scores per codebook",
-    )
-)
+        return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": ctx.arch["context"]}

@@ -12,25 +12,52 @@ folds them into the tower dicts.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from metagen.compiler.context import CompileContext
+from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
-from metagen.compiler.families.base import Family, Knobs, register
-from metagen.compiler.families.decoder_lm import class_name, resolve_tower
-from metagen.compiler.families.vit import (
-    VISION_KEYS, activation_bytes, check_vision, num_patches, pixel_input, pool_tokens, report_structure,
-    tower_activations, vision_embed, vision_structure, vision_tiny, warn_family, width_candidates,
+from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower
+from metagen.compiler.families.blocks import (
+    SIZE_KEYS, VisionTower, block_stack, check_vision, class_name, dtype_bytes, num_patches, pixel_input,
+    pool_tokens, report_structure, resolve_tower, token_embeddings, tower_activations, tower_block, vision_embed,
+    vision_structure, vision_tiny, width_candidates,
 )
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model, const
 from metagen.ir.types import DType, TensorType
 
-TEXT_KEYS = [
-    "vocab_size", "hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size", "activation", "norm",
-    "norm_eps", "norm_position", "position", "rope_theta", "pooling", "bias",
-]
-SIZE_KEYS = ("hidden_size", "heads", "kv_heads", "head_dim", "ffn_size")
+
+@dataclass
+class TextTower(ArchConfig):
+    """CLIP's causal text tower."""
+
+    vocab_size: int | None = spec_key()
+    hidden_size: int | None = spec_key()
+    layers: int | None = spec_key()
+    heads: int | None = spec_key()
+    kv_heads: int | None = spec_key()
+    head_dim: int | None = spec_key()
+    ffn_size: int | None = spec_key()
+    activation: str | None = spec_key()
+    norm: str | None = spec_key()
+    norm_eps: float | None = spec_key()
+    norm_position: str | None = spec_key()
+    position: str | None = spec_key()
+    rope_theta: float | None = spec_key()
+    pooling: str | None = spec_key()
+    bias: bool | None = spec_key()
+
+
+@dataclass
+class DualEncoderConfig(ArchConfig):
+    projection_dim: int | None = spec_key()
+    text_encoder: TextTower = tower(TextTower)
+    image_encoder: VisionTower = tower(VisionTower)
+    context: int = derived(0)
+
+
 TOWERS = ("text_encoder", "image_encoder")
 DEFAULT_CONTEXT = 77  # CLIP's text length, when constraints.context_window is absent
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -58,41 +85,61 @@ def _check_text(cfg: dict[str, Any], pinned: set[str]) -> str | None:
     return "text_encoder: " + problem[1] if problem else T.derive(cfg, pinned, False)
 
 
-def _fold(a: dict[str, Any]) -> None:
-    """Dotted fit keys into fresh tower dicts (never mutate dicts shared with the fitter)."""
-    for tower in TOWERS:
-        a[tower] = dict(a[tower])
-    for key in [k for k in a if "." in k]:
-        tower, _, name = key.partition(".")
-        a[tower][name] = a.pop(key)
+def _fold(a: DualEncoderConfig) -> None:
+    """Fresh tower configs (never mutate towers shared with the fitter)."""
+    for name in TOWERS:
+        a[name] = a[name].copy()
 
 
 class DualEncoder(Family):
-    def resolve(self, ctx: CompileContext) -> None:
+    name = "clip"
+    doc = "CLIP-style dual encoder (contrastive text-image model)."
+    inputs_doc = (
+        "input_ids: int64 [batch, seq] (end-of-text = highest id); "
+        "pixel_values: float32 [batch, channels, image_size, image_size]"
+    )
+    outputs_doc = (
+        "text_embeds, image_embeds: float32 [batch, projection_dim], L2-normalized; "
+        "logits_per_image, logits_per_text: float32 [batch, batch], scaled cosine similarities"
+    )
+    rules = (
+        Rule(("text", "image"), ("text", "image"), ("contrastive", None)),
+        Rule(("text", "image"), ("embedding",), ("contrastive",), "same model; the embeddings are among its outputs"),
+    )
+    default_objective = "contrastive"
+    tasks = ("embedding",)
+    unit = UnitOfWork("text-image pair", "image")
+    config = DualEncoderConfig
+    built = "a CLIP-style dual encoder"
+    tiny_doc = (
+        "text tower d = 64 (4 heads), image tower d = 96 (6 heads; different widths so a mixed-up projection fails), "
+        "2 layers each, 32 x 32 images in 8 x 8 patches, vocab 256, context 64, projection 32"
+    )
+
+    def configure(self, ctx: CompileContext) -> None:
         arch = ctx.spec.architecture
-        text = resolve_tower(ctx, "clip_text", section=arch.text_encoder, prefix="text_encoder.")
-        image = resolve_tower(ctx, "clip_image", section=arch.image_encoder, prefix="image_encoder.")
         given = ctx.spec.constraints.given("context_window")
         context = ctx.context_window if given else DEFAULT_CONTEXT
         ctx.context_window = context
-        ctx.arch = {
-            "text_encoder": {k: text.get(k) for k in TEXT_KEYS},
-            "image_encoder": {k: image.get(k) for k in VISION_KEYS},
-            "projection_dim": arch.projection_dim if arch.given("projection_dim") else None,
-            "context": context,
-        }
+        ctx.arch = DualEncoderConfig(
+            projection_dim=arch.projection_dim if arch.given("projection_dim") else None,
+            text_encoder=resolve_tower(ctx, "clip_text", TextTower, section=arch.text_encoder, prefix="text_encoder."),
+            image_encoder=resolve_tower(ctx, "clip_image", VisionTower, section=arch.image_encoder, prefix="image_encoder."),
+            context=context,
+        )
         if arch.given("projection_dim"):
             ctx.pinned.add("projection_dim")
         report_structure(ctx, _text_structure(ctx.arch["text_encoder"]), arch.text_encoder, "text_encoder: ")
         report_structure(ctx, vision_structure(ctx.arch["image_encoder"]), arch.image_encoder, "image_encoder: ")
-        warn_family(ctx, "a CLIP-style dual encoder")
-        for key, value in arch.items():
-            if key in {f for f in TEXT_KEYS + VISION_KEYS} and value is not None and arch.given(key):
-                ctx.sink.warning(
-                    arch.loc(key),
-                    f"'architecture.{key}' applies to neither tower of a dual encoder; "
-                    f"write it under text_encoder: or image_encoder:",
-                )
+
+    def unused_key_message(self, dotted: str) -> str:
+        key = dotted.removeprefix("architecture.")
+        if key in TextTower.spec_keys() or key in VisionTower.spec_keys():
+            return (
+                f"'architecture.{key}' applies to neither tower of a dual encoder; "
+                f"write it under text_encoder: or image_encoder:"
+            )
+        return super().unused_key_message(dotted)
 
     def knobs(self, ctx: CompileContext) -> Knobs | None:
         a = ctx.arch
@@ -155,9 +202,10 @@ class DualEncoder(Family):
     def build(self, ctx: CompileContext) -> Model:
         a = ctx.arch
         t, v, proj = a["text_encoder"], a["image_encoder"], a["projection_dim"]
-        mb = ModelBuilder()
-        text_tower = self._text_tower(mb, t, a["context"])
-        image_tower = self._image_tower(mb, v)
+        mb = self.model_builder(ctx)
+        arch = ctx.spec.architecture
+        text_tower = self._text_tower(ctx, mb, t, a["context"], arch.text_encoder)
+        image_tower = self._image_tower(ctx, mb, v, arch.image_encoder)
         top = mb.module(class_name(ctx.spec.name), doc="CLIP-style dual encoder.")
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
         pixels = top.input("pixel_values", pixel_input(v))
@@ -180,8 +228,8 @@ class DualEncoder(Family):
         config = {
             "projection_dim": proj,
             "context_window": a["context"],
-            "text_encoder": {k: t[k] for k in TEXT_KEYS},
-            "image_encoder": {k: v[k] for k in VISION_KEYS},
+            "text_encoder": t.pick(TextTower.spec_keys()),
+            "image_encoder": v.pick(VisionTower.spec_keys()),
         }
         return mb.finish(
             top_def,
@@ -198,21 +246,12 @@ class DualEncoder(Family):
         )
 
     @staticmethod
-    def _text_tower(mb: ModelBuilder, t: dict[str, Any], context: int):
-        d = t["hidden_size"]
-        block = T.block_module(mb, t, TensorType(DType.f32, ("batch", "seq", d)), causal=True, name="TextBlock")
+    def _text_tower(ctx: CompileContext, mb: ModelBuilder, t: TextTower, context: int, section):
+        block = tower_block(mb, ctx, t, "seq", causal=True, name="TextBlock", section=section)
         b = mb.module("TextEncoder", doc="Causal text tower, pooled at the end-of-text token.")
         ids = b.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
-        b.layer("tok_embeddings", "embedding", num=t["vocab_size"], dim=d)
-        x = b.call("tok_embeddings", ids, hint="x")
-        if t["position"] == "learned":
-            b.layer("pos_embeddings", "embedding", num=context, dim=d, init_std=0.01)
-            pos = b.op("positions", ids, axis=1, hint="pos")
-            x = b.op("add", x, b.call("pos_embeddings", pos, hint="pos_emb"), hint="x")
-        b.repeat("blocks", block, t["layers"])
-        x = b.call("blocks", x, hint="x")
-        T.norm_layer(b, "norm_f", t)
-        x = b.call("norm_f", x, hint="x")
+        x = token_embeddings(b, ids, t, context)
+        x = block_stack(b, block, x, t)
         if t["pooling"] == "eot":
             pooled = b.op("gather_argmax", x, ids, hint="pooled")
         elif t["pooling"] == "mean":
@@ -222,49 +261,25 @@ class DualEncoder(Family):
         return b.ret(pooled)
 
     @staticmethod
-    def _image_tower(mb: ModelBuilder, v: dict[str, Any]):
-        d = v["hidden_size"]
-        tokens = num_patches(v) + 1
-        block = T.block_module(mb, v, TensorType(DType.f32, ("batch", tokens, d)), causal=False, name="ImageBlock")
+    def _image_tower(ctx: CompileContext, mb: ModelBuilder, v: VisionTower, section):
+        block = tower_block(mb, ctx, v, num_patches(v) + 1, causal=False, name="ImageBlock", section=section)
         b = mb.module("ImageEncoder", doc="Vision tower: pre-norm before the blocks, post-norm after pooling.")
         pixels = b.input("pixel_values", pixel_input(v))
         x = vision_embed(b, v, pixels, patch_bias=False)
         T.norm_layer(b, "pre_norm", v)
         x = b.call("pre_norm", x, hint="x")
-        b.repeat("blocks", block, v["layers"])
-        x = b.call("blocks", x, hint="x")
+        x = block_stack(b, block, x, v, final_norm=None)
         pooled = pool_tokens(b, v, x)
         T.norm_layer(b, "post_norm", v)
         return b.ret(b.call("post_norm", pooled, hint="pooled"))
 
-    def resolved_architecture(self, ctx: CompileContext) -> dict[str, Any]:
-        a = ctx.arch
-        return {
-            "family": self.msl_family(ctx),
-            "projection_dim": a["projection_dim"],
-            "text_encoder": {k: a["text_encoder"][k] for k in TEXT_KEYS},
-            "image_encoder": {k: a["image_encoder"][k] for k in VISION_KEYS},
-        }
-
     def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
         a = ctx.arch
-        nbytes = activation_bytes(ctx)
+        nbytes = dtype_bytes(ctx)
         weights = params * nbytes
         t, v = a["text_encoder"], a["image_encoder"]  # folded by finalize before any build
         acts = tower_activations(t, a["context"], nbytes) + tower_activations(v, num_patches(v) + 1, nbytes)
         return {"weights": weights, "kv_cache": 0, "activations": acts, "total": weights + acts}
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
-        return {"unit": "text-image pair", "bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}
-
-
-register(
-    DualEncoder(
-        "clip",
-        "CLIP-style dual encoder (contrastive text-image model).",
-        inputs_doc="input_ids: int64 [batch, seq] (end-of-text = highest id); "
-        "pixel_values: float32 [batch, channels, image_size, image_size]",
-        outputs_doc="text_embeds, image_embeds: float32 [batch, projection_dim], L2-normalized; "
-        "logits_per_image, logits_per_text: float32 [batch, batch], scaled cosine similarities",
-    )
-)
+        return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}

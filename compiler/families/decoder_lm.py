@@ -2,57 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from metagen.compiler.context import CompileContext
+from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
-from metagen.compiler.families.base import Family, Knobs, register
-from metagen.ir.builder import ModelBuilder
+from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
+from metagen.compiler.families.blocks import (
+    block_stack, class_name, dtype_bytes, resolve_tower, token_embeddings, tower_block,
+)
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
 
-TOWER_KEYS = [
-    "vocab_size", "hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size", "activation",
-    "norm", "norm_eps", "norm_position", "position", "rope_theta", "bias", "tie_embeddings",
-]
+
+
+@dataclass
+class DecoderConfig(ArchConfig):
+    vocab_size: int | None = spec_key()
+    hidden_size: int | None = spec_key()
+    layers: int | None = spec_key()
+    heads: int | None = spec_key()
+    kv_heads: int | None = spec_key()
+    head_dim: int | None = spec_key()
+    ffn_size: int | None = spec_key()
+    activation: str | None = spec_key()
+    norm: str | None = spec_key()
+    norm_eps: float | None = spec_key()
+    norm_position: str | None = spec_key()
+    position: str | None = spec_key()
+    rope_theta: float | None = spec_key()
+    bias: bool | None = spec_key()
+    tie_embeddings: bool | None = spec_key()
+    gqa: bool = derived(False)  # grouped-query attention when heads are derived
+    context: int = derived(0)
+
+
 SIZE_KEYS = ("hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size")
-
-
-def class_name(spec_name: str) -> str:
-    """A Python class name from free text ("ViT-Base/16 classifier" -> ViTBase16Classifier)."""
-    words = []
-    cur = ""
-    for ch in spec_name:
-        if ch.isascii() and ch.isalnum():
-            cur += ch
-        else:
-            if cur:
-                words.append(cur)
-            cur = ""
-    if cur:
-        words.append(cur)
-    name = "".join(w[:1].upper() + w[1:] for w in words) or "Model"
-    if name[0].isdigit():
-        name = "M" + name
-    if name in ("Model", "CONFIG", "INPUTS", "OUTPUTS"):
-        name = name + "Net"
-    return name
-
-
-def resolve_tower(ctx: CompileContext, preset: str, section=None, prefix: str = "") -> dict[str, Any]:
-    """A tower config: the user's pinned keys over the preset's conventions, sizes
-    left None for the fitter."""
-    arch = section if section is not None else ctx.spec.architecture
-    cfg: dict[str, Any] = dict(T.PRESETS[preset])
-    for key in ("hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size"):
-        cfg.setdefault(key, None)
-    for key, value in arch.items():
-        if key in ("family", "components", "text_encoder", "image_encoder") or value is None:
-            continue
-        if arch.given(key):
-            cfg[key] = value
-            ctx.pinned.add(prefix + key)
-    return cfg
 
 
 def lm_widths() -> list[int]:
@@ -64,16 +50,25 @@ def lm_widths() -> list[int]:
 
 
 class DecoderLM(Family):
-    def resolve(self, ctx: CompileContext) -> None:
-        from metagen.compiler.families.vit import warn_family
+    name = "decoder_lm"
+    doc = "Decoder-only transformer language model."
+    inputs_doc = "input_ids: int64 [batch, seq] token ids in [0, vocab_size)"
+    outputs_doc = "logits: float32 [batch, seq, vocab_size], next-token scores at each position"
+    rules = (Rule(("text",), ("text",), ("autoregressive", None)),)
+    default_objective = "autoregressive"
+    tasks = ("generation",)
+    unit = UnitOfWork("token", "token")
+    config = DecoderConfig
+    built = "a decoder-only language model"
+    tiny_doc = "d = 64, 2 layers, 4 heads of 16 (2 kv heads when grouped-query), vocab 256, context 64"
 
-        warn_family(ctx, "a decoder-only language model")
-        cfg = resolve_tower(ctx, "modern")
-        ctx.arch = {k: cfg.get(k) for k in TOWER_KEYS}
+    def configure(self, ctx: CompileContext) -> None:
+        cfg = resolve_tower(ctx, "modern", self.config)
         # Grouped-query attention is part of the modern (rotary) convention; models
         # pinned to learned positions follow GPT-2's plain multi-head attention.
-        ctx.arch["gqa"] = cfg["position"] == "rope"
-        ctx.arch["context"] = ctx.context_window
+        cfg.gqa = cfg.position == "rope"
+        cfg.context = ctx.context_window
+        ctx.arch = cfg
 
     def knobs(self, ctx: CompileContext) -> Knobs | None:
         free = [k for k in ("hidden_size", "layers") if k not in ctx.pinned]
@@ -106,31 +101,22 @@ class DecoderLM(Family):
 
     def build(self, ctx: CompileContext) -> Model:
         a = ctx.arch
-        mb = ModelBuilder()
-        d, vocab = a["hidden_size"], a["vocab_size"]
-        x_type = TensorType(DType.f32, ("batch", "seq", d))
-        block = T.block_module(mb, a, x_type, causal=True)
+        mb = self.model_builder(ctx)
+        d, vocab = a.hidden_size, a.vocab_size
+        block = tower_block(mb, ctx, a, "seq", causal=True)
         top = mb.module(class_name(ctx.spec.name), doc="Decoder-only language model.")
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
-        top.layer("tok_embeddings", "embedding", num=vocab, dim=d)
-        x = top.call("tok_embeddings", ids, hint="x")
-        if a["position"] == "learned":
-            top.layer("pos_embeddings", "embedding", num=a["context"], dim=d, init_std=0.01)
-            pos = top.op("positions", ids, axis=1, hint="pos")
-            x = top.op("add", x, top.call("pos_embeddings", pos, hint="pos_emb"), hint="x")
-        top.repeat("blocks", block, a["layers"])
-        x = top.call("blocks", x, hint="x")
-        T.norm_layer(top, "norm_f", a)
-        x = top.call("norm_f", x, hint="x")
-        if a["tie_embeddings"]:
+        x = token_embeddings(top, ids, a, a.context)
+        x = block_stack(top, block, x, a)
+        if a.tie_embeddings:
             w = top.get_param("tok_embeddings.weight", hint="w_emb")
             logits = top.op("linear_fn", x, w, hint="logits")
         else:
             top.layer("lm_head", "linear", in_features=d, out_features=vocab, bias=False)
             logits = top.call("lm_head", x, hint="logits")
         top_def = top.ret(logits, names=["logits"])
-        config = {k: a[k] for k in TOWER_KEYS}
-        config["context_window"] = a["context"]
+        config = a.pick(self.config.spec_keys())
+        config["context_window"] = a.context
         return mb.finish(
             top_def,
             name=top_def.name,
@@ -138,13 +124,13 @@ class DecoderLM(Family):
             inputs=[InputSpec("input_ids", ids.type, "tokens", 0, vocab, "token ids, 0 <= id < vocab_size")],
             config=config,
             family=self.name,
-            symbols={"batch": "batch size", "seq": f"sequence length, at most {a['context']}"},
-            examples={"seq": min(16, a["context"])},
+            symbols={"batch": "batch size", "seq": f"sequence length, at most {a.context}"},
+            examples={"seq": min(16, a.context)},
         )
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
         a = ctx.arch
-        nbytes = _dtype_bytes(ctx)
+        nbytes = dtype_bytes(ctx)
         weights = params * nbytes
         kv = T.kv_cache_bytes(a, a["context"], nbytes)
         # One layer's activations at a time during prefill of the full context, plus
@@ -153,18 +139,4 @@ class DecoderLM(Family):
         return {"weights": weights, "kv_cache": kv, "activations": acts, "total": weights + kv + acts}
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
-        return {"unit": "token", "bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": ctx.arch["context"]}
-
-
-def _dtype_bytes(ctx: CompileContext) -> int:
-    return {"float32": 4, "bfloat16": 2, "float16": 2}[ctx.spec.constraints.dtype]
-
-
-register(
-    DecoderLM(
-        "decoder_lm",
-        "Decoder-only transformer language model.",
-        inputs_doc="input_ids: int64 [batch, seq] token ids in [0, vocab_size)",
-        outputs_doc="logits: float32 [batch, seq, vocab_size], next-token scores at each position",
-    )
-)
+        return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": ctx.arch["context"]}

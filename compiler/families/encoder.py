@@ -4,23 +4,44 @@ token-type embeddings, LayerNorm after the embeddings, post-norm blocks, a poole
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from metagen.compiler.context import CompileContext
+from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
-from metagen.compiler.families.base import Family, Knobs, register
-from metagen.compiler.families.decoder_lm import class_name, resolve_tower
-from metagen.compiler.families.vit import (
-    activation_bytes, num_classes, report_structure, tower_activations, warn_family, single_tower_knobs,
+from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
+from metagen.compiler.families.blocks import (
+    block_stack, class_name, dtype_bytes, num_classes, report_structure, single_tower_knobs, token_embeddings,
+    tower_activations, tower_block, resolve_tower,
 )
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import ZEROS, InputSpec, Model
 from metagen.ir.types import DType, TensorType
 
-ENCODER_KEYS = [
-    "vocab_size", "type_vocab_size", "hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size",
-    "activation", "norm", "norm_eps", "norm_position", "position", "rope_theta", "pooling", "bias",
-]
+
+@dataclass
+class EncoderConfig(ArchConfig):
+    vocab_size: int | None = spec_key()
+    type_vocab_size: int | None = spec_key()
+    hidden_size: int | None = spec_key()
+    layers: int | None = spec_key()
+    heads: int | None = spec_key()
+    kv_heads: int | None = spec_key()
+    head_dim: int | None = spec_key()
+    ffn_size: int | None = spec_key()
+    activation: str | None = spec_key()
+    norm: str | None = spec_key()
+    norm_eps: float | None = spec_key()
+    norm_position: str | None = spec_key()
+    position: str | None = spec_key()
+    rope_theta: float | None = spec_key()
+    pooling: str | None = spec_key()
+    bias: bool | None = spec_key()
+    num_classes: int = derived(0)
+    context: int = derived(0)
+
+
 DEFAULT_TEXT_CLASSES = 2  # binary classification, when task.num_classes is absent
 DEFAULT_CONTEXT = 512  # BERT's maximum length, when constraints.context_window is absent
 
@@ -39,15 +60,24 @@ def check_encoder(cfg: dict[str, Any], pinned: set[str]) -> str | None:
 
 
 class EncoderClassifier(Family):
-    def resolve(self, ctx: CompileContext) -> None:
-        cfg = resolve_tower(ctx, "encoder")
-        ctx.arch = {k: cfg.get(k) for k in ENCODER_KEYS}
+    name = "encoder"
+    doc = "Transformer text encoder classifier (BERT conventions)."
+    inputs_doc = "input_ids: int64 [batch, seq]; token_type_ids: int64 [batch, seq] when type_vocab_size > 0"
+    outputs_doc = "logits: float32 [batch, num_classes], class scores"
+    rules = (Rule(("text",), ("label",), ("classification", None)),)
+    default_objective = "classification"
+    tasks = ("classification",)
+    unit = UnitOfWork("sequence", "sample")
+    config = EncoderConfig
+    tiny_doc = "d = 64, 2 layers, 4 heads, vocab 256, context 64, at most 2 token types, at most 10 classes"
+
+    def configure(self, ctx: CompileContext) -> None:
+        ctx.arch = resolve_tower(ctx, "encoder", self.config)
         ctx.arch["num_classes"] = num_classes(ctx, DEFAULT_TEXT_CLASSES)
         given = ctx.spec.constraints.given("context_window")
         ctx.arch["context"] = ctx.context_window if given else DEFAULT_CONTEXT
         ctx.context_window = ctx.arch["context"]
         report_structure(ctx, encoder_structure(ctx.arch))
-        warn_family(ctx, self.built_what)
         if self.classifies and ctx.spec.task.num_classes is None:
             ctx.sink.note(ctx.spec.task.loc(), f"task.num_classes is not given; using {DEFAULT_TEXT_CLASSES} classes")
 
@@ -66,17 +96,17 @@ class EncoderClassifier(Family):
         return check_encoder(ctx.arch, ctx.pinned)
 
     doc_line = "Transformer encoder classifier."
-    built_what = "a text encoder classifier"
+    built = "a text encoder classifier"
     classifies = True
 
     def build(self, ctx: CompileContext) -> Model:
         a = ctx.arch
-        mb = ModelBuilder()
+        mb = self.model_builder(ctx)
         top = mb.module(class_name(ctx.spec.name), doc=self.doc_line)
-        x, inputs = self.trunk(mb, top, a)
+        x, inputs = self.trunk(ctx, mb, top, a)
         outputs = self.head(top, a, x)
         top_def = top.ret(*outputs.values(), names=list(outputs))
-        config = {k: a[k] for k in ENCODER_KEYS}
+        config = a.pick(self.config.spec_keys())
         config.update(self.head_config(a))
         config["context_window"] = a["context"]
         return mb.finish(
@@ -90,18 +120,13 @@ class EncoderClassifier(Family):
             examples={"seq": min(16, a["context"])},
         )
 
-    def trunk(self, mb: ModelBuilder, top, a: dict[str, Any]):
+    def trunk(self, ctx: CompileContext, mb: ModelBuilder, top, a: EncoderConfig):
         """Embeddings and the block stack: hidden states [batch, seq, d] and inputs."""
-        d, vocab = a["hidden_size"], a["vocab_size"]
-        block = T.block_module(mb, a, TensorType(DType.f32, ("batch", "seq", d)), causal=False)
+        d, vocab = a.hidden_size, a.vocab_size
+        block = tower_block(mb, ctx, a, "seq", causal=False)
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
         inputs = [InputSpec("input_ids", ids.type, "tokens", 0, vocab, "token ids, 0 <= id < vocab_size")]
-        top.layer("tok_embeddings", "embedding", num=vocab, dim=d)
-        x = top.call("tok_embeddings", ids, hint="x")
-        if a["position"] == "learned":
-            top.layer("pos_embeddings", "embedding", num=a["context"], dim=d)
-            pos = top.op("positions", ids, axis=1, hint="pos")
-            x = top.op("add", x, top.call("pos_embeddings", pos, hint="pos_emb"), hint="x")
+        x = token_embeddings(top, ids, a, a.context, pos_init_std=None)
         if a["type_vocab_size"] > 0:
             types = top.input("token_type_ids", TensorType(DType.i64, ("batch", "seq")))
             inputs.append(
@@ -114,11 +139,7 @@ class EncoderClassifier(Family):
             # Post-norm blocks end in a norm; the embeddings are normalized before them.
             T.norm_layer(top, "embed_norm", a)
             x = top.call("embed_norm", x, hint="x")
-        top.repeat("blocks", block, a["layers"])
-        x = top.call("blocks", x, hint="x")
-        if not post:
-            T.norm_layer(top, "norm_f", a)
-            x = top.call("norm_f", x, hint="x")
+        x = block_stack(top, block, x, a, final_norm=None if post else "norm_f")
         return x, inputs
 
     def head(self, top, a: dict[str, Any], x) -> dict[str, Any]:
@@ -137,13 +158,13 @@ class EncoderClassifier(Family):
         return {"num_classes": a["num_classes"]}
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
-        nbytes = activation_bytes(ctx)
+        nbytes = dtype_bytes(ctx)
         weights = params * nbytes
         acts = tower_activations(ctx.arch, ctx.arch["context"], nbytes)
         return {"weights": weights, "kv_cache": 0, "activations": acts, "total": weights + acts}
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
-        return {"unit": "sequence", "bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}
+        return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}
 
 
 class MaskedLM(EncoderClassifier):
@@ -151,12 +172,26 @@ class MaskedLM(EncoderClassifier):
     head: dense + activation + norm, then scores against the tied word embeddings
     plus a per-token bias)."""
 
+    name = "masked_lm"
+    doc = "Transformer text encoder with a masked-language-model head (BERT conventions)."
+    inputs_doc = "input_ids: int64 [batch, seq] (mask tokens replaced by the mask id); token_type_ids when type_vocab_size > 0"
+    outputs_doc = "logits: float32 [batch, seq, vocab_size], scores for the token at each position"
+    rules = (
+        Rule(
+            ("text",), ("text",), ("masked",),
+            "the encoder's trunk with BERT's masked-LM head (dense + activation + norm, scores against the tied word "
+            "embeddings plus a bias); output `logits` [batch, seq, vocab]",
+        ),
+    )
+    default_objective = "masked"
+    tasks = ("generation", "embedding")
+    tiny_doc = "as `encoder`, without the classes"
     doc_line = "Transformer encoder with a masked-language-model head."
-    built_what = "a masked-language-model encoder"
+    built = "a masked-language-model encoder"
     classifies = False
 
-    def resolve(self, ctx: CompileContext) -> None:
-        super().resolve(ctx)
+    def configure(self, ctx: CompileContext) -> None:
+        super().configure(ctx)
         ctx.arch["num_classes"] = 0
 
     def tiny(self, ctx: CompileContext) -> None:
@@ -178,23 +213,3 @@ class MaskedLM(EncoderClassifier):
 
     def head_config(self, a: dict[str, Any]) -> dict[str, Any]:
         return {}
-
-
-register(
-    MaskedLM(
-        "masked_lm",
-        "Transformer text encoder with a masked-language-model head (BERT conventions).",
-        inputs_doc="input_ids: int64 [batch, seq] (mask tokens replaced by the mask id); token_type_ids when type_vocab_size > 0",
-        outputs_doc="logits: float32 [batch, seq, vocab_size], scores for the token at each position",
-    )
-)
-
-
-register(
-    EncoderClassifier(
-        "encoder",
-        "Transformer text encoder classifier (BERT conventions).",
-        inputs_doc="input_ids: int64 [batch, seq]; token_type_ids: int64 [batch, seq] when type_vocab_size > 0",
-        outputs_doc="logits: float32 [batch, num_classes], class scores",
-    )
-)

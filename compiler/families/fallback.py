@@ -16,28 +16,46 @@ A warning says what was built.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from metagen.compiler.context import CompileContext
+from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
-from metagen.compiler.families.base import Family, Knobs, register
-from metagen.compiler.families.decoder_lm import class_name
-from metagen.compiler.families.vit import activation_bytes, num_classes, tower_activations, single_tower_knobs
+from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
+from metagen.compiler.families.blocks import (
+    block_stack, class_name, dtype_bytes, learned_positions, num_classes, read_spec, single_tower_knobs,
+    tower_activations, tower_block,
+)
 from metagen.frontend.schema import MODALITIES
-from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
 
-CONVENTIONS = dict(
-    activation="gelu", norm="layernorm", norm_eps=1e-5, norm_position="pre", position="learned",
-    rope_theta=10000.0, bias=True, vocab_size=32000,
-)
-KEYS = [
-    "feature_dim", "vocab_size", "hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size", "activation",
-    "norm", "norm_eps", "norm_position", "position", "rope_theta", "bias",
-]
 DEFAULT_FEATURE_DIM = 64
 DEFAULT_CLASSES = 2
+
+
+@dataclass
+class FallbackConfig(ArchConfig):
+    feature_dim: int = spec_key(DEFAULT_FEATURE_DIM, key="channels")
+    vocab_size: int | None = spec_key(32000)
+    hidden_size: int | None = spec_key()
+    layers: int | None = spec_key()
+    heads: int | None = spec_key()
+    kv_heads: int | None = spec_key()
+    head_dim: int | None = spec_key()
+    ffn_size: int | None = spec_key()
+    activation: str | None = spec_key("gelu")
+    norm: str | None = spec_key("layernorm")
+    norm_eps: float | None = spec_key(1e-5)
+    norm_position: str | None = spec_key("pre")
+    position: str | None = spec_key("learned")
+    rope_theta: float | None = spec_key(10000.0)
+    bias: bool | None = spec_key(True)
+    token_input: bool = derived(False)  # every input is text: token ids instead of features
+    head: str = derived("embedding")  # tokens | label | embedding
+    num_classes: int = derived(0)
+    context: int = derived(0)
 
 
 def _check(cfg: dict[str, Any], pinned: set[str]) -> str | None:
@@ -47,23 +65,27 @@ def _check(cfg: dict[str, Any], pinned: set[str]) -> str | None:
 
 
 class Fallback(Family):
-    def resolve(self, ctx: CompileContext) -> None:
-        arch = ctx.spec.architecture
-        cfg: dict[str, Any] = dict(CONVENTIONS, hidden_size=None, layers=None, heads=None, kv_heads=None)
-        cfg.update(head_dim=None, ffn_size=None, feature_dim=DEFAULT_FEATURE_DIM)
-        for key in KEYS:
-            if key in cfg and arch.given(key) and arch.get(key) is not None:
-                cfg[key] = arch.get(key)
-                ctx.pinned.add(key)
-        if arch.given("channels"):
-            cfg["feature_dim"] = arch.channels
+    name = "fallback"
+    doc = "Best-effort transformer encoder for modalities MetaGen does not support."
+    inputs_doc = "features: float32 [batch, seq, feature_dim] (input_ids: int64 [batch, seq] when every input is text)"
+    outputs_doc = (
+        "logits [batch, seq, vocab_size] for text outputs; logits [batch, num_classes] for a label; "
+        "otherwise embedding [batch, hidden_size]"
+    )
+    rules = (Rule(note="warning says what was built", unknown_modalities=True),)
+    unit = UnitOfWork("sequence", "sample")
+    config = FallbackConfig
+    tiny_doc = "d = 64, 2 layers, 4 heads, feature width at most 16, vocab 256, context 64, at most 10 classes"
+
+    def configure(self, ctx: CompileContext) -> None:
+        cfg = read_spec(ctx, FallbackConfig())
         ins = list(ctx.spec.modality.inputs or [])
         outs = list(ctx.spec.modality.outputs or [])
+        cfg.token_input = all(m == "text" for m in ins)
+        cfg.head = "tokens" if "text" in outs else ("label" if outs == ["label"] else "embedding")
+        cfg.num_classes = num_classes(ctx, DEFAULT_CLASSES)
+        cfg.context = ctx.context_window
         ctx.arch = cfg
-        ctx.arch["token_input"] = all(m == "text" for m in ins)
-        ctx.arch["head"] = "tokens" if "text" in outs else ("label" if outs == ["label"] else "embedding")
-        ctx.arch["num_classes"] = num_classes(ctx, DEFAULT_CLASSES)
-        ctx.arch["context"] = ctx.context_window
         unknown = sorted({m for m in ins + outs if m not in MODALITIES})
         ctx.sink.warning(
             ctx.spec.modality.loc(),
@@ -103,42 +125,36 @@ class Fallback(Family):
 
     def build(self, ctx: CompileContext) -> Model:
         a = ctx.arch
-        mb = ModelBuilder()
-        d = a["hidden_size"]
-        block = T.block_module(mb, a, TensorType(DType.f32, ("batch", "seq", d)), causal=False)
+        mb = self.model_builder(ctx)
+        d = a.hidden_size
+        block = tower_block(mb, ctx, a, "seq", causal=False)
         top = mb.module(class_name(ctx.spec.name), doc="Best-effort transformer encoder for an unsupported modality.")
-        if a["token_input"]:
+        if a.token_input:
             src = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
-            spec = InputSpec("input_ids", src.type, "tokens", 0, a["vocab_size"], "token ids, 0 <= id < vocab_size")
-            top.layer("tok_embeddings", "embedding", num=a["vocab_size"], dim=d)
+            spec = InputSpec("input_ids", src.type, "tokens", 0, a.vocab_size, "token ids, 0 <= id < vocab_size")
+            top.layer("tok_embeddings", "embedding", num=a.vocab_size, dim=d)
             x = top.call("tok_embeddings", src, hint="x")
         else:
-            src = top.input("features", TensorType(DType.f32, ("batch", "seq", a["feature_dim"])))
+            src = top.input("features", TensorType(DType.f32, ("batch", "seq", a.feature_dim)))
             spec = InputSpec("features", src.type, "normal", doc="one feature vector per step")
-            top.layer("in_proj", "linear", in_features=a["feature_dim"], out_features=d, bias=bool(a["bias"]))
+            top.layer("in_proj", "linear", in_features=a.feature_dim, out_features=d, bias=bool(a.bias))
             x = top.call("in_proj", src, hint="x")
-        if a["position"] == "learned":
-            top.layer("pos_embeddings", "embedding", num=a["context"], dim=d, init_std=0.01)
-            pos = top.op("positions", src, axis=1, hint="pos")
-            x = top.op("add", x, top.call("pos_embeddings", pos, hint="pos_emb"), hint="x")
-        top.repeat("blocks", block, a["layers"])
-        x = top.call("blocks", x, hint="x")
-        T.norm_layer(top, "norm_f", a)
-        x = top.call("norm_f", x, hint="x")
-        if a["head"] == "tokens":
-            top.layer("lm_head", "linear", in_features=d, out_features=a["vocab_size"], bias=False)
+        x = learned_positions(top, x, src, a, a.context)
+        x = block_stack(top, block, x, a)
+        if a.head == "tokens":
+            top.layer("lm_head", "linear", in_features=d, out_features=a.vocab_size, bias=False)
             out, name = top.call("lm_head", x, hint="logits"), "logits"
         else:
             out = top.op("mean", x, axis=1, hint="pooled")
             name = "embedding"
-            if a["head"] == "label":
-                top.layer("classifier", "linear", in_features=d, out_features=a["num_classes"], bias=True)
+            if a.head == "label":
+                top.layer("classifier", "linear", in_features=d, out_features=a.num_classes, bias=True)
                 out, name = top.call("classifier", out, hint="logits"), "logits"
         top_def = top.ret(out, names=[name])
-        config = {k: a[k] for k in KEYS}
-        config.update(input="input_ids" if a["token_input"] else "features", head=a["head"], context_window=a["context"])
-        if a["head"] == "label":
-            config["num_classes"] = a["num_classes"]
+        config = a.pick([f.name for _, f in FallbackConfig.spec_fields()])
+        config.update(input="input_ids" if a.token_input else "features", head=a.head, context_window=a.context)
+        if a.head == "label":
+            config["num_classes"] = a.num_classes
         return mb.finish(
             top_def,
             name=top_def.name,
@@ -146,20 +162,19 @@ class Fallback(Family):
             inputs=[spec],
             config=config,
             family=self.name,
-            symbols={"batch": "batch size", "seq": f"steps, at most {a['context']}"},
-            examples={"seq": min(16, a["context"])},
+            symbols={"batch": "batch size", "seq": f"steps, at most {a.context}"},
+            examples={"seq": min(16, a.context)},
         )
 
     def resolved_architecture(self, ctx: CompileContext) -> dict[str, Any]:
-        a = ctx.arch
-        out = {"family": self.msl_family(ctx)}
-        out.update({k: a[k] for k in KEYS if k != "feature_dim"})
-        if not a["token_input"]:
-            out["channels"] = a["feature_dim"]
+        out = super().resolved_architecture(ctx)
+        channels = out.pop("channels")
+        if not ctx.arch.token_input:
+            out["channels"] = channels
         return out
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
-        nbytes = activation_bytes(ctx)
+        nbytes = dtype_bytes(ctx)
         weights = params * nbytes
         a = ctx.arch
         acts = tower_activations(a, a["context"], nbytes)
@@ -168,15 +183,4 @@ class Fallback(Family):
         return {"weights": weights, "kv_cache": 0, "activations": acts, "total": weights + acts}
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
-        return {"unit": "sequence", "bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}
-
-
-register(
-    Fallback(
-        "fallback",
-        "Best-effort transformer encoder for modalities MetaGen does not support.",
-        inputs_doc="features: float32 [batch, seq, feature_dim] (input_ids: int64 [batch, seq] when every input is text)",
-        outputs_doc="logits [batch, seq, vocab_size] for text outputs; logits [batch, num_classes] for a label; "
-        "otherwise embedding [batch, hidden_size]",
-    )
-)
+        return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}

@@ -1,7 +1,8 @@
 """Transformer towers shared by every transformer family (decoder LMs, encoders,
 vision transformers, the towers of dual encoders and the diffusion text encoder).
 
-A tower config is a dict with the keys of `schema.TOWER_FIELDS`, fully resolved.
+A tower config is any mapping with the tower keys (a family's config, blocks.py, or
+a plain dict the fitter is trying), fully resolved.
 """
 
 from __future__ import annotations

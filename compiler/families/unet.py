@@ -31,38 +31,66 @@ tests/hf_mapping_unet.py maps diffusers' names onto them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from metagen.compiler.context import CompileContext
-from metagen.compiler.families import transformer as T
-from metagen.compiler.families.base import Family, Knobs, register
-from metagen.compiler.families.decoder_lm import class_name, resolve_tower
+from metagen.compiler.cost import UnitOfWork
+from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower
+from metagen.compiler.families.blocks import (
+    block_stack, class_name, dtype_bytes, read_spec, resolve_tower, tower_block,
+)
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model, ModuleDef, Value
 from metagen.ir.types import DType, TensorType
 
-# SD 1.5's U-Net layout; base_channels and res_blocks are fitted unless pinned.
-UNET_DEFAULTS: dict[str, Any] = dict(
-    latent_channels=4,
-    sample_size=64,
-    channel_mults=[1, 2, 4, 4],
-    attention_levels=[0, 1, 2],
-    heads=8,
-    transformer_depth=1,
-    norm_groups=32,
-)
 SIZE_KEYS = ("base_channels", "res_blocks")
-UNET_KEYS = ("latent_channels", "sample_size", "base_channels", "channel_mults", "res_blocks", "attention_levels",
-             "heads", "transformer_depth", "norm_groups", "cross_attention_dim")
+
+
+@dataclass
+class UNetTextTower(ArchConfig):
+    """The CLIP text transformer the U-Net cross-attends to (no pooling)."""
+
+    vocab_size: int | None = spec_key()
+    hidden_size: int | None = spec_key()
+    layers: int | None = spec_key()
+    heads: int | None = spec_key()
+    kv_heads: int | None = spec_key()
+    head_dim: int | None = spec_key()
+    ffn_size: int | None = spec_key()
+    activation: str | None = spec_key()
+    norm: str | None = spec_key()
+    norm_eps: float | None = spec_key()
+    norm_position: str | None = spec_key()
+    position: str | None = spec_key()
+    bias: bool | None = spec_key()
+    pooling: str | None = spec_key()
+
+
+@dataclass
+class UNetConfig(ArchConfig):
+    """SD 1.5's U-Net layout; base_channels and res_blocks are fitted unless pinned."""
+
+    latent_channels: int = spec_key(4)
+    sample_size: int = spec_key(64)
+    base_channels: int | None = spec_key()
+    channel_mults: list[int] = spec_key([1, 2, 4, 4])
+    res_blocks: int | None = spec_key()
+    attention_levels: list[int] = spec_key([0, 1, 2])
+    heads: int = spec_key(8)
+    transformer_depth: int = spec_key(1)
+    norm_groups: int = spec_key(32)
+    cross_attention_dim: int | None = spec_key()
+    text_encoder: UNetTextTower = tower(UNetTextTower)
+    context: int = derived(0)
+
+
 # The text tower defaults to CLIP ViT-L/14's, the encoder SD 1.5 is conditioned on.
 TEXT_DEFAULTS: dict[str, Any] = dict(hidden_size=768, layers=12, heads=12, ffn_size=3072, vocab_size=49408, pooling="none")
-TEXT_KEYS = ("vocab_size", "hidden_size", "layers", "heads", "kv_heads", "head_dim", "ffn_size", "activation", "norm",
-             "norm_eps", "norm_position", "position", "bias", "pooling")
 TEXT_CONTEXT = 77
 RESNET_EPS = 1e-5
 TRANSFORMER_NORM_EPS = 1e-6
 BLOCK_NORM_EPS = 1e-5
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def level_channels(a: dict[str, Any]) -> list[int]:
@@ -70,43 +98,63 @@ def level_channels(a: dict[str, Any]) -> list[int]:
 
 
 class DiffusionUNet(Family):
-    def resolve(self, ctx: CompileContext) -> None:
+    name = "diffusion_unet"
+    doc = "Text-conditioned latent diffusion U-Net with its CLIP text encoder (SD 1.5 conventions); no VAE."
+    inputs_doc = (
+        "sample: float32 [batch, latent_channels, sample_size, sample_size] noisy latent x_t; "
+        "timestep: float32 [batch] diffusion step t (0..999 for a 1000-step schedule); "
+        "input_ids: int64 [batch, seq] prompt token ids from the CLIP tokenizer, seq <= context_window (77)"
+    )
+    outputs_doc = "noise_pred: float32 [batch, latent_channels, sample_size, sample_size], the predicted noise epsilon"
+    msl_family_name = "diffusion"
+    accepts_families = ("auto", "diffusion", "unet")
+    built = "the diffusion U-Net (ResNet blocks with spatial transformers)"
+    rules = (
+        Rule(("text", "image"), ("image",), ("diffusion", None), "latent-space U-Net with its CLIP text encoder; no VAE"),
+        # Text-to-image written without the noisy image among the inputs: the same model.
+        Rule(
+            ("text",), ("image",), ("diffusion", None),
+            "the same model: text-to-image written without the noisy sample among the inputs",
+        ),
+    )
+    default_objective = "diffusion"
+    tasks = ("denoising", "generation")
+    unit = UnitOfWork("denoising step", "step")
+    config = UNetConfig
+    tiny_doc = (
+        "base 32 channels, the same number of levels with multipliers capped at 2, 1 ResNet block per level, 2 heads, "
+        "8 GroupNorm groups, 8 x 8 sample (larger only for more than 4 levels), the same attention levels; "
+        "text encoder d = 32, 2 layers, 2 heads, vocab 256, context 16"
+    )
+
+    def family_mismatch(self, written: str) -> str:
+        return f"family '{written}' does not fit a text-conditioned diffusion objective; building {self.built} instead"
+
+    def configure(self, ctx: CompileContext) -> None:
         spec_arch = ctx.spec.architecture
-        if spec_arch.family not in ("auto", "diffusion", "unet"):
-            ctx.sink.warning(
-                spec_arch.loc("family"),
-                f"family '{spec_arch.family}' does not fit a text-conditioned diffusion objective; building the "
-                "diffusion U-Net (ResNet blocks with spatial transformers) instead",
-            )
-        a: dict[str, Any] = {}
-        for key in UNET_KEYS:
-            if spec_arch.given(key):
-                a[key] = list(spec_arch.get(key)) if isinstance(spec_arch.get(key), list) else spec_arch.get(key)
-                ctx.pinned.add(key)
-            else:
-                a[key] = UNET_DEFAULTS.get(key)
-        te = resolve_tower(ctx, "clip_text", section=spec_arch.text_encoder, prefix="text_encoder.")
+        a = read_spec(ctx, UNetConfig())
+        te = resolve_tower(ctx, "clip_text", UNetTextTower, section=spec_arch.text_encoder, prefix="text_encoder.")
         for key, value in TEXT_DEFAULTS.items():
             if f"text_encoder.{key}" not in ctx.pinned:
                 te[key] = value
-        if te.get("kv_heads") is None:
-            te["kv_heads"] = te["heads"]
-        if te.get("head_dim") is None and te["hidden_size"] % te["heads"] == 0:
-            te["head_dim"] = te["hidden_size"] // te["heads"]
-        if te["pooling"] != "none":
+        if te.kv_heads is None:
+            te.kv_heads = te.heads
+        if te.head_dim is None and te.hidden_size % te.heads == 0:
+            te.head_dim = te.hidden_size // te.heads
+        if te.pooling != "none":
             ctx.sink.warning(
                 spec_arch.text_encoder.loc("pooling"),
                 "text_encoder.pooling is ignored by the diffusion U-Net: it cross-attends to the whole sequence "
                 "of final hidden states",
             )
-            te["pooling"] = "none"
-        a["text_encoder"] = {k: te.get(k) for k in TEXT_KEYS}
-        if a["cross_attention_dim"] is None:
-            a["cross_attention_dim"] = te["hidden_size"]
+            te.pooling = "none"
+        a.text_encoder = te
+        if a.cross_attention_dim is None:
+            a.cross_attention_dim = te.hidden_size
         # CLIP's prompt length, unless the spec sets its own context window.
         c = ctx.spec.constraints
         ctx.context_window = c.context_window if c.given("context_window") else TEXT_CONTEXT
-        a["context"] = ctx.context_window
+        a.context = ctx.context_window
         ctx.arch = a
 
     def finalize(self, ctx: CompileContext) -> str | None:
@@ -180,7 +228,7 @@ class DiffusionUNet(Family):
     def build(self, ctx: CompileContext) -> Model:
         a = ctx.arch
         te = a["text_encoder"]
-        mb = ModelBuilder()
+        mb = self.model_builder(ctx)
         s, lc = a["sample_size"], a["latent_channels"]
         chans = level_channels(a)
         levels = len(chans)
@@ -189,7 +237,8 @@ class DiffusionUNet(Family):
         seq_type = TensorType(DType.f32, ("batch", "seq", te["hidden_size"]))
         temb_type = TensorType(DType.f32, ("batch", tdim))
 
-        text = text_encoder_module(mb, te, a["context"])
+        text_block = tower_block(mb, ctx, te, "seq", causal=True, name="TextBlock", section=ctx.spec.architecture.text_encoder)
+        text = text_encoder_module(mb, te, a["context"], text_block)
         top = mb.module(class_name(ctx.spec.name), doc="Text-conditioned latent diffusion U-Net (predicts the noise).")
         sample = top.input("sample", TensorType(DType.f32, ("batch", lc, s, s)))
         timestep = top.input("timestep", TensorType(DType.f32, ("batch",)))
@@ -225,7 +274,7 @@ class DiffusionUNet(Family):
         out = top.call("conv_out", x, hint="noise_pred")
         top_def = top.ret(out, names=["noise_pred"])
 
-        config = {k: a[k] for k in UNET_KEYS}
+        config = a.pick(UNetConfig.spec_keys())
         config["context_window"] = a["context"]
         config["text_encoder"] = dict(te)
         return mb.finish(
@@ -243,14 +292,6 @@ class DiffusionUNet(Family):
             examples={"seq": a["context"]},
         )
 
-    def resolved_architecture(self, ctx: CompileContext) -> dict[str, Any]:
-        a = ctx.arch
-        out: dict[str, Any] = {"family": self.msl_family(ctx)}
-        for k in UNET_KEYS:
-            out[k] = list(a[k]) if isinstance(a[k], list) else a[k]
-        out["text_encoder"] = {k: v for k, v in a["text_encoder"].items() if v is not None}
-        return out
-
     # ---------------------------------------------------------------- cost
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
@@ -262,7 +303,7 @@ class DiffusionUNet(Family):
         context^2). Affine in res_blocks, as the fitter needs."""
         a = ctx.arch
         te = a["text_encoder"]
-        nbytes = DTYPE_BYTES[ctx.spec.constraints.dtype]
+        nbytes = dtype_bytes(ctx)
         chans = level_channels(a)
         levels = len(chans)
         area = [(a["sample_size"] >> lvl) ** 2 for lvl in range(levels)]
@@ -284,19 +325,17 @@ class DiffusionUNet(Family):
         return {"weights": weights, "activations": acts, "total": weights + acts}
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
-        return {"unit": "denoising step", "bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}
+        return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}
 
 
 # -------------------------------------------------------------------- modules
 
 
-def text_encoder_module(mb: ModelBuilder, te: dict[str, Any], context: int) -> ModuleDef:
+def text_encoder_module(mb: ModelBuilder, te: UNetTextTower, context: int, block: ModuleDef) -> ModuleDef:
     """CLIP's text transformer without pooling: token + learned position
     embeddings, causal pre-LN blocks, final LayerNorm; its hidden states are the
     U-Net's cross-attention context."""
     d = te["hidden_size"]
-    x_type = TensorType(DType.f32, ("batch", "seq", d))
-    block = T.block_module(mb, te, x_type, causal=True, name="TextBlock")
     b = mb.module("TextEncoder", doc="CLIP text transformer; its final hidden states condition the U-Net.")
     ids = b.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
     b.layer("tok_embeddings", "embedding", num=te["vocab_size"], dim=d)
@@ -304,10 +343,7 @@ def text_encoder_module(mb: ModelBuilder, te: dict[str, Any], context: int) -> M
     x = b.call("tok_embeddings", ids, hint="x")
     pos = b.op("positions", ids, axis=1, hint="pos")
     x = b.op("add", x, b.call("pos_embeddings", pos, hint="pos_emb"), hint="x")
-    b.repeat("blocks", block, te["layers"])
-    x = b.call("blocks", x, hint="x")
-    T.norm_layer(b, "norm_f", te)
-    return b.ret(b.call("norm_f", x, hint="context"))
+    return b.ret(block_stack(b, block, x, te, hint="context"))
 
 
 def time_embedding_module(mb: ModelBuilder, ch0: int, tdim: int) -> ModuleDef:
@@ -477,17 +513,3 @@ def up_level_module(mb, a, lvl: int, x_type, skip_types, temb_type, seq_type, *,
         b.layer("upsample", "conv2d", in_channels=ch, out_channels=ch, kernel=3, padding=1)
         x = b.call("upsample", b.op("upsample_nearest", x, factor=2, hint="h"), hint="h")
     return b.ret(x)
-
-
-register(
-    DiffusionUNet(
-        "diffusion_unet",
-        "Text-conditioned latent diffusion U-Net with its CLIP text encoder (SD 1.5 conventions); no VAE.",
-        inputs_doc=(
-            "sample: float32 [batch, latent_channels, sample_size, sample_size] noisy latent x_t; "
-            "timestep: float32 [batch] diffusion step t (0..999 for a 1000-step schedule); "
-            "input_ids: int64 [batch, seq] prompt token ids from the CLIP tokenizer, seq <= context_window (77)"
-        ),
-        outputs_doc="noise_pred: float32 [batch, latent_channels, sample_size, sample_size], the predicted noise epsilon",
-    )
-)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from metagen.backends import registry
+
 # Value kinds. Each maps to one check in spec_builder and one JSON Schema fragment.
 STR, INT, FLOAT, BOOL = "str", "int", "float", "bool"
 PARAMS, BYTES, CONTEXT = "params", "bytes", "context"
@@ -118,7 +120,7 @@ SPEC = _map(
     _map(
         "task",
         "What the model is for.",
-        Field("type", ENUM, "Task type; derived from the objective when absent.", choices=TASKS),
+        Field("type", ENUM, "Task type; follows from modality and objective, and a value that contradicts the model built is a warning.", choices=TASKS),
         Field("num_classes", INT, "Classes of a classifier.", minimum=2, maximum=10**7),
     ),
     _map(
@@ -182,7 +184,7 @@ SPEC = _map(
     _map(
         "outputs",
         "What to emit.",
-        Field("targets", LIST, "Backends to emit.", default=["torch", "flax", "onnx"], item=Field("target", ENUM, "", choices=("torch", "flax", "onnx"))),
+        Field("targets", LIST, "Backends `metagen synth` emits.", default=list(registry.names()), item=Field("target", ENUM, "", choices=registry.names())),
     ),
     _map(
         "evaluation",

@@ -1,0 +1,244 @@
+"""Building blocks every family shares: the tower configs, reading a tower from the
+spec, the token-embedding and block-stack prologue, the vision tower's patch
+embedding, the single-tower knobs, and the small diagnostics families give alike.
+
+The transformer block itself (attention, feed-forward, presets, derived sizes) is
+in `transformer.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from metagen.compiler.context import CompileContext
+from metagen.compiler.families import transformer as T
+from metagen.compiler.families.base import ArchConfig, Family, Knobs, spec_key
+from metagen.ir.builder import ModelBuilder, ModuleBuilder
+from metagen.ir.graph import ModuleDef, Value, normal
+from metagen.ir.types import DType, TensorType
+
+SIZE_KEYS = ("hidden_size", "heads", "kv_heads", "head_dim", "ffn_size")  # what one width setting moves
+
+
+# ---------------------------------------------------------------- tower configs
+
+
+@dataclass
+class VisionTower(ArchConfig):
+    """A vision transformer tower (ViT; CLIP's image tower)."""
+
+    image_size: int | None = spec_key()
+    patch_size: int | None = spec_key()
+    channels: int | None = spec_key()
+    hidden_size: int | None = spec_key()
+    layers: int | None = spec_key()
+    heads: int | None = spec_key()
+    kv_heads: int | None = spec_key()
+    head_dim: int | None = spec_key()
+    ffn_size: int | None = spec_key()
+    activation: str | None = spec_key()
+    norm: str | None = spec_key()
+    norm_eps: float | None = spec_key()
+    norm_position: str | None = spec_key()
+    position: str | None = spec_key()
+    pooling: str | None = spec_key()
+    bias: bool | None = spec_key()
+
+
+# ---------------------------------------------------------------- reading the spec
+
+
+def read_spec(ctx: CompileContext, cfg: ArchConfig, section=None, prefix: str = "") -> ArchConfig:
+    """The user's keys over `cfg`, each one pinned (`prefix` + key): only the keys
+    the config declares, so an unread key stays unpinned (and is diagnosed by
+    `Family.report_unused_keys`)."""
+    section = section if section is not None else ctx.spec.architecture
+    reads = set(type(cfg).spec_keys())  # neither towers nor keys declared ignored
+    for key, f in type(cfg).spec_fields():
+        if key not in reads:
+            continue
+        value = section.get(key)
+        if value is not None and section.given(key):
+            cfg[f.name] = list(value) if isinstance(value, list) else value
+            ctx.pinned.add(prefix + key)
+    return cfg
+
+
+def resolve_tower(ctx: CompileContext, preset: str, config: type[ArchConfig], section=None, prefix: str = "") -> ArchConfig:
+    """A tower config: the user's pinned keys over the preset's conventions, sizes
+    left None for the fitter."""
+    cfg = config()
+    names = set(config.field_names())
+    for key, value in T.PRESETS[preset].items():
+        if key in names:
+            cfg[key] = value
+    return read_spec(ctx, cfg, section, prefix)
+
+
+def class_name(spec_name: str) -> str:
+    """A Python class name from free text ("ViT-Base/16 classifier" -> ViTBase16Classifier)."""
+    words = []
+    cur = ""
+    for ch in spec_name:
+        if ch.isascii() and ch.isalnum():
+            cur += ch
+        else:
+            if cur:
+                words.append(cur)
+            cur = ""
+    if cur:
+        words.append(cur)
+    name = "".join(w[:1].upper() + w[1:] for w in words) or "Model"
+    if name[0].isdigit():
+        name = "M" + name
+    if name in ("Model", "CONFIG", "INPUTS", "OUTPUTS"):
+        name = name + "Net"
+    return name
+
+
+def report_structure(ctx: CompileContext, problem: tuple[str, str] | None, section=None, where: str = "") -> None:
+    """A convention no size can satisfy is an error at the key that asks for it."""
+    if problem:
+        key, reason = problem
+        section = section if section is not None else ctx.spec.architecture
+        ctx.sink.error(section.loc(key), f"architecture: {where}{reason}")
+
+
+def num_classes(ctx: CompileContext, default: int) -> int:
+    n = ctx.spec.task.num_classes
+    return n if n is not None else default
+
+
+def dtype_bytes(ctx: CompileContext) -> int:
+    """Bytes per value at the spec's inference dtype (named as NumPy names it)."""
+    return DType.from_numpy(ctx.spec.constraints.dtype).nbytes
+
+
+# ---------------------------------------------------------------- sizes
+
+
+def tower_activations(cfg: Any, tokens: int, nbytes: int) -> int:
+    """One block's activations at a time: tokens * (4d + ffn) values plus the
+    attention scores of every head."""
+    return (tokens * (4 * cfg["hidden_size"] + cfg["ffn_size"]) + cfg["heads"] * tokens * tokens) * nbytes
+
+
+def width_candidates(pinned_width: int | None) -> list[int]:
+    return [pinned_width] if pinned_width is not None else list(range(64, 8192 + 1, 64))
+
+
+def single_tower_knobs(ctx: CompileContext, check) -> Knobs | None:
+    """Width (multiples of 64, heads and ffn derived) and depth of one transformer
+    tower, skipping widths `check(cfg, pinned)` rejects; None when both are pinned."""
+    if "hidden_size" in ctx.pinned and "layers" in ctx.pinned:
+        return None
+    widths = []
+    pinned_d = ctx.arch["hidden_size"] if "hidden_size" in ctx.pinned else None
+    for d in width_candidates(pinned_d):
+        cfg = dict(ctx.arch, hidden_size=d)
+        if check(cfg, ctx.pinned) is None:
+            widths.append({k: cfg[k] for k in SIZE_KEYS})
+    depth_keys = [] if "layers" in ctx.pinned else ["layers"]
+    return Knobs(widths=widths, depth_keys=depth_keys, ideal_depth=lambda w: T.ideal_layers(w["hidden_size"]))
+
+
+# ---------------------------------------------------------------- graph prologue and stack
+
+
+def learned_positions(b: ModuleBuilder, x: Value, src: Value, cfg: Any, context: int, init_std: float | None = 0.01) -> Value:
+    """x plus a learned position embedding of `context` rows, when the config's
+    position encoding is 'learned' (rotary positions live in the attention)."""
+    if cfg["position"] != "learned":
+        return x
+    std = {} if init_std is None else {"init_std": init_std}
+    b.layer("pos_embeddings", "embedding", num=context, dim=cfg["hidden_size"], **std)
+    pos = b.op("positions", src, axis=1, hint="pos")
+    return b.op("add", x, b.call("pos_embeddings", pos, hint="pos_emb"), hint="x")
+
+
+def token_embeddings(b: ModuleBuilder, ids: Value, cfg: Any, context: int, pos_init_std: float | None = 0.01) -> Value:
+    """Token embeddings [batch, seq, d] of `ids`, plus learned positions."""
+    b.layer("tok_embeddings", "embedding", num=cfg["vocab_size"], dim=cfg["hidden_size"])
+    x = b.call("tok_embeddings", ids, hint="x")
+    return learned_positions(b, x, ids, cfg, context, pos_init_std)
+
+
+def block_stack(
+    b: ModuleBuilder, block: ModuleDef, x: Value, cfg: Any, final_norm: str | None = "norm_f", hint: str = "x"
+) -> Value:
+    """`layers` copies of `block` over x, then the final norm."""
+    b.repeat("blocks", block, cfg["layers"])
+    x = b.call("blocks", x, hint="x")
+    if final_norm is None:
+        return x
+    T.norm_layer(b, final_norm, cfg)
+    return b.call(final_norm, x, hint=hint)
+
+
+def tower_block(
+    mb: ModelBuilder, ctx: CompileContext, cfg: Any, tokens: Any, *, causal: bool, name: str = "Block", section=None
+) -> ModuleDef:
+    """The tower's transformer block over [batch, tokens, d], its nodes located at
+    the spec's `layers` key (where the block count is decided)."""
+    x_type = TensorType(DType.f32, ("batch", tokens, cfg["hidden_size"]))
+    with mb.at(Family.key_loc(ctx, "layers", section)):
+        return T.block_module(mb, cfg, x_type, causal=causal, name=name)
+
+
+# ---------------------------------------------------------------- vision towers
+
+
+def num_patches(cfg: Any) -> int:
+    return (cfg["image_size"] // cfg["patch_size"]) ** 2
+
+
+def vision_structure(cfg: Any) -> tuple[str, str] | None:
+    """(key, reason) when the tower's conventions cannot be built at any size."""
+    if cfg["image_size"] % cfg["patch_size"]:
+        return "patch_size", f"patch_size {cfg['patch_size']} does not divide image_size {cfg['image_size']}"
+    if cfg["position"] not in ("learned", "none"):
+        return "position", f"position '{cfg['position']}' is not supported by vision towers; use 'learned' or 'none'"
+    if cfg["pooling"] not in ("cls", "mean"):
+        return "pooling", f"pooling '{cfg['pooling']}' is not supported by vision towers; use 'cls' or 'mean'"
+    return None
+
+
+def check_vision(cfg: Any, pinned: set[str], where: str = "") -> str | None:
+    """Fill derived sizes; a reason when the tower cannot be built."""
+    problem = vision_structure(cfg)
+    if problem:
+        return where + problem[1]
+    return T.derive(cfg, pinned, False)
+
+
+def vision_embed(b: ModuleBuilder, cfg: Any, pixels: Value, *, patch_bias: bool) -> Value:
+    """Patches by a strided convolution, a class token in front, learned positions
+    [1, N+1, D] added: pixels [B, C, H, W] -> tokens [B, N+1, D]."""
+    d, p = cfg["hidden_size"], cfg["patch_size"]
+    b.layer("patch_embed", "conv2d", in_channels=cfg["channels"], out_channels=d, kernel=p, stride=p, bias=patch_bias)
+    x = b.op("flatten_spatial", b.call("patch_embed", pixels, hint="patches"), hint="x")
+    cls = b.param("cls_token", (1, 1, d), normal(0.02), hint="cls_token")
+    x = b.op("prepend", x, cls, hint="x")
+    if cfg["position"] == "learned":
+        pos = b.param("pos_embed", (1, num_patches(cfg) + 1, d), normal(0.02), hint="pos_embed")
+        x = b.op("add", x, pos, hint="x")
+    return x
+
+
+def pool_tokens(b: ModuleBuilder, cfg: Any, x: Value) -> Value:
+    if cfg["pooling"] == "mean":
+        return b.op("mean", x, axis=1, hint="pooled")
+    return b.op("select", x, axis=1, index=0, hint="pooled")
+
+
+def pixel_input(cfg: Any) -> TensorType:
+    s = cfg["image_size"]
+    return TensorType(DType.f32, ("batch", cfg["channels"], s, s))
+
+
+def vision_tiny(cfg: Any, hidden: int = 64, heads: int = 4) -> None:
+    cfg.update(image_size=32, patch_size=8, hidden_size=hidden, layers=2, heads=heads, head_dim=hidden // heads)
+    cfg["kv_heads"] = heads
+    cfg["channels"] = cfg["channels"] if cfg["channels"] <= 4 else 3
+    cfg["ffn_size"] = T.default_ffn(hidden, cfg["activation"])
