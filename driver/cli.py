@@ -95,7 +95,11 @@ def metagenc_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("spec", nargs="?", help=HELP["spec"])
     p.add_argument("--target", choices=TARGETS, help="the backend to emit: " + ", ".join(TARGETS))
-    p.add_argument("-o", dest="output", help="output file ('-' for stdout, text targets only); default: the spec's stem plus the target's suffix")
+    p.add_argument(
+        "-o",
+        dest="output",
+        help="output file ('-' for stdout, text targets only); default: the spec's stem plus the target's suffix",
+    )
     p.add_argument("--seed", type=_seed, help=HELP["seed"])
     p.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE", help=HELP["define"])
     p.add_argument("--tiny", action="store_true", help=HELP["tiny"])
@@ -351,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     common(sp)
     sp.add_argument("--out", required=True, help="folder that receives the run folder")
-    sp.add_argument("--run-id", help="name of the run folder (default: run- plus a hash of the resolved spec, seed and compiler version)")
+    sp.add_argument(
+        "--run-id", help="name of the run folder (default: run- plus a hash of the resolved spec, seed and compiler version)"
+    )
     sp.set_defaults(fn=_cmd_synth)
 
     sp = command(

@@ -49,11 +49,14 @@ def design(arch: dict[str, Any], estimate: dict[str, Any], source: str) -> dict[
     cost = estimate.get("cost") or {}
     modules = {}
     for name, v in (estimate.get("by_module") or {}).items():
-        modules[name] = v["total"] if isinstance(v, dict) else v
+        modules[str(name)] = v["total"] if isinstance(v, dict) else v
+    for what, n in (("total_params", estimate["total_params"]), *modules.items()):
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"{what}: a parameter count must be an integer, not {n!r}")
     return {
         "source": source,
-        "name": arch["name"],
-        "family": arch["family"],
+        "name": str(arch["name"]),
+        "family": str(arch["family"]),
         "tiny": bool(arch.get("tiny")),
         "dimensions": _flat(arch.get("architecture") or {}),
         "pinned": list(arch.get("pinned") or []),
@@ -127,15 +130,21 @@ def load_run(folder: str) -> dict[str, Any]:
     try:
         return design(arch, estimate, folder)
     except (TypeError, KeyError, AttributeError) as exc:
-        _fail(Loc(os.path.join(folder, ESTIMATE)), f"not a record of 'metagen synth': {exc!r}")
+        _fail(Loc(os.path.join(folder, ESTIMATE)), f"not a record of 'metagen synth': {exc}")
+
+
+def _not_json(word: str):
+    raise ValueError(f"{word} is not a JSON number")  # Python's json reads NaN and Infinity
 
 
 def _parse(path: str, text: str) -> Any:
     if path.endswith(".json"):
         try:
-            return json.loads(text)
+            return json.loads(text, parse_constant=_not_json)
         except json.JSONDecodeError as exc:
             _fail(Loc(path, exc.lineno, exc.colno), f"not valid JSON: {exc.msg}")
+        except ValueError as exc:
+            _fail(Loc(path), f"not valid JSON: {exc}")
     import yaml
 
     try:
@@ -175,9 +184,9 @@ def compare_text(a: dict[str, Any], b: dict[str, Any]) -> str:
         ("source", a["source"], b["source"]),
         ("name", a["name"], b["name"]),
         ("family", a["family"], b["family"]),
-        ("binding constraint", str(a["binding_constraint"]), str(b["binding_constraint"])),
+        ("binding constraint", _text(a["binding_constraint"]), _text(b["binding_constraint"])),
         ("parameters", _count(a["total_params"]), _count(b["total_params"])),
-        ("latency", a["latency"] or "-", b["latency"] or "-"),
+        ("latency", _text(a["latency"]), _text(b["latency"])),
         "dimensions",
     ]
     for k in _keys(a["dimensions"], b["dimensions"]):
@@ -244,7 +253,9 @@ def explain_text(comp) -> str:
         f"binding constraint: {r.get('binding_constraint')}"
     ]
     pinned = sorted(k for k in ctx.pinned if k in arch)
-    lines.append("pinned: " + (", ".join(f"{k} = {_text(arch[k])}" for k in pinned) if pinned else "nothing (every size is free)"))
+    lines.append(
+        "pinned: " + (", ".join(f"{k} = {_text(arch[k])}" for k in pinned) if pinned else "nothing (every size is free)")
+    )
     if fit is None:
         why = "--tiny keeps the topology at test-scale sizes" if r.get("tiny") else "this family has no fitted dimensions"
         lines.append(f"no fit: {why}; the sizes are:")

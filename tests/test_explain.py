@@ -17,8 +17,7 @@ from metagen.cli import main, metagenc_main
 from metagen.diagnostics import DiagnosticSink
 from metagen.pipeline import compile_spec
 
-SPEC = textwrap.dedent(
-    """\
+SPEC = textwrap.dedent("""\
     metagen_version: "1.0"
     name: "small_lm"
     modality:
@@ -28,8 +27,7 @@ SPEC = textwrap.dedent(
       parameter_budget:
         max: "20M"
       context_window: "1k"
-    """
-)
+    """)
 
 
 def write(path, text: str) -> str:
@@ -99,7 +97,10 @@ def test_validate_keeps_its_ok_line_and_adds_a_summary(tmp_path, capsys):
 
 
 def test_synth_summary_names_the_folder(tmp_path, capsys):
-    assert main(["synth", example("tutorial", "step1_minimal.yaml"), "--tiny", "--out", str(tmp_path / "runs"), "--run-id", "r"]) == 0
+    assert (
+        main(["synth", example("tutorial", "step1_minimal.yaml"), "--tiny", "--out", str(tmp_path / "runs"), "--run-id", "r"])
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     folder = str(tmp_path / "runs" / "r")
     assert lines[0] == f"wrote {folder}"
@@ -200,6 +201,19 @@ def test_compare_bad_input_is_located(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "run"), spec]) == 1
     err = capsys.readouterr().err
     assert f"{run / 'params_estimate.json'}:2:3: error: not valid JSON" in err and "Traceback" not in err
+    for text, message in (
+        ('{"total_params": "many"}', "a parameter count must be an integer"),
+        ('{"total_params": 1, "by_module": {"blocks": {"count": 2}}}', "not a record of 'metagen synth'"),
+        ('{"total_params": NaN}', "NaN is not a JSON number"),
+        ("[1]", "expected a mapping"),
+    ):
+        (run / "params_estimate.json").write_text(text)
+        assert main(["compare", str(tmp_path / "run"), spec]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"{run / 'params_estimate.json'}:1:1: error: ") and message in err, err
+    (run / "architecture.yaml").write_text("name: [x\n")
+    assert main(["compare", str(tmp_path / "run"), spec]) == 1
+    assert f"{run / 'architecture.yaml'}:2:1: error: not valid YAML" in capsys.readouterr().err
     bad = write(tmp_path / "bad.yaml", "name: [\n")
     assert main(["compare", spec, bad]) == 1
     err = capsys.readouterr().err
