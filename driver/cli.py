@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, tiny=True):
-        sp.add_argument("spec", help=HELP["spec"])
+        sp.add_argument("spec", metavar="SPEC", help=HELP["spec"])
         if tiny:
             sp.add_argument("--tiny", action="store_true", help=HELP["tiny"])
         sp.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE", help=HELP["define"])
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare",
         "two designs side by side",
         "Show two designs side by side: family, resolved dimensions, parameters in total and per module, "
-        "inference memory, latency estimate, binding constraint. Each of A and B is a run folder written "
+        "inference memory, latency estimate, binding constraint. Each RUN_OR_SPEC is a run folder written "
         "by 'metagen synth' (its blueprint is read) or a spec (compiled in memory).",
     )
     sp.add_argument("a", metavar="RUN_OR_SPEC", help="the first design: a run folder or a spec")
