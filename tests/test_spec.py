@@ -297,3 +297,13 @@ def test_what_the_schema_rejects_validate_rejects_or_warns_about(field, value, e
         assert {d.severity for d in about} == {expect}, sink.items
         if expect == "warning":
             assert "the JSON Schema" in about[0].message and "write " in about[0].message  # a fix-it
+
+
+def test_schema_type_warning_is_an_error_under_werror(tmp_path, capsys):
+    from metagen.cli import main
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD.replace('"1.0"', "1.0") + "constraints:\n  parameter_budget: {max: 10M}\n")
+    assert main(["validate", str(path), "--tiny"]) == 0
+    assert main(["validate", str(path), "--tiny", "-Werror"]) == 1
+    assert f"{path}:1:18: error: 'metagen_version' must be a string" in capsys.readouterr().err
