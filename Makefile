@@ -9,7 +9,7 @@ STAMP := $(VENV)/.metagen-installed
 venv: $(STAMP)
 
 # Torch comes first, pinned to the CPU wheel this machine keeps on disk; the project's
-# own range (>=2.4) is then already satisfied, so pip fetches no CUDA build.
+# own range (>=2.6) is then already satisfied, so pip fetches no CUDA build.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

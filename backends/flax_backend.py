@@ -13,9 +13,10 @@ kernels are `[in, out]`, conv kernels `[kh, kw, in, out]` on channels-last input
 are called `scale`. The generated `_PARAMS` table maps each canonical name to its
 nnx path and layout kind; `load_canonical`/`to_canonical` convert with it.
 
-Precision: the generated module sets `jax_default_matmul_precision` to "highest"
-so matmuls and convolutions run in full float32 (CONTRACT §5), and the norms use
-the two-pass variance (`use_fast_variance=False`) as torch does.
+Precision: `run` traces the model under `jax.default_matmul_precision("highest")`,
+so its matmuls and convolutions run in full float32 (CONTRACT §5) without the module
+touching JAX's global settings when imported; the norms use the two-pass variance
+(`use_fast_variance=False`) as torch does.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from metagen.backends.pyemit import (
     py_literal,
     uncovered_ops,
 )
-from metagen.ir.graph import Layer, Model, ModuleDef, Param, Sub
+from metagen.ir.graph import Model, ModuleDef, Param, resolve_param
 
 RESERVED = {
     "jax", "jnp", "nnx", "np", "math", "zlib", "self", "rngs", "Model", "CONFIG", "INPUTS", "OUTPUTS",
@@ -190,7 +191,6 @@ class FlaxEmitter(ModuleEmitter):
         out("import numpy as np")
         out("from flax import nnx")
         out("")
-        out('jax.config.update("jax_default_matmul_precision", "highest")')
         out('_I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32')
         out("")
         body = self.emit_classes()
@@ -227,19 +227,11 @@ class FlaxEmitter(ModuleEmitter):
 def nnx_param_path(model: Model, md: ModuleDef, dotted: str) -> tuple[tuple[str | int, ...], str]:
     """The nnx attribute path and layout kind of parameter `dotted` (a canonical
     path relative to module `md`)."""
-    head, _, rest = dotted.partition(".")
-    if not rest:
-        return (head,), "same"
-    child = md.children[head]
-    if isinstance(child, Layer):
-        var, kind = LAYERS[child.op].params[rest]
-        return (head, var), kind
-    if isinstance(child, Sub):
-        path, kind = nnx_param_path(model, model.modules[child.module], rest)
-        return (head,) + path, kind
-    index, _, rest = rest.partition(".")
-    path, kind = nnx_param_path(model, model.modules[child.module], rest)
-    return (head, int(index)) + path, kind
+    ref = resolve_param(model.modules, md, dotted, repeats=True)
+    if ref.layer is None:
+        return (*ref.steps, ref.name), "same"
+    var, kind = LAYERS[ref.layer.op].params[ref.name]
+    return (*ref.steps, var), kind
 
 
 def param_table(model: Model) -> list[tuple[str, tuple[str | int, ...], str]]:
@@ -308,7 +300,8 @@ def to_canonical(state):
 
 @nnx.jit
 def _forward(model, inputs):
-    return model(**inputs)
+    with jax.default_matmul_precision("highest"):
+        return model(**inputs)
 
 
 def run(state, inputs):

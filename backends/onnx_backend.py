@@ -35,7 +35,7 @@ from metagen.backends.lowering import EmitError, LoweringContext, first_loc, mis
 from metagen.backends.pyemit import INIT_FUNCTIONS
 from metagen.diagnostics import Diagnostic, Loc
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub, Value
-from metagen.ir.printer import _sanitize
+from metagen.ir.names import Namespace, sanitize
 from metagen.ir.types import DType, TensorType
 
 OPSET = 23
@@ -87,27 +87,16 @@ class GraphBuilder:
 
     def __init__(self):
         self.nodes: list[onnx.NodeProto] = []
-        self.taken: set[str] = set()
+        self.values = Namespace()
         self.consts: dict[tuple, str] = {}
-        self.node_names: set[str] = set()
+        self.node_names = Namespace()
         self.types: dict[str, TensorType] = {}  # ONNX value name -> IR type (for checks)
 
     def fresh(self, hint: str) -> str:
-        base = hint or "v"
-        name, k = base, 1
-        while name in self.taken:
-            name = f"{base}_{k}"
-            k += 1
-        self.taken.add(name)
-        return name
+        return self.values.fresh(hint or "v")
 
     def node(self, scope: str, op_type: str, inputs: list[str], n_out: int = 1, out: list[str] | None = None, **attrs) -> list[str]:
-        base = f"{scope}/{op_type}"
-        name, k = base, 1
-        while name in self.node_names:
-            name = f"{base}_{k}"
-            k += 1
-        self.node_names.add(name)
+        name = self.node_names.fresh(f"{scope}/{op_type}")
         outs = out or [self.fresh(f"{scope}/{op_type}_output_{i}".lstrip("/")) for i in range(n_out)]
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
         return outs
@@ -530,12 +519,12 @@ def build_onnx(
     g = lw.g
     top = model.top_module
     for spec in model.inputs:
-        g.taken.add(spec.name)
+        g.values.taken.add(spec.name)
     params = list(model.walk_params())
     for name, _ in params:
-        g.taken.add(name)
+        g.values.taken.add(name)
     for name in model.output_names:
-        g.taken.add(name)
+        g.values.taken.add(name)
     outs = lw.lower_module(top, [], [spec.name for spec in model.inputs])
     for name, v, value in zip(model.output_names, outs, top.outputs):
         g.node("", "Identity", [v], out=[name])
@@ -557,7 +546,7 @@ def build_onnx(
             else:
                 initializers.append(onnx.numpy_helper.from_array(arr, name))
     outputs = [_value_info(name, value.type) for name, value in zip(model.output_names, top.outputs)]
-    graph = helper.make_graph(g.nodes, _sanitize(model.name) or "model", inputs, outputs, initializer=initializers)
+    graph = helper.make_graph(g.nodes, sanitize(model.name) or "model", inputs, outputs, initializer=initializers)
     doc = f"{model.spec_name} ({model.family}), lowered by {PRODUCER} {__version__}"
     proto = helper.make_model(
         graph,

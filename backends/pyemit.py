@@ -15,34 +15,17 @@ from typing import Any, Callable, Mapping
 import black
 
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
-from metagen.ir.graph import Layer, Model, ModuleDef, Node, Param, Repeat, Sub, Value
-from metagen.ir.printer import _sanitize
+from metagen.ir import names
+from metagen.ir.graph import Layer, Model, ModuleDef, Node, Param, Repeat, Sub
 
 __all__ = ["EmitError"]  # re-exported: the Python emitters' error is every backend's
 
 
-class Namespace:
-    """Legal, unique Python identifiers for values (cf. torch.fx's _Namespace)."""
+class Namespace(names.Namespace):
+    """Legal, unique Python identifiers: no keyword or builtin is ever given out."""
 
     def __init__(self, reserved: set[str] = frozenset()):
-        self.taken = set(reserved) | set(keyword.kwlist) | set(dir(builtins))
-        self.names: dict[int, str] = {}
-
-    def name(self, v: Value | None = None, hint: str = "") -> str:
-        if v is not None and id(v) in self.names:
-            return self.names[id(v)]
-        base = _sanitize((v.hint if v is not None else hint) or "v") or "v"
-        name, k = base, 1
-        while name in self.taken:
-            name = f"{base}_{k}"
-            k += 1
-        self.taken.add(name)
-        if v is not None:
-            self.names[id(v)] = name
-        return name
-
-    def bind(self, v: Value, name: str) -> None:
-        self.names[id(v)] = name
+        super().__init__(set(reserved) | set(keyword.kwlist) | set(dir(builtins)))
 
 
 class Lines:

@@ -20,6 +20,7 @@ from metagen.backends.pyemit import (
     format_python,
 )
 from metagen.ir.graph import Model, Param
+from metagen.ir.types import DType
 
 RESERVED = {"torch", "nn", "F", "np", "math", "zlib", "self", "Model", "CONFIG", "INPUTS", "OUTPUTS"}
 
@@ -65,8 +66,6 @@ def _unsqueeze(c, x: str) -> str:
     return x
 
 
-_TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64", "i32": "int32", "bool": "bool"}
-
 OPS: dict[str, Rule] = {
     **BASE_OPS,
     "gelu": lambda c, x: f"F.gelu({x})",
@@ -96,7 +95,7 @@ OPS: dict[str, Rule] = {
         f"{x}[torch.arange({x}.shape[0], device={x}.device), {ids}.argmax(dim=-1)]"
     ),
     "upsample_nearest": lambda c, x: f'F.interpolate({x}, scale_factor={c.a["factor"]}, mode="nearest")',
-    "cast": lambda c, x: f"{x}.to(torch.{_TORCH_DTYPES[c.a['dtype']]})",
+    "cast": lambda c, x: f"{x}.to(torch.{DType(c.a['dtype']).numpy})",  # torch spells dtypes as NumPy does
     "cross_entropy": lambda c, logits, labels: f"F.cross_entropy({logits}.flatten(0, -2), {labels}.flatten())",
     "mse": lambda c, x, y: f"F.mse_loss({x}, {y})",
 }

@@ -13,7 +13,6 @@ from metagen.ir.graph import Model
 @dataclass
 class Options:
     tiny: bool = False
-    seed: int | None = None
 
 
 @dataclass

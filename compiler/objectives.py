@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from metagen.compiler.context import CompileContext
+from metagen.compiler.cost import model_flops
 from metagen.compiler.pass_infra import Fact, Pass, PassResult
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Layer, Model, ModuleDef, Repeat, Sub
@@ -378,32 +379,6 @@ UTILIZATION = 0.4  # model FLOP utilisation assumed for the time estimate
 GPUS_PER_NODE = 8
 
 
-def forward_flops(model: Model, bindings: dict[str, int]) -> int:
-    """FLOPs of one forward pass under `bindings`, summed over the IR's op rules."""
-    from metagen.ir import ops
-
-    def module(name: str) -> int:
-        md = model.modules[name]
-        total = 0
-        for node in md.nodes:
-            ins = [v.type for v in node.operands]
-            outs = [v.type for v in node.results]
-            if node.kind == "op":
-                total += ops.get(node.op).flops(node.attrs, ins, outs, bindings)
-            elif node.kind == "call":
-                child = md.children[node.target]
-                if isinstance(child, Layer):
-                    d = ops.get(child.op)
-                    total += d.flops(d.resolve_attrs(child.attr_dict()), ins, outs, bindings)
-                elif isinstance(child, Sub):
-                    total += module(child.module)
-                elif isinstance(child, Repeat):
-                    total += child.count * module(child.module)
-        return total
-
-    return module(model.top)
-
-
 def _parallel_plan(count: int) -> dict[str, Any]:
     nodes = max(1, math.ceil(count / GPUS_PER_NODE))
     per_node = min(count, GPUS_PER_NODE)
@@ -448,7 +423,7 @@ def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
             from metagen.compiler.families import FAMILIES
 
             work = FAMILIES[ctx.family].workload(ctx, ctx.model)
-            per_sample = forward_flops(ctx.model, dict(work["bindings"], batch=1))
+            per_sample = model_flops(ctx.model, dict(work["bindings"], batch=1))
             flops = 3 * per_sample * amount
             out["forward_flops_per_sample"] = per_sample
             out["flops_rule"] = "3 * forward FLOPs per sample (from the IR) * D samples"

@@ -107,9 +107,9 @@ class PassManager:
                 try:
                     verify_model(ctx.model)
                 except VerifyError as exc:
-                    loc = ctx.spec.loc() if ctx.spec is not None else Loc("<ir>")
-                    for problem in exc.problems:
-                        ctx.sink.error(loc, f"internal error after pass '{p.name}': {problem}")
+                    fallback = ctx.spec.loc() if ctx.spec is not None else Loc("<ir>")
+                    for problem, loc in zip(exc.problems, exc.locs):
+                        ctx.sink.error(loc or fallback, f"internal error after pass '{p.name}': {problem}")
                     ctx.sink.check()
             for instrument in self.instruments:
                 instrument(p, result, ctx)

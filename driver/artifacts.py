@@ -11,7 +11,7 @@ import yaml
 from metagen import __version__
 from metagen.compiler.families import FAMILIES
 from metagen.ir.graph import Layer, Model, Repeat, Sub
-from metagen.ir.printer import Namer
+from metagen.ir.names import Namespace
 from metagen.pipeline import Compilation
 
 
@@ -56,7 +56,7 @@ def graph_json(model: Model) -> dict[str, Any]:
 
     modules = []
     for m in model.modules.values():
-        namer = Namer()
+        namer = Namespace()
         children = []
         for name, c in m.children.items():
             if isinstance(c, Layer):

@@ -69,7 +69,7 @@ def _finish(sink: DiagnosticSink, werror: bool = False) -> int:
 def _compile(args, sink: DiagnosticSink, instruments=()):
     from metagen.pipeline import compile_spec
 
-    return compile_spec(args.spec, sink, overrides=args.define or [], tiny=args.tiny, seed=args.seed, instruments=instruments)
+    return compile_spec(args.spec, sink, overrides=args.define or [], tiny=args.tiny, instruments=instruments)
 
 
 def _effective_seed(args, comp) -> int:
@@ -237,7 +237,7 @@ def _cmd_verify(args) -> int:
         sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     _finish(sink)
-    ok = verify_spec(comp, seed=args.seed or 0, stream=sys.stdout)
+    ok = verify_spec(comp, seed=_effective_seed(args, comp), stream=sys.stdout)
     return 0 if ok else 1
 
 
@@ -417,11 +417,36 @@ def main(argv: list[str] | None = None) -> int:
     return args.fn(args)
 
 
+def _extra_providing(package: str) -> str | None:
+    """The install extra of this distribution that requires `package` (e.g. 'onnx'),
+    read from the installed metadata, so pyproject.toml stays the only list."""
+    import importlib.metadata
+    import re
+
+    try:
+        requires = importlib.metadata.requires("metagen") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for req in requires:
+        m = re.match(r"([A-Za-z0-9_.-]+).*;\s*extra\s*==\s*['\"]([^'\"]+)['\"]", req)
+        if m and m.group(1).lower() == package.lower() and m.group(2) != "all":
+            return m.group(2)
+    return None
+
+
 def _entry(fn) -> None:
     try:
         code = fn()
     except KeyboardInterrupt:
         code = 130
+    except ModuleNotFoundError as exc:
+        # A target whose framework is an optional dependency, asked for without it.
+        package = (exc.name or "").split(".")[0]
+        extra = _extra_providing(package)
+        if extra is None:
+            raise
+        print(f"metagen: error: this needs the '{package}' package: pip install 'metagen[{extra}]'", file=sys.stderr)
+        code = 1
     sys.exit(code)
 
 

@@ -74,12 +74,11 @@ def compile_spec(
     sink: DiagnosticSink | None = None,
     overrides: list[tuple[str, str]] = (),
     tiny: bool = False,
-    seed: int | None = None,
     instruments: Sequence[Instrument] = (),
 ) -> Compilation:
     """Raises CompileError (diagnostics inside) when the spec or the build fails."""
     sink = sink or DiagnosticSink()
     spec, deps = load_spec(path, sink, overrides)
-    ctx = CompileContext(spec=spec, sink=sink, options=Options(tiny=tiny, seed=seed))
+    ctx = CompileContext(spec=spec, sink=sink, options=Options(tiny=tiny))
     PassManager(pipeline(tiny), instruments).run(ctx)
     return Compilation(ctx, deps)

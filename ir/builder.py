@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 from metagen.diagnostics import Loc
 from metagen.ir import ops
-from metagen.ir.graph import Init, InputSpec, Layer, Model, ModuleDef, Node, Param, Repeat, Sub, Value
+from metagen.ir.graph import Init, InputSpec, Layer, Model, ModuleDef, Node, Param, Repeat, Sub, Value, resolve_param
 from metagen.ir.types import DType, TensorType
 
 
@@ -32,7 +32,7 @@ class ModuleBuilder:
         return self.get_param(name, hint or name)
 
     def get_param(self, path: str, hint: str = "") -> Value:
-        t = self.model.param_type(self.m, path)
+        t = resolve_param(self.model.modules, self.m, path).param.type
         v = Value(t, hint or path.replace(".", "_"))
         n = Node("param", "param", [], {}, [v], target=path, loc=self.loc)
         v.producer = n
@@ -138,22 +138,6 @@ class ModelBuilder:
         self.modules[name] = m
         self._by_signature[sig] = name
         return name
-
-    def param_type(self, m: ModuleDef, path: str) -> TensorType:
-        head, _, rest = path.partition(".")
-        if not rest:
-            if head not in m.params:
-                raise ValueError(f"{m.name} has no parameter '{head}'")
-            return m.params[head].type
-        child = m.children.get(head)
-        if isinstance(child, Layer):
-            params = ops.layer_params(child)
-            if rest not in params:
-                raise ValueError(f"layer {head} has no parameter '{rest}'")
-            return params[rest].type
-        if isinstance(child, Sub):
-            return self.param_type(self.modules[child.module], rest)
-        raise ValueError(f"cannot read parameter '{path}' in {m.name}")
 
     def call_types(self, m: ModuleDef, child_name: str, arg_types: list[TensorType]) -> list[TensorType]:
         return call_types(self.modules, m, child_name, arg_types)

@@ -222,3 +222,50 @@ def _walk(model: Model, module: str, prefix: str) -> Iterator[tuple[str, Param]]
         else:
             for i in range(child.count):
                 yield from _walk(model, child.module, f"{prefix}{cname}.{i}.")
+
+
+class ParamPathError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """Where a dotted parameter path leads. `steps` are the member names (and, through a
+    Repeat, the integer indices) from the starting module to the parameter's owner;
+    `layer` is that owner when it is a layer (None for a module's own parameter);
+    `name` is the parameter's name in its owner."""
+
+    steps: tuple[str | int, ...]
+    layer: Layer | None
+    name: str
+    param: Param
+
+
+def resolve_param(modules: dict[str, ModuleDef], m: ModuleDef, path: str, *, repeats: bool = False) -> ParamRef:
+    """The one parameter-path resolver (builder, verifier, backends). A `param` node's
+    path may not enter a Repeat (its blocks are not attributes); a canonical name
+    (`walk_params`) does, with `repeats=True`."""
+    from metagen.ir import ops
+
+    steps: list[str | int] = []
+    head, _, rest = path.partition(".")
+    while rest:
+        child = m.children.get(head)
+        if isinstance(child, Layer):
+            params = ops.layer_params(child)
+            if rest not in params:
+                raise ParamPathError(f"layer {head} has no parameter '{rest}'")
+            return ParamRef((*steps, head), child, rest, params[rest])
+        if child is None or (isinstance(child, Repeat) and not repeats):
+            raise ParamPathError(f"cannot read parameter '{path}' in {m.name}")
+        steps.append(head)
+        if isinstance(child, Repeat):
+            index, _, rest = rest.partition(".")
+            if not index.isdigit() or int(index) >= child.count:
+                raise ParamPathError(f"'{path}': {head} has no block {index!r}")
+            steps.append(int(index))
+        m = modules[child.module]
+        head, _, rest = rest.partition(".")
+    if head not in m.params:
+        raise ParamPathError(f"{m.name} has no parameter '{head}'")
+    return ParamRef(tuple(steps), None, head, m.params[head])

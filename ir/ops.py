@@ -684,9 +684,5 @@ def _masked_cross_entropy(a, ins):
     return [TensorType(logits.dtype, ())]
 
 
-def param_count_of(layer_op: str, **attrs) -> int:
-    return sum(p.numel for p in layer_params(Layer(layer_op, tuple(sorted(attrs.items())))).values())
-
-
 def _sqrt(x: float) -> float:
     return math.sqrt(x)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from metagen.ir.graph import Layer, Model, ModuleDef, Repeat, Sub, Value
+from metagen.ir.graph import Layer, Model, ModuleDef, Repeat, Sub
+from metagen.ir.names import Namespace
 
 VERSION = "1"
 
@@ -34,33 +35,6 @@ def fmt_attrs(attrs: dict) -> str:
     return ", ".join(f"{k}={fmt_attr(v)}" for k, v in attrs.items())
 
 
-class Namer:
-    """Unique, legal value names within one module."""
-
-    def __init__(self):
-        self.names: dict[int, str] = {}
-        self.taken: set[str] = set()
-
-    def __call__(self, v: Value) -> str:
-        key = id(v)
-        if key not in self.names:
-            base = _sanitize(v.hint) or "v"
-            name, k = base, 1
-            while name in self.taken:
-                name = f"{base}_{k}"
-                k += 1
-            self.taken.add(name)
-            self.names[key] = name
-        return self.names[key]
-
-
-def _sanitize(hint: str) -> str:
-    out = "".join(c if (c.isascii() and (c.isalnum() or c == "_")) else "_" for c in hint)
-    if out and out[0].isdigit():
-        out = "v" + out
-    return out
-
-
 def print_module(m: ModuleDef) -> list[str]:
     lines = [f"module {m.name} {{"]
     if m.doc:
@@ -74,7 +48,7 @@ def print_module(m: ModuleDef) -> list[str]:
             lines.append(f"  sub {name} = {c.module}")
         elif isinstance(c, Repeat):
             lines.append(f"  repeat {name} = {c.module} * {c.count}")
-    namer = Namer()
+    namer = Namespace()
     args = ", ".join(f"%{namer(v)} : {v.type}" for v in m.inputs)
     lines.append(f"  func ({args}) {{")
     for n in m.nodes:

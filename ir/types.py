@@ -24,16 +24,30 @@ class DType(enum.Enum):
 
     @property
     def nbytes(self) -> int:
-        return {"f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "bool": 1}[self.value]
+        return _DTYPE_INFO[self.value][0]
 
     @property
     def numpy(self) -> str:
-        return {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64", "i32": "int32", "bool": "bool"}[
-            self.value
-        ]
+        """The NumPy name, which is also the spec's (`constraints.dtype: bfloat16`)."""
+        return _DTYPE_INFO[self.value][1]
+
+    @classmethod
+    def from_numpy(cls, name: str) -> "DType":
+        for value, (_, numpy_name) in _DTYPE_INFO.items():
+            if numpy_name == name:
+                return cls(value)
+        raise ValueError(f"no IR dtype for {name!r}")
 
 
-_SYM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The one dtype table: bytes per element and NumPy name of each IR dtype.
+_DTYPE_INFO: dict[str, tuple[int, str]] = {
+    "f32": (4, "float32"),
+    "f16": (2, "float16"),
+    "bf16": (2, "bfloat16"),
+    "i64": (8, "int64"),
+    "i32": (4, "int32"),
+    "bool": (1, "bool"),
+}
 
 
 def dim_str(d: Dim) -> str:
@@ -72,10 +86,6 @@ def eval_dim(d: Dim, bindings: Mapping[str, int]) -> int:
             prod *= int(factor) if factor.isdigit() else bindings[factor]
         total += prod
     return total
-
-
-def symbols_of(d: Dim) -> set[str]:
-    return set() if isinstance(d, int) else {s for s in _SYM.findall(d)}
 
 
 @dataclass(frozen=True)

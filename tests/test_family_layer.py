@@ -209,3 +209,23 @@ def test_a_backend_diagnostic_points_into_the_spec(monkeypatch):
     layers_line = next(i for i, text in enumerate(open(path), 1) if text.strip().startswith("layers:"))
     assert (d.loc.path, d.loc.line) == (path, layers_line)
     assert "no emitter for op 'add'" in d.message
+
+
+def test_task_type_that_contradicts_the_model_warns_at_its_line(tmp_path):
+    """task.type is read: it must agree with what modality and objective build."""
+    from metagen.diagnostics import DiagnosticSink
+    from metagen.pipeline import compile_spec
+
+    spec = tmp_path / "lm.yaml"
+    spec.write_text(
+        'metagen_version: "1.0"\nname: "lm"\nmodality:\n  inputs: ["text"]\n  outputs: ["text"]\n'
+        'task:\n  type: "classification"\n'
+    )
+    sink = DiagnosticSink()
+    compile_spec(str(spec), sink, tiny=True)
+    assert [(d.severity, d.loc.line, d.loc.col) for d in sink.items] == [("warning", 7, 9)]
+    assert "a decoder_lm performs generation" in sink.items[0].message
+    spec.write_text(spec.read_text().replace('"classification"', '"generation"'))
+    sink = DiagnosticSink()
+    compile_spec(str(spec), sink, tiny=True)
+    assert sink.items == []

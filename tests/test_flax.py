@@ -367,7 +367,28 @@ def test_generated_flax_is_standalone_and_black_formatted(gpt2_pair, tmp_path):
         elif isinstance(node, ast.ImportFrom):
             roots.add(node.module.split(".")[0])
     assert roots <= {"math", "zlib", "jax", "numpy", "flax"}
-    assert 'jax.config.update("jax_default_matmul_precision", "highest")' in src
+    assert "jax.config.update" not in src
+
+
+def test_run_is_highest_precision_without_touching_the_global_setting(tmp_path, monkeypatch):
+    """Importing a generated module leaves JAX's matmul precision alone; `run` traces
+    the model under "highest" (CONTRACT §5) and restores it."""
+    import jax
+
+    from conftest import compile_to
+
+    before = jax.config.jax_default_matmul_precision
+    mod = load_module(str(compile_to(tmp_path, GPT2, "flax")[0]))
+    assert jax.config.jax_default_matmul_precision == before
+    seen, call = [], mod.Model.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(mod.Model, "__call__", spy)
+    mod.run(mod.init(0), mod.example_inputs())
+    assert seen == ["highest"] and jax.config.jax_default_matmul_precision == before
 
 
 def test_generated_flax_is_deterministic():

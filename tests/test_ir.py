@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import glob
 import os
 
@@ -11,7 +12,7 @@ from conftest import EXAMPLES
 from metagen.diagnostics import CompileError
 from metagen.ir import ops
 from metagen.ir.builder import ModelBuilder
-from metagen.ir.graph import InputSpec
+from metagen.ir.graph import InputSpec, Layer
 from metagen.ir.parser import parse_model
 from metagen.ir.printer import print_model
 from metagen.ir.types import DType, TensorType
@@ -71,9 +72,41 @@ def test_parser_reports_the_line_of_a_bad_node():
     assert text.splitlines()[d.loc.line - 1].strip().startswith("%out = relux(")
 
 
-def test_every_op_declares_shape_and_flops():
-    for name, d in ops.REGISTRY.items():
-        assert callable(d.shape) and callable(d.flops), name
+def _op_uses(model):
+    """(op, attrs, operand types, result types) of every op node and layer call."""
+    for md in model.modules.values():
+        for node in md.nodes:
+            ins, outs = [v.type for v in node.operands], [v.type for v in node.results]
+            if node.kind == "op":
+                yield node.op, node.attrs, ins, outs
+            elif node.kind == "call" and isinstance(md.children[node.target], Layer):
+                child = md.children[node.target]
+                yield child.op, ops.get(child.op).resolve_attrs(child.attr_dict()), ins, outs
+
+
+def test_op_rules_hold_where_the_examples_use_them():
+    """Where an example model or its loss uses an op, its declared shape rule gives
+    the types the graph holds and its FLOP rule a non-negative int with every symbol
+    bound; a model's FLOPs are the sum of these."""
+    from metagen.compiler.objectives import ObjectiveError, build_loss
+
+    bindings = collections.defaultdict(lambda: 3, batch=2)  # every symbol bound
+    seen = set()
+    for spec in SPECS:
+        comp = compile_spec(spec, tiny=True)
+        models = [comp.model]
+        try:
+            models.append(build_loss(comp.ctx).loss)
+        except ObjectiveError:
+            pass
+        for model in models:
+            for name, attrs, ins, outs in _op_uses(model):
+                d = ops.get(name)
+                assert ops.infer(name, attrs, ins) == outs, (spec, name)
+                flops = d.flops(attrs, ins, outs, bindings)
+                assert type(flops) is int and flops >= 0, (spec, name, flops)
+                seen.add(name)
+    assert {"linear", "attention", "conv2d", "cross_entropy", "mse"} <= seen
 
 
 def test_op_attribute_checks():
@@ -95,3 +128,12 @@ def test_ir_has_no_framework_imports():
         text = open(path, encoding="utf-8").read()
         for banned in ("import torch", "import jax", "import onnx", "from torch", "from jax", "from onnx", "import flax"):
             assert banned not in text, (path, banned)
+
+
+def test_every_spec_dtype_is_an_ir_dtype():
+    """constraints.dtype sizes come from the IR's one dtype table."""
+    from metagen.frontend.schema import DTYPES
+
+    assert {d: DType.from_numpy(d).nbytes for d in DTYPES} == {"float32": 4, "bfloat16": 2, "float16": 2}
+    with pytest.raises(ValueError):
+        DType.from_numpy("float8")

@@ -8,7 +8,6 @@ import glob
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import onnx
@@ -380,11 +379,8 @@ def test_external_data_when_over_the_protobuf_limit(tmp_path, monkeypatch):
 def test_large_models_compile_graph_only_without_allocating(spec, tmp_path):
     path = example(*spec)
     out = tmp_path / "big.onnx"
-    t0 = time.perf_counter()
-    res = _metagenc(path, "--target", "onnx", "-o", str(out))
-    elapsed = time.perf_counter() - t0
+    res = _metagenc(path, "--target", "onnx", "-o", str(out))  # timed by bench/robustness_bench.py
     assert res.returncode == 0, res.stderr
-    assert elapsed < 10, f"{elapsed:.1f} s"
     assert not (tmp_path / "big.onnx.data").exists()
     assert out.stat().st_size < 5_000_000
     proto = onnx.load(str(out))

@@ -93,6 +93,35 @@ def test_the_verifier_runs_after_a_pass_that_changed_the_model():
     assert any("internal error after pass 'corrupt'" in d.message for d in exc.value.diagnostics)
 
 
+@dataclass(frozen=True)
+class _BreakANode(Pass):
+    """Give one node of a block a wrong result type (a pass with a bug)."""
+
+    name = "break-a-node"
+    requires = frozenset({Fact.MODEL})
+
+    def run(self, ctx):
+        from metagen.ir.types import DType, TensorType
+
+        block = next(m for m in ctx.model.modules.values() if m.name != ctx.model.top and m.nodes)
+        node = next(n for n in block.nodes if n.kind == "op" and n.loc is not None)
+        node.results[0].type = TensorType(DType.i64, (1,))
+        return PassResult(changed=True)
+
+
+def test_a_verifier_error_points_at_the_spec_key_that_built_the_node():
+    """Nodes carry the spec location that caused them, so an internal error says
+    which part of the user's spec it came from instead of the file's first line."""
+    sink = DiagnosticSink()
+    spec, _ = load_spec(GPT2, sink)
+    ctx = CompileContext(spec=spec, sink=sink)
+    with pytest.raises(CompileError) as exc:
+        PassManager([*standard_passes(True)[:4], _BreakANode()]).run(ctx)
+    diags = [d for d in exc.value.diagnostics if "break-a-node" in d.message]
+    assert any("result types" in d.message for d in diags)
+    assert diags and all(d.loc.path == GPT2 and d.loc.line > 1 for d in diags)
+
+
 # ---------------------------------------------------------------- metagenc
 
 

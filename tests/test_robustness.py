@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -56,22 +55,20 @@ INVALID_CASES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(INVAL
 @pytest.mark.parametrize("name", INVALID_CASES)
 def test_invalid_spec_gets_exact_diagnostics(name, monkeypatch):
     """Each tests/invalid/X gets exactly the diagnostic lines in X.expected (path as
-    given on the command line), exit 1, promptly, and no traceback.
-    METAGEN_UPDATE_EXPECTED=1 rewrites the .expected files."""
+    given on the command line), exit 1 and no traceback (how fast: bench/robustness_bench.py).
+    METAGEN_UPDATE_EXPECTED=1 rewrites the .expected files and skips the comparison."""
     monkeypatch.chdir(ROOT)
     rel = f"tests/invalid/{name}"
-    t0 = time.perf_counter()
     code, out, err = run_cli(main, ["validate", rel])
-    elapsed = time.perf_counter() - t0
     assert "Traceback" not in err
     assert code == 1, f"{rel} was accepted: {out}{err}"
-    assert elapsed < 5, f"{rel} took {elapsed:.1f}s to reject"
     got = diagnostic_lines(err)
     assert got and all(DIAG.match(ln)["path"] == rel for ln in got)
     expected_path = os.path.join(INVALID, os.path.splitext(name)[0] + ".expected")
     if UPDATE:
         with open(expected_path, "w", encoding="utf-8") as fh:
             fh.write("\n".join(got) + "\n")
+        pytest.skip(f"wrote {os.path.relpath(expected_path, ROOT)}; review the diff, then run without METAGEN_UPDATE_EXPECTED")
     with open(expected_path, encoding="utf-8") as fh:
         expected = fh.read().splitlines()
     assert got == expected
@@ -83,29 +80,26 @@ def test_every_expected_file_has_a_spec():
         assert any(os.path.exists(stem + ext) for ext in (".yaml", ".mg")), p
 
 
-def test_alias_bomb_is_rejected_quickly():
+def test_alias_bomb_is_rejected():
     from metagen.diagnostics import CompileError
     from metagen.frontend.yaml_frontend import parse_yaml
 
     levels = ["a0: &a0 [" + ",".join(['"lol"'] * 9) + "]"]
     levels += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 12)]  # 9^12 leaves
-    t0 = time.perf_counter()
     with pytest.raises(CompileError) as exc:
         parse_yaml("\n".join(levels) + "\n", "bomb.yaml")
-    assert time.perf_counter() - t0 < 2
     assert "alias bomb" in str(exc.value) and str(exc.value).startswith("bomb.yaml:")
 
 
 def test_absurd_budget_does_not_hang_the_fitter(tmp_path):
-    """The largest budget allowed (10T) still fits in seconds, not hours."""
+    """The largest budget allowed (10T) is fitted or refused with diagnostics (in
+    seconds, not hours: bench/robustness_bench.py times it)."""
     spec = tmp_path / "big.yaml"
     spec.write_text(
         'metagen_version: "1.0"\nname: "big"\nmodality:\n  inputs: ["text"]\n  outputs: ["text"]\n'
         'constraints:\n  parameter_budget:\n    max: "10T"\n  context_window: "1M"\n'
     )
-    t0 = time.perf_counter()
     code, out, err = run_cli(main, ["validate", str(spec)])
-    assert time.perf_counter() - t0 < 10
     assert code in (0, 1) and "Traceback" not in err
     diagnostic_lines(err)
 

@@ -16,7 +16,8 @@ import torch  # noqa: E402
 
 from conftest import example, load_module  # noqa: E402
 
-from metagen.compiler.objectives import OBJECTIVES, build_loss, forward_flops, training_estimate  # noqa: E402
+from metagen.compiler.cost import model_flops  # noqa: E402
+from metagen.compiler.objectives import OBJECTIVES, build_loss, training_estimate  # noqa: E402
 from metagen.diagnostics import DiagnosticSink  # noqa: E402
 from metagen.ir.verify import verify_model  # noqa: E402
 from metagen.pipeline import compile_spec  # noqa: E402
@@ -291,10 +292,10 @@ def test_feasibility_of_the_70b_pattern():
     assert 20 * 86400 < est["estimated_seconds"] < 50 * 86400
 
 
-def test_forward_flops_of_decoder_is_about_2n_per_token():
+def test_model_flops_of_decoder_is_about_2n_per_token():
     comp = compile_spec(STEP4)
     seq = comp.ctx.arch["context"]
-    f = forward_flops(comp.model, {"batch": 1, "seq": seq})
+    f = model_flops(comp.model, {"batch": 1, "seq": seq})
     per_token = f / seq
     n = comp.model.param_count()
     assert 2 * n * 0.8 < per_token < 2 * n * 1.5

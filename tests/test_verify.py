@@ -81,3 +81,19 @@ def test_wrong_flax_emitter_is_a_mismatch(monkeypatch, capsys):
     result = dict(zip(RUNNABLE, _row(out, "result")))
     assert result.pop("flax") == "FAIL" and set(result.values()) == {"ok"}, out
     assert "FAIL flax: 'logits' uses" in out
+
+
+@pytest.mark.parametrize(
+    "argv, seed",
+    [([], 0), (["-D", "reproducibility.seed=7"], 7), (["-D", "reproducibility.seed=7", "--seed", "3"], 3)],
+    ids=["default", "spec", "flag"],
+)
+def test_verify_seed_is_the_spec_seed_unless_given(monkeypatch, argv, seed):
+    """`metagen verify` draws the weights from the seed synth would use."""
+    import metagen.verify
+    from metagen.cli import main
+
+    used = []
+    monkeypatch.setattr(metagen.verify, "verify_spec", lambda comp, seed, stream: used.append(seed) or True)
+    assert main(["verify", example("tutorial", "step1_minimal.yaml"), "--tiny", *argv]) == 0
+    assert used == [seed]

@@ -229,6 +229,9 @@ class Family(ABC):
     unit: ClassVar[UnitOfWork]
     config: ClassVar[type[ArchConfig]]
     tiny_doc: ClassVar[str] = ""  # docs/families.md's --tiny table
+    # `task.type` words this family performs; another one is a warning at that key
+    # (the model follows modality and objective). Empty: any task (best effort).
+    tasks: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -256,7 +259,21 @@ class Family(ABC):
         if self.built and written not in self.accepts_families:
             ctx.sink.warning(ctx.spec.architecture.loc("family"), self.family_mismatch(written))
         self.report_unused_keys(ctx)
+        self.check_task(ctx)
         self.configure(ctx)
+
+    def check_task(self, ctx: CompileContext) -> None:
+        """`task.type` restates what modality and objective already decide; one that
+        contradicts the model being built is a warning at its line, never silence."""
+        task = ctx.spec.task
+        if not self.tasks or not task.given("type") or task.type in self.tasks:
+            return
+        does = " or ".join(self.tasks)
+        ctx.sink.warning(
+            task.loc("type"),
+            f"task.type '{task.type}' does not match the model this spec builds: a {self.name} performs "
+            f"{does} (the model follows modality and training.objective)",
+        )
 
     def family_mismatch(self, written: str) -> str:
         """Tutorial Best Practices 3: a family that does not suit the task is not honoured silently."""

@@ -18,7 +18,6 @@ from metagen.ir.builder import ModelBuilder, ModuleBuilder
 from metagen.ir.graph import ModuleDef, Value, normal
 from metagen.ir.types import DType, TensorType
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SIZE_KEYS = ("hidden_size", "heads", "kv_heads", "head_dim", "ffn_size")  # what one width setting moves
 
 
@@ -112,8 +111,8 @@ def num_classes(ctx: CompileContext, default: int) -> int:
 
 
 def dtype_bytes(ctx: CompileContext) -> int:
-    """Bytes per value at the spec's inference dtype."""
-    return DTYPE_BYTES[ctx.spec.constraints.dtype]
+    """Bytes per value at the spec's inference dtype (named as NumPy names it)."""
+    return DType.from_numpy(ctx.spec.constraints.dtype).nbytes
 
 
 # ---------------------------------------------------------------- sizes

@@ -107,6 +107,7 @@ class DualEncoder(Family):
         Rule(("text", "image"), ("embedding",), ("contrastive",), "same model; the embeddings are among its outputs"),
     )
     default_objective = "contrastive"
+    tasks = ("embedding",)
     unit = UnitOfWork("text-image pair", "image")
     config = DualEncoderConfig
     built = "a CLIP-style dual encoder"

@@ -56,6 +56,7 @@ class DecoderLM(Family):
     outputs_doc = "logits: float32 [batch, seq, vocab_size], next-token scores at each position"
     rules = (Rule(("text",), ("text",), ("autoregressive", None)),)
     default_objective = "autoregressive"
+    tasks = ("generation",)
     unit = UnitOfWork("token", "token")
     config = DecoderConfig
     built = "a decoder-only language model"

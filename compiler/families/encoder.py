@@ -66,6 +66,7 @@ class EncoderClassifier(Family):
     outputs_doc = "logits: float32 [batch, num_classes], class scores"
     rules = (Rule(("text",), ("label",), ("classification", None)),)
     default_objective = "classification"
+    tasks = ("classification",)
     unit = UnitOfWork("sequence", "sample")
     config = EncoderConfig
     tiny_doc = "d = 64, 2 layers, 4 heads, vocab 256, context 64, at most 2 token types, at most 10 classes"
@@ -183,6 +184,7 @@ class MaskedLM(EncoderClassifier):
         ),
     )
     default_objective = "masked"
+    tasks = ("generation", "embedding")
     tiny_doc = "as `encoder`, without the classes"
     doc_line = "Transformer encoder with a masked-language-model head."
     built = "a masked-language-model encoder"

@@ -118,6 +118,7 @@ class DiffusionUNet(Family):
         ),
     )
     default_objective = "diffusion"
+    tasks = ("denoising", "generation")
     unit = UnitOfWork("denoising step", "step")
     config = UNetConfig
     tiny_doc = (

@@ -37,6 +37,7 @@ class ViTClassifier(Family):
         Rule(("image",), ("image",), ("classification",), "tutorial step 5's spelling; a warning says the model outputs class logits"),
     )
     default_objective = "classification"
+    tasks = ("classification",)
     unit = UnitOfWork("image", "image")
     config = ViTConfig
     built = "a vision transformer classifier"

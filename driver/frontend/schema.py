@@ -120,7 +120,7 @@ SPEC = _map(
     _map(
         "task",
         "What the model is for.",
-        Field("type", ENUM, "Task type; derived from the objective when absent.", choices=TASKS),
+        Field("type", ENUM, "Task type; follows from modality and objective, and a value that contradicts the model built is a warning.", choices=TASKS),
         Field("num_classes", INT, "Classes of a classifier.", minimum=2, maximum=10**7),
     ),
     _map(

@@ -39,12 +39,7 @@ class Record:
         raise AttributeError(name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("Record is read-only; use .set() in a pass")
-
-    def set(self, name: str, value: Any, loc: Loc | None = None) -> None:
-        self._values[name] = value
-        if loc is not None:
-            self._locs[name] = loc
+        raise AttributeError("Record is read-only")
 
     def loc(self, name: str | None = None) -> Loc:
         if name is None:
@@ -74,14 +69,6 @@ class Record:
             else:
                 out[f.name] = _plain_value(f, v)
         return out
-
-    def copy(self) -> "Record":
-        r = Record(self._field, self._loc)
-        for k, v in self._values.items():
-            r._values[k] = v.copy() if isinstance(v, Record) else (list(v) if isinstance(v, list) else v)
-        r._locs.update(self._locs)
-        r._given.update(self._given)
-        return r
 
 
 def _plain_value(f: S.Field, v: Any) -> Any:

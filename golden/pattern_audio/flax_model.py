@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-jax.config.update("jax_default_matmul_precision", "highest")
 _I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32
 
 
@@ -286,7 +285,8 @@ def to_canonical(state):
 
 @nnx.jit
 def _forward(model, inputs):
-    return model(**inputs)
+    with jax.default_matmul_precision("highest"):
+        return model(**inputs)
 
 
 def run(state, inputs):
