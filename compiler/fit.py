@@ -92,13 +92,17 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
     rejected: list[tuple[Point, str]] = []  # widths whose pinned depth breaks a bound
     blocked: list[tuple[int, str]] = []  # (params reached, constraint) for widths held under the minimum
     evaluated = 0
+    trace: list[dict[str, Any]] = []  # one entry per width, for `metagen explain`
     for width in knobs.widths:
         base_arch = dict(ctx.arch, **width)
+        seen: dict[str, Any] = {"width": dict(width)}
+        trace.append(seen)
         if knobs.depth_keys:
             r1 = _evaluate(ctx, {**base_arch, **{k: 1 for k in knobs.depth_keys}})
             r2 = _evaluate(ctx, {**base_arch, **{k: 2 for k in knobs.depth_keys}})
             evaluated += 2
             if r1 is None or r2 is None:
+                seen["outcome"] = "no valid model at this width"
                 continue
             if bounds is None:
                 made, ok = make_constraints(target, r1.work)
@@ -110,6 +114,7 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
             top = knobs.max_depth
             limits = {c.key: c.depth_limit(line, top) for c in bounds.active}
             depth = int(min(min(limits.values()), top))
+            seen.update(depth_limits=dict(limits), max_depth=top)
             budget_depth = limits[bounds.budget.key]
             if budget_depth >= 1 and depth < budget_depth:
                 # What stopped a width that the parameter budget alone would have let
@@ -118,8 +123,10 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
                     why = next(k for k, v in limits.items() if v == depth)
                     blocked.append((line.at(depth).params if depth >= 1 else 0, why))
             if depth < 1:
+                seen["outcome"] = "depth 1 breaks " + ", ".join(k for k, v in limits.items() if v < 1)
                 # widths only grow from here; once depth 1 breaks the budget, stop
                 if bounds.budget.broken(r1):
+                    seen["outcome"] += "; larger widths not tried"
                     break
                 continue
             point = line.at(depth)
@@ -128,6 +135,7 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
             point = _evaluate(ctx, base_arch)
             evaluated += 1
             if point is None:
+                seen["outcome"] = "no valid model at this width"
                 continue
             if bounds is None:
                 made, ok = make_constraints(target, point.work)
@@ -139,12 +147,21 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
             broken = bounds.failures(point)
             if broken:
                 rejected.append((point, broken[0]))
+                seen.update(params=point.params, outcome="breaks " + ", ".join(broken))
                 continue
             limited_by = bounds.budget.key
         ideal = knobs.ideal_depth(width)
         cur_depth = depth if depth is not None else ctx.arch.get(knobs.depth_keys[0] if knobs.depth_keys else "layers") or ideal
         score = abs(math.log(max(cur_depth, 1) / ideal))
         cand = (score, -point.params, width, depth, point, limited_by)
+        seen.update(
+            depth=depth,
+            params=point.params,
+            **({"limited_by": limited_by} if depth is not None else {}),
+            ideal_depth=round(ideal, 2),
+            distance=round(score, 4),
+            outcome="reaches the minimum" if bounds.reaches(point) else "below the minimum",
+        )
         if bounds.reaches(point):
             if best is None or cand[:2] < best[:2]:
                 best = cand
@@ -153,6 +170,7 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
     if not knobs.depth_keys:
         best, largest = _width_binding(best, rejected), _width_binding(largest, rejected)
     ctx.report["fit"] = {"candidates_evaluated": evaluated}
+    ctx.report["fit_trace"] = trace  # in memory only: params_estimate.json does not write it
     chosen = best
     binding = None
     if chosen is None and largest is not None:

@@ -49,6 +49,16 @@ def write_stdout(data: bytes) -> None:
         buffer.flush()
 
 
+# Help text of the options several commands share: one place each.
+HELP = {
+    "spec": "the spec: .yaml/.yml/.json (the YAML spec language) or .mg (the DSL)",
+    "tiny": "keep the topology, shrink every size to test scale (a 70B spec runs on a laptop)",
+    "define": "override one spec field as if written in the spec (-D architecture.layers=2); repeatable",
+    "seed": "seed of the initial weights (default: the spec's reproducibility.seed, else 0)",
+    "werror": "treat warnings as errors (exit 1, write nothing)",
+}
+
+
 def _finish(sink: DiagnosticSink, werror: bool = False) -> int:
     """Print diagnostics; the exit code they imply."""
     if werror and sink.warnings:
@@ -101,16 +111,20 @@ def metagenc_main(argv: list[str] | None = None) -> int:
         description="Compile a MetaGen spec to one target.",
         usage="%(prog)s SPEC --target TARGET [options]\n       %(prog)s --list-passes [--tiny]",
     )
-    p.add_argument("spec", nargs="?")
-    p.add_argument("--target", choices=TARGETS)
-    p.add_argument("-o", dest="output", help="output file ('-' for stdout, text targets only)")
-    p.add_argument("--seed", type=_seed)
-    p.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE")
-    p.add_argument("--tiny", action="store_true")
+    p.add_argument("spec", nargs="?", help=HELP["spec"])
+    p.add_argument("--target", choices=TARGETS, help="the backend to emit: " + ", ".join(TARGETS))
+    p.add_argument(
+        "-o",
+        dest="output",
+        help="output file ('-' for stdout, text targets only); default: the spec's stem plus the target's suffix",
+    )
+    p.add_argument("--seed", type=_seed, help=HELP["seed"])
+    p.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE", help=HELP["define"])
+    p.add_argument("--tiny", action="store_true", help=HELP["tiny"])
     p.add_argument("--weights", help="safetensors file of canonical weights to embed (onnx)")
     p.add_argument("-MD", dest="md", action="store_true", help="write a make depfile beside the output")
     p.add_argument("-MF", dest="mf", help="depfile path")
-    p.add_argument("-Werror", dest="werror", action="store_true")
+    p.add_argument("-Werror", dest="werror", action="store_true", help=HELP["werror"])
     p.add_argument("--list-passes", action="store_true", help="print the pass pipeline for these flags and exit")
     p.add_argument("--print-after-all", action="store_true", help="print the IR to stderr after every pass")
     p.add_argument("--print-after", action="append", metavar="PASS", help="print the IR to stderr after PASS")
@@ -201,6 +215,9 @@ def _cmd_validate(args) -> int:
             f"OK {printable(comp.spec.name)} ({comp.ctx.family}, {format_count(r['total_params'])} parameters, "
             f"binding: {r.get('binding_constraint')})"
         )
+        from metagen.explain import design_of, summary_lines
+
+        print("\n".join(summary_lines(design_of(comp, args.spec))))
     return code
 
 
@@ -225,6 +242,9 @@ def _cmd_synth(args) -> int:
         return _finish(sink) or 1
     code = _finish(sink)
     print(f"wrote {path}")
+    from metagen.explain import design_of, summary_lines
+
+    print("\n".join(summary_lines(design_of(comp, args.spec), folder=path)))
     return code
 
 
@@ -289,28 +309,107 @@ def _cmd_fmt(args) -> int:
     return _finish(sink)
 
 
+def _cmd_explain(args) -> int:
+    from metagen.explain import explain_text
+
+    sink = DiagnosticSink()
+    try:
+        comp = _compile(args, sink)
+    except CompileError as exc:
+        sink.absorb(exc.diagnostics)
+        return _finish(sink) or 1
+    code = _finish(sink, args.werror)
+    if code == 0:
+        write_stdout(explain_text(comp).encode("utf-8"))
+    return code
+
+
+def _design(path: str, sink: DiagnosticSink) -> dict:
+    """The design of a run folder (read) or a spec (compiled in memory)."""
+    from metagen.explain import design_of, load_run
+    from metagen.pipeline import compile_spec
+
+    if os.path.isdir(path):
+        return load_run(path)
+    return design_of(compile_spec(path, sink), path)
+
+
+def _cmd_compare(args) -> int:
+    from metagen.explain import compare_json, compare_text
+
+    sink = DiagnosticSink()
+    designs = []
+    for path in (args.a, args.b):
+        try:
+            designs.append(_design(path, sink))
+        except CompileError as exc:
+            sink.absorb(exc.diagnostics)
+    if sink.errors or len(designs) < 2:
+        return _finish(sink) or 1
+    code = _finish(sink)
+    text = compare_json(*designs) + "\n" if args.json else compare_text(*designs)
+    write_stdout(text.encode("utf-8"))
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="metagen", description="MetaGen: model specs to PyTorch, Flax and ONNX.")
     p.add_argument("--version", action="version", version=f"metagen {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, tiny=True):
-        sp.add_argument("spec")
+        sp.add_argument("spec", metavar="SPEC", help=HELP["spec"])
         if tiny:
-            sp.add_argument("--tiny", action="store_true")
-        sp.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE")
-        sp.add_argument("--seed", type=_seed)
-        sp.add_argument("-Werror", dest="werror", action="store_true")
+            sp.add_argument("--tiny", action="store_true", help=HELP["tiny"])
+        sp.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE", help=HELP["define"])
+        sp.add_argument("--seed", type=_seed, help=HELP["seed"])
+        sp.add_argument("-Werror", dest="werror", action="store_true", help=HELP["werror"])
 
-    sp = sub.add_parser("synth", help="compile a spec to a run folder with every artifact")
+    def command(name, summary, description):
+        return sub.add_parser(name, help=summary, description=description)
+
+    sp = command(
+        "synth",
+        "compile a spec to a run folder with every artifact",
+        "Compile SPEC and write OUT/<run-id>/: the resolved spec, the blueprint (architecture, parameter "
+        "estimate, graph), the IR, torch and flax code, ONNX and a model card; then print a summary.",
+    )
     common(sp)
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--run-id")
+    sp.add_argument("--out", required=True, help="folder that receives the run folder")
+    sp.add_argument(
+        "--run-id", help="name of the run folder (default: run- plus a hash of the resolved spec, seed and compiler version)"
+    )
     sp.set_defaults(fn=_cmd_synth)
 
-    sp = sub.add_parser("validate", help="check a spec")
+    sp = command(
+        "validate",
+        "check a spec and summarise the fitted design",
+        "Check SPEC and fit it; print 'OK <name> (...)' and a summary (family, parameters, binding "
+        "constraint, inference memory), or located diagnostics and exit 1.",
+    )
     common(sp)
     sp.set_defaults(fn=_cmd_validate)
+
+    sp = command(
+        "explain",
+        "why each free dimension has its value",
+        "Compile SPEC and print the fitter's reasoning: the pinned values, the rule, every width it "
+        "considered (depth, parameters, the bound that stopped it) and why the chosen one won.",
+    )
+    common(sp)
+    sp.set_defaults(fn=_cmd_explain)
+
+    sp = command(
+        "compare",
+        "two designs side by side",
+        "Show two designs side by side: family, resolved dimensions, parameters in total and per module, "
+        "inference memory, latency estimate, binding constraint. Each RUN_OR_SPEC is a run folder written "
+        "by 'metagen synth' (its blueprint is read) or a spec (compiled in memory).",
+    )
+    sp.add_argument("a", metavar="RUN_OR_SPEC", help="the first design: a run folder or a spec")
+    sp.add_argument("b", metavar="RUN_OR_SPEC", help="the second design: a run folder or a spec")
+    sp.add_argument("--json", action="store_true", help="print one JSON object (sorted keys): a, b and the fields that differ")
+    sp.set_defaults(fn=_cmd_compare)
 
     sp = sub.add_parser("schema", help="print the JSON Schema of the YAML spec language")
     sp.set_defaults(fn=_cmd_schema)
@@ -320,14 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(fn=_cmd_verify)
 
     sp = sub.add_parser("convert", help="the same spec in the other frontend's syntax")
-    sp.add_argument("spec")
-    sp.add_argument("--to", required=True, choices=("mg", "yaml"))
-    sp.add_argument("-o", dest="output")
+    sp.add_argument("spec", help=HELP["spec"])
+    sp.add_argument("--to", required=True, choices=("mg", "yaml"), help="the syntax to write: mg (the DSL) or yaml")
+    sp.add_argument("-o", dest="output", help="output file (default or '-': stdout)")
     sp.set_defaults(fn=_cmd_convert)
 
     sp = sub.add_parser("fmt", help="canonical layout of a .mg file")
-    sp.add_argument("file")
-    sp.add_argument("--check", action="store_true")
+    sp.add_argument("file", help="the .mg file, rewritten in place")
+    sp.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is not in canonical layout")
     sp.set_defaults(fn=_cmd_fmt)
 
     args = p.parse_args(argv)

@@ -600,13 +600,20 @@ SPEC_TREES = st.builds(
 )
 
 
+def _name_as_text(loose: tuple[dict, list]) -> tuple[dict, list]:
+    """The DSL's model name is text by its syntax: YAML's `name: 0` (a number, warned
+    about because the schema says string) converts to `model "0"`, which is not."""
+    plain, subjects = loose
+    return plain, [s for s in subjects if s[:2] != ("warning", "name")]
+
+
 @given(SPEC_TREES)
 @FAST
 def test_generated_specs_convert_both_ways_to_the_same_spec(plain):
     text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
     tree0 = parse_yaml(text, "gen.yaml")
     mg, tree1, text2, tree2 = round_trip(tree0)
-    assert built_loosely(tree0) == built_loosely(tree1) == built_loosely(tree2)
+    assert _name_as_text(built_loosely(tree0)) == built_loosely(tree1) == built_loosely(tree2)
     if not built(tree0)[1]:
         assert built(tree0) == built(tree1) == built(tree2)
     assert format_mg(mg, "converted.mg", DiagnosticSink()) == mg

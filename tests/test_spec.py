@@ -203,3 +203,107 @@ def test_family_that_does_not_fit_warns(tmp_path):
         "7:11: warning: family 'diffusion' does not fit this modality and objective; "
         "building a decoder-only language model (a transformer) instead"
     )
+
+
+# ------------------------------------------------------------------ the schema and validate agree
+
+
+def _schema_errors(schema: dict, value, path: str = "") -> list[str]:
+    """The paths where `value` breaks `schema`: a hand-rolled check of the JSON Schema
+    keywords `metagen schema` uses (type, enum, properties, additionalProperties,
+    required, items, minimum, maximum, pattern), so the test needs no `jsonschema`."""
+    import re
+
+    kinds = {
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "string": lambda v: isinstance(v, str),
+        "boolean": lambda v: isinstance(v, bool),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer(),
+        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    }
+    types = schema.get("type")
+    if types is not None and not any(kinds[t](value) for t in ([types] if isinstance(types, str) else types)):
+        return [path]
+    if "enum" in schema and value not in schema["enum"]:
+        return [path]
+    out = []
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        out += [path + "." + k if path else k for k in schema.get("required", ()) if k not in value]
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else k
+            if k in props:
+                out += _schema_errors(props[k], v, sub)
+            elif schema.get("additionalProperties") is False:
+                out.append(sub)
+    if isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            out += _schema_errors(schema["items"], v, f"{path}[{i}]")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
+            out.append(path)
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
+        out.append(path)
+    return out
+
+
+# (dotted field, value, what validate does with it: None = accepts silently)
+SCHEMA_CASES = [
+    ("metagen_version", "1.0", None),
+    ("metagen_version", 1.0, "warning"),  # YAML reads 1.0 as a number
+    ("name", 12, "warning"),
+    ("description", 5, "warning"),
+    ("modality.inputs", ["text"], None),
+    ("modality.inputs", "text", "warning"),
+    ("training.objective", "autoregressive", "warning"),
+    ("evaluation.metrics", "perplexity", "warning"),
+    ("architecture.norm", "rmsnorm", None),
+    ("architecture.norm", "RMSNorm", "warning"),
+    ("constraints.device", "Edge", "warning"),
+    ("architecture.layers", 12, None),
+    ("architecture.layers", "12", "error"),
+    ("architecture.layers", 12.5, "error"),
+    ("architecture.layers", 0, "error"),
+    ("architecture.bias", "yes", "error"),
+    ("architecture.norm", "batchnorm", "error"),
+    ("constraints.memory_budget", 8589934592, "error"),
+    ("constraints.memory_budget", "8GB", None),
+]
+
+
+@pytest.mark.parametrize("field,value,expect", SCHEMA_CASES, ids=[f"{f}={v!r}" for f, v, _ in SCHEMA_CASES])
+def test_what_the_schema_rejects_validate_rejects_or_warns_about(field, value, expect):
+    import json
+
+    plain = {"metagen_version": "1.0", "name": "t", "modality": {"inputs": ["text"], "outputs": ["text"]}}
+    *sections, key = field.split(".")
+    node = plain
+    for s in sections:
+        node = node.setdefault(s, {})
+    node[key] = value
+    schema_rejects = bool(_schema_errors(to_json_schema(), plain))
+    sink = DiagnosticSink()
+    try:
+        build_spec(parse_yaml(json.dumps(plain), "spec.yaml"), sink)
+    except CompileError as exc:
+        sink.absorb(exc.diagnostics)
+    about = [d for d in sink.items if f"'{field}" in d.message]
+    assert schema_rejects == (expect is not None), "the case list disagrees with the schema"
+    assert [d.severity for d in sink.items] == [d.severity for d in about], sink.items
+    if expect is None:
+        assert sink.items == []
+    else:
+        assert {d.severity for d in about} == {expect}, sink.items
+        if expect == "warning":
+            assert "the JSON Schema" in about[0].message and "write " in about[0].message  # a fix-it
+
+
+def test_schema_type_warning_is_an_error_under_werror(tmp_path, capsys):
+    from metagen.cli import main
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD.replace('"1.0"', "1.0") + "constraints:\n  parameter_budget: {max: 10M}\n")
+    assert main(["validate", str(path), "--tiny"]) == 0
+    assert main(["validate", str(path), "--tiny", "-Werror"]) == 1
+    assert f"{path}:1:18: error: 'metagen_version' must be a string" in capsys.readouterr().err

@@ -29,6 +29,22 @@ Numbers are written in ASCII decimal digits, in every frontend alike: no leading
 zero (`010` was octal 8 in YAML 1.1), no `0x`, `1_000` or `1:30`, no fullwidth or
 other scripts' digits, at most 100 digits.
 
+## Types: validate and `metagen schema` agree
+
+What the JSON Schema (`metagen schema`) rejects, `metagen validate` rejects or warns
+about. Three forms are read leniently, each with a warning that says how to write it
+(`-Werror` makes them errors), because the meaning is plain and old specs use them:
+
+| written | read as | warning's fix |
+| --- | --- | --- |
+| a number where text is wanted: `metagen_version: 1.0`, `name: 12` | the text `"1.0"`, `"12"` | write it in quotes |
+| one value where a list is wanted: `inputs: text`, `objective: autoregressive` | a one-item list | write `[text]` |
+| a word in another case or with spaces: `norm: RMSNorm`, `device: Edge` | `rmsnorm`, `edge` | write the listed word |
+
+Everything else the schema rejects is an error: a string for a number (`layers: "12"`),
+a fraction for an integer, a value out of range, a word not listed, a memory size
+without a unit.
+
 ## Defaults worth knowing
 
 - `constraints.parameter_budget.max` is 1B; `min` is 90% of max unless given (the

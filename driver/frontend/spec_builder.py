@@ -157,7 +157,9 @@ class _Builder:
         if f.kind == S.LIST:
             if not node.is_list:
                 if isinstance(v, (str, int, float)) and not isinstance(v, bool):
-                    node = LNode([node], node.loc)  # a single value where a list is expected
+                    # Read as a one-item list, but the schema says list: warn with the fix.
+                    self.sink.warning(node.loc, f"'{path}' must be a list (the JSON Schema says so): write [{_scalar_text(v)}]")
+                    node = LNode([node], node.loc)
                 else:
                     err(node.loc, f"'{path}' must be a list, not {_type_name(v)}")
                     return None
@@ -180,6 +182,9 @@ class _Builder:
                 err(node.loc, f"'{path}' must be a string, not {_type_name(v)}")
                 return None
             text = str(v) if isinstance(v, str) else _number_text(v)
+            if not isinstance(v, str):
+                # Read as text, but the schema says string: warn with the fix.
+                self.sink.warning(node.loc, f"'{path}' must be a string (the JSON Schema says so): write \"{text}\" in quotes")
             if f.choices and text not in f.choices:
                 err(node.loc, f"'{path}' must be one of {', '.join(repr(c) for c in f.choices)}, not {text!r}")
             return text
@@ -188,6 +193,9 @@ class _Builder:
                 err(node.loc, f"'{path}' must be one of {_choices(f)}, not {_type_name(v)} {v!r}")
                 return None
             word = v.strip().lower()
+            if word != v and word in f.choices and not f.open_choices:
+                # Read case- and space-insensitively, but the schema lists exact words.
+                self.sink.warning(node.loc, f"'{path}': write \"{word}\" (the JSON Schema lists exact words), not \"{v}\"")
             if word not in f.choices:
                 hint = self.did_you_mean(word, f.choices)
                 if f.open_choices:
@@ -262,6 +270,11 @@ class _Builder:
 
 def _number_text(v) -> str:
     return str(v)
+
+
+def _scalar_text(v) -> str:
+    """A scalar as it would be written inside a list of the user's spec."""
+    return v if isinstance(v, str) else _number_text(v)
 
 
 def _as_number(v):
