@@ -13,23 +13,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
-@functools.lru_cache(maxsize=8)
-def _rope_cos_sin(seq, head_dim, theta, device, dtype, inference):
-    """cos and sin [seq, 1, head_dim], computed once per shape and shared by every layer
-    (`inference` keeps tensors made under torch.inference_mode apart: autograd refuses them)."""
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim)
-    )
+def _rope_cos_sin(seq, head_dim, theta, device, dtype):
+    """cos and sin [seq, 1, head_dim] of the rotary angles."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    inv_freq = 1.0 / (theta**exponent)
     freqs = torch.outer(torch.arange(seq, device=device).float(), inv_freq)
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
 
+@functools.lru_cache(maxsize=8)
+def _rope_cos_sin_cached(seq, head_dim, theta, device, dtype, inference):
+    """_rope_cos_sin computed once per shape and shared by every layer in eager mode
+    (`inference` keeps tensors made under torch.inference_mode apart: autograd refuses them)."""
+    return _rope_cos_sin(seq, head_dim, theta, device, dtype)
+
+
 def _rope(x, heads, head_dim, theta):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]."""
-    cos, sin = _rope_cos_sin(
-        x.shape[1], head_dim, theta, x.device, x.dtype, torch.is_inference_mode_enabled()
-    )
+    if torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
+        cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype)
+    else:
+        cos, sin = _rope_cos_sin_cached(
+            x.shape[1], head_dim, theta, x.device, x.dtype, torch.is_inference_mode_enabled()
+        )
     x = x.unflatten(-1, (heads, head_dim))
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
