@@ -6,6 +6,7 @@
 2  achieved GFLOP/s of the generated forward vs a 2048^2 matmul in the same loop
 3  the jitted flax module vs the torch module
 4  the compiler: every example to every target, the 70B spec, depth 12/96/768, the fitter
+5  torch.compile: generated torch eager vs compiled vs transformers compiled (bench/torch_compile_bench.py)
 --onnx adds bench/onnx_bench.py's tables (compile time vs torch.onnx.export, opset choice).
 
 Model timings are interleaved in one process and reported as min and median; the machine
@@ -27,6 +28,7 @@ sys.path.insert(0, HERE)
 
 import compile_bench  # noqa: E402
 import model_bench  # noqa: E402
+import torch_compile_bench  # noqa: E402
 from onnx_bench import Table  # noqa: E402  (rows echoed to stderr as they are measured)
 
 
@@ -60,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5, help="interleaved model repetitions (default 5)")
     ap.add_argument("--compile-repeat", type=int, default=2, help="processes per compile figure, best kept")
-    ap.add_argument("--parts", default="1234", help="which parts to run (default 1234; 1 and 2 run together)")
+    ap.add_argument("--parts", default="12345", help="which parts to run (default 12345; 1 and 2 run together)")
     ap.add_argument("--onnx", action="store_true", help="also run bench/onnx_bench.py's tables")
     args = ap.parse_args()
 
@@ -84,6 +86,11 @@ def main() -> None:
         compile_bench.depth_scaling(args.compile_repeat, rows)
         compile_bench.fitter(rows)
         compile_bench.per_example(args.compile_repeat, rows)
+    if "5" in args.parts and not has_hf:
+        rows.append(("5", "skipped", "transformers is not installed (a test/bench-only extra)"))
+    elif "5" in args.parts:
+        for kind in ("gpt2", "llama"):
+            torch_compile_bench.compiled_vs_eager(kind, args.repeat, tmp, rows)
     _print(rows)
     hf_version = importlib.metadata.version("transformers") if has_hf else "absent"
     print(
