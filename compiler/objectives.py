@@ -475,13 +475,22 @@ class EstimateTrainingCompute(Pass):
         if est is None:
             return PassResult(changed=False)
         ctx.report["training"] = est
-        if est.get("fits") is False and "assumed" not in est["data"]:
+        if est.get("fits") is False:
+            # A miss is a miss whether the data size was written or assumed
+            # (compute-optimal); the warning says which, so the fix is clear.
             compute = ctx.spec.training.compute
             hw = est["hardware"]
+            data = est["data"]
+            assumed = (
+                f" (data assumed compute-optimal: {data['amount']:.3g} tokens, 20 per parameter; "
+                "set training.data.size to say otherwise)"
+                if "assumed" in data
+                else ""
+            )
             ctx.sink.warning(
                 compute.loc("duration"),
                 f"training.compute.duration: {_human_duration(est['duration_seconds'])} cannot hold "
                 f"{est['training_flops']:.3g} FLOPs on {hw['count']}x{hw['accelerator']} at "
-                f"{UTILIZATION:.0%} utilisation; it needs about {est['estimated']}",
+                f"{UTILIZATION:.0%} utilisation; it needs about {est['estimated']}{assumed}",
             )
         return PassResult(changed=False)

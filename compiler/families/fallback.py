@@ -87,7 +87,9 @@ class Fallback(Family):
         cfg.context = ctx.context_window
         ctx.arch = cfg
         unknown = sorted({m for m in ins + outs if m not in MODALITIES})
-        ctx.sink.warning(
+        # The spec builder has already warned at each unknown word (one warning per
+        # problem); this note says what was built for it.
+        ctx.sink.note(
             ctx.spec.modality.loc(),
             f"unsupported modalit{'y' if len(unknown) == 1 else 'ies'} {', '.join(repr(m) for m in unknown)}: "
             f"built a best-effort transformer encoder {self._describe(ctx.arch)} (see docs/families.md, 'fallback')",

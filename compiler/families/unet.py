@@ -36,7 +36,7 @@ from typing import Any
 
 from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
-from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower
+from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower, unbuilt_family
 from metagen.compiler.families.blocks import (
     block_stack, class_name, dtype_bytes, read_spec, resolve_tower, tower_block,
 )
@@ -128,7 +128,7 @@ class DiffusionUNet(Family):
     )
 
     def family_mismatch(self, written: str) -> str:
-        return f"family '{written}' does not fit a text-conditioned diffusion objective; building {self.built} instead"
+        return f"{unbuilt_family(written) or f'family {written!r} does not fit a text-conditioned diffusion objective'}; building {self.built} instead"
 
     def configure(self, ctx: CompileContext) -> None:
         spec_arch = ctx.spec.architecture
