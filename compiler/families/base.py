@@ -355,8 +355,12 @@ class Family(ABC):
         """The IR model of the resolved architecture."""
 
     @abstractmethod
-    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
-        """Inference memory in bytes: weights, caches, activations (and total)."""
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
+        """The family's one statement of its memory, in bytes:
+        `inference` (blocks.inference: weights at the deployment precision, KV
+        cache at the context for batch 1, one decode step's or forward's working
+        set, total) and `training` (blocks.training: fp32 weights, gradients and
+        AdamW moments, activations without and with checkpointing, totals)."""
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         """One unit of work (`unit`) for the cost model: {'bindings': {symbol: int},
