@@ -425,6 +425,8 @@ def training_memory_per_device(train: dict[str, int], count: int, capacity: int)
     need = -(-states // count) + train["activations_checkpointed"]
     return {
         "per_device_bytes": need,
+        "states_per_device_bytes": -(-states // count),
+        "activations_bytes": train["activations_checkpointed"],
         "device_memory_bytes": capacity,
         "fits": need <= capacity,
         "rule": "(weights + gradients + optimizer) / devices + checkpointed activations of one sample",
@@ -535,11 +537,20 @@ class EstimateTrainingCompute(Pass):
             from metagen.frontend.units import format_bytes
 
             hw = est["hardware"]
+            if mem["activations_bytes"] > mem["device_memory_bytes"]:
+                # More devices do not help: the plan shards states, not one sequence.
+                fix = (
+                    "train at a shorter sequence and extend the context afterwards (as Llama 3 did), or shard "
+                    "the sequence (context parallelism, which the generated plan does not do)"
+                )
+            else:
+                fix = "use more or larger accelerators"
             ctx.sink.warning(
                 ctx.spec.training.compute.loc("hardware"),
                 f"training.compute.hardware: {hw['count']}x{hw['accelerator']} ({format_bytes(mem['device_memory_bytes'])} "
                 f"each) cannot hold the training run: each device needs at least {format_bytes(mem['per_device_bytes'])} "
-                "(fp32 weights, gradients and AdamW moments sharded over every device, plus one sample's "
-                "checkpointed activations); use more or larger accelerators",
+                f"({format_bytes(mem['states_per_device_bytes'])} of fp32 weights, gradients and AdamW moments "
+                f"sharded over every device, plus {format_bytes(mem['activations_bytes'])} of one sample's "
+                f"checkpointed activations at {training_seq_len(ctx)} tokens); {fix}",
             )
         return PassResult(changed=False)
