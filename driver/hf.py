@@ -333,8 +333,11 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
         c.need("sliding_window", allowed=(None,), why="sliding-window attention is not an IR feature", default=None)
     c.need("hidden_act", allowed=("silu",), why="the gated feed-forward is SwiGLU", default="silu")
     c.need("rope_scaling", allowed=(None,), why="only unscaled rotary embeddings", default=None)
-    c.need("attention_bias", allowed=(False,), why="biases on the attention projections alone", default=False)
-    c.need("mlp_bias", allowed=(False,), why="biases on the feed-forward alone", default=False)
+    # The spec's `bias` covers every linear layer of a block (RMSNorm has none), so the
+    # attention and feed-forward settings must agree.
+    bias = c.need("attention_bias", allowed=(False, True), why="a boolean", default=False)
+    if c.cfg.get("mlp_bias", default=False) != bias:
+        c.need("mlp_bias", allowed=(bias,), why=f"biases go on every linear layer or none, and attention_bias is {json.dumps(bias)}", default=False)
     if c.cfg.get("rope_parameters") is not None:  # transformers 5 keeps the rope settings together
         c.need("rope_parameters", "rope_type", allowed=("default",), why="only unscaled rotary embeddings", default="default")
         theta = c.float("rope_parameters", "rope_theta", default=10000.0)
@@ -355,7 +358,7 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
         "norm_position": "pre",
         "position": "rope",
         "rope_theta": theta,
-        "bias": False,
+        "bias": bool(bias),
         "tie_embeddings": bool(c.cfg.get("tie_word_embeddings", default=False)),
     }
     return _lm(arch, c.int("max_position_embeddings")), {"prefix": "model.", "convert": llama_to_canonical}

@@ -70,6 +70,25 @@ def test_llama_gqa(tmp_path, tied):
     assert "rope_theta: 500000" in (tmp_path / "imported.yaml").read_text()
 
 
+def test_llama_with_biases(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=16, attention_bias=True, mlp_bias=True,
+        bos_token_id=0, eos_token_id=0,
+    )
+    _lm_check(tmp_path, transformers.LlamaForCausalLM(cfg), suffix=".mg")
+
+
+def test_llama_attention_bias_alone_is_refused(tmp_path, capsys):
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=4, attention_bias=True, mlp_bias=False)
+    path = _config(tmp_path, cfg)
+    assert main(["import", "hf", path, "-o", str(tmp_path / "l.yaml")]) == 1
+    assert (f"{path}:{_line_col(path, 'mlp_bias')}: error: mlp_bias false is not supported (biases go on every "
+            "linear layer or none, and attention_bias is true); supported: true") in capsys.readouterr().err
+
+
 def test_mistral_without_sliding_window(tmp_path):
     torch.manual_seed(0)
     cfg = transformers.MistralConfig(
@@ -203,3 +222,17 @@ def test_key_locations_follow_nesting():
     assert locs[("a",)] == (2, 3) and locs[("a", "b")] == (2, 9) and locs[("a", "c")] == (2, 17)
     assert locs[("e",)] == (3, 3) and locs[("f",)] == (3, 16)
     assert json.loads(text)["e"] == 'x"y'
+
+
+def test_llama3_rope_scaling_is_refused(tmp_path, capsys):
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=4, max_position_embeddings=256, rope_parameters=rope)
+    path = _config(tmp_path, cfg)
+    assert main(["import", "hf", path, "-o", str(tmp_path / "l.yaml")]) == 1
+    text = open(path).read()
+    at = text.index('"rope_type"', text.index('"rope_parameters"'))
+    line, col = text[:at].count("\n") + 1, at - text.rfind("\n", 0, at)
+    assert (f"{path}:{line}:{col}: error: rope_parameters.rope_type \"llama3\" is not supported "
+            "(only unscaled rotary embeddings); supported: \"default\"") in capsys.readouterr().err
