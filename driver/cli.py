@@ -305,6 +305,12 @@ def _cmd_import_hf(args) -> int:
         write_files(files)
     except CompileError as exc:
         sink.absorb(exc.diagnostics)
+        for path in sorted({d.loc.path for d in exc.diagnostics if d.loc.path.endswith(".json")}):
+            try:  # echo the offending line of config.json under each diagnostic
+                with open(path, encoding="utf-8") as f:
+                    sink.add_source(path, f.read())
+            except (OSError, UnicodeDecodeError):
+                pass
         return _finish(sink) or 1
     return _finish(sink)
 
