@@ -187,6 +187,70 @@ def clip_to_canonical(sd: dict) -> dict[str, np.ndarray]:
     return out
 
 
+_UNET_RENAMES = [
+    (r"attn1\.to_out\.0\.", "attn1.o_proj."),
+    (r"attn2\.to_out\.0\.", "attn2.o_proj."),
+    (r"attn2\.to_q\.", "attn2.q_proj."),
+    (r"ff\.net\.0\.proj\.", "ff_proj."),
+    (r"ff\.net\.2\.", "ff_out."),
+    (r"\.transformer_blocks\.", ".blocks."),
+]
+
+
+def unet_to_canonical(state: dict, levels: int, prefix: str = "") -> dict[str, np.ndarray]:
+    """diffusers `UNet2DConditionModel` -> the diffusion U-Net's names (`prefix` is
+    prepended to each). Self-attention q/k/v are fused into `qkv_proj`, cross-attention
+    k/v into `kv_proj`; up blocks are numbered by level (diffusers counts them from the
+    bottom); everything else is a rename."""
+    out: dict[str, np.ndarray] = {}
+    fused: dict[str, dict[str, np.ndarray]] = {}
+    for name, tensor in state.items():
+        value = _np(tensor)
+        new = name
+        m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.*)", name)
+        if m:
+            lvl, kind, j, rest = m.groups()
+            new = f"down{lvl}." + {"resnets": f"res{j}.", "attentions": f"attn{j}.", "downsamplers": "downsample."}[kind]
+            new += rest[len("conv."):] if kind == "downsamplers" else rest
+        m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.*)", name)
+        if m:
+            i, kind, j, rest = m.groups()
+            lvl = levels - 1 - int(i)
+            new = f"up{lvl}." + {"resnets": f"res{j}.", "attentions": f"attn{j}.", "upsamplers": "upsample."}[kind]
+            new += rest[len("conv."):] if kind == "upsamplers" else rest
+        m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", name)
+        if m:
+            kind, j, rest = m.groups()
+            new = f"mid.{'res' if kind == 'resnets' else 'attn'}{j}.{rest}"
+        for pat, rep in _UNET_RENAMES:
+            new = re.sub(pat, rep, new)
+        m = re.match(r"(.*)\.attn1\.to_([qkv])\.weight$", new)
+        if m:
+            fused.setdefault(m.group(1) + ".attn1.qkv_proj.weight", {})[m.group(2)] = value
+            continue
+        m = re.match(r"(.*)\.attn2\.to_([kv])\.weight$", new)
+        if m:
+            fused.setdefault(m.group(1) + ".attn2.kv_proj.weight", {})[m.group(2)] = value
+            continue
+        out[prefix + new] = value
+    for name, parts in fused.items():
+        order = "qkv" if name.endswith("qkv_proj.weight") else "kv"
+        out[prefix + name] = np.concatenate([parts[c] for c in order], axis=0)
+    return out
+
+
+def clip_text_to_canonical(sd: dict, prefix: str = "text_encoder.") -> dict[str, np.ndarray]:
+    """transformers `CLIPTextModel` -> a text tower under `prefix` (no pooling)."""
+    t = "text_model"
+    out = {
+        f"{prefix}tok_embeddings.weight": _np(sd[f"{t}.embeddings.token_embedding.weight"]),
+        f"{prefix}pos_embeddings.weight": _np(sd[f"{t}.embeddings.position_embedding.weight"]),
+    }
+    _clip_blocks(out, sd, t, prefix.rstrip("."))
+    _ln(out, f"{prefix}norm_f", sd, f"{t}.final_layer_norm")
+    return out
+
+
 # ------------------------------------------------------------ located JSON keys
 
 
@@ -492,6 +556,114 @@ IMPORTERS: dict[str, Callable[[_Checker], tuple[dict, dict]]] = {
 }
 
 
+UNET_FIXED = (  # UNet2DConditionModel fields our U-Net has one value of: (field, value, why)
+    ("center_input_sample", False, "the sample is used as given"),
+    ("flip_sin_to_cos", True, "the timestep embedding is cos, sin"),
+    ("freq_shift", 0, "the timestep embedding has no frequency shift"),
+    ("mid_block_type", "UNetMidBlock2DCrossAttn", "the mid block is resnet, transformer, resnet"),
+    ("only_cross_attention", False, "each transformer block has self- and cross-attention"),
+    ("downsample_padding", 1, "downsampling convs pad by 1"),
+    ("mid_block_scale_factor", 1, "the mid block's output is not rescaled"),
+    ("act_fn", "silu", "the ResNet blocks use SiLU"),
+    ("norm_eps", 1e-5, "the ResNet GroupNorms use eps 1e-5"),
+    ("dual_cross_attention", False, "one conditioning sequence"),
+    ("use_linear_projection", False, "spatial transformers project with 1x1 convs"),
+    ("class_embed_type", None, "no class conditioning"),
+    ("addition_embed_type", None, "no added conditioning"),
+    ("num_class_embeds", None, "no class conditioning"),
+    ("resnet_time_scale_shift", "default", "the timestep embedding is added, not scale-shift"),
+    ("resnet_skip_time_act", False, "the timestep embedding goes through SiLU"),
+    ("resnet_out_scale_factor", 1.0, "ResNet outputs are not rescaled"),
+    ("time_embedding_type", "positional", "sinusoidal timestep embedding"),
+    ("time_embedding_dim", None, "the timestep embedding is 4 x the first level's channels"),
+    ("time_embedding_act_fn", None, "no extra activation on the timestep embedding"),
+    ("timestep_post_act", None, "no extra activation on the timestep embedding"),
+    ("time_cond_proj_dim", None, "no timestep conditioning projection"),
+    ("conv_in_kernel", 3, "conv_in is 3x3"),
+    ("conv_out_kernel", 3, "conv_out is 3x3"),
+    ("projection_class_embeddings_input_dim", None, "no class conditioning"),
+    ("attention_type", "default", "plain cross-attention"),
+    ("class_embeddings_concat", False, "no class conditioning"),
+    ("mid_block_only_cross_attention", None, "the mid block has self- and cross-attention"),
+    ("cross_attention_norm", None, "the conditioning sequence is not normalised again"),
+    ("encoder_hid_dim", None, "the text states go to cross-attention as they are"),
+    ("encoder_hid_dim_type", None, "the text states go to cross-attention as they are"),
+    ("reverse_transformer_layers_per_block", None, "every level has the same transformer depth"),
+    ("addition_time_embed_dim", None, "no added conditioning"),
+)
+DOWN_TYPES = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}  # block type -> has attention
+
+
+def _unet(u: _Checker, t: _Checker) -> dict:
+    """The spec of a diffusers text-to-image pipeline: its UNet2DConditionModel (`u`)
+    and its CLIPTextModel (`t`)."""
+    for key, value, why in UNET_FIXED:
+        if key == "norm_eps":
+            if abs(u.float(key, default=1e-5) - 1e-5) > 1e-12:
+                u.fail((key,), f"norm_eps {json.dumps(u.cfg.get(key))} is not supported ({why}); supported: 1e-05")
+            continue
+        u.need(key, allowed=(value,), why=why, default=value)
+    channels = u.cfg.get("block_out_channels", default=[320, 640, 1280, 1280])
+    downs = u.cfg.get("down_block_types", default=[])
+    ups = u.cfg.get("up_block_types", default=[])
+    attn: list[int] = []
+    if not (isinstance(channels, list) and channels and all(isinstance(c, int) and c > 0 for c in channels)):
+        u.fail(("block_out_channels",), f"block_out_channels {json.dumps(channels)} must be a list of positive integers")
+        channels = [1]
+    elif any(c % channels[0] for c in channels):
+        u.fail(("block_out_channels",), f"block_out_channels {json.dumps(channels)} is not supported "
+               "(every level's channels are a multiple of the first level's)")
+    if not isinstance(downs, list) or len(downs) != len(channels) or any(d not in DOWN_TYPES for d in downs):
+        u.fail(("down_block_types",), f"down_block_types {json.dumps(downs)} is not supported; supported: one of "
+               f"{', '.join(sorted(DOWN_TYPES))} per entry of block_out_channels")
+    else:
+        attn = [lvl for lvl, d in enumerate(downs) if DOWN_TYPES[d]]
+        mirror = [d.replace("Down", "Up") for d in reversed(downs)]
+        if ups != mirror:
+            u.fail(("up_block_types",), f"up_block_types {json.dumps(ups)} is not supported (the up path mirrors "
+                   f"the down path); supported: {json.dumps(mirror)}")
+    heads_key = "num_attention_heads" if u.cfg.get("num_attention_heads") is not None else "attention_head_dim"
+    for key in ("layers_per_block", "transformer_layers_per_block", "cross_attention_dim", heads_key, "sample_size"):
+        if isinstance(u.cfg.get(key), list):
+            u.fail((key,), f"{key} {json.dumps(u.cfg.get(key))} is not supported (one value for every level)")
+    latent = u.int("in_channels", default=4)
+    u.need("out_channels", allowed=(latent,), why="the noise prediction has the sample's channels", default=latent)
+    text = {
+        "vocab_size": t.int("vocab_size"),
+        "hidden_size": t.int("hidden_size"),
+        "layers": t.int("num_hidden_layers"),
+        "heads": t.int("num_attention_heads"),
+        "ffn_size": t.int("intermediate_size"),
+        "activation": _act(t, "hidden_act", default="quick_gelu"),
+        "norm": "layernorm",
+        "norm_eps": t.float("layer_norm_eps", default=1e-5),
+        "position": "learned",
+        "pooling": "none",
+    }
+    t.need("model_type", allowed=("clip_text_model",), why="the U-Net is conditioned on a CLIPTextModel", default=None)
+    return {
+        "modality": {"inputs": ["text", "image"], "outputs": ["image"]},
+        "constraints": {"context_window": str(t.int("max_position_embeddings", default=77))},
+        "training": {"objective": ["diffusion"]},
+        "architecture": {
+            "family": "diffusion",
+            "latent_channels": latent,
+            "sample_size": u.int("sample_size", default=64) if not isinstance(u.cfg.get("sample_size"), list) else 64,
+            "base_channels": channels[0],
+            "channel_mults": [c // channels[0] for c in channels],
+            "res_blocks": u.int("layers_per_block", default=2) if not isinstance(u.cfg.get("layers_per_block"), list) else 1,
+            "attention_levels": attn,
+            "heads": u.int(heads_key, default=8) if not isinstance(u.cfg.get(heads_key), list) else 1,
+            "transformer_depth": u.int("transformer_layers_per_block", default=1)
+            if not isinstance(u.cfg.get("transformer_layers_per_block"), list) else 1,
+            "norm_groups": u.int("norm_num_groups", default=32),
+            "cross_attention_dim": u.int("cross_attention_dim", default=1280)
+            if not isinstance(u.cfg.get("cross_attention_dim"), list) else 1,
+            "text_encoder": text,
+        },
+    }
+
+
 # ------------------------------------------------------------------ the importer
 
 
@@ -561,12 +733,14 @@ def _compile_text(text: str, work: str, cfg: HFConfig):
         raise _fail(cfg.path, f"the imported spec does not compile: {why}") from None
 
 
-def load_state_dict(folder: str) -> dict[str, np.ndarray]:
-    """A checkpoint's tensors, float32 numpy: model.safetensors, a sharded
-    model.safetensors.index.json set, or pytorch_model.bin (weights_only)."""
-    single = os.path.join(folder, "model.safetensors")
-    index = os.path.join(folder, "model.safetensors.index.json")
-    pt = os.path.join(folder, "pytorch_model.bin")
+def load_state_dict(folder: str, stem: str = "model") -> dict[str, np.ndarray]:
+    """A checkpoint's tensors, float32 numpy: STEM.safetensors, a sharded
+    STEM.safetensors.index.json set, or the pickled .bin (read weights_only).
+    transformers' stem is `model` (pickle `pytorch_model.bin`), diffusers'
+    `diffusion_pytorch_model`."""
+    single = os.path.join(folder, f"{stem}.safetensors")
+    index = os.path.join(folder, f"{stem}.safetensors.index.json")
+    pt = os.path.join(folder, "pytorch_model.bin" if stem == "model" else f"{stem}.bin")
     if os.path.isfile(single) or os.path.isfile(index):
         from safetensors.torch import load_file
 
@@ -592,7 +766,7 @@ def load_state_dict(folder: str) -> dict[str, np.ndarray]:
         except Exception as exc:
             raise _fail(pt, f"cannot read the weights: {exc}") from None
     else:
-        raise _fail(folder, "no weights here: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+        raise _fail(folder, f"no weights here: expected {os.path.basename(single)}, {os.path.basename(index)} or {os.path.basename(pt)}")
     return {k: _np(v) for k, v in sd.items()}
 
 
@@ -617,9 +791,20 @@ def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False
     from metagen.frontend.dsl_format import tree_to_mg, tree_to_yaml
     from metagen.frontend.yaml_frontend import parse_yaml
 
-    cfg = read_config(path)
-    spec, conversion = spec_tree(cfg, name)
-    weights = canonical_weights(os.path.dirname(cfg.path) or ".", conversion) if with_weights else None
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model_index.json")):
+        cfg, spec, load = _pipeline(path, name)
+    else:
+        cfg = read_config(path)
+        if cfg.get("_class_name") is not None:
+            raise CompileError([Diagnostic("error", cfg.loc("_class_name"), (
+                f"_class_name {json.dumps(cfg.get('_class_name'))}: a diffusers model is imported from its pipeline "
+                "folder (model_index.json, unet/, text_encoder/); the U-Net family includes its text encoder"))])
+        spec, conversion = spec_tree(cfg, name)
+
+        def load():
+            return canonical_weights(os.path.dirname(cfg.path) or ".", conversion)
+
+    weights = load() if with_weights else None
     with tempfile.TemporaryDirectory(prefix="metagen-import-") as work:
         # First compile with an open budget to learn the exact count, then pin it.
         spec.setdefault("constraints", {})["parameter_budget"] = {"max": "10T"}
@@ -635,6 +820,36 @@ def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False
     if weights is not None:
         _check_weights(cfg, weights, count)
     return text, weights
+
+
+def _pipeline(folder: str, name: str):
+    """(the U-Net's config, the spec, the weight loader) of a diffusers pipeline folder."""
+    unet, text = read_config(os.path.join(folder, "unet")), read_config(os.path.join(folder, "text_encoder"))
+    if unet.get("_class_name") != "UNet2DConditionModel":
+        raise CompileError([Diagnostic("error", unet.loc("_class_name"), (
+            f"_class_name {json.dumps(unet.get('_class_name'))} is not supported; supported: \"UNet2DConditionModel\""))])
+    u, t = _Checker(unet), _Checker(text)
+    body = _unet(u, t)
+    if u.errors or t.errors:
+        raise CompileError(sorted(u.errors + t.errors, key=lambda d: d.loc))
+    spec = {"metagen_version": "1.0", "name": name,
+            "description": f"Imported from the diffusers pipeline {os.path.basename(os.path.abspath(folder))} "
+                           "(UNet2DConditionModel with CLIPTextModel)."}
+    spec.update(body)
+    levels = len(body["architecture"]["channel_mults"])
+
+    def load():
+        weights = unet_to_canonical(load_state_dict(os.path.dirname(unet.path), "diffusion_pytorch_model"), levels)
+        sd = load_state_dict(os.path.dirname(text.path))
+        if not any(k.startswith("text_model.") for k in sd):
+            sd = {"text_model." + k: v for k, v in sd.items()}
+        try:
+            weights.update(clip_text_to_canonical(sd))
+        except KeyError as exc:
+            raise _fail(text.path, f"the checkpoint does not match its config: {exc}") from None
+        return weights
+
+    return unet, spec, load
 
 
 def _check_weights(cfg: HFConfig, weights: dict[str, np.ndarray], count: int) -> None:

@@ -236,3 +236,58 @@ def test_llama3_rope_scaling_is_refused(tmp_path, capsys):
     line, col = text[:at].count("\n") + 1, at - text.rfind("\n", 0, at)
     assert (f"{path}:{line}:{col}: error: rope_parameters.rope_type \"llama3\" is not supported "
             "(only unscaled rotary embeddings); supported: \"default\"") in capsys.readouterr().err
+
+
+def _sd_pipeline(folder, **unet_overrides):
+    """A tiny diffusers text-to-image pipeline folder: unet/, text_encoder/, model_index.json."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    kw = dict(sample_size=8, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, cross_attention_dim=32,
+              attention_head_dim=2, norm_num_groups=8)
+    kw.update(unet_overrides)
+    unet = _perturbed(UNet2DConditionModel(**kw))
+    text = _perturbed(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=16, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=99, pad_token_id=0)))
+    unet.save_pretrained(folder / "unet")
+    text.save_pretrained(folder / "text_encoder")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return unet, text
+
+
+def test_diffusers_unet_pipeline(tmp_path):
+    from safetensors.numpy import load_file
+
+    unet, text = _sd_pipeline(tmp_path / "sd")
+    spec, weights = tmp_path / "sd.yaml", tmp_path / "sd.safetensors"
+    assert main(["import", "hf", str(tmp_path / "sd"), "-o", str(spec), "--weights-out", str(weights)]) == 0
+    path, comp = compile_to(tmp_path, str(spec), "torch", tiny=False)
+    mod = load_module(str(path))
+    want = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in text.parameters())
+    assert comp.model.param_count() == want == sum(p.numel() for p in mod.Model().parameters())
+    state = mod.load_canonical(load_file(str(weights)))
+    x = mod.example_inputs(batch_size=2, seed=1)
+    with torch.no_grad():
+        context = text(input_ids=torch.from_numpy(x["input_ids"])).last_hidden_state
+        ref = unet(torch.from_numpy(x["sample"]), torch.from_numpy(x["timestep"]), encoder_hidden_states=context)
+    _close(mod.run(state, x)["noise_pred"], ref.sample.numpy())
+
+
+def test_diffusers_unsupported_field_is_located(tmp_path, capsys):
+    _sd_pipeline(tmp_path / "sd", use_linear_projection=True)
+    out = tmp_path / "sd.yaml"
+    assert main(["import", "hf", str(tmp_path / "sd"), "-o", str(out)]) == 1
+    path = str(tmp_path / "sd" / "unet" / "config.json")
+    assert (f"{path}:{_line_col(path, 'use_linear_projection')}: error: use_linear_projection true is not supported "
+            "(spatial transformers project with 1x1 convs); supported: false") in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_lone_unet_config_asks_for_the_pipeline(tmp_path, capsys):
+    _sd_pipeline(tmp_path / "sd")
+    path = str(tmp_path / "sd" / "unet" / "config.json")
+    assert main(["import", "hf", path, "-o", str(tmp_path / "u.yaml")]) == 1
+    assert f"{path}:{_line_col(path, '_class_name')}: error: _class_name \"UNet2DConditionModel\": a diffusers model" in (
+        capsys.readouterr().err)
