@@ -240,8 +240,11 @@ def unet_to_canonical(state: dict, levels: int, prefix: str = "") -> dict[str, n
 
 
 def clip_text_to_canonical(sd: dict, prefix: str = "text_encoder.") -> dict[str, np.ndarray]:
-    """transformers `CLIPTextModel` -> a text tower under `prefix` (no pooling)."""
+    """transformers `CLIPTextModel` -> a text tower under `prefix` (no pooling). Its
+    names start with `text_model.` or not, by the transformers version."""
     t = "text_model"
+    if not any(k.startswith(t + ".") for k in sd):
+        sd = {f"{t}.{k}": v for k, v in sd.items()}
     out = {
         f"{prefix}tok_embeddings.weight": _np(sd[f"{t}.embeddings.token_embedding.weight"]),
         f"{prefix}pos_embeddings.weight": _np(sd[f"{t}.embeddings.position_embedding.weight"]),
@@ -840,11 +843,8 @@ def _pipeline(folder: str, name: str):
 
     def load():
         weights = unet_to_canonical(load_state_dict(os.path.dirname(unet.path), "diffusion_pytorch_model"), levels)
-        sd = load_state_dict(os.path.dirname(text.path))
-        if not any(k.startswith("text_model.") for k in sd):
-            sd = {"text_model." + k: v for k, v in sd.items()}
         try:
-            weights.update(clip_text_to_canonical(sd))
+            weights.update(clip_text_to_canonical(load_state_dict(os.path.dirname(text.path))))
         except KeyError as exc:
             raise _fail(text.path, f"the checkpoint does not match its config: {exc}") from None
         return weights
