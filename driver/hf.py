@@ -626,9 +626,14 @@ def _unet(u: _Checker, t: _Checker) -> dict:
             u.fail(("up_block_types",), f"up_block_types {json.dumps(ups)} is not supported (the up path mirrors "
                    f"the down path); supported: {json.dumps(mirror)}")
     heads_key = "num_attention_heads" if u.cfg.get("num_attention_heads") is not None else "attention_head_dim"
-    for key in ("layers_per_block", "transformer_layers_per_block", "cross_attention_dim", heads_key, "sample_size"):
+
+    def one(key: str, default: int) -> int:
+        """A setting diffusers may give per level; ours has one value for all."""
         if isinstance(u.cfg.get(key), list):
             u.fail((key,), f"{key} {json.dumps(u.cfg.get(key))} is not supported (one value for every level)")
+            return default
+        return u.int(key, default=default)
+
     latent = u.int("in_channels", default=4)
     u.need("out_channels", allowed=(latent,), why="the noise prediction has the sample's channels", default=latent)
     text = {
@@ -651,17 +656,15 @@ def _unet(u: _Checker, t: _Checker) -> dict:
         "architecture": {
             "family": "diffusion",
             "latent_channels": latent,
-            "sample_size": u.int("sample_size", default=64) if not isinstance(u.cfg.get("sample_size"), list) else 64,
+            "sample_size": one("sample_size", 64),
             "base_channels": channels[0],
             "channel_mults": [c // channels[0] for c in channels],
-            "res_blocks": u.int("layers_per_block", default=2) if not isinstance(u.cfg.get("layers_per_block"), list) else 1,
+            "res_blocks": one("layers_per_block", 2),
             "attention_levels": attn,
-            "heads": u.int(heads_key, default=8) if not isinstance(u.cfg.get(heads_key), list) else 1,
-            "transformer_depth": u.int("transformer_layers_per_block", default=1)
-            if not isinstance(u.cfg.get("transformer_layers_per_block"), list) else 1,
+            "heads": one(heads_key, 8),
+            "transformer_depth": one("transformer_layers_per_block", 1),
             "norm_groups": u.int("norm_num_groups", default=32),
-            "cross_attention_dim": u.int("cross_attention_dim", default=1280)
-            if not isinstance(u.cfg.get("cross_attention_dim"), list) else 1,
+            "cross_attention_dim": one("cross_attention_dim", 1280),
             "text_encoder": text,
         },
     }
