@@ -694,6 +694,13 @@ def read_config(path: str) -> HFConfig:
     return HFConfig(file, data, key_locations(text))
 
 
+def _where(config_path: str) -> str:
+    """The config's folder and file name, e.g. 'gpt2/config.json' (no absolute path:
+    the spec stays the same wherever the model sits)."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(config_path)))
+    return f"{folder}/{os.path.basename(config_path)}" if folder else os.path.basename(config_path)
+
+
 def spec_tree(cfg: HFConfig, name: str) -> tuple[dict, dict]:
     """The spec (a dict in YAML's shape, its parameter budget still open) and the
     weight conversion (`prefix` of the task model's names, `convert`), or CompileError
@@ -708,7 +715,7 @@ def spec_tree(cfg: HFConfig, name: str) -> tuple[dict, dict]:
     if check.errors:
         raise CompileError(sorted(check.errors, key=lambda d: d.loc))
     spec = {"metagen_version": "1.0", "name": name,
-            "description": f"Imported from {os.path.basename(cfg.path)} (transformers model_type '{kind}')."}
+            "description": f"Imported from {_where(cfg.path)} (transformers model_type '{kind}')."}
     spec.update(body)
     return spec, weights
 
