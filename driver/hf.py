@@ -827,11 +827,11 @@ def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False
         spec["constraints"]["parameter_budget"] = {"max": str(count), "min": str(count)}
         ordered = {k: spec[k] for k in order if k in spec}
         text = "\n".join(_yaml(ordered)) + "\n"
-        _compile_text(text, work, cfg)
+        model = _compile_text(text, work, cfg).model
     tree = parse_yaml(text, "<imported>")
     text = tree_to_mg(tree) if mg else tree_to_yaml(tree)
     if weights is not None:
-        _check_weights(cfg, weights, count)
+        _check_weights(cfg, weights, {name: tuple(p.type.shape) for name, p in model.walk_params()})
     return text, weights
 
 
@@ -862,7 +862,14 @@ def _pipeline(folder: str, name: str):
     return unet, spec, load
 
 
-def _check_weights(cfg: HFConfig, weights: dict[str, np.ndarray], count: int) -> None:
-    total = sum(int(a.size) for a in weights.values())
-    if total != count:
-        raise _fail(cfg.path, f"the converted checkpoint holds {total} parameters, the spec {count}")
+def _check_weights(cfg: HFConfig, weights: dict[str, np.ndarray], expected: dict[str, tuple]) -> None:
+    """The converted checkpoint holds exactly the compiled model's parameters, name
+    for name and shape for shape (load_canonical would refuse it otherwise)."""
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    wrong = sorted(n for n in set(expected) & set(weights) if tuple(weights[n].shape) != expected[n])
+    problems = [f"missing {missing[0]}" if missing else "", f"unexpected {extra[0]}" if extra else "",
+                f"{wrong[0]} has shape {list(weights[wrong[0]].shape)}, the spec {list(expected[wrong[0]])}" if wrong else ""]
+    problems = [p for p in problems if p]
+    if problems:
+        raise _fail(cfg.path, f"the checkpoint does not match its config: {'; '.join(problems)}")

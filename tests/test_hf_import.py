@@ -291,3 +291,20 @@ def test_lone_unet_config_asks_for_the_pipeline(tmp_path, capsys):
     assert main(["import", "hf", path, "-o", str(tmp_path / "u.yaml")]) == 1
     assert f"{path}:{_line_col(path, '_class_name')}: error: _class_name \"UNet2DConditionModel\": a diffusers model" in (
         capsys.readouterr().err)
+
+
+def test_checkpoint_that_disagrees_with_its_config_is_refused(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=2,
+                                                               n_head=2, bos_token_id=0, eos_token_id=0))
+    hf.save_pretrained(tmp_path / "m")
+    sd = {k: v.clone() for k, v in hf.state_dict().items() if k not in ("transformer.wpe.weight", "lm_head.weight")}
+    sd["transformer.wpe.weight"] = torch.zeros(9, 16)  # one position too many
+    save_file(sd, str(tmp_path / "m" / "model.safetensors"))
+    out = tmp_path / "w.safetensors"
+    assert main(["import", "hf", str(tmp_path / "m"), "-o", str(tmp_path / "m.yaml"), "--weights-out", str(out)]) == 1
+    assert ("error: the checkpoint does not match its config: pos_embeddings.weight has shape [9, 16], the spec [8, 16]"
+            in capsys.readouterr().err)
+    assert not out.exists() and not (tmp_path / "m.yaml").exists()
