@@ -48,7 +48,7 @@ def _evaluate(ctx: CompileContext, arch: dict[str, Any]) -> Point | None:
             return None
         model = family.build(ctx)
         params = model.param_count()
-        mem = family.memory(ctx, params)
+        mem = family.memory(ctx, params)["inference"]
         return Point(params, mem["total"], cost.workload(family, ctx, model, mem))
     finally:
         ctx.arch = saved
@@ -247,7 +247,7 @@ def check_constraints(ctx: CompileContext) -> None:
         ctx.report.setdefault("binding_constraint", "none (--tiny)")
         return
     target = Target.of(ctx)
-    mem = ctx.report["memory"]
+    mem = ctx.report["memory"]["inference"]
     work = cost.workload(FAMILIES[ctx.family], ctx, ctx.model, mem)
     point = Point(ctx.report["total_params"], mem["total"], work)
     made, ok = make_constraints(target, work)

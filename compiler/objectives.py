@@ -21,7 +21,8 @@ itself is deterministic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from metagen.compiler.context import CompileContext
@@ -342,37 +343,54 @@ def build_loss(ctx: CompileContext) -> LossProgram:
 
 # ---------------------------------------------------------------- feasibility
 
-# Peak dense (no sparsity) BF16/FP16 tensor throughput per accelerator, FLOP/s.
-# Sources are listed in docs/training.md.
-ACCELERATORS: dict[str, float] = {
-    "V100": 125e12,
-    "T4": 65e12,
-    "A10": 125e12,
-    "A10G": 125e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "L40S": 362e12,
-    "RTX4090": 165e12,
-    "H100": 989e12,
-    "H200": 989e12,
-    "GH200": 989e12,
-    "B200": 2250e12,
-    "MI250X": 383e12,
-    "MI300X": 1307e12,
-    "TPUV4": 275e12,
-    "TPUV5E": 197e12,
-    "TPUV5P": 459e12,
-    "CPU": 2e12,
+@dataclass(frozen=True)
+class Accelerator:
+    peak: float  # peak dense (no sparsity) BF16/FP16 tensor FLOP/s
+    memory: int | None  # bytes of device memory (the base variant); None: host memory, not checked
+
+
+_GB = 10**9  # datasheets give decimal GB
+# Sources are listed in docs/training.md (throughput and memory per device).
+ACCELERATORS: dict[str, Accelerator] = {
+    "V100": Accelerator(125e12, 16 * _GB),
+    "T4": Accelerator(65e12, 16 * _GB),
+    "A10": Accelerator(125e12, 24 * _GB),
+    "A10G": Accelerator(125e12, 24 * _GB),
+    "A100": Accelerator(312e12, 40 * _GB),
+    "L4": Accelerator(121e12, 24 * _GB),
+    "L40S": Accelerator(362e12, 48 * _GB),
+    "RTX4090": Accelerator(165e12, 24 * _GB),
+    "H100": Accelerator(989e12, 80 * _GB),
+    "H200": Accelerator(989e12, 141 * _GB),
+    "GH200": Accelerator(989e12, 96 * _GB),
+    "B200": Accelerator(2250e12, 180 * _GB),
+    "MI250X": Accelerator(383e12, 128 * _GB),
+    "MI300X": Accelerator(1307e12, 192 * _GB),
+    "TPUV4": Accelerator(275e12, 32 * _GB),
+    "TPUV5E": Accelerator(197e12, 16 * _GB),
+    "TPUV5P": Accelerator(459e12, 95 * _GB),
+    "CPU": Accelerator(2e12, None),
 }
 
 
-def accelerator_peak(key: str) -> float | None:
-    """The peak of the accelerator `key` names (upper case, no separators): an exact
-    name, else the longest name it starts with (A100-80GB is an A100, not an A10)."""
+def accelerator(key: str) -> Accelerator | None:
+    """The accelerator `key` names (upper case, no separators): an exact name, else
+    the longest name it starts with (A100-80GB is an A100, not an A10). A variant
+    that ends in a memory size ("A100-80GB", "V100-32GB") has that memory."""
     if key in ACCELERATORS:
         return ACCELERATORS[key]
     prefixes = [k for k in ACCELERATORS if key.startswith(k)]
-    return ACCELERATORS[max(prefixes, key=len)] if prefixes else None
+    if not prefixes:
+        return None
+    base = max(prefixes, key=len)
+    found = ACCELERATORS[base]
+    m = re.fullmatch(r"(\d+)GB", key[len(base):])
+    return replace(found, memory=int(m.group(1)) * _GB) if m else found
+
+
+def accelerator_peak(key: str) -> float | None:
+    found = accelerator(key)
+    return found.peak if found is not None else None
 
 
 UTILIZATION = 0.4  # model FLOP utilisation assumed for the time estimate
@@ -396,6 +414,23 @@ def _human_duration(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.3g} {unit}"
     return f"{seconds:.3g} seconds"
+
+
+def training_memory_per_device(train: dict[str, int], count: int, capacity: int) -> dict[str, Any]:
+    """What one device holds when the parallel plan (FSDP2 full sharding, or a
+    JAX mesh that shards the same way) spreads weights, gradients and optimizer
+    state over `count` devices, at a micro-batch of one sample with activation
+    checkpointing: the least a training run needs, so a miss is certain."""
+    states = train["weights"] + train["gradients"] + train["optimizer"]
+    need = -(-states // count) + train["activations_checkpointed"]
+    return {
+        "per_device_bytes": need,
+        "states_per_device_bytes": -(-states // count),
+        "activations_bytes": train["activations_checkpointed"],
+        "device_memory_bytes": capacity,
+        "fits": need <= capacity,
+        "rule": "(weights + gradients + optimizer) / devices + checkpointed activations of one sample",
+    }
 
 
 def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
@@ -436,8 +471,12 @@ def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
     if hardware is not None:
         count, kind = hardware if isinstance(hardware, tuple) else units.parse_hardware(hardware)
         key = kind.upper().replace("-", "").replace("_", "")
-        peak = accelerator_peak(key)
+        acc = accelerator(key)
+        peak = acc.peak if acc is not None else None
         out["hardware"] = {"count": count, "accelerator": kind, "peak_flops_each": peak}
+        train_mem = (ctx.report.get("memory") or {}).get("training")
+        if acc is not None and acc.memory is not None and train_mem is not None:
+            out["memory"] = training_memory_per_device(train_mem, count, acc.memory)
         out["parallel_plan"] = _parallel_plan(count)
         if peak is None:
             out["hardware"]["note"] = f"unknown accelerator '{kind}'; no time estimate"
@@ -458,9 +497,9 @@ def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class EstimateTrainingCompute(Pass):
-    """Estimate the training run's compute; warn when its duration cannot hold it.
-
-    The warning points at training.compute.duration."""
+    """Estimate the training run's compute and memory; warn when its duration
+    cannot hold the compute (at training.compute.duration) and when its hardware
+    cannot hold the training memory (at training.compute.hardware)."""
 
     name = "estimate-training-compute"
     requires = frozenset({Fact.MODEL})
@@ -475,13 +514,43 @@ class EstimateTrainingCompute(Pass):
         if est is None:
             return PassResult(changed=False)
         ctx.report["training"] = est
-        if est.get("fits") is False and "assumed" not in est["data"]:
+        if est.get("fits") is False:
+            # A miss is a miss whether the data size was written or assumed
+            # (compute-optimal); the warning says which, so the fix is clear.
             compute = ctx.spec.training.compute
             hw = est["hardware"]
+            data = est["data"]
+            assumed = (
+                f" (data assumed compute-optimal: {data['amount']:.3g} tokens, 20 per parameter; "
+                "set training.data.size to say otherwise)"
+                if "assumed" in data
+                else ""
+            )
             ctx.sink.warning(
                 compute.loc("duration"),
                 f"training.compute.duration: {_human_duration(est['duration_seconds'])} cannot hold "
                 f"{est['training_flops']:.3g} FLOPs on {hw['count']}x{hw['accelerator']} at "
-                f"{UTILIZATION:.0%} utilisation; it needs about {est['estimated']}",
+                f"{UTILIZATION:.0%} utilisation; it needs about {est['estimated']}{assumed}",
+            )
+        mem = est.get("memory")
+        if mem is not None and not mem["fits"]:
+            from metagen.frontend.units import format_bytes
+
+            hw = est["hardware"]
+            if mem["activations_bytes"] > mem["device_memory_bytes"]:
+                # More devices do not help: the plan shards states, not one sequence.
+                fix = (
+                    "train at a shorter sequence and extend the context afterwards (as Llama 3 did), or shard "
+                    "the sequence (context parallelism, which the generated plan does not do)"
+                )
+            else:
+                fix = "use more or larger accelerators"
+            ctx.sink.warning(
+                ctx.spec.training.compute.loc("hardware"),
+                f"training.compute.hardware: {hw['count']}x{hw['accelerator']} ({format_bytes(mem['device_memory_bytes'])} "
+                f"each) cannot hold the training run: each device needs at least {format_bytes(mem['per_device_bytes'])} "
+                f"({format_bytes(mem['states_per_device_bytes'])} of fp32 weights, gradients and AdamW moments "
+                f"sharded over every device, plus {format_bytes(mem['activations_bytes'])} of one sample's "
+                f"checkpointed activations at {training_seq_len(ctx)} tokens); {fix}",
             )
         return PassResult(changed=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from metagen.compiler.context import CompileContext
+from metagen.compiler.devices import precision_of
 from metagen.compiler.families import FAMILIES
 from metagen.ir.graph import Layer, Model, Repeat, Sub
 
@@ -30,8 +31,16 @@ def parameter_report(ctx: CompileContext) -> dict[str, Any]:
     total = model.param_count()
     family = FAMILIES[ctx.family]
     mem = family.memory(ctx, total)
+    precision, is_default = precision_of(ctx.spec.constraints)
     return {
         "total_params": total,
         "by_module": _breakdown(model, model.top),
-        "memory": {**mem, "dtype": ctx.spec.constraints.dtype, "context_window": ctx.arch.get("context", ctx.context_window)},
+        "memory": {
+            "inference": mem["inference"],
+            "training": mem["training"],
+            "precision": precision,
+            "precision_is_default": is_default,
+            "context_window": ctx.arch.get("context", ctx.context_window),
+            "batch": 1,
+        },
     }

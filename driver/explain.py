@@ -63,7 +63,8 @@ def design(arch: dict[str, Any], estimate: dict[str, Any], source: str) -> dict[
         "total_params": estimate["total_params"],
         "params_by_module": modules,
         "memory": inference_memory(estimate.get("memory") or {}),
-        "memory_dtype": (estimate.get("memory") or {}).get("dtype"),
+        # The deployment precision (older reports name a NumPy dtype instead).
+        "memory_dtype": (estimate.get("memory") or {}).get("precision") or (estimate.get("memory") or {}).get("dtype"),
         "latency": cost.get("latency_per_unit"),
         "latency_s": cost.get("latency_per_unit_s"),
         "binding_constraint": estimate.get("binding_constraint"),

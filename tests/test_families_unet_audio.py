@@ -46,7 +46,7 @@ def test_sd15_exact_count_from_ir():
     assert comp.model.family == "diffusion_unet"
     assert [i.name for i in comp.model.inputs] == ["sample", "timestep", "input_ids"]
     assert comp.model.output_names == ["noise_pred"]
-    assert report["memory"]["total"] <= 24 * GB
+    assert report["memory"]["inference"]["total"] <= 24 * GB
 
 
 @pytest.mark.slow
@@ -83,7 +83,7 @@ def test_step6_diffusion_fitted_within_budget():
     report = comp.ctx.report
     params = report["total_params"]
     assert 0.9 * 2e9 <= params <= 2e9
-    assert report["memory"]["total"] <= 24 * GB
+    assert report["memory"]["inference"]["total"] <= 24 * GB
     assert report["binding_constraint"] == "parameter_budget.max"
     chosen = report["fit"]["chosen"]
     assert chosen["base_channels"] % 64 == 0 and chosen["res_blocks"] >= 1
@@ -108,7 +108,7 @@ def test_text_to_image_selects_the_diffusion_unet():
 def test_memory_budget_binds_diffusion():
     comp = compile_spec(example("tutorial", "step6_diffusion.yaml"), overrides=[("constraints.memory_budget", "2GB")])
     report = comp.ctx.report
-    assert report["memory"]["total"] <= 2 * GB
+    assert report["memory"]["inference"]["total"] <= 2 * GB
     assert report["binding_constraint"] == "memory_budget"
 
 

@@ -42,7 +42,7 @@ def assert_every_bound_holds(r: dict) -> None:
     assert r["total_params"] <= b["max"]
     if not r["binding_constraint"].startswith(("latency", "throughput", "memory", "pinned")):
         assert r["total_params"] >= b["min"]
-    assert r["memory"]["total"] <= b["memory_budget_bytes"]
+    assert r["memory"]["inference"]["total"] <= b["memory_budget_bytes"]
     lat = c["latency_bound"]["per_unit_s"]
     if lat is not None:
         assert c["latency_per_unit_s"] <= lat
@@ -63,7 +63,7 @@ def test_step3_fills_the_budget_and_reports_the_cost():
     assert c["unit"] == "token"
     assert c["latency_bound"] == {"spec": "real-time", "per_unit_s": 0.05, "note": "<= 50 ms/token"}
     # Decode at the full 32k context is bandwidth-bound: weights plus KV cache per token.
-    mem = r["memory"]
+    mem = r["memory"]["inference"]
     assert c["bound_by"] == "memory bandwidth"
     assert c["bytes_per_unit"] >= mem["weights"] + mem["kv_cache"]
     assert c["latency_per_unit_s"] == pytest.approx(c["bytes_per_unit"] / DEVICES["consumer_gpu"].bandwidth, rel=1e-5)
@@ -75,7 +75,7 @@ def test_edge_pattern_every_bound_holds():
     r = fit(EDGE)
     assert 45_000_000 <= r["total_params"] <= 50_000_000
     assert r["binding_constraint"] == "parameter_budget.max"
-    assert r["memory"]["total"] <= 512 * 1024**2
+    assert r["memory"]["inference"]["total"] <= 512 * 1024**2
     c = r["cost"]
     assert c["device"]["class"] == "edge" and c["device"]["bandwidth_bytes_per_s"] == 68e9
     assert c["latency_bound"]["per_unit_s"] == 0.05 and c["latency_per_unit_s"] <= 0.05
@@ -119,10 +119,12 @@ def test_fit_time_only_on_request(tmp_path):
 
 
 def test_memory_budget_binds():
-    r = fit(STEP3, memory_budget="4GB")
+    # Inference memory is weights + KV cache + one decode step (no context x vocab
+    # logits): step 3's 495M needs 1.67GB, so 1.5GB binds.
+    r = fit(STEP3, memory_budget="1.5GB")
     assert r["binding_constraint"] == "memory_budget"
-    assert r["total_params"] < 450_000_000
-    assert r["memory"]["total"] <= 4 * 1024**3
+    assert r["total_params"] < 495_000_000
+    assert r["memory"]["inference"]["total"] <= 1.5 * 1024**3
     assert_every_bound_holds(r)
 
 
@@ -134,10 +136,12 @@ def test_latency_binds():
 
 
 def test_throughput_binds():
-    r = fit(EDGE, throughput="1000 tok/s")
+    # Batched to the memory budget: one sequence needs only its KV cache and one
+    # step's working set, so the 50M int8 edge model batches high; 20k tok/s binds.
+    r = fit(EDGE, throughput="20000 tok/s")
     assert r["binding_constraint"] == "throughput"
-    assert r["cost"]["throughput_bound"] == {"spec": "1000 tok/s", "per_s": 1000.0}
-    assert r["cost"]["throughput_per_s"] >= 1000
+    assert r["cost"]["throughput_bound"] == {"spec": "20000 tok/s", "per_s": 20000.0}
+    assert r["cost"]["throughput_per_s"] >= 20000
     assert_every_bound_holds(r)
 
 
@@ -175,7 +179,7 @@ def test_overrides_change_device_and_latency():
 def test_latency_no_model_meets():
     assert errors(EDGE, latency="10us") == [
         f"{CMD}: error: latency '10us' (<= 10 us/token on edge) cannot be met: the smallest model needs "
-        "139 us/token; relax latency to at least '140us' or choose a faster device"
+        "76.6 us/token; relax latency to at least '77us' or choose a faster device"
     ]
 
 
@@ -193,6 +197,7 @@ constraints:
   latency: "real-time"
   device: "mobile"
   memory_budget: "64GB"
+  precision: "bf16"
 """
 
 
@@ -206,16 +211,16 @@ def test_latency_word_no_model_meets_points_into_the_spec(tmp_path):
 
 
 def test_throughput_no_model_meets():
-    assert errors(STEP3, throughput="100000 tok/s") == [
-        f"{CMD}: error: throughput '100000 tok/s' (>= 100000 tokens/s on consumer_gpu) cannot be met: the "
-        "fastest model reaches 95700 tokens/s; lower throughput to at most '95000 tok/s' or choose a faster device"
+    assert errors(STEP3, throughput="200000 tok/s") == [
+        f"{CMD}: error: throughput '200000 tok/s' (>= 200000 tokens/s on consumer_gpu) cannot be met: the "
+        "fastest model reaches 120000 tokens/s; lower throughput to at most '120000 tok/s' or choose a faster device"
     ]
 
 
 def test_explicit_min_unreachable_names_what_binds():
-    assert errors(STEP3, parameter_budget__min="490M", memory_budget="4GB") == [
-        "<command line>:1:2: error: no model reaches parameter_budget.min = 490M: the memory budget (4GB) binds "
-        "at 422M parameters; lower min to at most 422M (422315264) or raise memory_budget"
+    assert errors(STEP3, parameter_budget__min="490M", memory_budget="1GB") == [
+        "<command line>:1:2: error: no model reaches parameter_budget.min = 490M: the memory budget (1GB) binds "
+        "at 439M parameters; lower min to at most 439M (439365632) or raise memory_budget"
     ]
     assert errors(STEP3, parameter_budget__min="480M", latency="1ms") == [
         "<command line>:1:1: error: no model reaches parameter_budget.min = 480M: latency '1ms' (<= 1 ms/token "
@@ -235,7 +240,7 @@ def test_pinned_model_too_slow():
     msgs = errors(example("reference", "gpt2_small.yaml"), latency="1ms", device="edge")
     assert msgs == [
         "<command line>:1:1: error: latency '1ms' (<= 1 ms/token on edge) cannot be met: the model needs "
-        "4.22 ms/token; relax latency to at least '4.3ms' or choose a faster device"
+        "2.39 ms/token; relax latency to at least '2.4ms' or choose a faster device"
     ]
 
 
@@ -329,12 +334,12 @@ def test_a_new_constraint_is_one_class(monkeypatch):
     monkeypatch.setattr(cs, "CONSTRAINTS", [*cs.CONSTRAINTS, WeightBytes])
     r = fit(EDGE)
     assert r["binding_constraint"] == "test.weight_bytes"
-    assert r["memory"]["weights"] <= 40_000_000
+    assert r["memory"]["inference"]["weights"] <= 40_000_000
     assert "throughput, weight bytes)" in r["fit"]["rule"]
     monkeypatch.setattr(WeightBytes, "limit", 1000)
     msgs = errors(EDGE)
     # At the spec's memory_budget (its `field`), with the smallest model's weights.
-    assert msgs == [f"{EDGE}:12:18: error: weights need 8323456 bytes, over 1000"]
+    assert msgs == [f"{EDGE}:12:18: error: weights need 4161728 bytes, over 1000"]
 
 
 def test_every_inapplicable_bound_is_reported():

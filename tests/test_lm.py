@@ -42,7 +42,7 @@ def test_step3_fits_within_budget():
     comp = compile_spec(example("tutorial", "step3_constraints.yaml"))
     n = comp.ctx.report["total_params"]
     assert 450_000_000 <= n <= 500_000_000, n
-    mem = comp.ctx.report["memory"]
+    mem = comp.ctx.report["memory"]["inference"]
     assert mem["total"] <= 8 * 2**30
 
 
@@ -51,7 +51,7 @@ def test_minimal_spec_is_coherent():
     r = comp.ctx.report
     assert r["binding_constraint"] in ("parameter_budget.max", "memory_budget")
     assert r["total_params"] <= r["budget"]["max"]
-    assert r["memory"]["total"] <= r["budget"]["memory_budget_bytes"]
+    assert r["memory"]["inference"]["total"] <= r["budget"]["memory_budget_bytes"]
     if r["binding_constraint"] == "parameter_budget.max":
         assert r["total_params"] >= 0.9 * r["budget"]["max"]
 

@@ -391,8 +391,8 @@ def test_accelerator_variants_take_their_own_peak():
     """A100-80GB is an A100 (longest matching name), not the A10 that comes first."""
     from metagen.compiler.objectives import ACCELERATORS, accelerator_peak
 
-    assert accelerator_peak("A10080GB") == ACCELERATORS["A100"]
-    assert accelerator_peak("A10G") == ACCELERATORS["A10G"]
-    assert accelerator_peak("A10") == ACCELERATORS["A10"]
-    assert accelerator_peak("H100SXM") == ACCELERATORS["H100"]
+    assert accelerator_peak("A10080GB") == ACCELERATORS["A100"].peak
+    assert accelerator_peak("A10G") == ACCELERATORS["A10G"].peak
+    assert accelerator_peak("A10") == ACCELERATORS["A10"].peak
+    assert accelerator_peak("H100SXM") == ACCELERATORS["H100"].peak
     assert accelerator_peak("FOO") is None

@@ -29,7 +29,7 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Rule, derived, spec_key
-from metagen.compiler.families.blocks import block_stack, class_name, dtype_bytes, resolve_tower, tower_block
+from metagen.compiler.families.blocks import block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, resolve_tower, tower_block
 from metagen.compiler.families.decoder_lm import DecoderLM
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
@@ -120,15 +120,21 @@ class AudioLM(DecoderLM):
             examples={"seq": min(16, a["context"])},
         )
 
-    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
-        """Weights + KV cache at the full context + one layer's prefill activations
-        and the logits of every codebook: context * (4d + ffn + codebooks * size)."""
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
+        """As the decoder LM: weights + KV cache at the full context + one decode
+        step (one layer's activations, attention over the context, and one frame's
+        logits for every codebook: 4d + ffn + heads * context + codebooks * size)."""
         a = ctx.arch
-        nbytes = dtype_bytes(ctx)
-        weights = params * nbytes
+        nbytes = act_nbytes(ctx)
         kv = T.kv_cache_bytes(a, a["context"], nbytes)
-        acts = a["context"] * (4 * a["hidden_size"] + a["ffn_size"] + a["codebooks"] * a["codebook_size"]) * nbytes
-        return {"weights": weights, "kv_cache": kv, "activations": acts, "total": weights + kv + acts}
+        heads_out = a["codebooks"] * a["codebook_size"]
+        step = (4 * a["hidden_size"] + a["ffn_size"] + a["heads"] * a["context"] + heads_out) * nbytes
+        stored, ckpt = tower_training_activations(a["layers"], a["context"], a["hidden_size"])
+        logits = a["context"] * heads_out * 4
+        return {
+            "inference": inference(params * weight_nbytes(ctx), kv, step),
+            "training": training(params, stored + logits, ckpt + logits),
+        }
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": ctx.arch["context"]}

@@ -277,7 +277,7 @@ class Family(ABC):
 
     def family_mismatch(self, written: str) -> str:
         """Tutorial Best Practices 3: a family that does not suit the task is not honoured silently."""
-        return f"family '{written}' does not fit this modality and objective; building {self.built} (a transformer) instead"
+        return f"{unbuilt_family(written) or f'family {written!r} does not fit this modality and objective'}; building {self.built} (a transformer) instead"
 
     @abstractmethod
     def configure(self, ctx: CompileContext) -> None:
@@ -355,13 +355,30 @@ class Family(ABC):
         """The IR model of the resolved architecture."""
 
     @abstractmethod
-    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
-        """Inference memory in bytes: weights, caches, activations (and total)."""
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
+        """The family's one statement of its memory, in bytes:
+        `inference` (blocks.inference: weights at the deployment precision, KV
+        cache at the context for batch 1, one decode step's or forward's working
+        set, total) and `training` (blocks.training: fp32 weights, gradients and
+        AdamW moments, activations without and with checkpointing, totals)."""
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         """One unit of work (`unit`) for the cost model: {'bindings': {symbol: int},
         'per_unit': units in one forward at those bindings}."""
         return {"bindings": {"batch": 1}, "per_unit": 1}
+
+
+def unbuilt_family(written: str) -> str | None:
+    """Honest words for an `architecture.family` the language names but the
+    compiler does not build for this task: no family accepts it at all ("not
+    implemented yet"), or only another task's family does (say which). None for a
+    family that is built for some task but simply does not suit this one."""
+    takers = sorted(f.name for f in FAMILIES.values() if written in f.accepts_families)
+    if not takers:
+        return f"family '{written}' is named by the spec language but not implemented yet (no {written} is built)"
+    if written not in ("auto", "transformer", *(f.msl_family_name for f in FAMILIES.values())):
+        return f"family '{written}' is implemented only as {', '.join(takers)} (docs/families.md), which this modality and objective do not select"
+    return None
 
 
 def _resolved(cfg: ArchConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from metagen.compiler import devices
 from metagen.compiler.context import CompileContext
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, spec_key
@@ -110,9 +111,52 @@ def num_classes(ctx: CompileContext, default: int) -> int:
     return n if n is not None else default
 
 
-def dtype_bytes(ctx: CompileContext) -> int:
-    """Bytes per value at the spec's inference dtype (named as NumPy names it)."""
-    return DType.from_numpy(ctx.spec.constraints.dtype).nbytes
+def weight_nbytes(ctx: CompileContext) -> int:
+    """Bytes per weight at the spec's deployment precision (`constraints.precision`)."""
+    return devices.weight_bytes(devices.precision_of(ctx.spec.constraints)[0])
+
+
+def act_nbytes(ctx: CompileContext) -> int:
+    """Bytes per activation or KV-cache value at that precision (16-bit under
+    weight-only int8)."""
+    return devices.activation_bytes(devices.precision_of(ctx.spec.constraints)[0])
+
+
+def inference(weights: int, kv_cache: int, activations: int) -> dict[str, int]:
+    return {"weights": weights, "kv_cache": kv_cache, "activations": activations, "total": weights + kv_cache + activations}
+
+
+# Mixed-precision training with AdamW, as PyTorch AMP and FSDP run it: fp32 master
+# weights (4 B), fp32 gradients (4 B), two fp32 AdamW moments (8 B): 16 B per
+# parameter (Rajbhandari et al. 2020, ZeRO, section 3.1). Activations are 16-bit.
+TRAIN_WEIGHT_BYTES, TRAIN_GRAD_BYTES, TRAIN_ADAM_BYTES, TRAIN_ACT_BYTES = 4, 4, 8, 2
+
+
+def training(params: int, stored: int, checkpointed: int) -> dict[str, int]:
+    """Training memory of one micro-batch of one sample: `stored` bytes of
+    activations kept for the backward pass without checkpointing, `checkpointed`
+    with every block recomputed (its inputs kept, one block live at a time)."""
+    w, g, o = params * TRAIN_WEIGHT_BYTES, params * TRAIN_GRAD_BYTES, params * TRAIN_ADAM_BYTES
+    return {
+        "weights": w,
+        "gradients": g,
+        "optimizer": o,
+        "activations": stored,
+        "activations_checkpointed": checkpointed,
+        "total": w + g + o + stored,
+        "total_checkpointed": w + g + o + checkpointed,
+    }
+
+
+def tower_training_activations(layers: int, tokens: int, hidden: int) -> tuple[int, int]:
+    """A transformer stack's training activations at 16 bits, without and with
+    full activation checkpointing: 34 * tokens * hidden bytes per layer
+    (Korthikanti et al. 2022, "Reducing Activation Recomputation", eq. 1, with
+    the 5*a*s^2 attention-score term dropped: fused SDPA/flash attention does not
+    store the scores); checkpointed, each layer's input (2 * tokens * hidden) plus
+    one layer recomputed."""
+    per_layer = 34 * tokens * hidden
+    return layers * per_layer, layers * 2 * tokens * hidden + per_layer
 
 
 # ---------------------------------------------------------------- sizes

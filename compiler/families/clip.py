@@ -20,7 +20,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower
 from metagen.compiler.families.blocks import (
-    SIZE_KEYS, VisionTower, block_stack, check_vision, class_name, dtype_bytes, num_patches, pixel_input,
+    SIZE_KEYS, VisionTower, block_stack, check_vision, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_patches, pixel_input,
     pool_tokens, report_structure, resolve_tower, token_embeddings, tower_activations, tower_block, vision_embed,
     vision_structure, vision_tiny, width_candidates,
 )
@@ -273,13 +273,17 @@ class DualEncoder(Family):
         T.norm_layer(b, "post_norm", v)
         return b.ret(b.call("post_norm", pooled, hint="pooled"))
 
-    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
+        """One forward of both towers (one block of each live at a time); training
+        keeps both towers' activations for one image-text pair."""
         a = ctx.arch
-        nbytes = dtype_bytes(ctx)
-        weights = params * nbytes
+        nbytes = act_nbytes(ctx)
         t, v = a["text_encoder"], a["image_encoder"]  # folded by finalize before any build
-        acts = tower_activations(t, a["context"], nbytes) + tower_activations(v, num_patches(v) + 1, nbytes)
-        return {"weights": weights, "kv_cache": 0, "activations": acts, "total": weights + acts}
+        vt = num_patches(v) + 1
+        acts = tower_activations(t, a["context"], nbytes) + tower_activations(v, vt, nbytes)
+        ts, tc = tower_training_activations(t["layers"], a["context"], t["hidden_size"])
+        vs, vc = tower_training_activations(v["layers"], vt, v["hidden_size"])
+        return {"inference": inference(params * weight_nbytes(ctx), 0, acts), "training": training(params, ts + vs, tc + vc)}
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}

@@ -10,7 +10,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
-    block_stack, class_name, dtype_bytes, resolve_tower, token_embeddings, tower_block,
+    block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, resolve_tower, token_embeddings, tower_block,
 )
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
@@ -128,15 +128,23 @@ class DecoderLM(Family):
             examples={"seq": min(16, a.context)},
         )
 
-    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
+        """Inference: weights at the deployment precision, the KV cache at the full
+        context (batch 1), and one decode step's working set: one layer's
+        activations for the new token (4d + ffn), its attention scores over the
+        context (heads * context) and one row of logits (vocab). Prefill is chunked
+        (as vLLM and TensorRT-LLM do), so it never holds context x vocab logits.
+        Training: one sequence at the context, plus its fp32 logits for the loss."""
         a = ctx.arch
-        nbytes = dtype_bytes(ctx)
-        weights = params * nbytes
+        nbytes = act_nbytes(ctx)
         kv = T.kv_cache_bytes(a, a["context"], nbytes)
-        # One layer's activations at a time during prefill of the full context, plus
-        # the logits: context * (4d + ffn + vocab) values.
-        acts = a["context"] * (4 * a["hidden_size"] + a["ffn_size"] + a["vocab_size"]) * nbytes
-        return {"weights": weights, "kv_cache": kv, "activations": acts, "total": weights + kv + acts}
+        step = (4 * a["hidden_size"] + a["ffn_size"] + a["heads"] * a["context"] + a["vocab_size"]) * nbytes
+        stored, ckpt = tower_training_activations(a["layers"], a["context"], a["hidden_size"])
+        logits = a["context"] * a["vocab_size"] * 4
+        return {
+            "inference": inference(params * weight_nbytes(ctx), kv, step),
+            "training": training(params, stored + logits, ckpt + logits),
+        }
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": ctx.arch["context"]}

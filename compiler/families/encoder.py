@@ -12,7 +12,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
-    block_stack, class_name, dtype_bytes, num_classes, report_structure, single_tower_knobs, token_embeddings,
+    block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_classes, report_structure, single_tower_knobs, token_embeddings,
     tower_activations, tower_block, resolve_tower,
 )
 from metagen.ir.builder import ModelBuilder
@@ -157,11 +157,13 @@ class EncoderClassifier(Family):
     def head_config(self, a: dict[str, Any]) -> dict[str, Any]:
         return {"num_classes": a["num_classes"]}
 
-    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
-        nbytes = dtype_bytes(ctx)
-        weights = params * nbytes
-        acts = tower_activations(ctx.arch, ctx.arch["context"], nbytes)
-        return {"weights": weights, "kv_cache": 0, "activations": acts, "total": weights + acts}
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
+        """One forward at the context (one block live at a time); training keeps
+        every block's activations for one sequence."""
+        a = ctx.arch
+        acts = tower_activations(a, a["context"], act_nbytes(ctx))
+        stored, ckpt = tower_training_activations(a["layers"], a["context"], a["hidden_size"])
+        return {"inference": inference(params * weight_nbytes(ctx), 0, acts), "training": training(params, stored, ckpt)}
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}

@@ -24,7 +24,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
-    block_stack, class_name, dtype_bytes, learned_positions, num_classes, read_spec, single_tower_knobs,
+    block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, learned_positions, num_classes, read_spec, single_tower_knobs,
     tower_activations, tower_block,
 )
 from metagen.frontend.schema import MODALITIES
@@ -87,7 +87,9 @@ class Fallback(Family):
         cfg.context = ctx.context_window
         ctx.arch = cfg
         unknown = sorted({m for m in ins + outs if m not in MODALITIES})
-        ctx.sink.warning(
+        # The spec builder has already warned at each unknown word (one warning per
+        # problem); this note says what was built for it.
+        ctx.sink.note(
             ctx.spec.modality.loc(),
             f"unsupported modalit{'y' if len(unknown) == 1 else 'ies'} {', '.join(repr(m) for m in unknown)}: "
             f"built a best-effort transformer encoder {self._describe(ctx.arch)} (see docs/families.md, 'fallback')",
@@ -173,14 +175,18 @@ class Fallback(Family):
             out["channels"] = channels
         return out
 
-    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
-        nbytes = dtype_bytes(ctx)
-        weights = params * nbytes
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
+        """One forward (one block live at a time); a token head outputs scores at
+        every position in that forward, so its context x vocab logits count."""
+        nbytes = act_nbytes(ctx)
         a = ctx.arch
         acts = tower_activations(a, a["context"], nbytes)
-        if a["head"] == "tokens":
-            acts += a["context"] * a["vocab_size"] * nbytes
-        return {"weights": weights, "kv_cache": 0, "activations": acts, "total": weights + acts}
+        logits = a["context"] * a["vocab_size"] if a["head"] == "tokens" else 0
+        stored, ckpt = tower_training_activations(a["layers"], a["context"], a["hidden_size"])
+        return {
+            "inference": inference(params * weight_nbytes(ctx), 0, acts + logits * nbytes),
+            "training": training(params, stored + logits * 4, ckpt + logits * 4),
+        }
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}

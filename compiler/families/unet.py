@@ -36,9 +36,10 @@ from typing import Any
 
 from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
-from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower
+from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower, unbuilt_family
 from metagen.compiler.families.blocks import (
-    block_stack, class_name, dtype_bytes, read_spec, resolve_tower, tower_block,
+    TRAIN_ACT_BYTES, act_nbytes, block_stack, class_name, inference, read_spec, tower_training_activations, training,
+    weight_nbytes, resolve_tower, tower_block,
 )
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model, ModuleDef, Value
@@ -128,7 +129,7 @@ class DiffusionUNet(Family):
     )
 
     def family_mismatch(self, written: str) -> str:
-        return f"family '{written}' does not fit a text-conditioned diffusion objective; building {self.built} instead"
+        return f"{unbuilt_family(written) or f'family {written!r} does not fit a text-conditioned diffusion objective'}; building {self.built} instead"
 
     def configure(self, ctx: CompileContext) -> None:
         spec_arch = ctx.spec.architecture
@@ -294,16 +295,20 @@ class DiffusionUNet(Family):
 
     # ---------------------------------------------------------------- cost
 
-    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
-        """Weights at the inference dtype plus the activations of one denoising step
-        at batch 1: every skip tensor (kept until the up path consumes it), the
-        largest level's working set (about 6 feature maps, plus in a spatial
-        transformer its h*heads attention scores over (s_l^2)^2 and the 8x-wide GEGLU
-        projection), and the text encoder's states (context * (4d + ffn) + heads *
-        context^2). Affine in res_blocks, as the fitter needs."""
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
+        """Inference: weights at the deployment precision plus the activations of
+        one denoising step at batch 1: every skip tensor (kept until the up path
+        consumes it), the largest level's working set (about 6 feature maps, plus in
+        a spatial transformer its h*heads attention scores over (s_l^2)^2 and the
+        8x-wide GEGLU projection), and the text encoder's states (context * (4d +
+        ffn) + heads * context^2). Affine in res_blocks, as the fitter needs.
+        Training (one sample): every block's feature maps kept (2 * res_blocks + 1
+        blocks per level: down, up, and the up path's extra block; fused attention
+        keeps no scores) plus the text encoder's; checkpointed, the skips plus the
+        largest block recomputed."""
         a = ctx.arch
         te = a["text_encoder"]
-        nbytes = dtype_bytes(ctx)
+        nbytes = act_nbytes(ctx)
         chans = level_channels(a)
         levels = len(chans)
         area = [(a["sample_size"] >> lvl) ** 2 for lvl in range(levels)]
@@ -313,16 +318,25 @@ class DiffusionUNet(Family):
             if lvl < levels - 1:
                 skips += chans[lvl] * area[lvl + 1]
         work = 0
+        stored = 0
         for lvl in range(levels):
             w = 6 * chans[lvl] * area[lvl]
             if lvl in a["attention_levels"] or lvl == levels - 1:
-                w += a["heads"] * area[lvl] ** 2 + 8 * chans[lvl] * area[lvl]
+                w += 8 * chans[lvl] * area[lvl]
+                stored += (2 * a["res_blocks"] + 1) * w
+                w += a["heads"] * area[lvl] ** 2
+            else:
+                stored += (2 * a["res_blocks"] + 1) * w
             work = max(work, w)
         n = a["context"]
         text = n * (4 * te["hidden_size"] + te["ffn_size"]) + te["heads"] * n * n
         acts = (skips + work + text) * nbytes
-        weights = params * nbytes
-        return {"weights": weights, "activations": acts, "total": weights + acts}
+        ts, tc = tower_training_activations(te["layers"], n, te["hidden_size"])
+        t = TRAIN_ACT_BYTES
+        return {
+            "inference": inference(params * weight_nbytes(ctx), 0, acts),
+            "training": training(params, stored * t + ts, (skips + work) * t + tc),
+        }
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}

@@ -12,7 +12,7 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families.base import Family, Knobs, Rule, derived
 from metagen.compiler.families.blocks import (
-    VisionTower, block_stack, check_vision, class_name, dtype_bytes, num_classes, num_patches, pixel_input,
+    VisionTower, block_stack, check_vision, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_classes, num_patches, pixel_input,
     pool_tokens, report_structure, resolve_tower, single_tower_knobs, tower_activations, tower_block, vision_embed,
     vision_structure, vision_tiny,
 )
@@ -103,11 +103,14 @@ class ViTClassifier(Family):
             symbols={"batch": "batch size"},
         )
 
-    def memory(self, ctx: CompileContext, params: int) -> dict[str, int]:
-        nbytes = dtype_bytes(ctx)
-        weights = params * nbytes
-        acts = tower_activations(ctx.arch, num_patches(ctx.arch) + 1, nbytes)
-        return {"weights": weights, "kv_cache": 0, "activations": acts, "total": weights + acts}
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
+        """One forward of one image (one block live at a time); training keeps every
+        block's activations for one image."""
+        a = ctx.arch
+        tokens = num_patches(a) + 1
+        acts = tower_activations(a, tokens, act_nbytes(ctx))
+        stored, ckpt = tower_training_activations(a["layers"], tokens, a["hidden_size"])
+        return {"inference": inference(params * weight_nbytes(ctx), 0, acts), "training": training(params, stored, ckpt)}
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         return {"bindings": {"batch": 1}, "per_unit": 1}

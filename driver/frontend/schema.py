@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metagen.backends import registry
+from metagen.compiler.devices import DTYPE_PRECISION, PRECISION_BYTES
 
 # Value kinds. Each maps to one check in spec_builder and one JSON Schema fragment.
 STR, INT, FLOAT, BOOL = "str", "int", "float", "bool"
@@ -56,7 +57,8 @@ NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "sinusoidal", "none")
 POOLINGS = ("cls", "cls_pooler", "mean", "eot", "last", "none")
 TASKS = ("generation", "classification", "embedding", "denoising")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = tuple(DTYPE_PRECISION)
+PRECISIONS = tuple(PRECISION_BYTES)
 
 # Keys shared by a whole model and by each tower of a multi-tower model.
 TOWER_FIELDS = (
@@ -137,7 +139,13 @@ SPEC = _map(
         Field("memory_budget", BYTES, "Inference memory: weights + KV cache + activations. Default: the device's capacity."),
         Field("context_window", CONTEXT, "Longest sequence, in tokens (k = 1024).", default="4k"),
         Field("throughput", RATE, "Required throughput (\"60 tok/s\", \"2 img/s\")."),
-        Field("dtype", ENUM, "Inference dtype used for memory estimates.", default="bfloat16", choices=DTYPES),
+        Field(
+            "precision", ENUM,
+            "Deployment precision of the weights, for inference memory and latency (int8 is weight-only: activations "
+            "and KV cache stay fp16). Default by device: int8 on edge and mobile, bf16 elsewhere (docs/cost_model.md).",
+            choices=PRECISIONS,
+        ),
+        Field("dtype", ENUM, "Older spelling of precision, in NumPy's words; precision wins when both are given.", choices=DTYPES),
     ),
     _map(
         "training",

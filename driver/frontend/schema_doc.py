@@ -50,8 +50,9 @@ without a unit.
 - `constraints.parameter_budget.max` is 1B; `min` is 90% of max unless given (the
   fitter may go lower only when another constraint binds, and says which).
 - `constraints.device` is `consumer_gpu`; `memory_budget` defaults to the device's
-  capacity (docs/cost_model.md); `context_window` is 4k; `dtype` (for memory
-  estimates) is bfloat16; `latency` is `batch` (no bound).
+  capacity (docs/cost_model.md); `context_window` is 4k; `precision` (of the
+  weights, for memory and latency) is the device's: int8 on edge and mobile, bf16
+  elsewhere; `latency` is `batch` (no bound).
 - `architecture.family` is `auto`: modality and objective pick the family
   (docs/families.md). Unpinned conventions come from the family's preset; for new
   decoder LMs that is MetaGen's modern default (docs/design.md).
