@@ -288,6 +288,33 @@ def _cmd_convert(args) -> int:
     return _finish(sink)
 
 
+def _cmd_import_hf(args) -> int:
+    from metagen.hf import import_hf
+    from metagen.outputs import write_files
+
+    sink = DiagnosticSink()
+    stem = os.path.splitext(os.path.basename(args.output))[0]
+    mg = os.path.splitext(args.output)[1].lower() == ".mg"
+    try:
+        text, weights = import_hf(args.path, args.name or stem, mg=mg, with_weights=bool(args.weights_out))
+        files = {args.output: text.encode("utf-8")}
+        if weights is not None:
+            from safetensors.numpy import save
+
+            files[args.weights_out] = save({k: weights[k] for k in sorted(weights)})
+        write_files(files)
+    except CompileError as exc:
+        sink.absorb(exc.diagnostics)
+        for path in sorted({d.loc.path for d in exc.diagnostics if d.loc.path.endswith(".json")}):
+            try:  # echo the offending line of config.json under each diagnostic
+                with open(path, encoding="utf-8") as f:
+                    sink.add_source(path, f.read())
+            except (OSError, UnicodeDecodeError):
+                pass
+        return _finish(sink) or 1
+    return _finish(sink)
+
+
 def _cmd_fmt(args) -> int:
     from metagen.frontend.dsl_format import format_mg
     from metagen.frontend.loader import read_source
@@ -423,6 +450,26 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--to", required=True, choices=("mg", "yaml"), help="the syntax to write: mg (the DSL) or yaml")
     sp.add_argument("-o", dest="output", help="output file (default or '-': stdout)")
     sp.set_defaults(fn=_cmd_convert)
+
+    sp = command(
+        "import",
+        "a spec (and canonical weights) from another ecosystem's model",
+        "Turn another ecosystem's model description into a spec that pins its architecture.",
+    )
+    isub = sp.add_subparsers(dest="source", required=True)
+    sp = isub.add_parser(
+        "hf",
+        help="a Hugging Face transformers config.json (and checkpoint)",
+        description="Write a spec for the transformers model at PATH (config.json or a folder holding one); "
+        "its compiled parameter count equals the reference class's. With --weights-out, also convert the "
+        "folder's checkpoint (model.safetensors, a sharded index, or pytorch_model.bin) to canonical names. "
+        "A config field the compiler cannot honour is an error at its line in the JSON; nothing is written then.",
+    )
+    sp.add_argument("path", metavar="PATH", help="config.json, or the folder holding it and the weights")
+    sp.add_argument("-o", dest="output", required=True, metavar="SPEC", help="the spec to write: .yaml/.yml, or .mg for the DSL")
+    sp.add_argument("--weights-out", metavar="FILE.safetensors", help="also write the checkpoint under the canonical names")
+    sp.add_argument("--name", help="the spec's model name (default: the output file's stem)")
+    sp.set_defaults(fn=_cmd_import_hf)
 
     sp = sub.add_parser("fmt", help="canonical layout of a .mg file")
     sp.add_argument("file", help="the .mg file, rewritten in place")

@@ -140,7 +140,7 @@ def test_fallback_label_and_embedding_heads(tmp_path):
 # ------------------------------------------------------------ reference outputs
 
 import transformers  # noqa: E402
-import hf_mapping  # noqa: E402
+from metagen import hf as hf_mapping  # noqa: E402
 
 
 def _perturbed(hf_model) -> None:

@@ -182,7 +182,8 @@ def test_tiny_unet_matches_diffusers(tiny_sd):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from hf_mapping_unet import diffusers_config, unet_to_canonical
+    from hf_mapping_unet import diffusers_config
+    from metagen.hf import unet_to_canonical
 
     mod, comp = tiny_sd
     a = comp.ctx.arch
@@ -208,7 +209,7 @@ def test_tiny_text_encoder_matches_transformers_clip(tiny_sd):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from hf_mapping_unet import clip_text_to_canonical
+    from metagen.hf import clip_text_to_canonical
 
     mod, comp = tiny_sd
     te = comp.ctx.arch["text_encoder"]

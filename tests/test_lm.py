@@ -10,6 +10,7 @@ import torch
 
 from conftest import example, load_module
 from metagen.pipeline import compile_spec
+from metagen.hf import gpt2_to_canonical, llama_to_canonical
 
 TEXT_SPECS = [
     "tutorial/step1_minimal.yaml",
@@ -97,50 +98,6 @@ def test_init_is_deterministic_and_seeded(compiled):
     assert any(not np.array_equal(a[k], c[k]) for k in a)
 
 
-def _gpt2_to_canonical(sd, layers):
-    out = {
-        "tok_embeddings.weight": sd["transformer.wte.weight"],
-        "pos_embeddings.weight": sd["transformer.wpe.weight"],
-        "norm_f.weight": sd["transformer.ln_f.weight"],
-        "norm_f.bias": sd["transformer.ln_f.bias"],
-    }
-    for i in range(layers):
-        p, q = f"transformer.h.{i}.", f"blocks.{i}."
-        # GPT-2's Conv1D stores [in, out]; the canonical layout is torch.nn.Linear's [out, in].
-        out[q + "attn_norm.weight"] = sd[p + "ln_1.weight"]
-        out[q + "attn_norm.bias"] = sd[p + "ln_1.bias"]
-        out[q + "attn.qkv_proj.weight"] = sd[p + "attn.c_attn.weight"].T
-        out[q + "attn.qkv_proj.bias"] = sd[p + "attn.c_attn.bias"]
-        out[q + "attn.o_proj.weight"] = sd[p + "attn.c_proj.weight"].T
-        out[q + "attn.o_proj.bias"] = sd[p + "attn.c_proj.bias"]
-        out[q + "mlp_norm.weight"] = sd[p + "ln_2.weight"]
-        out[q + "mlp_norm.bias"] = sd[p + "ln_2.bias"]
-        out[q + "mlp.fc_in.weight"] = sd[p + "mlp.c_fc.weight"].T
-        out[q + "mlp.fc_in.bias"] = sd[p + "mlp.c_fc.bias"]
-        out[q + "mlp.fc_out.weight"] = sd[p + "mlp.c_proj.weight"].T
-        out[q + "mlp.fc_out.bias"] = sd[p + "mlp.c_proj.bias"]
-    return {k: np.ascontiguousarray(v.detach().numpy()) for k, v in out.items()}
-
-
-def _llama_to_canonical(sd, layers):
-    out = {
-        "tok_embeddings.weight": sd["model.embed_tokens.weight"],
-        "norm_f.weight": sd["model.norm.weight"],
-        "lm_head.weight": sd["lm_head.weight"],
-    }
-    for i in range(layers):
-        p, q = f"model.layers.{i}.", f"blocks.{i}."
-        out[q + "attn_norm.weight"] = sd[p + "input_layernorm.weight"]
-        out[q + "attn.qkv_proj.weight"] = torch.cat(
-            [sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"], sd[p + "self_attn.v_proj.weight"]]
-        )
-        out[q + "attn.o_proj.weight"] = sd[p + "self_attn.o_proj.weight"]
-        out[q + "mlp_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            out[q + f"mlp.{name}.weight"] = sd[p + f"mlp.{name}.weight"]
-    return {k: np.ascontiguousarray(v.detach().numpy()) for k, v in out.items()}
-
-
 def _close(a, b):
     assert np.all(np.abs(a - b) <= 1e-5 + 1e-4 * np.abs(b)), float(np.max(np.abs(a - b)))
 
@@ -157,7 +114,7 @@ def test_gpt2_matches_transformers(compiled):
                    n_layer=c["layers"], n_head=c["heads"], n_inner=c["ffn_size"], activation_function="gelu_new",
                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     ).eval()
-    state = mod.load_canonical(_gpt2_to_canonical(hf.state_dict(), c["layers"]))
+    state = mod.load_canonical(gpt2_to_canonical(hf.state_dict()))
     x = mod.example_inputs(batch_size=2)
     ours = mod.run(state, x)["logits"]
     with torch.no_grad():
@@ -181,7 +138,7 @@ def test_llama_matches_transformers(compiled, tmp_path):
                     head_dim=c["head_dim"], rms_norm_eps=c["norm_eps"], rope_theta=c["rope_theta"],
                     max_position_embeddings=c["context_window"], tie_word_embeddings=False)
     ).eval()
-    state = mod.load_canonical(_llama_to_canonical(hf.state_dict(), c["layers"]))
+    state = mod.load_canonical(llama_to_canonical(hf.state_dict()))
     x = mod.example_inputs(batch_size=2)
     ours = mod.run(state, x)["logits"]
     with torch.no_grad():

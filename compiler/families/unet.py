@@ -26,7 +26,7 @@ Structure, as diffusers' `UNet2DConditionModel` with `CLIPTextModel`:
 
 Canonical names are flat per level (`down1.res0.conv1.weight`,
 `up2.attn1.blocks.0.attn2.kv_proj.weight`, `text_encoder.blocks.3.mlp.fc_in.bias`);
-tests/hf_mapping_unet.py maps diffusers' names onto them.
+metagen.hf (`unet_to_canonical`) maps diffusers' names onto them.
 """
 
 from __future__ import annotations

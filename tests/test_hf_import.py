@@ -1,0 +1,310 @@
+"""`metagen import hf`: transformers configs and checkpoints in, specs and canonical
+weights out; the compiled model matches the reference class exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from conftest import compile_to, load_module  # noqa: E402
+from metagen.cli import main  # noqa: E402
+
+
+def _close(a, b):
+    assert a.shape == b.shape
+    assert np.all(np.abs(a - b) <= 1e-5 + 1e-4 * np.abs(b)), float(np.max(np.abs(a - b)))
+
+
+def _perturbed(model):
+    """Random init leaves biases at zero and norms at one; make every weight count."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def _imported(tmp_path, hf, suffix=".yaml"):
+    """Save `hf`, import it with the CLI, compile the spec to torch, load the weights."""
+    from safetensors.numpy import load_file
+
+    folder, spec, weights = tmp_path / "hf", tmp_path / f"imported{suffix}", tmp_path / "w.safetensors"
+    hf.save_pretrained(folder)
+    assert main(["import", "hf", str(folder), "-o", str(spec), "--weights-out", str(weights)]) == 0
+    path, comp = compile_to(tmp_path, str(spec), "torch", tiny=False)
+    mod = load_module(str(path))
+    assert comp.model.param_count() == sum(p.numel() for p in hf.parameters())
+    assert sum(p.numel() for p in mod.Model().parameters()) == sum(p.numel() for p in hf.parameters())
+    return mod, mod.load_canonical(load_file(str(weights)))
+
+
+def _lm_check(tmp_path, hf, suffix=".yaml"):
+    mod, state = _imported(tmp_path, _perturbed(hf), suffix)
+    x = mod.example_inputs(batch_size=2)
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(x["input_ids"])).logits.numpy()
+    _close(mod.run(state, x)["logits"], ref)
+
+
+def test_gpt2(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=97, n_positions=24, n_embd=32, n_layer=2, n_head=4,
+                                  bos_token_id=0, eos_token_id=0)
+    _lm_check(tmp_path, transformers.GPT2LMHeadModel(cfg), suffix=".mg")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_llama_gqa(tmp_path, tied):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=32, tie_word_embeddings=tied,
+        rope_theta=500000.0, bos_token_id=0, eos_token_id=0,
+    )
+    _lm_check(tmp_path, transformers.LlamaForCausalLM(cfg))
+    assert "rope_theta: 500000" in (tmp_path / "imported.yaml").read_text()
+
+
+def test_llama_with_biases(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=16, attention_bias=True, mlp_bias=True,
+        bos_token_id=0, eos_token_id=0,
+    )
+    _lm_check(tmp_path, transformers.LlamaForCausalLM(cfg), suffix=".mg")
+
+
+def test_llama_attention_bias_alone_is_refused(tmp_path, capsys):
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=4, attention_bias=True, mlp_bias=False)
+    path = _config(tmp_path, cfg)
+    assert main(["import", "hf", path, "-o", str(tmp_path / "l.yaml")]) == 1
+    assert (f"{path}:{_line_col(path, 'mlp_bias')}: error: mlp_bias false is not supported (biases go on every "
+            "linear layer or none, and attention_bias is true); supported: true") in capsys.readouterr().err
+
+
+def test_mistral_without_sliding_window(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, sliding_window=None, bos_token_id=0, eos_token_id=0,
+    )
+    _lm_check(tmp_path, transformers.MistralForCausalLM(cfg))
+
+
+def test_bert_sequence_classification(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=24, type_vocab_size=2, num_labels=3, pad_token_id=0,
+    )
+    cfg._attn_implementation = "eager"
+    hf = _perturbed(transformers.BertForSequenceClassification(cfg))
+    mod, state = _imported(tmp_path, hf)
+    x = mod.example_inputs(batch_size=2)
+    assert x["token_type_ids"].max() > 0
+    with torch.no_grad():
+        ref = hf(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
+    _close(mod.run(state, x)["logits"], ref)
+
+
+def test_vit_image_classification(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16,
+        patch_size=4, num_channels=3, num_labels=5,
+    )
+    cfg._attn_implementation = "eager"
+    hf = _perturbed(transformers.ViTForImageClassification(cfg))
+    mod, state = _imported(tmp_path, hf)
+    x = mod.example_inputs(batch_size=2)
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(x["pixel_values"])).logits.numpy()
+    _close(mod.run(state, x)["logits"], ref)
+
+
+def test_clip(tmp_path):
+    torch.manual_seed(0)
+    vocab = 80
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=16, eos_token_id=vocab - 1,
+                         bos_token_id=0, pad_token_id=0),
+        vision_config=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                           image_size=16, patch_size=8),
+        projection_dim=24,
+    )
+    cfg._attn_implementation = "eager"
+    hf = _perturbed(transformers.CLIPModel(cfg))
+    mod, state = _imported(tmp_path, hf)
+    x = mod.example_inputs(batch_size=3)
+    x["input_ids"] = np.minimum(x["input_ids"], vocab - 2)
+    for row, pos in enumerate((3, 9, x["input_ids"].shape[1] - 1)):
+        x["input_ids"][row, pos] = vocab - 1
+    with torch.no_grad():
+        r = hf(input_ids=torch.from_numpy(x["input_ids"]), pixel_values=torch.from_numpy(x["pixel_values"]))
+    got = mod.run(state, x)
+    for name in mod.OUTPUTS:
+        _close(got[name], getattr(r, name).numpy())
+
+
+def test_sharded_and_pickled_checkpoints_convert_alike(tmp_path):
+    from metagen.hf import load_state_dict
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=2,
+                                                               n_head=2, bos_token_id=0, eos_token_id=0))
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    (tmp_path / "pt").mkdir()
+    torch.save(hf.state_dict(), tmp_path / "pt" / "pytorch_model.bin")
+    a, b = load_state_dict(str(tmp_path / "sharded")), load_state_dict(str(tmp_path / "pt"))
+    for k in a:  # the tied head may be saved once or twice
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def _config(tmp_path, cfg) -> str:
+    path = tmp_path / "config.json"
+    cfg.to_json_file(str(path))
+    return str(path)
+
+
+def _line_col(path: str, key: str) -> str:
+    for n, line in enumerate(open(path).read().splitlines(), 1):
+        if f'"{key}"' in line:
+            return f"{n}:{line.index(chr(34) + key) + 1}"
+    raise AssertionError(key)
+
+
+def test_unsupported_field_is_located_and_nothing_is_written(tmp_path, capsys):
+    cfg = transformers.MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, sliding_window=16)
+    path = _config(tmp_path, cfg)
+    out = tmp_path / "m.yaml"
+    assert main(["import", "hf", path, "-o", str(out), "--weights-out", str(tmp_path / "w.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert (f"{path}:{_line_col(path, 'sliding_window')}: error: sliding_window 16 is not supported "
+            "(sliding-window attention is not an IR feature); supported: null") in err
+    assert not out.exists() and not (tmp_path / "w.safetensors").exists()
+
+
+def test_unknown_model_type_is_located(tmp_path, capsys):
+    path = _config(tmp_path, transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                      num_hidden_layers=1, num_attention_heads=4))
+    assert main(["import", "hf", path, "-o", str(tmp_path / "q.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:{_line_col(path, 'model_type')}: error: model_type \"qwen2\" is not supported; supported:" in err
+
+
+def test_nested_field_is_located(tmp_path, capsys):
+    cfg = transformers.CLIPConfig(text_config=dict(hidden_act="tanh"))
+    path = _config(tmp_path, cfg)
+    assert main(["import", "hf", path, "-o", str(tmp_path / "c.yaml")]) == 1
+    err = capsys.readouterr().err
+    text = open(path).read()
+    start = text.index('"text_config"')
+    line = text[: text.index('"hidden_act"', start)].count("\n") + 1
+    col = len(text[: text.index('"hidden_act"', start)].rsplit("\n", 1)[-1]) + 1
+    assert f"{path}:{line}:{col}: error: text_config.hidden_act \"tanh\" is not supported" in err
+
+
+def test_key_locations_follow_nesting():
+    from metagen.hf import key_locations
+
+    text = '{\n  "a": {"b": 1, "c": [ {"d": 2} ]},\n  "e": "x\\"y", "f": null\n}'
+    locs = key_locations(text)
+    assert locs[("a",)] == (2, 3) and locs[("a", "b")] == (2, 9) and locs[("a", "c")] == (2, 17)
+    assert locs[("e",)] == (3, 3) and locs[("f",)] == (3, 16)
+    assert json.loads(text)["e"] == 'x"y'
+
+
+def test_llama3_rope_scaling_is_refused(tmp_path, capsys):
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=4, max_position_embeddings=256, rope_parameters=rope)
+    path = _config(tmp_path, cfg)
+    assert main(["import", "hf", path, "-o", str(tmp_path / "l.yaml")]) == 1
+    text = open(path).read()
+    at = text.index('"rope_type"', text.index('"rope_parameters"'))
+    line, col = text[:at].count("\n") + 1, at - text.rfind("\n", 0, at)
+    assert (f"{path}:{line}:{col}: error: rope_parameters.rope_type \"llama3\" is not supported "
+            "(only unscaled rotary embeddings); supported: \"default\"") in capsys.readouterr().err
+
+
+def _sd_pipeline(folder, **unet_overrides):
+    """A tiny diffusers text-to-image pipeline folder: unet/, text_encoder/, model_index.json."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    kw = dict(sample_size=8, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, cross_attention_dim=32,
+              attention_head_dim=2, norm_num_groups=8)
+    kw.update(unet_overrides)
+    unet = _perturbed(UNet2DConditionModel(**kw))
+    text = _perturbed(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=16, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=99, pad_token_id=0)))
+    unet.save_pretrained(folder / "unet")
+    text.save_pretrained(folder / "text_encoder")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return unet, text
+
+
+def test_diffusers_unet_pipeline(tmp_path):
+    from safetensors.numpy import load_file
+
+    unet, text = _sd_pipeline(tmp_path / "sd")
+    spec, weights = tmp_path / "sd.yaml", tmp_path / "sd.safetensors"
+    assert main(["import", "hf", str(tmp_path / "sd"), "-o", str(spec), "--weights-out", str(weights)]) == 0
+    path, comp = compile_to(tmp_path, str(spec), "torch", tiny=False)
+    mod = load_module(str(path))
+    want = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in text.parameters())
+    assert comp.model.param_count() == want == sum(p.numel() for p in mod.Model().parameters())
+    state = mod.load_canonical(load_file(str(weights)))
+    x = mod.example_inputs(batch_size=2, seed=1)
+    with torch.no_grad():
+        context = text(input_ids=torch.from_numpy(x["input_ids"])).last_hidden_state
+        ref = unet(torch.from_numpy(x["sample"]), torch.from_numpy(x["timestep"]), encoder_hidden_states=context)
+    _close(mod.run(state, x)["noise_pred"], ref.sample.numpy())
+
+
+def test_diffusers_unsupported_field_is_located(tmp_path, capsys):
+    _sd_pipeline(tmp_path / "sd", use_linear_projection=True)
+    out = tmp_path / "sd.yaml"
+    assert main(["import", "hf", str(tmp_path / "sd"), "-o", str(out)]) == 1
+    path = str(tmp_path / "sd" / "unet" / "config.json")
+    assert (f"{path}:{_line_col(path, 'use_linear_projection')}: error: use_linear_projection true is not supported "
+            "(spatial transformers project with 1x1 convs); supported: false") in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_lone_unet_config_asks_for_the_pipeline(tmp_path, capsys):
+    _sd_pipeline(tmp_path / "sd")
+    path = str(tmp_path / "sd" / "unet" / "config.json")
+    assert main(["import", "hf", path, "-o", str(tmp_path / "u.yaml")]) == 1
+    assert f"{path}:{_line_col(path, '_class_name')}: error: _class_name \"UNet2DConditionModel\": a diffusers model" in (
+        capsys.readouterr().err)
+
+
+def test_checkpoint_that_disagrees_with_its_config_is_refused(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=2,
+                                                               n_head=2, bos_token_id=0, eos_token_id=0))
+    hf.save_pretrained(tmp_path / "m")
+    sd = {k: v.clone() for k, v in hf.state_dict().items() if k not in ("transformer.wpe.weight", "lm_head.weight")}
+    sd["transformer.wpe.weight"] = torch.zeros(9, 16)  # one position too many
+    save_file(sd, str(tmp_path / "m" / "model.safetensors"))
+    out = tmp_path / "w.safetensors"
+    assert main(["import", "hf", str(tmp_path / "m"), "-o", str(tmp_path / "m.yaml"), "--weights-out", str(out)]) == 1
+    assert ("error: the checkpoint does not match its config: pos_embeddings.weight has shape [9, 16], the spec [8, 16]"
+            in capsys.readouterr().err)
+    assert not out.exists() and not (tmp_path / "m.yaml").exists()
