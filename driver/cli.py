@@ -28,6 +28,15 @@ def _define(text: str) -> tuple[str, str]:
     return k.strip(), v
 
 
+def _size(text: str) -> int:
+    from metagen.hf_export import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seed(text: str) -> int:
     try:
         n = int(text)
@@ -315,6 +324,29 @@ def _cmd_import_hf(args) -> int:
     return _finish(sink)
 
 
+def _cmd_export_hf(args) -> int:
+    from metagen.artifacts import resolved_spec
+    from metagen.diagnostics import Loc
+    from metagen.hf_export import export_files, init_weights
+    from metagen.outputs import write_tree
+
+    sink = DiagnosticSink()
+    if os.path.isdir(args.spec):  # a run folder: the spec it was synthesised from
+        args.spec = os.path.join(args.spec, "spec_resolved.yaml")
+    try:
+        comp = _compile(args, sink)
+        if args.weights:
+            weights, where = _load_weights(args.weights), Loc(args.weights, 1, 1)
+        else:
+            weights, where = init_weights(comp, _effective_seed(args, comp)), None
+        files = export_files(comp, resolved_spec(comp), weights, args.max_shard_size, where)
+        write_tree(args.output, files)
+    except CompileError as exc:
+        sink.absorb(exc.diagnostics)
+        return _finish(sink) or 1
+    return _finish(sink, args.werror)
+
+
 def _cmd_fmt(args) -> int:
     from metagen.frontend.dsl_format import format_mg
     from metagen.frontend.loader import read_source
@@ -470,6 +502,27 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--weights-out", metavar="FILE.safetensors", help="also write the checkpoint under the canonical names")
     sp.add_argument("--name", help="the spec's model name (default: the output file's stem)")
     sp.set_defaults(fn=_cmd_import_hf)
+
+    sp = command(
+        "export",
+        "the compiled model in another ecosystem's format",
+        "Write the compiled model (and its weights) in a format another ecosystem loads.",
+    )
+    esub = sp.add_subparsers(dest="target_format", required=True)
+    sp = esub.add_parser(
+        "hf",
+        help="a folder transformers' from_pretrained loads",
+        description="Write config.json, generation_config.json and the weights under transformers' names "
+        "(model.safetensors, or shards with model.safetensors.index.json above --max-shard-size) to DIR. "
+        "Supported: decoder LMs with learned positions (GPT2LMHeadModel) or rotary ones (LlamaForCausalLM). "
+        "A spec with a convention the reference class lacks is an error; nothing is written then.",
+    )
+    common(sp)
+    sp.add_argument("--weights", metavar="FILE.safetensors", help="canonical weights to export (default: init(seed)'s)")
+    sp.add_argument("-o", dest="output", required=True, metavar="DIR", help="the folder to write (replaced whole)")
+    sp.add_argument("--max-shard-size", type=_size, default="5GB", metavar="SIZE",
+                    help="largest weights file before sharding, e.g. 5GB (default), 500MB, 2MiB")
+    sp.set_defaults(fn=_cmd_export_hf)
 
     sp = sub.add_parser("fmt", help="canonical layout of a .mg file")
     sp.add_argument("file", help="the .mg file, rewritten in place")

@@ -1,0 +1,227 @@
+"""`metagen export hf`: a compiled spec (and its weights) as a folder that
+transformers' `from_pretrained` loads.
+
+The weight names come from inverting `metagen.hf`'s `*_to_canonical` mappings, not
+from a second table: the reference model's tensors (names and shapes from the
+transformers class built on the meta device) are filled with probe values that say
+which tensor and which element they are, the forward mapping is run on them, and
+where each probe lands in the canonical layout says where each canonical element
+goes back to. The config written is checked by importing it again (`spec_tree`):
+unless the import gives back the same architecture, the spec has a convention the
+reference class lacks, and the export is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from metagen.diagnostics import CompileError, Diagnostic, Loc
+from metagen.hf import ACTIVATIONS, HFConfig, key_locations, spec_tree
+
+DEFAULT_SHARD_SIZE = 5 * 10**9  # transformers' default max_shard_size, "5GB"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5 * 10**9 bytes, '2MiB' -> 2 * 2**20 (transformers' spelling); ValueError otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", text, re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a size (e.g. 5GB, 500MB, 2MiB, or bytes)")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+
+
+# ------------------------------------------------------------------ the configs
+
+
+def _gpt2_config(arch: dict, context: int) -> dict:
+    act = next(k for k, v in ACTIVATIONS.items() if v == arch["activation"]) if arch["activation"] in ACTIVATIONS.values() else arch["activation"]
+    eos = arch["vocab_size"] - 1  # GPT-2's <|endoftext|> is the last token
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": arch["vocab_size"],
+            "n_positions": context, "n_embd": arch["hidden_size"], "n_layer": arch["layers"], "n_head": arch["heads"],
+            "n_inner": arch["ffn_size"], "activation_function": act, "layer_norm_epsilon": arch["norm_eps"],
+            "tie_word_embeddings": True, "bos_token_id": eos, "eos_token_id": eos, "torch_dtype": "float32"}
+
+
+def _llama_config(arch: dict, context: int) -> dict:
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": arch["vocab_size"],
+            "hidden_size": arch["hidden_size"], "intermediate_size": arch["ffn_size"],
+            "num_hidden_layers": arch["layers"], "num_attention_heads": arch["heads"],
+            "num_key_value_heads": arch["kv_heads"], "head_dim": arch["head_dim"], "hidden_act": "silu",
+            "rms_norm_eps": arch["norm_eps"], "max_position_embeddings": context, "rope_theta": arch["rope_theta"],
+            "attention_bias": arch["bias"], "mlp_bias": arch["bias"], "tie_word_embeddings": arch["tie_embeddings"],
+            "bos_token_id": min(1, arch["vocab_size"] - 1), "eos_token_id": min(2, arch["vocab_size"] - 1),
+            "torch_dtype": "float32"}
+
+
+# (kind of model, its positions) -> (reference class, config writer). The config's
+# model_type selects the weight mapping through metagen.hf.IMPORTERS.
+EXPORTERS = {
+    ("decoder LM", "learned"): ("GPT2LMHeadModel", _gpt2_config),
+    ("decoder LM", "rope"): ("LlamaForCausalLM", _llama_config),
+}
+SUPPORTED = ", ".join(f"{kind} with {'rotary' if pos == 'rope' else pos} positions ({cls})"
+                      for (kind, pos), (cls, _) in EXPORTERS.items())
+
+
+def _kind(resolved: dict) -> str:
+    """'decoder LM', 'text classifier', 'image classifier', or the family's name."""
+    arch, modality = resolved["architecture"], resolved.get("modality") or {}
+    inputs, outputs = list(modality.get("inputs") or []), list(modality.get("outputs") or [])
+    if arch.get("family") == "transformer" and inputs == ["text"] and outputs == ["text"]:
+        return "decoder LM"
+    if (resolved.get("task") or {}).get("type") == "classification" and len(inputs) == 1:
+        return f"{inputs[0]} classifier"
+    return f"family {arch.get('family')!r}"
+
+
+def _refuse(loc: Loc, message: str) -> CompileError:
+    return CompileError([Diagnostic("error", loc, message)])
+
+
+def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
+    """(config.json's dict, metagen.hf's weight conversion) for a compiled spec, or a
+    CompileError at the spec's architecture naming what has no counterpart."""
+    arch, loc = resolved["architecture"], comp.spec.architecture.loc()
+    key = (_kind(resolved), arch.get("position"))
+    if key not in EXPORTERS or arch.get("components"):
+        what = f"{key[0]} with position {json.dumps(key[1])}" + (" and components" if arch.get("components") else "")
+        raise _refuse(loc, f"{what} has no transformers counterpart to export to; supported: {SUPPORTED}")
+    cls, writer = EXPORTERS[key]
+    context = int(resolved["constraints"]["context_window"])
+    config = writer(arch, context)
+    text = json.dumps(config, indent=2, sort_keys=True)
+    cfg = HFConfig("config.json", config, key_locations(text))
+    try:
+        back, conversion = spec_tree(cfg, comp.spec.name)
+    except CompileError as exc:
+        why = "; ".join(d.message for d in exc.diagnostics)
+        raise _refuse(loc, f"{cls} cannot hold this architecture: {why}") from None
+    differ = sorted(k for k, v in back["architecture"].items() if arch.get(k) != v)
+    if differ:
+        shown = ", ".join(f"{k}: {json.dumps(arch.get(k))}" for k in differ)
+        raise _refuse(loc, f"{cls} has no counterpart for {shown}; supported: {SUPPORTED}")
+    return config, conversion
+
+
+# ------------------------------------------------------------------ the weights
+
+
+def reference_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """The transformers task model's state-dict names and shapes, built on the meta
+    device (no memory, no download)."""
+    import torch
+    import transformers
+
+    cfg = transformers.AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def to_reference(weights: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], convert) -> dict[str, np.ndarray]:
+    """Canonical weights -> the reference names, by running `convert` (reference ->
+    canonical) on probes. Probe values stay below 2**24, exact in float32."""
+    names = sorted(shapes)
+    size = {n: int(np.prod(shapes[n], dtype=np.int64)) for n in names}
+
+    def probe(fill):
+        return convert({n: fill(i, n).reshape(shapes[n]).astype(np.float32) for i, n in enumerate(names)})
+
+    which = probe(lambda i, n: np.full(size[n], i))
+    hi = probe(lambda i, n: np.arange(size[n]) // 4096)
+    lo = probe(lambda i, n: np.arange(size[n]) % 4096)
+    missing = sorted(set(weights) - set(which))
+    if missing:
+        raise ValueError(f"the reference model has no place for {missing[0]}")
+    out: dict[str, np.ndarray] = {}
+    covered: dict[str, int] = {}
+    for c in sorted(weights):
+        w = np.asarray(weights[c], dtype=np.float32)
+        if w.shape != which[c].shape:
+            raise ValueError(f"{c} has shape {list(w.shape)}, the reference's {list(which[c].shape)}")
+        src = which[c].ravel().astype(np.int64)
+        elem = hi[c].ravel().astype(np.int64) * 4096 + lo[c].ravel().astype(np.int64)
+        flat = w.ravel()
+        for i in np.unique(src):
+            n = names[i]
+            mask = src == i
+            target = out.setdefault(n, np.zeros(size[n], dtype=np.float32))
+            target[elem[mask]] = flat[mask]
+            covered[n] = covered.get(n, 0) + int(mask.sum())
+    partial = sorted(n for n in out if covered[n] != size[n])
+    if partial:
+        raise ValueError(f"{partial[0]} is only partly given by the canonical weights")
+    return {n: out[n].reshape(shapes[n]) for n in sorted(out)}
+
+
+def shard(tensors: dict[str, np.ndarray], max_size: int) -> dict[str, bytes]:
+    """`model.safetensors`, or transformers' shards `model-0000K-of-0000N.safetensors`
+    with `model.safetensors.index.json` when the whole is above `max_size` bytes.
+    Tensors go in name order; a tensor bigger than a shard gets one of its own."""
+    from safetensors.numpy import save
+
+    total = sum(t.nbytes for t in tensors.values())
+    if total <= max_size:
+        return {"model.safetensors": save(tensors, metadata={"format": "pt"})}
+    groups: list[list[str]] = [[]]
+    used = 0
+    for n in sorted(tensors):
+        if groups[-1] and used + tensors[n].nbytes > max_size:
+            groups.append([])
+            used = 0
+        groups[-1].append(n)
+        used += tensors[n].nbytes
+    files, weight_map = {}, {}
+    for k, group in enumerate(groups, 1):
+        fname = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+        files[fname] = save({n: tensors[n] for n in group}, metadata={"format": "pt"})
+        weight_map.update({n: fname for n in group})
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    files["model.safetensors.index.json"] = (json.dumps(index, indent=2) + "\n").encode("utf-8")
+    return files
+
+
+def init_weights(comp, seed: int) -> dict[str, np.ndarray]:
+    """init(seed)'s canonical weights, from the numpy backend's `init_arrays` (no torch)."""
+    import importlib.util
+    import sys
+    import tempfile
+    import uuid
+
+    from metagen.backends import registry
+
+    code = registry.get("numpy").lower(comp.model, seed=seed)[""]
+    with tempfile.TemporaryDirectory(prefix="metagen-export-") as work:
+        path = os.path.join(work, "model_numpy.py")
+        with open(path, "wb") as f:
+            f.write(code)
+        name = f"mg_export_{uuid.uuid4().hex}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+            return {k: np.asarray(v, dtype=np.float32) for k, v in mod.init_arrays(seed).items()}
+        finally:
+            del sys.modules[name]
+
+
+def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard_size: int = DEFAULT_SHARD_SIZE,
+                 weights_loc: Loc | None = None) -> dict[str, bytes]:
+    """The files of the transformers folder: config.json, generation_config.json, the
+    weights (one file or shards with their index)."""
+    config, conversion = hf_config(comp, resolved)
+    try:
+        tensors = to_reference(weights, reference_shapes(config), conversion["convert"])
+    except ValueError as exc:
+        raise _refuse(weights_loc or comp.spec.loc(), f"the weights do not fit the spec: {exc}") from None
+    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
+    files = {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+             "generation_config.json": (json.dumps(generation, indent=2, sort_keys=True) + "\n").encode("utf-8")}
+    files.update(shard(tensors, max_shard_size))
+    return files
