@@ -331,8 +331,15 @@ def _cmd_export_hf(args) -> int:
     from metagen.outputs import write_tree
 
     sink = DiagnosticSink()
-    if os.path.isdir(args.spec):  # a run folder: the spec it was synthesised from
+    if os.path.isdir(args.spec):  # a run folder: the spec and seed it was synthesised with
+        report = os.path.join(args.spec, "blueprint", "training_report.json")
         args.spec = os.path.join(args.spec, "spec_resolved.yaml")
+        if args.seed is None and os.path.isfile(report):
+            try:
+                with open(report, encoding="utf-8") as f:
+                    args.seed = json.load(f)["config"]["seed"]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # no recorded seed: the spec's
     try:
         comp = _compile(args, sink)
         if args.weights:

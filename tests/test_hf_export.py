@@ -162,3 +162,12 @@ def test_bad_shard_size(capsys):
     with pytest.raises(SystemExit):
         main(["export", "hf", "x.yaml", "-o", "out", "--max-shard-size", "5XB"])
     assert "is not a size" in capsys.readouterr().err
+
+
+def test_run_dir_keeps_its_seed(tmp_path):
+    """A run folder exports its resolved spec with init(the seed it was synthesised with)."""
+    spec = example("reference", "gpt2_small.yaml")
+    mod = _ours(tmp_path, spec)
+    assert main(["synth", spec, "--tiny", "--seed", "5", "--out", str(tmp_path / "runs"), "--run-id", "r"]) == 0
+    assert main(["export", "hf", str(tmp_path / "runs" / "r"), "-o", str(tmp_path / "hf")]) == 0
+    _same_logits(mod, mod.init(5), _loaded(tmp_path / "hf"))
