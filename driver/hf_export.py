@@ -38,7 +38,7 @@ def parse_size(text: str) -> int:
 # ------------------------------------------------------------------ the configs
 
 
-def _gpt2_config(arch: dict, context: int) -> dict:
+def _gpt2_config(arch: dict, context: int, resolved: dict) -> dict:
     act = next(k for k, v in ACTIVATIONS.items() if v == arch["activation"]) if arch["activation"] in ACTIVATIONS.values() else arch["activation"]
     eos = arch["vocab_size"] - 1  # GPT-2's <|endoftext|> is the last token
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": arch["vocab_size"],
@@ -47,7 +47,7 @@ def _gpt2_config(arch: dict, context: int) -> dict:
             "tie_word_embeddings": True, "bos_token_id": eos, "eos_token_id": eos, "torch_dtype": "float32"}
 
 
-def _llama_config(arch: dict, context: int) -> dict:
+def _llama_config(arch: dict, context: int, resolved: dict) -> dict:
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": arch["vocab_size"],
             "hidden_size": arch["hidden_size"], "intermediate_size": arch["ffn_size"],
             "num_hidden_layers": arch["layers"], "num_attention_heads": arch["heads"],
@@ -79,6 +79,28 @@ def _kind(resolved: dict) -> str:
     return f"family {arch.get('family')!r}"
 
 
+def _fingerprint(resolved: dict) -> dict:
+    """What the reference class must reproduce: the architecture, the task, the context."""
+    out = {k: v for k, v in resolved["architecture"].items()}
+    out.update({f"task.{k}": v for k, v in (resolved.get("task") or {}).items()})
+    out["context_window"] = (resolved.get("constraints") or {}).get("context_window")
+    out["modality"] = resolved.get("modality")
+    return out
+
+
+def _reimported(spec: dict, cfg: HFConfig) -> dict:
+    """The resolved spec of the config we wrote, imported again."""
+    import tempfile
+
+    from metagen.artifacts import resolved_spec
+    from metagen.hf import _compile_text, _yaml
+
+    spec = dict(spec)
+    spec["constraints"] = dict(spec.get("constraints") or {}, parameter_budget={"max": "10T"})
+    with tempfile.TemporaryDirectory(prefix="metagen-export-") as work:
+        return resolved_spec(_compile_text("\n".join(_yaml(spec)) + "\n", work, cfg))
+
+
 def _refuse(loc: Loc, message: str) -> CompileError:
     return CompileError([Diagnostic("error", loc, message)])
 
@@ -92,19 +114,21 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
         what = f"{key[0]} with position {json.dumps(key[1])}" + (" and components" if arch.get("components") else "")
         raise _refuse(loc, f"{what} has no transformers counterpart to export to; supported: {SUPPORTED}")
     cls, writer = EXPORTERS[key]
-    context = int(resolved["constraints"]["context_window"])
-    config = writer(arch, context)
+    config = writer(arch, int(resolved["constraints"].get("context_window") or 0), resolved)
     text = json.dumps(config, indent=2, sort_keys=True)
     cfg = HFConfig("config.json", config, key_locations(text))
     try:
         back, conversion = spec_tree(cfg, comp.spec.name)
+        again = _reimported(back, cfg)
     except CompileError as exc:
         why = "; ".join(d.message for d in exc.diagnostics)
         raise _refuse(loc, f"{cls} cannot hold this architecture: {why}") from None
-    differ = sorted(k for k, v in back["architecture"].items() if arch.get(k) != v)
+    theirs, ours = _fingerprint(again), _fingerprint(resolved)
+    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if differ:
-        shown = ", ".join(f"{k}: {json.dumps(arch.get(k))}" for k in differ)
-        raise _refuse(loc, f"{cls} has no counterpart for {shown}; supported: {SUPPORTED}")
+        shown = ", ".join(f"{k}: {json.dumps(ours.get(k))}" for k in differ)
+        raise _refuse(loc, f"{cls} has no counterpart for {shown} (it would give {', '.join(f'{k}: {json.dumps(theirs.get(k))}' for k in differ)}); "
+                           f"supported: {SUPPORTED}")
     return config, conversion
 
 
