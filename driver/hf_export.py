@@ -38,8 +38,18 @@ def parse_size(text: str) -> int:
 # ------------------------------------------------------------------ the configs
 
 
+def _act(name: str) -> str:
+    """transformers' name of an activation (the first of metagen.hf.ACTIVATIONS that maps to it)."""
+    return next((k for k, v in ACTIVATIONS.items() if v == name), name)
+
+
+def _labels(resolved: dict) -> dict:
+    n = int(resolved["task"]["num_classes"])
+    return {"id2label": {str(i): f"LABEL_{i}" for i in range(n)}, "label2id": {f"LABEL_{i}": i for i in range(n)}}
+
+
 def _gpt2_config(arch: dict, context: int, resolved: dict) -> dict:
-    act = next(k for k, v in ACTIVATIONS.items() if v == arch["activation"]) if arch["activation"] in ACTIVATIONS.values() else arch["activation"]
+    act = _act(arch["activation"])
     eos = arch["vocab_size"] - 1  # GPT-2's <|endoftext|> is the last token
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": arch["vocab_size"],
             "n_positions": context, "n_embd": arch["hidden_size"], "n_layer": arch["layers"], "n_head": arch["heads"],
@@ -58,12 +68,34 @@ def _llama_config(arch: dict, context: int, resolved: dict) -> dict:
             "torch_dtype": "float32"}
 
 
+def _bert_config(arch: dict, context: int, resolved: dict) -> dict:
+    return {"architectures": ["BertForSequenceClassification"], "model_type": "bert", "vocab_size": arch["vocab_size"],
+            "type_vocab_size": arch.get("type_vocab_size"), "hidden_size": arch["hidden_size"],
+            "num_hidden_layers": arch["layers"], "num_attention_heads": arch["heads"],
+            "intermediate_size": arch["ffn_size"], "hidden_act": _act(arch["activation"]),
+            "layer_norm_eps": arch["norm_eps"], "max_position_embeddings": context,
+            "position_embedding_type": "absolute", "pad_token_id": 0, "torch_dtype": "float32", **_labels(resolved)}
+
+
+def _vit_config(arch: dict, context: int, resolved: dict) -> dict:
+    return {"architectures": ["ViTForImageClassification"], "model_type": "vit", "image_size": arch.get("image_size"),
+            "patch_size": arch.get("patch_size"), "num_channels": arch.get("channels"),
+            "hidden_size": arch["hidden_size"], "num_hidden_layers": arch["layers"],
+            "num_attention_heads": arch["heads"], "intermediate_size": arch["ffn_size"],
+            "hidden_act": _act(arch["activation"]), "layer_norm_eps": arch["norm_eps"], "qkv_bias": True,
+            "torch_dtype": "float32", **_labels(resolved)}
+
+
 # (kind of model, its positions) -> (reference class, config writer). The config's
 # model_type selects the weight mapping through metagen.hf.IMPORTERS.
 EXPORTERS = {
     ("decoder LM", "learned"): ("GPT2LMHeadModel", _gpt2_config),
     ("decoder LM", "rope"): ("LlamaForCausalLM", _llama_config),
+    ("text classifier", "learned"): ("BertForSequenceClassification", _bert_config),
+    ("image classifier", "learned"): ("ViTForImageClassification", _vit_config),
 }
+AUTO_CLASSES = {"decoder LM": "AutoModelForCausalLM", "text classifier": "AutoModelForSequenceClassification",
+                "image classifier": "AutoModelForImageClassification"}
 SUPPORTED = ", ".join(f"{kind} with {'rotary' if pos == 'rope' else pos} positions ({cls})"
                       for (kind, pos), (cls, _) in EXPORTERS.items())
 
@@ -109,6 +141,8 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
     """(config.json's dict, metagen.hf's weight conversion) for a compiled spec, or a
     CompileError at the spec's architecture naming what has no counterpart."""
     arch, loc = resolved["architecture"], comp.spec.architecture.loc()
+    if "num_classes" in comp.ctx.arch and resolved.get("task"):  # --tiny caps the classes the spec asks for
+        resolved = dict(resolved, task=dict(resolved["task"], num_classes=comp.ctx.arch["num_classes"]))
     key = (_kind(resolved), arch.get("position"))
     if key not in EXPORTERS or arch.get("components"):
         what = f"{key[0]} with position {json.dumps(key[1])}" + (" and components" if arch.get("components") else "")
@@ -135,7 +169,7 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
 # ------------------------------------------------------------------ the weights
 
 
-def reference_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+def reference_shapes(config: dict, auto: str) -> dict[str, tuple[int, ...]]:
     """The transformers task model's state-dict names and shapes, built on the meta
     device (no memory, no download)."""
     import torch
@@ -143,7 +177,7 @@ def reference_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 
     cfg = transformers.AutoConfig.for_model(**config)
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(cfg)
+        model = getattr(transformers, auto).from_config(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -240,12 +274,14 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
     """The files of the transformers folder: config.json, generation_config.json, the
     weights (one file or shards with their index)."""
     config, conversion = hf_config(comp, resolved)
+    auto = AUTO_CLASSES[_kind(resolved)]
     try:
-        tensors = to_reference(weights, reference_shapes(config), conversion["convert"])
+        tensors = to_reference(weights, reference_shapes(config, auto), conversion["convert"])
     except ValueError as exc:
         raise _refuse(weights_loc or comp.spec.loc(), f"the weights do not fit the spec: {exc}") from None
-    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
-    files = {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"),
-             "generation_config.json": (json.dumps(generation, indent=2, sort_keys=True) + "\n").encode("utf-8")}
+    files = {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")}
+    if auto == "AutoModelForCausalLM":
+        generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
+        files["generation_config.json"] = (json.dumps(generation, indent=2, sort_keys=True) + "\n").encode("utf-8")
     files.update(shard(tensors, max_shard_size))
     return files

@@ -45,8 +45,8 @@ def _export(tmp_path, spec, defines=(), weights=None, extra=()):
     return tmp_path / "hf"
 
 
-def _loaded(folder):
-    model, info = transformers.AutoModelForCausalLM.from_pretrained(str(folder), output_loading_info=True)
+def _loaded(folder, auto="AutoModelForCausalLM"):
+    model, info = getattr(transformers, auto).from_pretrained(str(folder), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not info["mismatched_keys"], info
     return model.eval()
@@ -131,8 +131,36 @@ def test_round_trip_import_export(tmp_path):
         _close(model(x).logits.numpy(), hf.eval()(x).logits.numpy())
 
 
+def test_bert_classifier(tmp_path):
+    spec = example("reference", "bert_base_classifier.yaml")
+    mod = _ours(tmp_path, spec)
+    weights = _random_weights(mod)
+    model = _loaded(_export(tmp_path, spec, weights=weights), "AutoModelForSequenceClassification")
+    assert type(model).__name__ == "BertForSequenceClassification"
+    assert not (tmp_path / "hf" / "generation_config.json").exists()
+    x = mod.example_inputs(batch_size=2)
+    feed = {k: torch.from_numpy(np.asarray(v)) for k, v in x.items()}
+    with torch.no_grad():
+        ref = model(**feed).logits.numpy()
+    _close(ref, np.asarray(mod.run(mod.load_canonical(weights), x)["logits"]))
+
+
+def test_vit_classifier(tmp_path):
+    spec = example("reference", "vit_base_patch16.yaml")
+    mod = _ours(tmp_path, spec)
+    weights = _random_weights(mod)
+    model = _loaded(_export(tmp_path, spec, weights=weights), "AutoModelForImageClassification")
+    assert type(model).__name__ == "ViTForImageClassification"
+    assert model.config.num_labels == weights["head.bias"].shape[0]
+    x = mod.example_inputs(batch_size=2)
+    (name,) = x
+    with torch.no_grad():
+        ref = model(pixel_values=torch.from_numpy(x[name])).logits.numpy()
+    _close(ref, np.asarray(mod.run(mod.load_canonical(weights), x)["logits"]))
+
+
 @pytest.mark.parametrize("spec,defines,why", [
-    ("vit_base_patch16.yaml", (), "image classifier with position \"learned\" has no transformers counterpart"),
+    ("clip_vit_b32.yaml", (), "has no transformers counterpart"),
     ("sd15_unet.yaml", (), "has no transformers counterpart"),
     ("gpt2_small.yaml", ("architecture.norm_position=post",), "GPT2LMHeadModel has no counterpart for norm_position"),
 ])
