@@ -276,6 +276,9 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
     config, conversion = hf_config(comp, resolved)
     auto = AUTO_CLASSES[_kind(resolved)]
     try:
+        missing = sorted({n for n, _ in comp.model.walk_params()} - set(weights))
+        if missing:
+            raise ValueError(f"no {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         tensors = to_reference(weights, reference_shapes(config, auto), conversion["convert"])
     except ValueError as exc:
         raise _refuse(weights_loc or comp.spec.loc(), f"the weights do not fit the spec: {exc}") from None

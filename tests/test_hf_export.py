@@ -199,3 +199,16 @@ def test_run_dir_keeps_its_seed(tmp_path):
     assert main(["synth", spec, "--tiny", "--seed", "5", "--out", str(tmp_path / "runs"), "--run-id", "r"]) == 0
     assert main(["export", "hf", str(tmp_path / "runs" / "r"), "-o", str(tmp_path / "hf")]) == 0
     _same_logits(mod, mod.init(5), _loaded(tmp_path / "hf"))
+
+
+def test_weights_missing_a_tensor(tmp_path, capsys):
+    spec = example("reference", "gpt2_small.yaml")
+    weights = _random_weights(_ours(tmp_path, spec))
+    del weights["norm_f.weight"]
+    from safetensors.numpy import save_file
+
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    args = ["export", "hf", spec, "--tiny", "--weights", str(tmp_path / "w.safetensors"), "-o", str(tmp_path / "hf")]
+    assert main(args) == 1
+    assert "the weights do not fit the spec: no norm_f.weight" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
