@@ -423,8 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", action="version", version=f"metagen {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp, tiny=True):
-        sp.add_argument("spec", metavar="SPEC", help=HELP["spec"])
+    def common(sp, tiny=True, run_dir=False):
+        if run_dir:
+            sp.add_argument("spec", metavar="SPEC|RUN_DIR", help=HELP["spec"] + ", or a run folder of `metagen synth`")
+        else:
+            sp.add_argument("spec", metavar="SPEC", help=HELP["spec"])
         if tiny:
             sp.add_argument("--tiny", action="store_true", help=HELP["tiny"])
         sp.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE", help=HELP["define"])
@@ -525,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         "text classifiers (BertForSequenceClassification), image classifiers (ViTForImageClassification). "
         "A spec with a convention the reference class lacks is an error; nothing is written then.",
     )
-    common(sp)
+    common(sp, run_dir=True)
     sp.add_argument("--weights", metavar="FILE.safetensors", help="canonical weights to export (default: init(seed)'s)")
     sp.add_argument("-o", dest="output", required=True, metavar="DIR", help="the folder to write (replaced whole)")
     sp.add_argument("--max-shard-size", type=_size, default="5GB", metavar="SIZE",
