@@ -64,6 +64,9 @@ def resolved_spec(comp: Compilation) -> dict[str, Any]:
 
         cons["memory_budget"] = format_bytes_exact(b["memory_budget_bytes"])
     cons["context_window"] = ctx.arch.get("context", ctx.context_window)
+    classes = ctx.arch.get("num_classes")
+    if classes:  # the classes the model has (a default, or shrunk by --tiny), not only what was written
+        plain.setdefault("task", {})["num_classes"] = classes
     plain["architecture"] = {**{k: v for k, v in plain.get("architecture", {}).items() if k in ("components",)}, **resolved_architecture(comp)}
     return plain
 

@@ -28,3 +28,12 @@ def test_resolved_spec_compiles_to_the_same_model(spec, tmp_path):
     assert resolved["constraints"]["parameter_budget"]["min"] is not None
     assert "memory_budget" in resolved["constraints"] and "device" in resolved["constraints"]
     assert resolved["architecture"]["family"]
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_resolved_spec_states_the_classes_the_model_has(tiny):
+    """step5_image writes no class count (the default, 1000, is used) and --tiny
+    shrinks it to 10: spec_resolved.yaml says what was built."""
+    comp = compile_spec(os.path.join(EXAMPLES, "tutorial", "step5_image.yaml"), tiny=tiny)
+    assert comp.ctx.arch["num_classes"] == (10 if tiny else 1000)
+    assert resolved_spec(comp)["task"]["num_classes"] == (10 if tiny else 1000)
