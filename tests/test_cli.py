@@ -174,7 +174,6 @@ MAKE_NAMES = [
 ]
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 @pytest.mark.parametrize("target", ["out.py", "o ut$=#:|.py"])
 def test_real_make_reads_depfile_names_back(tmp_path, target):
     """GNU make reads the depfile back to exactly the file names: the output is up to
@@ -205,7 +204,6 @@ def test_depfile_refuses_names_make_cannot_spell(name):
     assert str(exc.value).startswith("build/out.py.d:1:1: error: cannot name ")
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 def test_import_named_like_a_make_assignment_is_a_prerequisite(tmp_path):
     """`import "SHELL=x.mg"` is a prerequisite in the depfile, not `SHELL = x.mg:`."""
     shutil.copy(example("presets", "gpt2_base.mg"), tmp_path / "SHELL=x.mg")
