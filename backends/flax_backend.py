@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -110,6 +111,7 @@ OPS: dict[str, Rule] = {
 }
 
 HELPERS: dict[str, str] = {
+    **COMMON_HELPERS,
     "attention": '''
 def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when

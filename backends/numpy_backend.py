@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -103,6 +104,7 @@ OPS: dict[str, Rule] = {
 # Helper functions and layer classes: `name` defines `_name`. A helper is emitted when
 # a rule asks for it, with the helpers its source calls.
 HELPERS: dict[str, str] = {
+    **COMMON_HELPERS,
     "Linear": '''
 class _Linear:
     """y = x W^T + b over the last axis; weight [out, in]."""

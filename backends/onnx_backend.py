@@ -394,9 +394,11 @@ OPS: dict[str, Callable[..., str]] = {
     "unsqueeze": _unsqueeze,
     "prepend": _prepend,
     "flatten_spatial": lambda e, x: e.op("Transpose", e.op("Reshape", x, e.ints(0, 0, -1)), perm=[0, 2, 1]),
-    "unflatten_spatial": lambda e, x: e.op(
-        "Reshape", e.op("Transpose", x, perm=[0, 2, 1]), e.ints(0, 0, e.a["height"], e.a["width"])
+    "unflatten_spatial": lambda e, x, like: e.op(
+        "Reshape", e.op("Transpose", x, perm=[0, 2, 1]), e.op("Concat", e.ints(0, 0), e.op("Shape", like, start=2), axis=0)
     ),
+    # ONNX has no assertion: a size that is not a multiple fails at the U-Net's skip concat.
+    "require_multiple": lambda e, x: e.op("Identity", x),
     "mean": lambda e, x: e.op("ReduceMean", x, e.ints(e.a["axis"]), keepdims=0),
     "gather_argmax": _gather_argmax,
     "upsample_nearest": _upsample,

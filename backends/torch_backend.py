@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -89,7 +90,7 @@ OPS: dict[str, Rule] = {
     "unsqueeze": _unsqueeze,
     "prepend": lambda c, x, t: f"torch.cat([{t}.expand({x}.shape[0], -1, -1), {x}], dim=1)",
     "flatten_spatial": lambda c, x: f"{x}.flatten(2).transpose(1, 2)",
-    "unflatten_spatial": lambda c, x: f"{x}.transpose(1, 2).unflatten(2, ({c.a['height']}, {c.a['width']}))",
+    "unflatten_spatial": lambda c, x, like: f"{x}.transpose(1, 2).unflatten(2, {like}.shape[2:])",
     "mean": lambda c, x: f"{x}.mean(dim={c.a['axis']})",
     "gather_argmax": lambda c, x, ids: (
         f"{x}[torch.arange({x}.shape[0], device={x}.device), {ids}.argmax(dim=-1)]"
@@ -105,6 +106,7 @@ OPS: dict[str, Rule] = {
 HELPER_IMPORTS: dict[str, tuple[str, ...]] = {"rope": ("functools",)}
 
 HELPERS: dict[str, str] = {
+    **COMMON_HELPERS,
     "masked_cross_entropy": '''
 def _masked_cross_entropy(logits, labels, mask):
     """Cross-entropy averaged over the positions where mask is 1."""
