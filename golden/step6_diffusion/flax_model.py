@@ -29,6 +29,14 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     return out.reshape(b, sq, heads * head_dim)
 
 
+def _require_multiple(x, axes, multiple, what):
+    """x, after checking that its dims at `axes` are multiples of `multiple`."""
+    if any(int(x.shape[a]) % multiple for a in axes):
+        dims = " x ".join(str(int(x.shape[a])) for a in axes)
+        raise ValueError(f"{what}: got {dims}, not multiples of {multiple}")
+    return x
+
+
 def _timestep_embedding(t, dim, flip_sin_to_cos, freq_shift, max_period):
     """Sinusoidal timestep embedding [B] -> [B, dim], as diffusers computes it."""
     half = dim // 2
@@ -264,7 +272,9 @@ class SpatialTransformer(nnx.Module):
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 8, 8)
+        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
         out = h_3 + x
         return out
@@ -423,7 +433,9 @@ class SpatialTransformer1(nnx.Module):
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 4, 4)
+        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
         out = h_3 + x
         return out
@@ -578,7 +590,9 @@ class SpatialTransformer2(nnx.Module):
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 2, 2)
+        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
         out = h_3 + x
         return out
@@ -744,7 +758,9 @@ class SpatialTransformer3(nnx.Module):
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 1, 1)
+        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
         out = h_3 + x
         return out
@@ -1139,7 +1155,16 @@ class MyDiffusionModel(nnx.Module):
         context = self.text_encoder(input_ids)
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
-        x = jnp.transpose(self.conv_in(jnp.transpose(sample, (0, 2, 3, 1))), (0, 3, 1, 2))
+        sample_1 = _require_multiple(
+            sample,
+            (
+                2,
+                3,
+            ),
+            8,
+            "sample height and width (the U-Net halves them 3 times)",
+        )
+        x = jnp.transpose(self.conv_in(jnp.transpose(sample_1, (0, 2, 3, 1))), (0, 3, 1, 2))
         h, h_1 = self.down0(x, temb, context)
         h_2, h_3 = self.down1(h_1, temb, context)
         h_4, h_5 = self.down2(h_3, temb, context)
@@ -1187,12 +1212,12 @@ CONFIG = {
     },
 }
 INPUTS = {
-    "sample": {"shape": ["batch", 4, 8, 8], "dtype": "float32"},
+    "sample": {"shape": ["batch", 4, "height", "width"], "dtype": "float32"},
     "timestep": {"shape": ["batch"], "dtype": "float32"},
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["noise_pred"]
-_EXAMPLE_SIZES = {"seq": 16}
+_EXAMPLE_SIZES = {"seq": 16, "height": 8, "width": 8}
 _INPUT_KINDS = [
     {"name": "sample", "kind": "normal", "low": 0.0, "high": 0.0, "dtype": "float32"},
     {"name": "timestep", "kind": "uniform", "low": 0.0, "high": 1000.0, "dtype": "float32"},

@@ -113,6 +113,14 @@ def _gelu(x):
     return x * np.vectorize(math.erfc, otypes=[np.float64])(-x / math.sqrt(2.0)) / 2.0
 
 
+def _require_multiple(x, axes, multiple, what):
+    """x, after checking that its dims at `axes` are multiples of `multiple`."""
+    if any(int(x.shape[a]) % multiple for a in axes):
+        dims = " x ".join(str(int(x.shape[a])) for a in axes)
+        raise ValueError(f"{what}: got {dims}, not multiples of {multiple}")
+    return x
+
+
 def _sigmoid(x):
     """1 / (1 + e^-x), written through tanh so that no input overflows."""
     return 0.5 * (1.0 + np.tanh(0.5 * x))
@@ -333,7 +341,9 @@ class SpatialTransformer:
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 8, 8)
+        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -468,7 +478,9 @@ class SpatialTransformer1:
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 4, 4)
+        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -601,7 +613,9 @@ class SpatialTransformer2:
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 2, 2)
+        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -745,7 +759,9 @@ class SpatialTransformer3:
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 1, 1)
+        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -1068,7 +1084,16 @@ class MyDiffusionModel:
         context = self.text_encoder(input_ids)
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
-        x = self.conv_in(sample)
+        sample_1 = _require_multiple(
+            sample,
+            (
+                2,
+                3,
+            ),
+            8,
+            "sample height and width (the U-Net halves them 3 times)",
+        )
+        x = self.conv_in(sample_1)
         h, h_1 = self.down0(x, temb, context)
         h_2, h_3 = self.down1(h_1, temb, context)
         h_4, h_5 = self.down2(h_3, temb, context)
@@ -1116,12 +1141,12 @@ CONFIG = {
     },
 }
 INPUTS = {
-    "sample": {"shape": ["batch", 4, 8, 8], "dtype": "float32"},
+    "sample": {"shape": ["batch", 4, "height", "width"], "dtype": "float32"},
     "timestep": {"shape": ["batch"], "dtype": "float32"},
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["noise_pred"]
-_EXAMPLE_SIZES = {"seq": 16}
+_EXAMPLE_SIZES = {"seq": 16, "height": 8, "width": 8}
 _INPUT_KINDS = [
     {"name": "sample", "kind": "normal", "low": 0.0, "high": 0.0, "dtype": "float32"},
     {"name": "timestep", "kind": "uniform", "low": 0.0, "high": 1000.0, "dtype": "float32"},

@@ -12,6 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _require_multiple(x, axes, multiple, what):
+    """x, after checking that its dims at `axes` are multiples of `multiple`."""
+    if any(int(x.shape[a]) % multiple for a in axes):
+        dims = " x ".join(str(int(x.shape[a])) for a in axes)
+        raise ValueError(f"{what}: got {dims}, not multiples of {multiple}")
+    return x
+
+
 def _timestep_embedding(t, dim, flip_sin_to_cos, freq_shift, max_period):
     """Sinusoidal timestep embedding [B] -> [B, dim], as diffusers computes it."""
     half = dim // 2
@@ -252,7 +260,7 @@ class SpatialTransformer(nn.Module):
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, (8, 8))
+        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -405,7 +413,7 @@ class SpatialTransformer1(nn.Module):
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, (4, 4))
+        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -556,7 +564,7 @@ class SpatialTransformer2(nn.Module):
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, (2, 2))
+        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -719,7 +727,7 @@ class SpatialTransformer3(nn.Module):
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, (1, 1))
+        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -1018,7 +1026,16 @@ class MyDiffusionModel(nn.Module):
         context = self.text_encoder(input_ids)
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
-        x = self.conv_in(sample)
+        sample_1 = _require_multiple(
+            sample,
+            (
+                2,
+                3,
+            ),
+            8,
+            "sample height and width (the U-Net halves them 3 times)",
+        )
+        x = self.conv_in(sample_1)
         h, h_1 = self.down0(x, temb, context)
         h_2, h_3 = self.down1(h_1, temb, context)
         h_4, h_5 = self.down2(h_3, temb, context)
@@ -1066,12 +1083,12 @@ CONFIG = {
     },
 }
 INPUTS = {
-    "sample": {"shape": ["batch", 4, 8, 8], "dtype": "float32"},
+    "sample": {"shape": ["batch", 4, "height", "width"], "dtype": "float32"},
     "timestep": {"shape": ["batch"], "dtype": "float32"},
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["noise_pred"]
-_EXAMPLE_SIZES = {"seq": 16}
+_EXAMPLE_SIZES = {"seq": 16, "height": 8, "width": 8}
 _INPUT_KINDS = [
     {"name": "sample", "kind": "normal", "low": 0.0, "high": 0.0, "dtype": "float32"},
     {"name": "timestep", "kind": "uniform", "low": 0.0, "high": 1000.0, "dtype": "float32"},
