@@ -397,6 +397,7 @@ OPS: dict[str, Callable[..., str]] = {
     "unflatten_spatial": lambda e, x, like: e.op(
         "Reshape", e.op("Transpose", x, perm=[0, 2, 1]), e.op("Concat", e.ints(0, 0), e.op("Shape", like, start=2), axis=0)
     ),
+    "pad2d": lambda e, x: e.op("Pad", x, e.ints(0, 0, e.a["pads"][0], e.a["pads"][2], 0, 0, e.a["pads"][1], e.a["pads"][3])),
     # ONNX has no assertion: a size that is not a multiple fails at the U-Net's skip concat.
     "require_multiple": lambda e, x: e.op("Identity", x),
     "mean": lambda e, x: e.op("ReduceMean", x, e.ints(e.a["axis"]), keepdims=0),

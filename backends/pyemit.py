@@ -303,6 +303,9 @@ BASE_OPS: dict[str, Rule] = {
     "unflatten_spatial": lambda c, x, like: (
         f"{c.lib}.transpose({x}, (0, 2, 1)).reshape({x}.shape[0], {x}.shape[2], {like}.shape[2], {like}.shape[3])"
     ),
+    "pad2d": lambda c, x: (
+        f"{c.lib}.pad({x}, ((0, 0), (0, 0), ({c.a['pads'][0]}, {c.a['pads'][1]}), ({c.a['pads'][2]}, {c.a['pads'][3]})))"
+    ),
     "require_multiple": lambda c, x: (
         f"{c.helper('require_multiple')}({x}, {_tuple_literal(c.a['axes'])}, {c.a['multiple']}, {c.a['what']!r})"
     ),

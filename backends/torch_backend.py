@@ -90,6 +90,7 @@ OPS: dict[str, Rule] = {
     "unsqueeze": _unsqueeze,
     "prepend": lambda c, x, t: f"torch.cat([{t}.expand({x}.shape[0], -1, -1), {x}], dim=1)",
     "flatten_spatial": lambda c, x: f"{x}.flatten(2).transpose(1, 2)",
+    "pad2d": lambda c, x: f"F.pad({x}, ({c.a['pads'][2]}, {c.a['pads'][3]}, {c.a['pads'][0]}, {c.a['pads'][1]}))",
     "unflatten_spatial": lambda c, x, like: f"{x}.transpose(1, 2).unflatten(2, {like}.shape[2:])",
     "mean": lambda c, x: f"{x}.mean(dim={c.a['axis']})",
     "gather_argmax": lambda c, x, ids: (

@@ -635,6 +635,17 @@ def _gather_argmax(a, ins):
     return [x.with_shape((x.shape[0], x.shape[2]))]
 
 
+@op("pad2d", ("x",), (Attr("pads", "ints"),), flops=_flops_zero)
+def _pad2d(a, ins):
+    """Zero padding of [B, C, H, W]: pads = (top, bottom, left, right). SD's
+    autoencoder pads (0, 1, 0, 1) before its stride-2 downsampling convs."""
+    (x,) = ins
+    if x.rank != 4 or len(a["pads"]) != 4 or min(a["pads"]) < 0:
+        raise OpError(f"op 'pad2d' needs [B, C, H, W] and 4 non-negative pads, got {x} and {a['pads']}")
+    t, b, l, r = a["pads"]
+    return [x.with_shape((x.shape[0], x.shape[1], dim_add(x.shape[2], t + b), dim_add(x.shape[3], l + r)))]
+
+
 @op("upsample_nearest", ("x",), (Attr("factor", "int", 2),))
 def _upsample(a, ins):
     """Nearest-neighbour upsampling of [B, C, H, W] by an integer factor."""

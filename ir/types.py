@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass
 from typing import Mapping, Union
@@ -54,7 +55,20 @@ def dim_str(d: Dim) -> str:
     return str(d)
 
 
-_TERM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:/([0-9]+))?")
+_TERM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\*([0-9]+))?(?:/([0-9]+))?")
+
+
+def _scaled(d: str, num: int, den: int) -> Dim | None:
+    """`d * num / den` for a dim of the form sym, sym*k or sym/k (None otherwise),
+    in lowest terms: "height/8" * 2 -> "height/4", "height" * 8 -> "height*8"."""
+    m = _TERM.fullmatch(d)
+    if not m:
+        return None
+    num *= int(m.group(2) or 1)
+    den *= int(m.group(3) or 1)
+    g = math.gcd(num, den)
+    num, den = num // g, den // g
+    return m.group(1) + (f"*{num}" if num > 1 else "") + (f"/{den}" if den > 1 else "")
 
 
 def dim_offset(d: str) -> tuple[str, int]:
@@ -82,11 +96,10 @@ def dim_div(d: Dim, n: int) -> Dim:
         if d % n:
             raise ValueError(f"{d} is not a multiple of {n}")
         return d // n
-    m = _TERM.fullmatch(d)
-    if not m:
+    out = _scaled(d, 1, n)
+    if out is None:
         raise ValueError(f"cannot divide symbolic dim {d!r}")
-    k = int(m.group(2) or 1) * n
-    return m.group(1) if k == 1 else f"{m.group(1)}/{k}"
+    return out
 
 
 def dim_mul(a: Dim, b: Dim) -> Dim:
@@ -99,10 +112,9 @@ def dim_mul(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int):
         a, b = b, a
     if isinstance(b, int):
-        m = _TERM.fullmatch(a)
-        if m and m.group(2) and int(m.group(2)) % b == 0:
-            k = int(m.group(2)) // b
-            return m.group(1) if k == 1 else f"{m.group(1)}/{k}"
+        out = _scaled(a, b, 1)
+        if out is not None:
+            return out
     return f"{a}*{b}"
 
 

@@ -136,6 +136,7 @@ CASES: dict[str, list] = {
     "prepend": [_prepend],
     "flatten_spatial": [_unary("flatten_spatial", (2, 3, 4, 5))],
     "unflatten_spatial": [lambda g: g.m.op("unflatten_spatial", g.x("x", 2, 20, 3), g.x("like", 2, 1, 4, 5))],
+    "pad2d": [_unary("pad2d", (2, 3, 4, 5), pads=(0, 1, 0, 1)), _unary("pad2d", (2, 3, 4, 5), pads=(2, 0, 1, 3))],
     "require_multiple": [_unary("require_multiple", (2, 3, 4, 6), axes=(2, 3), multiple=2, what="sample")],
     "mean": [_unary("mean", axis=1)],
     "gather_argmax": [lambda g: g.m.op("gather_argmax", g.x("x", 2, 5, 8), g.ids("ids", 2, 5, high=50))],

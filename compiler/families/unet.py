@@ -41,6 +41,7 @@ from typing import Any
 from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower, unbuilt_family
+from metagen.compiler.families import image_autoencoder as vae
 from metagen.compiler.families.blocks import (
     TRAIN_ACT_BYTES, act_nbytes, block_stack, class_name, inference, read_spec, tower_training_activations, training,
     weight_nbytes, resolve_tower, tower_block,
@@ -86,7 +87,9 @@ class UNetConfig(ArchConfig):
     transformer_depth: int = spec_key(1)
     norm_groups: int = spec_key(32)
     cross_attention_dim: int | None = spec_key()
+    images: str = spec_key("latents")
     text_encoder: UNetTextTower = tower(UNetTextTower)
+    autoencoder: vae.AutoencoderConfig = tower(vae.AutoencoderConfig)
     context: int = derived(0)
 
 
@@ -167,6 +170,18 @@ class DiffusionUNet(Family):
             )
             te.pooling = "none"
         a.text_encoder = te
+        ae = read_spec(ctx, vae.AutoencoderConfig(), section=spec_arch.autoencoder, prefix="autoencoder.")
+        if a.images == "pixels":
+            for key, value in vae.SD_AUTOENCODER.items():
+                if ae[key] is None:
+                    ae[key] = list(value) if isinstance(value, list) else value
+        elif spec_arch.given("autoencoder"):
+            ctx.sink.warning(
+                spec_arch.loc("autoencoder"),
+                "the autoencoder is built only when the images are pixels (architecture.images: pixels); "
+                "with latents it is ignored",
+            )
+        a.autoencoder = ae
         if a.cross_attention_dim is None:
             a.cross_attention_dim = te.hidden_size
         # CLIP's prompt length, unless the spec sets its own context window.
@@ -197,6 +212,10 @@ class DiffusionUNet(Family):
             return "base_channels must be even (the sinusoidal timestep embedding has base_channels features)"
         if te["hidden_size"] % te["heads"]:
             return f"text_encoder.heads {te['heads']} does not divide text_encoder.hidden_size {te['hidden_size']}"
+        if a["images"] == "pixels":
+            problem = vae.check(a["autoencoder"], a["latent_channels"])
+            if problem:
+                return problem
         if a["cross_attention_dim"] != te["hidden_size"]:
             return (
                 f"cross_attention_dim {a['cross_attention_dim']} must equal text_encoder.hidden_size "
@@ -240,6 +259,10 @@ class DiffusionUNet(Family):
         te.update(hidden_size=32, layers=2, heads=2, kv_heads=2, head_dim=16, ffn_size=64, vocab_size=256)
         a["cross_attention_dim"] = 32
         ctx.context_window = 16
+        if a["images"] == "pixels":
+            ae = a["autoencoder"]
+            n = len(ae["block_channels"])
+            ae.update(block_channels=[16] + [32] * (n - 1), layers_per_block=1, norm_groups=8)
 
     # ---------------------------------------------------------------- graph
 
@@ -295,11 +318,29 @@ class DiffusionUNet(Family):
         x = top.op("silu", top.call("conv_norm_out", x, hint="h"), hint="h")
         top.layer("conv_out", "conv2d", in_channels=ch0, out_channels=lc, kernel=3, padding=1)
         out = top.call("conv_out", x, hint="noise_pred")
+        symbols = {
+            "batch": "batch size",
+            "seq": f"prompt length in tokens, at most {a['context']}",
+            "height": f"latent height, a multiple of {factor}",
+            "width": f"latent width, a multiple of {factor}",
+        }
+        examples = {"seq": a["context"], "height": a["sample_size"], "width": a["sample_size"]}
+        if a["images"] == "pixels":
+            # Not called by the forward (one denoising step): sample() and the ONNX
+            # pipeline folder call them once per image.
+            ae = a["autoencoder"]
+            top.sub("vae_encoder", vae.encoder_module(mb, ae, lc))
+            top.sub("vae_decoder", vae.decoder_module(mb, ae, lc))
+            f = vae.downsampling_factor(ae)
+            symbols.update(image_height=f"image height in pixels, a multiple of {f}", image_width=f"image width in pixels, a multiple of {f}")
+            examples.update(image_height=a["sample_size"] * f, image_width=a["sample_size"] * f)
         top_def = top.ret(out, names=["noise_pred"])
 
         config = a.pick(UNetConfig.spec_keys())
         config["context_window"] = a["context"]
         config["text_encoder"] = dict(te)
+        if a["images"] == "pixels":
+            config["autoencoder"] = dict(a["autoencoder"])
         return mb.finish(
             top_def,
             name=top_def.name,
@@ -314,13 +355,8 @@ class DiffusionUNet(Family):
             ],
             config=config,
             family=self.name,
-            symbols={
-                "batch": "batch size",
-                "seq": f"prompt length in tokens, at most {a['context']}",
-                "height": f"latent height, a multiple of {factor}",
-                "width": f"latent width, a multiple of {factor}",
-            },
-            examples={"seq": a["context"], "height": a["sample_size"], "width": a["sample_size"]},
+            symbols=symbols,
+            examples=examples,
         )
 
     # ---------------------------------------------------------------- cost
@@ -401,25 +437,7 @@ def time_embedding_module(mb: ModelBuilder, ch0: int, tdim: int) -> ModuleDef:
 
 
 def resnet_module(mb: ModelBuilder, a: dict, cin: int, cout: int, hw: HW, tdim: int) -> ModuleDef:
-    g = a["norm_groups"]
-    b = mb.module("ResnetBlock", doc="GroupNorm-SiLU-conv twice, timestep added between, residual.")
-    x = b.input("x", TensorType(DType.f32, ("batch", cin, *hw)))
-    temb = b.input("temb", TensorType(DType.f32, ("batch", tdim)))
-    b.layer("norm1", "group_norm", groups=g, channels=cin, eps=RESNET_EPS)
-    b.layer("conv1", "conv2d", in_channels=cin, out_channels=cout, kernel=3, padding=1)
-    b.layer("time_emb_proj", "linear", in_features=tdim, out_features=cout)
-    b.layer("norm2", "group_norm", groups=g, channels=cout, eps=RESNET_EPS)
-    b.layer("conv2", "conv2d", in_channels=cout, out_channels=cout, kernel=3, padding=1)
-    h = b.op("silu", b.call("norm1", x, hint="h"), hint="h")
-    h = b.call("conv1", h, hint="h")
-    t = b.call("time_emb_proj", b.op("silu", temb, hint="t"), hint="t")
-    h = b.op("add", h, b.op("unsqueeze", t, axes=(2, 3), hint="t"), hint="h")
-    h = b.op("silu", b.call("norm2", h, hint="h"), hint="h")
-    h = b.call("conv2", h, hint="h")
-    if cin != cout:
-        b.layer("conv_shortcut", "conv2d", in_channels=cin, out_channels=cout, kernel=1)
-        x = b.call("conv_shortcut", x, hint="shortcut")
-    return b.ret(b.op("add", x, h, hint="out"))
+    return vae.resnet_module(mb, a["norm_groups"], cin, cout, hw, tdim, RESNET_EPS)
 
 
 def _attention(mb: ModelBuilder, dim: int, heads: int, x_type, context_type=None) -> ModuleDef:
