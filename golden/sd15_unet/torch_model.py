@@ -1064,6 +1064,7 @@ CONFIG = {
     "transformer_depth": 1,
     "norm_groups": 8,
     "cross_attention_dim": 32,
+    "images": "latents",
     "context_window": 16,
     "text_encoder": {
         "vocab_size": 256,
