@@ -35,6 +35,7 @@ from metagen.backends.pyemit import (
     py_literal,
     uncovered_ops,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, ModuleDef, Param, resolve_param
 
 RESERVED = {
@@ -209,6 +210,7 @@ class FlaxEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(FLAX_API)
+        out(sampler_source(m, "flax"))
         return format_python(out.text())
 
     def param_member(self, p: Param) -> str:

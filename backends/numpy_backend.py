@@ -35,6 +35,7 @@ from metagen.backends.pyemit import (
     py_literal,
     uncovered_ops,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, ModuleDef, Param
 from metagen.ir.types import DType
 
@@ -320,6 +321,7 @@ class NumpyEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(NUMPY_API)
+        out(sampler_source(m, "numpy"))
         return format_python(out.text())
 
     def param_member(self, p: Param) -> str:

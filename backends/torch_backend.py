@@ -20,6 +20,7 @@ from metagen.backends.pyemit import (
     emit_tables,
     format_python,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, Param
 from metagen.ir.types import DType
 
@@ -191,6 +192,7 @@ class TorchEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(TORCH_API)
+        out(sampler_source(m, "torch"))
         return format_python(out.text())
 
     def member_prologue(self) -> list[str]:

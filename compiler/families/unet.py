@@ -40,6 +40,7 @@ from typing import Any
 
 from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
+from metagen.compiler.objectives import DIFFUSION_SCHEDULE
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower, unbuilt_family
 from metagen.compiler.families import image_autoencoder as vae
 from metagen.compiler.families.blocks import (
@@ -339,6 +340,7 @@ class DiffusionUNet(Family):
         config = a.pick(UNetConfig.spec_keys())
         config["context_window"] = a["context"]
         config["text_encoder"] = dict(te)
+        config["noise_schedule"] = dict(DIFFUSION_SCHEDULE)  # the training schedule sample() steps over
         if a["images"] == "pixels":
             config["autoencoder"] = dict(a["autoencoder"])
         return mb.finish(
