@@ -675,3 +675,16 @@ def golden_text(files: dict[str, bytes]) -> bytes:
         init.data_location = onnx.TensorProto.DEFAULT
     text = printer.to_text(model)
     return ("\n".join(lines) + ("\n" if lines else "") + text.rstrip("\n") + "\n").encode("utf-8")
+
+
+def lower_to_onnx_folder(
+    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data"
+) -> dict[str, bytes]:
+    """The backend's output folder: `lower_to_onnx`'s files, plus a diffusion model's
+    pipeline parts as graphs of their own (backends/onnx_pipeline.py)."""
+    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name)
+    if model.family == "diffusion_unet":
+        from metagen.backends.onnx_pipeline import pipeline_files
+
+        files.update(pipeline_files(model, weights, seed))
+    return files

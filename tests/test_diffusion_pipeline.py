@@ -40,6 +40,9 @@ def test_sd15_pipeline_exact_counts():
     parts = pipeline_parts(comp.model)
     assert sorted(parts) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
     assert sum(p.param_count() for p in parts.values()) == SD15_PIPELINE
+    # the parts partition the model's weights, under the same canonical names
+    names = [n for part in parts.values() for n, _ in part.walk_params()]
+    assert sorted(names) == sorted(n for n, _ in comp.model.walk_params())
     assert comp.model.output_names == ["noise_pred"]  # the forward is still one denoising step
 
 

@@ -150,3 +150,37 @@ def test_sample_flax_equals_torch(tmp_path):
     for hw in [(64, 64), (64, 128)]:
         want = torch_mod.sample(torch_mod.load_canonical(weights), ids, steps=2, height=hw[0], width=hw[1], seed=4)
         _close(flax_mod.sample(flax_mod.load_canonical(weights), ids, steps=2, height=hw[0], width=hw[1], seed=4), want)
+
+
+def test_onnx_pipeline_folder_samples_like_torch(tmp_path, tiny_pixel_modules):
+    """The ONNX folder (diffusers' layout: one graph per part, dynamic sizes) samples
+    in onnxruntime what the torch module samples, at two resolutions."""
+    import onnx
+
+    from metagen.backends import registry
+    from metagen.onnx_pipeline import OnnxDiffusionPipeline
+    from metagen.pipeline import compile_spec
+
+    torch_mod = tiny_pixel_modules["torch"]
+    weights = torch_mod.to_canonical(torch_mod.init(0))
+    comp = compile_spec(example("reference", "sd15_pipeline.yaml"), tiny=True)
+    files = registry.get("onnx").lower(comp.model, weights=weights)
+    assert sorted(files) == [
+        "", "pipeline.json", "text_encoder/model.onnx", "unet/model.onnx", "vae_decoder/model.onnx", "vae_encoder/model.onnx",
+    ]
+    for rel, data in files.items():
+        path = tmp_path / (rel or "model.onnx")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    unet = onnx.load(str(tmp_path / "unet" / "model.onnx"))
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in unet.graph.input}
+    assert dims == {"sample": ["batch", 4, "height", "width"], "timestep": ["batch"], "encoder_hidden_states": ["batch", "seq", 32]}
+    pipe = OnnxDiffusionPipeline(str(tmp_path))
+    state = torch_mod.load_canonical(weights)
+    ids = torch_mod.example_inputs(batch_size=1, seed=2)["input_ids"]
+    for hw in [(64, 64), (64, 128)]:
+        want = torch_mod.sample(state, ids, steps=2, height=hw[0], width=hw[1], seed=4)
+        _close(pipe.sample(ids, steps=2, height=hw[0], width=hw[1], seed=4), want)
+    image = np.random.default_rng(5).uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)
+    want = torch_mod.sample(state, ids, image=image, strength=0.6, steps=2, seed=4)
+    _close(pipe.sample(ids, image=image, strength=0.6, steps=2, seed=4), want)

@@ -18,6 +18,7 @@ import dataclasses
 from metagen.ir.graph import InputSpec, Model, ModuleDef, Node, Repeat, Sub, Value
 
 AUTOENCODER_PARTS = ("vae_encoder", "vae_decoder")
+PART_FAMILY = "diffusion_pipeline_part"
 
 
 def _reachable(model: Model, top: str) -> dict[str, ModuleDef]:
@@ -36,7 +37,8 @@ def _reachable(model: Model, top: str) -> dict[str, ModuleDef]:
 def _part(model: Model, top: ModuleDef, inputs: list[InputSpec], outputs: list[str], doc: str) -> Model:
     modules = dict(model.modules)
     modules[top.name] = top
-    part = dataclasses.replace(model, name=top.name, modules=modules, top=top.name, inputs=inputs)
+    # Not the family's own name: a part has no parts, and no sample() of its own.
+    part = dataclasses.replace(model, name=top.name, modules=modules, top=top.name, inputs=inputs, family=PART_FAMILY)
     part.modules = _reachable(part, top.name)
     top.output_names = list(outputs)
     top.doc = doc
@@ -47,9 +49,18 @@ def _part(model: Model, top: ModuleDef, inputs: list[InputSpec], outputs: list[s
 
 
 def _child_as_top(model: Model, child: str, input_specs: list[InputSpec], outputs: list[str], doc: str) -> Model:
+    """A top module that holds the child under its own name and calls it, so the
+    part's weights keep their canonical names (`text_encoder.*`, `vae_decoder.*`)."""
     sub = model.top_module.children[child]
     m = model.modules[sub.module]
-    top = dataclasses.replace(m, name=f"{m.name}Part", params=dict(m.params), children=dict(m.children))
+    inputs = [Value(v.type, v.hint) for v in m.inputs]
+    results = [Value(v.type, name) for v, name in zip(m.outputs, outputs)]
+    call = Node("call", "call", list(inputs), {}, results, target=child, loc=m.loc)
+    for r in results:
+        r.producer = call
+    top = ModuleDef(
+        f"{m.name}Part", children={child: sub}, inputs=inputs, nodes=[call], outputs=results, loc=m.loc,
+    )
     return _part(model, top, input_specs, outputs, doc)
 
 
