@@ -195,3 +195,22 @@ def test_every_rule_is_documented():
     text = open(example("..", "docs/families.md")).read()
     for name in R.RULES:
         assert f"`{name}`" in text, name
+
+
+def test_pinned_values_that_break_the_other_rules_are_kept_with_warnings(tmp_path):
+    # A vocabulary too large for the budget, pinned.
+    path = lm(tmp_path, "mobile", '  parameter_budget:\n    max: "3M"\narchitecture:\n  vocab_size: 32000\n')
+    comp, sink = compile_with(path)
+    assert comp.ctx.arch["vocab_size"] == 32000
+    assert any(w.startswith(f"{path}:11:") and "vocab-shrink" in w for w in warnings(sink))
+    # A CLIP patch that does not suit the fitted width, pinned.
+    comp, sink = compile_with(
+        example("tutorial", "step7_clip.yaml"),
+        ("constraints.parameter_budget.max", "1B"), ("architecture.image_encoder.patch_size", "32"),
+    )
+    assert comp.ctx.arch["image_encoder"]["patch_size"] == 32
+    assert any("clip-patch" in w and "use 14" in w for w in warnings(sink))
+    # One ResNet block per level, pinned.
+    comp, sink = compile_with(example("tutorial", "step6_diffusion.yaml"), ("architecture.res_blocks", "1"))
+    assert comp.ctx.arch["res_blocks"] == 1
+    assert any("unet-scaling" in w for w in warnings(sink))

@@ -96,9 +96,18 @@ def clip_patch(width: int, image_size: int) -> int:
 
 def _patch_applied(ctx: CompileContext, width: dict[str, Any]) -> None:
     patch = width.get("image_encoder.patch_size")
+    d = width["image_encoder.hidden_size"]
     if patch is not None:
-        d = width["image_encoder.hidden_size"]
         R.applied(ctx, R.CLIP_PATCH, f"image_encoder.patch_size = {patch} for a {d}-wide image tower")
+        return
+    image = ctx.arch["image_encoder"]
+    rule = clip_patch(d, image["image_size"])
+    if image["patch_size"] != rule:
+        R.pinned_breaks(
+            ctx, ctx.spec.architecture.image_encoder.loc("patch_size"), R.CLIP_PATCH,
+            f"image_encoder.patch_size {image['patch_size']} on a {d}-wide image tower, where published CLIP "
+            f"models of that width use {rule}",
+        )
 
 
 def _fold(a: DualEncoderConfig) -> None:

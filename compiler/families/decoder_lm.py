@@ -187,10 +187,16 @@ class DecoderLM(Family):
             chosen=lambda ctx, w: self._vocab_warning(ctx, w, default_vocab, budget),
         )
 
-    @staticmethod
-    def _vocab_warning(ctx: CompileContext, width: dict[str, Any], default: int, budget: int) -> None:
+    def _vocab_warning(self, ctx: CompileContext, width: dict[str, Any], default: int, budget: int) -> None:
         vocab = width.get("vocab_size")
         if vocab is None:
+            pinned = ctx.arch["vocab_size"]
+            if self.shrinks_vocab and "vocab_size" in ctx.pinned and pinned * width["hidden_size"] > budget * R.VOCAB_SHARE:
+                R.pinned_breaks(
+                    ctx, ctx.spec.architecture.loc("vocab_size"), R.VOCAB,
+                    f"vocab_size {pinned:,}: its embedding ({pinned:,} x {width['hidden_size']}) is over half of "
+                    f"parameter_budget.max = {format_count(budget)}",
+                )
             return
         c = ctx.spec.constraints
         loc = c.parameter_budget.loc("max") if c.parameter_budget.given("max") else c.loc()

@@ -199,6 +199,11 @@ class DiffusionUNet(Family):
         size goes to transformer depth, as SDXL's does. A pinned transformer_depth
         leaves res_blocks as the depth (ideal 2)."""
         a = ctx.arch
+        if "res_blocks" in ctx.pinned and a["res_blocks"] != UNET_RES_BLOCKS:
+            R.pinned_breaks(
+                ctx, ctx.spec.architecture.loc("res_blocks"), R.UNET,
+                f"res_blocks {a['res_blocks']}: SD 1.5, SD 2 and SDXL use {UNET_RES_BLOCKS} ResNet blocks per level",
+            )
         if "transformer_depth" not in ctx.pinned:
             depth_keys = ["transformer_depth"]
             if "res_blocks" not in ctx.pinned:
