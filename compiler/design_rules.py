@@ -149,16 +149,15 @@ def tower_depth(width: int) -> float:
     return interpolate_depth(width, TOWER_DEPTH_ANCHORS)
 
 
-def shrunk_vocab(default: int, width: int, budget: int) -> int | None:
+def shrunk_vocab(default: int, width: int, budget: int) -> int:
     """The vocabulary a width gets under `budget`: the default when its embedding
-    fits in half the budget, else the largest power of two that does (None: not
-    even 256 does)."""
+    fits in half the budget, else the largest power of two that does, and never
+    fewer than 256 (byte-level) tokens, so a budget too small for any model is
+    still diagnosed by the parameter bound, with the smallest model's size."""
     room = int(budget * VOCAB_SHARE) // width
     if default <= room:
         return default
-    if room < MIN_VOCAB:
-        return None
-    return 2 ** int(math.log2(room))
+    return max(MIN_VOCAB, 2 ** int(math.log2(max(room, 1))))
 
 
 def kv_heads_for(heads: int, gqa: bool, tp: int = 1) -> int:

@@ -172,8 +172,6 @@ class DecoderLM(Family):
             w = {k: cfg[k] for k in SIZE_KEYS if k != "layers"}
             if shrink:
                 vocab = R.shrunk_vocab(default_vocab, d, budget)
-                if vocab is None:
-                    continue
                 if vocab != default_vocab:
                     w["vocab_size"] = vocab
             widths.append(w)
