@@ -34,6 +34,7 @@ from metagen.compiler.constraints import (
     make_constraints,
 )
 from metagen.compiler.context import CompileContext
+from metagen.compiler.design_rules import RULES, applied
 from metagen.compiler.families import FAMILIES
 
 PINNED = "pinned dimensions"  # the binding constraint when no bound stopped the fit
@@ -197,6 +198,14 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
         return False
     _, _, width, depth, point, limited_by = chosen
     knobs.chosen(ctx, width)
+    if knobs.depth_rule and depth is not None:
+        key = knobs.depth_keys[0]
+        wide = next(iter(width.items()), None)
+        at = f" at {wide[0]} {wide[1]}" if wide else ""
+        applied(
+            ctx, RULES[knobs.depth_rule],
+            f"{key} = {depth}{at} (the published depth there: {knobs.ideal_depth(width):.1f})",
+        )
     ctx.arch.update(width)
     for k in knobs.depth_keys:
         ctx.arch[k] = depth

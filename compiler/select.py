@@ -118,6 +118,12 @@ def _published_table() -> str:
     return published_table()
 
 
+def _tutorial_table() -> str:
+    from metagen.compiler.published import tutorial_table
+
+    return tutorial_table()
+
+
 GENERATED = {
     "combinations": combinations_table,
     "tiny": tiny_table,
@@ -125,6 +131,7 @@ GENERATED = {
     "defaults": defaults_table,
     "rules": _rules_table,
     "published": _published_table,
+    "tutorial": _tutorial_table,
 }
 
 

@@ -215,6 +215,9 @@ class Knobs:
     demoted: Callable[[dict[str, Any]], bool] = lambda w: False
     # Called once with the chosen width, to say what a rule did (a located warning).
     chosen: Callable[[Any, dict[str, Any]], None] = lambda ctx, w: None
+    # The design rule `ideal_depth` states (compiler/design_rules.py), recorded with
+    # the chosen width and depth.
+    depth_rule: str = ""
 
 
 # ---------------------------------------------------------------- the interface

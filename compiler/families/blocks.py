@@ -190,6 +190,7 @@ def single_tower_knobs(ctx: CompileContext, check) -> Knobs | None:
         depth_keys=depth_keys,
         ideal_depth=lambda w: R.tower_depth(w["hidden_size"]),
         choice=TOWER_CHOICE,
+        depth_rule="tower-depth",
     )
 
 

@@ -206,6 +206,7 @@ class DualEncoder(Family):
             depth_keys=depth_keys,
             ideal_depth=lambda w: R.tower_depth(w["image_encoder.hidden_size"]),
             choice=TOWER_CHOICE + ", the image tower's width deciding",
+            depth_rule="tower-depth",
             chosen=_patch_applied,
         )
 

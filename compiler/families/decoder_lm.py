@@ -181,6 +181,7 @@ class DecoderLM(Family):
             depth_keys=depth_keys,
             ideal_depth=lambda w: R.lm_depth(w["hidden_size"]),
             choice="the one whose depth is closest to the published depth for its width (design rule lm-depth)",
+            depth_rule="lm-depth",
             demoted=lambda w: "vocab_size" in w,
             chosen=lambda ctx, w: self._vocab_warning(ctx, w, default_vocab, budget),
         )
