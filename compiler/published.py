@@ -40,7 +40,7 @@ PUBLISHED: list[Published] = [
     Published(
         "MobileLLM-125M (edge)", "mobilellm_125m.yaml",
         "576 wide, 30 layers, 9 heads / 3 KV heads, ffn 1536 (SwiGLU), tied; 125M",
-        "Liu et al. 2024, Table 9",
+        "Liu et al. 2024 (MobileLLM); HF `facebook/MobileLLM-125M` config",
         "The same shape: width, depth, heads, KV heads, FFN width and tying all match.",
     ),
     Published(
