@@ -49,10 +49,10 @@ PARALLEL = _rule(
     "parallel-shapes",
     "`decoder_lm`, `audio_lm`",
     "heads and KV heads are multiples of the device's tensor-parallel degree (8 on `datacenter_gpu`, 1 elsewhere), "
-    "the KV heads the fewest such that a group holds at most 8 query heads; the feed-forward width is a multiple of "
+    "the KV heads the fewest such multiple that leaves at most 16 query heads per group; the feed-forward width is a multiple of "
     "256 and of tensor-parallel degree x the device's tile (compiler/devices.py), so every shard is whole tiles",
     "Megatron-LM tensor parallelism (Shoeybi et al. 2019: heads and the FFN split across GPUs); Llama 2 70B and "
-    "Llama 3 8B/70B/405B: 8 KV heads for 8-way TP; Llama's multiple_of = 256; NVIDIA Matrix Multiplication "
+    "Llama 3 8B/70B/405B: 8 KV heads for 8-way TP (405B: 128 heads, groups of 16); Llama's multiple_of = 256; NVIDIA Matrix Multiplication "
     "Background guide: dimensions in multiples of 64 fp16 elements on A100 and later",
 )
 GQA = _rule(
@@ -139,7 +139,7 @@ TIE_UP_TO = 4_000_000_000
 VOCAB_SHARE = 0.5
 MIN_VOCAB = 256
 UNET_BASE = 320
-MAX_GROUP = 8
+MAX_GROUP = 16
 
 
 def lm_depth(width: int) -> float:

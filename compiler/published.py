@@ -70,9 +70,9 @@ PUBLISHED: list[Published] = [
         "Llama 2 70B", "llama2_70b.yaml",
         "8192 wide, 80 layers, 64 heads / 8 KV heads, ffn 28672, untied; 69B",
         "Touvron et al. 2023, HF `meta-llama/Llama-2-70b-hf` config",
-        "Heads, KV heads and FFN split 8 ways (rule parallel-shapes), as Llama's. Wider and shallower: with "
-        "the FFN at 8/3 d (Llama 2 70B uses 3.5d) an 8192-wide model would be 98 layers deep for the budget, "
-        "further from the published depth curve than 9216 x 75; 24 KV heads keep groups of 3 query heads.",
+        "Heads, KV heads and FFN split 8 ways (rule parallel-shapes), 8 KV heads as Llama's. Wider and "
+        "shallower: with the FFN at 8/3 d (Llama 2 70B uses 3.5d) an 8192-wide model would be 98 layers deep "
+        "for the budget, further from the published depth curve than 9216 x 78.",
     ),
     Published(
         "ViT-B/16", "vit_b16.yaml",
