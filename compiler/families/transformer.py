@@ -49,6 +49,10 @@ GATED = {"swiglu": "silu", "geglu": "gelu"}
 
 
 def default_head_dim(hidden: int) -> int:
+    """32 below 256 wide (Pythia-14M: 128 wide, 4 heads), 64 up to 2048 (GPT-2, Llama
+    3.2 1B), 128 above (Llama 2 7B and larger)."""
+    if hidden < 256:
+        return 32
     return 64 if hidden <= 2048 else 128
 
 
