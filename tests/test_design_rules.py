@@ -214,3 +214,23 @@ def test_pinned_values_that_break_the_other_rules_are_kept_with_warnings(tmp_pat
     comp, sink = compile_with(example("tutorial", "step6_diffusion.yaml"), ("architecture.res_blocks", "1"))
     assert comp.ctx.arch["res_blocks"] == 1
     assert any("unet-scaling" in w for w in warnings(sink))
+
+
+def test_explain_and_params_estimate_show_the_rules_applied(tmp_path, capsys):
+    from metagen.artifacts import params_estimate
+    from metagen.cli import main
+
+    spec = example("tutorial", "pattern_large_lm.yaml")
+    assert main(["explain", spec]) == 0
+    out = capsys.readouterr().out
+    assert "design rules applied" in out
+    for name in ("parallel-shapes", "rope-base", "tied-embeddings", "lm-depth"):
+        assert f"  {name}: " in out
+        assert f"    source: {R.RULES[name].source}" in out
+    comp, _ = compile_with(spec)
+    rules = params_estimate(comp)["fit"]["rules"]
+    assert {e["rule"] for e in rules} == {"parallel-shapes", "rope-base", "tied-embeddings", "lm-depth"}
+    # The U-Net's rule says what it does, not the language models' depth formula.
+    assert main(["explain", example("tutorial", "step6_diffusion.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "unet-scaling" in out and "lm-depth" not in out and "0.41" not in out
