@@ -74,7 +74,7 @@ class UNetTextTower(ArchConfig):
 
 @dataclass
 class UNetConfig(ArchConfig):
-    """SD 1.5's U-Net layout; base_channels and res_blocks are fitted unless pinned."""
+    """SD 1.5's U-Net layout; base_channels and transformer_depth are fitted unless pinned (res_blocks 2)."""
 
     latent_channels: int = spec_key(4)
     sample_size: int = spec_key(64)
