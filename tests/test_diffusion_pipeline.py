@@ -77,7 +77,12 @@ def test_budget_counts_the_autoencoder():
     assert pixels.ctx.report["total_params"] <= 500e6
     assert pixels.ctx.report["total_params"] == pixels.model.param_count()
     # the U-Net (with its text encoder) gets what the autoencoder leaves
-    unet = [c.ctx.report["total_params"] - sum(c.ctx.report["by_module"].get(p, {}).get("total", 0) for p in ("vae_encoder", "vae_decoder")) for c in (pixels, latents)]
+    def unet(c):
+        return c.ctx.report["total_params"] - sum(
+            c.ctx.report["by_module"].get(p, {}).get("total", 0) for p in ("vae_encoder", "vae_decoder")
+        )
+
+    unet = [unet(c) for c in (pixels, latents)]
     assert unet[0] <= 500e6 - SD15_VAE < unet[1]
 
 

@@ -2,11 +2,13 @@
 
 The model predicts the noise in a noisy *latent* (SD's 4-channel, 8x-downsampled
 VAE space) at a timestep, conditioned on a prompt encoded by a CLIP text
-transformer that is part of the model. The VAE is not included: it runs once per
-image (encode for training, decode after sampling), not once per denoising step, is
-usually a frozen pretrained component shared between models, and its size would
-distort the budget the fitter spends on the denoiser. Feeding pixels instead works
-too: set `latent_channels: 3` and `sample_size` to the image side.
+transformer that is part of the model. The image autoencoder (SD's AutoencoderKL,
+image_autoencoder.py) is included only when the spec's images are pixels
+(`images: pixels`): it runs once per image, not once per denoising step, and is
+usually a frozen pretrained component shared between models, so by default the
+budget goes to the denoiser alone. `sample()` (backends/runtime/sampling.py) runs
+the whole loop. A pixel-space U-Net without autoencoder: `latent_channels: 3` and
+`sample_size` the image side.
 
 Structure, as diffusers' `UNet2DConditionModel` with `CLIPTextModel`:
 
@@ -125,7 +127,7 @@ def level_hw(lvl: int) -> HW:
 
 class DiffusionUNet(Family):
     name = "diffusion_unet"
-    doc = "Text-conditioned latent diffusion U-Net with its CLIP text encoder (SD 1.5 conventions); no VAE."
+    doc = "Text-conditioned latent diffusion U-Net with its CLIP text encoder (SD 1.5 conventions); SD's autoencoder when images are pixels."
     inputs_doc = (
         "sample: float32 [batch, latent_channels, height, width] noisy latent x_t (height, width multiples of 2^(levels-1)); "
         "timestep: float32 [batch] diffusion step t (0..999 for a 1000-step schedule); "
@@ -136,7 +138,10 @@ class DiffusionUNet(Family):
     accepts_families = ("auto", "diffusion", "unet")
     built = "the diffusion U-Net (ResNet blocks with spatial transformers)"
     rules = (
-        Rule(("text", "image"), ("image",), ("diffusion", None), "latent-space U-Net with its CLIP text encoder; no VAE"),
+        Rule(
+            ("text", "image"), ("image",), ("diffusion", None),
+            "latent-space U-Net with its CLIP text encoder (and SD's autoencoder with images: pixels)",
+        ),
         # Text-to-image written without the noisy image among the inputs: the same model.
         Rule(
             ("text",), ("image",), ("diffusion", None),
@@ -152,7 +157,8 @@ class DiffusionUNet(Family):
     tiny_doc = (
         "base 32 channels, the same number of levels with multipliers capped at 2, 1 ResNet block per level, 2 heads, "
         "8 GroupNorm groups, 8 x 8 sample (larger only for more than 4 levels), the same attention levels; "
-        "text encoder d = 32, 2 layers, 2 heads, vocab 256, context 16"
+        "text encoder d = 32, 2 layers, 2 heads, vocab 256, context 16; "
+        "autoencoder (images: pixels) channels 16 then 32 per level, 1 block per level, 8 groups"
     )
 
     def family_mismatch(self, written: str) -> str:
