@@ -77,12 +77,12 @@ def test_budget_counts_the_autoencoder():
     assert pixels.ctx.report["total_params"] <= 500e6
     assert pixels.ctx.report["total_params"] == pixels.model.param_count()
     # the U-Net (with its text encoder) gets what the autoencoder leaves
-    def unet(c):
+    def unet_share(c):
         return c.ctx.report["total_params"] - sum(
             c.ctx.report["by_module"].get(p, {}).get("total", 0) for p in ("vae_encoder", "vae_decoder")
         )
 
-    unet = [unet(c) for c in (pixels, latents)]
+    unet = [unet_share(c) for c in (pixels, latents)]
     assert unet[0] <= 500e6 - SD15_VAE < unet[1]
 
 
