@@ -257,9 +257,44 @@ def _cmd_synth(args) -> int:
     return code
 
 
+def _run_folder(args) -> str | None:
+    """When `args.spec` is a run folder of `metagen synth`: point it at the folder's
+    resolved spec, take the seed the run recorded unless --seed was given, and return
+    the folder; None for a spec file."""
+    if not os.path.isdir(args.spec):
+        return None
+    folder = args.spec
+    report = os.path.join(folder, "blueprint", "training_report.json")
+    args.spec = os.path.join(folder, "spec_resolved.yaml")
+    if args.seed is None and os.path.isfile(report):
+        try:
+            with open(report, encoding="utf-8") as f:
+                args.seed = json.load(f)["config"]["seed"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no recorded seed: the spec's
+    return folder
+
+
+class _Tee:
+    """A text stream that writes to `stream` and keeps a copy."""
+
+    def __init__(self, stream):
+        import io
+
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _cmd_verify(args) -> int:
     from metagen.verify import verify_spec
 
+    folder = _run_folder(args)
     sink = DiagnosticSink()
     try:
         comp = _compile(args, sink)
@@ -267,7 +302,28 @@ def _cmd_verify(args) -> int:
         sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     _finish(sink)
-    ok = verify_spec(comp, seed=_effective_seed(args, comp), stream=sys.stdout)
+    seed = _effective_seed(args, comp)
+    tee = _Tee(sys.stdout)
+    ok = verify_spec(comp, seed=seed, stream=tee)
+    if folder is not None:  # the run's model card records the result
+        from metagen.model_card import model_card, verification_text, with_verification
+        from metagen.outputs import write_files
+
+        text = verification_text(tee.copy.getvalue(), ok, seed)
+        card_path = os.path.join(folder, "README.md")
+        try:
+            with open(card_path, encoding="utf-8") as f:
+                card = with_verification(f.read(), text)
+        except (OSError, UnicodeDecodeError):
+            card = None
+        if card is None:  # no card, or not one synth wrote: a whole new card
+            card = model_card(comp, seed, text)
+        try:
+            write_files({card_path: card.encode("utf-8")})
+        except CompileError as exc:
+            sink.extend(exc.diagnostics)
+            return _finish(sink) or 1
+        print(f"wrote the result to {card_path}")
     return 0 if ok else 1
 
 
@@ -331,15 +387,7 @@ def _cmd_export_hf(args) -> int:
     from metagen.outputs import write_tree
 
     sink = DiagnosticSink()
-    if os.path.isdir(args.spec):  # a run folder: the spec and seed it was synthesised with
-        report = os.path.join(args.spec, "blueprint", "training_report.json")
-        args.spec = os.path.join(args.spec, "spec_resolved.yaml")
-        if args.seed is None and os.path.isfile(report):
-            try:
-                with open(report, encoding="utf-8") as f:
-                    args.seed = json.load(f)["config"]["seed"]
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # no recorded seed: the spec's
+    _run_folder(args)  # a run folder: the spec and seed it was synthesised with
     try:
         comp = _compile(args, sink)
         if args.weights:
@@ -483,8 +531,14 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("schema", help="print the JSON Schema of the YAML spec language")
     sp.set_defaults(fn=_cmd_schema)
 
-    sp = sub.add_parser("verify", help="run torch, flax and onnxruntime on identical weights and compare")
-    common(sp)
+    sp = sub.add_parser(
+        "verify",
+        help="run torch, flax and onnxruntime on identical weights and compare",
+        description="Run every backend on identical weights and inputs and compare each output with the reference "
+        "(NumPy). Given a run folder of `metagen synth`, verify its resolved spec with its seed and record the "
+        "result in its model card (README.md).",
+    )
+    common(sp, run_dir=True)
     sp.set_defaults(fn=_cmd_verify)
 
     sp = sub.add_parser("convert", help="the same spec in the other frontend's syntax")

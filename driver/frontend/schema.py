@@ -112,6 +112,7 @@ SPEC = _map(
     Field("metagen_version", STR, "Spec language version.", choices=("1.0",), required=True),
     Field("name", STR, "Model name: free text; a class name is derived from it.", required=True),
     Field("description", STR, "Free text.", default=""),
+    Field("license", STR, "The model's license, as the model card's front matter states it (a Hugging Face license id: apache-2.0, mit, other, ...)."),
     _map(
         "modality",
         "What goes in and what comes out.",
