@@ -361,8 +361,12 @@ def _cmd_import_hf(args) -> int:
     stem = os.path.splitext(os.path.basename(args.output))[0]
     mg = os.path.splitext(args.output)[1].lower() == ".mg"
     try:
-        text, weights = import_hf(args.path, args.name or stem, mg=mg, with_weights=bool(args.weights_out))
+        text, weights, tokenizer = import_hf(args.path, args.name or stem, mg=mg, with_weights=bool(args.weights_out),
+                                             with_tokenizer=bool(args.tokenizer_out))
         files = {args.output: text.encode("utf-8")}
+        if tokenizer is not None:
+            with open(tokenizer, "rb") as f:
+                files[args.tokenizer_out] = f.read()
         if weights is not None:
             from safetensors.numpy import save
 
@@ -377,6 +381,13 @@ def _cmd_import_hf(args) -> int:
             except (OSError, UnicodeDecodeError):
                 pass
         return _finish(sink) or 1
+    if not args.tokenizer_out:
+        from metagen.diagnostics import Loc
+        from metagen.tokenizer import find
+
+        found = find(args.path if os.path.isdir(args.path) else os.path.dirname(args.path) or ".")
+        if found is not None:
+            sink.note(Loc(found, 1, 1), "the model has a tokenizer; --tokenizer-out FILE copies it")
     return _finish(sink)
 
 
@@ -387,19 +398,44 @@ def _cmd_export_hf(args) -> int:
     from metagen.outputs import write_tree
 
     sink = DiagnosticSink()
-    _run_folder(args)  # a run folder: the spec and seed it was synthesised with
+    folder = _run_folder(args)  # a run folder: the spec and seed it was synthesised with
+    tokenizer = args.tokenizer
+    if tokenizer is None and folder is not None and os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        tokenizer = os.path.join(folder, "tokenizer.json")
     try:
         comp = _compile(args, sink)
         if args.weights:
             weights, where = _load_weights(args.weights), Loc(args.weights, 1, 1)
         else:
             weights, where = init_weights(comp, _effective_seed(args, comp)), None
-        files = export_files(comp, resolved_spec(comp), weights, args.max_shard_size, where)
+        files = export_files(comp, resolved_spec(comp), weights, args.max_shard_size, where,
+                             tokenizer, Loc(tokenizer, 1, 1) if tokenizer else None)
         write_tree(args.output, files)
     except CompileError as exc:
         sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     return _finish(sink, args.werror)
+
+
+def _cmd_tokenizer_train(args) -> int:
+    from metagen.outputs import write_files
+    from metagen.tokenizer import train
+
+    sink = DiagnosticSink()
+    special = [t for t in args.special_tokens.split(",") if t] if args.special_tokens is not None else None
+    try:
+        text = train(args.data, args.vocab_size, *([special] if special is not None else []))
+        write_files({args.output: text.encode("utf-8")})
+    except ValueError as exc:  # a vocabulary too small for the alphabet: the command line's fault
+        print(f"metagen tokenizer train: error: {exc}", file=sys.stderr)
+        return 2
+    except CompileError as exc:
+        sink.absorb(exc.diagnostics)
+        return _finish(sink) or 1
+    from metagen.tokenizer import vocab_size
+
+    print(f"wrote {args.output}: byte-level BPE, {vocab_size(args.output)} tokens (asked: at most {args.vocab_size})")
+    return _finish(sink)
 
 
 def _cmd_fmt(args) -> int:
@@ -564,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("path", metavar="PATH", help="config.json, or the folder holding it and the weights")
     sp.add_argument("-o", dest="output", required=True, metavar="SPEC", help="the spec to write: .yaml/.yml, or .mg for the DSL")
     sp.add_argument("--weights-out", metavar="FILE.safetensors", help="also write the checkpoint under the canonical names")
+    sp.add_argument("--tokenizer-out", metavar="tokenizer.json",
+                    help="also copy the folder's tokenizer.json (checked against the model's vocabulary)")
     sp.add_argument("--name", help="the spec's model name (default: the output file's stem)")
     sp.set_defaults(fn=_cmd_import_hf)
 
@@ -585,9 +623,32 @@ def main(argv: list[str] | None = None) -> int:
     common(sp, run_dir=True)
     sp.add_argument("--weights", metavar="FILE.safetensors", help="canonical weights to export (default: init(seed)'s)")
     sp.add_argument("-o", dest="output", required=True, metavar="DIR", help="the folder to write (replaced whole)")
+    sp.add_argument("--tokenizer", metavar="tokenizer.json",
+                    help="the tokenizer to export with it (default: a run folder's tokenizer.json, if it has one)")
     sp.add_argument("--max-shard-size", type=_size, default="5GB", metavar="SIZE",
                     help="largest weights file before sharding, e.g. 5GB (default), 500MB, 2MiB")
     sp.set_defaults(fn=_cmd_export_hf)
+
+    sp = command(
+        "tokenizer",
+        "train a tokenizer for a model's text",
+        "Tokenizers for text models, as Hugging Face tokenizer.json files.",
+    )
+    tsub = sp.add_subparsers(dest="tokenizer_command", required=True)
+    sp = tsub.add_parser(
+        "train",
+        help="a byte-level BPE tokenizer from text files",
+        description="Train a byte-level BPE tokenizer (the `tokenizers` library) on UTF-8 text files and write "
+        "it as tokenizer.json: the special tokens first (ids 0, 1, ...), the 256 bytes, then merges up to "
+        "--vocab-size tokens. Deterministic. Use it with train.py --tokenizer and metagen export hf --tokenizer.",
+    )
+    sp.add_argument("--data", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to train on")
+    sp.add_argument("--vocab-size", type=int, required=True, metavar="N",
+                    help="at most N tokens: the model's architecture.vocab_size")
+    sp.add_argument("--special-tokens", metavar="TOKENS",
+                    help="comma-separated special tokens, ids 0, 1, ... (default: <|endoftext|>)")
+    sp.add_argument("-o", dest="output", required=True, metavar="tokenizer.json", help="the file to write")
+    sp.set_defaults(fn=_cmd_tokenizer_train)
 
     sp = sub.add_parser("fmt", help="canonical layout of a .mg file")
     sp.add_argument("file", help="the .mg file, rewritten in place")

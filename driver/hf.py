@@ -796,9 +796,11 @@ def canonical_weights(folder: str, conversion: dict) -> dict[str, np.ndarray]:
         raise _fail(folder, f"the checkpoint does not match its config: {exc}") from None
 
 
-def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False):
-    """(spec text, canonical weights or None) for the transformers model at `path`.
-    The spec pins the architecture and its parameter budget is the exact count."""
+def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False, with_tokenizer: bool = False):
+    """(spec text, canonical weights or None, tokenizer.json path or None) for the
+    transformers model at `path`. The spec pins the architecture and its parameter
+    budget is the exact count. The tokenizer (asked for with `with_tokenizer`) must
+    be in the folder and fit the model's vocabulary."""
     import tempfile
 
     from metagen.frontend.dsl_format import tree_to_mg, tree_to_yaml
@@ -832,7 +834,24 @@ def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False
     text = tree_to_mg(tree) if mg else tree_to_yaml(tree)
     if weights is not None:
         _check_weights(cfg, weights, {name: tuple(p.type.shape) for name, p in model.walk_params()})
-    return text, weights
+    tokenizer = _tokenizer(path, cfg, model) if with_tokenizer else None
+    return text, weights, tokenizer
+
+
+def _tokenizer(path: str, cfg: HFConfig, model) -> str:
+    """The folder's tokenizer.json, checked against the model's token ids."""
+    from metagen.tokenizer import check_fits, find, load, model_vocab
+
+    folder = path if os.path.isdir(path) else os.path.dirname(cfg.path) or "."
+    found = find(folder)
+    if found is None:
+        raise _fail(folder, "no tokenizer here: expected tokenizer.json (a diffusers pipeline: tokenizer/tokenizer.json)")
+    load(found)  # a file tokenizers cannot read is an error here, not in train.py
+    vocab = model_vocab(model)
+    if vocab is None:
+        raise _fail(found, "the model takes no text tokens; a tokenizer has nothing to do")
+    check_fits(found, vocab, Loc(found, 1, 1))
+    return found
 
 
 def _pipeline(folder: str, name: str):

@@ -269,12 +269,45 @@ def init_weights(comp, seed: int) -> dict[str, np.ndarray]:
             del sys.modules[name]
 
 
+def tokenizer_files(path: str, config: dict, context: int) -> dict[str, bytes]:
+    """tokenizer.json as it is, with the tokenizer_config.json and
+    special_tokens_map.json that make `AutoTokenizer.from_pretrained` load it as a
+    `PreTrainedTokenizerFast`; `config` takes the special tokens' ids."""
+    from metagen.tokenizer import special_tokens
+
+    with open(path, "rb") as f:
+        data = f.read()
+    roles = special_tokens(path)
+    tokens = {role: tok for role, (tok, _) in sorted(roles.items())}
+    for role, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "pad_token_id")):
+        if role in roles:
+            config[key] = roles[role][1]
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context,
+           "clean_up_tokenization_spaces": False, **tokens}
+
+    def dump(d: dict) -> bytes:
+        return (json.dumps(d, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+    return {"tokenizer.json": data, "tokenizer_config.json": dump(cfg), "special_tokens_map.json": dump(tokens)}
+
+
 def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard_size: int = DEFAULT_SHARD_SIZE,
-                 weights_loc: Loc | None = None) -> dict[str, bytes]:
+                 weights_loc: Loc | None = None, tokenizer: str | None = None,
+                 tokenizer_loc: Loc | None = None) -> dict[str, bytes]:
     """The files of the transformers folder: config.json, generation_config.json, the
-    weights (one file or shards with their index)."""
+    weights (one file or shards with their index), and the tokenizer when given."""
     config, conversion = hf_config(comp, resolved)
     auto = AUTO_CLASSES[_kind(resolved)]
+    tok_files = {}
+    if tokenizer is not None:
+        from metagen.tokenizer import check_fits, model_vocab
+
+        vocab = model_vocab(comp.model)
+        if vocab is None:
+            raise _refuse(tokenizer_loc or comp.spec.loc(), "a tokenizer goes with a model of text tokens; this one has none")
+        check_fits(tokenizer, vocab, tokenizer_loc or comp.spec.loc())
+        context = int(resolved["constraints"].get("context_window") or 0)
+        tok_files = tokenizer_files(tokenizer, config, context)
     try:
         missing = sorted({n for n, _ in comp.model.walk_params()} - set(weights))
         if missing:
@@ -286,5 +319,6 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
     if auto == "AutoModelForCausalLM":
         generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
         files["generation_config.json"] = (json.dumps(generation, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    files.update(tok_files)
     files.update(shard(tensors, max_shard_size))
     return files
