@@ -400,11 +400,22 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
         c.need("sliding_window", allowed=(None,), why="sliding-window attention is not an IR feature", default=None)
     c.need("hidden_act", allowed=("silu",), why="the gated feed-forward is SwiGLU", default="silu")
     c.need("rope_scaling", allowed=(None,), why="only unscaled rotary embeddings", default=None)
-    # The spec's `bias` covers every linear layer of a block (RMSNorm has none), so the
-    # attention and feed-forward settings must agree.
-    bias = c.need("attention_bias", allowed=(False, True), why="a boolean", default=False)
-    if c.cfg.get("mlp_bias", default=False) != bias:
-        c.need("mlp_bias", allowed=(bias,), why=f"biases go on every linear layer or none, and attention_bias is {json.dumps(bias)}", default=False)
+    if kind == "qwen2":  # biases on q, k and v only, fixed by the architecture
+        c.need("use_sliding_window", allowed=(False,), why="sliding-window attention is not an IR feature", default=False)
+        types = c.cfg.get("layer_types")
+        odd = next((i for i, t in enumerate(types) if t != "full_attention"), None) if isinstance(types, list) else 0
+        if types is not None and odd is not None:
+            shown = json.dumps(types[odd]) if isinstance(types, list) else json.dumps(types)
+            c.fail(("layer_types",), f"layer_types{f'[{odd}]' if isinstance(types, list) else ''} {shown} is not "
+                   "supported (every layer attends to the whole context); supported: \"full_attention\" for every layer")
+        bias, qkv_bias = False, True
+    else:
+        # The spec's `bias` covers every linear layer of a block (RMSNorm has none), so
+        # the attention and feed-forward settings must agree.
+        bias = c.need("attention_bias", allowed=(False, True), why="a boolean", default=False)
+        if c.cfg.get("mlp_bias", default=False) != bias:
+            c.need("mlp_bias", allowed=(bias,), why=f"biases go on every linear layer or none, and attention_bias is {json.dumps(bias)}", default=False)
+        qkv_bias = bias
     if c.cfg.get("rope_parameters") is not None:  # transformers 5 keeps the rope settings together
         c.need("rope_parameters", "rope_type", allowed=("default",), why="only unscaled rotary embeddings", default="default")
         theta = c.float("rope_parameters", "rope_theta", default=10000.0)
@@ -428,6 +439,8 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
         "bias": bool(bias),
         "tie_embeddings": bool(c.cfg.get("tie_word_embeddings", default=False)),
     }
+    if qkv_bias != bias:
+        arch["qkv_bias"] = qkv_bias
     return _lm(arch, c.int("max_position_embeddings")), {"prefix": "model.", "convert": llama_to_canonical}
 
 
@@ -553,6 +566,7 @@ IMPORTERS: dict[str, Callable[[_Checker], tuple[dict, dict]]] = {
     "gpt2": _gpt2,
     "llama": _llama,
     "mistral": _llama,
+    "qwen2": _llama,
     "bert": _bert,
     "vit": _vit,
     "clip": _clip,

@@ -68,6 +68,12 @@ def _llama_config(arch: dict, context: int, resolved: dict) -> dict:
             "torch_dtype": "float32"}
 
 
+def _qwen2_config(arch: dict, context: int, resolved: dict) -> dict:
+    config = {k: v for k, v in _llama_config(arch, context, resolved).items() if k not in ("attention_bias", "mlp_bias")}
+    config.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False)
+    return config
+
+
 def _bert_config(arch: dict, context: int, resolved: dict) -> dict:
     return {"architectures": ["BertForSequenceClassification"], "model_type": "bert", "vocab_size": arch["vocab_size"],
             "type_vocab_size": arch.get("type_vocab_size"), "hidden_size": arch["hidden_size"],
@@ -86,18 +92,19 @@ def _vit_config(arch: dict, context: int, resolved: dict) -> dict:
             "torch_dtype": "float32", **_labels(resolved)}
 
 
-# (kind of model, its positions) -> (reference class, config writer). The config's
+# (kind of model, its positions) -> the (reference class, config writer) candidates, the
+# first whose config imports back to the spec's architecture wins. The config's
 # model_type selects the weight mapping through metagen.hf.IMPORTERS.
 EXPORTERS = {
-    ("decoder LM", "learned"): ("GPT2LMHeadModel", _gpt2_config),
-    ("decoder LM", "rope"): ("LlamaForCausalLM", _llama_config),
-    ("text classifier", "learned"): ("BertForSequenceClassification", _bert_config),
-    ("image classifier", "learned"): ("ViTForImageClassification", _vit_config),
+    ("decoder LM", "learned"): (("GPT2LMHeadModel", _gpt2_config),),
+    ("decoder LM", "rope"): (("LlamaForCausalLM", _llama_config), ("Qwen2ForCausalLM", _qwen2_config)),
+    ("text classifier", "learned"): (("BertForSequenceClassification", _bert_config),),
+    ("image classifier", "learned"): (("ViTForImageClassification", _vit_config),),
 }
 AUTO_CLASSES = {"decoder LM": "AutoModelForCausalLM", "text classifier": "AutoModelForSequenceClassification",
                 "image classifier": "AutoModelForImageClassification"}
-SUPPORTED = ", ".join(f"{kind} with {'rotary' if pos == 'rope' else pos} positions ({cls})"
-                      for (kind, pos), (cls, _) in EXPORTERS.items())
+SUPPORTED = ", ".join(f"{kind} with {'rotary' if pos == 'rope' else pos} positions ({' or '.join(c for c, _ in found)})"
+                      for (kind, pos), found in EXPORTERS.items())
 
 
 def _kind(resolved: dict) -> str:
@@ -147,23 +154,26 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
     if key not in EXPORTERS or arch.get("components"):
         what = f"{key[0]} with position {json.dumps(key[1])}" + (" and components" if arch.get("components") else "")
         raise _refuse(loc, f"{what} has no transformers counterpart to export to; supported: {SUPPORTED}")
-    cls, writer = EXPORTERS[key]
-    config = writer(arch, int(resolved["constraints"].get("context_window") or 0), resolved)
-    text = json.dumps(config, indent=2, sort_keys=True)
-    cfg = HFConfig("config.json", config, key_locations(text))
-    try:
-        back, conversion = spec_tree(cfg, comp.spec.name)
-        again = _reimported(back, cfg)
-    except CompileError as exc:
-        why = "; ".join(d.message for d in exc.diagnostics)
-        raise _refuse(loc, f"{cls} cannot hold this architecture: {why}") from None
-    theirs, ours = _fingerprint(again), _fingerprint(resolved)
-    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-    if differ:
+    refusals = []
+    for cls, writer in EXPORTERS[key]:
+        config = writer(arch, int(resolved["constraints"].get("context_window") or 0), resolved)
+        text = json.dumps(config, indent=2, sort_keys=True)
+        cfg = HFConfig("config.json", config, key_locations(text))
+        try:
+            back, conversion = spec_tree(cfg, comp.spec.name)
+            again = _reimported(back, cfg)
+        except CompileError as exc:
+            why = "; ".join(d.message for d in exc.diagnostics)
+            refusals.append(f"{cls} cannot hold this architecture: {why}")
+            continue
+        theirs, ours = _fingerprint(again), _fingerprint(resolved)
+        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        if not differ:
+            return config, conversion
         shown = ", ".join(f"{k}: {json.dumps(ours.get(k))}" for k in differ)
-        raise _refuse(loc, f"{cls} has no counterpart for {shown} (it would give {', '.join(f'{k}: {json.dumps(theirs.get(k))}' for k in differ)}); "
-                           f"supported: {SUPPORTED}")
-    return config, conversion
+        refusals.append(f"{cls} has no counterpart for {shown} (it would give "
+                        f"{', '.join(f'{k}: {json.dumps(theirs.get(k))}' for k in differ)})")
+    raise _refuse(loc, f"{'; '.join(refusals)}; supported: {SUPPORTED}")
 
 
 # ------------------------------------------------------------------ the weights

@@ -64,10 +64,11 @@ CASES = [
     ("llama2_7b.yaml", (), "LlamaForCausalLM"),
     ("llama2_7b.yaml", ("architecture.kv_heads=2", "architecture.tie_embeddings=true", "architecture.bias=true"),
      "LlamaForCausalLM"),
+    ("llama2_7b.yaml", ("architecture.kv_heads=2", "architecture.qkv_bias=true"), "Qwen2ForCausalLM"),
 ]
 
 
-@pytest.mark.parametrize("spec,defines,cls", CASES, ids=["gpt2", "llama", "llama-gqa-tied-bias"])
+@pytest.mark.parametrize("spec,defines,cls", CASES, ids=["gpt2", "llama", "llama-gqa-tied-bias", "qwen2"])
 def test_from_pretrained_matches(tmp_path, spec, defines, cls):
     spec = example("reference", spec)
     mod = _ours(tmp_path, spec, defines)
@@ -163,6 +164,8 @@ def test_vit_classifier(tmp_path):
     ("clip_vit_b32.yaml", (), "has no transformers counterpart"),
     ("sd15_unet.yaml", (), "has no transformers counterpart"),
     ("gpt2_small.yaml", ("architecture.norm_position=post",), "GPT2LMHeadModel has no counterpart for norm_position"),
+    ("llama2_7b.yaml", ("architecture.bias=true", "architecture.qkv_bias=false"),
+     "LlamaForCausalLM has no counterpart for qkv_bias: false"),
 ])
 def test_refused_without_writing(tmp_path, capsys, spec, defines, why):
     args = ["export", "hf", example("reference", spec), "--tiny", "-o", str(tmp_path / "hf")]

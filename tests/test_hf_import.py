@@ -195,11 +195,50 @@ def test_unsupported_field_is_located_and_nothing_is_written(tmp_path, capsys):
 
 
 def test_unknown_model_type_is_located(tmp_path, capsys):
-    path = _config(tmp_path, transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                                      num_hidden_layers=1, num_attention_heads=4))
+    path = _config(tmp_path, transformers.GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                        num_hidden_layers=1, num_attention_heads=4))
     assert main(["import", "hf", path, "-o", str(tmp_path / "q.yaml")]) == 1
     err = capsys.readouterr().err
-    assert f"{path}:{_line_col(path, 'model_type')}: error: model_type \"qwen2\" is not supported; supported:" in err
+    assert f"{path}:{_line_col(path, 'model_type')}: error: model_type \"gpt_neox\" is not supported; supported:" in err
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_qwen2_biases_on_qkv_only(tmp_path, tied):
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(
+        vocab_size=90, hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=32, rope_theta=1000000.0, tie_word_embeddings=tied,
+        bos_token_id=0, eos_token_id=0,
+    )
+    hf = transformers.Qwen2ForCausalLM(cfg)
+    assert hf.model.layers[0].self_attn.q_proj.bias is not None and hf.model.layers[0].self_attn.o_proj.bias is None
+    _lm_check(tmp_path, hf)
+    spec = (tmp_path / "imported.yaml").read_text()
+    assert "qkv_bias: true" in spec and "bias: false" in spec
+
+
+def test_qwen2_sliding_window_is_refused(tmp_path, capsys):
+    cfg = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    path = _config(tmp_path, cfg)
+    assert main(["import", "hf", path, "-o", str(tmp_path / "q.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert (f"{path}:{_line_col(path, 'use_sliding_window')}: error: use_sliding_window true is not supported "
+            "(sliding-window attention is not an IR feature); supported: false") in err
+
+
+def test_qkv_bias_from_a_hand_written_spec(tmp_path):
+    """qkv_bias is a spec key: biases on the q/k/v projection only, counted exactly."""
+    spec = tmp_path / "q.yaml"
+    spec.write_text(
+        'metagen_version: "1.0"\nname: "q"\nmodality:\n  inputs: [text]\n  outputs: [text]\n'
+        "architecture:\n  bias: false\n  qkv_bias: true\n", encoding="utf-8")
+    path, comp = compile_to(tmp_path, str(spec), "torch", tiny=True)
+    names = {n for n, _ in comp.model.walk_params()}
+    assert "blocks.0.attn.qkv_proj.bias" in names and "blocks.0.attn.o_proj.bias" not in names
+    assert not any(n.startswith("blocks.0.mlp") and n.endswith(".bias") for n in names)
+    mod = load_module(str(path))
+    assert sum(p.numel() for p in mod.Model().parameters()) == comp.model.param_count()
 
 
 def test_nested_field_is_located(tmp_path, capsys):

@@ -34,6 +34,7 @@ class DecoderConfig(ArchConfig):
     rope_theta: float | None = spec_key()
     bias: bool | None = spec_key()
     tie_embeddings: bool | None = spec_key()
+    qkv_bias: bool | None = spec_key()
     gqa: bool = derived(False)  # grouped-query attention when heads are derived
     context: int = derived(0)
 
@@ -67,6 +68,8 @@ class DecoderLM(Family):
         # Grouped-query attention is part of the modern (rotary) convention; models
         # pinned to learned positions follow GPT-2's plain multi-head attention.
         cfg.gqa = cfg.position == "rope"
+        if cfg.qkv_bias is None:
+            cfg.qkv_bias = cfg.bias
         cfg.context = ctx.context_window
         ctx.arch = cfg
 

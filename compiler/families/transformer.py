@@ -100,11 +100,12 @@ def attention_module(
     d = cfg["hidden_size"]
     h, kvh, hd = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
     bias = cfg["bias"]
+    qkv_bias = bias if cfg.get("qkv_bias") is None else cfg["qkv_bias"]  # Qwen2: on q, k and v only
     b = mb.module(name, doc="Grouped-query attention." if kvh < h else "Multi-head attention.")
     x = b.input("x", x_type)
     qw, kvw = h * hd, kvh * hd
     if context_type is None:
-        b.layer("qkv_proj", "linear", in_features=d, out_features=qw + 2 * kvw, bias=bias)
+        b.layer("qkv_proj", "linear", in_features=d, out_features=qw + 2 * kvw, bias=qkv_bias)
         qkv = b.call("qkv_proj", x, hint="qkv")
         q = b.op("slice", qkv, axis=-1, start=0, end=qw, hint="q")
         k = b.op("slice", qkv, axis=-1, start=qw, end=qw + kvw, hint="k")
@@ -112,8 +113,8 @@ def attention_module(
     else:
         ctx = b.input("context", context_type)
         cdim = context_type.shape[-1]
-        b.layer("q_proj", "linear", in_features=d, out_features=qw, bias=bias)
-        b.layer("kv_proj", "linear", in_features=cdim, out_features=2 * kvw, bias=bias)
+        b.layer("q_proj", "linear", in_features=d, out_features=qw, bias=qkv_bias)
+        b.layer("kv_proj", "linear", in_features=cdim, out_features=2 * kvw, bias=qkv_bias)
         q = b.call("q_proj", x, hint="q")
         kv = b.call("kv_proj", ctx, hint="kv")
         k = b.op("slice", kv, axis=-1, start=0, end=kvw, hint="k")

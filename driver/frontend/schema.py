@@ -102,6 +102,7 @@ ARCHITECTURE = _map(
     Field("transformer_depth", INT, "Transformer blocks per spatial transformer.", minimum=1, maximum=32),
     Field("norm_groups", INT, "GroupNorm groups.", minimum=1, maximum=1024),
     Field("cross_attention_dim", INT, "Width of the conditioning sequence.", minimum=8, maximum=65536),
+    Field("qkv_bias", BOOL, "Biases on the attention's q, k and v projections, whatever `bias` says (Qwen2: true with bias false); default: as bias."),
     _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
     _map("image_encoder", "Image tower of a multi-tower model.", *TOWER_FIELDS),
 )
