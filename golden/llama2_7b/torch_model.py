@@ -148,6 +148,7 @@ CONFIG = {
     "rope_theta": 10000.0,
     "bias": False,
     "tie_embeddings": False,
+    "qkv_bias": False,
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}
