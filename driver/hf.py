@@ -399,7 +399,6 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
     if kind == "mistral":
         c.need("sliding_window", allowed=(None,), why="sliding-window attention is not an IR feature", default=None)
     c.need("hidden_act", allowed=("silu",), why="the gated feed-forward is SwiGLU", default="silu")
-    c.need("rope_scaling", allowed=(None,), why="only unscaled rotary embeddings", default=None)
     if kind == "qwen2":  # biases on q, k and v only, fixed by the architecture
         c.need("use_sliding_window", allowed=(False,), why="sliding-window attention is not an IR feature", default=False)
         types = c.cfg.get("layer_types")
@@ -416,11 +415,6 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
         if c.cfg.get("mlp_bias", default=False) != bias:
             c.need("mlp_bias", allowed=(bias,), why=f"biases go on every linear layer or none, and attention_bias is {json.dumps(bias)}", default=False)
         qkv_bias = bias
-    if c.cfg.get("rope_parameters") is not None:  # transformers 5 keeps the rope settings together
-        c.need("rope_parameters", "rope_type", allowed=("default",), why="only unscaled rotary embeddings", default="default")
-        theta = c.float("rope_parameters", "rope_theta", default=10000.0)
-    else:
-        theta = c.float("rope_theta", default=10000.0)
     arch = {
         "family": "transformer",
         "vocab_size": c.int("vocab_size"),
@@ -435,13 +429,41 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
         "norm_eps": c.float("rms_norm_eps", default=1e-6),
         "norm_position": "pre",
         "position": "rope",
-        "rope_theta": theta,
+        **_rope_settings(c),
         "bias": bool(bias),
         "tie_embeddings": bool(c.cfg.get("tie_word_embeddings", default=False)),
     }
     if qkv_bias != bias:
         arch["qkv_bias"] = qkv_bias
     return _lm(arch, c.int("max_position_embeddings")), {"prefix": "model.", "convert": llama_to_canonical}
+
+
+ROPE_TYPES = ("default", "llama3")
+# transformers' llama3 rope setting -> the spec's key
+LLAMA3_KEYS = (("factor", "rope_scaling_factor", float), ("low_freq_factor", "rope_low_freq_factor", float),
+               ("high_freq_factor", "rope_high_freq_factor", float),
+               ("original_max_position_embeddings", "rope_original_context", int))
+
+
+def _rope_settings(c: _Checker) -> dict:
+    """rope_theta and the rope scaling: transformers 5's `rope_parameters`, or 4's
+    `rope_theta` with `rope_scaling` (its type under `rope_type`, or the older `type`)."""
+    if c.cfg.get("rope_parameters") is not None:
+        where = ("rope_parameters",)
+        theta = c.float("rope_parameters", "rope_theta", default=10000.0)
+    else:
+        where = ("rope_scaling",)
+        theta = c.float("rope_theta", default=10000.0)
+        if c.cfg.get("rope_scaling") is None:
+            return {"rope_theta": theta}
+    type_key = "type" if c.cfg.get(*where, "rope_type") is None and c.cfg.get(*where, "type") is not None else "rope_type"
+    kind = c.need(*where, type_key, allowed=ROPE_TYPES, why="unscaled or Llama 3's scaling", default="default")
+    out = {"rope_theta": theta}
+    if kind == "llama3":
+        out["rope_scaling"] = "llama3"
+        for theirs, ours, kind_of in LLAMA3_KEYS:
+            out[ours] = c.int(*where, theirs) if kind_of is int else c.float(*where, theirs)
+    return out
 
 
 def _lm(arch: dict, context: int) -> dict:

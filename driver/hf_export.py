@@ -57,8 +57,17 @@ def _gpt2_config(arch: dict, context: int, resolved: dict) -> dict:
             "tie_word_embeddings": True, "bos_token_id": eos, "eos_token_id": eos, "torch_dtype": "float32"}
 
 
+def _rope_scaling(arch: dict) -> dict:
+    """transformers' `rope_scaling` of a scaled rotary embedding (none when unscaled)."""
+    if arch.get("rope_scaling") in (None, "none"):
+        return {}
+    from metagen.hf import LLAMA3_KEYS
+
+    return {"rope_scaling": {"rope_type": arch["rope_scaling"], **{theirs: arch[ours] for theirs, ours, _ in LLAMA3_KEYS}}}
+
+
 def _llama_config(arch: dict, context: int, resolved: dict) -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": arch["vocab_size"],
+    return {**_rope_scaling(arch), "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": arch["vocab_size"],
             "hidden_size": arch["hidden_size"], "intermediate_size": arch["ffn_size"],
             "num_hidden_layers": arch["layers"], "num_attention_heads": arch["heads"],
             "num_key_value_heads": arch["kv_heads"], "head_dim": arch["head_dim"], "hidden_act": "silu",

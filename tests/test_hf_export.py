@@ -65,10 +65,11 @@ CASES = [
     ("llama2_7b.yaml", ("architecture.kv_heads=2", "architecture.tie_embeddings=true", "architecture.bias=true"),
      "LlamaForCausalLM"),
     ("llama2_7b.yaml", ("architecture.kv_heads=2", "architecture.qkv_bias=true"), "Qwen2ForCausalLM"),
+    ("llama2_7b.yaml", ("architecture.rope_scaling=llama3", "architecture.rope_original_context=32"), "LlamaForCausalLM"),
 ]
 
 
-@pytest.mark.parametrize("spec,defines,cls", CASES, ids=["gpt2", "llama", "llama-gqa-tied-bias", "qwen2"])
+@pytest.mark.parametrize("spec,defines,cls", CASES, ids=["gpt2", "llama", "llama-gqa-tied-bias", "qwen2", "llama3-rope"])
 def test_from_pretrained_matches(tmp_path, spec, defines, cls):
     spec = example("reference", spec)
     mod = _ours(tmp_path, spec, defines)

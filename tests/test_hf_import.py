@@ -263,9 +263,56 @@ def test_key_locations_follow_nesting():
     assert json.loads(text)["e"] == 'x"y'
 
 
-def test_llama3_rope_scaling_is_refused(tmp_path, capsys):
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+def test_llama3_rope_scaling(tmp_path):
+    """Llama 3.1's rope scaling, with head_dim 8 and an original context of 64 so the
+    four frequencies fall in each of its three regimes (kept, interpolated, divided)."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=70, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rope_parameters=dict(LLAMA3_ROPE),
+        bos_token_id=0, eos_token_id=0,
+    )
+    hf = transformers.LlamaForCausalLM(cfg)
+    _lm_check(tmp_path, hf)
+    spec = (tmp_path / "imported.yaml").read_text()
+    for line in ('rope_scaling: "llama3"', "rope_scaling_factor: 8", "rope_original_context: 64"):
+        assert line in spec, spec
+    # the scaling changes the outputs: the same weights without it are off the tolerance
+    plain = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**cfg.to_dict(), "rope_parameters": {
+        "rope_type": "default", "rope_theta": 10000.0}})).eval()
+    plain.load_state_dict(hf.state_dict())
+    x = torch.arange(16).reshape(1, 16) % 70
+    with torch.no_grad():
+        a, b = hf(x).logits.numpy(), plain(x).logits.numpy()
+    assert np.max(np.abs(a - b) / (1e-5 + 1e-4 * np.abs(b))) > 10
+
+
+def test_llama3_rope_scaling_in_transformers4_spelling(tmp_path):
+    """transformers 4 wrote rope_theta at the top and rope_scaling (its kind as `type`
+    in older files): the same spec as transformers 5's rope_parameters."""
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=4, max_position_embeddings=256, rope_parameters=dict(LLAMA3_ROPE))
+    path = _config(tmp_path, cfg)
+    assert main(["import", "hf", path, "-o", str(tmp_path / "v5.yaml")]) == 0
+    data = json.loads(open(path).read())
+    rope = data.pop("rope_parameters")
+    data["rope_theta"] = rope.pop("rope_theta")
+    rope["type"] = rope.pop("rope_type")
+    data["rope_scaling"] = rope
+    old = tmp_path / "v4" / "config.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps(data, indent=2))
+    assert main(["import", "hf", str(old), "-o", str(tmp_path / "v4.yaml")]) == 0
+    strip = lambda t: "\n".join(l for l in t.splitlines() if not l.startswith(("description", "name")))
+    assert strip((tmp_path / "v4.yaml").read_text()) == strip((tmp_path / "v5.yaml").read_text())
+
+
+def test_other_rope_scaling_is_refused(tmp_path, capsys):
+    rope = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                                    num_attention_heads=4, max_position_embeddings=256, rope_parameters=rope)
     path = _config(tmp_path, cfg)
@@ -273,8 +320,8 @@ def test_llama3_rope_scaling_is_refused(tmp_path, capsys):
     text = open(path).read()
     at = text.index('"rope_type"', text.index('"rope_parameters"'))
     line, col = text[:at].count("\n") + 1, at - text.rfind("\n", 0, at)
-    assert (f"{path}:{line}:{col}: error: rope_parameters.rope_type \"llama3\" is not supported "
-            "(only unscaled rotary embeddings); supported: \"default\"") in capsys.readouterr().err
+    assert (f"{path}:{line}:{col}: error: rope_parameters.rope_type \"linear\" is not supported "
+            "(unscaled or Llama 3's scaling); supported: \"default\", \"llama3\"") in capsys.readouterr().err
 
 
 def _sd_pipeline(folder, **unet_overrides):

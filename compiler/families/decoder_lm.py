@@ -35,6 +35,11 @@ class DecoderConfig(ArchConfig):
     bias: bool | None = spec_key()
     tie_embeddings: bool | None = spec_key()
     qkv_bias: bool | None = spec_key()
+    rope_scaling: str | None = spec_key()
+    rope_scaling_factor: float | None = spec_key()
+    rope_low_freq_factor: float | None = spec_key()
+    rope_high_freq_factor: float | None = spec_key()
+    rope_original_context: int | None = spec_key()
     gqa: bool = derived(False)  # grouped-query attention when heads are derived
     context: int = derived(0)
 
@@ -70,6 +75,7 @@ class DecoderLM(Family):
         cfg.gqa = cfg.position == "rope"
         if cfg.qkv_bias is None:
             cfg.qkv_bias = cfg.bias
+        T.resolve_rope_scaling(ctx, cfg)
         cfg.context = ctx.context_window
         ctx.arch = cfg
 
@@ -118,7 +124,7 @@ class DecoderLM(Family):
             top.layer("lm_head", "linear", in_features=d, out_features=vocab, bias=False)
             logits = top.call("lm_head", x, hint="logits")
         top_def = top.ret(logits, names=["logits"])
-        config = a.pick(self.config.spec_keys())
+        config = {k: v for k, v in a.pick(self.config.spec_keys()).items() if v is not None}
         config["context_window"] = a.context
         return mb.finish(
             top_def,
