@@ -116,6 +116,7 @@ CONFIG = {
     "bias": True,
     "tie_embeddings": True,
     "qkv_bias": True,
+    "rope_scaling": "none",
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}
