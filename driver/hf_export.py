@@ -101,6 +101,26 @@ def _vit_config(arch: dict, context: int, resolved: dict) -> dict:
             "torch_dtype": "float32", **_labels(resolved)}
 
 
+def _clip_tower(t: dict, context: int, projection: int, image: bool) -> dict:
+    out = {"hidden_size": t["hidden_size"], "num_hidden_layers": t["layers"], "num_attention_heads": t["heads"],
+           "intermediate_size": t["ffn_size"], "hidden_act": _act(t["activation"]), "layer_norm_eps": t["norm_eps"],
+           "projection_dim": projection}
+    if image:
+        out.update(model_type="clip_vision_model", image_size=t["image_size"], patch_size=t["patch_size"],
+                   num_channels=t["channels"])
+    else:  # eos_token_id 2: CLIPTextModel pools at the highest token id, as our text tower does
+        out.update(model_type="clip_text_model", vocab_size=t["vocab_size"], max_position_embeddings=context,
+                   bos_token_id=min(1, t["vocab_size"] - 1), eos_token_id=2, pad_token_id=min(1, t["vocab_size"] - 1))
+    return out
+
+
+def _clip_config(arch: dict, context: int, resolved: dict) -> dict:
+    p = arch["projection_dim"]
+    return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": p, "torch_dtype": "float32",
+            "text_config": _clip_tower(arch["text_encoder"], context, p, image=False),
+            "vision_config": _clip_tower(arch["image_encoder"], context, p, image=True)}
+
+
 # (kind of model, its positions) -> the (reference class, config writer) candidates, the
 # first whose config imports back to the spec's architecture wins. The config's
 # model_type selects the weight mapping through metagen.hf.IMPORTERS.
@@ -109,11 +129,16 @@ EXPORTERS = {
     ("decoder LM", "rope"): (("LlamaForCausalLM", _llama_config), ("Qwen2ForCausalLM", _qwen2_config)),
     ("text classifier", "learned"): (("BertForSequenceClassification", _bert_config),),
     ("image classifier", "learned"): (("ViTForImageClassification", _vit_config),),
+    ("dual encoder", None): (("CLIPModel", _clip_config),),
 }
 AUTO_CLASSES = {"decoder LM": "AutoModelForCausalLM", "text classifier": "AutoModelForSequenceClassification",
-                "image classifier": "AutoModelForImageClassification"}
-SUPPORTED = ", ".join(f"{kind} with {'rotary' if pos == 'rope' else pos} positions ({' or '.join(c for c, _ in found)})"
-                      for (kind, pos), found in EXPORTERS.items())
+                "image classifier": "AutoModelForImageClassification", "dual encoder": "AutoModel"}
+def _supported(kind: str, pos: str | None, found) -> str:
+    where = f" with {'rotary' if pos == 'rope' else pos} positions" if pos else ""
+    return f"{kind}{where} ({' or '.join(c for c, _ in found)})"
+
+
+SUPPORTED = ", ".join(_supported(kind, pos, found) for (kind, pos), found in EXPORTERS.items())
 
 
 def _kind(resolved: dict) -> str:
@@ -124,6 +149,9 @@ def _kind(resolved: dict) -> str:
         return "decoder LM"
     if (resolved.get("task") or {}).get("type") == "classification" and len(inputs) == 1:
         return f"{inputs[0]} classifier"
+    if sorted(inputs) == ["image", "text"] and "text_encoder" in arch and "image_encoder" in arch \
+            and (resolved.get("training") or {}).get("objective") in (None, ["contrastive"]):
+        return "dual encoder"
     return f"family {arch.get('family')!r}"
 
 
