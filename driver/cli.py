@@ -616,8 +616,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a folder transformers' from_pretrained loads",
         description="Write config.json, generation_config.json and the weights under transformers' names "
         "(model.safetensors, or shards with model.safetensors.index.json above --max-shard-size) to DIR. "
-        "Supported: decoder LMs with learned positions (GPT2LMHeadModel) or rotary ones (LlamaForCausalLM), "
-        "text classifiers (BertForSequenceClassification), image classifiers (ViTForImageClassification). "
+        "Supported: decoder LMs with learned positions (GPT2LMHeadModel) or rotary ones (LlamaForCausalLM, "
+        "Qwen2ForCausalLM), text classifiers (BertForSequenceClassification), image classifiers "
+        "(ViTForImageClassification), dual encoders (CLIPModel), and the diffusion U-Net as a diffusers folder "
+        "(unet/ UNet2DConditionModel, text_encoder/ CLIPTextModel). "
         "A spec with a convention the reference class lacks is an error; nothing is written then.",
     )
     common(sp, run_dir=True)

@@ -138,7 +138,8 @@ def _supported(kind: str, pos: str | None, found) -> str:
     return f"{kind}{where} ({' or '.join(c for c, _ in found)})"
 
 
-SUPPORTED = ", ".join(_supported(kind, pos, found) for (kind, pos), found in EXPORTERS.items())
+SUPPORTED = ", ".join(_supported(kind, pos, found) for (kind, pos), found in EXPORTERS.items()) + (
+    ", diffusion U-Net (a diffusers folder: UNet2DConditionModel with CLIPTextModel)")
 
 
 def _kind(resolved: dict) -> str:
@@ -149,6 +150,8 @@ def _kind(resolved: dict) -> str:
         return "decoder LM"
     if (resolved.get("task") or {}).get("type") == "classification" and len(inputs) == 1:
         return f"{inputs[0]} classifier"
+    if arch.get("family") == "diffusion" and "text_encoder" in arch:
+        return "diffusion U-Net"
     if sorted(inputs) == ["image", "text"] and "text_encoder" in arch and "image_encoder" in arch \
             and (resolved.get("training") or {}).get("objective") in (None, ["contrastive"]):
         return "dual encoder"
@@ -264,15 +267,16 @@ def to_reference(weights: dict[str, np.ndarray], shapes: dict[str, tuple[int, ..
     return {n: out[n].reshape(shapes[n]) for n in sorted(out)}
 
 
-def shard(tensors: dict[str, np.ndarray], max_size: int) -> dict[str, bytes]:
-    """`model.safetensors`, or transformers' shards `model-0000K-of-0000N.safetensors`
-    with `model.safetensors.index.json` when the whole is above `max_size` bytes.
-    Tensors go in name order; a tensor bigger than a shard gets one of its own."""
+def shard(tensors: dict[str, np.ndarray], max_size: int, stem: str = "model") -> dict[str, bytes]:
+    """`STEM.safetensors`, or transformers' shards `STEM-0000K-of-0000N.safetensors`
+    with `STEM.safetensors.index.json` when the whole is above `max_size` bytes
+    (transformers' stem is `model`, diffusers' `diffusion_pytorch_model`). Tensors go
+    in name order; a tensor bigger than a shard gets one of its own."""
     from safetensors.numpy import save
 
     total = sum(t.nbytes for t in tensors.values())
     if total <= max_size:
-        return {"model.safetensors": save(tensors, metadata={"format": "pt"})}
+        return {f"{stem}.safetensors": save(tensors, metadata={"format": "pt"})}
     groups: list[list[str]] = [[]]
     used = 0
     for n in sorted(tensors):
@@ -283,11 +287,11 @@ def shard(tensors: dict[str, np.ndarray], max_size: int) -> dict[str, bytes]:
         used += tensors[n].nbytes
     files, weight_map = {}, {}
     for k, group in enumerate(groups, 1):
-        fname = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+        fname = f"{stem}-{k:05d}-of-{len(groups):05d}.safetensors"
         files[fname] = save({n: tensors[n] for n in group}, metadata={"format": "pt"})
         weight_map.update({n: fname for n in group})
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    files["model.safetensors.index.json"] = (json.dumps(index, indent=2) + "\n").encode("utf-8")
+    files[f"{stem}.safetensors.index.json"] = (json.dumps(index, indent=2) + "\n").encode("utf-8")
     return files
 
 
@@ -343,8 +347,11 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
                  tokenizer_loc: Loc | None = None) -> dict[str, bytes]:
     """The files of the transformers folder: config.json, generation_config.json, the
     weights (one file or shards with their index), and the tokenizer when given."""
-    config, conversion = hf_config(comp, resolved)
-    auto = AUTO_CLASSES[_kind(resolved)]
+    diffusion = _kind(resolved) == "diffusion U-Net"
+    if diffusion:
+        config = {}
+    else:
+        config, conversion = hf_config(comp, resolved)
     tok_files = {}
     if tokenizer is not None:
         from metagen.tokenizer import check_fits, model_vocab
@@ -355,6 +362,11 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
         check_fits(tokenizer, vocab, tokenizer_loc or comp.spec.loc())
         context = int(resolved["constraints"].get("context_window") or 0)
         tok_files = tokenizer_files(tokenizer, config, context)
+    if diffusion:  # the pipeline's tokenizer/ folder
+        files = pipeline_files(comp, resolved, weights, max_shard_size, weights_loc)
+        files.update({f"tokenizer/{name}": data for name, data in tok_files.items()})
+        return files
+    auto = AUTO_CLASSES[_kind(resolved)]
     try:
         missing = sorted({n for n, _ in comp.model.walk_params()} - set(weights))
         if missing:
@@ -368,4 +380,101 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
         files["generation_config.json"] = (json.dumps(generation, indent=2, sort_keys=True) + "\n").encode("utf-8")
     files.update(tok_files)
     files.update(shard(tensors, max_shard_size))
+    return files
+
+
+# ------------------------------------------------------------------ diffusers
+
+
+def _dump(d: dict) -> bytes:
+    return (json.dumps(d, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def pipeline_configs(arch: dict, context: int) -> tuple[dict, dict]:
+    """The diffusion U-Net family as diffusers' UNet2DConditionModel config and its
+    text encoder as a CLIPTextModel config: the inverse of `metagen.hf._unet`, SD 1.5's
+    fixed layout from `metagen.hf.UNET_FIXED`."""
+    from metagen.hf import UNET_FIXED
+
+    levels = range(len(arch["channel_mults"]))
+    downs = ["CrossAttnDownBlock2D" if lvl in arch["attention_levels"] else "DownBlock2D" for lvl in levels]
+    unet = {key: value for key, value, _ in UNET_FIXED}
+    unet.update({
+        "_class_name": "UNet2DConditionModel", "in_channels": arch["latent_channels"],
+        "out_channels": arch["latent_channels"], "sample_size": arch["sample_size"],
+        "block_out_channels": [arch["base_channels"] * m for m in arch["channel_mults"]],
+        "down_block_types": downs, "up_block_types": [d.replace("Down", "Up") for d in reversed(downs)],
+        "layers_per_block": arch["res_blocks"], "transformer_layers_per_block": arch["transformer_depth"],
+        "attention_head_dim": arch["heads"],  # diffusers' legacy name for the head count
+        "norm_num_groups": arch["norm_groups"], "cross_attention_dim": arch["cross_attention_dim"],
+    })
+    text = {k: v for k, v in _clip_tower(arch["text_encoder"], context, 0, image=False).items() if k != "projection_dim"}
+    text.update(architectures=["CLIPTextModel"], torch_dtype="float32")
+    return unet, text
+
+
+def _check_pipeline(comp, resolved: dict, unet: dict, text: dict) -> None:
+    """The configs imported again give the spec's architecture, or the export is refused."""
+    from metagen.hf import _Checker, _unet
+
+    loc = comp.spec.architecture.loc()
+    cfgs = [HFConfig(f"{part}/config.json", d, key_locations(json.dumps(d, indent=2, sort_keys=True)))
+            for part, d in (("unet", unet), ("text_encoder", text))]
+    u, t = _Checker(cfgs[0]), _Checker(cfgs[1])
+    body = _unet(u, t)
+    if u.errors or t.errors:
+        why = "; ".join(d.message for d in u.errors + t.errors)
+        raise _refuse(loc, f"UNet2DConditionModel cannot hold this architecture: {why}")
+    again = _reimported({"metagen_version": "1.0", "name": comp.spec.name, **body}, cfgs[0])
+    theirs, ours = _fingerprint(again), _fingerprint(resolved)
+    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {json.dumps(ours.get(k))}" for k in differ)
+        raise _refuse(loc, f"UNet2DConditionModel with CLIPTextModel has no counterpart for {shown}; supported: {SUPPORTED}")
+
+
+def _meta_shapes(build) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    with torch.device("meta"):
+        model = build()
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def pipeline_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard_size: int = DEFAULT_SHARD_SIZE,
+                   weights_loc: Loc | None = None) -> dict[str, bytes]:
+    """A diffusers pipeline folder of the U-Net and its text encoder: model_index.json,
+    unet/ (UNet2DConditionModel) and text_encoder/ (CLIPTextModel). The weights are
+    placed by running the import's mappings on probes, as for transformers models."""
+    import transformers
+    from diffusers import UNet2DConditionModel
+
+    from metagen.hf import clip_text_to_canonical, unet_to_canonical
+
+    arch = resolved["architecture"]
+    unet, text = pipeline_configs(arch, int(resolved["constraints"].get("context_window") or 0))
+    _check_pipeline(comp, resolved, unet, text)
+    levels = len(arch["channel_mults"])
+    shapes = {f"unet/{k}": v for k, v in _meta_shapes(lambda: UNet2DConditionModel.from_config(unet)).items()}
+    text_cfg = transformers.CLIPTextConfig(**{k: v for k, v in text.items() if k != "architectures"})
+    shapes.update({f"text_encoder/{k}": v for k, v in _meta_shapes(lambda: transformers.CLIPTextModel(text_cfg)).items()})
+
+    def convert(sd: dict) -> dict:
+        part = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + "/")} for p in ("unet", "text_encoder")}
+        return {**unet_to_canonical(part["unet"], levels), **clip_text_to_canonical(part["text_encoder"])}
+
+    try:
+        missing = sorted({n for n, _ in comp.model.walk_params()} - set(weights))
+        if missing:
+            raise ValueError(f"no {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        tensors = to_reference(weights, shapes, convert)
+    except ValueError as exc:
+        raise _refuse(weights_loc or comp.spec.loc(), f"the weights do not fit the spec: {exc}") from None
+    files = {"model_index.json": _dump({"_class_name": "StableDiffusionPipeline",
+                                        "text_encoder": ["transformers", "CLIPTextModel"],
+                                        "unet": ["diffusers", "UNet2DConditionModel"]}),
+             "unet/config.json": _dump(unet), "text_encoder/config.json": _dump(text)}
+    for part, stem in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        mine = {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + "/")}
+        files.update({f"{part}/{name}": data for name, data in shard(mine, max_shard_size, stem).items()})
     return files
