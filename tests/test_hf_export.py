@@ -264,6 +264,7 @@ def _noise(unet, text, x):
         return unet(torch.from_numpy(x["sample"]), torch.from_numpy(x["timestep"]), encoder_hidden_states=context).sample.numpy()
 
 
+@pytest.mark.slow  # the SD U-Net's torch module and a sharded export; test_diffusers_round_trip covers the export fast
 def test_diffusion_unet_as_a_diffusers_folder(tmp_path):
     pytest.importorskip("diffusers")
     spec = example("reference", "sd15_unet.yaml")
