@@ -295,6 +295,10 @@ def _cmd_verify(args) -> int:
     from metagen.verify import verify_spec
 
     folder = _run_folder(args)
+    if folder is not None and (args.define or args.tiny):
+        # the card describes the run's model; a changed one would be recorded under it
+        print("metagen verify: error: a run folder is verified as it was built: no -D or --tiny", file=sys.stderr)
+        return 2
     sink = DiagnosticSink()
     try:
         comp = _compile(args, sink)

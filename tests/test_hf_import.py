@@ -227,6 +227,19 @@ def test_qwen2_sliding_window_is_refused(tmp_path, capsys):
             "(sliding-window attention is not an IR feature); supported: false") in err
 
 
+@pytest.mark.parametrize("arch,message", [
+    ("rope_scaling_factor: 4", ":8:24: error: architecture: rope_scaling_factor applies to rope_scaling: llama3; rope_scaling is none"),
+    ('rope_scaling: "llama3"\n  rope_low_freq_factor: 4', ":9:25: error: architecture: rope_low_freq_factor 4.0 must be below rope_high_freq_factor 4.0"),
+    ('rope_scaling: "yarn"', ':8:17: error:'),
+])
+def test_rope_scaling_settings_are_checked_at_their_line(tmp_path, capsys, arch, message):
+    spec = tmp_path / "r.yaml"
+    spec.write_text('metagen_version: "1.0"\nname: "r"\nmodality:\n  inputs: [text]\n  outputs: [text]\n'
+                    f"architecture:\n  layers: 1\n  {arch}\n", encoding="utf-8")
+    assert main(["validate", str(spec), "--tiny"]) == 1
+    assert f"{spec}{message}" in capsys.readouterr().err
+
+
 def test_qkv_bias_from_a_hand_written_spec(tmp_path):
     """qkv_bias is a spec key: biases on the q/k/v projection only, counted exactly."""
     spec = tmp_path / "q.yaml"

@@ -145,6 +145,13 @@ def test_verify_run_dir_records_a_failure(tmp_path, monkeypatch, capsys):
     assert "`metagen verify` FAILED" in section and "MISMATCH" in section
 
 
+def test_verify_run_dir_takes_no_changes(tmp_path, capsys):
+    run = _synth(tmp_path, GPT2)
+    before = _card(run)
+    assert main(["verify", run, "-D", "architecture.layers=1"]) == 2
+    assert "verified as it was built" in capsys.readouterr().err and _card(run) == before
+
+
 def test_verify_run_dir_without_a_card_writes_one(tmp_path, monkeypatch):
     import metagen.verify as verify
 
