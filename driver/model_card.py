@@ -143,7 +143,8 @@ def _parameters_section(comp: Compilation) -> list[str]:
     model = comp.model
     total = model.param_count()
     lines = ["## Parameters", "", f"{_n(total)} parameters ({format_count(total)}), exact: counted from the IR, "
-             "equal to the PyTorch module's `sum(p.numel())`, the Flax leaves and the ONNX initializers.", ""]
+             "which the generated PyTorch and Flax modules and the ONNX graph hold alike (`metagen verify` "
+             "compares the counts).", ""]
     for m in model.modules.values():
         own = sum(n for _, n in model.module_param_counts(m.name))
         lines.append(f"### `{m.name}`" + (" (top)" if m.name == model.top else "") + f": {_n(own)}")
