@@ -140,7 +140,7 @@ class DiffusionUNet(Family):
     rules = (
         Rule(
             ("text", "image"), ("image",), ("diffusion", None),
-            "latent-space U-Net with its CLIP text encoder (and SD's autoencoder with images: pixels)",
+            "latent-space U-Net with its CLIP text encoder; no image autoencoder unless images: pixels",
         ),
         # Text-to-image written without the noisy image among the inputs: the same model.
         Rule(
