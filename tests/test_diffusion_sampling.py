@@ -98,14 +98,15 @@ def test_sample_latents_at_two_resolutions_and_seeds(tiny_latent):
     mod, comp = tiny_latent
     state = mod.init(0)
     ids = mod.example_inputs(batch_size=2, seed=1)["input_ids"]
-    a = mod.sample(state, ids, steps=2, seed=0)
     s = comp.model.config["sample_size"]
-    assert a.shape == (2, 4, s, s)
-    assert mod.sample(state, ids, steps=2, height=2 * s, width=s, seed=0).shape == (2, 4, 2 * s, s)
-    np.testing.assert_array_equal(a, mod.sample(state, ids, steps=2, seed=0))
-    assert np.abs(a - mod.sample(state, ids, steps=2, seed=1)).max() > 1e-3
+    plain = dict(steps=2, guidance_scale=1.0)  # no guidance: one U-Net call per step (guidance is tested above)
+    a = mod.sample(state, ids, seed=0, **plain)
+    assert a.shape == (2, 4, s, s) and a.dtype == np.float32
+    assert mod.sample(state, ids, height=2 * s, width=s, seed=0, **plain).shape == (2, 4, 2 * s, s)
+    np.testing.assert_array_equal(a, mod.sample(state, ids, seed=0, **plain))
+    assert np.abs(a - mod.sample(state, ids, seed=1, **plain)).max() > 1e-3
     # image-to-image on latents: fewer steps run from the given latents
-    b = mod.sample(state, ids, image=a, strength=0.5, steps=2, seed=0)
+    b = mod.sample(state, ids, image=a, strength=0.5, seed=0, **plain)
     assert b.shape == a.shape and np.abs(b - a).max() > 1e-4
     with pytest.raises(ValueError, match="scheduler must be one of"):
         mod.sample(state, ids, steps=2, scheduler="pndm")
@@ -178,9 +179,9 @@ def test_onnx_pipeline_folder_samples_like_torch(tmp_path, tiny_pixel_modules):
     pipe = OnnxDiffusionPipeline(str(tmp_path))
     state = torch_mod.load_canonical(weights)
     ids = torch_mod.example_inputs(batch_size=1, seed=2)["input_ids"]
-    for hw in [(64, 64), (64, 128)]:
-        want = torch_mod.sample(state, ids, steps=2, height=hw[0], width=hw[1], seed=4)
-        _close(pipe.sample(ids, steps=2, height=hw[0], width=hw[1], seed=4), want)
+    for hw, guidance in [((64, 64), 7.5), ((64, 128), 1.0)]:
+        kw = dict(steps=2, height=hw[0], width=hw[1], seed=4, guidance_scale=guidance)
+        _close(pipe.sample(ids, **kw), torch_mod.sample(state, ids, **kw))
     image = np.random.default_rng(5).uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)
-    want = torch_mod.sample(state, ids, image=image, strength=0.6, steps=2, seed=4)
-    _close(pipe.sample(ids, image=image, strength=0.6, steps=2, seed=4), want)
+    kw = dict(image=image, strength=0.5, steps=2, seed=4, guidance_scale=1.0)  # one step, from the encoded image
+    _close(pipe.sample(ids, **kw), torch_mod.sample(state, ids, **kw))
