@@ -56,10 +56,14 @@ def resolved_architecture(comp: Compilation) -> dict[str, Any]:
 def resolved_spec(comp: Compilation) -> dict[str, Any]:
     ctx = comp.ctx
     plain = ctx.spec.to_plain()
-    b = ctx.report.get("budget")
+    r = ctx.report
+    b = r.get("budget")
     cons = plain.setdefault("constraints", {})
     if b:
-        cons.setdefault("parameter_budget", {})["min"] = b["min"]
+        if not b.get("min_is_default") or r["total_params"] >= b["min"]:
+            # a default minimum (90% of max) the pinned dimensions kept the model under
+            # is not written: as an explicit minimum it would refuse the run's own spec
+            cons.setdefault("parameter_budget", {})["min"] = b["min"]
         from metagen.frontend.units import format_bytes_exact
 
         cons["memory_budget"] = format_bytes_exact(b["memory_budget_bytes"])
@@ -165,10 +169,11 @@ def params_estimate(comp: Compilation) -> dict[str, Any]:
 
 
 def emit_target(
-    comp: Compilation, target: str, seed: int, weights: dict | None = None, data_name: str = "model.onnx.data"
-) -> dict[str, bytes]:
+    comp: Compilation, target: str, seed: int, weights: dict | None = None, data_name: str = "model.onnx.data", stream: bool = False
+) -> dict:
     """Files for one target, keyed by a name relative to the output's folder ('' = the
-    main file; ONNX may add an external-data file named `data_name`)."""
+    main file; ONNX may add an external-data file named `data_name`). Bytes, or with
+    `stream` possibly `outputs.Streamed` for the weights (see `Backend.lower`)."""
     from metagen.backends import registry
 
-    return registry.get(target).lower(comp.model, seed=seed, weights=weights, data_name=data_name)
+    return registry.get(target).lower(comp.model, seed=seed, weights=weights, data_name=data_name, stream=stream)
