@@ -42,39 +42,42 @@ def _run(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=None, help="override architecture.layers (default: the spec's 32)")
-    ap.add_argument("--dir", default=None, help="where to write (default: a temporary folder, removed after)")
-    ap.add_argument("--keep", action="store_true", help="keep the run folder")
-    args = ap.parse_args()
-
-    over = ["-D", f"architecture.layers={args.layers}"] if args.layers else []
-    tmp = tempfile.mkdtemp(prefix="mg_weights_bench_", dir=args.dir)
-    rows = []
+def rows(layers: int | None = None, where: str | None = None, keep: bool = False) -> list[tuple[str, str, str]]:
+    over = ["-D", f"architecture.layers={layers}"] if layers else []
+    tmp = tempfile.mkdtemp(prefix="mg_weights_bench_", dir=where)
     try:
         t_synth, rss_synth = _run([os.path.join(BIN, "metagen"), "synth", SPEC, "--out", tmp, "--run-id", "run", *over])
         data = os.path.join(tmp, "run", "onnx", "model.onnx.data")
         assert not os.path.exists(data), "synth was expected to leave the weights out"
         t_init, rss_init = _run([os.path.join(BIN, "metagen"), "weights", "init", os.path.join(tmp, "run")])
         size = os.path.getsize(data)
-        from metagen.backends.onnx_backend import _workers
-        from metagen.pipeline import compile_spec
-
-        model = compile_spec(SPEC, overrides=[("architecture.layers", str(args.layers))] if args.layers else []).model
-        largest = max(p.numel * 4 for _, p in model.walk_params())
-        label = f"llama2_7b{'' if not args.layers else f' at {args.layers} layers'} ({model.param_count() / 1e9:.2f}B parameters)"
-        rows += [
-            ("synth (graph only)", label, f"{t_synth:.2f} s, peak RSS {rss_synth:.0f} MiB"),
-            ("weights init", f"{label}: {size / 2**30:.2f} GiB written", f"{t_init:.1f} s ({size / 2**20 / t_init:.0f} MiB/s), peak RSS {rss_init:.0f} MiB"),
-            ("", "largest tensor", f"{largest / 2**20:.0f} MiB; threads drawing: {_workers()}"),
-        ]
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    w = max(len(r[1]) for r in rows)
-    for part, what, fig in rows:
-        print(f"{part:<20} {what:<{w}}  {fig}")
+    from metagen.backends.onnx_backend import _workers
+    from metagen.pipeline import compile_spec
+
+    model = compile_spec(SPEC, overrides=[("architecture.layers", str(layers))] if layers else []).model
+    largest = max(p.numel * 4 for _, p in model.walk_params())
+    label = f"llama2_7b{f' at {layers} layers' if layers else ''} ({model.param_count() / 1e9:.2f}B parameters)"
+    return [
+        ("8 weights", f"metagen synth {label}: graph only", f"{t_synth:.2f} s, peak RSS {rss_synth:.0f} MiB"),
+        ("8 weights", f"metagen weights init: {size / 2**30:.2f} GiB written",
+         f"{t_init:.1f} s ({size / 2**20 / t_init:.0f} MiB/s), peak RSS {rss_init:.0f} MiB; largest tensor "
+         f"{largest / 2**20:.0f} MiB, {_workers()} threads drawing"),
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=None, help="override architecture.layers (default: the spec's 32)")
+    ap.add_argument("--dir", default=None, help="where to write (default: a temporary folder, removed after)")
+    ap.add_argument("--keep", action="store_true", help="keep the run folder")
+    args = ap.parse_args()
+    out = rows(args.layers, args.dir, args.keep)
+    w = max(len(r[1]) for r in out)
+    for part, what, fig in out:
+        print(f"{part:<10} {what:<{w}}  {fig}")
     print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
 
 

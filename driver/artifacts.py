@@ -175,5 +175,8 @@ def emit_target(
     main file; ONNX may add an external-data file named `data_name`). Bytes, or with
     `stream` possibly `outputs.Streamed` for the weights (see `Backend.lower`)."""
     from metagen.backends import registry
+    from metagen.precision import onnx_precision
 
-    return registry.get(target).lower(comp.model, seed=seed, weights=weights, data_name=data_name, stream=stream)
+    backend = registry.get(target)
+    precision = onnx_precision(comp, comp.ctx.sink) if backend.binary else "fp32"
+    return backend.lower(comp.model, seed=seed, weights=weights, data_name=data_name, stream=stream, precision=precision)

@@ -131,6 +131,12 @@ def metagenc_main(argv: list[str] | None = None) -> int:
     p.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE", help=HELP["define"])
     p.add_argument("--tiny", action="store_true", help=HELP["tiny"])
     p.add_argument("--weights", help="safetensors file of canonical weights to embed (onnx)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "int8"),
+        help="deployment precision: the same as -D constraints.precision=P (estimates; the ONNX graph's dtype, "
+        "fp16 keeping norms, softmax and losses in float32, int8 by onnxruntime's dynamic quantization)",
+    )
     p.add_argument("-MD", dest="md", action="store_true", help="write a make depfile beside the output")
     p.add_argument("-MF", dest="mf", help="depfile path")
     p.add_argument("-Werror", dest="werror", action="store_true", help=HELP["werror"])
@@ -164,6 +170,8 @@ def metagenc_main(argv: list[str] | None = None) -> int:
         p.error(f"-o - (stdout) is for text targets; {backend.name} is binary")
     if args.weights and not backend.takes_weights:
         p.error(f"--weights applies to --target {'|'.join(b.name for b in registry.BACKENDS.values() if b.takes_weights)}")
+    if args.precision:
+        args.define = (args.define or []) + [("constraints.precision", args.precision)]
     sink = DiagnosticSink()
     try:
         comp = _compile(args, sink, instruments)

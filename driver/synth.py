@@ -32,9 +32,12 @@ def synth_files(comp: Compilation, seed: int, stream: bool = False) -> dict:
         "blueprint/graph.json": _json(graph_json(comp.model), "blueprint/graph.json", comp.spec.loc()),
     }
     targets = [registry.get(name) for name in dict.fromkeys(comp.spec.outputs.targets)]
+    from metagen.precision import onnx_precision
+
     for backend in targets:
         folder, main = os.path.split(backend.synth_path)
-        for rel, data in backend.lower(comp.model, seed=seed, data_name=main + ".data", stream=stream).items():
+        precision = onnx_precision(comp, comp.ctx.sink) if backend.binary else "fp32"
+        for rel, data in backend.lower(comp.model, seed=seed, data_name=main + ".data", stream=stream, precision=precision).items():
             files[os.path.join(folder, rel or main)] = data
     files.update(training_files(comp, seed, [b for b in targets if b.training]))
     return files
