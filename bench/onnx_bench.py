@@ -68,23 +68,30 @@ def _time_process(cmd: list[str], repeat: int) -> tuple[float, str]:
     return min(times), last
 
 
+# Runs argv[1:] and prints its peak RSS (KiB) and CPU seconds. A child forked from a
+# large benchmark process counts the parent's resident pages in its ru_maxrss until it
+# execs; forked from this small launcher instead, the figure is the command's own.
+LAUNCHER = (
+    "import os, sys\n"
+    "pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ)\n"
+    "_, status, ru = os.wait4(pid, 0)\n"
+    "print(f'@@usage {ru.ru_maxrss} {ru.ru_utime + ru.ru_stime}', file=sys.stderr)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def _one_process(cmd: list[str]) -> tuple[float, float, str, float]:
     """(wall seconds, peak RSS MiB, last stdout line, CPU seconds user+system) of one
-    whole process. CPU time barely depends on how many other jobs share the cores,
-    so its ratio is the steadier figure on a loaded machine."""
+    whole process (through LAUNCHER). CPU time barely depends on how many other jobs
+    share the cores, so its ratio is the steadier figure on a loaded machine."""
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        text, errors = out.read().decode(), err.read().decode()
-    if proc.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{errors[-2000:]}")
-    lines = text.strip().splitlines()
-    return wall, usage.ru_maxrss / 1024, lines[-1] if lines else "", usage.ru_utime + usage.ru_stime
+    res = subprocess.run([PY, "-c", LAUNCHER, *cmd], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{res.stderr[-2000:]}")
+    usage = [line for line in res.stderr.splitlines() if line.startswith("@@usage ")][-1].split()
+    lines = res.stdout.strip().splitlines()
+    return wall, int(usage[1]) / 1024, lines[-1] if lines else "", float(usage[2])
 
 
 def compile_race(ours: list[str], theirs: list[str], repeat: int, outputs: tuple[str, ...] = ()) -> dict:
