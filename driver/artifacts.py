@@ -64,6 +64,7 @@ def resolved_spec(comp: Compilation) -> dict[str, Any]:
             # a default minimum (90% of max) the pinned dimensions kept the model under
             # is not written: as an explicit minimum it would refuse the run's own spec
             cons.setdefault("parameter_budget", {})["min"] = b["min"]
+        cons.setdefault("parameter_budget", {})["max"] = b["max"]  # the spec's, or the family's task default
         from metagen.frontend.units import format_bytes_exact
 
         cons["memory_budget"] = format_bytes_exact(b["memory_budget_bytes"])

@@ -28,6 +28,22 @@ def _define(text: str) -> tuple[str, str]:
     return k.strip(), v
 
 
+class _Precision(argparse.Action):
+    """`--precision P` is `-D constraints.precision=P`: one concept, the spec's
+    deployment precision (memory, latency, and what the emitters quantize to)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        defines = list(getattr(namespace, "define", None) or [])
+        defines.append(("constraints.precision", value))
+        namespace.define = defines
+
+
+def _precision_option(p) -> None:
+    from metagen.frontend.schema import PRECISIONS
+
+    p.add_argument("--precision", action=_Precision, choices=PRECISIONS, help=HELP["precision"])
+
+
 def _size(text: str) -> int:
     from metagen.hf_export import parse_size
 
@@ -65,6 +81,10 @@ HELP = {
     "define": "override one spec field as if written in the spec (-D architecture.layers=2); repeatable",
     "seed": "seed of the initial weights (default: the spec's reproducibility.seed, else 0)",
     "werror": "treat warnings as errors (exit 1, write nothing)",
+    "precision": (
+        "deployment precision of the weights: sets constraints.precision (same as -D constraints.precision=P; "
+        "default: the spec's, else the device's: int8 on edge and mobile, bf16 elsewhere)"
+    ),
 }
 
 
@@ -129,14 +149,9 @@ def metagenc_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=_seed, help=HELP["seed"])
     p.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE", help=HELP["define"])
+    _precision_option(p)
     p.add_argument("--tiny", action="store_true", help=HELP["tiny"])
     p.add_argument("--weights", help="safetensors file of canonical weights to embed (onnx)")
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16", "int8"),
-        help="deployment precision: the same as -D constraints.precision=P (estimates; the ONNX graph's dtype, "
-        "fp16 keeping norms, softmax and losses in float32, int8 by onnxruntime's dynamic quantization)",
-    )
     p.add_argument("-MD", dest="md", action="store_true", help="write a make depfile beside the output")
     p.add_argument("-MF", dest="mf", help="depfile path")
     p.add_argument("-Werror", dest="werror", action="store_true", help=HELP["werror"])
@@ -170,8 +185,6 @@ def metagenc_main(argv: list[str] | None = None) -> int:
         p.error(f"-o - (stdout) is for text targets; {backend.name} is binary")
     if args.weights and not backend.takes_weights:
         p.error(f"--weights applies to --target {'|'.join(b.name for b in registry.BACKENDS.values() if b.takes_weights)}")
-    if args.precision:
-        args.define = (args.define or []) + [("constraints.precision", args.precision)]
     sink = DiagnosticSink()
     try:
         comp = _compile(args, sink, instruments)
@@ -461,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         if tiny:
             sp.add_argument("--tiny", action="store_true", help=HELP["tiny"])
         sp.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE", help=HELP["define"])
+        _precision_option(sp)
         sp.add_argument("--seed", type=_seed, help=HELP["seed"])
         sp.add_argument("-Werror", dest="werror", action="store_true", help=HELP["werror"])
 
