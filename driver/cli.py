@@ -277,8 +277,9 @@ def _cmd_synth(args) -> int:
     print("\n".join(summary_lines(design_of(comp, args.spec), folder=path)))
     if "onnx" in comp.spec.outputs.targets:
         from metagen.backends.onnx_backend import onnx_form, weights_bytes
+        from metagen.precision import onnx_precision
 
-        if onnx_form(comp.model, weights_given=False) == "graph_only":
+        if onnx_form(comp.model, weights_given=False, precision=onnx_precision(comp)) == "graph_only":
             from metagen.frontend.units import format_bytes
 
             print(f"  onnx weights not written ({format_bytes(weights_bytes(comp.model))} of float32); "

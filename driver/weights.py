@@ -70,6 +70,7 @@ def init_run_weights(run_dir: str, seed: int | None, sink: DiagnosticSink) -> tu
     from metagen.backends import onnx_backend, registry
     from metagen.outputs import write_files
     from metagen.pipeline import compile_spec
+    from metagen.precision import onnx_precision
 
     spec = run_spec(run_dir)
     comp = compile_spec(spec, sink)
@@ -88,13 +89,17 @@ def init_run_weights(run_dir: str, seed: int | None, sink: DiagnosticSink) -> tu
     if seed is None:
         seed = comp.spec.reproducibility.seed or 0
     data_name = os.path.basename(path) + ".data"
-    expected, _ = onnx_backend.build_onnx(comp.model, seed=seed, graph_only=True, data_name=data_name)
-    if _signature(expected) != _signature(on_disk):
+    precision = onnx_precision(comp)
+    # int8 graphs are onnxruntime's rewrite of the weights: there is no graph-only form to compare
+    expected = None if precision == "int8" else onnx.load_from_string(
+        onnx_backend.lower_to_onnx(comp.model, seed=seed, data_name=data_name, precision=precision, form="graph_only")[""]
+    )
+    if expected is not None and _signature(expected) != _signature(on_disk):
         raise _refuse(path, f"this ONNX graph is not the one {SPEC_FILE} compiles to (edited, or written by another "
                       "compiler version): synthesise the run again")
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in on_disk.graph.initializer)
     form = "external" if external else "inline"  # the graph keeps pointing where it did
-    files = onnx_backend.lower_to_onnx(comp.model, seed=seed, data_name=data_name, stream=True, form=form)
+    files = onnx_backend.lower_to_onnx(comp.model, seed=seed, data_name=data_name, stream=True, form=form, precision=precision)
     folder = os.path.dirname(path)
     # the data before the graph that points into it
     writes = {os.path.join(folder, rel or os.path.basename(path)): data for rel, data in sorted(files.items(), key=lambda kv: kv[0] == "")}

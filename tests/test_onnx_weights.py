@@ -255,3 +255,17 @@ def test_weights_init_on_a_run_whose_pinned_dimensions_kept_it_under_the_default
     assert code == 0
     assert "min:" not in (tmp_path / "r" / "spec_resolved.yaml").read_text().split("parameter_budget:")[1].split("memory_budget")[0]
     assert cli.main(["weights", "init", str(tmp_path / "r")]) == 0
+
+
+def test_weights_init_keeps_the_runs_precision(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_backend, "MATERIALIZE_LIMIT", 1000)
+    run = _synth(tmp_path, "--precision", "fp16")
+    assert sorted(os.listdir(run / "onnx")) == ["model.onnx"]
+    assert cli.main(["weights", "init", str(run)]) == 0
+    proto = onnx.load(str(run / "onnx" / "model.onnx"))
+    assert {t.data_type for t in proto.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    mod = load_module(str(run / "code" / "torch" / "model.py"))
+    feed = mod.example_inputs(batch_size=2, seed=1)
+    from metagen.precision import within
+
+    assert within(_ort(str(run / "onnx" / "model.onnx"), feed)["logits"], mod.run(mod.init(0), feed)["logits"], "fp16")
