@@ -2,7 +2,7 @@
 
 One concept: the spec's `constraints.precision` (fp32, bf16, fp16, int8; or the older
 `constraints.dtype`), which also drives the memory and latency estimates, and which
-`metagenc --precision P` sets as `-D constraints.precision=P` would. The ONNX backend
+`--precision P` sets as `-D constraints.precision=P` would (driver/cli.py). The ONNX backend
 emits at that precision when the spec states it, and at float32 otherwise: the
 device's default (bf16 on GPUs) only sizes the estimates, it never changes an output
 file silently. The generated Python modules stay float32 by default and take a
