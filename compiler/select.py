@@ -19,29 +19,37 @@ def rules() -> list[tuple[Rule, Family]]:
     return [(rule, family) for family in FAMILIES.values() for rule in family.rules]
 
 
-def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
+def matching_rule(spec: Spec) -> tuple[Rule, Family] | None:
+    """The first rule (catalogue order) the spec's modality and objective meet, with
+    its family; None when none does. The model card quotes it as the reason."""
     ins = frozenset(spec.modality.inputs or [])
     outs = frozenset(spec.modality.outputs or [])
     objectives = spec.training.objective or []
     objective = objectives[0] if objectives else None
     unknown = bool((ins | outs) - set(MODALITIES))
-    family = None
     for rule, fam in rules():
         if unknown:
             if rule.unknown_modalities:
-                family = fam.name
-                break
+                return rule, fam
         elif frozenset(rule.inputs) == ins and frozenset(rule.outputs) == outs and objective in rule.objectives:
-            family = fam.name
-            break
-    if family is None:
+            return rule, fam
+    return None
+
+
+def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
+    match = matching_rule(spec)
+    if match is None:
+        ins = frozenset(spec.modality.inputs or [])
+        outs = frozenset(spec.modality.outputs or [])
+        objectives = spec.training.objective or []
+        objective = objectives[0] if objectives else None
         what = f"{_modalities(ins)} -> {_modalities(outs)}" + (f" with objective '{objective}'" if objective else "")
         sink.error(
             spec.modality.loc(),
             f"no model family for {what}; supported: {supported_summary()} (see docs/families.md)",
         )
         return None
-    return family
+    return match[1].name
 
 
 def _modalities(ms) -> str:

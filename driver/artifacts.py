@@ -56,15 +56,14 @@ def resolved_architecture(comp: Compilation) -> dict[str, Any]:
 def resolved_spec(comp: Compilation) -> dict[str, Any]:
     ctx = comp.ctx
     plain = ctx.spec.to_plain()
-    r = ctx.report
-    b = r.get("budget")
+    b = ctx.report.get("budget")
     cons = plain.setdefault("constraints", {})
     if b:
-        if not b.get("min_is_default") or r["total_params"] >= b["min"]:
-            # a default minimum (90% of max) the pinned dimensions kept the model under
-            # is not written: as an explicit minimum it would refuse the run's own spec
-            cons.setdefault("parameter_budget", {})["min"] = b["min"]
-        cons.setdefault("parameter_budget", {})["max"] = b["max"]  # the spec's, or the family's task default
+        # A default minimum is not enforced (pinned dimensions may bind below it); written
+        # out it would be, so it is stated as what this model meets.
+        low = min(b["min"], ctx.report["total_params"]) if b.get("min_is_default") else b["min"]
+        cons.setdefault("parameter_budget", {})["min"] = low
+        cons["parameter_budget"]["max"] = b["max"]  # the spec's, or the family's task default
         from metagen.frontend.units import format_bytes_exact
 
         cons["memory_budget"] = format_bytes_exact(b["memory_budget_bytes"])

@@ -248,12 +248,11 @@ def test_weights_init_refuses_what_it_cannot_finish(tmp_path, capsys):
 
 
 def test_weights_init_on_a_run_whose_pinned_dimensions_kept_it_under_the_default_minimum(tmp_path):
-    """The default parameter minimum (90% of max) is not written into spec_resolved.yaml
-    when pinned dimensions kept the model under it: the run's spec compiles again."""
+    """A default parameter minimum (90% of max) the pinned dimensions kept the model
+    under does not refuse the run's own spec_resolved.yaml when it is compiled again."""
     small = ["architecture.layers=1", "architecture.hidden_size=32", "architecture.heads=2", "architecture.vocab_size=64"]
     code = cli.main(["synth", GPT2, "--out", str(tmp_path), "--run-id", "r", *[a for d in small for a in ("-D", d)]])
     assert code == 0
-    assert "min:" not in (tmp_path / "r" / "spec_resolved.yaml").read_text().split("parameter_budget:")[1].split("memory_budget")[0]
     assert cli.main(["weights", "init", str(tmp_path / "r")]) == 0
 
 
