@@ -982,13 +982,14 @@ def golden_text(files: dict[str, bytes]) -> bytes:
 
 
 def lower_to_onnx_folder(
-    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data"
-) -> dict[str, bytes]:
+    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data", **options
+) -> dict[str, Content]:
     """The backend's output folder: `lower_to_onnx`'s files, plus a diffusion model's
-    pipeline parts as graphs of their own (backends/onnx_pipeline.py)."""
-    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name)
+    pipeline parts as graphs of their own (backends/onnx_pipeline.py). `options`
+    (precision, stream, ...) apply to every graph."""
+    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name, **options)
     if model.family == "diffusion_unet":
         from metagen.backends.onnx_pipeline import pipeline_files
 
-        files.update(pipeline_files(model, weights, seed))
+        files.update(pipeline_files(model, weights, seed, **options))
     return files
