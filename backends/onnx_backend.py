@@ -358,6 +358,21 @@ def _mse(e: Emit, x: str, y: str) -> str:
     return e.op("ReduceMean", e.op("Mul", d, d), keepdims=0)
 
 
+def _frames(e: Emit, x: str) -> str:
+    count, size = e.out_types[0].shape[-2], e.a["size"]
+    index = np.arange(count, dtype=np.int64)[:, None] * e.a["step"] + np.arange(size, dtype=np.int64)
+    return e.op("Gather", x, e.const(index), axis=-1)
+
+
+def _huber(e: Emit, x: str, y: str) -> str:
+    d = e.op("Sub", x, y)
+    a = e.op("Abs", d)
+    delta = e.a["delta"]
+    quad = e.op("Mul", e.op("Mul", d, d), e.f32(0.5))
+    lin = e.op("Mul", e.op("Sub", a, e.f32(0.5 * delta)), e.f32(delta))
+    return e.op("ReduceMean", e.op("Where", e.op("LessOrEqual", a, e.f32(delta)), quad, lin), keepdims=0)
+
+
 def _quick_gelu(e: Emit, x: str) -> str:
     return e.op("Mul", x, e.op("Sigmoid", e.op("Mul", x, e.f32(1.702))))
 
@@ -405,6 +420,12 @@ OPS: dict[str, Callable[..., str]] = {
     "cross_entropy": _cross_entropy,
     "mse": _mse,
     "masked_cross_entropy": _masked_cross_entropy,
+    "dropout": lambda e, x: e.op("Identity", x),
+    "div": lambda e, x, y: e.op("Div", x, y),
+    "sqrt": lambda e, x: e.op("Sqrt", x),
+    "reshape": lambda e, x: e.op("Reshape", x, e.ints(*e.a["shape"])),
+    "frames": _frames,
+    "huber": _huber,
 }
 
 # The opset-23 fused forms, used instead of the entries above when fused=True.

@@ -317,6 +317,17 @@ BASE_OPS: dict[str, Rule] = {
     "masked_cross_entropy": lambda c, logits, labels, mask: (
         f"{c.helper('masked_cross_entropy')}({logits}, {labels}, {mask})"
     ),
+    "dropout": lambda c, x: x,  # inference; the torch backend drops while training
+    "div": lambda c, x, y: f"{x} / {y}",
+    "sqrt": lambda c, x: f"{c.lib}.sqrt({x})",
+    "reshape": lambda c, x: f"{x}.reshape({_tuple_literal(c.a['shape'])})",
+    "frames": lambda c, x: (
+        f"{x}[..., {c.lib}.arange({c.out_types[0].shape[-2]})[:, None] * {c.a['step']} + {c.lib}.arange({c.a['size']})]"
+    ),
+    "huber": lambda c, x, y: (
+        f"{c.lib}.mean({c.lib}.where({c.lib}.abs({x} - {y}) <= {c.a['delta']!r}, 0.5 * {c.lib}.square({x} - {y}), "
+        f"{c.a['delta']!r} * ({c.lib}.abs({x} - {y}) - {0.5 * c.a['delta']!r})))"
+    ),
 }
 
 

@@ -98,6 +98,8 @@ OPS: dict[str, Rule] = {
     "cast": lambda c, x: f"{x}.to(torch.{DType(c.a['dtype']).numpy})",  # torch spells dtypes as NumPy does
     "cross_entropy": lambda c, logits, labels: f"F.cross_entropy({logits}.flatten(0, -2), {labels}.flatten())",
     "mse": lambda c, x, y: f"F.mse_loss({x}, {y})",
+    "dropout": lambda c, x: f"F.dropout({x}, {c.a['rate']!r}, self.training)",
+    "huber": lambda c, x, y: f"F.huber_loss({x}, {y}, delta={c.a['delta']!r})",
 }
 
 

@@ -16,6 +16,7 @@ itself is deterministic.
 | diffusion      | mse(predicted noise, noise); noising x_t = sqrt(a_t) x0 + sqrt(1-a_t) e is data-side |
 | contrastive    | (CE(s·I·Tᵀ, arange) + CE(s·T·Iᵀ, arange)) / 2, s = exp(logit_scale) |
 | masked         | masked_cross_entropy(logits, original tokens, mask); masking is data-side |
+| regression     | mse(prediction, targets) or huber(prediction, targets) (training.config.loss) |
 """
 
 from __future__ import annotations
@@ -309,12 +310,44 @@ def masked(model: Model, seq: int) -> LossProgram:
     )
 
 
-OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
+REGRESSION_LOSSES = ("mse", "huber")  # training.config.loss
+
+
+def _regression_loss(m, pred, target, loss: str):
+    if loss == "huber":
+        return m.op("huber", pred, target, delta=1.0, hint="loss")
+    return m.op("mse", pred, target, hint="loss")
+
+
+def regression(model: Model, seq: int, loss: str = "mse") -> LossProgram:
+    """MSE (or Huber, delta 1) of the `prediction` output against float targets. On
+    synthetic data the targets are a fixed smooth function of the inputs (a seeded
+    random projection through tanh), so they can be learned."""
+    name, pt = _output(model, "prediction")
+    mb = ModelBuilder()
+    m = mb.module("RegressionLoss", doc=f"{'Huber' if loss == 'huber' else 'Mean squared'} error against the targets.")
+    pred = m.input("prediction", pt)
+    target = m.input("targets", pt)
+    top = m.ret(_regression_loss(m, pred, target, loss), names=["loss"])
+    draw = DataTransform(
+        "regression_targets",
+        outputs={"targets": "targets"},
+        params={"inputs": [i.name for i in model.inputs], "shape": list(pt.shape), "seed": 0},
+    )
+    spec = [InputSpec("prediction", pt, "normal"), InputSpec("targets", pt, "normal")]
+    return LossProgram(
+        "regression", _finish(mb, top, model, spec), [("output", name), ("batch", "targets")], [draw], seq,
+        f"{loss} loss; synthetic targets are tanh of a fixed random projection of the inputs",
+    )
+
+
+OBJECTIVES: dict[str, Callable[..., LossProgram]] = {
     "masked": masked,
     "autoregressive": autoregressive,
     "classification": classification,
     "diffusion": diffusion,
     "contrastive": contrastive,
+    "regression": regression,
 }
 
 def objective_name(ctx: CompileContext) -> str:
@@ -325,7 +358,10 @@ def objective_name(ctx: CompileContext) -> str:
     from metagen.compiler.families import FAMILIES
 
     default = FAMILIES[ctx.family].default_objective
-    return default or ("classification" if "logits" in ctx.model.output_names else "")
+    if default:
+        return default
+    outputs = ctx.model.output_names
+    return "classification" if "logits" in outputs else ("regression" if "prediction" in outputs else "")
 
 
 def training_seq_len(ctx: CompileContext) -> int:
@@ -338,7 +374,14 @@ def build_loss(ctx: CompileContext) -> LossProgram:
     name = objective_name(ctx)
     if name not in OBJECTIVES:
         raise ObjectiveError(f"objective '{name}' has no loss definition for family '{ctx.family}' yet")
-    return OBJECTIVES[name](ctx.model, training_seq_len(ctx))
+    options = {}
+    if name in LOSS_CHOICE:
+        config = ctx.spec.training.get("config") if getattr(ctx.spec, "training", None) is not None else None
+        options["loss"] = (config.get("loss") if config is not None else None) or "mse"
+    return OBJECTIVES[name](ctx.model, training_seq_len(ctx), **options)
+
+
+LOSS_CHOICE = ("regression",)  # objectives that take training.config.loss
 
 
 # ---------------------------------------------------------------- feasibility

@@ -686,3 +686,79 @@ def _masked_cross_entropy(a, ins):
 
 def _sqrt(x: float) -> float:
     return math.sqrt(x)
+
+
+# ---------------------------------------------------------------- tabular, time series, graphs, RL
+
+
+@op("dropout", ("x",), (Attr("rate", "float"),), flops=_flops_zero)
+def _dropout(a, ins):
+    """Identity at inference; during torch training, zero each element with
+    probability `rate` and scale the rest by 1 / (1 - rate)."""
+    _need_float("dropout", ins[0])
+    if not 0.0 <= a["rate"] < 1.0:
+        raise OpError(f"op 'dropout': rate {a['rate']} is not in [0, 1)")
+    return [ins[0]]
+
+
+_binary("div", "a / b with numpy broadcasting.")
+_unary("sqrt", "Square root.", 4)
+
+
+def _reshape_factors(shape: tuple[Dim, ...]) -> tuple[int, list[str]]:
+    """A shape's element count as an integer times symbols ("batch*3" -> 3, [batch])."""
+    num, syms = 1, []
+    for d in shape:
+        for factor in ([d] if isinstance(d, int) else str(d).split("*")):
+            if isinstance(factor, int) or factor.isdigit():
+                num *= int(factor)
+            elif "+" in factor:
+                raise OpError(f"op 'reshape': cannot split the dimension {d}")
+            else:
+                syms.append(factor)
+    return num, sorted(syms)
+
+
+@op("reshape", ("x",), (Attr("shape", "ints"),), flops=_flops_zero)
+def _reshape(a, ins):
+    """x in a new shape of the same element count; one entry of `shape` may be -1,
+    standing for what is left, symbols included ([batch, 3, 10, 8] -> (-1, 10, 8)
+    is [batch*3, 10, 8], and back with (-1, 3, 10, 8))."""
+    (x,) = ins
+    shape = a["shape"]
+    if sum(1 for d in shape if d == -1) > 1 or any(d == 0 or d < -1 for d in shape):
+        raise OpError(f"op 'reshape': shape {shape} needs positive sizes and at most one -1")
+    num, syms = _reshape_factors(x.shape)
+    known = math.prod(d for d in shape if d != -1)
+    if -1 not in shape:
+        if syms or known != num:
+            raise OpError(f"op 'reshape': {x} does not have the {known} elements of {shape}")
+        return [x.with_shape(tuple(shape))]
+    if num % known:
+        raise OpError(f"op 'reshape': {x} cannot be viewed as {shape}")
+    rest: Dim = num // known
+    for s in syms:
+        rest = dim_mul(s, rest) if rest != 1 else s
+    return [x.with_shape(tuple(rest if d == -1 else d for d in shape))]
+
+
+@op("frames", ("x",), (Attr("size", "int"), Attr("step", "int")), flops=_flops_zero)
+def _frames(a, ins):
+    """Overlapping windows along the last axis: x [..., L] -> [..., N, size], window
+    i starting at i * step, N = (L - size) // step + 1 (a trailing remainder is
+    dropped), as torch's `Tensor.unfold(-1, size, step)`."""
+    (x,) = ins
+    n = x.shape[-1] if x.rank else None
+    if not isinstance(n, int) or a["size"] < 1 or a["step"] < 1 or a["size"] > n:
+        raise OpError(f"op 'frames' needs a concrete last axis of at least {a['size']}, got {x}")
+    count = (n - a["size"]) // a["step"] + 1
+    return [x.with_shape(x.shape[:-1] + (count, a["size"]))]
+
+
+@op("huber", ("a", "b"), (Attr("delta", "float", 1.0),), flops=lambda a, i, o, b: 5 * i[0].numel(b))
+def _huber(a, ins):
+    """Mean Huber loss (a scalar): 0.5 d^2 where |d| <= delta, else delta (|d| - delta / 2)."""
+    x, y = ins
+    if x != y:
+        raise OpError(f"op 'huber' needs equal operands, got {x} and {y}")
+    return [TensorType(x.dtype, ())]

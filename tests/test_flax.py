@@ -156,6 +156,18 @@ CASES: dict[str, list] = {
             g.x("mask", 2, 5, kind="tokens", high=2),
         )
     ],
+    "dropout": [_unary("dropout", rate=0.25)],
+    "div": [lambda g: g.m.op("div", g.x("x", 2, 5, 8), g.x("y", 8, kind="uniform", low=0.5, high=2.0))],
+    "sqrt": [lambda g: g.m.op("sqrt", g.x("x", 2, 5, 8, kind="uniform", low=0.01, high=4.0))],
+    "reshape": [
+        lambda g: g.m.op("reshape", g.x("x", 2, 3, 4, 8), shape=(-1, 4, 8)),
+        lambda g: g.m.op("reshape", g.x("x", 6, 5), shape=(2, -1, 5)),
+    ],
+    "frames": [_unary("frames", (2, 3, 13), size=4, step=3), _unary("frames", (2, 8), size=8, step=1)],
+    "huber": [
+        lambda g: g.m.op("huber", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8)),
+        lambda g: g.m.op("huber", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8), delta=0.3),
+    ],
 }
 
 

@@ -69,7 +69,7 @@ def _carry(out, names, keys, high):
     for name in names:
         spec = kinds[name]
         x = out[name]
-        if keys.ndim == 1 and spec["kind"] == "tokens":
+        if keys.ndim == 1 and spec["kind"] == "tokens" and x.ndim > 1:
             x[(slice(None),) * (x.ndim - 1) + (0,)] = keys.reshape(
                 (-1,) + (1,) * (x.ndim - 2)
             ) % int(spec["high"])
@@ -140,11 +140,31 @@ def diffusion_noise(batch, rng, transform, batch_size, synthetic):
     batch[transform["outputs"]["noise"]] = noise
 
 
+def regression_targets(batch, rng, transform, batch_size, synthetic):
+    """Float targets of the declared shape, unless the data file has them: a fixed
+    smooth function of the inputs (tanh of a projection drawn once from the
+    transform's seed; integer inputs enter as cos(1.3 id)), so they can be learned."""
+    name = transform["outputs"]["targets"]
+    if name in batch:
+        return
+    cols = []
+    for inp in transform["params"]["inputs"]:
+        x = np.asarray(batch[inp]).reshape(batch_size, -1).astype(np.float64)
+        cols.append(np.cos(1.3 * x) if np.issubdtype(batch[inp].dtype, np.integer) else x)
+    feats = np.concatenate(cols, axis=1)
+    shape = tuple(batch_size if d == "batch" else d for d in transform["params"]["shape"])
+    width = int(np.prod(shape[1:]))
+    proj = np.random.default_rng(transform["params"]["seed"]).standard_normal((feats.shape[1], width))
+    targets = np.tanh(feats @ proj / np.sqrt(feats.shape[1]))
+    batch[name] = targets.reshape(shape).astype(np.float32)
+
+
 TRANSFORMS = {
     "class_labels": class_labels,
     "mask_tokens": mask_tokens,
     "pair_keys": pair_keys,
     "diffusion_noise": diffusion_noise,
+    "regression_targets": regression_targets,
 }
 
 
