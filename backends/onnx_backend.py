@@ -422,7 +422,7 @@ OPS: dict[str, Callable[..., str]] = {
     "masked_cross_entropy": _masked_cross_entropy,
     "dropout": lambda e, x: e.op("Identity", x),
     "div": lambda e, x, y: e.op("Div", x, y),
-    "sqrt": lambda e, x: e.op("Sqrt", x),
+    "sqrt": lambda e, x: e.op("Sqrt", e.op("Add", x, e.f32(e.a["eps"])) if e.a["eps"] else x),
     "reshape": lambda e, x: e.op("Reshape", x, e.ints(*e.a["shape"])),
     "frames": _frames,
     "huber": _huber,

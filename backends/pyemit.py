@@ -319,7 +319,7 @@ BASE_OPS: dict[str, Rule] = {
     ),
     "dropout": lambda c, x: x,  # inference; the torch backend drops while training
     "div": lambda c, x, y: f"{x} / {y}",
-    "sqrt": lambda c, x: f"{c.lib}.sqrt({x})",
+    "sqrt": lambda c, x: f"{c.lib}.sqrt({x} + {c.a['eps']!r})" if c.a["eps"] else f"{c.lib}.sqrt({x})",
     "reshape": lambda c, x: f"{x}.reshape({_tuple_literal(c.a['shape'])})",
     "frames": lambda c, x: (
         f"{x}[..., {c.lib}.arange({c.out_types[0].shape[-2]})[:, None] * {c.a['step']} + {c.lib}.arange({c.a['size']})]"

@@ -17,6 +17,8 @@ itself is deterministic.
 | contrastive    | (CE(s·I·Tᵀ, arange) + CE(s·T·Iᵀ, arange)) / 2, s = exp(logit_scale) |
 | masked         | masked_cross_entropy(logits, original tokens, mask); masking is data-side |
 | regression     | mse(prediction, targets) or huber(prediction, targets) (training.config.loss) |
+| forecasting    | mse (or huber) of prediction against future_values, the steps after the window |
+| reconstruction | mse(reconstruction, the input window)                             |
 """
 
 from __future__ import annotations
@@ -341,6 +343,49 @@ def regression(model: Model, seq: int, loss: str = "mse") -> LossProgram:
     )
 
 
+def forecasting(model: Model, seq: int, loss: str = "mse") -> LossProgram:
+    """MSE (or Huber) of the `prediction` [batch, horizon, channels] against the
+    `future_values` that follow the input window. Synthetic windows are smooth
+    series (two sines per channel with a random level, amplitude, frequency and
+    phase), so the future follows from the past."""
+    name, pt = _output(model, "prediction")
+    past = model.inputs[0]
+    mb = ModelBuilder()
+    m = mb.module("ForecastLoss", doc="Error of the forecast against the future values.")
+    pred = m.input("prediction", pt)
+    future = m.input("future_values", pt)
+    top = m.ret(_regression_loss(m, pred, future, loss), names=["loss"])
+    series = DataTransform(
+        "series_windows", inputs={"past": past.name}, outputs={"future": "future_values"},
+        params={"horizon": int(pt.shape[1])},
+    )
+    spec = [InputSpec("prediction", pt, "normal"), InputSpec("future_values", pt, "normal")]
+    return LossProgram(
+        "forecasting", _finish(mb, top, model, spec), [("output", name), ("batch", "future_values")], [series], seq,
+        f"{loss} loss; synthetic data: sums of sines, the window and the {pt.shape[1]} steps after it",
+    )
+
+
+def reconstruction(model: Model, seq: int) -> LossProgram:
+    """MSE of the `reconstruction` against the input window it reconstructs (an
+    autoencoder's objective; the model's anomaly score is that error per window)."""
+    name, rt = _output(model, "reconstruction")
+    window = next((i for i in model.inputs if i.type == rt), None)
+    if window is None:
+        raise ObjectiveError(f"reconstruction training needs an input shaped like the reconstruction {rt}")
+    mb = ModelBuilder()
+    m = mb.module("ReconstructionLoss", doc="Mean squared reconstruction error.")
+    recon = m.input("reconstruction", rt)
+    target = m.input(window.name, rt)
+    top = m.ret(m.op("mse", recon, target, hint="loss"), names=["loss"])
+    series = DataTransform("series_windows", inputs={"past": window.name}, params={"horizon": 0})
+    spec = [InputSpec("reconstruction", rt, "normal"), InputSpec(window.name, rt, "normal")]
+    return LossProgram(
+        "reconstruction", _finish(mb, top, model, spec), [("output", name), ("batch", window.name)], [series], seq,
+        "synthetic windows are sums of sines",
+    )
+
+
 OBJECTIVES: dict[str, Callable[..., LossProgram]] = {
     "masked": masked,
     "autoregressive": autoregressive,
@@ -348,6 +393,8 @@ OBJECTIVES: dict[str, Callable[..., LossProgram]] = {
     "diffusion": diffusion,
     "contrastive": contrastive,
     "regression": regression,
+    "forecasting": forecasting,
+    "reconstruction": reconstruction,
 }
 
 def objective_name(ctx: CompileContext) -> str:
@@ -381,7 +428,7 @@ def build_loss(ctx: CompileContext) -> LossProgram:
     return OBJECTIVES[name](ctx.model, training_seq_len(ctx), **options)
 
 
-LOSS_CHOICE = ("regression",)  # objectives that take training.config.loss
+LOSS_CHOICE = ("regression", "forecasting")  # objectives that take training.config.loss
 
 
 # ---------------------------------------------------------------- feasibility

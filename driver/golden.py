@@ -57,6 +57,9 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/reference/sd15_unet.yaml", full_ir=True, heavy=True),
     GoldenSpec("examples/tabular/house_prices.yaml", full_ir=True),
     GoldenSpec("examples/tabular/churn_ft_transformer.yaml", full_ir=True),
+    GoldenSpec("examples/reference/patchtst.yaml", full_ir=True),
+    GoldenSpec("examples/timeseries/load_forecaster.yaml"),
+    GoldenSpec("examples/timeseries/sensor_anomaly.yaml"),
 ]
 
 

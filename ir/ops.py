@@ -702,7 +702,11 @@ def _dropout(a, ins):
 
 
 _binary("div", "a / b with numpy broadcasting.")
-_unary("sqrt", "Square root.", 4)
+@op("sqrt", ("x",), (Attr("eps", "float", 0.0),), flops=lambda a, i, o, b: 4 * o[0].numel(b))
+def _sqrt_op(a, ins):
+    """sqrt(x + eps)."""
+    _need_float("sqrt", ins[0])
+    return [ins[0]]
 
 
 def _reshape_factors(shape: tuple[Dim, ...]) -> tuple[int, list[str]]:

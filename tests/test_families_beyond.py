@@ -16,6 +16,9 @@ from metagen.pipeline import compile_spec
 from metagen.synth import synth_files
 
 
+SLOW = pytest.mark.slow  # jit-compiling a transformer's gradient in flax takes ~10 s
+
+
 def close(a, b) -> bool:
     """CONTRACT §5: |a - b| <= 1e-5 + 1e-4 |b|."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -46,19 +49,24 @@ def programs(tmp_path, spec: str, defines: dict | None = None):
     return load_module(str(tmp_path / "code/torch/train.py")), load_module(str(tmp_path / "code/flax/train.py"))
 
 
-def agree_and_learn(tmp_path, spec: str, steps: int = 60, lr: float = 3e-3, factor: float = 0.5, defines=None):
+def agree_and_learn(
+    tmp_path, spec: str, steps: int = 60, lr: float = 3e-3, factor: float = 0.5, defines=None, flax: bool = True
+):
     """Torch and flax agree on the loss and every gradient of the first batch (in
     train mode, so the spec must not drop out); the torch loss on a fixed synthetic
-    batch falls below `factor` x its first value within `steps` Adam steps."""
+    batch falls below `factor` x its first value within `steps` Adam steps.
+    `flax=False` skips the agreement (jit-compiling a transformer's gradient takes
+    ~10 s; those cases have a slow twin that checks it)."""
     torch_train, flax_train = programs(tmp_path, spec, defines)
     batch = torch_train.DataSource(None, 0).batch(0, 8)
     model = torch_train.M.init(0).train()
-    loss_t = torch_train.compute_loss(model, torch_train.to_tensors(batch, "cpu"))
-    loss_t.backward()
-    loss_f, grads_f = flax_train.loss_and_grads(flax_train.M.init(0), batch)
-    assert close(loss_f, loss_t.item()), (loss_f, loss_t.item())
-    for n, p in model.named_parameters():
-        assert close(grads_f[n], p.grad.numpy()), n
+    if flax:
+        loss_t = torch_train.compute_loss(model, torch_train.to_tensors(batch, "cpu"))
+        loss_t.backward()
+        loss_f, grads_f = flax_train.loss_and_grads(flax_train.M.init(0), batch)
+        assert close(loss_f, loss_t.item()), (loss_f, loss_t.item())
+        for n, p in model.named_parameters():
+            assert close(grads_f[n], p.grad.numpy()), n
     bt = torch_train.to_tensors(batch, "cpu")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     first = loss = None
@@ -141,12 +149,96 @@ def test_tabular_bad_columns_are_located_errors(tmp_path, bad, message):
     assert message in str(err.value) and "spec.yaml:8:25: error:" in str(err.value)
 
 
-@pytest.mark.parametrize("family,objective,out,extra", [
-    ("mlp", "regression", "regression", "  config:\n    loss: huber\n"),
-    ("transformer", "classification", "label", ""),
+@pytest.mark.parametrize("family,objective,out,extra,flax", [
+    ("mlp", "regression", "regression", "  config:\n    loss: huber\n", True),
+    ("transformer", "classification", "label", "", False),
+    pytest.param("transformer", "classification", "label", "", True, marks=SLOW),
 ])
-def test_tabular_objectives_agree_and_learn(tmp_path, family, objective, out, extra):
+def test_tabular_objectives_agree_and_learn(tmp_path, family, objective, out, extra, flax):
     spec = tabular(tmp_path, out=out, family=family, objective=objective, extra=extra)
-    torch_train, _ = agree_and_learn(tmp_path, spec, defines=[("architecture.dropout", "0.0")])
+    torch_train, _ = agree_and_learn(tmp_path, spec, defines=[("architecture.dropout", "0.0")], flax=flax)
     if objective == "regression":
         assert [tuple(s) for s in torch_train.LOSS_SOURCES] == [("output", "prediction"), ("batch", "targets")]
+
+
+# ---------------------------------------------------------------- time series
+
+
+def test_patchtst_matches_transformers(tmp_path):
+    """At PatchTSTForPrediction(PatchTSTConfig(num_input_channels=1, context_length=90,
+    prediction_length=30, patch_length=16, patch_stride=8)): the same parameter count,
+    and the same forecast on mapped weights, BatchNorm running statistics included."""
+    transformers = pytest.importorskip("transformers")
+    from conftest import compile_to
+    from metagen.hf import patchtst_to_canonical
+
+    path, comp = compile_to(tmp_path, example("reference", "patchtst.yaml"), "torch", tiny=False)
+    mod = load_module(str(path))
+    assert comp.model.param_count() == 602_142
+    torch.manual_seed(0)
+    hf = transformers.PatchTSTForPrediction(
+        transformers.PatchTSTConfig(
+            num_input_channels=1, context_length=90, prediction_length=30, patch_length=16, patch_stride=8
+        )
+    ).eval()
+    assert sum(p.numel() for p in hf.parameters()) == 602_142
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        for name, buf in hf.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=g) * 0.3)
+            elif name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+    ours = mod.load_canonical(patchtst_to_canonical(hf.state_dict()))
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(3, 90, 1)).astype(np.float32)
+    with torch.no_grad():
+        ref = hf(past_values=torch.from_numpy(x)).prediction_outputs.numpy()
+    got = mod.run(ours, {"past_values": x})["prediction"]
+    assert got.shape == ref.shape == (3, 30, 1)
+    assert close(got, ref), np.abs(got - ref).max()
+
+
+def test_patchtst_channels_are_independent():
+    """Channel independence: each channel's forecast depends on that channel only."""
+    comp = compile_spec(example("timeseries", "load_forecaster.yaml"), tiny=True)
+    from metagen.backends.numpy_backend import lower_to_numpy
+    import types
+
+    mod = types.ModuleType("ts_np")
+    exec(compile(lower_to_numpy(comp.model), "ts_np", "exec"), mod.__dict__)
+    state = mod.init(0)
+    x = mod.example_inputs(batch_size=2)["past_values"]
+    y = mod.run(state, {"past_values": x})["prediction"]
+    x2 = x.copy()
+    x2[:, :, 1] = x2[:, :, 1] * 3.0 + 1.0
+    y2 = mod.run(state, {"past_values": x2})["prediction"]
+    assert np.allclose(y[:, :, 0], y2[:, :, 0]) and np.allclose(y[:, :, 2], y2[:, :, 2])
+    # Instance normalization: an affine change of a channel moves its forecast the same way.
+    assert np.allclose(y2[:, :, 1], y[:, :, 1] * 3.0 + 1.0, atol=1e-6)
+
+
+def test_anomaly_score_is_the_reconstruction_error():
+    comp = compile_spec(example("timeseries", "sensor_anomaly.yaml"), tiny=True)
+    from metagen.backends.numpy_backend import lower_to_numpy
+    import types
+
+    mod = types.ModuleType("ae_np")
+    exec(compile(lower_to_numpy(comp.model), "ae_np", "exec"), mod.__dict__)
+    x = mod.example_inputs(batch_size=3)
+    out = mod.run(mod.init(0), x)
+    err = ((x["values"] - out["reconstruction"]) ** 2).mean(axis=(1, 2))
+    assert out["anomaly_score"].shape == (3,) and np.allclose(out["anomaly_score"], err)
+
+
+@pytest.mark.parametrize("where,name,steps,lr,flax", [
+    ("timeseries", "load_forecaster.yaml", 40, 3e-3, False),
+    pytest.param("timeseries", "load_forecaster.yaml", 40, 3e-3, True, marks=SLOW),
+    ("timeseries", "sensor_anomaly.yaml", 100, 1e-2, True),
+])
+def test_time_series_objectives_agree_and_learn(tmp_path, where, name, steps, lr, flax):
+    torch_train, _ = agree_and_learn(tmp_path, example(where, name), steps=steps, lr=lr, flax=flax)
+    batch = torch_train.DataSource(None, 0).batch(0, 2)
+    if name.startswith("load"):
+        assert batch["future_values"].shape == (2, 8, 3)

@@ -158,7 +158,10 @@ CASES: dict[str, list] = {
     ],
     "dropout": [_unary("dropout", rate=0.25)],
     "div": [lambda g: g.m.op("div", g.x("x", 2, 5, 8), g.x("y", 8, kind="uniform", low=0.5, high=2.0))],
-    "sqrt": [lambda g: g.m.op("sqrt", g.x("x", 2, 5, 8, kind="uniform", low=0.01, high=4.0))],
+    "sqrt": [
+        lambda g: g.m.op("sqrt", g.x("x", 2, 5, 8, kind="uniform", low=0.01, high=4.0)),
+        lambda g: g.m.op("sqrt", g.x("x", 2, 5, 8, kind="uniform", low=0.0, high=4.0), eps=1e-5),
+    ],
     "reshape": [
         lambda g: g.m.op("reshape", g.x("x", 2, 3, 4, 8), shape=(-1, 4, 8)),
         lambda g: g.m.op("reshape", g.x("x", 6, 5), shape=(2, -1, 5)),

@@ -145,6 +145,7 @@ CASES = [
     ),    ("dropout", "dropout", [inp("x", BSD)], dict(rate=0.25), {}),
     ("div", "div", [inp("a", BSD), inp("b", T(8), "uniform", 0.5, 2.0)], {}, {}),
     ("sqrt", "sqrt", [inp("x", BSD, "uniform", 0.01, 4.0)], {}, {}),
+    ("sqrt_eps", "sqrt", [inp("x", BSD, "uniform", 0.0, 4.0)], dict(eps=1e-5), {}),
     ("reshape", "reshape", [inp("x", T("batch", 3, 4, 8))], dict(shape=(-1, 4, 8)), {}),
     ("reshape_back", "reshape", [inp("x", T("batch", 12, 8))], dict(shape=(-1, 3, 4, 8)), {}),
     ("frames", "frames", [inp("x", T("batch", 3, 13))], dict(size=4, step=3), {}),

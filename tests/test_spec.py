@@ -266,7 +266,7 @@ SCHEMA_CASES = [
     ("architecture.layers", 12.5, "error"),
     ("architecture.layers", 0, "error"),
     ("architecture.bias", "yes", "error"),
-    ("architecture.norm", "batchnorm", "error"),
+    ("architecture.norm", "groupnorm", "error"),
     ("constraints.memory_budget", 8589934592, "error"),
     ("constraints.memory_budget", "8GB", None),
 ]

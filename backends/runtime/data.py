@@ -159,12 +159,40 @@ def regression_targets(batch, rng, transform, batch_size, synthetic):
     batch[name] = targets.reshape(shape).astype(np.float32)
 
 
+def _sines(rng, rows, channels, length):
+    """Smooth series [rows, length, channels]: a level, and two sines (the second at
+    twice the frequency) of random amplitude, frequency and phase, plus a little noise."""
+    t = np.arange(length)[None, :, None]
+    level = rng.normal(0.0, 2.0, size=(rows, 1, channels))
+    amp = rng.uniform(0.5, 2.0, size=(rows, 1, channels))
+    freq = rng.uniform(1 / 32, 1 / 8, size=(rows, 1, channels))
+    phase = rng.uniform(0.0, 2 * np.pi, size=(rows, 2, channels))
+    wave = np.sin(2 * np.pi * freq * t + phase[:, :1]) + 0.5 * np.sin(4 * np.pi * freq * t + phase[:, 1:])
+    return level + amp * wave + 0.05 * rng.standard_normal((rows, length, channels))
+
+
+def series_windows(batch, rng, transform, batch_size, synthetic):
+    """Time series: the input window [batch, lookback, channels] and, for a
+    forecast, the `horizon` steps after it; from a data file both are given."""
+    past = transform["inputs"]["past"]
+    future = transform["outputs"].get("future")
+    if not synthetic:
+        return
+    rows, lookback, channels = batch[past].shape
+    horizon = transform["params"]["horizon"]
+    series = _sines(rng, rows, channels, lookback + horizon).astype(np.float32)
+    batch[past] = series[:, :lookback]
+    if future is not None:
+        batch[future] = series[:, lookback:]
+
+
 TRANSFORMS = {
     "class_labels": class_labels,
     "mask_tokens": mask_tokens,
     "pair_keys": pair_keys,
     "diffusion_noise": diffusion_noise,
     "regression_targets": regression_targets,
+    "series_windows": series_windows,
 }
 
 

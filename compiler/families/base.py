@@ -232,6 +232,9 @@ class Family(ABC):
     # `task.type` words this family performs; another one is a warning at that key
     # (the model follows modality and objective). Empty: any task (best effort).
     tasks: ClassVar[tuple[str, ...]] = ()
+    # `architecture.norm` values this family builds (in the architecture section and
+    # every tower); another one is an error at its key, never a silent substitute.
+    norms: ClassVar[tuple[str, ...]] = ("layernorm", "rmsnorm")
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -260,7 +263,21 @@ class Family(ABC):
             ctx.sink.warning(ctx.spec.architecture.loc("family"), self.family_mismatch(written))
         self.report_unused_keys(ctx)
         self.check_task(ctx)
+        self.check_norms(ctx, ctx.spec.architecture, self.config, "architecture.")
         self.configure(ctx)
+
+    def check_norms(self, ctx: CompileContext, section, config: type[ArchConfig], prefix: str) -> None:
+        towers = config.towers()
+        for key, value in section.items():
+            if not section.given(key):
+                continue
+            if key in towers:
+                self.check_norms(ctx, value, towers[key], f"{prefix}{key}.")
+            elif key == "norm" and value not in self.norms:
+                ctx.sink.error(
+                    section.loc(key),
+                    f"{prefix}norm '{value}' is not built by {self.name}; it takes {' or '.join(self.norms)}",
+                )
 
     def check_task(self, ctx: CompileContext) -> None:
         """`task.type` restates what modality and objective already decide; one that

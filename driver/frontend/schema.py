@@ -57,6 +57,7 @@ DEVICES = ("edge", "mobile", "cpu", "consumer_gpu", "gpu", "datacenter_gpu")
 LATENCY_WORDS = ("real-time", "near-real-time", "interactive", "batch", "offline")
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu", "swiglu", "geglu")
 NORMS = ("layernorm", "rmsnorm")
+NORMS += ("batchnorm",)  # only the families whose `norms` name it build it
 POSITIONS = ("learned", "rope", "sinusoidal", "none")
 POOLINGS = ("cls", "cls_pooler", "mean", "eot", "last", "none")
 TASKS = ("generation", "classification", "embedding", "denoising")
@@ -111,6 +112,7 @@ ARCHITECTURE = _map(
     Field("cross_attention_dim", INT, "Width of the conditioning sequence.", minimum=8, maximum=65536),
     Field("dropout", FLOAT, "Dropout rate during training (MLP and tabular models).", minimum=0.0, maximum=0.9),
     Field("message_passing", ENUM, "Graph layer: GCN, GAT or GIN.", choices=("gcn", "gat", "gin")),
+    Field("patch_stride", INT, "Step between time-series patches (patch_size is their length).", minimum=1, maximum=4096),
     _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
     _map("image_encoder", "Image tower of a multi-tower model.", *TOWER_FIELDS),
 )
