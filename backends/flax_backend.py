@@ -107,6 +107,7 @@ OPS: dict[str, Rule] = {
     "slice": lambda c, x: f"jax.lax.slice_in_dim({x}, {c.a['start']}, {c.a['end']}, axis={c.a['axis']})",
     "select": lambda c, x: f"jax.lax.index_in_dim({x}, {c.a['index']}, axis={c.a['axis']}, keepdims=False)",
     "cast": lambda c, x: f"{x}.astype({_JNP_DTYPES[c.a['dtype']]})",
+    "log_softmax": lambda c, x: f"jax.nn.log_softmax({x}, axis={c.a['axis']})",
 }
 
 HELPERS: dict[str, str] = {

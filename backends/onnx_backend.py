@@ -426,6 +426,10 @@ OPS: dict[str, Callable[..., str]] = {
     "reshape": lambda e, x: e.op("Reshape", x, e.ints(*e.a["shape"])),
     "frames": _frames,
     "huber": _huber,
+    "log_softmax": lambda e, x: e.op("LogSoftmax", x, axis=e.a["axis"]),
+    "take_along": lambda e, x, i: e.op("Squeeze", e.op("GatherElements", x, e.op("Unsqueeze", i, e.ints(-1)), axis=-1), e.ints(-1)),
+    "clip": lambda e, x: e.op("Clip", x, e.f32(e.a["low"]), e.f32(e.a["high"])),
+    "minimum": lambda e, x, y: e.op("Min", x, y),
 }
 
 # The opset-23 fused forms, used instead of the entries above when fused=True.

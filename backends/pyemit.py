@@ -324,6 +324,13 @@ BASE_OPS: dict[str, Rule] = {
     "frames": lambda c, x: (
         f"{x}[..., {c.lib}.arange({c.out_types[0].shape[-2]})[:, None] * {c.a['step']} + {c.lib}.arange({c.a['size']})]"
     ),
+    "log_softmax": lambda c, x: (
+        f"{x} - {c.lib}.max({x}, axis={c.a['axis']}, keepdims=True) - {c.lib}.log({c.lib}.sum({c.lib}.exp({x} - "
+        f"{c.lib}.max({x}, axis={c.a['axis']}, keepdims=True)), axis={c.a['axis']}, keepdims=True))"
+    ),
+    "take_along": lambda c, x, i: f"{c.lib}.take_along_axis({x}, {i}[..., None], axis=-1)[..., 0]",
+    "clip": lambda c, x: f"{c.lib}.clip({x}, {c.a['low']!r}, {c.a['high']!r})",
+    "minimum": lambda c, x, y: f"{c.lib}.minimum({x}, {y})",
     "huber": lambda c, x, y: (
         f"{c.lib}.mean({c.lib}.where({c.lib}.abs({x} - {y}) <= {c.a['delta']!r}, 0.5 * {c.lib}.square({x} - {y}), "
         f"{c.a['delta']!r} * ({c.lib}.abs({x} - {y}) - {0.5 * c.a['delta']!r})))"

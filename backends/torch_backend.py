@@ -100,6 +100,9 @@ OPS: dict[str, Rule] = {
     "mse": lambda c, x, y: f"F.mse_loss({x}, {y})",
     "dropout": lambda c, x: f"F.dropout({x}, {c.a['rate']!r}, self.training)",
     "huber": lambda c, x, y: f"F.huber_loss({x}, {y}, delta={c.a['delta']!r})",
+    "log_softmax": lambda c, x: f"torch.log_softmax({x}, dim={c.a['axis']})",
+    "take_along": lambda c, x, i: f"{x}.gather(-1, {i}.unsqueeze(-1)).squeeze(-1)",
+    "clip": lambda c, x: f"torch.clamp({x}, {c.a['low']!r}, {c.a['high']!r})",
 }
 
 

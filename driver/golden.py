@@ -60,6 +60,10 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/reference/patchtst.yaml", full_ir=True),
     GoldenSpec("examples/timeseries/load_forecaster.yaml"),
     GoldenSpec("examples/timeseries/sensor_anomaly.yaml"),
+    GoldenSpec("examples/reference/dqn_atari.yaml", full_ir=True),
+    GoldenSpec("examples/rl/ppo_continuous.yaml"),
+    GoldenSpec("examples/rl/ppo_discrete.yaml"),
+    GoldenSpec("examples/rl/dqn_vector.yaml"),
 ]
 
 

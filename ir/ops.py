@@ -766,3 +766,33 @@ def _huber(a, ins):
     if x != y:
         raise OpError(f"op 'huber' needs equal operands, got {x} and {y}")
     return [TensorType(x.dtype, ())]
+
+
+@op("log_softmax", ("x",), (Attr("axis", "int", -1),), flops=lambda a, i, o, b: 5 * o[0].numel(b))
+def _log_softmax(a, ins):
+    """log(softmax(x)) along one axis, computed stably (x - logsumexp(x))."""
+    _need_float("log_softmax", ins[0])
+    _axis("log_softmax", ins[0], a["axis"])
+    return [ins[0]]
+
+
+@op("take_along", ("x", "index"), flops=_flops_zero)
+def _take_along(a, ins):
+    """x[..., index[...]]: one entry of the last axis per row, x [..., C] and integer
+    index [...] -> [...] (a Q-value or log-probability of the action taken)."""
+    x, idx = ins
+    if idx.dtype not in (DType.i64, DType.i32) or x.shape[:-1] != idx.shape:
+        raise OpError(f"op 'take_along' needs x [..., C] and integer index [...], got {x} and {idx}")
+    return [idx.with_dtype(x.dtype)]
+
+
+@op("clip", ("x",), (Attr("low", "float"), Attr("high", "float")))
+def _clip(a, ins):
+    """min(max(x, low), high), constant bounds."""
+    _need_float("clip", ins[0])
+    if a["low"] > a["high"]:
+        raise OpError(f"op 'clip': low {a['low']} is above high {a['high']}")
+    return [ins[0]]
+
+
+_binary("minimum", "min(a, b) elementwise, numpy broadcasting.")

@@ -242,3 +242,67 @@ def test_time_series_objectives_agree_and_learn(tmp_path, where, name, steps, lr
     batch = torch_train.DataSource(None, 0).batch(0, 2)
     if name.startswith("load"):
         assert batch["future_values"].shape == (2, 8, 3)
+
+
+# ---------------------------------------------------------------- reinforcement learning
+
+
+def test_dqn_nature_cnn_count():
+    comp = compile_spec(example("reference", "dqn_atari.yaml"))
+    assert comp.model.param_count() == 1_693_362  # Mnih et al. 2015 with 18 actions
+    m = comp.model
+    assert m.inputs[0].type.shape == ("batch", 4, 84, 84)
+    assert m.top_module.output_names == ["q_values"]
+    convs = [(c.attr_dict()["out_channels"], c.attr_dict()["kernel"], c.attr_dict()["stride"])
+             for c in m.modules["Trunk"].children.values() if c.op == "conv2d"]
+    assert convs == [(32, 8, 4), (64, 4, 2), (64, 3, 1)]
+
+
+def rl_programs(tmp_path, spec):
+    torch_train, flax_train = programs(tmp_path, spec)
+    model = torch_train.M.init(0).train()
+    torch_train.refresh_runners(model, 0)
+    batch = torch_train.DataSource(None, 0).batch(0, 16)
+    loss_t = torch_train.compute_loss(model, torch_train.to_tensors(batch, "cpu"))
+    loss_t.backward()
+    loss_f, grads_f = flax_train.loss_and_grads(flax_train.M.init(0), batch)
+    assert close(loss_f, loss_t.item()), (loss_f, loss_t.item())
+    for n, p in model.named_parameters():
+        assert close(grads_f[n], p.grad.numpy()), n
+    return torch_train, flax_train
+
+
+@pytest.mark.parametrize("where,name", [
+    ("rl", "dqn_vector.yaml"),
+    pytest.param("reference", "dqn_atari.yaml", marks=SLOW),
+])
+def test_dqn_learns_the_corridor(tmp_path, where, name):
+    """The TD loss falls and the greedy policy learns to walk right in every state."""
+    from safetensors.numpy import load_file
+
+    torch_train, _ = rl_programs(tmp_path, example(where, name))
+    history = torch_train.train(["--synthetic", "--steps", "600", "--batch-size", "32", "--log-every", "50",
+                                 "--learning-rate", "2e-3", "--checkpoint-dir", str(tmp_path / "ck")])
+    losses = [v for _, v in history]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[1:4]), losses
+    model = torch_train.M.load_canonical(load_file(str(tmp_path / "ck/model.safetensors")))
+    shape = torch_train.M.INPUTS["observation"]["shape"][1:]
+    obs = torch_train._observe(np.arange(torch_train.CORRIDOR - 1), shape, 0)
+    with torch.no_grad():
+        q = model(observation=torch.from_numpy(obs))["q_values"].numpy()
+    assert (q.argmax(axis=-1) == 1).all(), q
+
+
+@pytest.mark.parametrize("name", ["ppo_discrete.yaml", "ppo_continuous.yaml"])
+def test_ppo_agrees_and_earns_more(tmp_path, name, capsys):
+    """The policy earns more on the contextual bandit: the mean reward the program
+    logs over its last 50 steps beats its first 50."""
+    torch_train, _ = rl_programs(tmp_path, example("rl", name))
+    capsys.readouterr()
+    torch_train.train(["--synthetic", "--steps", "200", "--batch-size", "64", "--log-every", "1",
+                       "--checkpoint-dir", str(tmp_path / "ck")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    rewards = [float(line.split(" reward ")[1]) for line in lines]
+    assert len(rewards) == 200
+    first, last = np.mean(rewards[:50]), np.mean(rewards[-50:])
+    assert last > first + 0.1 * abs(first) + 0.05, (first, last)

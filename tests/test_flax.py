@@ -167,6 +167,13 @@ CASES: dict[str, list] = {
         lambda g: g.m.op("reshape", g.x("x", 6, 5), shape=(2, -1, 5)),
     ],
     "frames": [_unary("frames", (2, 3, 13), size=4, step=3), _unary("frames", (2, 8), size=8, step=1)],
+    "log_softmax": [_unary("log_softmax"), _unary("log_softmax", axis=1)],
+    "take_along": [
+        lambda g: g.m.op("take_along", g.x("x", 2, 5, 8), g.ids("index", 2, 5, high=8)),
+        lambda g: g.m.op("take_along", g.x("x", 3, 4), g.ids("index", 3, high=4)),
+    ],
+    "clip": [_unary("clip", low=-0.2, high=0.3)],
+    "minimum": [_binary("minimum")],
     "huber": [
         lambda g: g.m.op("huber", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8)),
         lambda g: g.m.op("huber", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8), delta=0.3),

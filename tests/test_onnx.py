@@ -150,6 +150,10 @@ CASES = [
     ("reshape_back", "reshape", [inp("x", T("batch", 12, 8))], dict(shape=(-1, 3, 4, 8)), {}),
     ("frames", "frames", [inp("x", T("batch", 3, 13))], dict(size=4, step=3), {}),
     ("huber", "huber", [inp("a", BSD), inp("b", BSD)], dict(delta=0.3), {}),
+    ("log_softmax", "log_softmax", [inp("x", BSD)], dict(axis=1), {}),
+    ("take_along", "take_along", [inp("x", T("batch", 5, 10)), inp("i", T("batch", 5, dtype=DType.i64), "tokens", 0, 10)], {}, {}),
+    ("clip", "clip", [inp("x", BSD)], dict(low=-0.2, high=0.3), {}),
+    ("minimum", "minimum", [inp("a", BSD), inp("b", T(8))], {}, {}),
 ]
 
 

@@ -186,6 +186,129 @@ def series_windows(batch, rng, transform, batch_size, synthetic):
         batch[future] = series[:, lookback:]
 
 
+# Models the data side runs (reinforcement learning acts with the current policy and
+# bootstraps from a target network): name -> fn(inputs) -> outputs, numpy in and
+# out. The backend's training loop sets them before each batch (`runners_wanted`).
+RUNNERS = {}
+DRAWING = {"step": 0}  # the step whose batch DataSource is drawing
+
+
+def runners_wanted():
+    """(runner names the objective's transforms use, steps between target refreshes)."""
+    names, every = set(), 0
+    for transform in TRAIN["data"]:
+        names.update(transform["params"].get("runners", []))
+        every = max(every, transform["params"].get("target_every", 0))
+    return names, every
+
+
+def reward_note(batch):
+    """' reward X' (the mean reward the batch's actions earned) when an objective
+    acts with the current policy; the loss alone does not say whether it improves."""
+    return " reward %.4f" % float(np.mean(batch["rewards"])) if "rewards" in batch else ""
+
+
+CORRIDOR = 8  # states of the corridor MDP
+
+
+def _observe(states, spec_shape, seed):
+    """What the agent sees of corridor states: a fixed random vector per state
+    (vector observations) or, for frames [C, S, S], a bright vertical band at the
+    state's position in every frame."""
+    if len(spec_shape) == 1:
+        table = np.random.default_rng([seed, 7]).standard_normal((CORRIDOR, spec_shape[0]))
+        return table[states].astype(np.float32)
+    channels, side = spec_shape[0], spec_shape[-1]
+    frames = np.zeros((len(states), channels, side, side), dtype=np.float32)
+    width = max(1, side // CORRIDOR)
+    for row, s in enumerate(states):
+        frames[row, :, :, s * width : (s + 1) * width] = 1.0
+    return frames
+
+
+def corridor_transitions(batch, rng, transform, batch_size, synthetic):
+    """DQN on the corridor MDP: states 0..7 in a row; action 0 steps left, 1 right,
+    any other stays; reaching state 7 pays +1 and ends the episode, every other step
+    pays -0.05. Transitions (s, a, r, s') are drawn uniformly over non-terminal states
+    and actions, as from a replay buffer filled by a uniformly random policy; the TD
+    target r + gamma (1 - done) max_a' Q_target(s', a') comes from the target network."""
+    p = transform["params"]
+    obs = transform["inputs"]["observation"]
+    shape = batch[obs].shape[1:]
+    if synthetic:
+        states = rng.integers(0, CORRIDOR - 1, size=batch_size)
+        actions = rng.integers(0, p["num_actions"], size=batch_size)
+        nxt = np.clip(states + (actions == 1) - (actions == 0), 0, CORRIDOR - 1)
+        done = (nxt == CORRIDOR - 1).astype(np.float32)
+        rewards = np.where(done > 0, 1.0, -0.05).astype(np.float32)
+        batch[obs] = _observe(states, shape, 0)
+        next_obs = _observe(nxt, shape, 0)
+    else:
+        actions, rewards = batch["actions"], batch["rewards"].astype(np.float32)
+        next_obs, done = batch["next_" + obs], batch["dones"].astype(np.float32)
+    next_q = RUNNERS["target"]({obs: next_obs})[p["q"]]
+    targets = rewards + p["gamma"] * (1.0 - done) * next_q.max(axis=-1)
+    batch[transform["outputs"]["actions"]] = actions.astype(np.int64)
+    batch[transform["outputs"]["td_targets"]] = targets.astype(np.float32)
+
+
+_ROLLOUTS = {}  # (step // epochs) -> the rollout batch, reused for `epochs` steps
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def bandit_rollouts(batch, rng, transform, batch_size, synthetic):
+    """PPO on a contextual bandit (a one-step MDP): the observation s ~ N(0, I); a
+    discrete agent earns 1 for the action argmax(U s), 0 otherwise; a continuous one
+    earns -mean((a - W s)^2), U and W fixed. Actions are sampled from the current
+    policy (the `online` runner) and reused for `epochs` optimizer steps, so the
+    probability ratio moves away from 1 and the clip acts. Advantages are the rewards
+    minus the critic's value, normalized over the batch; returns are the rewards."""
+    p = transform["params"]
+    out = transform["outputs"]
+    obs = transform["inputs"]["observation"]
+    if not synthetic:
+        return
+    key = (batch_size, batch[obs].shape, DRAWING["step"] // p["epochs"])
+    if key in _ROLLOUTS:
+        batch.update(_ROLLOUTS[key])
+        return
+    x = batch[obs].astype(np.float32)
+    width = x.reshape(batch_size, -1).shape[1]
+    fixed = np.random.default_rng([p["seed"], 11])
+    result = RUNNERS["online"]({obs: x})
+    if p["space"] == "discrete":
+        best = (x.reshape(batch_size, -1) @ fixed.standard_normal((width, p["num_actions"]))).argmax(axis=-1)
+        probs = _softmax(result["logits"].astype(np.float64))
+        actions = (rng.random((batch_size, 1)) > np.cumsum(probs, axis=-1)).sum(axis=-1).clip(0, p["num_actions"] - 1)
+        logp = np.log(probs[np.arange(batch_size), actions] + 1e-12)
+        rewards = (actions == best).astype(np.float64)
+        actions = actions.astype(np.int64)
+    else:
+        target = x.reshape(batch_size, -1) @ fixed.standard_normal((width, p["action_dim"])) / np.sqrt(width)
+        mean, log_std = result["mean"].astype(np.float64), result["log_std"].astype(np.float64)
+        actions = mean + np.exp(log_std) * rng.standard_normal(mean.shape)
+        logp = -(0.5 * ((actions - mean) / np.exp(log_std)) ** 2 + log_std).sum(axis=-1)
+        rewards = -((actions - target) ** 2).mean(axis=-1)
+        actions = actions.astype(np.float32)
+    adv = rewards - result["value"].astype(np.float64)
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    fields = {
+        obs: x,
+        out["actions"]: actions,
+        out["old_log_probs"]: logp.astype(np.float32),
+        out["advantages"]: adv.astype(np.float32),
+        out["returns"]: rewards.astype(np.float32),
+        out["rewards"]: rewards.astype(np.float32),
+    }
+    _ROLLOUTS.clear()
+    _ROLLOUTS[key] = fields
+    batch.update(fields)
+
+
 TRANSFORMS = {
     "class_labels": class_labels,
     "mask_tokens": mask_tokens,
@@ -193,6 +316,8 @@ TRANSFORMS = {
     "diffusion_noise": diffusion_noise,
     "regression_targets": regression_targets,
     "series_windows": series_windows,
+    "corridor_transitions": corridor_transitions,
+    "bandit_rollouts": bandit_rollouts,
 }
 
 
@@ -216,6 +341,7 @@ class DataSource:
 
     def batch(self, step, batch_size):
         rng = np.random.default_rng([self.seed, 1000003, step])
+        DRAWING["step"] = step
         out = {}
         if self.arrays is not None:
             n = len(next(iter(self.arrays.values())))

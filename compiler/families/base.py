@@ -379,6 +379,11 @@ class Family(ABC):
         set, total) and `training` (blocks.training: fp32 weights, gradients and
         AdamW moments, activations without and with checkpointing, totals)."""
 
+    def objective(self, ctx: CompileContext) -> str | None:
+        """The objective a spec that names none trains with (None: classification
+        when the model outputs logits, regression when it outputs a prediction)."""
+        return self.default_objective
+
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         """One unit of work (`unit`) for the cost model: {'bindings': {symbol: int},
         'per_unit': units in one forward at those bindings}."""

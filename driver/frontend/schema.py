@@ -56,6 +56,7 @@ FAMILIES += ("mlp", "gnn")
 DEVICES = ("edge", "mobile", "cpu", "consumer_gpu", "gpu", "datacenter_gpu")
 LATENCY_WORDS = ("real-time", "near-real-time", "interactive", "batch", "offline")
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu", "swiglu", "geglu")
+ACTIVATIONS += ("tanh",)
 NORMS = ("layernorm", "rmsnorm")
 NORMS += ("batchnorm",)  # only the families whose `norms` name it build it
 POSITIONS = ("learned", "rope", "sinusoidal", "none")
