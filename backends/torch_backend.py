@@ -103,6 +103,8 @@ OPS: dict[str, Rule] = {
     "log_softmax": lambda c, x: f"torch.log_softmax({x}, dim={c.a['axis']})",
     "take_along": lambda c, x, i: f"{x}.gather(-1, {i}.unsqueeze(-1)).squeeze(-1)",
     "clip": lambda c, x: f"torch.clamp({x}, {c.a['low']!r}, {c.a['high']!r})",
+    "leaky_relu": lambda c, x: f"F.leaky_relu({x}, {c.a['slope']!r})",
+    "degree": lambda c, i, like: f"torch.bincount({i}, minlength={like}.shape[0]).to(torch.float32)",
 }
 
 
@@ -110,6 +112,23 @@ OPS: dict[str, Rule] = {
 HELPER_IMPORTS: dict[str, tuple[str, ...]] = {"rope": ("functools",)}
 
 HELPERS: dict[str, str] = {
+    "scatter_add": '''
+def _scatter_add(src, index, rows):
+    """out[index[e]] += src[e] into `rows` rows (zeros where no index points)."""
+    out = torch.zeros((rows,) + tuple(src.shape[1:]), dtype=src.dtype, device=src.device)
+    return out.index_add(0, index, src)
+''',
+    "segment_softmax": '''
+def _segment_softmax(scores, index, rows):
+    """Softmax over the entries of scores that share an index, each segment's max subtracted."""
+    shape = (rows,) + tuple(scores.shape[1:])
+    spread = index.view((-1,) + (1,) * (scores.dim() - 1)).expand_as(scores)
+    top = torch.full(shape, float("-inf"), dtype=scores.dtype, device=scores.device)
+    top = top.scatter_reduce(0, spread, scores.detach(), reduce="amax", include_self=True)
+    e = torch.exp(scores - top[index])
+    total = torch.zeros(shape, dtype=scores.dtype, device=scores.device).index_add(0, index, e)
+    return e / total[index]
+''',
     "masked_cross_entropy": '''
 def _masked_cross_entropy(logits, labels, mask):
     """Cross-entropy averaged over the positions where mask is 1."""

@@ -146,7 +146,8 @@ def _finish(mb: ModelBuilder, top, model: Model, inputs: list[InputSpec]) -> Mod
         inputs=inputs,
         config={},
         family="loss",
-        symbols={"batch": "batch size"},
+        symbols={"batch": "batch size", **{k: v for k, v in model.symbols.items() if k not in ("batch", "seq")}},
+        examples={k: v for k, v in model.examples.items() if k != "seq"},
         loc=model.loc,
     )
 
@@ -532,7 +533,11 @@ def build_loss(ctx: CompileContext) -> LossProgram:
     if name in LOSS_CHOICE:
         config = ctx.spec.training.get("config") if getattr(ctx.spec, "training", None) is not None else None
         options["loss"] = (config.get("loss") if config is not None else None) or "mse"
-    return OBJECTIVES[name](ctx.model, training_seq_len(ctx), **options)
+    from metagen.compiler.families import FAMILIES
+
+    program = OBJECTIVES[name](ctx.model, training_seq_len(ctx), **options)
+    program.data = FAMILIES[ctx.family].data_transforms(ctx) + list(program.data)
+    return program
 
 
 LOSS_CHOICE = ("regression", "forecasting")  # objectives that take training.config.loss

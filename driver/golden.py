@@ -64,6 +64,9 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/rl/ppo_continuous.yaml"),
     GoldenSpec("examples/rl/ppo_discrete.yaml"),
     GoldenSpec("examples/rl/dqn_vector.yaml"),
+    GoldenSpec("examples/graph/molecule_gat.yaml"),
+    GoldenSpec("examples/graph/citation_gcn.yaml"),
+    GoldenSpec("examples/graph/link_gin.yaml"),
 ]
 
 

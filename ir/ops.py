@@ -796,3 +796,67 @@ def _clip(a, ins):
 
 
 _binary("minimum", "min(a, b) elementwise, numpy broadcasting.")
+
+
+# ---------------------------------------------------------------- message passing (graphs)
+# A graph batch is node rows [nodes, ...] and an edge index; `like` operands lend
+# their first dimension (the node or graph count), which stays symbolic.
+
+
+def _index_vector(op: str, t: TensorType) -> None:
+    if t.dtype not in (DType.i64, DType.i32) or t.rank != 1:
+        raise OpError(f"op '{op}' needs an integer index vector, got {t}")
+
+
+@op("gather_rows", ("x", "index"), flops=_flops_zero)
+def _gather_rows(a, ins):
+    """x[index]: rows of x [N, ...] at integer index [E] -> [E, ...] (a node's
+    features onto each of its edges)."""
+    x, idx = ins
+    _index_vector("gather_rows", idx)
+    if x.rank < 1:
+        raise OpError("op 'gather_rows' needs x of rank >= 1")
+    return [x.with_shape((idx.shape[0],) + x.shape[1:])]
+
+
+@op("scatter_add", ("src", "index", "like"))
+def _scatter_add(a, ins):
+    """out[index[e]] += src[e]: src [E, ...] summed into like.shape[0] rows (a
+    node's incoming messages; a graph's nodes); rows no index names stay 0."""
+    src, idx, like = ins
+    _index_vector("scatter_add", idx)
+    _need_float("scatter_add", src)
+    if src.rank < 1 or src.shape[0] != idx.shape[0] or like.rank < 1:
+        raise OpError(f"op 'scatter_add' needs src [E, ...], index [E] and like [N, ...], got {src}, {idx}, {like}")
+    return [src.with_shape((like.shape[0],) + src.shape[1:])]
+
+
+@op("segment_softmax", ("scores", "index", "like"), flops=lambda a, i, o, b: 6 * o[0].numel(b))
+def _segment_softmax(a, ins):
+    """Softmax of scores [E, ...] over the entries that share index[e] (each node's
+    incoming edges), per trailing position; `like` [N, ...] gives the segment count.
+    Stable: each segment's maximum is subtracted first."""
+    s, idx, like = ins
+    _index_vector("segment_softmax", idx)
+    _need_float("segment_softmax", s)
+    if s.rank < 1 or s.shape[0] != idx.shape[0] or like.rank < 1:
+        raise OpError(f"op 'segment_softmax' needs scores [E, ...], index [E] and like [N, ...], got {s}, {idx}, {like}")
+    return [s]
+
+
+@op("leaky_relu", ("x",), (Attr("slope", "float", 0.01),))
+def _leaky_relu(a, ins):
+    """x where x >= 0, slope * x elsewhere."""
+    _need_float("leaky_relu", ins[0])
+    return [ins[0]]
+
+
+@op("degree", ("index", "like"), flops=_flops_zero)
+def _degree(a, ins):
+    """How many entries of index [E] name each of like.shape[0] rows (float32 [N]):
+    a node's in-degree from the targets of its edges."""
+    idx, like = ins
+    _index_vector("degree", idx)
+    if like.rank < 1:
+        raise OpError(f"op 'degree' needs like [N, ...], got {like}")
+    return [TensorType(DType.f32, (like.shape[0],))]

@@ -174,6 +174,20 @@ CASES: dict[str, list] = {
     ],
     "clip": [_unary("clip", low=-0.2, high=0.3)],
     "minimum": [_binary("minimum")],
+    "gather_rows": [
+        lambda g: g.m.op("gather_rows", g.x("x", 5, 8), g.ids("index", 7, high=5)),
+        lambda g: g.m.op("gather_rows", g.x("x", 5, 2, 3), g.ids("index", 4, high=5)),
+    ],
+    "scatter_add": [
+        lambda g: g.m.op("scatter_add", g.x("src", 9, 8), g.ids("index", 9, high=6), g.x("like", 6, 8)),
+        lambda g: g.m.op("scatter_add", g.x("src", 9, 2, 3), g.ids("index", 9, high=4), g.x("like", 5)),
+    ],
+    "segment_softmax": [
+        lambda g: g.m.op("segment_softmax", g.x("scores", 12, 3), g.ids("index", 12, high=4), g.x("like", 5, 8)),
+        lambda g: g.m.op("segment_softmax", g.x("scores", 7), g.ids("index", 7, high=3), g.x("like", 3)),
+    ],
+    "leaky_relu": [_unary("leaky_relu"), _unary("leaky_relu", slope=0.2)],
+    "degree": [lambda g: g.m.op("degree", g.ids("index", 9, high=5), g.x("like", 6, 2))],
     "huber": [
         lambda g: g.m.op("huber", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8)),
         lambda g: g.m.op("huber", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8), delta=0.3),

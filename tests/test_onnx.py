@@ -154,6 +154,23 @@ CASES = [
     ("take_along", "take_along", [inp("x", T("batch", 5, 10)), inp("i", T("batch", 5, dtype=DType.i64), "tokens", 0, 10)], {}, {}),
     ("clip", "clip", [inp("x", BSD)], dict(low=-0.2, high=0.3), {}),
     ("minimum", "minimum", [inp("a", BSD), inp("b", T(8))], {}, {}),
+    ("gather_rows", "gather_rows", [inp("x", T("nodes", 8)), inp("i", T("edges", dtype=DType.i64), "tokens", 0, 5)], {}, {}),
+    (
+        "scatter_add",
+        "scatter_add",
+        [inp("s", T("edges", 2, 3)), inp("i", T("edges", dtype=DType.i64), "tokens", 0, 5), inp("like", T("nodes", 4))],
+        {},
+        {},
+    ),
+    (
+        "segment_softmax",
+        "segment_softmax",
+        [inp("s", T("edges", 3)), inp("i", T("edges", dtype=DType.i64), "tokens", 0, 5), inp("like", T("nodes", 4))],
+        {},
+        {},
+    ),
+    ("leaky_relu", "leaky_relu", [inp("x", BSD)], dict(slope=0.2), {}),
+    ("degree", "degree", [inp("i", T("edges", dtype=DType.i64), "tokens", 0, 5), inp("like", T("nodes", 4))], {}, {}),
 ]
 
 
@@ -176,8 +193,8 @@ def single_op_model(op: str, inputs: list[InputSpec], attrs: dict, params: dict)
         inputs=inputs,
         config={},
         family="test",
-        symbols={"batch": "batch", "seq": "sequence"},
-        examples={"seq": 5},
+        symbols={"batch": "batch", "seq": "sequence", "nodes": "graph nodes", "edges": "graph edges"},
+        examples={"seq": 5, "nodes": 6, "edges": 9},
     )
 
 

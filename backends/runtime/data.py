@@ -309,6 +309,57 @@ def bandit_rollouts(batch, rng, transform, batch_size, synthetic):
     batch.update(fields)
 
 
+def graph_batches(batch, rng, transform, batch_size, synthetic):
+    """Synthetic graph batches: `batch_size` graphs of 8 nodes, each node linked to 2
+    others of its graph, both directions listed. Graph classification: a graph's
+    class shifts its nodes' features. Node classification: each node has a class
+    that shifts its features, and its links go to nodes of the same class where
+    there are some. Link prediction: nodes fall in 2 communities (features shifted
+    by community, links within a community); the queries are half the edges
+    (label 1) and half random pairs of different communities (label 0)."""
+    if not synthetic:
+        return
+    p, r = transform["params"], transform["inputs"]
+    k, classes, task = p["nodes_per_graph"], p["classes"], p["task"]
+    n = batch_size * k
+    width = batch[r["node_features"]].shape[-1]
+    centers = np.random.default_rng([p["seed"], 13]).standard_normal((classes, width))
+    graph_of = np.repeat(np.arange(batch_size), k)
+    graph_labels = rng.integers(0, classes, size=batch_size)
+    if task == "graph_classification":
+        node_labels = graph_labels[graph_of]
+    else:
+        node_labels = rng.integers(0, 2 if task == "link_prediction" else classes, size=n)
+    x = rng.standard_normal((n, width)) * 0.5 + centers[node_labels]
+    src, dst = [], []
+    for node in range(n):
+        lo = graph_of[node] * k
+        peers = [j for j in range(lo, lo + k) if j != node]
+        same = [j for j in peers if node_labels[j] == node_labels[node]] or peers
+        for j in rng.choice(same, size=2):
+            src += [node, j]
+            dst += [j, node]
+    batch[r["node_features"]] = x.astype(np.float32)
+    batch[r["edge_index"]] = np.array([src, dst], dtype=np.int64)
+    if "edge_features" in r:
+        batch[r["edge_features"]] = rng.standard_normal((len(src), batch[r["edge_features"]].shape[-1])).astype(np.float32)
+    if task == "graph_classification":
+        batch[r["batch"]] = graph_of.astype(np.int64)
+        batch[r["num_nodes"]] = np.full(batch_size, k, dtype=np.int64)
+        labels = graph_labels
+    elif task == "node_classification":
+        labels = node_labels
+    else:
+        half = n // 2
+        pick = rng.integers(0, len(src), size=half)
+        pos = np.array([np.array(src)[pick], np.array(dst)[pick]])
+        neg_u = rng.integers(0, n, size=n - half)
+        neg_v = np.array([rng.choice(np.flatnonzero(node_labels != node_labels[u])) for u in neg_u])
+        batch[r["pairs"]] = np.concatenate([pos, np.array([neg_u, neg_v])], axis=1).astype(np.int64)
+        labels = np.concatenate([np.ones(half), np.zeros(n - half)])
+    batch[transform["outputs"]["labels"]] = labels.astype(np.int64)
+
+
 TRANSFORMS = {
     "class_labels": class_labels,
     "mask_tokens": mask_tokens,
@@ -318,6 +369,7 @@ TRANSFORMS = {
     "series_windows": series_windows,
     "corridor_transitions": corridor_transitions,
     "bandit_rollouts": bandit_rollouts,
+    "graph_batches": graph_batches,
 }
 
 

@@ -384,6 +384,11 @@ class Family(ABC):
         when the model outputs logits, regression when it outputs a prediction)."""
         return self.default_objective
 
+    def data_transforms(self, ctx: CompileContext) -> list:
+        """Data transforms (compiler/objectives.py `DataTransform`) the family's
+        inputs need before the objective's own, e.g. synthetic graphs; none by default."""
+        return []
+
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         """One unit of work (`unit`) for the cost model: {'bindings': {symbol: int},
         'per_unit': units in one forward at those bindings}."""
