@@ -67,6 +67,7 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/graph/molecule_gat.yaml"),
     GoldenSpec("examples/graph/citation_gcn.yaml"),
     GoldenSpec("examples/graph/link_gin.yaml"),
+    GoldenSpec("examples/graph/solubility_gin.yaml"),
 ]
 
 

@@ -427,6 +427,7 @@ def test_graph_readout_pools_each_graph_and_any_size_runs(tmp_path):
 
 @pytest.mark.parametrize("where,name", [
     ("graph", "molecule_gat.yaml"), ("graph", "citation_gcn.yaml"), ("graph", "link_gin.yaml"),
+    ("graph", "solubility_gin.yaml"),
 ])
 def test_graph_objectives_agree_and_learn(tmp_path, where, name):
     torch_train, _ = agree_and_learn(tmp_path, example(where, name), steps=80, lr=1e-2)

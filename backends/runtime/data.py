@@ -312,7 +312,8 @@ def bandit_rollouts(batch, rng, transform, batch_size, synthetic):
 def graph_batches(batch, rng, transform, batch_size, synthetic):
     """Synthetic graph batches: `batch_size` graphs of 8 nodes, each node linked to 2
     others of its graph, both directions listed. Graph classification: a graph's
-    class shifts its nodes' features. Node classification: each node has a class
+    class shifts its nodes' features; graph regression: the targets are tanh of a
+    fixed projection of each graph's mean node features. Node classification: each node has a class
     that shifts its features, and its links go to nodes of the same class where
     there are some. Link prediction: nodes fall in 2 communities (features shifted
     by community, links within a community); the queries are half the edges
@@ -320,7 +321,8 @@ def graph_batches(batch, rng, transform, batch_size, synthetic):
     if not synthetic:
         return
     p, r = transform["params"], transform["inputs"]
-    k, classes, task = p["nodes_per_graph"], p["classes"], p["task"]
+    k, task = p["nodes_per_graph"], p["task"]
+    classes = 2 if p.get("regression") else p["classes"]
     n = batch_size * k
     width = batch[r["node_features"]].shape[-1]
     centers = np.random.default_rng([p["seed"], 13]).standard_normal((classes, width))
@@ -347,6 +349,11 @@ def graph_batches(batch, rng, transform, batch_size, synthetic):
         batch[r["batch"]] = graph_of.astype(np.int64)
         batch[r["num_nodes"]] = np.full(batch_size, k, dtype=np.int64)
         labels = graph_labels
+        if p.get("regression"):  # a smooth function of each graph's mean features
+            means = np.stack([x[graph_of == g].mean(axis=0) for g in range(batch_size)])
+            proj = np.random.default_rng([p["seed"], 17]).standard_normal((width, p["classes"]))
+            batch[transform["outputs"]["targets"]] = np.tanh(means @ proj / np.sqrt(width)).astype(np.float32)
+            return
     elif task == "node_classification":
         labels = node_labels
     else:

@@ -49,19 +49,26 @@ class GraphConfig(ArchConfig):
     node_features: int = derived(DEFAULT_NODE_FEATURES)
     edge_features: int = derived(0)
     num_classes: int = derived(DEFAULT_CLASSES)
+    regression: bool = derived(False)
+    num_outputs: int = derived(0)  # graph regression's head width (num_classes is then 0)
 
 
 class GraphNet(Family):
     name = "graph"
     doc = "GCN, GAT or GIN message passing with a graph, node or link readout."
     inputs_doc = "node_features [nodes, F], edge_index int64 [2, edges] (+ edge_features, batch, num_nodes, pairs by task)"
-    outputs_doc = "logits: [batch, num_classes] (graphs), [nodes, num_classes] (nodes) or [queries, 2] (links)"
+    outputs_doc = (
+        "logits: [batch, num_classes] (graphs), [nodes, num_classes] (nodes) or [queries, 2] (links); "
+        "prediction [batch, num_outputs] (graph regression)"
+    )
     msl_family_name = "gnn"
     accepts_families = ("auto", "gnn")
     built = "a graph neural network"
-    rules = (Rule(("graph",), ("label",), ("classification", None), "graph, node or link classification by task.type"),)
-    default_objective = "classification"
-    tasks = TASKS + ("classification",)
+    rules = (
+        Rule(("graph",), ("label",), ("classification", None), "graph, node or link classification by task.type"),
+        Rule(("graph",), ("regression",), ("regression", None), "a value per graph"),
+    )
+    tasks = TASKS + ("classification", "regression")
     unit = UnitOfWork("graph", "sample")
     config = GraphConfig
     tiny_doc = "hidden 16, 2 layers, 2 heads, at most 8 node and 4 edge features, at most 4 classes"
@@ -70,7 +77,8 @@ class GraphNet(Family):
         cfg = GraphConfig(message_passing="gat", heads=4, activation="relu")
         read_spec(ctx, cfg)
         task = ctx.spec.task
-        cfg.task = task.type if task.type in TASKS else "graph_classification"
+        cfg.regression = "regression" in (ctx.spec.modality.outputs or [])
+        cfg.task = task.type if task.type in TASKS and not cfg.regression else "graph_classification"
         cfg.node_features = task.node_features or DEFAULT_NODE_FEATURES
         if task.node_features is None:
             ctx.sink.note(task.loc(), f"task.node_features is not given; nodes carry {DEFAULT_NODE_FEATURES} features")
@@ -79,6 +87,8 @@ class GraphNet(Family):
             ctx.sink.warning(task.loc("edge_features"), f"task.edge_features: {cfg.message_passing.upper()} layers do not read edge features; only GAT does (message_passing: gat)")
             cfg.edge_features = 0
         cfg.num_classes = 2 if cfg.task == "link_prediction" else (task.num_classes or DEFAULT_CLASSES)
+        if cfg.regression:
+            cfg.num_classes, cfg.num_outputs = 0, task.num_outputs or 1
         if cfg.message_passing != "gat" and "heads" in ctx.pinned:
             ctx.sink.warning(ctx.spec.architecture.loc("heads"), f"architecture.heads has no effect on {cfg.message_passing.upper()} layers; ignored")
         ctx.arch = cfg
@@ -136,16 +146,18 @@ class GraphNet(Family):
                 h = top.op(a.activation, h, hint="h")
         h, more = readout(top, a, h)
         specs += more
+        out_name = "prediction" if a.regression else "logits"
         if a.task == "link_prediction":
             logits = h
         else:
-            top.layer("head", "linear", in_features=d, out_features=a.num_classes)
-            logits = top.call("head", h, hint="logits")
-        top_def = top.ret(logits, names=["logits"])
+            top.layer("head", "linear", in_features=d, out_features=a.num_outputs or a.num_classes)
+            logits = top.call("head", h, hint=out_name)
+        top_def = top.ret(logits, names=[out_name])
         config = {k: v for k, v in a.pick(GraphConfig.spec_keys()).items() if v is not None}
         if a.message_passing != "gat":
             config.pop("heads", None)
-        config.update(task=a.task, node_features=a.node_features, edge_features=a.edge_features, num_classes=a.num_classes)
+        config.update(task=a.task, node_features=a.node_features, edge_features=a.edge_features)
+        config["num_outputs" if a.regression else "num_classes"] = a.num_outputs or a.num_classes
         symbols = {"nodes": "nodes in the batch", "edges": "directed edges in the batch"}
         if a.task == "graph_classification":
             symbols["batch"] = "graphs in the batch"
@@ -175,8 +187,11 @@ class GraphNet(Family):
         roles.update({"batch": "batch", "num_nodes": "num_nodes"} if a.task == "graph_classification" else {})
         roles.update({"pairs": "pairs"} if a.task == "link_prediction" else {})
         return [DataTransform(
-            "graph_batches", inputs=roles, outputs={"labels": "labels"},
-            params={"task": a.task, "classes": a.num_classes, "nodes_per_graph": 8, "seed": 0},
+            "graph_batches", inputs=roles, outputs={"targets": "targets"} if a.regression else {"labels": "labels"},
+            params={
+                "task": a.task, "classes": a.num_outputs or a.num_classes, "nodes_per_graph": 8, "seed": 0,
+                "regression": a.regression,
+            },
         )]
 
 
