@@ -70,6 +70,8 @@ class GraphNet(Family):
     )
     tasks = TASKS + ("classification", "regression")
     unit = UnitOfWork("graph", "sample")
+    default_budget = 2_000_000
+    default_budget_source = "OGB's GIN baselines for molecule graphs (about 1.9M; Hu et al. 2020)"
     config = GraphConfig
     tiny_doc = "hidden 16, 2 layers, 2 heads, at most 8 node and 4 edge features, at most 4 classes"
 

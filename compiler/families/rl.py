@@ -72,6 +72,8 @@ class Agent(Family):
     )
     tasks = ("value_based", "policy_gradient", "actor_critic")
     unit = UnitOfWork("step", "sample")
+    default_budget = 2_000_000
+    default_budget_source = "the Nature DQN (1.7M with 18 actions; Mnih et al. 2015)"
     config = AgentConfig
     tiny_doc = "36 x 36 frames, convolutions of 8/16/16 channels, hidden 32; vectors of at most 8, 2 blocks of 32; at most 4 actions"
 

@@ -120,6 +120,8 @@ class Tabular(Family):
     default_objective = None  # regression for `prediction`, classification for `logits`
     tasks = ("regression", "classification")
     unit = UnitOfWork("row", "sample")
+    default_budget = 1_000_000
+    default_budget_source = "FT-Transformer's default configuration (d = 192, 3 blocks, about 0.9M; Gorishniy et al. 2021)"
     config = TabularConfig
     tiny_doc = "hidden 32, 2 blocks (FT-Transformer: 4 heads of 8), at most 8 numeric and 2 categorical columns of at most 6 values"
 

@@ -96,6 +96,8 @@ class TimeSeries(Family):
     tasks = ("time_series_forecast", "anomaly_detection")
     norms = ("batchnorm", "layernorm", "rmsnorm")
     unit = UnitOfWork("window", "sample")
+    default_budget = 1_000_000
+    default_budget_source = "PatchTST with transformers' defaults (d = 128, 3 layers: 0.6M at 90 -> 30 steps; Nie et al. 2023)"
     config = TimeSeriesConfig
     tiny_doc = (
         "lookback 34 (2 steps dropped before 7 patches of 8, stride 4), horizon 8, at most 3 channels, d = 32, "
