@@ -154,7 +154,9 @@ def regression_targets(batch, rng, transform, batch_size, synthetic):
     feats = np.concatenate(cols, axis=1)
     shape = tuple(batch_size if d == "batch" else d for d in transform["params"]["shape"])
     width = int(np.prod(shape[1:]))
-    proj = np.random.default_rng(transform["params"]["seed"]).standard_normal((feats.shape[1], width))
+    proj = np.random.default_rng(transform["params"]["seed"]).standard_normal(
+        (feats.shape[1], width)
+    )
     targets = np.tanh(feats @ proj / np.sqrt(feats.shape[1]))
     batch[name] = targets.reshape(shape).astype(np.float32)
 
@@ -167,7 +169,9 @@ def _sines(rng, rows, channels, length):
     amp = rng.uniform(0.5, 2.0, size=(rows, 1, channels))
     freq = rng.uniform(1 / 32, 1 / 8, size=(rows, 1, channels))
     phase = rng.uniform(0.0, 2 * np.pi, size=(rows, 2, channels))
-    wave = np.sin(2 * np.pi * freq * t + phase[:, :1]) + 0.5 * np.sin(4 * np.pi * freq * t + phase[:, 1:])
+    wave = np.sin(2 * np.pi * freq * t + phase[:, :1]) + 0.5 * np.sin(
+        4 * np.pi * freq * t + phase[:, 1:]
+    )
     return level + amp * wave + 0.05 * rng.standard_normal((rows, length, channels))
 
 
@@ -281,14 +285,24 @@ def bandit_rollouts(batch, rng, transform, batch_size, synthetic):
     fixed = np.random.default_rng([p["seed"], 11])
     result = RUNNERS["online"]({obs: x})
     if p["space"] == "discrete":
-        best = (x.reshape(batch_size, -1) @ fixed.standard_normal((width, p["num_actions"]))).argmax(axis=-1)
+        best = (
+            x.reshape(batch_size, -1) @ fixed.standard_normal((width, p["num_actions"]))
+        ).argmax(axis=-1)
         probs = _softmax(result["logits"].astype(np.float64))
-        actions = (rng.random((batch_size, 1)) > np.cumsum(probs, axis=-1)).sum(axis=-1).clip(0, p["num_actions"] - 1)
+        actions = (
+            (rng.random((batch_size, 1)) > np.cumsum(probs, axis=-1))
+            .sum(axis=-1)
+            .clip(0, p["num_actions"] - 1)
+        )
         logp = np.log(probs[np.arange(batch_size), actions] + 1e-12)
         rewards = (actions == best).astype(np.float64)
         actions = actions.astype(np.int64)
     else:
-        target = x.reshape(batch_size, -1) @ fixed.standard_normal((width, p["action_dim"])) / np.sqrt(width)
+        target = (
+            x.reshape(batch_size, -1)
+            @ fixed.standard_normal((width, p["action_dim"]))
+            / np.sqrt(width)
+        )
         mean, log_std = result["mean"].astype(np.float64), result["log_std"].astype(np.float64)
         actions = mean + np.exp(log_std) * rng.standard_normal(mean.shape)
         logp = -(0.5 * ((actions - mean) / np.exp(log_std)) ** 2 + log_std).sum(axis=-1)
@@ -344,7 +358,9 @@ def graph_batches(batch, rng, transform, batch_size, synthetic):
     batch[r["node_features"]] = x.astype(np.float32)
     batch[r["edge_index"]] = np.array([src, dst], dtype=np.int64)
     if "edge_features" in r:
-        batch[r["edge_features"]] = rng.standard_normal((len(src), batch[r["edge_features"]].shape[-1])).astype(np.float32)
+        batch[r["edge_features"]] = rng.standard_normal(
+            (len(src), batch[r["edge_features"]].shape[-1])
+        ).astype(np.float32)
     if task == "graph_classification":
         batch[r["batch"]] = graph_of.astype(np.int64)
         batch[r["num_nodes"]] = np.full(batch_size, k, dtype=np.int64)
@@ -352,7 +368,9 @@ def graph_batches(batch, rng, transform, batch_size, synthetic):
         if p.get("regression"):  # a smooth function of each graph's mean features
             means = np.stack([x[graph_of == g].mean(axis=0) for g in range(batch_size)])
             proj = np.random.default_rng([p["seed"], 17]).standard_normal((width, p["classes"]))
-            batch[transform["outputs"]["targets"]] = np.tanh(means @ proj / np.sqrt(width)).astype(np.float32)
+            batch[transform["outputs"]["targets"]] = np.tanh(means @ proj / np.sqrt(width)).astype(
+                np.float32
+            )
             return
     elif task == "node_classification":
         labels = node_labels

@@ -203,7 +203,9 @@ def train(argv=None):
         if (step + 1) % args.log_every == 0 or step == start or step + 1 == end:
             history.append((step + 1, value))
             if rank == 0:
-                print(f"step {step + 1} loss {value:.6f} lr {lr:.3e}{reward_note(batch)}", flush=True)
+                print(
+                    f"step {step + 1} loss {value:.6f} lr {lr:.3e}{reward_note(batch)}", flush=True
+                )
         if args.save_every and (step + 1) % args.save_every == 0:
             save_checkpoint(args.checkpoint_dir, model, optimizer, step + 1, rank)
     save_checkpoint(args.checkpoint_dir, model, optimizer, end, rank)
