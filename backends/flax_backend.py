@@ -89,6 +89,10 @@ LAYERS: dict[str, LayerRule] = {
     "conv2d": LayerRule(
         _conv_ctor, apply=_channels_last, params={"weight": ("kernel", "conv"), "bias": ("bias", "same")}
     ),
+    "batch_norm": LayerRule(
+        lambda c: f"{c.helper('BatchNorm2d')}({c.a['channels']}, eps={c.a['eps']!r}, momentum={c.a['momentum']!r})",
+        params={name: (name, "same") for name in ("weight", "bias", "running_mean", "running_var")},
+    ),
 }
 
 # ------------------------------------------------------------------ primitive ops
@@ -107,9 +111,44 @@ OPS: dict[str, Rule] = {
     "slice": lambda c, x: f"jax.lax.slice_in_dim({x}, {c.a['start']}, {c.a['end']}, axis={c.a['axis']})",
     "select": lambda c, x: f"jax.lax.index_in_dim({x}, {c.a['index']}, axis={c.a['axis']}, keepdims=False)",
     "cast": lambda c, x: f"{x}.astype({_JNP_DTYPES[c.a['dtype']]})",
+    "max_pool2d": lambda c, x: (
+        f"jax.lax.reduce_window({x}, -jnp.inf, jax.lax.max, (1, 1, {c.a['kernel']}, {c.a['kernel']}), "
+        f"(1, 1, {c.a['stride']}, {c.a['stride']}), "
+        f"((0, 0), (0, 0), ({c.a['padding']}, {c.a['padding']}), ({c.a['padding']}, {c.a['padding']})))"
+    ),
 }
 
 HELPERS: dict[str, str] = {
+    "BatchNorm2d": '''
+class _BatchNorm2d(nnx.Module):
+    """Batch norm over [B, C, H, W] (channels first, as the IR), written out so its
+    training form is torch's: batch statistics with the biased variance, the running
+    mean and unbiased variance moved by `momentum`. `model.train()` /
+    `model.eval()` flip `use_running_average`; the running statistics are
+    `nnx.BatchStat`s, so they are not `nnx.Param`s and not trained by gradient."""
+
+    def __init__(self, channels, eps, momentum):
+        self.eps, self.momentum = eps, momentum
+        self.use_running_average = True
+        self.weight = nnx.Param(jnp.ones((channels,), dtype=jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((channels,), dtype=jnp.float32))
+        self.running_mean = nnx.BatchStat(jnp.zeros((channels,), dtype=jnp.float32))
+        self.running_var = nnx.BatchStat(jnp.ones((channels,), dtype=jnp.float32))
+
+    def __call__(self, x):
+        if self.use_running_average:
+            mean, var = self.running_mean[...], self.running_var[...]
+        else:
+            mean = jnp.mean(x, axis=(0, 2, 3))
+            var = jnp.mean(jnp.square(x - mean[:, None, None]), axis=(0, 2, 3))
+            n = x.size // x.shape[1]
+            m = self.momentum
+            self.running_mean[...] = (1 - m) * self.running_mean[...] + m * jax.lax.stop_gradient(mean)
+            unbiased = jax.lax.stop_gradient(var) * (n / max(n - 1, 1))
+            self.running_var[...] = (1 - m) * self.running_var[...] + m * unbiased
+        scale = self.weight[...] / jnp.sqrt(var + self.eps)
+        return (x - mean[:, None, None]) * scale[:, None, None] + self.bias[...][:, None, None]
+''',
     "attention": '''
 def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when

@@ -63,6 +63,7 @@ LAYERS: dict[str, LayerRule] = {
             f"stride={c.a['stride']}, padding={c.a['padding']}, bias={c.a['bias']})"
         )
     ),
+    "batch_norm": LayerRule(lambda c: f"{c.helper('BatchNorm2d')}({c.a['channels']}, eps={c.a['eps']!r})"),
 }
 
 # ------------------------------------------------------------------ primitive ops
@@ -98,6 +99,7 @@ OPS: dict[str, Rule] = {
     "slice": lambda c, x: _index(x, c.a["axis"], f"{c.a['start']}:{c.a['end']}"),
     "select": lambda c, x: _index(x, c.a["axis"], str(c.a["index"])),
     "cast": _cast,
+    "max_pool2d": lambda c, x: f"{c.helper('max_pool2d')}({x}, {c.a['kernel']}, {c.a['stride']}, {c.a['padding']})",
 }
 
 # Helper functions and layer classes: `name` defines `_name`. A helper is emitted when
@@ -191,6 +193,30 @@ class _Conv2d:
         windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s]
         y = np.einsum("bchwij,ocij->bohw", windows, self.weight, optimize=True)
         return y if self.bias is None else y + self.bias[:, None, None]
+''',
+    "BatchNorm2d": '''
+class _BatchNorm2d:
+    """Batch norm in inference form over [B, C, H, W]: per channel,
+    (x - running_mean) / sqrt(running_var + eps) * weight + bias."""
+
+    def __init__(self, channels, eps):
+        self.eps = eps
+        self.weight = np.ones(channels)
+        self.bias = np.zeros(channels)
+        self.running_mean = np.zeros(channels)
+        self.running_var = np.ones(channels)
+
+    def __call__(self, x):
+        scale = self.weight / np.sqrt(self.running_var + self.eps)
+        return (x - self.running_mean[:, None, None]) * scale[:, None, None] + self.bias[:, None, None]
+''',
+    "max_pool2d": '''
+def _max_pool2d(x, kernel, stride, padding):
+    """Max over each k x k window of [B, C, H, W] padded with -inf."""
+    p = padding
+    x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
+    return windows.max(axis=(-2, -1))
 ''',
     "sigmoid": '''
 def _sigmoid(x):

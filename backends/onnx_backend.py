@@ -185,6 +185,19 @@ def _conv2d(e: Emit, x: str) -> str:
     return e.op("Conv", *inputs, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p])
 
 
+def _batch_norm(e: Emit, x: str) -> str:
+    p = e.params
+    return e.op(
+        "BatchNormalization", x, p["weight"], p["bias"], p["running_mean"], p["running_var"],
+        epsilon=float(e.a["eps"]), momentum=1.0 - float(e.a["momentum"]),
+    )
+
+
+def _max_pool2d(e: Emit, x: str) -> str:
+    k, s, p = e.a["kernel"], e.a["stride"], e.a["padding"]
+    return e.op("MaxPool", x, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p])
+
+
 LAYERS: dict[str, Callable[..., str]] = {
     "linear": _linear,
     "embedding": _embedding,
@@ -192,6 +205,7 @@ LAYERS: dict[str, Callable[..., str]] = {
     "rms_norm": _rms_norm,
     "group_norm": _group_norm,
     "conv2d": _conv2d,
+    "batch_norm": _batch_norm,
 }
 
 # ------------------------------------------------------------------ primitive ops
@@ -400,6 +414,7 @@ OPS: dict[str, Callable[..., str]] = {
     "mean": lambda e, x: e.op("ReduceMean", x, e.ints(e.a["axis"]), keepdims=0),
     "gather_argmax": _gather_argmax,
     "upsample_nearest": _upsample,
+    "max_pool2d": _max_pool2d,
     "timestep_embedding": _timestep_embedding,
     "cast": lambda e, x: e.op("Cast", x, to=ONNX_DTYPES[DType(e.a["dtype"])]),
     "cross_entropy": _cross_entropy,

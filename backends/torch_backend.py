@@ -42,6 +42,9 @@ LAYERS: dict[str, LayerRule] = {
             f"padding={c.a['padding']}, bias={c.a['bias']})"
         )
     ),
+    "batch_norm": LayerRule(
+        lambda c: f"{c.helper('BatchNorm2d')}({c.a['channels']}, eps={c.a['eps']!r}, momentum={c.a['momentum']!r})"
+    ),
 }
 
 # ------------------------------------------------------------------ primitive ops
@@ -98,6 +101,9 @@ OPS: dict[str, Rule] = {
     "cast": lambda c, x: f"{x}.to(torch.{DType(c.a['dtype']).numpy})",  # torch spells dtypes as NumPy does
     "cross_entropy": lambda c, logits, labels: f"F.cross_entropy({logits}.flatten(0, -2), {labels}.flatten())",
     "mse": lambda c, x, y: f"F.mse_loss({x}, {y})",
+    "max_pool2d": lambda c, x: (
+        f"F.max_pool2d({x}, {c.a['kernel']}, stride={c.a['stride']}, padding={c.a['padding']})"
+    ),
 }
 
 
@@ -105,6 +111,25 @@ OPS: dict[str, Rule] = {
 HELPER_IMPORTS: dict[str, tuple[str, ...]] = {"rope": ("functools",)}
 
 HELPERS: dict[str, str] = {
+    "BatchNorm2d": '''
+class _BatchNorm2d(nn.Module):
+    """Batch norm over [B, C, H, W]: running statistics in eval mode; batch statistics
+    in train mode, which also move the running ones (torch's update). No
+    num_batches_tracked: the state dict holds exactly the canonical names."""
+
+    def __init__(self, channels, eps, momentum):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x):
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.training, self.momentum, self.eps
+        )
+''',
     "masked_cross_entropy": '''
 def _masked_cross_entropy(logits, labels, mask):
     """Cross-entropy averaged over the positions where mask is 1."""

@@ -25,8 +25,13 @@ def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
     objectives = spec.training.objective or []
     objective = objectives[0] if objectives else None
     unknown = bool((ins | outs) - set(MODALITIES))
+    written = spec.architecture.family
     family = None
-    for rule, fam in rules():
+    # Rules that name the written family first, then the rest, each in catalogue order.
+    ordered = sorted(rules(), key=lambda rf: not rf[0].families)
+    for rule, fam in ordered:
+        if rule.families and written not in rule.families:
+            continue
         if unknown:
             if rule.unknown_modalities:
                 family = fam.name
@@ -72,7 +77,9 @@ def combinations_table() -> str:
             cells = ["any unknown modality", "anything", "anything"]
         else:
             cells = [", ".join(rule.inputs), ", ".join(rule.outputs), ", ".join(o or "none" for o in rule.objectives)]
-        note = f" {rule.note} " if rule.note else " "
+        when = f"with `family: {' or '.join(rule.families)}`" if rule.families else ""
+        note = " " + "; ".join(x for x in (when, rule.note) if x) + " "
+        note = note if note.strip() else " "
         lines.append(f"| {' | '.join(cells)} | `{fam.name}` |{note}|")
     return "\n".join(lines) + "\n"
 

@@ -254,6 +254,35 @@ def clip_text_to_canonical(sd: dict, prefix: str = "text_encoder.") -> dict[str,
     return out
 
 
+_BN = ("weight", "bias", "running_mean", "running_var")  # batch norm's canonical state (no num_batches_tracked)
+
+
+def _conv_bn(out: dict, sd: dict, src: str, conv: str, bn: str) -> None:
+    """transformers' ResNetConvLayer / ResNetShortCut (`convolution`, `normalization`)."""
+    out[f"{conv}.weight"] = _np(sd[f"{src}.convolution.weight"])
+    for n in _BN:
+        out[f"{bn}.{n}"] = _np(sd[f"{src}.normalization.{n}"])
+
+
+def resnet_to_canonical(sd: dict, prefix: str = "resnet.") -> dict[str, np.ndarray]:
+    """transformers `ResNetForImageClassification` (or a `ResNetModel` backbone under
+    `prefix`) -> the resnet family: stage i block 0 is `layer{i+1}.first`, block j > 0
+    `layer{i+1}.rest.{j-1}`; the head `classifier.1` is `fc` (absent from a backbone)."""
+    out: dict[str, np.ndarray] = {}
+    _conv_bn(out, sd, f"{prefix}embedder.embedder", "conv1", "bn1")
+    for i in range(_layers(sd, re.escape(prefix) + r"encoder\.stages\.(\d+)\.")):
+        stage = f"{prefix}encoder.stages.{i}"
+        for j in range(_layers(sd, re.escape(stage) + r"\.layers\.(\d+)\.")):
+            src, dst = f"{stage}.layers.{j}", f"layer{i + 1}." + ("first" if j == 0 else f"rest.{j - 1}")
+            if f"{src}.shortcut.convolution.weight" in sd:
+                _conv_bn(out, sd, f"{src}.shortcut", f"{dst}.downsample.conv", f"{dst}.downsample.bn")
+            for k in range(_layers(sd, re.escape(src) + r"\.layer\.(\d+)\.")):
+                _conv_bn(out, sd, f"{src}.layer.{k}", f"{dst}.conv{k + 1}", f"{dst}.bn{k + 1}")
+    if "classifier.1.weight" in sd:
+        _lin(out, "fc", sd, "classifier.1")
+    return out
+
+
 # ------------------------------------------------------------ located JSON keys
 
 

@@ -327,6 +327,59 @@ def _conv2d(a, ins):
     return [x.with_shape((x.shape[0], a["out_channels"], h, w))]
 
 
+def _batch_norm_params(a):
+    c = (a["channels"],)
+    return {
+        "weight": Param("weight", TensorType(DType.f32, c), ONES),
+        "bias": Param("bias", TensorType(DType.f32, c), ZEROS),
+        "running_mean": Param("running_mean", TensorType(DType.f32, c), ZEROS, buffer=True),
+        "running_var": Param("running_var", TensorType(DType.f32, c), ONES, buffer=True),
+    }
+
+
+@op(
+    "batch_norm",
+    ("x",),
+    (Attr("channels", "int"), Attr("eps", "float", 1e-5), Attr("momentum", "float", 0.1)),
+    params=_batch_norm_params,
+    flops=lambda a, i, o, b: 2 * o[0].numel(b),
+)
+def _batch_norm(a, ins):
+    """Batch norm over [B, C, H, W] in inference form: (x - running_mean) /
+    sqrt(running_var + eps) * weight + bias per channel. The running statistics are
+    buffers (canonical weights outside the parameter count). Training programs run
+    it in training form (batch statistics, biased variance; the running statistics
+    move by `momentum` towards the batch mean and unbiased variance, as torch's)."""
+    (x,) = ins
+    _need_float("batch_norm", x)
+    if x.rank != 4 or x.shape[1] != a["channels"]:
+        raise OpError(f"op 'batch_norm' needs [B, {a['channels']}, H, W], got {x}")
+    if not 0.0 <= a["momentum"] <= 1.0:
+        raise OpError(f"op 'batch_norm': momentum {a['momentum']} is outside [0, 1]")
+    return [x]
+
+
+@op(
+    "max_pool2d",
+    ("x",),
+    (Attr("kernel", "int"), Attr("stride", "int", 1), Attr("padding", "int", 0)),
+    flops=lambda a, i, o, b: a["kernel"] ** 2 * o[0].numel(b),
+)
+def _max_pool2d(a, ins):
+    """Max over k x k windows of [B, C, H, W], NCHW; padding counts as -inf (never the max)."""
+    (x,) = ins
+    _need_float("max_pool2d", x)
+    if x.rank != 4:
+        raise OpError(f"op 'max_pool2d' needs [B, C, H, W], got {x}")
+    if 2 * a["padding"] > a["kernel"]:
+        raise OpError(f"op 'max_pool2d': padding {a['padding']} is more than half the kernel {a['kernel']}")
+    h = _conv_out(x.shape[2], a["kernel"], a["stride"], a["padding"])
+    w = _conv_out(x.shape[3], a["kernel"], a["stride"], a["padding"])
+    if h < 1 or w < 1:
+        raise OpError(f"op 'max_pool2d': input {x} is smaller than the kernel")
+    return [x.with_shape((x.shape[0], x.shape[1], h, w))]
+
+
 # ---------------------------------------------------------------- elementwise
 
 
