@@ -119,6 +119,15 @@ OPS: dict[str, Rule] = {
 }
 
 HELPERS: dict[str, str] = {
+    "dice_loss": '''
+def _dice_loss(logits, labels, smooth):
+    """Soft Dice: 1 - mean over classes of (2 sum(p y) + s) / (sum(p) + sum(y) + s)."""
+    p = jax.nn.softmax(logits, axis=1)
+    y = jnp.moveaxis(jax.nn.one_hot(labels, logits.shape[1], dtype=p.dtype), -1, 1)
+    axes = (0,) + tuple(range(2, logits.ndim))
+    inter, total = jnp.sum(p * y, axis=axes), jnp.sum(p, axis=axes) + jnp.sum(y, axis=axes)
+    return 1.0 - jnp.mean((2.0 * inter + smooth) / (total + smooth))
+''',
     "BatchNorm2d": '''
 class _BatchNorm2d(nnx.Module):
     """Batch norm over [B, C, H, W] (channels first, as the IR), written out so its

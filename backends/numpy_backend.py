@@ -301,6 +301,17 @@ def _masked_cross_entropy(logits, labels, mask):
     weight = mask.reshape(-1).astype(np.float64)
     return -np.sum(picked * weight) / max(np.sum(weight), 1.0)
 ''',
+    "dice_loss": '''
+def _dice_loss(logits, labels, smooth):
+    """Soft Dice (V-Net): p = softmax over the class axis 1, y the one-hot labels;
+    1 - mean over classes of (2 sum(p y) + smooth) / (sum(p) + sum(y) + smooth),
+    each sum over the batch and every position."""
+    p = _softmax(logits, axis=1)
+    y = np.moveaxis(np.eye(logits.shape[1])[labels], -1, 1)
+    axes = (0,) + tuple(range(2, logits.ndim))
+    inter, total = np.sum(p * y, axis=axes), np.sum(p, axis=axes) + np.sum(y, axis=axes)
+    return 1.0 - np.mean((2.0 * inter + smooth) / (total + smooth))
+''',
     "round_to_bfloat16": '''
 def _round_to_bfloat16(x):
     """x rounded to bfloat16 precision (to float32, then nearest even in the top 16

@@ -367,6 +367,19 @@ def _masked_cross_entropy(e: Emit, logits: str, labels: str, mask: str) -> str:
     return e.op("Div", total, count)
 
 
+def _dice_loss(e: Emit, logits: str, labels: str) -> str:
+    rank, c = e.in_types[0].rank, e.in_types[0].shape[1]
+    p = e.op("Softmax", logits, axis=1)
+    lab = labels if e.in_types[1].dtype == DType.i64 else e.op("Cast", labels, to=TensorProto.INT64)
+    y = e.op("OneHot", lab, e.const(np.array(c, np.int64)), e.const(np.array([0.0, 1.0], np.float32)), axis=1)
+    axes = e.ints(0, *range(2, rank))
+    inter = e.op("ReduceSum", e.op("Mul", p, y), axes, keepdims=0)
+    total = e.op("Add", e.op("ReduceSum", p, axes, keepdims=0), e.op("ReduceSum", y, axes, keepdims=0))
+    smooth = e.f32(e.a["smooth"])
+    ratio = e.op("Div", e.op("Add", e.op("Mul", inter, e.f32(2.0)), smooth), e.op("Add", total, smooth))
+    return e.op("Sub", e.f32(1.0), e.op("ReduceMean", ratio, keepdims=0))
+
+
 def _mse(e: Emit, x: str, y: str) -> str:
     d = e.op("Sub", x, y)
     return e.op("ReduceMean", e.op("Mul", d, d), keepdims=0)
@@ -420,6 +433,7 @@ OPS: dict[str, Callable[..., str]] = {
     "cross_entropy": _cross_entropy,
     "mse": _mse,
     "masked_cross_entropy": _masked_cross_entropy,
+    "dice_loss": _dice_loss,
 }
 
 # The opset-23 fused forms, used instead of the entries above when fused=True.

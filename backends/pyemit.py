@@ -317,6 +317,7 @@ BASE_OPS: dict[str, Rule] = {
     "masked_cross_entropy": lambda c, logits, labels, mask: (
         f"{c.helper('masked_cross_entropy')}({logits}, {labels}, {mask})"
     ),
+    "dice_loss": lambda c, logits, labels: f"{c.helper('dice_loss')}({logits}, {labels}, {c.a['smooth']!r})",
 }
 
 

@@ -111,6 +111,15 @@ OPS: dict[str, Rule] = {
 HELPER_IMPORTS: dict[str, tuple[str, ...]] = {"rope": ("functools",)}
 
 HELPERS: dict[str, str] = {
+    "dice_loss": '''
+def _dice_loss(logits, labels, smooth):
+    """Soft Dice: 1 - mean over classes of (2 sum(p y) + s) / (sum(p) + sum(y) + s)."""
+    p = torch.softmax(logits, dim=1)
+    y = F.one_hot(labels.long(), logits.shape[1]).movedim(-1, 1).to(p.dtype)
+    axes = [0] + list(range(2, logits.dim()))
+    inter, total = (p * y).sum(dim=axes), p.sum(dim=axes) + y.sum(dim=axes)
+    return 1.0 - ((2.0 * inter + smooth) / (total + smooth)).mean()
+''',
     "BatchNorm2d": '''
 class _BatchNorm2d(nn.Module):
     """Batch norm over [B, C, H, W]: running statistics in eval mode; batch statistics

@@ -16,6 +16,7 @@ itself is deterministic.
 | diffusion      | mse(predicted noise, noise); noising x_t = sqrt(a_t) x0 + sqrt(1-a_t) e is data-side |
 | contrastive    | (CE(s·I·Tᵀ, arange) + CE(s·T·Iᵀ, arange)) / 2, s = exp(logit_scale) |
 | masked         | masked_cross_entropy(logits, original tokens, mask); masking is data-side |
+| semantic_segmentation | cross_entropy(logits as [B, H, W, C], label map) (+ dice_loss(logits, label map) with `dice`) |
 """
 
 from __future__ import annotations
@@ -309,12 +310,51 @@ def masked(model: Model, seq: int) -> LossProgram:
     )
 
 
+def semantic_segmentation(model: Model, seq: int) -> LossProgram:
+    """Per-pixel cross-entropy of class logits [batch, C, H, W] against a label map
+    [batch, H, W], plus the soft Dice loss when the model's config says `dice`
+    (`objective: [semantic_segmentation, dice]`)."""
+    name, lt = _output(model, "logits")
+    if lt.rank != 4:
+        raise ObjectiveError(f"semantic segmentation needs per-pixel logits [batch, C, H, W], got {lt}")
+    classes, h, w = lt.shape[1], lt.shape[2], lt.shape[3]
+    dice = bool(model.config.get("dice"))
+    mb = ModelBuilder()
+    m = mb.module(
+        "SegmentationLoss",
+        doc="Per-pixel cross-entropy of the class scores" + (" plus the soft Dice loss." if dice else "."),
+    )
+    logits = m.input("logits", lt)
+    labels = m.input("labels", TensorType(DType.i64, (lt.shape[0], h, w)))
+    per_pixel = m.op("transpose", logits, perm=(0, 2, 3, 1), hint="per_pixel")
+    loss = m.op("cross_entropy", per_pixel, labels, hint="ce")
+    if dice:
+        loss = m.op("add", loss, m.op("dice_loss", logits, labels, hint="dice"), hint="loss")
+    top = m.ret(loss, names=["loss"])
+    spec = [InputSpec("logits", lt, "normal"), InputSpec("labels", labels.type, "tokens", 0, classes)]
+    draw = DataTransform(
+        "segmentation_labels",
+        outputs={"labels": "labels"},
+        carry=tuple(i.name for i in model.inputs if i.kind != "tokens"),
+        params={"classes": classes, "shape": list(labels.type.shape)},
+    )
+    return LossProgram(
+        "semantic_segmentation",
+        _finish(mb, top, model, spec),
+        [("output", name), ("batch", draw.outputs["labels"])],
+        [draw],
+        seq,
+        "label maps of 4 x 4-pixel blocks on synthetic data; images carry their label as a shift of every channel",
+    )
+
+
 OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
     "masked": masked,
     "autoregressive": autoregressive,
     "classification": classification,
     "diffusion": diffusion,
     "contrastive": contrastive,
+    "semantic_segmentation": semantic_segmentation,
 }
 
 def objective_name(ctx: CompileContext) -> str:

@@ -56,6 +56,7 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/reference/clip_vit_b32.yaml", full_ir=True),
     GoldenSpec("examples/reference/sd15_unet.yaml", full_ir=True, heavy=True),
     GoldenSpec("examples/reference/resnet50.yaml", full_ir=True),
+    GoldenSpec("examples/vision/segmentation_unet.yaml"),
 ]
 
 

@@ -737,5 +737,18 @@ def _masked_cross_entropy(a, ins):
     return [TensorType(logits.dtype, ())]
 
 
+@op("dice_loss", ("logits", "labels"), (Attr("smooth", "float", 1.0),), flops=lambda a, i, o, b: 10 * i[0].numel(b))
+def _dice_loss(a, ins):
+    """Soft Dice loss of per-pixel class logits [B, C, ...] against integer labels
+    [B, ...] (a scalar): p = softmax over axis 1, y = one-hot labels, and
+    1 - mean over classes of (2 sum(p y) + smooth) / (sum(p) + sum(y) + smooth), each
+    sum over the batch and every position (Milletari et al. 2016, V-Net)."""
+    logits, labels = ins
+    _need_float("dice_loss", logits)
+    if labels.dtype not in (DType.i64, DType.i32) or logits.rank < 2 or labels.shape != (logits.shape[0],) + logits.shape[2:]:
+        raise OpError(f"op 'dice_loss' needs logits [B, C, ...] and labels [B, ...], got {logits} and {labels}")
+    return [TensorType(logits.dtype, ())]
+
+
 def _sqrt(x: float) -> float:
     return math.sqrt(x)

@@ -203,3 +203,85 @@ def test_synthetic_training_lowers_the_loss(resnet_programs, tmp_path):
     for losses in (t, f):
         assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.5, losses  # measured: 2.32 -> 1.37 (torch)
     _close(f[0], t[0])
+
+
+# ---------------------------------------------------------------- semantic segmentation
+
+UNET_SEG = example("vision", "segmentation_unet.yaml")
+
+
+@pytest.mark.parametrize("mask, side", [(None, 32), ("64", 8)])
+def test_segmentation_mask_at_mask_resolution(tmp_path, mask, side):
+    """The decoder stops at the mask's level: 256 -> 256 (tiny 32 -> 32), 256 -> 64 (tiny 32 -> 8)."""
+    overrides = [("task.mask_resolution", mask)] if mask else []
+    path, comp = compile_to(tmp_path, UNET_SEG, "torch", overrides=overrides)
+    assert comp.ctx.family == "segmentation_unet"
+    mod = load_module(str(path))
+    out = mod.run(mod.init(0), mod.example_inputs(batch_size=2))["logits"]
+    assert out.shape == (2, 4, side, side)
+    with torch.device("meta"):
+        assert sum(p.numel() for p in mod.Model().parameters()) == comp.model.param_count()
+
+
+def test_segmentation_full_size_fits_the_budget():
+    comp = compile_spec(UNET_SEG, DiagnosticSink())
+    c = comp.model.config
+    assert c["base_channels"] == 64 and c["channel_mults"] == [1, 2, 4, 8, 16] and c["dice"] is True
+    assert comp.model.param_count() == 34_519_428 <= 36_000_000
+    assert comp.model.top_module.outputs[0].type.shape == ("batch", 4, 256, 256)
+
+
+def test_segmentation_bad_mask_resolution_is_located(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(open(UNET_SEG).read().replace("mask_resolution: 256", "mask_resolution: 100"))
+    sink = DiagnosticSink()
+    with pytest.raises(Exception):
+        compile_spec(str(spec), sink)
+    errors = [d for d in sink.items if d.severity == "error"]
+    line = next(i for i, t in enumerate(spec.read_text().splitlines(), 1) if "mask_resolution" in t)
+    assert errors and "mask_resolution 100" in errors[0].message and errors[0].loc.line == line
+
+
+@pytest.fixture(scope="module")
+def segmentation_programs(tmp_path_factory):
+    from metagen.synth import synth_files
+
+    root = tmp_path_factory.mktemp("seg_synth")
+    for rel, data in synth_files(compile_spec(UNET_SEG, tiny=True), 0).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return load_module(str(root / "code/torch/train.py")), load_module(str(root / "code/flax/train.py"))
+
+
+def test_segmentation_loss_is_cross_entropy_plus_dice(segmentation_programs):
+    torch_train, flax_train = segmentation_programs
+    batch = torch_train.DataSource(None, 0).batch(0, 2)
+    assert batch["labels"].shape == (2, 32, 32) and batch["labels"].max() < 4
+    model = torch_train.M.init(0).train()
+    out = model(pixel_values=torch.from_numpy(batch["pixel_values"]))["logits"]
+    labels = torch.from_numpy(batch["labels"])
+    ce = torch.nn.functional.cross_entropy(out, labels)
+    p = out.softmax(1)
+    y = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float()
+    dice = 1 - ((2 * (p * y).sum((0, 2, 3)) + 1) / (p.sum((0, 2, 3)) + y.sum((0, 2, 3)) + 1)).mean()
+    model = torch_train.M.init(0).train()
+    loss_t = torch_train.compute_loss(model, torch_train.to_tensors(batch, "cpu"))
+    _close(loss_t.item(), (ce + dice).item())
+    loss_t.backward()
+    loss_f, grads_f = flax_train.loss_and_grads(flax_train.M.init(0), batch)
+    _close(loss_f, loss_t.item())
+    for name, p in model.named_parameters():
+        want = p.grad.numpy().astype(np.float64)
+        assert np.abs(grads_f[name] - want).max() <= 1e-3 * np.abs(want).max() + 1e-6, name
+
+
+@pytest.mark.slow
+def test_segmentation_synthetic_training_lowers_the_loss(segmentation_programs, tmp_path):
+    torch_train, flax_train = segmentation_programs
+    torch.set_num_threads(1)
+    args = ["--synthetic", "--steps", "60", "--log-every", "1", "--batch-size", "8"]
+    t = [loss for _, loss in torch_train.train(args + ["--checkpoint-dir", str(tmp_path / "t")])]
+    f = [loss for _, loss in flax_train.train(args + ["--checkpoint-dir", str(tmp_path / "f")])]
+    for losses in (t, f):
+        assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.15, losses
+    _close(f[0], t[0])

@@ -148,6 +148,10 @@ CASES: dict[str, list] = {
     "cast": [lambda g: g.m.op("cast", g.ids("ids", 2, 5), dtype="f32")],
     "cross_entropy": [lambda g: g.m.op("cross_entropy", g.x("logits", 2, 5, 10), g.ids("labels", 2, 5))],
     "mse": [lambda g: g.m.op("mse", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8))],
+    "dice_loss": [
+        lambda g: g.m.op("dice_loss", g.x("logits", 2, 3, 4, 5), g.ids("labels", 2, 4, 5, high=3)),
+        lambda g: g.m.op("dice_loss", g.x("logits", 3, 4, 6), g.ids("labels", 3, 6, high=4), smooth=0.5),
+    ],
     "batch_norm": [_layer("batch_norm", (2, 6, 5, 4), channels=6), _layer("batch_norm", (3, 4, 2, 2), channels=4, eps=1e-3)],
     "max_pool2d": [
         _unary("max_pool2d", (2, 3, 9, 8), kernel=3, stride=2, padding=1),

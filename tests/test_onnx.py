@@ -85,6 +85,7 @@ CASES = [
     ("rms_norm", "rms_norm", [inp("x", BSD)], dict(dim=8, eps=1e-5), {}),
     ("group_norm", "group_norm", [inp("x", T("batch", 8, 4, 4))], dict(groups=2, channels=8), {}),
     ("conv2d", "conv2d", [inp("x", T("batch", 3, 8, 8))], dict(in_channels=3, out_channels=4, kernel=3, stride=2, padding=1), {}),
+    ("dice_loss", "dice_loss", [inp("logits", T("batch", 3, 4, 5)), inp("labels", T("batch", 4, 5, dtype=DType.i64), "tokens", 0, 3)], dict(smooth=0.5), {}),
     ("batch_norm", "batch_norm", [inp("x", T("batch", 6, 5, 4))], dict(channels=6, eps=1e-3), {}),
     ("max_pool2d", "max_pool2d", [inp("x", T("batch", 3, 9, 8))], dict(kernel=3, stride=2, padding=1), {}),
     ("conv2d_nobias", "conv2d", [inp("x", T("batch", 3, 5, 5))], dict(in_channels=3, out_channels=2, kernel=1, bias=False), {}),

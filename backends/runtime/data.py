@@ -140,11 +140,34 @@ def diffusion_noise(batch, rng, transform, batch_size, synthetic):
     batch[transform["outputs"]["noise"]] = noise
 
 
+def segmentation_labels(batch, rng, transform, batch_size, synthetic):
+    """A label map [batch, H, W] of integers in [0, classes), unless the data file has
+    one. Synthetic maps are 4 x 4-pixel blocks of random classes, and every image
+    carries its map: each pixel's channels shift by its class (nearest-upsampled to
+    the image's side), so the segmentation can be learned."""
+    name = transform["outputs"]["labels"]
+    if name in batch:
+        return
+    classes = transform["params"]["classes"]
+    _, h, w = transform["params"]["shape"]
+    block = 4 if h % 4 == 0 and w % 4 == 0 else 1
+    coarse = rng.integers(0, classes, size=(batch_size, h // block, w // block))
+    labels = coarse.repeat(block, axis=1).repeat(block, axis=2)
+    batch[name] = labels.astype(np.int64)
+    if synthetic:
+        for image in transform["carry"]:
+            x = batch[image]
+            f = x.shape[-1] // w
+            shift = labels.repeat(f, axis=1).repeat(f, axis=2)[:, None] * (2.0 / classes)
+            batch[image] = (x + shift).astype(x.dtype)
+
+
 TRANSFORMS = {
     "class_labels": class_labels,
     "mask_tokens": mask_tokens,
     "pair_keys": pair_keys,
     "diffusion_noise": diffusion_noise,
+    "segmentation_labels": segmentation_labels,
 }
 
 

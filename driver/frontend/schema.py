@@ -47,8 +47,11 @@ def _map(name, doc, *fields, required=False):
     return Field(name, MAP, doc, fields=tuple(fields), required=required)
 
 
-MODALITIES = ("text", "image", "audio", "video", "label", "embedding")
-OBJECTIVES = ("autoregressive", "classification", "diffusion", "contrastive", "masked")
+MODALITIES = ("text", "image", "audio", "video", "label", "embedding", "bounding_boxes", "segmentation_mask")
+OBJECTIVES = (
+    "autoregressive", "classification", "diffusion", "contrastive", "masked",
+    "object_detection", "instance_segmentation", "semantic_segmentation", "dice",
+)
 FAMILIES = ("auto", "transformer", "diffusion", "cnn", "unet")
 DEVICES = ("edge", "mobile", "cpu", "consumer_gpu", "gpu", "datacenter_gpu")
 LATENCY_WORDS = ("real-time", "near-real-time", "interactive", "batch", "offline")
@@ -56,7 +59,7 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu", "swiglu", "geg
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "sinusoidal", "none")
 POOLINGS = ("cls", "cls_pooler", "mean", "eot", "last", "none")
-TASKS = ("generation", "classification", "embedding", "denoising")
+TASKS = ("generation", "classification", "embedding", "denoising", "object_detection", "instance_segmentation", "semantic_segmentation")
 DTYPES = tuple(DTYPE_PRECISION)
 PRECISIONS = tuple(PRECISION_BYTES)
 
@@ -124,6 +127,8 @@ SPEC = _map(
         "What the model is for.",
         Field("type", ENUM, "Task type; follows from modality and objective, and a value that contradicts the model built is a warning.", choices=TASKS),
         Field("num_classes", INT, "Classes of a classifier.", minimum=2, maximum=10**7),
+        Field("num_anchors", INT, "Object queries (or anchors) of a detector.", minimum=1, maximum=10**5),
+        Field("mask_resolution", INT, "Side of a predicted mask in pixels.", minimum=1, maximum=8192),
     ),
     _map(
         "constraints",
