@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    SINE_POSITIONS_SOURCE,
+    sine_positions_rule,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -90,7 +92,10 @@ LAYERS: dict[str, LayerRule] = {
         _conv_ctor, apply=_channels_last, params={"weight": ("kernel", "conv"), "bias": ("bias", "same")}
     ),
     "batch_norm": LayerRule(
-        lambda c: f"{c.helper('BatchNorm2d')}({c.a['channels']}, eps={c.a['eps']!r}, momentum={c.a['momentum']!r})",
+        lambda c: (
+            f"{c.helper('BatchNorm2d')}({c.a['channels']}, eps={c.a['eps']!r}, momentum={c.a['momentum']!r}"
+            + (", frozen=True)" if c.a["frozen"] else ")")
+        ),
         params={name: (name, "same") for name in ("weight", "bias", "running_mean", "running_var")},
     ),
 }
@@ -111,6 +116,7 @@ OPS: dict[str, Rule] = {
     "slice": lambda c, x: f"jax.lax.slice_in_dim({x}, {c.a['start']}, {c.a['end']}, axis={c.a['axis']})",
     "select": lambda c, x: f"jax.lax.index_in_dim({x}, {c.a['index']}, axis={c.a['axis']}, keepdims=False)",
     "cast": lambda c, x: f"{x}.astype({_JNP_DTYPES[c.a['dtype']]})",
+    "sine_positions_2d": sine_positions_rule('jnp.asarray({t}, dtype={x}.dtype)'),
     "max_pool2d": lambda c, x: (
         f"jax.lax.reduce_window({x}, -jnp.inf, jax.lax.max, (1, 1, {c.a['kernel']}, {c.a['kernel']}), "
         f"(1, 1, {c.a['stride']}, {c.a['stride']}), "
@@ -119,6 +125,7 @@ OPS: dict[str, Rule] = {
 }
 
 HELPERS: dict[str, str] = {
+    "sine_positions_2d": SINE_POSITIONS_SOURCE,
     "dice_loss": '''
 def _dice_loss(logits, labels, smooth):
     """Soft Dice: 1 - mean over classes of (2 sum(p y) + s) / (sum(p) + sum(y) + s)."""
@@ -136,16 +143,17 @@ class _BatchNorm2d(nnx.Module):
     `model.eval()` flip `use_running_average`; the running statistics are
     `nnx.BatchStat`s, so they are not `nnx.Param`s and not trained by gradient."""
 
-    def __init__(self, channels, eps, momentum):
-        self.eps, self.momentum = eps, momentum
+    def __init__(self, channels, eps, momentum, frozen=False):
+        self.eps, self.momentum, self.frozen = eps, momentum, frozen
         self.use_running_average = True
-        self.weight = nnx.Param(jnp.ones((channels,), dtype=jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((channels,), dtype=jnp.float32))
+        kind = nnx.BatchStat if frozen else nnx.Param  # frozen (DETR): not trained, not counted
+        self.weight = kind(jnp.ones((channels,), dtype=jnp.float32))
+        self.bias = kind(jnp.zeros((channels,), dtype=jnp.float32))
         self.running_mean = nnx.BatchStat(jnp.zeros((channels,), dtype=jnp.float32))
         self.running_var = nnx.BatchStat(jnp.ones((channels,), dtype=jnp.float32))
 
     def __call__(self, x):
-        if self.use_running_average:
+        if self.use_running_average or self.frozen:
             mean, var = self.running_mean[...], self.running_var[...]
         else:
             mean = jnp.mean(x, axis=(0, 2, 3))

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    SINE_POSITIONS_SOURCE,
+    sine_positions_rule,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -99,12 +101,14 @@ OPS: dict[str, Rule] = {
     "slice": lambda c, x: _index(x, c.a["axis"], f"{c.a['start']}:{c.a['end']}"),
     "select": lambda c, x: _index(x, c.a["axis"], str(c.a["index"])),
     "cast": _cast,
+    "sine_positions_2d": sine_positions_rule('{t}'),
     "max_pool2d": lambda c, x: f"{c.helper('max_pool2d')}({x}, {c.a['kernel']}, {c.a['stride']}, {c.a['padding']})",
 }
 
 # Helper functions and layer classes: `name` defines `_name`. A helper is emitted when
 # a rule asks for it, with the helpers its source calls.
 HELPERS: dict[str, str] = {
+    "sine_positions_2d": SINE_POSITIONS_SOURCE,
     "Linear": '''
 class _Linear:
     """y = x W^T + b over the last axis; weight [out, in]."""

@@ -32,7 +32,7 @@ from onnx import TensorProto, helper
 
 from metagen import __version__
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
-from metagen.backends.pyemit import INIT_FUNCTIONS
+from metagen.backends.pyemit import INIT_FUNCTIONS, SINE_POSITIONS_SOURCE
 from metagen.diagnostics import Diagnostic, Loc
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub, Value
 from metagen.ir.names import Namespace, sanitize
@@ -69,6 +69,16 @@ def _draw_function() -> Callable:
 
 
 _draw = _draw_function()
+
+
+def _sine_positions_function() -> Callable:
+    """`_sine_positions_2d` from the source the Python backends embed."""
+    ns: dict[str, Any] = {"np": np}
+    exec(SINE_POSITIONS_SOURCE, ns)
+    return ns["_sine_positions_2d"]
+
+
+_sine_positions_2d = _sine_positions_function()
 
 
 class OnnxEmitError(EmitError):
@@ -191,6 +201,13 @@ def _batch_norm(e: Emit, x: str) -> str:
         "BatchNormalization", x, p["weight"], p["bias"], p["running_mean"], p["running_var"],
         epsilon=float(e.a["eps"]), momentum=1.0 - float(e.a["momentum"]),
     )
+
+
+def _sine_positions(e: Emit, x: str) -> str:
+    """A constant: the grid is static (the IR's H and W are concrete)."""
+    h, w = e.in_types[0].shape[2], e.in_types[0].shape[3]
+    table = _sine_positions_2d(h, w, e.a["features"], e.a["temperature"], e.a["scale"])
+    return e.const(table.astype(np.float32))
 
 
 def _max_pool2d(e: Emit, x: str) -> str:
@@ -397,6 +414,7 @@ OPS: dict[str, Callable[..., str]] = {
     "add": lambda e, x, y: e.op("Add", x, y),
     "sub": lambda e, x, y: e.op("Sub", x, y),
     "mul": lambda e, x, y: e.op("Mul", x, y),
+    "div": lambda e, x, y: e.op("Div", x, y),
     "scale": lambda e, x: e.op("Mul", x, e.f32(e.a["factor"])),
     "gelu": lambda e, x: e.op("Gelu", x, approximate="none"),
     "gelu_tanh": lambda e, x: e.op("Gelu", x, approximate="tanh"),
@@ -428,6 +446,7 @@ OPS: dict[str, Callable[..., str]] = {
     "gather_argmax": _gather_argmax,
     "upsample_nearest": _upsample,
     "max_pool2d": _max_pool2d,
+    "sine_positions_2d": _sine_positions,
     "timestep_embedding": _timestep_embedding,
     "cast": lambda e, x: e.op("Cast", x, to=ONNX_DTYPES[DType(e.a["dtype"])]),
     "cross_entropy": _cross_entropy,

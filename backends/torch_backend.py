@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    SINE_POSITIONS_SOURCE,
+    sine_positions_rule,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -43,7 +45,10 @@ LAYERS: dict[str, LayerRule] = {
         )
     ),
     "batch_norm": LayerRule(
-        lambda c: f"{c.helper('BatchNorm2d')}({c.a['channels']}, eps={c.a['eps']!r}, momentum={c.a['momentum']!r})"
+        lambda c: (
+            f"{c.helper('BatchNorm2d')}({c.a['channels']}, eps={c.a['eps']!r}, momentum={c.a['momentum']!r}"
+            + (", frozen=True)" if c.a["frozen"] else ")")
+        )
     ),
 }
 
@@ -101,6 +106,7 @@ OPS: dict[str, Rule] = {
     "cast": lambda c, x: f"{x}.to(torch.{DType(c.a['dtype']).numpy})",  # torch spells dtypes as NumPy does
     "cross_entropy": lambda c, logits, labels: f"F.cross_entropy({logits}.flatten(0, -2), {labels}.flatten())",
     "mse": lambda c, x, y: f"F.mse_loss({x}, {y})",
+    "sine_positions_2d": sine_positions_rule('torch.from_numpy({t}).to(device={x}.device, dtype={x}.dtype)'),
     "max_pool2d": lambda c, x: (
         f"F.max_pool2d({x}, {c.a['kernel']}, stride={c.a['stride']}, padding={c.a['padding']})"
     ),
@@ -111,6 +117,7 @@ OPS: dict[str, Rule] = {
 HELPER_IMPORTS: dict[str, tuple[str, ...]] = {"rope": ("functools",)}
 
 HELPERS: dict[str, str] = {
+    "sine_positions_2d": SINE_POSITIONS_SOURCE,
     "dice_loss": '''
 def _dice_loss(logits, labels, smooth):
     """Soft Dice: 1 - mean over classes of (2 sum(p y) + s) / (sum(p) + sum(y) + s)."""
@@ -123,20 +130,26 @@ def _dice_loss(logits, labels, smooth):
     "BatchNorm2d": '''
 class _BatchNorm2d(nn.Module):
     """Batch norm over [B, C, H, W]: running statistics in eval mode; batch statistics
-    in train mode, which also move the running ones (torch's update). No
-    num_batches_tracked: the state dict holds exactly the canonical names."""
+    in train mode, which also move the running ones (torch's update). Frozen (DETR's
+    backbone): weight and bias are buffers too and the running statistics are always
+    used. No num_batches_tracked: the state dict holds exactly the canonical names."""
 
-    def __init__(self, channels, eps, momentum):
+    def __init__(self, channels, eps, momentum, frozen=False):
         super().__init__()
-        self.eps, self.momentum = eps, momentum
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps, self.momentum, self.frozen = eps, momentum, frozen
+        if frozen:
+            self.register_buffer("weight", torch.ones(channels))
+            self.register_buffer("bias", torch.zeros(channels))
+        else:
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
     def forward(self, x):
+        train = self.training and not self.frozen
         return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias, self.training, self.momentum, self.eps
+            x, self.running_mean, self.running_var, self.weight, self.bias, train, self.momentum, self.eps
         )
 ''',
     "masked_cross_entropy": '''

@@ -17,6 +17,7 @@ itself is deterministic.
 | contrastive    | (CE(s·I·Tᵀ, arange) + CE(s·T·Iᵀ, arange)) / 2, s = exp(logit_scale) |
 | masked         | masked_cross_entropy(logits, original tokens, mask); masking is data-side |
 | semantic_segmentation | cross_entropy(logits as [B, H, W, C], label map) (+ dice_loss(logits, label map) with `dice`) |
+| object_detection | DETR: masked_cross_entropy(logits, matched classes, 1 or 0.1) + 5 L1 + 2 (1 - GIoU) on matched boxes; Hungarian matching is data-side, after the forward |
 """
 
 from __future__ import annotations
@@ -56,16 +57,22 @@ class DataTransform:
     outputs: dict[str, str] = field(default_factory=dict)
     carry: tuple[str, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
+    # Model outputs the step reads: it runs after the forward pass, on its (detached)
+    # predictions, before the loss (DETR's matching); the others run before the model.
+    reads: tuple[str, ...] = ()
 
     def table(self) -> dict[str, Any]:
         """The entry of the program's TRAIN["data"] and of the training report."""
-        return {
+        out = {
             "kind": self.kind,
             "inputs": dict(self.inputs),
             "outputs": dict(self.outputs),
             "carry": list(self.carry),
             "params": dict(self.params),
         }
+        if self.reads:
+            out["reads"] = list(self.reads)
+        return out
 
 
 @dataclass
@@ -348,6 +355,115 @@ def semantic_segmentation(model: Model, seq: int) -> LossProgram:
     )
 
 
+# DETR's loss weights (Carion et al. 2020, section 4): class 1, L1 box 5, GIoU 2; the
+# "no object" class weighs 0.1 in the cross-entropy.
+DETR_WEIGHTS = {"class": 1.0, "bbox": 5.0, "giou": 2.0, "no_object": 0.1}
+MAX_SYNTHETIC_OBJECTS = 4
+
+
+def _corners(m, box, hint: str):
+    """(x0y0, x1y1) [..., 2] of boxes (cx, cy, w, h) [..., 4]."""
+    center = m.op("slice", box, axis=-1, start=0, end=2, hint=f"{hint}_c")
+    half = m.op("scale", m.op("slice", box, axis=-1, start=2, end=4), factor=0.5, hint=f"{hint}_half")
+    return m.op("sub", center, half, hint=f"{hint}_lo"), m.op("add", center, half, hint=f"{hint}_hi")
+
+
+def _area(m, lo, hi, hint: str):
+    wh = m.op("sub", hi, lo)
+    return m.op("mul", m.op("select", wh, axis=-1, index=0), m.op("select", wh, axis=-1, index=1), hint=hint)
+
+
+def _max(m, a, b):
+    return m.op("add", b, m.op("relu", m.op("sub", a, b)))
+
+
+def _min(m, a, b):
+    return m.op("sub", a, m.op("relu", m.op("sub", a, b)))
+
+
+def generalized_iou(m, a, b):
+    """GIoU (Rezatofighi et al. 2019) of paired boxes (cx, cy, w, h) [..., 4] -> [...]:
+    IoU - (enclosing area - union) / enclosing area."""
+    alo, ahi = _corners(m, a, "a")
+    blo, bhi = _corners(m, b, "b")
+    inter = _area(m, _max(m, alo, blo), _max(m, _min(m, ahi, bhi), _max(m, alo, blo)), "inter")
+    union = m.op("sub", m.op("add", _area(m, alo, ahi, "area_a"), _area(m, blo, bhi, "area_b")), inter, hint="union")
+    enclosing = _area(m, _min(m, alo, blo), _max(m, ahi, bhi), "enclosing")
+    iou = m.op("div", inter, union, hint="iou")
+    return m.op("sub", iou, m.op("div", m.op("sub", enclosing, union), enclosing), hint="giou")
+
+
+def object_detection(model: Model, seq: int) -> LossProgram:
+    """DETR's set loss. The data side matches predictions to targets each step (the
+    Hungarian algorithm on DETR's matching cost, after the forward pass) and writes
+    per-query targets; the loss is then fixed arithmetic: weighted cross-entropy over
+    every query (no-object weight 0.1), and over matched queries the L1 and 1 - GIoU
+    box losses, each summed and divided by the number of target boxes."""
+    lname, lt = _output(model, "logits")
+    bname, bt = _output(model, "pred_boxes")
+    classes = lt.shape[-1] - 1
+    q = lt.shape[1]
+    w = DETR_WEIGHTS
+    mb = ModelBuilder()
+    m = mb.module("SetLoss", doc="DETR's loss on Hungarian-matched per-query targets (class, L1 box, GIoU).")
+    logits, boxes = m.input("logits", lt), m.input("pred_boxes", bt)
+    query = TensorType(DType.i64, lt.shape[:2])
+    target_classes = m.input("target_classes", query)
+    class_weight = m.input("class_weight", query.with_dtype(DType.f32))
+    target_boxes = m.input("target_boxes", bt)
+    box_weight = m.input("box_weight", query.with_dtype(DType.f32))
+    ce = m.op("masked_cross_entropy", logits, target_classes, class_weight, hint="loss_ce")
+    diff = m.op("sub", boxes, target_boxes)
+    l1 = m.op("add", m.op("relu", diff), m.op("relu", m.op("scale", diff, factor=-1.0)), hint="abs")
+    per_query = m.op("scale", m.op("mean", l1, axis=-1), factor=4.0, hint="l1")  # sum over the 4 coordinates
+    loss_bbox = m.op("mean", m.op("mean", m.op("mul", per_query, box_weight), axis=-1), axis=-1, hint="loss_bbox")
+    giou = generalized_iou(m, boxes, target_boxes)
+    giou_term = m.op("sub", box_weight, m.op("mul", giou, box_weight), hint="one_minus_giou")  # (1 - GIoU) * weight
+    loss_giou = m.op("mean", m.op("mean", giou_term, axis=-1), axis=-1, hint="loss_giou")
+    total = m.op(
+        "add",
+        m.op("scale", ce, factor=w["class"]),
+        m.op("add", m.op("scale", loss_bbox, factor=w["bbox"]), m.op("scale", loss_giou, factor=w["giou"])),
+        hint="loss",
+    )
+    top = m.ret(total, names=["loss"])
+    spec = [
+        InputSpec("logits", lt, "normal"),
+        InputSpec("pred_boxes", bt, "uniform", 0.1, 0.9),
+        InputSpec("target_classes", query, "tokens", 0, classes + 1),
+        InputSpec("class_weight", class_weight.type, "uniform", 0.1, 1.0),
+        InputSpec("target_boxes", bt, "uniform", 0.2, 0.6),
+        InputSpec("box_weight", box_weight.type, "uniform", 0.0, 2.0),
+    ]
+    objects = min(MAX_SYNTHETIC_OBJECTS, q)
+    draw = DataTransform(
+        "detection_targets",
+        outputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
+        carry=tuple(i.name for i in model.inputs if i.kind != "tokens"),
+        params={"classes": classes, "max_objects": objects},
+    )
+    match = DataTransform(
+        "hungarian_match",
+        inputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
+        outputs={n: n for n in ("target_classes", "class_weight", "target_boxes", "box_weight")},
+        params={"classes": classes, "cost_class": w["class"], "cost_bbox": w["bbox"], "cost_giou": w["giou"],
+                "no_object": w["no_object"]},
+        reads=(lname, bname),
+    )
+    sources = [("output", lname), ("output", bname)] + [
+        ("batch", n) for n in ("target_classes", "class_weight", "target_boxes", "box_weight")
+    ]
+    return LossProgram(
+        "object_detection",
+        _finish(mb, top, model, spec),
+        sources,
+        [draw, match],
+        seq,
+        "targets: boxes (cx, cy, w, h) in [0, 1], classes, object_mask per image; each step the data side "
+        "matches them to the predictions (Hungarian, DETR's cost) and the loss reads per-query targets",
+    )
+
+
 OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
     "masked": masked,
     "autoregressive": autoregressive,
@@ -355,6 +471,7 @@ OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
     "diffusion": diffusion,
     "contrastive": contrastive,
     "semantic_segmentation": semantic_segmentation,
+    "object_detection": object_detection,
 }
 
 def objective_name(ctx: CompileContext) -> str:

@@ -57,6 +57,7 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/reference/sd15_unet.yaml", full_ir=True, heavy=True),
     GoldenSpec("examples/reference/resnet50.yaml", full_ir=True),
     GoldenSpec("examples/vision/segmentation_unet.yaml"),
+    GoldenSpec("examples/reference/detr_resnet50.yaml", full_ir=True),
 ]
 
 

@@ -330,8 +330,8 @@ def _conv2d(a, ins):
 def _batch_norm_params(a):
     c = (a["channels"],)
     return {
-        "weight": Param("weight", TensorType(DType.f32, c), ONES),
-        "bias": Param("bias", TensorType(DType.f32, c), ZEROS),
+        "weight": Param("weight", TensorType(DType.f32, c), ONES, buffer=a["frozen"]),
+        "bias": Param("bias", TensorType(DType.f32, c), ZEROS, buffer=a["frozen"]),
         "running_mean": Param("running_mean", TensorType(DType.f32, c), ZEROS, buffer=True),
         "running_var": Param("running_var", TensorType(DType.f32, c), ONES, buffer=True),
     }
@@ -340,7 +340,7 @@ def _batch_norm_params(a):
 @op(
     "batch_norm",
     ("x",),
-    (Attr("channels", "int"), Attr("eps", "float", 1e-5), Attr("momentum", "float", 0.1)),
+    (Attr("channels", "int"), Attr("eps", "float", 1e-5), Attr("momentum", "float", 0.1), Attr("frozen", "bool", False)),
     params=_batch_norm_params,
     flops=lambda a, i, o, b: 2 * o[0].numel(b),
 )
@@ -349,7 +349,9 @@ def _batch_norm(a, ins):
     sqrt(running_var + eps) * weight + bias per channel. The running statistics are
     buffers (canonical weights outside the parameter count). Training programs run
     it in training form (batch statistics, biased variance; the running statistics
-    move by `momentum` towards the batch mean and unbiased variance, as torch's)."""
+    move by `momentum` towards the batch mean and unbiased variance, as torch's).
+    `frozen` (DETR's FrozenBatchNorm2d): weight and bias are buffers too, and the
+    op stays in inference form in training."""
     (x,) = ins
     _need_float("batch_norm", x)
     if x.rank != 4 or x.shape[1] != a["channels"]:
@@ -392,6 +394,7 @@ def _binary(name: str, doc: str):
 _binary("add", "a + b with numpy broadcasting.")
 _binary("sub", "a - b with numpy broadcasting.")
 _binary("mul", "a * b with numpy broadcasting.")
+_binary("div", "a / b with numpy broadcasting (IEEE: x / 0 is inf or nan).")
 
 
 def _unary(name: str, doc: str, cost: int = 1):
@@ -645,6 +648,25 @@ def _unflatten_spatial(a, ins):
     if x.rank != 3 or x.shape[1] != a["height"] * a["width"]:
         raise OpError(f"op 'unflatten_spatial': {x} is not [B, {a['height']}*{a['width']}, C]")
     return [x.with_shape((x.shape[0], x.shape[2], a["height"], a["width"]))]
+
+
+@op(
+    "sine_positions_2d",
+    ("x",),
+    (Attr("features", "int"), Attr("temperature", "float", 10000.0), Attr("scale", "float", 2 * math.pi)),
+    flops=_flops_zero,
+)
+def _sine_positions_2d(a, ins):
+    """DETR's sine position embedding of the H x W grid of x [B, C, H, W] (its values
+    are not read), flattened row-major: [1, H*W, 2 * features], the y half first.
+    Coordinate y = (row + 1) / (H + 1e-6) * scale (x alike); feature k of a
+    coordinate is sin (k even) or cos (k odd) of coordinate / temperature^(2 floor(k/2) / features)."""
+    (x,) = ins
+    if x.rank != 4 or isinstance(x.shape[2], str) or isinstance(x.shape[3], str):
+        raise OpError(f"op 'sine_positions_2d' needs [B, C, H, W] with concrete H, W, got {x}")
+    if a["features"] % 2:
+        raise OpError("op 'sine_positions_2d' needs an even number of features")
+    return [TensorType(DType.f32, (1, x.shape[2] * x.shape[3], 2 * a["features"]))]
 
 
 @op("mean", ("x",), (Attr("axis", "int"),))

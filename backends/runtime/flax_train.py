@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metagen.backends.runtime.data import DataSource, learning_rate, parse_args
+from metagen.backends.runtime.data import DataSource, after_forward, learning_rate, parse_args, reads_outputs
 from metagen.backends.runtime.program import LOSS, LOSS_SOURCES, TRAIN, M
 
 
@@ -66,11 +66,31 @@ def compute_loss(graphdef, params, rest, batch):
     return LOSS(*args)["loss"], nnx.split(model, nnx.Param, ...)[2]
 
 
+def _outputs(graphdef, params, rest, batch):
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    return model(**{name: batch[name] for name in M.INPUTS})
+
+
+_predict = jax.jit(_outputs, static_argnums=0)
+
+
+def match(graphdef, params, rest, batch, host, sharding=None):
+    """The batch with the fields of the data-side steps that read the model's outputs
+    (DETR's matching), from a forward pass outside the gradient; `host` is the numpy
+    batch. Unchanged when no step reads outputs."""
+    if not reads_outputs():
+        return batch
+    out = _predict(graphdef, params, rest, batch)
+    added = after_forward(dict(host), {k: np.asarray(v, dtype=np.float32) for k, v in out.items()})
+    return dict(batch, **to_arrays(added, sharding))
+
+
 def loss_and_grads(model, batch):
     """(loss, gradients as canonical name -> numpy array in PyTorch layout)."""
     graphdef, params, rest = split(model)
+    arrays = match(graphdef, params, rest, to_arrays(batch), batch)
     grad_fn = jax.jit(jax.value_and_grad(compute_loss, argnums=1, has_aux=True), static_argnums=0)
-    (loss, _), grads = grad_fn(graphdef, params, rest, to_arrays(batch))
+    (loss, _), grads = grad_fn(graphdef, params, rest, arrays)
     return float(loss), M.to_canonical(nnx.merge(graphdef, grads, rest))
 
 
@@ -152,7 +172,8 @@ def train(argv=None):
     end = min(args.steps, args.stop_after or args.steps)
     for step in range(start, end):
         lr = learning_rate(step, args.steps)
-        batch = to_arrays(data.batch(step, args.batch_size), data_sharding)
+        host = data.batch(step, args.batch_size)
+        batch = match(graphdef, params, rest, to_arrays(host, data_sharding), host, data_sharding)
         params, rest, opt_state, loss = step_fn(params, rest, opt_state, batch, jnp.float32(lr))
         if (step + 1) % args.log_every == 0 or step == start or step + 1 == end:
             value = float(loss)

@@ -63,16 +63,17 @@ def kaiming_std(out_channels: int, kernel: int) -> float:
 
 
 def conv_bn(
-    b: ModuleBuilder, name: str, x: Value, out_channels: int, kernel: int, stride: int, eps: float, bn: str
+    b: ModuleBuilder, name: str, x: Value, out_channels: int, kernel: int, stride: int, eps: float, bn: str,
+    frozen: bool = False,
 ) -> Value:
     """A bias-free convolution (padding kernel // 2) and its batch norm, children
-    `name` and `bn`."""
+    `name` and `bn` (frozen: DETR's backbone)."""
     cin = x.type.shape[1]
     b.layer(
         name, "conv2d", in_channels=cin, out_channels=out_channels, kernel=kernel, stride=stride,
         padding=kernel // 2, bias=False, init_std=kaiming_std(out_channels, kernel),
     )
-    b.layer(bn, "batch_norm", channels=out_channels, eps=eps)
+    b.layer(bn, "batch_norm", channels=out_channels, eps=eps, frozen=frozen)
     return b.call(bn, b.call(name, x))
 
 
@@ -85,7 +86,7 @@ def conv_side(side: int, kernel: int, stride: int) -> int:
 
 
 def residual_block(
-    mb: ModelBuilder, kind: str, cin: int, width: int, side: int, stride: int, act: str, eps: float
+    mb: ModelBuilder, kind: str, cin: int, width: int, side: int, stride: int, act: str, eps: float, frozen: bool = False
 ) -> ModuleDef:
     """One ResNet block on [batch, cin, side, side]: basic (3x3, 3x3) or bottleneck
     (1x1 to `width`, 3x3 strided, 1x1 to 4 * width), plus the shortcut."""
@@ -93,33 +94,34 @@ def residual_block(
     b = mb.module("BasicBlock" if kind == "basic" else "Bottleneck", doc=f"ResNet {kind} block.")
     x = b.input("x", feature_type(cin, side))
     if kind == "basic":
-        h = b.op(act, conv_bn(b, "conv1", x, width, 3, stride, eps, "bn1"))
-        h = conv_bn(b, "conv2", h, cout, 3, 1, eps, "bn2")
+        h = b.op(act, conv_bn(b, "conv1", x, width, 3, stride, eps, "bn1", frozen))
+        h = conv_bn(b, "conv2", h, cout, 3, 1, eps, "bn2", frozen)
     else:
-        h = b.op(act, conv_bn(b, "conv1", x, width, 1, 1, eps, "bn1"))
-        h = b.op(act, conv_bn(b, "conv2", h, width, 3, stride, eps, "bn2"))
-        h = conv_bn(b, "conv3", h, cout, 1, 1, eps, "bn3")
+        h = b.op(act, conv_bn(b, "conv1", x, width, 1, 1, eps, "bn1", frozen))
+        h = b.op(act, conv_bn(b, "conv2", h, width, 3, stride, eps, "bn2", frozen))
+        h = conv_bn(b, "conv3", h, cout, 1, 1, eps, "bn3", frozen)
     shortcut = x
     if stride != 1 or cin != cout:
         d = mb.module("Downsample", doc="Projection shortcut: 1x1 strided convolution and batch norm.")
         dx = d.input("x", feature_type(cin, side))
-        b.sub("downsample", d.ret(conv_bn(d, "conv", dx, cout, 1, stride, eps, "bn")))
+        b.sub("downsample", d.ret(conv_bn(d, "conv", dx, cout, 1, stride, eps, "bn", frozen)))
         shortcut = b.call("downsample", x)
     return b.ret(b.op(act, b.op("add", h, shortcut), hint="out"))
 
 
 def resnet_stage(
-    mb: ModelBuilder, kind: str, cin: int, width: int, side: int, stride: int, depth: int, act: str, eps: float
+    mb: ModelBuilder, kind: str, cin: int, width: int, side: int, stride: int, depth: int, act: str, eps: float,
+    frozen: bool = False,
 ) -> ModuleDef:
     """`depth` blocks: `first` (strided, projecting), then `rest` (a Repeat of identical blocks)."""
     cout = width * EXPANSION[kind]
     out_side = conv_side(side, 3, stride)
     s = mb.module("Stage", doc=f"ResNet stage of {depth} {kind} blocks.")
     x = s.input("x", feature_type(cin, side))
-    s.sub("first", residual_block(mb, kind, cin, width, side, stride, act, eps))
+    s.sub("first", residual_block(mb, kind, cin, width, side, stride, act, eps, frozen))
     h = s.call("first", x)
     if depth > 1:
-        s.repeat("rest", residual_block(mb, kind, cout, width, out_side, 1, act, eps), depth - 1)
+        s.repeat("rest", residual_block(mb, kind, cout, width, out_side, 1, act, eps, frozen), depth - 1)
         h = s.call("rest", h)
     return s.ret(h)
 
@@ -135,13 +137,15 @@ def stage_sides(image_size: int, stages: int) -> list[int]:
 
 def resnet_trunk(mb: ModelBuilder, top: ModuleBuilder, a: Any, pixels: Value) -> Value:
     """Stem and stages on `pixels`: the last stage's feature map. Children of `top`:
-    `conv1`, `bn1`, `layer1`..`layer4`."""
-    act, eps, kind = a["activation"], a["norm_eps"], a["block"]
-    h = top.op(act, conv_bn(top, "conv1", pixels, a["hidden_size"], 7, 2, eps, "bn1"))
+    `conv1`, `bn1`, `layer1`..`layer4`. `frozen` batch norm: DETR's backbone."""
+    act, eps, kind, frozen = a["activation"], a["norm_eps"], a["block"], bool(a.get("frozen", False))
+    h = top.op(act, conv_bn(top, "conv1", pixels, a["hidden_size"], 7, 2, eps, "bn1", frozen))
     h = top.op("max_pool2d", h, kernel=3, stride=2, padding=1, hint="pooled")
     for i, depth in enumerate(a["depths"]):
         width = a["hidden_size"] * 2**i
-        stage = resnet_stage(mb, kind, h.type.shape[1], width, h.type.shape[2], 1 if i == 0 else 2, depth, act, eps)
+        stage = resnet_stage(
+            mb, kind, h.type.shape[1], width, h.type.shape[2], 1 if i == 0 else 2, depth, act, eps, frozen
+        )
         top.sub(f"layer{i + 1}", stage)
         h = top.call(f"layer{i + 1}", h)
     return h
