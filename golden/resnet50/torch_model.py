@@ -14,25 +14,31 @@ from torch import nn
 
 class _BatchNorm2d(nn.Module):
     """Batch norm over [B, C, H, W]: running statistics in eval mode; batch statistics
-    in train mode, which also move the running ones (torch's update). No
-    num_batches_tracked: the state dict holds exactly the canonical names."""
+    in train mode, which also move the running ones (torch's update). Frozen (DETR's
+    backbone): weight and bias are buffers too and the running statistics are always
+    used. No num_batches_tracked: the state dict holds exactly the canonical names."""
 
-    def __init__(self, channels, eps, momentum):
+    def __init__(self, channels, eps, momentum, frozen=False):
         super().__init__()
-        self.eps, self.momentum = eps, momentum
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps, self.momentum, self.frozen = eps, momentum, frozen
+        if frozen:
+            self.register_buffer("weight", torch.ones(channels))
+            self.register_buffer("bias", torch.zeros(channels))
+        else:
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
     def forward(self, x):
+        train = self.training and not self.frozen
         return F.batch_norm(
             x,
             self.running_mean,
             self.running_var,
             self.weight,
             self.bias,
-            self.training,
+            train,
             self.momentum,
             self.eps,
         )

@@ -21,16 +21,17 @@ class _BatchNorm2d(nnx.Module):
     `model.eval()` flip `use_running_average`; the running statistics are
     `nnx.BatchStat`s, so they are not `nnx.Param`s and not trained by gradient."""
 
-    def __init__(self, channels, eps, momentum):
-        self.eps, self.momentum = eps, momentum
+    def __init__(self, channels, eps, momentum, frozen=False):
+        self.eps, self.momentum, self.frozen = eps, momentum, frozen
         self.use_running_average = True
-        self.weight = nnx.Param(jnp.ones((channels,), dtype=jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((channels,), dtype=jnp.float32))
+        kind = nnx.BatchStat if frozen else nnx.Param  # frozen (DETR): not trained, not counted
+        self.weight = kind(jnp.ones((channels,), dtype=jnp.float32))
+        self.bias = kind(jnp.zeros((channels,), dtype=jnp.float32))
         self.running_mean = nnx.BatchStat(jnp.zeros((channels,), dtype=jnp.float32))
         self.running_var = nnx.BatchStat(jnp.ones((channels,), dtype=jnp.float32))
 
     def __call__(self, x):
-        if self.use_running_average:
+        if self.use_running_average or self.frozen:
             mean, var = self.running_mean[...], self.running_var[...]
         else:
             mean = jnp.mean(x, axis=(0, 2, 3))
