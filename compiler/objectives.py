@@ -393,7 +393,79 @@ def generalized_iou(m, a, b):
     return m.op("sub", iou, m.op("div", m.op("sub", enclosing, union), enclosing), hint="giou")
 
 
+def dense_detection(model: Model, seq: int) -> LossProgram:
+    """The dense detector's loss (FCOS-style, with a softmax background class): the
+    data side assigns each cell to the smallest target box containing its center
+    (before the forward: the assignment does not depend on the predictions); the loss
+    is cross-entropy over every cell, and over the assigned cells the L1 distance of
+    (l, t, r, b) and the squared error of sigmoid(centerness) against FCOS's
+    centerness, each summed and divided by the number of assigned cells."""
+    lname, lt = _output(model, "logits")
+    dname, dt = _output(model, "box_distances")
+    cname, ct = _output(model, "centerness")
+    classes, cells = lt.shape[-1] - 1, lt.shape[1]
+    mb = ModelBuilder()
+    m = mb.module("DenseDetectionLoss", doc="Cross-entropy per cell, L1 distances and centerness on assigned cells.")
+    logits, dist, ctr = m.input("logits", lt), m.input("box_distances", dt), m.input("centerness", ct)
+    cell = TensorType(DType.i64, lt.shape[:2])
+    target_classes = m.input("target_classes", cell)
+    class_weight = m.input("class_weight", cell.with_dtype(DType.f32))
+    target_distances = m.input("target_distances", dt)
+    target_centerness = m.input("target_centerness", ct)
+    box_weight = m.input("box_weight", ct)
+    ce = m.op("masked_cross_entropy", logits, target_classes, class_weight, hint="loss_ce")
+    diff = m.op("sub", dist, target_distances)
+    l1 = m.op("scale", m.op("mean", m.op("add", m.op("relu", diff), m.op("relu", m.op("scale", diff, factor=-1.0))), axis=-1), factor=4.0)
+    loss_box = m.op("mean", m.op("mean", m.op("mul", l1, box_weight), axis=-1), axis=-1, hint="loss_box")
+    err = m.op("sub", m.op("sigmoid", ctr), target_centerness)
+    loss_ctr = m.op("mean", m.op("mean", m.op("mul", m.op("mul", err, err), box_weight), axis=-1), axis=-1, hint="loss_ctr")
+    top = m.ret(m.op("add", ce, m.op("add", loss_box, loss_ctr), hint="loss"), names=["loss"])
+    spec = [
+        InputSpec("logits", lt, "normal"),
+        InputSpec("box_distances", dt, "uniform", 0.0, 1.0),
+        InputSpec("centerness", ct, "normal"),
+        InputSpec("target_classes", cell, "tokens", 0, classes + 1),
+        InputSpec("class_weight", class_weight.type, "uniform", 0.1, 1.0),
+        InputSpec("target_distances", dt, "uniform", 0.0, 0.5),
+        InputSpec("target_centerness", ct, "uniform", 0.0, 1.0),
+        InputSpec("box_weight", ct, "uniform", 0.0, 2.0),
+    ]
+    draw = DataTransform(
+        "detection_targets",
+        outputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
+        carry=tuple(i.name for i in model.inputs if i.kind != "tokens"),
+        params={"classes": classes, "max_objects": MAX_SYNTHETIC_OBJECTS},
+    )
+    side = int(round(cells**0.5))
+    assign = DataTransform(
+        "dense_assign",
+        inputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
+        outputs={n: n for n in ("target_classes", "class_weight", "target_distances", "target_centerness", "box_weight")},
+        params={"classes": classes, "grid": side, "background": DENSE_BACKGROUND_WEIGHT},
+    )
+    names = ("target_classes", "class_weight", "target_distances", "target_centerness", "box_weight")
+    return LossProgram(
+        "object_detection",
+        _finish(mb, top, model, spec),
+        [("output", lname), ("output", dname), ("output", cname)] + [("batch", n) for n in names],
+        [draw, assign],
+        seq,
+        "targets: boxes (cx, cy, w, h) in [0, 1], classes, object_mask per image; each cell is assigned to the "
+        "smallest box containing its center, before the forward",
+    )
+
+
+DENSE_BACKGROUND_WEIGHT = 0.25  # background cells' weight in the cross-entropy
+
+
 def object_detection(model: Model, seq: int) -> LossProgram:
+    """DETR's set loss, or the dense detector's loss for a model with box distances."""
+    if "box_distances" in model.output_names:
+        return dense_detection(model, seq)
+    return set_prediction(model, seq)
+
+
+def set_prediction(model: Model, seq: int) -> LossProgram:
     """DETR's set loss. The data side matches predictions to targets each step (the
     Hungarian algorithm on DETR's matching cost, after the forward pass) and writes
     per-query targets; the loss is then fixed arithmetic: weighted cross-entropy over

@@ -58,6 +58,7 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/reference/resnet50.yaml", full_ir=True),
     GoldenSpec("examples/vision/segmentation_unet.yaml"),
     GoldenSpec("examples/reference/detr_resnet50.yaml", full_ir=True),
+    GoldenSpec("examples/vision/dense_detector_edge.yaml"),
 ]
 
 

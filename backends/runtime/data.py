@@ -194,6 +194,53 @@ def detection_targets(batch, rng, transform, batch_size, synthetic):
             batch[image] = x
 
 
+def dense_assign(batch, rng, transform, batch_size, synthetic):
+    """The dense detector's targets (FCOS's rule): cell (i, j) of a grid x grid map,
+    centered at ((j + 0.5) / grid, (i + 0.5) / grid), belongs to the smallest target
+    box containing its center; it then gets the box's class, distances (l, t, r, b)
+    from its center to the box's sides, FCOS's centerness sqrt(min(l, r) / max(l, r) *
+    min(t, b) / max(t, b)) and a box weight of cells / assigned cells; the others are
+    background (class `classes`, cross-entropy weight `background`)."""
+    p, src, out = transform["params"], transform["inputs"], transform["outputs"]
+    g, classes = p["grid"], p["classes"]
+    boxes, labels, mask = (
+        batch[src["boxes"]],
+        batch[src["classes"]],
+        np.asarray(batch[src["object_mask"]]) > 0,
+    )
+    centers = (np.arange(g) + 0.5) / g
+    cy, cx = np.meshgrid(centers, centers, indexing="ij")
+    cx, cy = cx.reshape(-1), cy.reshape(-1)
+    n = g * g
+    target_classes = np.full((batch_size, n), classes, dtype=np.int64)
+    class_weight = np.full((batch_size, n), p["background"], dtype=np.float32)
+    distances = np.zeros((batch_size, n, 4), dtype=np.float32)
+    centerness = np.zeros((batch_size, n), dtype=np.float32)
+    assigned = np.zeros((batch_size, n), dtype=bool)
+    for b in range(batch_size):
+        best = np.full(n, np.inf)
+        for j in np.flatnonzero(mask[b]):
+            x, y, w, h = boxes[b, j]
+            ltrb = np.stack(
+                [cx - (x - w / 2), cy - (y - h / 2), (x + w / 2) - cx, (y + h / 2) - cy], axis=-1
+            )
+            take = (ltrb.min(-1) > 0) & (w * h < best)
+            best[take] = w * h
+            target_classes[b, take] = labels[b, j]
+            distances[b, take] = ltrb[take]
+            lr, tb = ltrb[take][:, [0, 2]], ltrb[take][:, [1, 3]]
+            centerness[b, take] = np.sqrt(lr.min(-1) / lr.max(-1) * tb.min(-1) / tb.max(-1))
+            assigned[b, take] = True
+    class_weight[assigned] = 1.0
+    batch[out["target_classes"]] = target_classes
+    batch[out["class_weight"]] = class_weight
+    batch[out["target_distances"]] = distances
+    batch[out["target_centerness"]] = centerness
+    batch[out["box_weight"]] = (assigned * (batch_size * n / max(int(assigned.sum()), 1))).astype(
+        np.float32
+    )
+
+
 def _assign(cost):
     """Minimum-cost assignment of every row to a distinct column (rows <= columns):
     the Hungarian algorithm with potentials (Kuhn-Munkres, O(n^2 m)); returns the
@@ -312,6 +359,7 @@ TRANSFORMS = {
     "diffusion_noise": diffusion_noise,
     "segmentation_labels": segmentation_labels,
     "detection_targets": detection_targets,
+    "dense_assign": dense_assign,
 }
 
 

@@ -15,7 +15,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metagen.backends.runtime.data import DataSource, after_forward, learning_rate, parse_args, reads_outputs
+from metagen.backends.runtime.data import (
+    DataSource,
+    after_forward,
+    learning_rate,
+    parse_args,
+    reads_outputs,
+)
 from metagen.backends.runtime.program import LOSS, LOSS_SOURCES, TRAIN, M
 
 

@@ -11,7 +11,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from metagen.backends.runtime.data import DataSource, after_forward, learning_rate, parse_args, reads_outputs
+from metagen.backends.runtime.data import (
+    DataSource,
+    after_forward,
+    learning_rate,
+    parse_args,
+    reads_outputs,
+)
 from metagen.backends.runtime.program import LOSS, LOSS_SOURCES, TRAIN, M
 
 

@@ -264,3 +264,123 @@ def box_mlp(mb: ModelBuilder, d: int, q: int) -> ModuleDef:
     b.repeat("hidden", layer_def, 2)
     b.layer("out", "linear", in_features=d, out_features=4, bias=True)
     return b.ret(b.call("out", b.call("hidden", x)))
+
+
+# ---------------------------------------------------------------- dense one-stage detector
+
+
+@dataclass
+class DenseArch(ArchConfig):
+    image_size: int | None = spec_key()
+    channels: int | None = spec_key()
+    hidden_size: int | None = spec_key()  # the backbone's stem width
+    layers: int | None = spec_key()  # the backbone's ResNet depth (18 or 34: basic blocks)
+    activation: str | None = spec_key()
+    norm_eps: float | None = spec_key()
+    num_classes: int = derived(0)
+    block: str = derived("")
+    depths: list = derived([])
+
+
+DENSE_STRIDE = 16  # the backbone's first three stages
+DENSE_DEPTHS = (18, 34)
+
+
+def dense_grid(image_size: int) -> int:
+    return image_size // DENSE_STRIDE
+
+
+class DenseDetector(Family):
+    name = "dense_detector"
+    doc = "One-stage anchor-free dense detector (FCOS-style), for small budgets and edge devices."
+    inputs_doc = "pixel_values: float32 [batch, channels, image_size, image_size], normalized pixels"
+    outputs_doc = (
+        "logits: [batch, cells, num_classes + 1] (last: background); box_distances: [batch, cells, 4] (l, t, r, b) "
+        "from each cell's center, as fractions of the image side; centerness: [batch, cells] logits"
+    )
+    msl_family_name = "cnn"
+    accepts_families = ("cnn",)
+    rules = (Rule(("image",), ("bounding_boxes",), ("object_detection", None), families=("cnn",)),)
+    default_objective = "object_detection"
+    tasks = ("object_detection",)
+    unit = UnitOfWork("image", "image")
+    config = DenseArch
+    tiny_doc = "64 x 64 images (a 4 x 4 grid of cells), stem width 8, blocks per stage 2, 1, 1, head 32 wide, at most 10 classes"
+
+    def configure(self, ctx: CompileContext) -> None:
+        a = DenseArch(image_size=512, channels=3, hidden_size=64, layers=18, activation="relu", norm_eps=1e-5)
+        ctx.arch = read_spec(ctx, a)
+        a = ctx.arch
+        a["num_classes"] = ctx.spec.task.num_classes if ctx.spec.task.num_classes is not None else 80  # COCO's classes
+        if a["layers"] not in DENSE_DEPTHS:
+            ctx.sink.error(self.key_loc(ctx, "layers"), f"architecture: the dense detector's backbone depth is 18 or 34, not {a['layers']}")
+        if a["image_size"] % DENSE_STRIDE or a["image_size"] < 2 * DENSE_STRIDE:
+            ctx.sink.error(self.key_loc(ctx, "image_size"), f"architecture: image_size must be a multiple of {DENSE_STRIDE}, at least {2 * DENSE_STRIDE}")
+
+    def knobs(self, ctx: CompileContext) -> Knobs | None:
+        if "hidden_size" in ctx.pinned:
+            return None
+        return Knobs(widths=[{"hidden_size": w} for w in range(8, 129, 8)], depth_keys=[])
+
+    def tiny(self, ctx: CompileContext) -> None:
+        a = ctx.arch
+        a.update(image_size=64, hidden_size=8, depths=[2, 1, 1])
+        a["block"] = "basic"
+        a["channels"] = a["channels"] if a["channels"] <= 4 else 3
+        a["num_classes"] = min(a["num_classes"], 10)
+
+    def finalize(self, ctx: CompileContext) -> str | None:
+        a = ctx.arch
+        if a["layers"] not in DENSE_DEPTHS or a["image_size"] % DENSE_STRIDE:
+            return "the dense detector needs a depth of 18 or 34 and an image side divisible by 16"
+        if not a["depths"]:
+            a["block"], a["depths"] = RESNET_DEPTHS[a["layers"]][0], list(RESNET_DEPTHS[a["layers"]][1][:3])
+        return None
+
+    def build(self, ctx: CompileContext) -> Model:
+        from metagen.compiler.families.cnn import conv_bn
+
+        a = ctx.arch
+        mb = self.model_builder(ctx)
+        top = mb.module(class_name(ctx.spec.name), doc="One-stage dense detector.")
+        s = a["image_size"]
+        pixels = top.input("pixel_values", TensorType(DType.f32, ("batch", a["channels"], s, s)))
+        bb = mb.module("Backbone", doc="ResNet trunk, three stages (stride 16).")
+        bx = bb.input("x", pixels.type)
+        trunk = {k: a[k] for k in ("activation", "norm_eps", "block", "hidden_size", "depths")}
+        top.sub("backbone", bb.ret(resnet_trunk(mb, bb, trunk, bx)))
+        feats = top.call("backbone", pixels, hint="features")
+        width = 4 * a["hidden_size"]
+        head = top.op(a["activation"], conv_bn(top, "head_conv", feats, width, 3, 1, a["norm_eps"], "head_bn"), hint="head")
+        outs = {}
+        for name, n in (("cls_out", a["num_classes"] + 1), ("box_out", 4), ("ctr_out", 1)):
+            top.layer(name, "conv2d", in_channels=width, out_channels=n, kernel=3, padding=1, bias=True, init_std=0.01)
+            outs[name] = top.op("flatten_spatial", top.call(name, head))
+        logits = outs["cls_out"]
+        distances = top.op("sigmoid", outs["box_out"], hint="box_distances")
+        centerness = top.op("select", outs["ctr_out"], axis=2, index=0, hint="centerness")
+        top_def = top.ret(logits, distances, centerness, names=["logits", "box_distances", "centerness"])
+        config = {k: a[k] for k in DenseArch.spec_keys()}
+        config.update(num_classes=a["num_classes"], block=a["block"], depths=list(a["depths"]), stride=DENSE_STRIDE)
+        return mb.finish(
+            top_def,
+            name=top_def.name,
+            spec_name=ctx.spec.name,
+            inputs=[InputSpec("pixel_values", pixels.type, "normal", doc="normalized pixels, channels first")],
+            config=config,
+            family=self.name,
+            symbols={"batch": "batch size"},
+        )
+
+    def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
+        """The backbone's blocks as the resnet family, plus the head's maps."""
+        from metagen.compiler.families.cnn import block_maps
+
+        a = ctx.arch
+        maps = block_maps(dict(a, depths=list(a["depths"]) + [0]))
+        g = dense_grid(a["image_size"])
+        head = (4 * a["hidden_size"] * 2 + a["num_classes"] + 6) * g * g
+        return {
+            "inference": inference(params * weight_nbytes(ctx), 0, max(max(maps), head) * act_nbytes(ctx)),
+            "training": training(params, (sum(maps) + head) * 2, (max(maps) + head) * 2),
+        }
