@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import black
 
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
-from metagen.ir import names
+from metagen.ir import names, ops
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Param, Repeat, Sub
 
 __all__ = ["EmitError"]  # re-exported: the Python emitters' error is every backend's
@@ -325,7 +325,11 @@ BASE_OPS: dict[str, Rule] = {
         f"{c.helper('attention')}({q}, {k}, {v}, {c.a['heads']}, {c.a['kv_heads']}, {c.a['head_dim']}, "
         f"is_causal={c.a['causal']}" + (f", scale={c.a['scale']!r}" if c.a["scale"] is not None else "") + ")"
     ),
-    "rope": lambda c, x: f"{c.helper('rope')}({x}, {c.a['heads']}, {c.a['head_dim']}, {c.a['theta']!r})",
+    "rope": lambda c, x: (
+        f"{c.helper('rope')}({x}, {c.a['heads']}, {c.a['head_dim']}, {c.a['theta']!r}"
+        + ("" if c.a["scaling"] == "none" else f", inv_freq={_tuple_literal([float(f) for f in ops.rope_inv_freq(c.a)])}")
+        + ")"
+    ),
     "positions": lambda c, x: f"{c.lib}.arange({x}.shape[{c.a['axis']}])",
     "concat": lambda c, *xs: f"{c.lib}.concatenate([{', '.join(xs)}], axis={c.a['axis']})",
     "stack": lambda c, *xs: f"{c.lib}.stack([{', '.join(xs)}], axis={c.a['axis']})",

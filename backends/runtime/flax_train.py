@@ -173,7 +173,7 @@ def train(argv=None):
     rest = jax.device_put(rest, replicated)
     opt_state = jax.device_put(opt_state, replicated)
     step_fn = make_step(graphdef, tx)
-    data = DataSource(args.data, args.seed)
+    data = DataSource(args.data, args.seed, args.tokenizer)
     history = []
     end = min(args.steps, args.stop_after or args.steps)
     for step in range(start, end):

@@ -29,10 +29,14 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     return out.reshape(b, sq, heads * head_dim)
 
 
-def _rope(x, heads, head_dim, theta):
-    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]."""
+def _rope(x, heads, head_dim, theta, inv_freq=None):
+    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]
+    (`inv_freq`: the frequencies when they are not theta's, e.g. rescaled)."""
     seq = x.shape[1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    else:
+        inv_freq = jnp.asarray(inv_freq, dtype=jnp.float32)
     freqs = jnp.outer(jnp.arange(seq, dtype=jnp.float32), inv_freq)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     cos, sin = jnp.cos(emb).astype(x.dtype)[:, None, :], jnp.sin(emb).astype(x.dtype)[:, None, :]
@@ -54,8 +58,8 @@ class Attention(nnx.Module):
         q = jax.lax.slice_in_dim(qkv, 0, 64, axis=-1)
         k = jax.lax.slice_in_dim(qkv, 64, 96, axis=-1)
         v = jax.lax.slice_in_dim(qkv, 96, 128, axis=-1)
-        q_1 = _rope(q, 4, 16, 10000.0)
-        k_1 = _rope(k, 2, 16, 10000.0)
+        q_1 = _rope(q, 4, 16, 10000000.0)
+        k_1 = _rope(k, 2, 16, 10000000.0)
         attn = _attention(q_1, k_1, v, 4, 2, 16, is_causal=True)
         out = self.o_proj(attn)
         return out
@@ -131,9 +135,11 @@ CONFIG = {
     "norm_eps": 1e-05,
     "norm_position": "pre",
     "position": "rope",
-    "rope_theta": 10000.0,
+    "rope_theta": 10000000.0,
     "bias": False,
     "tie_embeddings": False,
+    "qkv_bias": False,
+    "rope_scaling": "none",
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}

@@ -62,12 +62,16 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     return out.transpose(0, 2, 1, 3).reshape(b, sq, heads * d)
 
 
-def _rope(x, heads, head_dim, theta):
+def _rope(x, heads, head_dim, theta, inv_freq=None):
     """Rotary position embedding on packed heads [B, S, H*D], positions 0..S-1,
     rotate-half convention: dims i and i + D/2 form a pair rotated by the angle
-    position * theta^(-2i/D)."""
+    position * theta^(-2i/D), or position * inv_freq[i] when the frequencies are given
+    (rescaled, e.g. Llama 3's)."""
     b, s, d = x.shape[0], x.shape[1], head_dim
-    inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    if inv_freq is None:
+        inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    else:
+        inv_freq = np.asarray(inv_freq, dtype=np.float64)
     angles = np.outer(np.arange(s), inv_freq)
     angles = np.concatenate([angles, angles], axis=-1)[:, None, :]
     x = x.reshape(b, s, heads, d)
@@ -148,7 +152,6 @@ class MyFirstModel:
         self.tok_embeddings = _Embedding(256, 64)
         self.blocks = [Block() for _ in range(2)]
         self.norm_f = _RMSNorm(64, eps=1e-05)
-        self.lm_head = _Linear(64, 256, bias=False)
 
     def __call__(self, input_ids):
         x = self.tok_embeddings(input_ids)
@@ -156,7 +159,7 @@ class MyFirstModel:
         for layer in self.blocks:
             x_1 = layer(x_1)
         x_2 = self.norm_f(x_1)
-        logits = self.lm_head(x_2)
+        logits = np.matmul(x_2, self.tok_embeddings.weight.T)
         return {"logits": logits}
 
 
@@ -177,7 +180,9 @@ CONFIG = {
     "position": "rope",
     "rope_theta": 10000.0,
     "bias": False,
-    "tie_embeddings": False,
+    "tie_embeddings": True,
+    "qkv_bias": False,
+    "rope_scaling": "none",
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}
@@ -201,7 +206,6 @@ _INITS = [
     ("blocks.1.mlp.up_proj.weight", [256, 64], "normal", {"std": 0.02}),
     ("blocks.1.mlp.down_proj.weight", [64, 256], "normal", {"std": 0.01}),
     ("norm_f.weight", [64], "ones", {}),
-    ("lm_head.weight", [256, 64], "normal", {"std": 0.02}),
 ]
 _OUTPUT_DTYPES = {"logits": "float32"}
 
