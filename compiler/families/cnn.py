@@ -187,6 +187,8 @@ class ResNet(Family):
     rules = (Rule(("image",), ("label",), ("classification", None), families=("cnn",)),)
     default_objective = "classification"
     tasks = ("classification",)
+    default_budget = 26_000_000
+    default_budget_source = "ResNet-50 (25.6M with 1000 classes; He et al. 2016), the standard ImageNet CNN baseline"
     unit = UnitOfWork("image", "image")
     config = ResNetArch
     tiny_doc = (

@@ -139,6 +139,8 @@ class Detr(Family):
     )
     accepts_families = ("auto", "transformer")
     built = "a DETR detector"
+    default_budget = 42_000_000
+    default_budget_source = "DETR-R50 (41.5M with 91 classes; Carion et al. 2020)"
     rules = (Rule(("image",), ("bounding_boxes",), ("object_detection", None)),)
     default_objective = "object_detection"
     tasks = ("object_detection",)
@@ -301,6 +303,8 @@ class DenseDetector(Family):
     msl_family_name = "cnn"
     accepts_families = ("cnn",)
     rules = (Rule(("image",), ("bounding_boxes",), ("object_detection", None), families=("cnn",)),)
+    default_budget = 4_000_000
+    default_budget_source = "YOLOv8n (3.2M; Ultralytics 2023), the usual edge detector"
     default_objective = "object_detection"
     tasks = ("object_detection",)
     unit = UnitOfWork("image", "image")

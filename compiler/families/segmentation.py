@@ -103,6 +103,11 @@ class SegmentationUNet(Family):
     built = "a U-Net segmenter"
     rules = (Rule(("image",), ("segmentation_mask",), ("semantic_segmentation", None)),)
     default_objective = "semantic_segmentation"
+    default_budget = 35_000_000
+    default_budget_source = (
+        "U-Net with 64 base channels and 5 levels (Ronneberger et al. 2015): 31M with transposed convolutions, "
+        "34.5M here with 3x3 up-convolutions"
+    )
     tasks = ("semantic_segmentation",)
     unit = UnitOfWork("image", "image")
     config = SegmentationArch
