@@ -25,6 +25,7 @@ from metagen.backends.pyemit import (
     BASE_OPS,
     SINE_POSITIONS_SOURCE,
     sine_positions_rule,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -36,6 +37,7 @@ from metagen.backends.pyemit import (
     py_literal,
     uncovered_ops,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, ModuleDef, Param
 from metagen.ir.types import DType
 
@@ -109,6 +111,7 @@ OPS: dict[str, Rule] = {
 # a rule asks for it, with the helpers its source calls.
 HELPERS: dict[str, str] = {
     "sine_positions_2d": SINE_POSITIONS_SOURCE,
+    **COMMON_HELPERS,
     "Linear": '''
 class _Linear:
     """y = x W^T + b over the last axis; weight [out, in]."""
@@ -363,6 +366,7 @@ class NumpyEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(NUMPY_API)
+        out(sampler_source(m, "numpy"))
         return format_python(out.text())
 
     def param_member(self, p: Param) -> str:

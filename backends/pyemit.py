@@ -149,32 +149,8 @@ def init_table(model: Model) -> list[tuple[str, tuple[int, ...], str, dict[str, 
     return [(name, tuple(p.type.shape), p.init.scheme, dict(p.init.args)) for name, p in model.walk_params()]
 
 
-# Canonical initial weights: numpy only, one generator per parameter seeded by
-# (seed, crc32(name)), so every backend draws the same bits in any order.
-INIT_FUNCTIONS = '''
-def _draw(name, shape, scheme, args, seed):
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
-    if scheme == "normal":
-        return rng.standard_normal(shape, dtype=np.float32) * np.float32(args["std"])
-    if scheme == "trunc_normal":
-        x = rng.standard_normal(shape, dtype=np.float32)
-        return np.clip(x, -2.0, 2.0) * np.float32(args["std"])
-    if scheme == "uniform":
-        b = args["bound"]
-        return rng.uniform(-b, b, size=shape).astype(np.float32)
-    if scheme == "zeros":
-        return np.zeros(shape, dtype=np.float32)
-    if scheme == "ones":
-        return np.ones(shape, dtype=np.float32)
-    if scheme == "const":
-        return np.full(shape, args["value"], dtype=np.float32)
-    raise ValueError(f"unknown init scheme {scheme}")
-
-
-def init_arrays(seed=0):
-    """The canonical initial weights as numpy arrays, name -> array."""
-    return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
-'''
+# Canonical initial weights (the code every generated module embeds): see init_code.py.
+from metagen.backends.init_code import INIT_FUNCTIONS  # noqa: E402,F401
 
 
 # DETR's sine position table, in NumPy: the Python backends embed this source as a
@@ -339,8 +315,14 @@ BASE_OPS: dict[str, Rule] = {
         f"{c.lib}.concatenate([{c.lib}.broadcast_to({t}, ({x}.shape[0],) + {t}.shape[1:]), {x}], axis=1)"
     ),
     "flatten_spatial": lambda c, x: f"{c.lib}.transpose({x}.reshape({x}.shape[0], {x}.shape[1], -1), (0, 2, 1))",
-    "unflatten_spatial": lambda c, x: (
-        f"{c.lib}.transpose({x}, (0, 2, 1)).reshape({x}.shape[0], {x}.shape[2], {c.a['height']}, {c.a['width']})"
+    "unflatten_spatial": lambda c, x, like: (
+        f"{c.lib}.transpose({x}, (0, 2, 1)).reshape({x}.shape[0], {x}.shape[2], {like}.shape[2], {like}.shape[3])"
+    ),
+    "pad2d": lambda c, x: (
+        f"{c.lib}.pad({x}, ((0, 0), (0, 0), ({c.a['pads'][0]}, {c.a['pads'][1]}), ({c.a['pads'][2]}, {c.a['pads'][3]})))"
+    ),
+    "require_multiple": lambda c, x: (
+        f"{c.helper('require_multiple')}({x}, {_tuple_literal(c.a['axes'])}, {c.a['multiple']}, {c.a['what']!r})"
     ),
     "mean": lambda c, x: f"{c.lib}.mean({x}, axis={c.a['axis']})",
     "gather_argmax": lambda c, x, ids: f"{x}[{c.lib}.arange({x}.shape[0]), {c.lib}.argmax({ids}, axis=-1)]",
@@ -357,6 +339,20 @@ BASE_OPS: dict[str, Rule] = {
         f"{c.helper('masked_cross_entropy')}({logits}, {labels}, {mask})"
     ),
     "dice_loss": lambda c, logits, labels: f"{c.helper('dice_loss')}({logits}, {labels}, {c.a['smooth']!r})",
+}
+
+
+# Helpers every Python backend shares (they touch only `x.shape`): a backend's
+# table is `{**COMMON_HELPERS, ...its own}`.
+COMMON_HELPERS: dict[str, str] = {
+    "require_multiple": '''
+def _require_multiple(x, axes, multiple, what):
+    """x, after checking that its dims at `axes` are multiples of `multiple`."""
+    if any(int(x.shape[a]) % multiple for a in axes):
+        dims = " x ".join(str(int(x.shape[a])) for a in axes)
+        raise ValueError(f"{what}: got {dims}, not multiples of {multiple}")
+    return x
+''',
 }
 
 

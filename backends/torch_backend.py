@@ -12,6 +12,7 @@ from metagen.backends.pyemit import (
     BASE_OPS,
     SINE_POSITIONS_SOURCE,
     sine_positions_rule,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -21,6 +22,7 @@ from metagen.backends.pyemit import (
     emit_tables,
     format_python,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, Param
 from metagen.ir.types import DType
 
@@ -97,7 +99,8 @@ OPS: dict[str, Rule] = {
     "unsqueeze": _unsqueeze,
     "prepend": lambda c, x, t: f"torch.cat([{t}.expand({x}.shape[0], -1, -1), {x}], dim=1)",
     "flatten_spatial": lambda c, x: f"{x}.flatten(2).transpose(1, 2)",
-    "unflatten_spatial": lambda c, x: f"{x}.transpose(1, 2).unflatten(2, ({c.a['height']}, {c.a['width']}))",
+    "pad2d": lambda c, x: f"F.pad({x}, ({c.a['pads'][2]}, {c.a['pads'][3]}, {c.a['pads'][0]}, {c.a['pads'][1]}))",
+    "unflatten_spatial": lambda c, x, like: f"{x}.transpose(1, 2).unflatten(2, {like}.shape[2:])",
     "mean": lambda c, x: f"{x}.mean(dim={c.a['axis']})",
     "gather_argmax": lambda c, x, ids: (
         f"{x}[torch.arange({x}.shape[0], device={x}.device), {ids}.argmax(dim=-1)]"
@@ -152,6 +155,7 @@ class _BatchNorm2d(nn.Module):
             x, self.running_mean, self.running_var, self.weight, self.bias, train, self.momentum, self.eps
         )
 ''',
+    **COMMON_HELPERS,
     "masked_cross_entropy": '''
 def _masked_cross_entropy(logits, labels, mask):
     """Cross-entropy averaged over the positions where mask is 1."""
@@ -239,6 +243,7 @@ class TorchEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(TORCH_API)
+        out(sampler_source(m, "torch"))
         return format_python(out.text())
 
     def member_prologue(self) -> list[str]:
@@ -255,30 +260,45 @@ class TorchEmitter(ModuleEmitter):
 
 
 TORCH_API = '''
-def init(seed=0):
-    """A Model holding the canonical initial weights for `seed`."""
-    return load_canonical(init_arrays(seed))
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_canonical(tensors):
-    """A Model from a dict canonical name -> numpy array (PyTorch layout)."""
+def init(seed=0, dtype="float32"):
+    """A Model holding the canonical initial weights for `seed`, as `dtype` (a key of DTYPES)."""
+    return load_canonical(init_arrays(seed), dtype)
+
+
+def load_canonical(tensors, dtype="float32"):
+    """A Model from a dict canonical name -> numpy array (PyTorch layout), its weights as `dtype`."""
     with torch.device("meta"):
         model = Model()
-    state = {name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for name, value in tensors.items()}
+    to = DTYPES[dtype]
+    state = {name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).to(to) for name, value in tensors.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
+def _numpy(t):
+    """numpy has no bfloat16: lower precisions come back as float32 (exactly)."""
+    t = t.detach().cpu()
+    return t.float().numpy() if t.dtype in (torch.bfloat16, torch.float16) else t.numpy()
+
+
 def to_canonical(state):
     """Dict canonical name -> numpy array of a Model's weights."""
-    return {name: t.detach().cpu().numpy() for name, t in state.state_dict().items()}
+    return {name: _numpy(t) for name, t in state.state_dict().items()}
 
 
 def run(state, inputs):
-    """Outputs as numpy arrays for a dict of numpy inputs."""
+    """Outputs as numpy arrays for a dict of numpy inputs (float inputs in the weights' dtype)."""
+    dtype = next(state.parameters(), torch.empty(0)).dtype
+    feed = {}
+    for name, value in inputs.items():
+        t = torch.from_numpy(np.asarray(value))
+        feed[name] = t.to(dtype) if t.is_floating_point() else t
     with torch.no_grad():
-        out = state(**{name: torch.from_numpy(np.asarray(value)) for name, value in inputs.items()})
-    return {name: value.detach().cpu().numpy() for name, value in out.items()}
+        out = state(**feed)
+    return {name: _numpy(value) for name, value in out.items()}
 '''
 
 
