@@ -120,6 +120,8 @@ def _inputs_into(model: Model, op: str) -> list[str]:
                 child = md.children.get(node.target) if node.kind == "call" else None
                 if isinstance(child, Layer) and child.op == op:
                     return True
+                if isinstance(child, Repeat):
+                    pos = child.module_input(pos, len(model.modules[child.module].inputs))
                 if isinstance(child, (Sub, Repeat)) and reaches(model.modules[child.module], pos):
                     return True
         return False

@@ -149,7 +149,7 @@ def _header_line(line: str, header: dict) -> None:
         header["symbols"][m.group(1)] = json.loads(m.group(2))
     elif m := re.fullmatch(rf"example ({_ID}) = ([0-9]+)", line):
         header["examples"][m.group(1)] = int(m.group(2))
-    elif m := re.fullmatch(rf"input ({_ID}) : (\S+\[[^\]]*\]) ({_ID})\((.*?)\) (\".*\")", line):
+    elif m := re.fullmatch(rf"input ({_ID}(?:\.[A-Za-z0-9_]+)*) : (\S+\[[^\]]*\]) ({_ID})\((.*?)\) (\".*\")", line):
         a = parse_attrs(m.group(4))
         header["inputs"].append(
             InputSpec(m.group(1), parse_type(m.group(2)), m.group(3), a["low"], a["high"], json.loads(m.group(5)))
@@ -178,8 +178,8 @@ def _parse_module(lines: list[str], i: int, name: str, modules: dict[str, Module
             m.children[mm.group(1)] = Layer(mm.group(2), tuple(attrs.items()))
         elif mm := re.fullmatch(rf"sub ({_ID}) = ({_ID})", line):
             m.children[mm.group(1)] = Sub(mm.group(2))
-        elif mm := re.fullmatch(rf"repeat ({_ID}) = ({_ID}) \* ([0-9]+)", line):
-            m.children[mm.group(1)] = Repeat(mm.group(2), int(mm.group(3)))
+        elif mm := re.fullmatch(rf"repeat ({_ID}) = ({_ID}) \* ([0-9]+)(?: per_layer ([0-9]+))?", line):
+            m.children[mm.group(1)] = Repeat(mm.group(2), int(mm.group(3)), int(mm.group(4) or 0))
         elif mm := re.fullmatch(r"func \((.*)\) \{", line):
             for part in _split_top(mm.group(1)):
                 vm = re.fullmatch(rf"%({_ID}) : (.*)", part)

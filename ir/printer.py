@@ -47,7 +47,8 @@ def print_module(m: ModuleDef) -> list[str]:
         elif isinstance(c, Sub):
             lines.append(f"  sub {name} = {c.module}")
         elif isinstance(c, Repeat):
-            lines.append(f"  repeat {name} = {c.module} * {c.count}")
+            per_layer = f" per_layer {c.per_layer}" if c.per_layer else ""
+            lines.append(f"  repeat {name} = {c.module} * {c.count}{per_layer}")
     namer = Namespace()
     args = ", ".join(f"%{namer(v)} : {v.type}" for v in m.inputs)
     lines.append(f"  func ({args}) {{")

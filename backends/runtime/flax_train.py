@@ -55,7 +55,7 @@ def split(model):
 def compute_loss(graphdef, params, rest, batch):
     """The objective's loss (lowered from the IR) on one batch of jax arrays."""
     model = nnx.merge(graphdef, params, rest)
-    out = model(**{name: batch[name] for name in M.INPUTS})
+    out = model(**{name: batch[name] for name in M.INPUTS if name in batch})
     args = [out[name] if kind == "output" else batch[name] for kind, name in LOSS_SOURCES]
     return LOSS(*args)["loss"]
 

@@ -39,7 +39,7 @@ def make_optimizer(model):
 
 def compute_loss(model, batch):
     """The objective's loss (lowered from the IR) on one batch of tensors."""
-    out = model(**{name: batch[name] for name in M.INPUTS})
+    out = model(**{name: batch[name] for name in M.INPUTS if name in batch})
     args = [out[name] if kind == "output" else batch[name] for kind, name in LOSS_SOURCES]
     return LOSS(*args)["loss"]
 

@@ -12,7 +12,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
-    block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_classes, report_structure, single_tower_knobs, token_embeddings,
+    block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_classes, report_structure, single_tower_knobs, token_embeddings, mask_input,
     tower_activations, tower_block, resolve_tower,
 )
 from metagen.ir.builder import ModelBuilder
@@ -123,7 +123,7 @@ class EncoderClassifier(Family):
     def trunk(self, ctx: CompileContext, mb: ModelBuilder, top, a: EncoderConfig):
         """Embeddings and the block stack: hidden states [batch, seq, d] and inputs."""
         d, vocab = a.hidden_size, a.vocab_size
-        block = tower_block(mb, ctx, a, "seq", causal=False)
+        block = tower_block(mb, ctx, a, "seq", causal=False, masked=True)
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
         inputs = [InputSpec("input_ids", ids.type, "tokens", 0, vocab, "token ids, 0 <= id < vocab_size")]
         x = token_embeddings(top, ids, a, a.context, pos_init_std=None)
@@ -134,12 +134,15 @@ class EncoderClassifier(Family):
             )
             top.layer("type_embeddings", "embedding", num=a["type_vocab_size"], dim=d)
             x = top.op("add", x, top.call("type_embeddings", types, hint="type_emb"), hint="x")
+        mask, mask_spec = mask_input(top, ids)
+        inputs.append(mask_spec)
         post = a["norm_position"] == "post"
         if post:
             # Post-norm blocks end in a norm; the embeddings are normalized before them.
             T.norm_layer(top, "embed_norm", a)
             x = top.call("embed_norm", x, hint="x")
-        x = block_stack(top, block, x, a, final_norm=None if post else "norm_f")
+        bias = top.op("attention_bias", mask, x, causal=False, hint="attn_bias")
+        x = block_stack(top, block, x, a, final_norm=None if post else "norm_f", shared=(bias,))
         return x, inputs
 
     def head(self, top, a: dict[str, Any], x) -> dict[str, Any]:
