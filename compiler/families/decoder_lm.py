@@ -59,6 +59,7 @@ class DecoderLM(Family):
     rules = (Rule(("text",), ("text",), ("autoregressive", None)),)
     default_objective = "autoregressive"
     tasks = ("generation",)
+    generates = True
     unit = UnitOfWork("token", "token")
     config = DecoderConfig
     built = "a decoder-only language model"
