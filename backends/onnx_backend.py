@@ -234,6 +234,8 @@ def _expand_shape(e: Emit, t: str, rep: int) -> str:
 
 
 def _attention_fused(e: Emit, q: str, k: str, v: str, *bias: str) -> str:
+    if bias:  # onnxruntime 1.32's Attention gives a row whose keys are all masked other values than
+        return _attention(e, q, k, v, *bias)  # the other backends (a left pad's own row): decomposed
     a = e.a
     attrs = {"q_num_heads": a["heads"], "kv_num_heads": a["kv_heads"], "is_causal": int(a["causal"])}
     if a["scale"] is not None:
