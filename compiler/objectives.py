@@ -182,7 +182,7 @@ def classification(model: Model, seq: int) -> LossProgram:
     draw = DataTransform(
         "class_labels",
         outputs={"labels": "labels"},
-        carry=tuple(i.name for i in model.inputs),
+        carry=tuple(i.name for i in model.inputs if not i.optional),
         params={"classes": classes, "shape": list(labels.type.shape)},
     )
     return LossProgram(
@@ -263,7 +263,7 @@ def contrastive(model: Model, seq: int) -> LossProgram:
         "contrastive",
         _finish(mb, top, model, spec),
         sources,
-        [DataTransform("pair_keys", carry=tuple(i.name for i in model.inputs), params={"keys": PAIR_KEYS})],
+        [DataTransform("pair_keys", carry=tuple(i.name for i in model.inputs if not i.optional), params={"keys": PAIR_KEYS})],
         seq,
         "matching pairs are the batch diagonal",
     )

@@ -83,6 +83,70 @@ def onnx_generate(session, model: Model, input_ids, attention_mask=None, max_new
                         eos_token_id, pad_token_id, seed)
 
 
+def genai_config(model: Model, filename: str = "model.onnx") -> dict | None:
+    """onnxruntime-genai's `genai_config.json` for the decode-form ONNX graph (model
+    type "decoder": the input and output names, heads, head size, layers, context
+    length, greedy search defaults); None for a model without a KV cache. bos/eos
+    follow the reference conventions of `metagen export hf` until the model has a
+    tokenizer."""
+    from metagen.hf_export import special_tokens
+
+    table = decode_table(model)
+    if table is None:
+        return None
+    c = model.config
+    past = table["cache"]
+    bos, eos = special_tokens(dict(c, vocab_size=int(model.inputs[0].high)))
+    context = int(c["context_window"])
+    return {
+        "model": {
+            "bos_token_id": bos,
+            "context_length": context,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": filename,
+                "head_size": c["head_dim"],
+                "hidden_size": c["hidden_size"],
+                "inputs": {
+                    "input_ids": table["tokens"],
+                    "attention_mask": table["mask"],
+                    "position_ids": table["positions"],
+                    "past_key_names": past[0][0].replace(".0.", ".%d."),
+                    "past_value_names": past[1][0].replace(".0.", ".%d."),
+                },
+                "outputs": {
+                    "logits": table["logits"],
+                    "present_key_names": past[0][1].replace(".0.", ".%d."),
+                    "present_value_names": past[1][1].replace(".0.", ".%d."),
+                },
+                "num_attention_heads": c["heads"],
+                "num_hidden_layers": c["layers"],
+                "num_key_value_heads": c["kv_heads"],
+            },
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+            "type": "decoder",
+            "vocab_size": int(model.inputs[0].high),
+        },
+        "search": {
+            "diversity_penalty": 0.0,
+            "do_sample": False,
+            "early_stopping": True,
+            "length_penalty": 1.0,
+            "max_length": context,
+            "min_length": 0,
+            "no_repeat_ngram_size": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+        },
+    }
+
+
 # ----------------------------------------------------------------- metagen generate
 
 

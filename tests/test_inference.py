@@ -331,3 +331,44 @@ def test_audio_generates_every_codebook(build):
     np.testing.assert_array_equal(out[..., :5], codes)
     nxt = mod.run(state, {"codes": codes})["logits"][..., -1, :].argmax(-1)
     np.testing.assert_array_equal(out[..., 5], nxt)
+
+
+def test_synth_onnx_folder_decodes_like_torch(build):
+    """The run folder's ONNX graph and genai_config.json, as onnxruntime-genai reads
+    them: a greedy loop driven only by the config's names gives torch's tokens."""
+    import json
+
+    import onnxruntime as ort
+
+    from metagen.pipeline import compile_spec
+    from metagen.synth import synth_files
+
+    comp = compile_spec(example(*LLAMA), tiny=True, overrides=list(GQA))
+    files = synth_files(comp, seed=0)
+    config = json.loads(files["onnx/genai_config.json"])
+    m, dec = config["model"], config["model"]["decoder"]
+    assert m["type"] == "decoder" and dec["filename"] == "model.onnx"
+    c = comp.model.config
+    assert (dec["num_hidden_layers"], dec["num_attention_heads"], dec["num_key_value_heads"], dec["head_size"]) == (
+        c["layers"], c["heads"], c["kv_heads"], c["head_dim"])
+    assert m["context_length"] == c["context_window"] and m["vocab_size"] == c["vocab_size"]
+    sess = ort.InferenceSession(files["onnx/model.onnx"], providers=["CPUExecutionProvider"])
+    names, outs = dec["inputs"], dec["outputs"]
+    assert {i.name for i in sess.get_inputs()} == {names["input_ids"], names["attention_mask"], names["position_ids"]} | {
+        names[k] % i for k in ("past_key_names", "past_value_names") for i in range(c["layers"])}
+    ids = np.random.default_rng(10).integers(0, c["vocab_size"], (1, 5))
+    tokens, mask = ids, np.ones_like(ids)
+    past = {names[k] % i: np.zeros((1, c["kv_heads"], 0, c["head_dim"]), np.float32)
+            for k in ("past_key_names", "past_value_names") for i in range(c["layers"])}
+    new = []
+    for _ in range(6):
+        positions = np.arange(mask.shape[1] - tokens.shape[1], mask.shape[1])[None]
+        feed = {names["input_ids"]: tokens, names["attention_mask"]: mask, names["position_ids"]: positions, **past}
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+        tokens = got[outs["logits"]][:, -1].argmax(-1)[:, None].astype(np.int64)
+        new.append(int(tokens[0, 0]))
+        mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+        past = {names[k] % i: got[outs[k.replace("past", "present")] % i]
+                for k in ("past_key_names", "past_value_names") for i in range(c["layers"])}
+    mod = build(LLAMA, "torch", GQA)
+    np.testing.assert_array_equal(mod.generate(mod.init(0), ids, max_new_tokens=6)[0, 5:], new)

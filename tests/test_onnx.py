@@ -22,6 +22,7 @@ from metagen.backends import onnx_backend  # noqa: E402
 from metagen.backends.onnx_backend import build_onnx, lower_to_onnx  # noqa: E402
 from metagen.backends.torch_backend import lower_to_torch  # noqa: E402
 from metagen.diagnostics import CompileError  # noqa: E402
+from metagen.generate import complete_inputs  # noqa: E402
 from metagen.ir import ops  # noqa: E402
 from metagen.ir.builder import ModelBuilder  # noqa: E402
 from metagen.ir.graph import InputSpec, normal  # noqa: E402
@@ -324,14 +325,15 @@ def test_dynamic_axes_are_named():
     assert dims == ["batch", "seq", comp.model.config["vocab_size"]]
     # and they are dynamic: another batch and length run
     ids = np.random.default_rng(0).integers(0, comp.model.config["vocab_size"], size=(3, 11)).astype(np.int64)
-    assert run_onnx(proto.SerializeToString(), {"input_ids": ids})["logits"].shape == (3, 11, comp.model.config["vocab_size"])
+    assert run_onnx(proto.SerializeToString(), complete_inputs(comp.model, {"input_ids": ids}))["logits"].shape == (3, 11, comp.model.config["vocab_size"])
 
 
 def test_fused_form_matches_decomposed_on_llama():
     comp, _ = _compile(example("reference", "llama2_7b.yaml"))
     ids = np.random.default_rng(0).integers(0, comp.model.config["vocab_size"], size=(2, 9)).astype(np.int64)
-    a = run_onnx(lower_to_onnx(comp.model, fused=False)[""], {"input_ids": ids})["logits"]
-    b = run_onnx(lower_to_onnx(comp.model, fused=True)[""], {"input_ids": ids})["logits"]
+    feed = complete_inputs(comp.model, {"input_ids": ids})
+    a = run_onnx(lower_to_onnx(comp.model, fused=False)[""], feed)["logits"]
+    b = run_onnx(lower_to_onnx(comp.model, fused=True)[""], feed)["logits"]
     assert close(b, a)
 
 
@@ -394,8 +396,9 @@ def test_external_data_when_over_the_protobuf_limit(tmp_path, monkeypatch):
         (tmp_path / (rel or "g.onnx")).write_bytes(data)
     onnx.checker.check_model(str(tmp_path / "g.onnx"), full_check=True)
     ids = np.arange(10, dtype=np.int64).reshape(1, 10)
-    a = run_onnx(str(tmp_path / "g.onnx"), {"input_ids": ids})["logits"]
-    b = run_onnx(inline[""], {"input_ids": ids})["logits"]
+    feed = complete_inputs(comp.model, {"input_ids": ids})
+    a = run_onnx(str(tmp_path / "g.onnx"), feed)["logits"]
+    b = run_onnx(inline[""], feed)["logits"]
     assert np.array_equal(a, b)
 
 
