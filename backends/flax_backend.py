@@ -30,6 +30,7 @@ from metagen.backends.pyemit import (
     Rule,
     emit_common_header,
     emit_generate,
+    emit_tasks,
     emit_tables,
     format_python,
     py_literal,
@@ -227,6 +228,7 @@ class FlaxEmitter(ModuleEmitter):
         out(EXAMPLE_FUNCTION)
         out(FLAX_API)
         emit_generate(out, m, FLAX_STEP)
+        emit_tasks(out, m)
         return format_python(out.text())
 
     def param_member(self, p: Param) -> str:

@@ -331,6 +331,44 @@ def generate(state, input_ids, attention_mask=None, max_new_tokens=32, do_sample
 '''
 
 
+EMBED_API = '''
+def embed(state, inputs):
+    """L2-normalized embeddings of the given inputs: embedding output -> [batch, dim],
+    for each output whose input is given. Other required inputs get a placeholder
+    batch of one (a CLIP text batch needs no image)."""
+    placeholder = example_inputs(batch_size=1)
+    feed = dict(inputs)
+    for spec in _INPUT_KINDS:
+        if spec["name"] not in feed and not spec["optional"]:
+            feed[spec["name"]] = placeholder[spec["name"]]
+    out = run(state, feed)
+    return {name: out[name] for name, source in _EMBEDDINGS.items() if source in inputs}
+'''
+
+ZERO_SHOT_API = '''
+def zero_shot(state, images, text_ids, attention_mask=None):
+    """Per-image class probabilities [images, classes]: the softmax over the class
+    texts (one row of text_ids per class) of the scaled image-text similarities."""
+    feed = {_EMBEDDINGS["image_embeds"]: images, _EMBEDDINGS["text_embeds"]: text_ids}
+    if attention_mask is not None:
+        feed["attention_mask"] = attention_mask
+    logits = np.asarray(run(state, feed)["logits_per_image"], dtype=np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+'''
+
+
+def emit_tasks(out: "Lines", model: Model) -> None:
+    """The task helpers a model's outputs support: `embed` for models with
+    embedding outputs, `zero_shot` for text-image models."""
+    if not model.embeddings:
+        return
+    out(f"_EMBEDDINGS = {py_literal(model.embeddings)}")
+    out(EMBED_API)
+    if {"text_embeds", "image_embeds"} <= set(model.embeddings) and "logits_per_image" in model.output_names:
+        out(ZERO_SHOT_API)
+
+
 def emit_generate(out: "Lines", model: Model, step_source: str) -> None:
     """The decoding loop and `generate` for a model with a KV cache, given the
     backend's `_decode_step(state, feed, cache)`."""

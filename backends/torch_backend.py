@@ -17,6 +17,7 @@ from metagen.backends.pyemit import (
     Rule,
     emit_common_header,
     emit_generate,
+    emit_tasks,
     emit_tables,
     format_python,
 )
@@ -222,6 +223,7 @@ class TorchEmitter(ModuleEmitter):
         out(EXAMPLE_FUNCTION)
         out(TORCH_API)
         emit_generate(out, m, TORCH_STEP)
+        emit_tasks(out, m)
         return format_python(out.text())
 
     def member_prologue(self) -> list[str]:

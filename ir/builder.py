@@ -142,7 +142,7 @@ class ModelBuilder:
     def call_types(self, m: ModuleDef, child_name: str, arg_types: list[TensorType]) -> list[TensorType]:
         return call_types(self.modules, m, child_name, arg_types)
 
-    def finish(self, top: ModuleDef, *, name: str, spec_name: str, inputs: list[InputSpec], config: dict, family: str, symbols: dict[str, str], examples: dict[str, int] | None = None, loc: Loc | None = None) -> Model:
+    def finish(self, top: ModuleDef, *, name: str, spec_name: str, inputs: list[InputSpec], config: dict, family: str, symbols: dict[str, str], examples: dict[str, int] | None = None, loc: Loc | None = None, embeddings: dict[str, str] | None = None) -> Model:
         top_name = self.define(top)
         return Model(
             name=name,
@@ -155,6 +155,7 @@ class ModelBuilder:
             symbols=symbols,
             examples=dict(examples or {}),
             loc=loc or self.loc,
+            embeddings=dict(embeddings or {}),
         )
 
 

@@ -194,6 +194,8 @@ class Model:
     symbols: dict[str, str] = field(default_factory=dict)  # symbol -> meaning
     examples: dict[str, int] = field(default_factory=dict)  # symbol -> size for example inputs
     loc: Loc | None = None
+    # L2-normalized embedding outputs -> the input each embeds (the generated `embed`)
+    embeddings: dict[str, str] = field(default_factory=dict)
 
     @property
     def top_module(self) -> ModuleDef:

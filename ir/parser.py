@@ -104,7 +104,7 @@ def parse_model(text: str, path: str = "<mgir>") -> Model:
         if not lines or not re.fullmatch(r"mgir [0-9]+", lines[0].strip()):
             raise _Fail("expected 'mgir <version>' on the first line")
         i = 1
-        header: dict[str, Any] = {"inputs": [], "config": {}, "symbols": {}, "examples": {}}
+        header: dict[str, Any] = {"inputs": [], "config": {}, "symbols": {}, "examples": {}, "embeddings": {}}
         while i < len(lines):
             line = lines[i].strip()
             if not line:
@@ -132,6 +132,7 @@ def parse_model(text: str, path: str = "<mgir>") -> Model:
             family=header["family"],
             symbols=header["symbols"],
             examples=header["examples"],
+            embeddings=header["embeddings"],
         )
     except (_Fail, ops.OpError, KeyError, ValueError, IndexError) as exc:
         line = max(i, _Cursor.line)
@@ -154,6 +155,8 @@ def _header_line(line: str, header: dict) -> None:
         header["inputs"].append(
             InputSpec(m.group(1), parse_type(m.group(2)), m.group(3), a["low"], a["high"], json.loads(m.group(5)))
         )
+    elif m := re.fullmatch(rf"embedding ({_ID}) = ({_ID})", line):
+        header["embeddings"][m.group(1)] = m.group(2)
     elif m := re.fullmatch(rf"config ({_ID}) = (.*)", line):
         header["config"][m.group(1)] = json.loads(m.group(2))
     else:

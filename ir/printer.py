@@ -112,6 +112,8 @@ def print_model(model: Model) -> str:
             f"  input {i.name} : {i.type} {i.kind}(low={fmt_attr(float(i.low))}, high={fmt_attr(float(i.high))})"
             f" {json.dumps(i.doc, ensure_ascii=False)}"
         )
+    for output, source in model.embeddings.items():
+        lines.append(f"  embedding {output} = {source}")
     for k, v in model.config.items():
         lines.append(f"  config {k} = {json.dumps(v, ensure_ascii=False, sort_keys=True)}")
     lines.append("}")

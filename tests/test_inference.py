@@ -372,3 +372,38 @@ def test_synth_onnx_folder_decodes_like_torch(build):
                 for k in ("past_key_names", "past_value_names") for i in range(c["layers"])}
     mod = build(LLAMA, "torch", GQA)
     np.testing.assert_array_equal(mod.generate(mod.init(0), ids, max_new_tokens=6)[0, 5:], new)
+
+
+# ------------------------------------------------------------------ embed and zero_shot
+
+
+def test_encoder_embed_is_normalized_and_padding_free(build):
+    mod = build(BERT)
+    state = mod.load_canonical(perturbed(mod))
+    ids, mask = right_padded(np.random.default_rng(11), [8, 3], mod.CONFIG["vocab_size"])
+    types = np.zeros_like(ids)
+    emb = mod.embed(state, {"input_ids": ids, "token_type_ids": types, "attention_mask": mask})
+    assert list(emb) == ["embeds"] and emb["embeds"].shape == (2, mod.CONFIG["hidden_size"])
+    close(np.linalg.norm(emb["embeds"], axis=-1), np.ones(2))
+    alone = mod.embed(state, {"input_ids": ids[1:, :3], "token_type_ids": types[1:, :3]})["embeds"]
+    close(emb["embeds"][1], alone[0])
+
+
+def test_clip_embed_and_zero_shot(build):
+    mod = build(CLIP)
+    state = mod.load_canonical(perturbed(mod))
+    x = mod.example_inputs(batch_size=3, seed=12)
+    both = mod.run(state, x)
+    text = mod.embed(state, {"input_ids": x["input_ids"]})
+    assert list(text) == ["text_embeds"]
+    close(text["text_embeds"], both["text_embeds"])
+    close(mod.embed(state, {"pixel_values": x["pixel_values"]})["image_embeds"], both["image_embeds"])
+    images = mod.example_inputs(batch_size=2, seed=13)["pixel_values"]  # 2 images, 3 classes
+    probs = mod.zero_shot(state, images, x["input_ids"])
+    assert probs.shape == (2, 3)
+    close(probs.sum(-1), np.ones(2))
+    img = mod.embed(state, {"pixel_values": images})["image_embeds"]
+    scale = float(np.exp(mod.to_canonical(state)["logit_scale"][0]))
+    logits = scale * img.astype(np.float64) @ text["text_embeds"].T.astype(np.float64)
+    want = np.exp(logits - logits.max(-1, keepdims=True))
+    close(probs, want / want.sum(-1, keepdims=True))

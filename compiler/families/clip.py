@@ -245,6 +245,7 @@ class DualEncoder(Family):
             family=self.name,
             symbols={"batch": "batch size (texts and images pair up)", "seq": f"text length, at most {a['context']}"},
             examples={"seq": min(16, a["context"])},
+            embeddings={"text_embeds": "input_ids", "image_embeds": "pixel_values"},
         )
 
     @staticmethod

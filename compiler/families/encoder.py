@@ -63,7 +63,7 @@ class EncoderClassifier(Family):
     name = "encoder"
     doc = "Transformer text encoder classifier (BERT conventions)."
     inputs_doc = "input_ids: int64 [batch, seq]; token_type_ids: int64 [batch, seq] when type_vocab_size > 0"
-    outputs_doc = "logits: float32 [batch, num_classes], class scores"
+    outputs_doc = "logits: float32 [batch, num_classes], class scores; embeds: float32 [batch, hidden_size], the pooled representation, L2-normalized"
     rules = (Rule(("text",), ("label",), ("classification", None)),)
     default_objective = "classification"
     tasks = ("classification",)
@@ -118,6 +118,7 @@ class EncoderClassifier(Family):
             family=self.name,
             symbols={"batch": "batch size", "seq": f"sequence length, at most {a['context']}"},
             examples={"seq": min(16, a["context"])},
+            embeddings={"embeds": "input_ids"} if "embeds" in outputs else {},
         )
 
     def trunk(self, ctx: CompileContext, mb: ModelBuilder, top, a: EncoderConfig):
@@ -155,7 +156,8 @@ class EncoderClassifier(Family):
             top.layer("pooler", "linear", in_features=d, out_features=d, bias=bool(a["bias"]))
             pooled = top.op("tanh", top.call("pooler", pooled, hint="pooled"), hint="pooled")
         top.layer("classifier", "linear", in_features=d, out_features=a["num_classes"], bias=True)
-        return {"logits": top.call("classifier", pooled, hint="logits")}
+        logits = top.call("classifier", pooled, hint="logits")
+        return {"logits": logits, "embeds": top.op("l2_normalize", pooled, axis=-1, hint="embeds")}
 
     def head_config(self, a: dict[str, Any]) -> dict[str, Any]:
         return {"num_classes": a["num_classes"]}
