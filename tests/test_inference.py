@@ -407,3 +407,55 @@ def test_clip_embed_and_zero_shot(build):
     logits = scale * img.astype(np.float64) @ text["text_embeds"].T.astype(np.float64)
     want = np.exp(logits - logits.max(-1, keepdims=True))
     close(probs, want / want.sum(-1, keepdims=True))
+
+
+# ------------------------------------------------------------------ metagen generate
+
+
+def test_generate_cli_prints_the_module_tokens(build):
+    """`metagen generate` (onnx backend) prints what the torch module's generate gives,
+    prompt first, then the bytes as text."""
+    import contextlib
+    import io
+
+    from metagen.cli import main
+
+    mod = build(GPT2)
+    want = mod.generate(mod.init(0), np.array([list(b"Hi")]), max_new_tokens=5)[0]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["generate", example(*GPT2), "--tiny", "--backend", "onnx", "--prompt", "Hi", "--max-new-tokens", "5"])
+    assert code == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == ",".join(map(str, want))
+    assert lines[1].startswith("Hi")
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["--tiny", "--prompt-ids", "1,2,999"], 2, "out of the vocabulary"),
+        (["--tiny"], 2, "give a prompt"),
+        (["--tiny", "--prompt-ids", "1", "--top-p", "0"], 2, "--top-p must be in (0, 1]"),
+        (["--tiny", "--prompt-ids", "1", "--temperature", "-1"], 2, "--temperature must be > 0"),
+        (["--tiny", "--prompt-ids", "1", "--max-new-tokens", "64"], 2, "exceeds the context window"),
+    ],
+)
+def test_generate_cli_refuses_bad_arguments(args, code, message, capsys):
+    from metagen.cli import main
+
+    try:
+        got = main(["generate", example(*GPT2), *args])
+    except SystemExit as exc:  # argparse's own refusals
+        got = exc.code
+    assert got == code
+    assert message in capsys.readouterr().err
+
+
+def test_generate_cli_names_the_families_that_generate(capsys):
+    from metagen.cli import main
+
+    assert main(["generate", example(*BERT), "--tiny", "--prompt-ids", "1,2"]) == 1
+    err = capsys.readouterr().err
+    assert "encoder family has no decode form" in err and "decoder_lm, audio_lm" in err
+    assert "Traceback" not in err
