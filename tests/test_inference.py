@@ -233,6 +233,7 @@ def test_cache_gives_the_full_forward(build, parts, overrides):
         close(_decode_in_pieces(mod, state, tokens, cuts), full)
 
 
+@pytest.mark.slow
 def test_cache_in_numpy_and_flax_too(build):
     for target in ("numpy", "flax"):
         mod = build(LLAMA, target, GQA)
@@ -280,6 +281,17 @@ def test_greedy_generate_matches_transformers(build, parts, overrides):
     assert len(set(ours[0, 6:].tolist())) > 1  # not a degenerate repetition
 
 
+def test_numpy_generates_the_torch_tokens(build):
+    """The fast suite's cross-backend check (the slow one adds flax and onnxruntime)."""
+    weights = perturbed(build(GPT2, "torch"))
+    ids, mask = left_padded(np.random.default_rng(9), [4, 2], 256)
+    for options in (dict(), dict(do_sample=True, temperature=0.8, top_k=30, top_p=0.95, seed=5)):
+        runs = [m.generate(m.load_canonical(weights), ids, attention_mask=mask, max_new_tokens=6, **options)
+                for m in (build(GPT2, "torch"), build(GPT2, "numpy"))]
+        np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.slow
 def test_every_backend_generates_the_same_tokens(build):
     import onnxruntime as ort
 
