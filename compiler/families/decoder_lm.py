@@ -63,7 +63,7 @@ class DecoderLM(Family):
     unit = UnitOfWork("token", "token")
     config = DecoderConfig
     built = "a decoder-only language model"
-    tiny_doc = "d = 64, 2 layers, 4 heads of 16 (2 kv heads when grouped-query), vocab 256, context 64"
+    tiny_doc = "d = 64, 2 layers, 4 heads of 16 (2 kv heads when grouped-query), vocab 256, context 64, sliding window at most 8"
 
     def configure(self, ctx: CompileContext) -> None:
         cfg = resolve_tower(ctx, "modern", self.config)
@@ -97,6 +97,8 @@ class DecoderLM(Family):
             gqa = a["gqa"]
         a.update(hidden_size=64, layers=2, head_dim=16, heads=4, kv_heads=2 if gqa else 4, vocab_size=256, context=64)
         a["ffn_size"] = T.default_ffn(64, a["activation"])
+        if getattr(a, "sliding_window", 0):  # shorter than the tiny context, so the window still bites
+            a["sliding_window"] = min(a["sliding_window"], 8)
         ctx.context_window = 64
 
     def finalize(self, ctx: CompileContext) -> str | None:
