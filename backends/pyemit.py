@@ -627,9 +627,11 @@ class ModuleEmitter(ABC):
         gathered = [(spec, arg) for spec, arg in specs if spec.name != arg]
         if gathered:
             names = "{" + ", ".join(repr(spec.name) for spec, _ in gathered) + "}"
-            out(f"if set({self.extra}) - {names}:")
+            unknown = ns.name(hint="unknown")
+            out(f"{unknown} = set({self.extra}) - {names}")
+            out(f"if {unknown}:")
             with out.indent():
-                out(f'raise TypeError(f"unexpected inputs {{sorted(set({self.extra}) - {names})}}")')
+                out(f'raise TypeError(f"unexpected inputs {{sorted({unknown})}}")')
             for spec, arg in gathered:
                 out(f"{arg} = {self.extra}.get({spec.name!r})")
         tokens = args[0]
