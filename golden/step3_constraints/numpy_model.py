@@ -180,15 +180,14 @@ class MyConstrainedModel:
         self.lm_head = _Linear(64, 256, bias=False)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, **cache):
-        if set(cache) - {
+        unknown = set(cache) - {
             "past_key_values.0.key",
             "past_key_values.0.value",
             "past_key_values.1.key",
             "past_key_values.1.value",
-        }:
-            raise TypeError(
-                f"unexpected inputs {sorted(set(cache) - {'past_key_values.0.key', 'past_key_values.0.value', 'past_key_values.1.key', 'past_key_values.1.value'})}"
-            )
+        }
+        if unknown:
+            raise TypeError(f"unexpected inputs {sorted(unknown)}")
         past_key_0 = cache.get("past_key_values.0.key")
         past_value_0 = cache.get("past_key_values.0.value")
         past_key_1 = cache.get("past_key_values.1.key")
