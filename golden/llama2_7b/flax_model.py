@@ -369,7 +369,7 @@ def example_inputs(batch_size=2, seed=0):
         elif spec["kind"] == "mask":
             x = np.ones(shape)
         elif spec["kind"] == "positions":
-            x = np.broadcast_to(np.arange(shape[-1]) + sizes.get("past", 0), shape)
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:
