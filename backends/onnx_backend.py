@@ -34,6 +34,7 @@ from metagen import __version__
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
 from metagen.backends.pyemit import INIT_FUNCTIONS
 from metagen.diagnostics import Diagnostic, Loc
+from metagen.ir import ops
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub, Value
 from metagen.ir.names import Namespace, sanitize
 from metagen.ir.types import DType, TensorType
@@ -271,12 +272,6 @@ def _merge_heads(e: Emit, x: str) -> str:
     return e.op("Reshape", e.op("Transpose", x, perm=[0, 2, 1, 3]), e.ints(0, 0, t.shape[1] * t.shape[3]))
 
 
-def _inv_freq(theta: float, head_dim: int) -> np.ndarray:
-    """As the torch backend computes it, in float32."""
-    exps = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
-    return (np.float32(1.0) / (np.float32(theta) ** exps)).astype(np.float32)
-
-
 def _rope_tables(e: Emit, x: str, positions: tuple[str, ...] = ()) -> tuple[str, str]:
     """cos and sin of position * inv_freq: [S, D/2] at positions 0..S-1, [B, S, D/2]
     at given position ids."""
@@ -286,7 +281,7 @@ def _rope_tables(e: Emit, x: str, positions: tuple[str, ...] = ()) -> tuple[str,
     else:
         seq = e.op("Squeeze", e.op("Shape", x, start=1, end=2), e.ints(0))
         pos = e.op("Cast", e.op("Range", e.const(np.array(0, np.int64)), seq, e.const(np.array(1, np.int64))), to=TensorProto.FLOAT)
-    freqs = e.op("Mul", e.op("Unsqueeze", pos, e.ints(-1)), e.const(_inv_freq(a["theta"], a["head_dim"])))
+    freqs = e.op("Mul", e.op("Unsqueeze", pos, e.ints(-1)), e.const(ops.rope_inv_freq(a)))
     return e.op("Cos", freqs), e.op("Sin", freqs)
 
 

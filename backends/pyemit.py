@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import black
 
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
-from metagen.ir import names
+from metagen.ir import names, ops
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Param, Repeat, Sub
 
 __all__ = ["EmitError"]  # re-exported: the Python emitters' error is every backend's
@@ -462,6 +462,7 @@ BASE_OPS: dict[str, Rule] = {
     ),
     "rope": lambda c, x, *positions: (
         f"{c.helper('rope')}({x}, {c.a['heads']}, {c.a['head_dim']}, {c.a['theta']!r}"
+        + ("" if c.a["scaling"] == "none" else f", inv_freq={_tuple_literal([float(f) for f in ops.rope_inv_freq(c.a)])}")
         + "".join(f", positions={p}" for p in positions)
         + ")"
     ),

@@ -19,29 +19,37 @@ def rules() -> list[tuple[Rule, Family]]:
     return [(rule, family) for family in FAMILIES.values() for rule in family.rules]
 
 
-def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
+def matching_rule(spec: Spec) -> tuple[Rule, Family] | None:
+    """The first rule (catalogue order) the spec's modality and objective meet, with
+    its family; None when none does. The model card quotes it as the reason."""
     ins = frozenset(spec.modality.inputs or [])
     outs = frozenset(spec.modality.outputs or [])
     objectives = spec.training.objective or []
     objective = objectives[0] if objectives else None
     unknown = bool((ins | outs) - set(MODALITIES))
-    family = None
     for rule, fam in rules():
         if unknown:
             if rule.unknown_modalities:
-                family = fam.name
-                break
+                return rule, fam
         elif frozenset(rule.inputs) == ins and frozenset(rule.outputs) == outs and objective in rule.objectives:
-            family = fam.name
-            break
-    if family is None:
+            return rule, fam
+    return None
+
+
+def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
+    match = matching_rule(spec)
+    if match is None:
+        ins = frozenset(spec.modality.inputs or [])
+        outs = frozenset(spec.modality.outputs or [])
+        objectives = spec.training.objective or []
+        objective = objectives[0] if objectives else None
         what = f"{_modalities(ins)} -> {_modalities(outs)}" + (f" with objective '{objective}'" if objective else "")
         sink.error(
             spec.modality.loc(),
             f"no model family for {what}; supported: {supported_summary()} (see docs/families.md)",
         )
         return None
-    return family
+    return match[1].name
 
 
 def _modalities(ms) -> str:
@@ -95,7 +103,44 @@ def keys_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-GENERATED = {"combinations": combinations_table, "tiny": tiny_table, "keys": keys_table}
+def defaults_table() -> str:
+    """docs/families.md's per-task defaults: each family's parameter budget when the
+    spec gives none, and the published design it is the size of."""
+    from metagen.frontend.units import format_count
+
+    lines = ["| family | default parameter_budget.max | the practitioner's starting point |", "| --- | --- | --- |"]
+    for fam in FAMILIES.values():
+        lines.append(f"| `{fam.name}` | {format_count(fam.default_budget)} | {fam.default_budget_source} |")
+    return "\n".join(lines) + "\n"
+
+
+def _rules_table() -> str:
+    from metagen.compiler.design_rules import rules_table
+
+    return rules_table()
+
+
+def _published_table() -> str:
+    from metagen.compiler.published import published_table
+
+    return published_table()
+
+
+def _tutorial_table() -> str:
+    from metagen.compiler.published import tutorial_table
+
+    return tutorial_table()
+
+
+GENERATED = {
+    "combinations": combinations_table,
+    "tiny": tiny_table,
+    "keys": keys_table,
+    "defaults": defaults_table,
+    "rules": _rules_table,
+    "published": _published_table,
+    "tutorial": _tutorial_table,
+}
 
 
 def render_doc(text: str) -> str:

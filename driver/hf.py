@@ -399,17 +399,22 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
     if kind == "mistral":
         c.need("sliding_window", allowed=(None,), why="sliding-window attention is not an IR feature", default=None)
     c.need("hidden_act", allowed=("silu",), why="the gated feed-forward is SwiGLU", default="silu")
-    c.need("rope_scaling", allowed=(None,), why="only unscaled rotary embeddings", default=None)
-    # The spec's `bias` covers every linear layer of a block (RMSNorm has none), so the
-    # attention and feed-forward settings must agree.
-    bias = c.need("attention_bias", allowed=(False, True), why="a boolean", default=False)
-    if c.cfg.get("mlp_bias", default=False) != bias:
-        c.need("mlp_bias", allowed=(bias,), why=f"biases go on every linear layer or none, and attention_bias is {json.dumps(bias)}", default=False)
-    if c.cfg.get("rope_parameters") is not None:  # transformers 5 keeps the rope settings together
-        c.need("rope_parameters", "rope_type", allowed=("default",), why="only unscaled rotary embeddings", default="default")
-        theta = c.float("rope_parameters", "rope_theta", default=10000.0)
+    if kind == "qwen2":  # biases on q, k and v only, fixed by the architecture
+        c.need("use_sliding_window", allowed=(False,), why="sliding-window attention is not an IR feature", default=False)
+        types = c.cfg.get("layer_types")
+        odd = next((i for i, t in enumerate(types) if t != "full_attention"), None) if isinstance(types, list) else 0
+        if types is not None and odd is not None:
+            shown = json.dumps(types[odd]) if isinstance(types, list) else json.dumps(types)
+            c.fail(("layer_types",), f"layer_types{f'[{odd}]' if isinstance(types, list) else ''} {shown} is not "
+                   "supported (every layer attends to the whole context); supported: \"full_attention\" for every layer")
+        bias, qkv_bias = False, True
     else:
-        theta = c.float("rope_theta", default=10000.0)
+        # The spec's `bias` covers every linear layer of a block (RMSNorm has none), so
+        # the attention and feed-forward settings must agree.
+        bias = c.need("attention_bias", allowed=(False, True), why="a boolean", default=False)
+        if c.cfg.get("mlp_bias", default=False) != bias:
+            c.need("mlp_bias", allowed=(bias,), why=f"biases go on every linear layer or none, and attention_bias is {json.dumps(bias)}", default=False)
+        qkv_bias = bias
     arch = {
         "family": "transformer",
         "vocab_size": c.int("vocab_size"),
@@ -424,11 +429,41 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
         "norm_eps": c.float("rms_norm_eps", default=1e-6),
         "norm_position": "pre",
         "position": "rope",
-        "rope_theta": theta,
+        **_rope_settings(c),
         "bias": bool(bias),
         "tie_embeddings": bool(c.cfg.get("tie_word_embeddings", default=False)),
     }
+    if qkv_bias != bias:
+        arch["qkv_bias"] = qkv_bias
     return _lm(arch, c.int("max_position_embeddings")), {"prefix": "model.", "convert": llama_to_canonical}
+
+
+ROPE_TYPES = ("default", "llama3")
+# transformers' llama3 rope setting -> the spec's key
+LLAMA3_KEYS = (("factor", "rope_scaling_factor", float), ("low_freq_factor", "rope_low_freq_factor", float),
+               ("high_freq_factor", "rope_high_freq_factor", float),
+               ("original_max_position_embeddings", "rope_original_context", int))
+
+
+def _rope_settings(c: _Checker) -> dict:
+    """rope_theta and the rope scaling: transformers 5's `rope_parameters`, or 4's
+    `rope_theta` with `rope_scaling` (its type under `rope_type`, or the older `type`)."""
+    if c.cfg.get("rope_parameters") is not None:
+        where = ("rope_parameters",)
+        theta = c.float("rope_parameters", "rope_theta", default=10000.0)
+    else:
+        where = ("rope_scaling",)
+        theta = c.float("rope_theta", default=10000.0)
+        if c.cfg.get("rope_scaling") is None:
+            return {"rope_theta": theta}
+    type_key = "type" if c.cfg.get(*where, "rope_type") is None and c.cfg.get(*where, "type") is not None else "rope_type"
+    kind = c.need(*where, type_key, allowed=ROPE_TYPES, why="unscaled or Llama 3's scaling", default="default")
+    out = {"rope_theta": theta}
+    if kind == "llama3":
+        out["rope_scaling"] = "llama3"
+        for theirs, ours, kind_of in LLAMA3_KEYS:
+            out[ours] = c.int(*where, theirs) if kind_of is int else c.float(*where, theirs)
+    return out
 
 
 def _lm(arch: dict, context: int) -> dict:
@@ -553,6 +588,7 @@ IMPORTERS: dict[str, Callable[[_Checker], tuple[dict, dict]]] = {
     "gpt2": _gpt2,
     "llama": _llama,
     "mistral": _llama,
+    "qwen2": _llama,
     "bert": _bert,
     "vit": _vit,
     "clip": _clip,
@@ -796,9 +832,11 @@ def canonical_weights(folder: str, conversion: dict) -> dict[str, np.ndarray]:
         raise _fail(folder, f"the checkpoint does not match its config: {exc}") from None
 
 
-def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False):
-    """(spec text, canonical weights or None) for the transformers model at `path`.
-    The spec pins the architecture and its parameter budget is the exact count."""
+def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False, with_tokenizer: bool = False):
+    """(spec text, canonical weights or None, tokenizer.json path or None) for the
+    transformers model at `path`. The spec pins the architecture and its parameter
+    budget is the exact count. The tokenizer (asked for with `with_tokenizer`) must
+    be in the folder and fit the model's vocabulary."""
     import tempfile
 
     from metagen.frontend.dsl_format import tree_to_mg, tree_to_yaml
@@ -832,7 +870,24 @@ def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False
     text = tree_to_mg(tree) if mg else tree_to_yaml(tree)
     if weights is not None:
         _check_weights(cfg, weights, {name: tuple(p.type.shape) for name, p in model.walk_params()})
-    return text, weights
+    tokenizer = _tokenizer(path, cfg, model) if with_tokenizer else None
+    return text, weights, tokenizer
+
+
+def _tokenizer(path: str, cfg: HFConfig, model) -> str:
+    """The folder's tokenizer.json, checked against the model's token ids."""
+    from metagen.tokenizer import check_fits, find, load, model_vocab
+
+    folder = path if os.path.isdir(path) else os.path.dirname(cfg.path) or "."
+    found = find(folder)
+    if found is None:
+        raise _fail(folder, "no tokenizer here: expected tokenizer.json (a diffusers pipeline: tokenizer/tokenizer.json)")
+    load(found)  # a file tokenizers cannot read is an error here, not in train.py
+    vocab = model_vocab(model)
+    if vocab is None:
+        raise _fail(found, "the model takes no text tokens; a tokenizer has nothing to do")
+    check_fits(found, vocab, Loc(found, 1, 1))
+    return found
 
 
 def _pipeline(folder: str, name: str):

@@ -41,6 +41,9 @@ def synth_files(comp: Compilation, seed: int) -> dict[str, bytes]:
     if genai is not None:  # onnxruntime-genai loads the folder with it
         folder = os.path.dirname(onnx.synth_path)
         files[os.path.join(folder, "genai_config.json")] = _json(genai, f"{folder}/genai_config.json", comp.spec.loc())
+    from metagen.model_card import model_card
+
+    files["README.md"] = model_card(comp, seed).encode("utf-8")
     return files
 
 

@@ -513,13 +513,19 @@ def _merge_heads(a, ins):
 @op(
     "rope",
     ("x", "*positions"),
-    (Attr("heads", "int"), Attr("head_dim", "int"), Attr("theta", "float", 10000.0)),
+    (
+        Attr("heads", "int"), Attr("head_dim", "int"), Attr("theta", "float", 10000.0),
+        # Llama 3's frequency scaling (`scaling="llama3"`); the other four are its settings.
+        Attr("scaling", "str", "none", choices=("none", "llama3")), Attr("factor", "float", 8.0),
+        Attr("low_freq_factor", "float", 1.0), Attr("high_freq_factor", "float", 4.0),
+        Attr("original_context", "int", 8192),
+    ),
     flops=lambda a, i, o, b: 3 * o[0].numel(b),
 )
 def _rope(a, ins):
     """Rotary position embedding, rotate-half convention, on packed heads
     [B, S, H*D]: at positions 0..S-1, or at `positions` int64 [B, S] when given
-    (left padding, a KV cache's offset)."""
+    (left padding, a KV cache's offset); the frequencies are `rope_inv_freq(a)`."""
     x = ins[0]
     _need_float("rope", x)
     if x.rank != 3:
@@ -533,7 +539,33 @@ def _rope(a, ins):
         p = ins[1]
         if p.dtype not in (DType.i64, DType.i32) or p.shape != x.shape[:2]:
             raise OpError(f"op 'rope': positions must be integers [{x.shape[0]}, {x.shape[1]}], got {p}")
+    if a["scaling"] == "llama3" and not (0 < a["low_freq_factor"] < a["high_freq_factor"] and a["factor"] > 0
+                                         and a["original_context"] > 0):
+        raise OpError("op 'rope': llama3 scaling needs 0 < low_freq_factor < high_freq_factor, factor > 0 "
+                      "and original_context > 0")
     return [x]
+
+
+def rope_inv_freq(a: Mapping[str, Any]):
+    """The rotary frequencies [head_dim / 2] (float32 numpy) of a `rope` op's attributes:
+    theta^(-2i/D), then, with `scaling="llama3"`, Llama 3's rescaling: wavelengths
+    above original_context / low_freq_factor are divided by `factor`, those below
+    original_context / high_freq_factor kept, those between interpolated. Computed in
+    float32 step by step as transformers does, so every backend uses the same numbers."""
+    import numpy as np
+
+    f32 = np.float32
+    d = a["head_dim"]
+    inv = (f32(1.0) / (f32(a["theta"]) ** (np.arange(0, d, 2, dtype=np.int64).astype(f32) / f32(d)))).astype(f32)
+    if a["scaling"] == "none":
+        return inv
+    factor, low, high, old = f32(a["factor"]), f32(a["low_freq_factor"]), f32(a["high_freq_factor"]), f32(a["original_context"])
+    wavelen = (f32(2 * math.pi) / inv).astype(f32)
+    scaled = np.where(wavelen > old / low, inv / factor, inv).astype(f32)
+    smooth = ((old / wavelen - low) / (high - low)).astype(f32)
+    smoothed = ((f32(1) - smooth) * scaled / factor + smooth * scaled).astype(f32)
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return np.where(medium, smoothed, scaled).astype(f32)
 
 
 # ---------------------------------------------------------------- data movement

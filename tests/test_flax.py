@@ -130,10 +130,16 @@ CASES: dict[str, list] = {
             heads=4, kv_heads=2, head_dim=4,
         ),
     ],
+
     "rope": [
         _unary("rope", (2, 5, 16), heads=2, head_dim=8),
         _unary("rope", (2, 6, 12), heads=3, head_dim=4, theta=500.0),
         lambda g: g.m.op("rope", g.x("x", 2, 5, 16), g.ids("pos", 2, 5, high=50), heads=2, head_dim=8),
+        _unary("rope", (2, 40, 16), heads=2, head_dim=8, scaling="llama3", factor=8.0, original_context=64),
+        lambda g: g.m.op(
+            "rope", g.x("x", 2, 5, 16), g.ids("pos", 2, 5, high=50), heads=2, head_dim=8, scaling="llama3", factor=8.0,
+            original_context=16,
+        ),
     ],
     "attention_bias": [
         lambda g: g.m.op("attention_bias", g.ids("mask", 2, 7, high=2), g.x("x", 2, 5, 8)),

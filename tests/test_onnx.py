@@ -137,6 +137,8 @@ CASES = [
     ),
     ("split_heads", "split_heads", [inp("x", T("batch", "seq", 12))], dict(heads=3, head_dim=4), {}),
     ("merge_heads", "merge_heads", [inp("x", T("batch", 3, "seq", 4))], {}, {}),
+    ("rope_llama3", "rope", [inp("x", T("batch", "seq", 16))],
+     dict(heads=2, head_dim=8, scaling="llama3", factor=8.0, original_context=64), {}),
     ("positions", "positions", [inp("x", BSD)], {}, {}),
     ("concat", "concat", [inp("a", BSD), inp("b", T("batch", "seq", 3))], dict(axis=-1), {}),
     ("stack", "stack", [inp("a", BSD), inp("b", BSD)], dict(axis=1), {}),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from metagen.compiler.design_rules import kv_heads_for
 from metagen.ir.builder import ModelBuilder, ModuleBuilder
 from metagen.ir.graph import ModuleDef, Value
 
@@ -46,16 +47,55 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 GATED = {"swiglu": "silu", "geglu": "gelu"}
 
+# Llama 3.1's rope scaling settings, the defaults of `rope_scaling: llama3`.
+LLAMA3_ROPE = {"rope_scaling_factor": 8.0, "rope_low_freq_factor": 1.0, "rope_high_freq_factor": 4.0,
+               "rope_original_context": 8192}
+
+
+def resolve_rope_scaling(ctx, cfg) -> None:
+    """`rope_scaling` (default none) and, for llama3, its settings (default Llama
+    3.1's); a setting given without llama3 scaling, or low >= high, is an error at it."""
+    if cfg["rope_scaling"] is None:
+        cfg["rope_scaling"] = "none"
+    section = ctx.spec.architecture
+    if cfg["rope_scaling"] == "none":
+        for key in LLAMA3_ROPE:
+            if cfg[key] is not None:
+                ctx.sink.error(section.loc(key), f"architecture: {key} applies to rope_scaling: llama3; rope_scaling is none")
+        return
+    for key, value in LLAMA3_ROPE.items():
+        if cfg[key] is None:
+            cfg[key] = value
+    if cfg["rope_low_freq_factor"] >= cfg["rope_high_freq_factor"]:
+        ctx.sink.error(section.loc("rope_low_freq_factor"), (
+            f"architecture: rope_low_freq_factor {cfg['rope_low_freq_factor']} must be below rope_high_freq_factor "
+            f"{cfg['rope_high_freq_factor']}"))
+
+
+def rope_attrs(cfg) -> dict[str, Any]:
+    """The `rope` op's attributes of a tower config."""
+    out: dict[str, Any] = {"theta": float(cfg["rope_theta"])}
+    if cfg.get("rope_scaling") not in (None, "none"):
+        out.update(scaling=cfg["rope_scaling"], factor=float(cfg["rope_scaling_factor"]),
+                   low_freq_factor=float(cfg["rope_low_freq_factor"]), high_freq_factor=float(cfg["rope_high_freq_factor"]),
+                   original_context=int(cfg["rope_original_context"]))
+    return out
+
 
 def default_head_dim(hidden: int) -> int:
+    """32 below 256 wide (Pythia-14M: 128 wide, 4 heads), 64 up to 2048 (GPT-2, Llama
+    3.2 1B), 128 above (Llama 2 7B and larger)."""
+    if hidden < 256:
+        return 32
     return 64 if hidden <= 2048 else 128
 
 
-def default_ffn(hidden: int, activation: str) -> int:
+def default_ffn(hidden: int, activation: str, multiple: int = 256) -> int:
     if activation in GATED:
         # Llama's rule: two thirds of 4d (same parameters as an ungated 4d MLP),
-        # rounded up to a multiple of 256 for fast matmul tiles.
-        return 256 * math.ceil(8 * hidden / 3 / 256)
+        # rounded up to a multiple of 256 for fast matmul tiles (of more when the
+        # device splits it over tensor-parallel shards: design rule parallel-shapes).
+        return multiple * math.ceil(8 * hidden / 3 / multiple)
     return 4 * hidden
 
 
@@ -74,13 +114,15 @@ def derive(cfg: dict[str, Any], pinned: set[str], gqa: bool) -> str | None:
         if d % cfg["head_dim"]:
             return f"head_dim {cfg['head_dim']} does not divide hidden_size {d}"
         cfg["heads"] = d // cfg["head_dim"]
+    # The device's tensor-parallel degree and FFN rounding (design rule parallel-shapes;
+    # configs without those fields run on one device).
+    tp = cfg.get("tensor_parallel") or 1
     if cfg.get("kv_heads") is None:
-        h = cfg["heads"]
-        cfg["kv_heads"] = h // 4 if (gqa and h % 4 == 0 and h >= 8) else h
+        cfg["kv_heads"] = kv_heads_for(cfg["heads"], gqa, tp)
     if cfg["heads"] % cfg["kv_heads"]:
         return f"kv_heads {cfg['kv_heads']} does not divide heads {cfg['heads']}"
     if cfg.get("ffn_size") is None:
-        cfg["ffn_size"] = default_ffn(d, cfg["activation"])
+        cfg["ffn_size"] = default_ffn(d, cfg["activation"], cfg.get("ffn_multiple") or 256)
     return None
 
 
@@ -106,6 +148,7 @@ def attention_module(
     d = cfg["hidden_size"]
     h, kvh, hd = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
     bias = cfg["bias"]
+    qkv_bias = bias if cfg.get("qkv_bias") is None else cfg["qkv_bias"]  # Qwen2: on q, k and v only
     b = mb.module(name, doc="Grouped-query attention." if kvh < h else "Multi-head attention.")
     x = b.input("x", x_type)
     mask = b.input("bias", bias_type) if bias_type is not None else None
@@ -113,7 +156,7 @@ def attention_module(
     past = [b.input("past_key", cache_type), b.input("past_value", cache_type)] if cache_type is not None else []
     qw, kvw = h * hd, kvh * hd
     if context_type is None:
-        b.layer("qkv_proj", "linear", in_features=d, out_features=qw + 2 * kvw, bias=bias)
+        b.layer("qkv_proj", "linear", in_features=d, out_features=qw + 2 * kvw, bias=qkv_bias)
         qkv = b.call("qkv_proj", x, hint="qkv")
         q = b.op("slice", qkv, axis=-1, start=0, end=qw, hint="q")
         k = b.op("slice", qkv, axis=-1, start=qw, end=qw + kvw, hint="k")
@@ -121,16 +164,16 @@ def attention_module(
     else:
         ctx = b.input("context", context_type)
         cdim = context_type.shape[-1]
-        b.layer("q_proj", "linear", in_features=d, out_features=qw, bias=bias)
-        b.layer("kv_proj", "linear", in_features=cdim, out_features=2 * kvw, bias=bias)
+        b.layer("q_proj", "linear", in_features=d, out_features=qw, bias=qkv_bias)
+        b.layer("kv_proj", "linear", in_features=cdim, out_features=2 * kvw, bias=qkv_bias)
         q = b.call("q_proj", x, hint="q")
         kv = b.call("kv_proj", ctx, hint="kv")
         k = b.op("slice", kv, axis=-1, start=0, end=kvw, hint="k")
         v = b.op("slice", kv, axis=-1, start=kvw, end=2 * kvw, hint="v")
     if rope:
         at = [positions] if positions is not None else []
-        q = b.op("rope", q, *at, heads=h, head_dim=hd, theta=float(cfg["rope_theta"]), hint="q")
-        k = b.op("rope", k, *at, heads=kvh, head_dim=hd, theta=float(cfg["rope_theta"]), hint="k")
+        q = b.op("rope", q, *at, heads=h, head_dim=hd, **rope_attrs(cfg), hint="q")
+        k = b.op("rope", k, *at, heads=kvh, head_dim=hd, **rope_attrs(cfg), hint="k")
     present = []
     if past:
         for i, (t, old) in enumerate(((k, past[0]), (v, past[1]))):
@@ -210,7 +253,3 @@ def kv_cache_bytes(cfg: dict, context: int, dtype_bytes: int, batch: int = 1) ->
     return 2 * cfg["layers"] * cfg["kv_heads"] * cfg["head_dim"] * context * dtype_bytes * batch
 
 
-def ideal_layers(hidden: int) -> float:
-    """Depth that suits a width: GPT-2 small (768, 12) and Llama 2 7B (4096, 32)
-    lie on d / L = 64 * (d / 768) ** 0.41."""
-    return hidden / (64.0 * (hidden / 768.0) ** 0.41)

@@ -107,6 +107,12 @@ ARCHITECTURE = _map(
     Field("transformer_depth", INT, "Transformer blocks per spatial transformer.", minimum=1, maximum=32),
     Field("norm_groups", INT, "GroupNorm groups.", minimum=1, maximum=1024),
     Field("cross_attention_dim", INT, "Width of the conditioning sequence.", minimum=8, maximum=65536),
+    Field("qkv_bias", BOOL, "Biases on the attention's q, k and v projections, whatever `bias` says (Qwen2: true with bias false); default: as bias."),
+    Field("rope_scaling", ENUM, "Rescaling of the rotary frequencies: none, or llama3 (Llama 3.1's long-context scaling).", choices=("none", "llama3")),
+    Field("rope_scaling_factor", FLOAT, "llama3 scaling: the low frequencies are divided by this.", minimum=1.0, maximum=1e6),
+    Field("rope_low_freq_factor", FLOAT, "llama3 scaling: wavelengths above rope_original_context / this are scaled.", minimum=1e-6, maximum=1e6),
+    Field("rope_high_freq_factor", FLOAT, "llama3 scaling: wavelengths below rope_original_context / this are kept; between, interpolated.", minimum=1e-6, maximum=1e6),
+    Field("rope_original_context", INT, "llama3 scaling: the context the model was pretrained at.", minimum=1, maximum=2**31),
     _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
     _map("image_encoder", "Image tower of a multi-tower model.", *TOWER_FIELDS),
 )
@@ -117,6 +123,7 @@ SPEC = _map(
     Field("metagen_version", STR, "Spec language version.", choices=("1.0",), required=True),
     Field("name", STR, "Model name: free text; a class name is derived from it.", required=True),
     Field("description", STR, "Free text.", default=""),
+    Field("license", STR, "The model's license, as the model card's front matter states it (a Hugging Face license id: apache-2.0, mit, other, ...)."),
     _map(
         "modality",
         "What goes in and what comes out.",
@@ -136,7 +143,7 @@ SPEC = _map(
         _map(
             "parameter_budget",
             "Bounds on the parameter count.",
-            Field("max", PARAMS, "Most parameters allowed.", default="1B"),
+            Field("max", PARAMS, "Most parameters allowed. Default: the task's (docs/families.md, per-task defaults; 1B for a language model).", default="1B"),
             Field("min", PARAMS, "Fewest parameters wanted; default 90% of max."),
         ),
         Field("latency", LATENCY, "A latency class or an explicit bound (\"10ms\", \"60 tok/s\").", default="batch"),

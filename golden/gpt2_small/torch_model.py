@@ -184,6 +184,8 @@ CONFIG = {
     "rope_theta": 10000.0,
     "bias": True,
     "tie_embeddings": True,
+    "qkv_bias": True,
+    "rope_scaling": "none",
     "sliding_window": 0,
     "context_window": 64,
 }

@@ -45,11 +45,15 @@ def _attention_bias(key_mask, x, causal, window):
     return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
-def _rope(x, heads, head_dim, theta, positions=None):
+def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
-    at positions 0..S-1 or at position ids [B, S]."""
+    at positions 0..S-1 or at position ids [B, S] (`inv_freq`: the frequencies when
+    they are not theta's, e.g. rescaled)."""
     seq = x.shape[1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    else:
+        inv_freq = jnp.asarray(inv_freq, dtype=jnp.float32)
     pos = (
         jnp.arange(seq, dtype=jnp.float32)[None, :]
         if positions is None

@@ -80,12 +80,16 @@ def _attention_bias(key_mask, x, causal, window):
     return np.where(allowed, 0.0, float(np.finfo(np.float32).min))
 
 
-def _rope(x, heads, head_dim, theta, positions=None):
+def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding on packed heads [B, S, H*D], at positions 0..S-1
     or at position ids [B, S], rotate-half convention: dims i and i + D/2 form a
-    pair rotated by the angle position * theta^(-2i/D)."""
+    pair rotated by the angle position * theta^(-2i/D), or position * inv_freq[i]
+    when the frequencies are given (rescaled, e.g. Llama 3's)."""
     b, s, d = x.shape[0], x.shape[1], head_dim
-    inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    if inv_freq is None:
+        inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    else:
+        inv_freq = np.asarray(inv_freq, dtype=np.float64)
     pos = np.arange(s)[None, :] if positions is None else np.asarray(positions)
     angles = pos[..., None] * inv_freq
     angles = np.concatenate([angles, angles], axis=-1)[:, :, None, :]

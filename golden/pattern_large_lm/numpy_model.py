@@ -80,12 +80,16 @@ def _attention_bias(key_mask, x, causal, window):
     return np.where(allowed, 0.0, float(np.finfo(np.float32).min))
 
 
-def _rope(x, heads, head_dim, theta, positions=None):
+def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding on packed heads [B, S, H*D], at positions 0..S-1
     or at position ids [B, S], rotate-half convention: dims i and i + D/2 form a
-    pair rotated by the angle position * theta^(-2i/D)."""
+    pair rotated by the angle position * theta^(-2i/D), or position * inv_freq[i]
+    when the frequencies are given (rescaled, e.g. Llama 3's)."""
     b, s, d = x.shape[0], x.shape[1], head_dim
-    inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    if inv_freq is None:
+        inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    else:
+        inv_freq = np.asarray(inv_freq, dtype=np.float64)
     pos = np.arange(s)[None, :] if positions is None else np.asarray(positions)
     angles = pos[..., None] * inv_freq
     angles = np.concatenate([angles, angles], axis=-1)[:, :, None, :]
@@ -117,8 +121,8 @@ class Attention:
         q = qkv[..., 0:64]
         k = qkv[..., 64:96]
         v = qkv[..., 96:128]
-        q_1 = _rope(q, 4, 16, 10000.0, positions=position_ids)
-        k_1 = _rope(k, 2, 16, 10000.0, positions=position_ids)
+        q_1 = _rope(q, 4, 16, 10000000.0, positions=position_ids)
+        k_1 = _rope(k, 2, 16, 10000000.0, positions=position_ids)
         kv_new = np.transpose(k_1.reshape(k_1.shape[0], k_1.shape[1], 2, 16), (0, 2, 1, 3))
         present_key = np.concatenate([past_key, kv_new], axis=2)
         kv_new_1 = np.transpose(v.reshape(v.shape[0], v.shape[1], 2, 16), (0, 2, 1, 3))
@@ -248,9 +252,11 @@ CONFIG = {
     "norm_eps": 1e-05,
     "norm_position": "pre",
     "position": "rope",
-    "rope_theta": 10000.0,
+    "rope_theta": 10000000.0,
     "bias": False,
     "tie_embeddings": False,
+    "qkv_bias": False,
+    "rope_scaling": "none",
     "sliding_window": 0,
     "context_window": 64,
 }

@@ -45,11 +45,15 @@ def _attention_bias(key_mask, x, causal, window):
     return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
-def _rope(x, heads, head_dim, theta, positions=None):
+def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
-    at positions 0..S-1 or at position ids [B, S]."""
+    at positions 0..S-1 or at position ids [B, S] (`inv_freq`: the frequencies when
+    they are not theta's, e.g. rescaled)."""
     seq = x.shape[1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    else:
+        inv_freq = jnp.asarray(inv_freq, dtype=jnp.float32)
     pos = (
         jnp.arange(seq, dtype=jnp.float32)[None, :]
         if positions is None
@@ -79,8 +83,8 @@ class Attention(nnx.Module):
         q = jax.lax.slice_in_dim(qkv, 0, 64, axis=-1)
         k = jax.lax.slice_in_dim(qkv, 64, 96, axis=-1)
         v = jax.lax.slice_in_dim(qkv, 96, 128, axis=-1)
-        q_1 = _rope(q, 4, 16, 10000.0, positions=position_ids)
-        k_1 = _rope(k, 2, 16, 10000.0, positions=position_ids)
+        q_1 = _rope(q, 4, 16, 1000000.0, positions=position_ids)
+        k_1 = _rope(k, 2, 16, 1000000.0, positions=position_ids)
         kv_new = jnp.transpose(k_1.reshape(k_1.shape[0], k_1.shape[1], 2, 16), (0, 2, 1, 3))
         present_key = jnp.concatenate([past_key, kv_new], axis=2)
         kv_new_1 = jnp.transpose(v.reshape(v.shape[0], v.shape[1], 2, 16), (0, 2, 1, 3))
@@ -139,7 +143,6 @@ class MyConstrainedModel(nnx.Module):
         self.tok_embeddings = nnx.Embed(256, 64, rngs=rngs)
         self.blocks = nnx.List([Block(rngs=rngs) for _ in range(2)])
         self.norm_f = nnx.RMSNorm(64, epsilon=1e-05, use_fast_variance=False, rngs=rngs)
-        self.lm_head = nnx.Linear(64, 256, use_bias=False, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, **cache):
         unknown = set(cache) - {
@@ -185,7 +188,7 @@ class MyConstrainedModel(nnx.Module):
             x_5,
         ) = layer_outputs
         x_6 = self.norm_f(x_1)
-        logits = self.lm_head(x_6)
+        logits = jnp.matmul(x_6, self.tok_embeddings.embedding[...].T)
         return {
             "logits": logits,
             "present.0.key": x_2,
@@ -210,9 +213,11 @@ CONFIG = {
     "norm_eps": 1e-05,
     "norm_position": "pre",
     "position": "rope",
-    "rope_theta": 10000.0,
+    "rope_theta": 1000000.0,
     "bias": False,
-    "tie_embeddings": False,
+    "tie_embeddings": True,
+    "qkv_bias": False,
+    "rope_scaling": "none",
     "sliding_window": 0,
     "context_window": 64,
 }
@@ -302,7 +307,6 @@ _INITS = [
     ("blocks.1.mlp.up_proj.weight", [256, 64], "normal", {"std": 0.02}),
     ("blocks.1.mlp.down_proj.weight", [64, 256], "normal", {"std": 0.01}),
     ("norm_f.weight", [64], "ones", {}),
-    ("lm_head.weight", [256, 64], "normal", {"std": 0.02}),
 ]
 _PARAMS = [
     ("tok_embeddings.weight", ["tok_embeddings", "embedding"], "same"),
@@ -321,7 +325,6 @@ _PARAMS = [
     ("blocks.1.mlp.up_proj.weight", ["blocks", 1, "mlp", "up_proj", "kernel"], "linear"),
     ("blocks.1.mlp.down_proj.weight", ["blocks", 1, "mlp", "down_proj", "kernel"], "linear"),
     ("norm_f.weight", ["norm_f", "scale"], "same"),
-    ("lm_head.weight", ["lm_head", "kernel"], "linear"),
 ]
 
 

@@ -80,12 +80,16 @@ def _attention_bias(key_mask, x, causal, window):
     return np.where(allowed, 0.0, float(np.finfo(np.float32).min))
 
 
-def _rope(x, heads, head_dim, theta, positions=None):
+def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding on packed heads [B, S, H*D], at positions 0..S-1
     or at position ids [B, S], rotate-half convention: dims i and i + D/2 form a
-    pair rotated by the angle position * theta^(-2i/D)."""
+    pair rotated by the angle position * theta^(-2i/D), or position * inv_freq[i]
+    when the frequencies are given (rescaled, e.g. Llama 3's)."""
     b, s, d = x.shape[0], x.shape[1], head_dim
-    inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    if inv_freq is None:
+        inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    else:
+        inv_freq = np.asarray(inv_freq, dtype=np.float64)
     pos = np.arange(s)[None, :] if positions is None else np.asarray(positions)
     angles = pos[..., None] * inv_freq
     angles = np.concatenate([angles, angles], axis=-1)[:, :, None, :]
@@ -177,7 +181,6 @@ class MyTrainedModel:
         self.tok_embeddings = _Embedding(256, 64)
         self.blocks = [Block() for _ in range(2)]
         self.norm_f = _RMSNorm(64, eps=1e-05)
-        self.lm_head = _Linear(64, 256, bias=False)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, **cache):
         unknown = set(cache) - {
@@ -223,7 +226,7 @@ class MyTrainedModel:
             x_5,
         ) = layer_outputs
         x_6 = self.norm_f(x_1)
-        logits = self.lm_head(x_6)
+        logits = np.matmul(x_6, self.tok_embeddings.weight.T)
         return {
             "logits": logits,
             "present.0.key": x_2,
@@ -250,7 +253,9 @@ CONFIG = {
     "position": "rope",
     "rope_theta": 10000.0,
     "bias": False,
-    "tie_embeddings": False,
+    "tie_embeddings": True,
+    "qkv_bias": False,
+    "rope_scaling": "none",
     "sliding_window": 0,
     "context_window": 64,
 }
@@ -340,7 +345,6 @@ _INITS = [
     ("blocks.1.mlp.up_proj.weight", [256, 64], "normal", {"std": 0.02}),
     ("blocks.1.mlp.down_proj.weight", [64, 256], "normal", {"std": 0.01}),
     ("norm_f.weight", [64], "ones", {}),
-    ("lm_head.weight", [256, 64], "normal", {"std": 0.02}),
 ]
 _OUTPUT_DTYPES = {
     "logits": "float32",
