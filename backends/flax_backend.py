@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -36,6 +37,7 @@ from metagen.backends.pyemit import (
     py_literal,
     uncovered_ops,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, ModuleDef, Param, resolve_param
 
 RESERVED = {
@@ -112,6 +114,7 @@ OPS: dict[str, Rule] = {
 }
 
 HELPERS: dict[str, str] = {
+    **COMMON_HELPERS,
     "attention": '''
 def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when
@@ -233,6 +236,7 @@ class FlaxEmitter(ModuleEmitter):
         out(FLAX_API)
         emit_generate(out, m, FLAX_STEP)
         emit_tasks(out, m)
+        out(sampler_source(m, "flax"))
         return format_python(out.text())
 
     def param_member(self, p: Param) -> str:

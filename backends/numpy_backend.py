@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -36,6 +37,7 @@ from metagen.backends.pyemit import (
     py_literal,
     uncovered_ops,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, ModuleDef, Param
 from metagen.ir.types import DType
 
@@ -105,6 +107,7 @@ OPS: dict[str, Rule] = {
 # Helper functions and layer classes: `name` defines `_name`. A helper is emitted when
 # a rule asks for it, with the helpers its source calls.
 HELPERS: dict[str, str] = {
+    **COMMON_HELPERS,
     "Linear": '''
 class _Linear:
     """y = x W^T + b over the last axis; weight [out, in]."""
@@ -345,6 +348,7 @@ class NumpyEmitter(ModuleEmitter):
         out(NUMPY_API)
         emit_generate(out, m, NUMPY_STEP)
         emit_tasks(out, m)
+        out(sampler_source(m, "numpy"))
         return format_python(out.text())
 
     def param_member(self, p: Param) -> str:

@@ -428,9 +428,12 @@ OPS: dict[str, Callable[..., str]] = {
     "unsqueeze": _unsqueeze,
     "prepend": _prepend,
     "flatten_spatial": lambda e, x: e.op("Transpose", e.op("Reshape", x, e.ints(0, 0, -1)), perm=[0, 2, 1]),
-    "unflatten_spatial": lambda e, x: e.op(
-        "Reshape", e.op("Transpose", x, perm=[0, 2, 1]), e.ints(0, 0, e.a["height"], e.a["width"])
+    "unflatten_spatial": lambda e, x, like: e.op(
+        "Reshape", e.op("Transpose", x, perm=[0, 2, 1]), e.op("Concat", e.ints(0, 0), e.op("Shape", like, start=2), axis=0)
     ),
+    "pad2d": lambda e, x: e.op("Pad", x, e.ints(0, 0, e.a["pads"][0], e.a["pads"][2], 0, 0, e.a["pads"][1], e.a["pads"][3])),
+    # ONNX has no assertion: a size that is not a multiple fails at the U-Net's skip concat.
+    "require_multiple": lambda e, x: e.op("Identity", x),
     "mean": lambda e, x: e.op("ReduceMean", x, e.ints(e.a["axis"]), keepdims=0),
     "gather_argmax": _gather_argmax,
     "upsample_nearest": _upsample,
@@ -710,3 +713,16 @@ def golden_text(files: dict[str, bytes]) -> bytes:
         init.data_location = onnx.TensorProto.DEFAULT
     text = printer.to_text(model)
     return ("\n".join(lines) + ("\n" if lines else "") + text.rstrip("\n") + "\n").encode("utf-8")
+
+
+def lower_to_onnx_folder(
+    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data"
+) -> dict[str, bytes]:
+    """The backend's output folder: `lower_to_onnx`'s files, plus a diffusion model's
+    pipeline parts as graphs of their own (backends/onnx_pipeline.py)."""
+    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name)
+    if model.family == "diffusion_unet":
+        from metagen.backends.onnx_pipeline import pipeline_files
+
+        files.update(pipeline_files(model, weights, seed))
+    return files

@@ -475,8 +475,14 @@ BASE_OPS: dict[str, Rule] = {
         f"{c.lib}.concatenate([{c.lib}.broadcast_to({t}, ({x}.shape[0],) + {t}.shape[1:]), {x}], axis=1)"
     ),
     "flatten_spatial": lambda c, x: f"{c.lib}.transpose({x}.reshape({x}.shape[0], {x}.shape[1], -1), (0, 2, 1))",
-    "unflatten_spatial": lambda c, x: (
-        f"{c.lib}.transpose({x}, (0, 2, 1)).reshape({x}.shape[0], {x}.shape[2], {c.a['height']}, {c.a['width']})"
+    "unflatten_spatial": lambda c, x, like: (
+        f"{c.lib}.transpose({x}, (0, 2, 1)).reshape({x}.shape[0], {x}.shape[2], {like}.shape[2], {like}.shape[3])"
+    ),
+    "pad2d": lambda c, x: (
+        f"{c.lib}.pad({x}, ((0, 0), (0, 0), ({c.a['pads'][0]}, {c.a['pads'][1]}), ({c.a['pads'][2]}, {c.a['pads'][3]})))"
+    ),
+    "require_multiple": lambda c, x: (
+        f"{c.helper('require_multiple')}({x}, {_tuple_literal(c.a['axes'])}, {c.a['multiple']}, {c.a['what']!r})"
     ),
     "mean": lambda c, x: f"{c.lib}.mean({x}, axis={c.a['axis']})",
     "gather_argmax": lambda c, x, ids: f"{x}[{c.lib}.arange({x}.shape[0]), {c.lib}.argmax({ids}, axis=-1)]",
@@ -492,6 +498,20 @@ BASE_OPS: dict[str, Rule] = {
     "masked_cross_entropy": lambda c, logits, labels, mask: (
         f"{c.helper('masked_cross_entropy')}({logits}, {labels}, {mask})"
     ),
+}
+
+
+# Helpers every Python backend shares (they touch only `x.shape`): a backend's
+# table is `{**COMMON_HELPERS, ...its own}`.
+COMMON_HELPERS: dict[str, str] = {
+    "require_multiple": '''
+def _require_multiple(x, axes, multiple, what):
+    """x, after checking that its dims at `axes` are multiples of `multiple`."""
+    if any(int(x.shape[a]) % multiple for a in axes):
+        dims = " x ".join(str(int(x.shape[a])) for a in axes)
+        raise ValueError(f"{what}: got {dims}, not multiples of {multiple}")
+    return x
+''',
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -21,6 +22,7 @@ from metagen.backends.pyemit import (
     emit_tables,
     format_python,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, Param
 from metagen.ir.types import DType
 
@@ -94,7 +96,8 @@ OPS: dict[str, Rule] = {
     "unsqueeze": _unsqueeze,
     "prepend": lambda c, x, t: f"torch.cat([{t}.expand({x}.shape[0], -1, -1), {x}], dim=1)",
     "flatten_spatial": lambda c, x: f"{x}.flatten(2).transpose(1, 2)",
-    "unflatten_spatial": lambda c, x: f"{x}.transpose(1, 2).unflatten(2, ({c.a['height']}, {c.a['width']}))",
+    "pad2d": lambda c, x: f"F.pad({x}, ({c.a['pads'][2]}, {c.a['pads'][3]}, {c.a['pads'][0]}, {c.a['pads'][1]}))",
+    "unflatten_spatial": lambda c, x, like: f"{x}.transpose(1, 2).unflatten(2, {like}.shape[2:])",
     "mean": lambda c, x: f"{x}.mean(dim={c.a['axis']})",
     "gather_argmax": lambda c, x, ids: (
         f"{x}[torch.arange({x}.shape[0], device={x}.device), {ids}.argmax(dim=-1)]"
@@ -127,6 +130,7 @@ def _attention_bias(key_mask, x, causal, window):
         ~allowed, torch.finfo(torch.float32).min
     )
 ''',
+    **COMMON_HELPERS,
     "masked_cross_entropy": '''
 def _masked_cross_entropy(logits, labels, mask):
     """Cross-entropy averaged over the positions where mask is 1."""
@@ -231,6 +235,7 @@ class TorchEmitter(ModuleEmitter):
         out(TORCH_API)
         emit_generate(out, m, TORCH_STEP)
         emit_tasks(out, m)
+        out(sampler_source(m, "torch"))
         return format_python(out.text())
 
     def member_prologue(self) -> list[str]:

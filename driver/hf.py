@@ -197,6 +197,53 @@ _UNET_RENAMES = [
 ]
 
 
+def _unet_block_name(name: str, levels: int) -> str:
+    """diffusers' down/up/mid block names -> per-level ones (`down_blocks.1.resnets.0.`
+    -> `down1.res0.`); up blocks are numbered by level (diffusers counts them from the
+    bottom). The U-Net and the autoencoder share the layout."""
+    m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.*)", name)
+    if m:
+        lvl, kind, j, rest = m.groups()
+        new = f"down{lvl}." + {"resnets": f"res{j}.", "attentions": f"attn{j}.", "downsamplers": "downsample."}[kind]
+        return new + (rest[len("conv."):] if kind == "downsamplers" else rest)
+    m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.*)", name)
+    if m:
+        i, kind, j, rest = m.groups()
+        new = f"up{levels - 1 - int(i)}." + {"resnets": f"res{j}.", "attentions": f"attn{j}.", "upsamplers": "upsample."}[kind]
+        return new + (rest[len("conv."):] if kind == "upsamplers" else rest)
+    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", name)
+    if m:
+        kind, j, rest = m.groups()
+        return f"mid.{'res' if kind == 'resnets' else 'attn'}{j}.{rest}"
+    return name
+
+
+_VAE_RENAMES = [
+    (r"\.group_norm\.", ".norm."),
+    (r"\.to_([qkv])\.", r".\1_proj."),
+    (r"\.to_out\.0\.", ".o_proj."),
+]
+
+
+def vae_to_canonical(state: dict, levels: int) -> dict[str, np.ndarray]:
+    """diffusers `AutoencoderKL` -> the diffusion family's autoencoder names:
+    `encoder.*` and `quant_conv` under `vae_encoder.`, `decoder.*` and
+    `post_quant_conv` under `vae_decoder.`; blocks renamed as the U-Net's."""
+    out: dict[str, np.ndarray] = {}
+    for name, tensor in state.items():
+        head, _, rest = name.partition(".")
+        if head in ("quant_conv", "post_quant_conv"):
+            side, rest = ("vae_encoder" if head == "quant_conv" else "vae_decoder"), name
+        elif head in ("encoder", "decoder"):
+            side, rest = f"vae_{head}", _unet_block_name(rest, levels)
+        else:
+            raise KeyError(f"not an AutoencoderKL weight: {name}")
+        for pat, rep in _VAE_RENAMES:
+            rest = re.sub(pat, rep, rest)
+        out[f"{side}.{rest}"] = _np(tensor)
+    return out
+
+
 def unet_to_canonical(state: dict, levels: int, prefix: str = "") -> dict[str, np.ndarray]:
     """diffusers `UNet2DConditionModel` -> the diffusion U-Net's names (`prefix` is
     prepended to each). Self-attention q/k/v are fused into `qkv_proj`, cross-attention
@@ -206,22 +253,7 @@ def unet_to_canonical(state: dict, levels: int, prefix: str = "") -> dict[str, n
     fused: dict[str, dict[str, np.ndarray]] = {}
     for name, tensor in state.items():
         value = _np(tensor)
-        new = name
-        m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.*)", name)
-        if m:
-            lvl, kind, j, rest = m.groups()
-            new = f"down{lvl}." + {"resnets": f"res{j}.", "attentions": f"attn{j}.", "downsamplers": "downsample."}[kind]
-            new += rest[len("conv."):] if kind == "downsamplers" else rest
-        m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.*)", name)
-        if m:
-            i, kind, j, rest = m.groups()
-            lvl = levels - 1 - int(i)
-            new = f"up{lvl}." + {"resnets": f"res{j}.", "attentions": f"attn{j}.", "upsamplers": "upsample."}[kind]
-            new += rest[len("conv."):] if kind == "upsamplers" else rest
-        m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", name)
-        if m:
-            kind, j, rest = m.groups()
-            new = f"mid.{'res' if kind == 'resnets' else 'attn'}{j}.{rest}"
+        new = _unet_block_name(name, levels)
         for pat, rep in _UNET_RENAMES:
             new = re.sub(pat, rep, new)
         m = re.match(r"(.*)\.attn1\.to_([qkv])\.weight$", new)
@@ -706,6 +738,39 @@ def _unet(u: _Checker, t: _Checker) -> dict:
     }
 
 
+VAE_FIXED = (  # AutoencoderKL fields our autoencoder has one value of: (field, value, why)
+    ("in_channels", 3, "images have 3 channels"),
+    ("out_channels", 3, "images have 3 channels"),
+    ("act_fn", "silu", "the ResNet blocks use SiLU"),
+    ("use_quant_conv", True, "the encoder ends with quant_conv"),
+    ("use_post_quant_conv", True, "the decoder starts with post_quant_conv"),
+    ("mid_block_add_attention", True, "the mid blocks have self-attention"),
+    ("shift_factor", None, "latents are only scaled"),
+    ("latents_mean", None, "latents are only scaled"),
+    ("latents_std", None, "latents are only scaled"),
+)
+
+
+def _vae(v: _Checker, latent: int) -> dict:
+    """The `autoencoder` section for a diffusers AutoencoderKL config (`v`)."""
+    for key, value, why in VAE_FIXED:
+        v.need(key, allowed=(value,), why=why, default=value)
+    v.need("_class_name", allowed=("AutoencoderKL",), why="the image autoencoder is SD's AutoencoderKL", default=None)
+    v.need("latent_channels", allowed=(latent,), why="the U-Net denoises the autoencoder's latents", default=4)
+    channels = v.cfg.get("block_out_channels", default=[64])
+    if not (isinstance(channels, list) and channels and all(isinstance(c, int) and c > 0 for c in channels)):
+        v.fail(("block_out_channels",), f"block_out_channels {json.dumps(channels)} must be a list of positive integers")
+        channels = [1]
+    for key, kind in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        v.need(key, allowed=([kind] * len(channels),), why=f"every level is a {kind}", default=[kind] * len(channels))
+    return {
+        "block_channels": channels,
+        "layers_per_block": v.int("layers_per_block", default=1),
+        "norm_groups": v.int("norm_num_groups", default=32),
+        "scaling_factor": v.float("scaling_factor", default=0.18215),
+    }
+
+
 # ------------------------------------------------------------------ the importer
 
 
@@ -898,11 +963,20 @@ def _pipeline(folder: str, name: str):
             f"_class_name {json.dumps(unet.get('_class_name'))} is not supported; supported: \"UNet2DConditionModel\""))])
     u, t = _Checker(unet), _Checker(text)
     body = _unet(u, t)
-    if u.errors or t.errors:
-        raise CompileError(sorted(u.errors + t.errors, key=lambda d: d.loc))
+    checkers = [u, t]
+    vae_path = os.path.join(folder, "vae")
+    vae = read_config(vae_path) if os.path.isdir(vae_path) else None
+    if vae is not None:  # the pipeline's images are pixels: its autoencoder comes along
+        v = _Checker(vae)
+        checkers.append(v)
+        body["architecture"]["images"] = "pixels"
+        body["architecture"]["autoencoder"] = _vae(v, body["architecture"]["latent_channels"])
+    errors = [e for c in checkers for e in c.errors]
+    if errors:
+        raise CompileError(sorted(errors, key=lambda d: d.loc))
+    parts = "UNet2DConditionModel with CLIPTextModel" + (" and AutoencoderKL" if vae is not None else "")
     spec = {"metagen_version": "1.0", "name": name,
-            "description": f"Imported from the diffusers pipeline {os.path.basename(os.path.abspath(folder))} "
-                           "(UNet2DConditionModel with CLIPTextModel)."}
+            "description": f"Imported from the diffusers pipeline {os.path.basename(os.path.abspath(folder))} ({parts})."}
     spec.update(body)
     levels = len(body["architecture"]["channel_mults"])
 
@@ -912,6 +986,12 @@ def _pipeline(folder: str, name: str):
             weights.update(clip_text_to_canonical(load_state_dict(os.path.dirname(text.path))))
         except KeyError as exc:
             raise _fail(text.path, f"the checkpoint does not match its config: {exc}") from None
+        if vae is not None:
+            state = load_state_dict(os.path.dirname(vae.path), "diffusion_pytorch_model")
+            try:
+                weights.update(vae_to_canonical(state, len(body["architecture"]["autoencoder"]["block_channels"])))
+            except KeyError as exc:
+                raise _fail(vae.path, f"the checkpoint does not match its config: {exc}") from None
         return weights
 
     return unet, spec, load

@@ -407,3 +407,24 @@ def test_checkpoint_that_disagrees_with_its_config_is_refused(tmp_path, capsys):
     assert ("error: the checkpoint does not match its config: pos_embeddings.weight has shape [9, 16], the spec [8, 16]"
             in capsys.readouterr().err)
     assert not out.exists() and not (tmp_path / "m.yaml").exists()
+
+
+def test_diffusers_pipeline_with_vae_imports_the_autoencoder(tmp_path):
+    from diffusers import AutoencoderKL
+    from safetensors.numpy import load_file
+
+    unet, text = _sd_pipeline(tmp_path / "sd")
+    vae = _perturbed(AutoencoderKL(block_out_channels=[16, 32], layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2))
+    vae.save_pretrained(tmp_path / "sd" / "vae")
+    spec, weights = tmp_path / "sd.yaml", tmp_path / "sd.safetensors"
+    assert main(["import", "hf", str(tmp_path / "sd"), "-o", str(spec), "--weights-out", str(weights)]) == 0
+    assert "images: \"pixels\"" in spec.read_text()
+    path, comp = compile_to(tmp_path, str(spec), "torch", tiny=False)
+    mod = load_module(str(path))
+    want = sum(p.numel() for m in (unet, text, vae) for p in m.parameters())
+    assert comp.model.param_count() == want
+    state = mod.load_canonical(load_file(str(weights)))
+    z = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32))
+    with torch.no_grad():
+        _close(state.vae_decoder(z).numpy(), vae.decode(z).sample.numpy())

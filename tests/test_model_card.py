@@ -92,7 +92,7 @@ def test_card_license_comes_from_the_spec(tmp_path):
 def test_card_states_the_familys_own_limitation(tmp_path):
     card = _card(_synth(tmp_path, example("tutorial/step6_diffusion.yaml")))
     assert _front_matter(card)["pipeline_tag"] == "text-to-image"
-    assert "- Latent-space U-Net with its CLIP text encoder; no VAE." in _section(card, "Limitations")
+    assert "- Latent-space U-Net with its CLIP text encoder; no image autoencoder unless images: pixels." in _section(card, "Limitations")
 
 
 def test_card_is_deterministic(tmp_path):

@@ -148,7 +148,9 @@ CASES = [
     ("unsqueeze", "unsqueeze", [inp("x", BSD)], dict(axes=(1, 4)), {}),
     ("prepend", "prepend", [inp("x", BSD)], {}, {"token": (1, 1, 8)}),
     ("flatten_spatial", "flatten_spatial", [inp("x", T("batch", 4, 3, 5))], {}, {}),
-    ("unflatten_spatial", "unflatten_spatial", [inp("x", T("batch", 15, 4))], dict(height=3, width=5), {}),
+    ("unflatten_spatial", "unflatten_spatial", [inp("x", T("batch", 15, 4)), inp("like", T("batch", 1, 3, 5))], {}, {}),
+    ("pad2d", "pad2d", [inp("x", T("batch", 3, 4, 5))], dict(pads=(2, 0, 1, 3)), {}),
+    ("require_multiple", "require_multiple", [inp("x", T("batch", 3, 4, 6))], dict(axes=(2, 3), multiple=2, what="sample"), {}),
     ("mean", "mean", [inp("x", BSD)], dict(axis=1), {}),
     ("gather_argmax", "gather_argmax", [inp("x", BSD), IDS], {}, {}),
     ("upsample_nearest", "upsample_nearest", [inp("x", T("batch", 3, 4, 5))], dict(factor=2), {}),
@@ -280,7 +282,7 @@ def _compile(spec: str, tiny: bool = True):
 
 # sd15_unet at --tiny spends ~40 s (on a loaded 2-core machine) in the torch side;
 # step6_diffusion covers the same family in the fast suite.
-SLOW_SPECS = {"sd15_unet.yaml"}
+SLOW_SPECS = {"sd15_unet.yaml", "sd15_pipeline.yaml"}
 SPECS = [
     pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in SLOW_SPECS else p
     for p in sorted(glob.glob(example("reference", "*.yaml")) + glob.glob(example("tutorial", "*.yaml")))

@@ -115,6 +115,15 @@ ARCHITECTURE = _map(
     Field("rope_original_context", INT, "llama3 scaling: the context the model was pretrained at.", minimum=1, maximum=2**31),
     _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
     _map("image_encoder", "Image tower of a multi-tower model.", *TOWER_FIELDS),
+    Field("images", ENUM, "Diffusion: 'pixels' includes the image autoencoder (images in and out), 'latents' the U-Net alone.", choices=("latents", "pixels")),
+    _map(
+        "autoencoder",
+        "Diffusion image autoencoder (SD's AutoencoderKL), built when images are pixels.",
+        Field("block_channels", LIST, "Channels per autoencoder level.", item=Field("channels", INT, "", minimum=1, maximum=8192)),
+        Field("layers_per_block", INT, "ResNet blocks per encoder level (decoder: one more).", minimum=1, maximum=16),
+        Field("norm_groups", INT, "GroupNorm groups.", minimum=1, maximum=1024),
+        Field("scaling_factor", FLOAT, "Latents are the encoder's mean times this.", minimum=0.0, maximum=100.0),
+    ),
 )
 
 SPEC = _map(
