@@ -149,32 +149,8 @@ def init_table(model: Model) -> list[tuple[str, tuple[int, ...], str, dict[str, 
     return [(name, tuple(p.type.shape), p.init.scheme, dict(p.init.args)) for name, p in model.walk_params()]
 
 
-# Canonical initial weights: numpy only, one generator per parameter seeded by
-# (seed, crc32(name)), so every backend draws the same bits in any order.
-INIT_FUNCTIONS = '''
-def _draw(name, shape, scheme, args, seed):
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
-    if scheme == "normal":
-        return rng.standard_normal(shape, dtype=np.float32) * np.float32(args["std"])
-    if scheme == "trunc_normal":
-        x = rng.standard_normal(shape, dtype=np.float32)
-        return np.clip(x, -2.0, 2.0) * np.float32(args["std"])
-    if scheme == "uniform":
-        b = args["bound"]
-        return rng.uniform(-b, b, size=shape).astype(np.float32)
-    if scheme == "zeros":
-        return np.zeros(shape, dtype=np.float32)
-    if scheme == "ones":
-        return np.ones(shape, dtype=np.float32)
-    if scheme == "const":
-        return np.full(shape, args["value"], dtype=np.float32)
-    raise ValueError(f"unknown init scheme {scheme}")
-
-
-def init_arrays(seed=0):
-    """The canonical initial weights as numpy arrays, name -> array."""
-    return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
-'''
+# Canonical initial weights (the code every generated module embeds): see init_code.py.
+from metagen.backends.init_code import INIT_FUNCTIONS  # noqa: E402,F401
 
 
 def emit_common_header(out: Lines, model: Model, backend: str) -> None:

@@ -14,35 +14,19 @@ from flax import nnx
 _I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when
-    kv_heads < heads, plus an additive bias [B, 1, Sq, Sk] when given."""
+    kv_heads < heads."""
     b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
     out = jax.nn.dot_product_attention(
         q.reshape(b, sq, heads, head_dim),
         k.reshape(b, sk, kv_heads, head_dim),
         v.reshape(b, sk, kv_heads, head_dim),
-        bias=bias,
         scale=scale,
         is_causal=is_causal,
         implementation="xla",
     )
     return out.reshape(b, sq, heads * head_dim)
-
-
-def _attention_bias(key_mask, x, causal, window):
-    """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
-    elsewhere; the queries are the last Sq of the Sk positions."""
-    sq, sk = x.shape[1], key_mask.shape[1]
-    i = jnp.arange(sq)[:, None] + (sk - sq)
-    j = jnp.arange(sk)[None, :]
-    allowed = (key_mask != 0)[:, None, None, :]
-    if causal:
-        allowed = allowed & (j <= i)
-    if window:
-        allowed = allowed & (j > i - window)
-    allowed = jnp.broadcast_to(allowed, (key_mask.shape[0], 1, sq, sk))
-    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
 class Attention(nnx.Module):
@@ -52,12 +36,12 @@ class Attention(nnx.Module):
         self.qkv_proj = nnx.Linear(64, 192, use_bias=True, rngs=rngs)
         self.o_proj = nnx.Linear(64, 64, use_bias=True, rngs=rngs)
 
-    def __call__(self, x, bias):
+    def __call__(self, x):
         qkv = self.qkv_proj(x)
         q = jax.lax.slice_in_dim(qkv, 0, 64, axis=-1)
         k = jax.lax.slice_in_dim(qkv, 64, 128, axis=-1)
         v = jax.lax.slice_in_dim(qkv, 128, 192, axis=-1)
-        attn = _attention(q, k, v, 4, 4, 16, is_causal=False, bias=bias)
+        attn = _attention(q, k, v, 4, 4, 16, is_causal=True)
         out = self.o_proj(attn)
         return out
 
@@ -89,9 +73,9 @@ class TextBlock(nnx.Module):
         )
         self.mlp = MLP(rngs=rngs)
 
-    def __call__(self, x, bias):
+    def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h, bias)
+        h_1 = self.attn(h)
         x_1 = x + h_1
         h_2 = self.mlp_norm(x_1)
         h_3 = self.mlp(h_2)
@@ -164,15 +148,14 @@ class TextEncoder(nnx.Module):
             64, epsilon=1e-05, use_scale=True, use_bias=True, use_fast_variance=False, rngs=rngs
         )
 
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids):
         x = self.tok_embeddings(input_ids)
         pos = jnp.arange(input_ids.shape[1])
         pos_emb = self.pos_embeddings(pos)
         x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
         x_2 = x_1
         for layer in self.blocks:
-            x_2 = layer(x_2, attn_bias)
+            x_2 = layer(x_2)
         x_3 = self.norm_f(x_2)
         pooled = x_3[jnp.arange(x_3.shape[0]), jnp.argmax(input_ids, axis=-1)]
         return pooled
@@ -247,10 +230,8 @@ class ClipVitB32(nnx.Module):
         self.text_projection = nnx.Linear(64, 32, use_bias=False, rngs=rngs)
         self.image_projection = nnx.Linear(96, 32, use_bias=False, rngs=rngs)
 
-    def __call__(self, input_ids, pixel_values, attention_mask=None):
-        if attention_mask is None:
-            attention_mask = jnp.ones((input_ids.shape[0], 0 + input_ids.shape[-1]), dtype=_I64)
-        text = self.text_encoder(input_ids, attention_mask)
+    def __call__(self, input_ids, pixel_values):
+        text = self.text_encoder(input_ids)
         text_1 = self.text_projection(text)
         image = self.image_encoder(pixel_values)
         image_1 = self.image_projection(image)
@@ -320,35 +301,12 @@ CONFIG = {
 INPUTS = {
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
     "pixel_values": {"shape": ["batch", 3, 32, 32], "dtype": "float32"},
-    "attention_mask": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["text_embeds", "image_embeds", "logits_per_image", "logits_per_text"]
 _EXAMPLE_SIZES = {"seq": 16}
 _INPUT_KINDS = [
-    {
-        "name": "input_ids",
-        "kind": "tokens",
-        "low": 0,
-        "high": 256,
-        "dtype": "int64",
-        "optional": False,
-    },
-    {
-        "name": "pixel_values",
-        "kind": "normal",
-        "low": 0.0,
-        "high": 0.0,
-        "dtype": "float32",
-        "optional": False,
-    },
-    {
-        "name": "attention_mask",
-        "kind": "mask",
-        "low": 0,
-        "high": 2,
-        "dtype": "int64",
-        "optional": True,
-    },
+    {"name": "input_ids", "kind": "tokens", "low": 0, "high": 256, "dtype": "int64"},
+    {"name": "pixel_values", "kind": "normal", "low": 0.0, "high": 0.0, "dtype": "float32"},
 ]
 _INITS = [
     ("logit_scale", [1], "const", {"value": 2.659260036932778}),
@@ -696,27 +654,15 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
-def _size(dim, sizes):
-    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
-    if isinstance(dim, int):
-        return dim
-    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
-
-
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
-    attention mask of ones with the positions it gives)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
-        elif spec["kind"] == "mask":
-            x = np.ones(shape)
-        elif spec["kind"] == "positions":
-            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:
@@ -744,13 +690,17 @@ def _variable(model, path):
     return obj
 
 
-def init(seed=0):
-    """A Model holding the canonical initial weights for `seed`."""
-    return load_canonical(init_arrays(seed))
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def load_canonical(tensors):
-    """A Model from a dict canonical name -> numpy array (PyTorch layout)."""
+def init(seed=0, dtype="float32"):
+    """A Model holding the canonical initial weights for `seed`, as `dtype` (a key of DTYPES)."""
+    return load_canonical(init_arrays(seed), dtype)
+
+
+def load_canonical(tensors, dtype="float32"):
+    """A Model from a dict canonical name -> numpy array (PyTorch layout), its weights as `dtype`."""
+    to = DTYPES[dtype]
     want = {name for name, _, _ in _PARAMS}
     if set(tensors) != want:
         missing, extra = sorted(want - set(tensors)), sorted(set(tensors) - want)
@@ -763,16 +713,22 @@ def load_canonical(tensors):
         value = _TO_FLAX[kind](np.asarray(tensors[name], dtype=np.float32))
         if tuple(value.shape) != tuple(var.shape):
             raise ValueError(f"{name}: shape {value.shape} does not fit {var.shape}")
-        var.set_value(jnp.asarray(value))
+        var.set_value(jnp.asarray(value, dtype=to))
     return model
 
 
 def to_canonical(state):
     """Dict canonical name -> numpy array of a Model's weights (PyTorch layout)."""
     return {
-        name: np.ascontiguousarray(_TO_CANONICAL[kind](np.asarray(_variable(state, path)[...])))
+        name: np.ascontiguousarray(_TO_CANONICAL[kind](_numpy(_variable(state, path)[...])))
         for name, path, kind in _PARAMS
     }
+
+
+def _numpy(x):
+    """Lower precisions come back as float32 (exactly), as from the torch module."""
+    x = np.asarray(x)
+    return x.astype(np.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
 
 
 @nnx.jit
@@ -782,33 +738,12 @@ def _forward(model, inputs):
 
 
 def run(state, inputs):
-    """Outputs as numpy arrays for a dict of numpy inputs (jit-compiled, cached)."""
-    out = _forward(state, {name: jnp.asarray(value) for name, value in inputs.items()})
-    return {name: np.asarray(value) for name, value in out.items()}
-
-
-_EMBEDDINGS = {"text_embeds": "input_ids", "image_embeds": "pixel_values"}
-
-
-def embed(state, inputs):
-    """L2-normalized embeddings of the given inputs: embedding output -> [batch, dim],
-    for each output whose input is given. Other required inputs get a placeholder
-    batch of one (a CLIP text batch needs no image)."""
-    placeholder = example_inputs(batch_size=1)
-    feed = dict(inputs)
-    for spec in _INPUT_KINDS:
-        if spec["name"] not in feed and not spec["optional"]:
-            feed[spec["name"]] = placeholder[spec["name"]]
-    out = run(state, feed)
-    return {name: out[name] for name, source in _EMBEDDINGS.items() if source in inputs}
-
-
-def zero_shot(state, images, text_ids, attention_mask=None):
-    """Per-image class probabilities [images, classes]: the softmax over the class
-    texts (one row of text_ids per class) of the scaled image-text similarities."""
-    feed = {_EMBEDDINGS["image_embeds"]: images, _EMBEDDINGS["text_embeds"]: text_ids}
-    if attention_mask is not None:
-        feed["attention_mask"] = attention_mask
-    logits = np.asarray(run(state, feed)["logits_per_image"], dtype=np.float64)
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    """Outputs as numpy arrays for a dict of numpy inputs (jit-compiled, cached; float
+    inputs in the weights' dtype)."""
+    dtype = _variable(state, _PARAMS[0][1])[...].dtype if _PARAMS else jnp.float32
+    feed = {}
+    for name, value in inputs.items():
+        x = jnp.asarray(value)
+        feed[name] = x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    out = _forward(state, feed)
+    return {name: _numpy(value) for name, value in out.items()}
