@@ -1025,11 +1025,12 @@ def golden_text(files: dict[str, bytes]) -> bytes:
 
 
 def lower_to_onnx_folder(
-    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data"
-) -> dict[str, bytes]:
+    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data",
+    *, stream: bool = False, precision: str = "fp32",
+) -> dict[str, Content]:
     """The backend's output folder: `lower_to_onnx`'s files, plus a diffusion model's
     pipeline parts as graphs of their own (backends/onnx_pipeline.py)."""
-    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name)
+    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name, stream=stream, precision=precision)
     if model.family == "diffusion_unet":
         from metagen.backends.onnx_pipeline import pipeline_files
 
