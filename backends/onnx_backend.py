@@ -758,7 +758,7 @@ WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
 # timestep embeddings), which float16 cannot resolve past a position of ~2048.
 FP32_OPS = frozenset(
     {"layer_norm", "rms_norm", "group_norm", "softmax", "attention", "l2_normalize", "rope", "timestep_embedding",
-     "cross_entropy", "masked_cross_entropy", "mse"}
+     "cross_entropy", "masked_cross_entropy", "mse", "attention_bias"}
 )
 FP32_INPUTS = frozenset({("Resize", 2)})  # inputs ONNX types float32 whatever the data's type (Resize's scales)
 PRECISION_PROP = "metagen.precision"
