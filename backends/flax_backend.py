@@ -111,10 +111,24 @@ OPS: dict[str, Rule] = {
     "slice": lambda c, x: f"jax.lax.slice_in_dim({x}, {c.a['start']}, {c.a['end']}, axis={c.a['axis']})",
     "select": lambda c, x: f"jax.lax.index_in_dim({x}, {c.a['index']}, axis={c.a['axis']}, keepdims=False)",
     "cast": lambda c, x: f"{x}.astype({_JNP_DTYPES[c.a['dtype']]})",
+    "log_softmax": lambda c, x: f"jax.nn.log_softmax({x}, axis={c.a['axis']})",
+    "leaky_relu": lambda c, x: f"jax.nn.leaky_relu({x}, {c.a['slope']!r})",
 }
 
 HELPERS: dict[str, str] = {
     **COMMON_HELPERS,
+    "scatter_add": '''
+def _scatter_add(src, index, rows):
+    """out[index[e]] += src[e] into `rows` rows (zeros where no index points)."""
+    return jax.ops.segment_sum(src, index, num_segments=rows)
+''',
+    "segment_softmax": '''
+def _segment_softmax(scores, index, rows):
+    """Softmax over the entries of scores that share an index, each segment's max subtracted."""
+    top = jax.lax.stop_gradient(jax.ops.segment_max(scores, index, num_segments=rows))
+    e = jnp.exp(scores - top[index])
+    return e / jax.ops.segment_sum(e, index, num_segments=rows)[index]
+''',
     "attention": '''
 def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when

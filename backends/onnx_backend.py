@@ -404,6 +404,41 @@ def _mse(e: Emit, x: str, y: str) -> str:
     return e.op("ReduceMean", e.op("Mul", d, d), keepdims=0)
 
 
+def _frames(e: Emit, x: str) -> str:
+    count, size = e.out_types[0].shape[-2], e.a["size"]
+    index = np.arange(count, dtype=np.int64)[:, None] * e.a["step"] + np.arange(size, dtype=np.int64)
+    return e.op("Gather", x, e.const(index), axis=-1)
+
+
+def _scatter(e: Emit, src: str, index: str, like: str, fill: float, reduction: str) -> str:
+    """ScatterND of src [E, ...] into like.shape[0] rows filled with `fill`."""
+    shape = e.op("Concat", e.op("Shape", like, end=1), e.op("Shape", src, start=1), axis=0)
+    base = e.op("ConstantOfShape", shape, value=onnx.numpy_helper.from_array(np.array([fill], np.float32)))
+    rows = e.op("Unsqueeze", e.op("Cast", index, to=TensorProto.INT64), e.ints(-1))
+    return e.op("ScatterND", base, rows, src, reduction=reduction)
+
+
+def _degree(e: Emit, index: str, like: str) -> str:
+    ones = e.op("ConstantOfShape", e.op("Shape", index), value=onnx.numpy_helper.from_array(np.array([1.0], np.float32)))
+    return _scatter(e, ones, index, like, 0.0, "add")
+
+
+def _segment_softmax(e: Emit, s: str, index: str, like: str) -> str:
+    idx = e.op("Cast", index, to=TensorProto.INT64)
+    top = e.op("Gather", _scatter(e, s, idx, like, float("-inf"), "max"), idx, axis=0)
+    ex = e.op("Exp", e.op("Sub", s, top))
+    return e.op("Div", ex, e.op("Gather", _scatter(e, ex, idx, like, 0.0, "add"), idx, axis=0))
+
+
+def _huber(e: Emit, x: str, y: str) -> str:
+    d = e.op("Sub", x, y)
+    a = e.op("Abs", d)
+    delta = e.a["delta"]
+    quad = e.op("Mul", e.op("Mul", d, d), e.f32(0.5))
+    lin = e.op("Mul", e.op("Sub", a, e.f32(0.5 * delta)), e.f32(delta))
+    return e.op("ReduceMean", e.op("Where", e.op("LessOrEqual", a, e.f32(delta)), quad, lin), keepdims=0)
+
+
 def _quick_gelu(e: Emit, x: str) -> str:
     return e.op("Mul", x, e.op("Sigmoid", e.op("Mul", x, e.f32(1.702))))
 
@@ -457,6 +492,21 @@ OPS: dict[str, Callable[..., str]] = {
     "cross_entropy": _cross_entropy,
     "mse": _mse,
     "masked_cross_entropy": _masked_cross_entropy,
+    "dropout": lambda e, x: e.op("Identity", x),
+    "div": lambda e, x, y: e.op("Div", x, y),
+    "sqrt": lambda e, x: e.op("Sqrt", e.op("Add", x, e.f32(e.a["eps"])) if e.a["eps"] else x),
+    "reshape": lambda e, x: e.op("Reshape", x, e.ints(*e.a["shape"])),
+    "frames": _frames,
+    "huber": _huber,
+    "log_softmax": lambda e, x: e.op("LogSoftmax", x, axis=e.a["axis"]),
+    "take_along": lambda e, x, i: e.op("Squeeze", e.op("GatherElements", x, e.op("Unsqueeze", i, e.ints(-1)), axis=-1), e.ints(-1)),
+    "clip": lambda e, x: e.op("Clip", x, e.f32(e.a["low"]), e.f32(e.a["high"])),
+    "minimum": lambda e, x, y: e.op("Min", x, y),
+    "gather_rows": lambda e, x, i: e.op("Gather", x, e.op("Cast", i, to=TensorProto.INT64), axis=0),
+    "scatter_add": lambda e, s, i, like: _scatter(e, s, i, like, 0.0, "add"),
+    "segment_softmax": _segment_softmax,
+    "leaky_relu": lambda e, x: e.op("LeakyRelu", x, alpha=e.a["slope"]),
+    "degree": _degree,
 }
 
 # The opset-23 fused forms, used instead of the entries above when fused=True.
@@ -1025,14 +1075,14 @@ def golden_text(files: dict[str, bytes]) -> bytes:
 
 
 def lower_to_onnx_folder(
-    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data",
-    *, stream: bool = False, precision: str = "fp32",
+    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data", **options
 ) -> dict[str, Content]:
     """The backend's output folder: `lower_to_onnx`'s files, plus a diffusion model's
-    pipeline parts as graphs of their own (backends/onnx_pipeline.py)."""
-    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name, stream=stream, precision=precision)
+    pipeline parts as graphs of their own (backends/onnx_pipeline.py). `options`
+    (precision, stream, ...) apply to every graph."""
+    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name, **options)
     if model.family == "diffusion_unet":
         from metagen.backends.onnx_pipeline import pipeline_files
 
-        files.update(pipeline_files(model, weights, seed))
+        files.update(pipeline_files(model, weights, seed, **options))
     return files

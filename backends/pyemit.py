@@ -474,6 +474,29 @@ BASE_OPS: dict[str, Rule] = {
     "masked_cross_entropy": lambda c, logits, labels, mask: (
         f"{c.helper('masked_cross_entropy')}({logits}, {labels}, {mask})"
     ),
+    "dropout": lambda c, x: x,  # inference; the torch backend drops while training
+    "div": lambda c, x, y: f"{x} / {y}",
+    "sqrt": lambda c, x: f"{c.lib}.sqrt({x} + {c.a['eps']!r})" if c.a["eps"] else f"{c.lib}.sqrt({x})",
+    "reshape": lambda c, x: f"{x}.reshape({_tuple_literal(c.a['shape'])})",
+    "frames": lambda c, x: (
+        f"{x}[..., {c.lib}.arange({c.out_types[0].shape[-2]})[:, None] * {c.a['step']} + {c.lib}.arange({c.a['size']})]"
+    ),
+    "log_softmax": lambda c, x: (
+        f"{x} - {c.lib}.max({x}, axis={c.a['axis']}, keepdims=True) - {c.lib}.log({c.lib}.sum({c.lib}.exp({x} - "
+        f"{c.lib}.max({x}, axis={c.a['axis']}, keepdims=True)), axis={c.a['axis']}, keepdims=True))"
+    ),
+    "take_along": lambda c, x, i: f"{c.lib}.take_along_axis({x}, {i}[..., None], axis=-1)[..., 0]",
+    "clip": lambda c, x: f"{c.lib}.clip({x}, {c.a['low']!r}, {c.a['high']!r})",
+    "minimum": lambda c, x, y: f"{c.lib}.minimum({x}, {y})",
+    "gather_rows": lambda c, x, i: f"{x}[{i}]",
+    "degree": lambda c, i, like: f"{c.lib}.bincount({i}, length={like}.shape[0]).astype({c.lib}.float32)",
+    "scatter_add": lambda c, s, i, like: f"{c.helper('scatter_add')}({s}, {i}, {like}.shape[0])",
+    "segment_softmax": lambda c, s, i, like: f"{c.helper('segment_softmax')}({s}, {i}, {like}.shape[0])",
+    "leaky_relu": lambda c, x: f"{c.lib}.where({x} >= 0, {x}, {c.a['slope']!r} * {x})",
+    "huber": lambda c, x, y: (
+        f"{c.lib}.mean({c.lib}.where({c.lib}.abs({x} - {y}) <= {c.a['delta']!r}, 0.5 * {c.lib}.square({x} - {y}), "
+        f"{c.a['delta']!r} * ({c.lib}.abs({x} - {y}) - {0.5 * c.a['delta']!r})))"
+    ),
 }
 
 

@@ -106,6 +106,13 @@ OPS: dict[str, Rule] = {
     "cast": lambda c, x: f"{x}.to(torch.{DType(c.a['dtype']).numpy})",  # torch spells dtypes as NumPy does
     "cross_entropy": lambda c, logits, labels: f"F.cross_entropy({logits}.flatten(0, -2), {labels}.flatten())",
     "mse": lambda c, x, y: f"F.mse_loss({x}, {y})",
+    "dropout": lambda c, x: f"F.dropout({x}, {c.a['rate']!r}, self.training)",
+    "huber": lambda c, x, y: f"F.huber_loss({x}, {y}, delta={c.a['delta']!r})",
+    "log_softmax": lambda c, x: f"torch.log_softmax({x}, dim={c.a['axis']})",
+    "take_along": lambda c, x, i: f"{x}.gather(-1, {i}.unsqueeze(-1)).squeeze(-1)",
+    "clip": lambda c, x: f"torch.clamp({x}, {c.a['low']!r}, {c.a['high']!r})",
+    "leaky_relu": lambda c, x: f"F.leaky_relu({x}, {c.a['slope']!r})",
+    "degree": lambda c, i, like: f"torch.bincount({i}, minlength={like}.shape[0]).to(torch.float32)",
 }
 
 
@@ -131,6 +138,23 @@ def _attention_bias(key_mask, x, causal, window):
     )
 ''',
     **COMMON_HELPERS,
+    "scatter_add": '''
+def _scatter_add(src, index, rows):
+    """out[index[e]] += src[e] into `rows` rows (zeros where no index points)."""
+    out = torch.zeros((rows,) + tuple(src.shape[1:]), dtype=src.dtype, device=src.device)
+    return out.index_add(0, index, src)
+''',
+    "segment_softmax": '''
+def _segment_softmax(scores, index, rows):
+    """Softmax over the entries of scores that share an index, each segment's max subtracted."""
+    shape = (rows,) + tuple(scores.shape[1:])
+    spread = index.view((-1,) + (1,) * (scores.dim() - 1)).expand_as(scores)
+    top = torch.full(shape, float("-inf"), dtype=scores.dtype, device=scores.device)
+    top = top.scatter_reduce(0, spread, scores.detach(), reduce="amax", include_self=True)
+    e = torch.exp(scores - top[index])
+    total = torch.zeros(shape, dtype=scores.dtype, device=scores.device).index_add(0, index, e)
+    return e / total[index]
+''',
     "masked_cross_entropy": '''
 def _masked_cross_entropy(logits, labels, mask):
     """Cross-entropy averaged over the positions where mask is 1."""

@@ -171,7 +171,35 @@ CASES = [
         [inp("logits", T("batch", "seq", 10)), IDS, inp("mask", T("batch", "seq"), "tokens", 0, 2)],
         {},
         {},
+    ),    ("dropout", "dropout", [inp("x", BSD)], dict(rate=0.25), {}),
+    ("div", "div", [inp("a", BSD), inp("b", T(8), "uniform", 0.5, 2.0)], {}, {}),
+    ("sqrt", "sqrt", [inp("x", BSD, "uniform", 0.01, 4.0)], {}, {}),
+    ("sqrt_eps", "sqrt", [inp("x", BSD, "uniform", 0.0, 4.0)], dict(eps=1e-5), {}),
+    ("reshape", "reshape", [inp("x", T("batch", 3, 4, 8))], dict(shape=(-1, 4, 8)), {}),
+    ("reshape_back", "reshape", [inp("x", T("batch", 12, 8))], dict(shape=(-1, 3, 4, 8)), {}),
+    ("frames", "frames", [inp("x", T("batch", 3, 13))], dict(size=4, step=3), {}),
+    ("huber", "huber", [inp("a", BSD), inp("b", BSD)], dict(delta=0.3), {}),
+    ("log_softmax", "log_softmax", [inp("x", BSD)], dict(axis=1), {}),
+    ("take_along", "take_along", [inp("x", T("batch", 5, 10)), inp("i", T("batch", 5, dtype=DType.i64), "tokens", 0, 10)], {}, {}),
+    ("clip", "clip", [inp("x", BSD)], dict(low=-0.2, high=0.3), {}),
+    ("minimum", "minimum", [inp("a", BSD), inp("b", T(8))], {}, {}),
+    ("gather_rows", "gather_rows", [inp("x", T("nodes", 8)), inp("i", T("edges", dtype=DType.i64), "tokens", 0, 5)], {}, {}),
+    (
+        "scatter_add",
+        "scatter_add",
+        [inp("s", T("edges", 2, 3)), inp("i", T("edges", dtype=DType.i64), "tokens", 0, 5), inp("like", T("nodes", 4))],
+        {},
+        {},
     ),
+    (
+        "segment_softmax",
+        "segment_softmax",
+        [inp("s", T("edges", 3)), inp("i", T("edges", dtype=DType.i64), "tokens", 0, 5), inp("like", T("nodes", 4))],
+        {},
+        {},
+    ),
+    ("leaky_relu", "leaky_relu", [inp("x", BSD)], dict(slope=0.2), {}),
+    ("degree", "degree", [inp("i", T("edges", dtype=DType.i64), "tokens", 0, 5), inp("like", T("nodes", 4))], {}, {}),
 ]
 
 
@@ -194,8 +222,8 @@ def single_op_model(op: str, inputs: list[InputSpec], attrs: dict, params: dict)
         inputs=inputs,
         config={},
         family="test",
-        symbols={"batch": "batch", "seq": "sequence"},
-        examples={"seq": 5},
+        symbols={"batch": "batch", "seq": "sequence", "nodes": "graph nodes", "edges": "graph edges"},
+        examples={"seq": 5, "nodes": 6, "edges": 9},
     )
 
 
