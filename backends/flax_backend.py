@@ -32,6 +32,8 @@ from metagen.backends.pyemit import (
     ModuleEmitter,
     Rule,
     emit_common_header,
+    emit_generate,
+    emit_tasks,
     emit_tables,
     format_python,
     py_literal,
@@ -184,14 +186,15 @@ def _segment_softmax(scores, index, rows):
     return e / jax.ops.segment_sum(e, index, num_segments=rows)[index]
 ''',
     "attention": '''
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when
-    kv_heads < heads."""
+    kv_heads < heads, plus an additive bias [B, 1, Sq, Sk] when given."""
     b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
     out = jax.nn.dot_product_attention(
         q.reshape(b, sq, heads, head_dim),
         k.reshape(b, sk, kv_heads, head_dim),
         v.reshape(b, sk, kv_heads, head_dim),
+        bias=bias,
         scale=scale,
         is_causal=is_causal,
         implementation="xla",
@@ -199,21 +202,38 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     return out.reshape(b, sq, heads * head_dim)
 ''',
     "rope": '''
-def _rope(x, heads, head_dim, theta, inv_freq=None):
-    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]
-    (`inv_freq`: the frequencies when they are not theta's, e.g. rescaled)."""
+def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
+    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
+    at positions 0..S-1 or at position ids [B, S] (`inv_freq`: the frequencies when
+    they are not theta's, e.g. rescaled)."""
     seq = x.shape[1]
     if inv_freq is None:
         inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     else:
         inv_freq = jnp.asarray(inv_freq, dtype=jnp.float32)
-    freqs = jnp.outer(jnp.arange(seq, dtype=jnp.float32), inv_freq)
+    pos = jnp.arange(seq, dtype=jnp.float32)[None, :] if positions is None else positions.astype(jnp.float32)
+    freqs = pos[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    cos, sin = jnp.cos(emb).astype(x.dtype)[:, None, :], jnp.sin(emb).astype(x.dtype)[:, None, :]
+    cos, sin = jnp.cos(emb).astype(x.dtype)[:, :, None, :], jnp.sin(emb).astype(x.dtype)[:, :, None, :]
     x = x.reshape(x.shape[0], seq, heads, head_dim)
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (x * cos + rotated * sin).reshape(x.shape[0], seq, heads * head_dim)
+''',
+    "attention_bias": '''
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
+    elsewhere; the queries are the last Sq of the Sk positions."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = jnp.arange(sq)[:, None] + (sk - sq)
+    j = jnp.arange(sk)[None, :]
+    allowed = (key_mask != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = jnp.broadcast_to(allowed, (key_mask.shape[0], 1, sq, sk))
+    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 ''',
     "timestep_embedding": '''
 def _timestep_embedding(t, dim, flip_sin_to_cos, freq_shift, max_period):
@@ -284,6 +304,8 @@ class FlaxEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(FLAX_API)
+        emit_generate(out, m, FLAX_STEP)
+        emit_tasks(out, m)
         out(sampler_source(m, "flax"))
         return format_python(out.text())
 
@@ -296,6 +318,8 @@ class FlaxEmitter(ModuleEmitter):
 
     def repeat_member(self, cls: str, count: int) -> str:
         return f"nnx.List([{cls}(rngs=rngs) for _ in range({count})])"
+
+    int64 = "_I64"
 
     def param_expr(self, md: ModuleDef, target: str) -> str:
         path, _ = nnx_param_path(self.model, md, target)
@@ -402,6 +426,18 @@ def run(state, inputs):
         feed[name] = x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
     out = _forward(state, feed)
     return {name: _numpy(value) for name, value in out.items()}
+'''
+
+
+FLAX_STEP = '''
+def _decode_step(state, feed, cache):
+    """One forward on the new tokens, the cache kept as jax arrays between steps (run
+    eagerly: the cache grows every step, so a jitted forward would recompile each time)."""
+    inputs = {name: jnp.asarray(value) for name, value in feed.items()}
+    with jax.default_matmul_precision("highest"):
+        out = state(**inputs, **(cache or {}))
+    cache = {past: out[present] for past, present in _DECODE["cache"]}
+    return np.asarray(out[_DECODE["logits"]][..., -1, :], dtype=np.float32), cache
 '''
 
 

@@ -32,6 +32,8 @@ from metagen.backends.pyemit import (
     ModuleEmitter,
     Rule,
     emit_common_header,
+    emit_generate,
+    emit_tasks,
     emit_tables,
     format_python,
     py_literal,
@@ -272,11 +274,11 @@ def _log_softmax(x, axis):
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 ''',
     "attention": '''
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads: q [B, Sq, H*D], k and v
     [B, Sk, KVH*D] -> [B, Sq, H*D]. Query head h reads key/value head
     h // (H / KVH) (grouped-query attention); causal masks key j > query i;
-    scale None means 1 / sqrt(D)."""
+    scale None means 1 / sqrt(D); bias [B, 1, Sq, Sk] is added to the scores."""
     b, sq, sk, d = q.shape[0], q.shape[1], k.shape[1], head_dim
     q = q.reshape(b, sq, heads, d).transpose(0, 2, 1, 3)
     k = np.repeat(k.reshape(b, sk, kv_heads, d).transpose(0, 2, 1, 3), heads // kv_heads, axis=1)
@@ -284,22 +286,41 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(d) if scale is None else scale)
     if is_causal:
         scores = np.where(np.tril(np.ones((sq, sk), dtype=bool)), scores, -np.inf)
+    if bias is not None:
+        scores = scores + bias
     out = _softmax(scores, axis=-1) @ v
     return out.transpose(0, 2, 1, 3).reshape(b, sq, heads * d)
 ''',
+    "attention_bias": '''
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk] for queries that are the last Sq of the Sk
+    positions: 0 where query i may see key j (key_mask 1; j <= i + Sk - Sq when
+    causal; j > i + Sk - Sq - window when windowed), float32's lowest elsewhere."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = np.arange(sq)[:, None] + (sk - sq)
+    j = np.arange(sk)[None, :]
+    allowed = (np.asarray(key_mask) != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = np.broadcast_to(allowed, (key_mask.shape[0], 1, sq, sk))
+    return np.where(allowed, 0.0, float(np.finfo(np.float32).min))
+''',
     "rope": '''
-def _rope(x, heads, head_dim, theta, inv_freq=None):
-    """Rotary position embedding on packed heads [B, S, H*D], positions 0..S-1,
-    rotate-half convention: dims i and i + D/2 form a pair rotated by the angle
-    position * theta^(-2i/D), or position * inv_freq[i] when the frequencies are given
-    (rescaled, e.g. Llama 3's)."""
+def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
+    """Rotary position embedding on packed heads [B, S, H*D], at positions 0..S-1
+    or at position ids [B, S], rotate-half convention: dims i and i + D/2 form a
+    pair rotated by the angle position * theta^(-2i/D), or position * inv_freq[i]
+    when the frequencies are given (rescaled, e.g. Llama 3's)."""
     b, s, d = x.shape[0], x.shape[1], head_dim
     if inv_freq is None:
         inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
     else:
         inv_freq = np.asarray(inv_freq, dtype=np.float64)
-    angles = np.outer(np.arange(s), inv_freq)
-    angles = np.concatenate([angles, angles], axis=-1)[:, None, :]
+    pos = np.arange(s)[None, :] if positions is None else np.asarray(positions)
+    angles = pos[..., None] * inv_freq
+    angles = np.concatenate([angles, angles], axis=-1)[:, :, None, :]
     x = x.reshape(b, s, heads, d)
     rotated = np.concatenate([-x[..., d // 2 :], x[..., : d // 2]], axis=-1)
     return (x * np.cos(angles) + rotated * np.sin(angles)).reshape(b, s, heads * d)
@@ -384,6 +405,8 @@ class NumpyEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(NUMPY_API)
+        emit_generate(out, m, NUMPY_STEP)
+        emit_tasks(out, m)
         out(sampler_source(m, "numpy"))
         return format_python(out.text())
 
@@ -460,6 +483,15 @@ def run(state, inputs):
         feed[name] = value.astype(np.float64) if np.issubdtype(value.dtype, np.floating) else value
     out = state(**feed)
     return {name: np.asarray(value).astype(_OUTPUT_DTYPES[name]) for name, value in out.items()}
+'''
+
+
+NUMPY_STEP = '''
+def _decode_step(state, feed, cache):
+    """One forward on the new tokens (float64, as `run`), the cache kept between steps."""
+    out = state(**feed, **(cache or {}))
+    cache = {past: out[present] for past, present in _DECODE["cache"]}
+    return out[_DECODE["logits"]][..., -1, :].astype(np.float32), cache
 '''
 
 

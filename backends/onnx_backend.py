@@ -250,7 +250,7 @@ def _split_heads(e: Emit, x: str, heads: int, head_dim: int) -> str:
     return e.op("Transpose", e.op("Reshape", x, e.ints(0, 0, heads, head_dim)), perm=[0, 2, 1, 3])
 
 
-def _attention(e: Emit, q: str, k: str, v: str) -> str:
+def _attention(e: Emit, q: str, k: str, v: str, *bias: str) -> str:
     a = e.a
     h, kvh, d = a["heads"], a["kv_heads"], a["head_dim"]
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
@@ -270,6 +270,8 @@ def _attention(e: Emit, q: str, k: str, v: str) -> str:
         sk = e.op("Shape", k, start=1, end=2)
         full = e.op("ConstantOfShape", e.op("Concat", sq, sk, axis=0), value=helper.make_tensor("value", TensorProto.FLOAT, [1], [-np.inf]))
         scores = e.op("Add", scores, e.op("Trilu", full, e.ints(1), upper=1))
+    for b in bias:
+        scores = e.op("Add", scores, b)
     out = e.op("MatMul", e.op("Softmax", scores, axis=-1), vh)
     return e.op("Reshape", e.op("Transpose", out, perm=[0, 2, 1, 3]), e.ints(0, 0, -1))
 
@@ -279,29 +281,63 @@ def _expand_shape(e: Emit, t: str, rep: int) -> str:
     return e.op("Concat", e.op("Shape", t, start=0, end=2), e.ints(rep), e.op("Shape", t, start=2), axis=0)
 
 
-def _attention_fused(e: Emit, q: str, k: str, v: str) -> str:
+def _attention_fused(e: Emit, q: str, k: str, v: str, *bias: str) -> str:
+    if bias:  # onnxruntime 1.32's Attention gives a row whose keys are all masked other values than
+        return _attention(e, q, k, v, *bias)  # the other backends (a left pad's own row): decomposed
     a = e.a
     attrs = {"q_num_heads": a["heads"], "kv_num_heads": a["kv_heads"], "is_causal": int(a["causal"])}
     if a["scale"] is not None:
         attrs["scale"] = float(a["scale"])
-    return e.op("Attention", q, k, v, **attrs)
+    return e.op("Attention", q, k, v, *bias, **attrs)
 
 
-def _rope_tables(e: Emit, x: str) -> tuple[str, str]:
-    """cos and sin of position * inv_freq, [S, D/2]."""
+def _attention_bias(e: Emit, mask: str, x: str) -> str:
+    """0 where query i (the last Sq of Sk positions) may see key j, float32's lowest
+    elsewhere: [B, 1, Sq, Sk]."""
     a = e.a
-    seq = e.op("Squeeze", e.op("Shape", x, start=1, end=2), e.ints(0))
-    pos = e.op("Cast", e.op("Range", e.const(np.array(0, np.int64)), seq, e.const(np.array(1, np.int64))), to=TensorProto.FLOAT)
-    freqs = e.op("Mul", e.op("Unsqueeze", pos, e.ints(1)), e.const(ops.rope_inv_freq(a)[None, :]))
+    zero, one = e.const(np.array(0, np.int64)), e.const(np.array(1, np.int64))
+    sq = e.op("Squeeze", e.op("Shape", x, start=1, end=2), e.ints(0))
+    sk = e.op("Squeeze", e.op("Shape", mask, start=1, end=2), e.ints(0))
+    i = e.op("Unsqueeze", e.op("Add", e.op("Range", zero, sq, one), e.op("Sub", sk, sq)), e.ints(1))  # [Sq, 1]
+    j = e.op("Unsqueeze", e.op("Range", zero, sk, one), e.ints(0))  # [1, Sk]
+    allowed = e.op("Unsqueeze", e.op("Cast", mask, to=TensorProto.BOOL), e.ints(1, 2))  # [B, 1, 1, Sk]
+    if a["causal"]:
+        allowed = e.op("And", allowed, e.op("LessOrEqual", j, i))
+    if a["window"]:
+        allowed = e.op("And", allowed, e.op("Greater", j, e.op("Sub", i, e.const(np.array(a["window"], np.int64)))))
+    full = e.op("Concat", e.op("Shape", mask, start=0, end=1), e.ints(1), e.op("Shape", x, start=1, end=2), e.op("Shape", mask, start=1, end=2), axis=0)
+    allowed = e.op("Expand", allowed, full)
+    return e.op("Where", allowed, e.f32(0.0), e.f32(float(np.finfo(np.float32).min)))
+
+
+def _split_heads_op(e: Emit, x: str) -> str:
+    return _split_heads(e, x, e.a["heads"], e.a["head_dim"])
+
+
+def _merge_heads(e: Emit, x: str) -> str:
+    t = e.in_types[0]
+    return e.op("Reshape", e.op("Transpose", x, perm=[0, 2, 1, 3]), e.ints(0, 0, t.shape[1] * t.shape[3]))
+
+
+def _rope_tables(e: Emit, x: str, positions: tuple[str, ...] = ()) -> tuple[str, str]:
+    """cos and sin of position * inv_freq: [S, D/2] at positions 0..S-1, [B, S, D/2]
+    at given position ids."""
+    a = e.a
+    if positions:
+        pos = e.op("Cast", positions[0], to=TensorProto.FLOAT)
+    else:
+        seq = e.op("Squeeze", e.op("Shape", x, start=1, end=2), e.ints(0))
+        pos = e.op("Cast", e.op("Range", e.const(np.array(0, np.int64)), seq, e.const(np.array(1, np.int64))), to=TensorProto.FLOAT)
+    freqs = e.op("Mul", e.op("Unsqueeze", pos, e.ints(-1)), e.const(ops.rope_inv_freq(a)))
     return e.op("Cos", freqs), e.op("Sin", freqs)
 
 
-def _rope(e: Emit, x: str) -> str:
+def _rope(e: Emit, x: str, *positions: str) -> str:
     a = e.a
     h, d = a["heads"], a["head_dim"]
-    cos, sin = _rope_tables(e, x)
-    cos = e.op("Unsqueeze", e.op("Concat", cos, cos, axis=-1), e.ints(1))  # [S, 1, D]
-    sin = e.op("Unsqueeze", e.op("Concat", sin, sin, axis=-1), e.ints(1))
+    cos, sin = _rope_tables(e, x, positions)
+    cos = e.op("Unsqueeze", e.op("Concat", cos, cos, axis=-1), e.ints(-2))  # [(B,) S, 1, D]
+    sin = e.op("Unsqueeze", e.op("Concat", sin, sin, axis=-1), e.ints(-2))
     xh = e.op("Reshape", x, e.ints(0, 0, h, d))
     x1 = e.op("Slice", xh, e.ints(0), e.ints(d // 2), e.ints(-1))
     x2 = e.op("Slice", xh, e.ints(d // 2), e.ints(d), e.ints(-1))
@@ -310,8 +346,8 @@ def _rope(e: Emit, x: str) -> str:
     return e.op("Reshape", y, e.ints(0, 0, -1))
 
 
-def _rope_fused(e: Emit, x: str) -> str:
-    cos, sin = _rope_tables(e, x)
+def _rope_fused(e: Emit, x: str, *positions: str) -> str:
+    cos, sin = _rope_tables(e, x, positions)
     shape = e.op("Concat", e.op("Shape", x, start=0, end=2), e.ints(e.a["head_dim"] // 2), axis=0)
     cos, sin = e.op("Expand", cos, shape), e.op("Expand", sin, shape)  # [B, S, D/2]
     return e.op("RotaryEmbedding", x, cos, sin, num_heads=e.a["heads"], interleaved=0)
@@ -475,6 +511,9 @@ OPS: dict[str, Callable[..., str]] = {
     "matmul": _matmul,
     "linear_fn": lambda e, x, w: e.op("MatMul", x, e.op("Transpose", w, perm=[1, 0])),
     "attention": _attention,
+    "attention_bias": _attention_bias,
+    "split_heads": _split_heads_op,
+    "merge_heads": _merge_heads,
     "rope": _rope,
     "positions": _positions,
     "concat": lambda e, *xs: e.op("Concat", *xs, axis=e.a["axis"]),
@@ -601,11 +640,15 @@ class Lowering:
         sub = self.model.modules[child.module]
         if isinstance(child, Sub):
             return self.lower_module(sub, here, ins)
-        x = ins[0]
+        k = child.per_layer
+        shared = len(ins) - child.count * k
+        x, outs = ins[0], []
         for i in range(child.count):
-            x = self.lower_module(sub, here + [str(i)], [x] + ins[1:])[0]
+            mine = ins[shared + i * k : shared + (i + 1) * k]
+            x, *rest = self.lower_module(sub, here + [str(i)], [x] + ins[1:shared] + mine)
             self.g.types[x] = node.results[0].type
-        return [x]
+            outs += rest
+        return [x] + outs
 
 
 def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
@@ -814,7 +857,7 @@ WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
 # timestep embeddings), which float16 cannot resolve past a position of ~2048.
 FP32_OPS = frozenset(
     {"layer_norm", "rms_norm", "group_norm", "softmax", "attention", "l2_normalize", "rope", "timestep_embedding",
-     "cross_entropy", "masked_cross_entropy", "mse"}
+     "cross_entropy", "masked_cross_entropy", "mse", "attention_bias"}
 )
 FP32_INPUTS = frozenset({("Resize", 2)})  # inputs ONNX types float32 whatever the data's type (Resize's scales)
 PRECISION_PROP = "metagen.precision"

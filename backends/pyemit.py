@@ -205,7 +205,7 @@ def emit_tables(out: Lines, model: Model) -> None:
     out(f"OUTPUTS = {py_literal(list(model.output_names))}")
     out(f"_EXAMPLE_SIZES = {py_literal(dict(model.examples))}")
     specs = [
-        {"name": i.name, "kind": i.kind, "low": i.low, "high": i.high, "dtype": i.type.dtype.numpy}
+        {"name": i.name, "kind": i.kind, "low": i.low, "high": i.high, "dtype": i.type.dtype.numpy, "optional": i.optional}
         for i in model.inputs
     ]
     out(f"_INPUT_KINDS = {py_literal(specs)}")
@@ -217,15 +217,27 @@ def emit_tables(out: Lines, model: Model) -> None:
 
 
 EXAMPLE_FUNCTION = '''
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:
@@ -233,6 +245,151 @@ def example_inputs(batch_size=2, seed=0):
         out[spec["name"]] = x.astype(spec["dtype"])
     return out
 '''
+
+def decode_table(model: Model) -> dict | None:
+    """How a decoding loop feeds a model with a KV cache: its token, mask and
+    positions inputs, each past input with the output that becomes it next step,
+    and the logits output; None when the model has no cache inputs."""
+    past = [i.name for i in model.inputs if i.kind == "cache"]
+    if not past:
+        return None
+    kinds = {i.kind: i.name for i in reversed(model.inputs)}
+    present = list(model.output_names[1 : 1 + len(past)])
+    return {
+        "tokens": model.inputs[0].name,
+        "mask": kinds["mask"],
+        "positions": kinds["positions"],
+        "cache": [[p, q] for p, q in zip(past, present)],
+        "logits": model.output_names[0],
+    }
+
+
+# Text generation, in numpy, shared by every backend (the generated modules embed
+# it; `metagen generate` runs it over onnxruntime): `step(feed, cache)` runs the
+# model on the new tokens and returns the last position's logits as numpy and the
+# cache for the next step. Token choice and randomness are numpy's, so every backend
+# picks the same tokens for the same logits and seed.
+GENERATE_FUNCTIONS = '''
+def _softmax_np(x):
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _choose(logits, rng, do_sample, temperature, top_k, top_p):
+    """The next token along the last axis: argmax, or a draw after temperature,
+    top-k and top-p (nucleus) filtering, as transformers' logits processors apply them."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if not do_sample:
+        return np.argmax(logits, axis=-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = np.sort(logits, axis=-1)[..., -min(top_k, logits.shape[-1])][..., None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    if top_p < 1.0:
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        probs = _softmax_np(np.take_along_axis(logits, order, axis=-1))
+        drop = np.cumsum(probs, axis=-1) - probs >= top_p  # the mass before a token already reaches top_p
+        drop[..., 0] = False
+        np.put_along_axis(logits, order, np.where(drop, -np.inf, np.take_along_axis(logits, order, axis=-1)), axis=-1)
+    cdf = np.cumsum(_softmax_np(logits), axis=-1)
+    u = rng.random(logits.shape[:-1])[..., None] * cdf[..., -1:]
+    return np.minimum(np.sum(cdf < u, axis=-1), logits.shape[-1] - 1)
+
+
+def _generate(step, input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id, seed):
+    """Prompt in, prompt plus new tokens out (int64, along the last axis). Rows may be
+    left-padded (attention_mask 0); positions come from the mask. A row that emits
+    eos_token_id gets pad_token_id (default: eos_token_id) after it; generation stops
+    when every row has."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    batch = ids.shape[0]
+    mask = np.ones((batch, ids.shape[-1]), np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
+    positions = np.where(mask == 0, 0, np.cumsum(mask, axis=-1) - 1)
+    if pad_token_id is None:
+        pad_token_id = eos_token_id if eos_token_id is not None else 0
+    rng = np.random.default_rng(seed)
+    done = np.zeros(batch, dtype=bool)
+    feed = {_DECODE["tokens"]: ids, _DECODE["mask"]: mask, _DECODE["positions"]: positions}
+    cache, out = None, [ids]
+    for _ in range(max_new_tokens):
+        logits, cache = step(feed, cache)
+        new = _choose(logits, rng, do_sample, temperature, top_k, top_p).astype(np.int64)
+        if eos_token_id is not None:
+            rows = done.reshape((batch,) + (1,) * (new.ndim - 1))
+            new = np.where(rows, pad_token_id, new)
+            done |= np.all(new == eos_token_id, axis=tuple(range(1, new.ndim)))
+        out.append(new[..., None])
+        mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=-1)
+        positions = positions[:, -1:] + 1
+        feed = {_DECODE["tokens"]: new[..., None], _DECODE["mask"]: mask, _DECODE["positions"]: positions}
+        if done.all():
+            break
+    return np.concatenate(out, axis=-1)
+'''
+
+
+GENERATE_API = '''
+def generate(state, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=None, seed=0):
+    """Greedy or sampled continuation of input_ids (int64 [batch, prompt], left padding
+    allowed through attention_mask) with the KV cache: int64 [batch, prompt + new].
+    Sampling draws from numpy's generator seeded with `seed`, so every backend gives
+    the same tokens."""
+    return _generate(
+        lambda feed, cache: _decode_step(state, feed, cache),
+        input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id, seed,
+    )
+'''
+
+
+EMBED_API = '''
+def embed(state, inputs):
+    """L2-normalized embeddings of the given inputs: embedding output -> [batch, dim],
+    for each output whose input is given. Other required inputs get a placeholder
+    batch of one (a CLIP text batch needs no image)."""
+    placeholder = example_inputs(batch_size=1)
+    feed = dict(inputs)
+    for spec in _INPUT_KINDS:
+        if spec["name"] not in feed and not spec["optional"]:
+            feed[spec["name"]] = placeholder[spec["name"]]
+    out = run(state, feed)
+    return {name: out[name] for name, source in _EMBEDDINGS.items() if source in inputs}
+'''
+
+ZERO_SHOT_API = '''
+def zero_shot(state, images, text_ids, attention_mask=None):
+    """Per-image class probabilities [images, classes]: the softmax over the class
+    texts (one row of text_ids per class) of the scaled image-text similarities."""
+    feed = {_EMBEDDINGS["image_embeds"]: images, _EMBEDDINGS["text_embeds"]: text_ids}
+    if attention_mask is not None:
+        feed["attention_mask"] = attention_mask
+    logits = np.asarray(run(state, feed)["logits_per_image"], dtype=np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+'''
+
+
+def emit_tasks(out: "Lines", model: Model) -> None:
+    """The task helpers a model's outputs support: `embed` for models with
+    embedding outputs, `zero_shot` for text-image models."""
+    if not model.embeddings:
+        return
+    out(f"_EMBEDDINGS = {py_literal(model.embeddings)}")
+    out(EMBED_API)
+    if {"text_embeds", "image_embeds"} <= set(model.embeddings) and "logits_per_image" in model.output_names:
+        out(ZERO_SHOT_API)
+
+
+def emit_generate(out: "Lines", model: Model, step_source: str) -> None:
+    """The decoding loop and `generate` for a model with a KV cache, given the
+    backend's `_decode_step(state, feed, cache)`."""
+    table = decode_table(model)
+    if table is None:
+        return
+    out(f"_DECODE = {py_literal(table)}")
+    out(GENERATE_FUNCTIONS)
+    out(step_source)
+    out(GENERATE_API)
+
 
 Rule = Callable[..., str]  # rule(ctx, *operand_expressions) -> expression
 
@@ -297,13 +454,27 @@ BASE_OPS: dict[str, Rule] = {
         f"{c.lib}.matmul({x}, {c.lib}.swapaxes({y}, -1, -2))" if c.a["transpose_b"] else f"{c.lib}.matmul({x}, {y})"
     ),
     "linear_fn": lambda c, x, w: f"{c.lib}.matmul({x}, {w}.T)",
-    "attention": lambda c, q, k, v: (
+    "attention": lambda c, q, k, v, *bias: (
         f"{c.helper('attention')}({q}, {k}, {v}, {c.a['heads']}, {c.a['kv_heads']}, {c.a['head_dim']}, "
-        f"is_causal={c.a['causal']}" + (f", scale={c.a['scale']!r}" if c.a["scale"] is not None else "") + ")"
+        f"is_causal={c.a['causal']}"
+        + (f", scale={c.a['scale']!r}" if c.a["scale"] is not None else "")
+        + "".join(f", bias={b}" for b in bias)
+        + ")"
     ),
-    "rope": lambda c, x: (
+    "attention_bias": lambda c, mask, x: (
+        f"{c.helper('attention_bias')}({mask}, {x}, {c.a['causal']}, {c.a['window']})"
+    ),
+    "split_heads": lambda c, x: (
+        f"{c.lib}.transpose({x}.reshape({x}.shape[0], {x}.shape[1], {c.a['heads']}, {c.a['head_dim']}), (0, 2, 1, 3))"
+    ),
+    "merge_heads": lambda c, x: (
+        f"{c.lib}.transpose({x}, (0, 2, 1, 3)).reshape({x}.shape[0], {x}.shape[2], "
+        f"{c.in_types[0].shape[1] * c.in_types[0].shape[3]})"
+    ),
+    "rope": lambda c, x, *positions: (
         f"{c.helper('rope')}({x}, {c.a['heads']}, {c.a['head_dim']}, {c.a['theta']!r}"
         + ("" if c.a["scaling"] == "none" else f", inv_freq={_tuple_literal([float(f) for f in ops.rope_inv_freq(c.a)])}")
+        + "".join(f", positions={p}" for p in positions)
         + ")"
     ),
     "positions": lambda c, x: f"{c.lib}.arange({x}.shape[{c.a['axis']}])",
@@ -485,6 +656,72 @@ class ModuleEmitter(ABC):
         ctx.op_name = layer.op
         return ctx
 
+    # ------------------------------------------------------------ optional inputs
+
+    def top_params(self, ns: Namespace, args: list[str]) -> list[str]:
+        """The top call method's parameters: an input named by an identifier is a
+        parameter of that name (None by default when optional); the others (a KV
+        cache's `past_key_values.0.key`) are keyword arguments gathered in a dict."""
+        params, extra = [], False
+        for spec, arg in zip(self.model.inputs, args):
+            if spec.name == arg:
+                params.append(f"{arg}=None" if spec.optional else arg)
+            elif spec.optional:
+                extra = True
+            else:
+                raise ValueError(f"input '{spec.name}' must be optional or an identifier")
+        if extra:
+            self.extra = ns.name(hint="cache")
+            params.append(f"**{self.extra}")
+        return params
+
+    def emit_defaults(self, out: Lines, ns: Namespace, args: list[str]) -> None:
+        """Read the gathered keyword inputs, refuse unknown ones, and fill in the
+        optional inputs not given: caches first (empty), then the mask (all ones over
+        the cache and the new tokens), then the positions (from the mask)."""
+        specs = list(zip(self.model.inputs, args))
+        gathered = [(spec, arg) for spec, arg in specs if spec.name != arg]
+        if gathered:
+            names = "{" + ", ".join(repr(spec.name) for spec, _ in gathered) + "}"
+            unknown = ns.name(hint="unknown")
+            out(f"{unknown} = set({self.extra}) - {names}")
+            out(f"if {unknown}:")
+            with out.indent():
+                out(f'raise TypeError(f"unexpected inputs {{sorted({unknown})}}")')
+            for spec, arg in gathered:
+                out(f"{arg} = {self.extra}.get({spec.name!r})")
+        tokens = args[0]
+        caches = [(spec, arg) for spec, arg in specs if spec.kind == "cache"]
+        mask = next((arg for spec, arg in specs if spec.kind == "mask"), None)
+        for spec, arg in caches:
+            out(f"if {arg} is None:")
+            with out.indent():
+                out(f"{arg} = {self.empty_cache(tokens, spec.type.shape[1], spec.type.shape[3])}")
+        for spec, arg in specs:
+            if spec.kind == "mask":
+                past = f"{caches[0][1]}.shape[2]" if caches else "0"
+                out(f"if {arg} is None:")
+                with out.indent():
+                    out(f"{arg} = {self.ones_mask(tokens, past)}")
+            elif spec.kind == "positions":
+                out(f"if {arg} is None:")
+                with out.indent():
+                    out(f"{arg} = {self.mask_positions(mask, tokens)}")
+
+    def empty_cache(self, tokens: str, heads: int, head_dim: int) -> str:
+        return f"{self.lib}.zeros(({tokens}.shape[0], {heads}, 0, {head_dim}), dtype={self.lib}.float32)"
+
+    def ones_mask(self, tokens: str, past: str) -> str:
+        return f"{self.lib}.ones(({tokens}.shape[0], {past} + {tokens}.shape[-1]), dtype={self.int64})"
+
+    def mask_positions(self, mask: str, tokens: str) -> str:
+        """Position ids as transformers' generate() derives them from a (left-padded)
+        mask: the count of tokens before each one; padding gets 0."""
+        lib = self.lib
+        return f"{lib}.where({mask} == 0, 0, {lib}.cumsum({mask}, axis=-1) - 1)[:, -{tokens}.shape[-1] :]"
+
+    int64 = "np.int64"
+
     # ------------------------------------------------------------ emission
 
     def emit_classes(self) -> Lines:
@@ -526,6 +763,21 @@ class ModuleEmitter(ABC):
             child = md.children[node.target]
             res = [ns.name(r) for r in node.results]
             member = f"self.{node.target}"
+            if isinstance(child, Repeat) and child.per_layer:
+                k = child.per_layer
+                shared = len(args) - child.count * k
+                per, outs = ns.name(hint="per_layer"), ns.name(hint="layer_outputs")
+                index = ns.name(hint="i")
+                rest = "".join(f", {a}" for a in args[1:shared])
+                out(f"{res[0]} = {args[0]}")
+                out(f"{per} = [{', '.join(args[shared:])}]")
+                out(f"{outs} = []")
+                out(f"for {index}, layer in enumerate({member}):")
+                with out.indent():
+                    out(f"{res[0]}, *step = layer({res[0]}{rest}, *{per}[{k} * {index} : {k} * {index} + {k}])")
+                    out(f"{outs} += step")
+                out(f"{', '.join(res[1:])}, = {outs}")
+                return
             if isinstance(child, Repeat):
                 rest = "".join(f", {a}" for a in args[1:])
                 out(f"{res[0]} = {args[0]}")
@@ -556,10 +808,13 @@ class ModuleEmitter(ABC):
             with out.indent():
                 self.emit_members(out, md)
             out("")
-            ns = Namespace(set(self.reserved) | set(self.class_names.values()))
+            ns = Namespace(set(self.reserved) | set(self.class_names.values()) | {"step"})
             args = [ns.name(v) for v in md.inputs]
-            out(f"def {self.call_method}(self, {', '.join(args)}):")
+            top = md.name == self.model.top
+            out(f"def {self.call_method}(self, {', '.join(self.top_params(ns, args) if top else args)}):")
             with out.indent():
+                if top:
+                    self.emit_defaults(out, ns, args)
                 for node in md.nodes:
                     self.emit_node(out, md, node, ns)
                 if md.output_names:

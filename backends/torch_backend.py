@@ -19,6 +19,8 @@ from metagen.backends.pyemit import (
     ModuleEmitter,
     Rule,
     emit_common_header,
+    emit_generate,
+    emit_tasks,
     emit_tables,
     format_python,
 )
@@ -59,9 +61,10 @@ LAYERS: dict[str, LayerRule] = {
 # and has fused forms: scaled_dot_product_attention, F.normalize, F.cross_entropy).
 
 
-def _attention(c, q, k, v):
+def _attention(c, q, k, v, *bias):
     h, kvh, d = c.a["heads"], c.a["kv_heads"], c.a["head_dim"]
     extra = f", scale={c.a['scale']!r}" if c.a["scale"] is not None else ""
+    extra += "".join(f", attn_mask={b}" for b in bias)
     gqa = ", enable_gqa=True" if kvh != h else ""
     return (
         f"F.scaled_dot_product_attention({q}.unflatten(-1, ({h}, {d})).transpose(1, 2), "
@@ -90,6 +93,8 @@ OPS: dict[str, Rule] = {
     ),
     "linear_fn": lambda c, x, w: f"F.linear({x}, {w})",
     "attention": _attention,
+    "split_heads": lambda c, x: f"{x}.unflatten(-1, ({c.a['heads']}, {c.a['head_dim']})).transpose(1, 2)",
+    "merge_heads": lambda c, x: f"{x}.transpose(1, 2).flatten(2)",
     "positions": lambda c, x: f"torch.arange({x}.shape[{c.a['axis']}], device={x}.device)",
     "concat": lambda c, *xs: f"torch.cat([{', '.join(xs)}], dim={c.a['axis']})",
     "stack": lambda c, *xs: f"torch.stack([{', '.join(xs)}], dim={c.a['axis']})",
@@ -162,6 +167,23 @@ class _BatchNorm2d(nn.Module):
             x, self.running_mean, self.running_var, self.weight, self.bias, train, self.momentum, self.eps
         )
 ''',
+    "attention_bias": '''
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
+    elsewhere; the queries are the last Sq of the Sk positions."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = torch.arange(sq, device=x.device)[:, None] + (sk - sq)
+    j = torch.arange(sk, device=x.device)[None, :]
+    allowed = (key_mask != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = allowed.expand(key_mask.shape[0], 1, sq, sk)
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=x.device).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min
+    )
+''',
     **COMMON_HELPERS,
     "scatter_add": '''
 def _scatter_add(src, index, rows):
@@ -208,9 +230,24 @@ def _rope_cos_sin_cached(seq, head_dim, theta, device, dtype, inference, inv_fre
     return _rope_cos_sin(seq, head_dim, theta, device, dtype, inv_freq)
 
 
-def _rope(x, heads, head_dim, theta, inv_freq=None):
-    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]."""
-    if torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
+def _rope_at(positions, head_dim, theta, dtype, inv_freq=None):
+    """cos and sin [B, S, 1, head_dim] of the rotary angles at position ids [B, S]."""
+    if inv_freq is None:
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
+        inv_freq = 1.0 / (theta**exponent)
+    else:
+        inv_freq = torch.tensor(inv_freq, dtype=torch.float32, device=positions.device)
+    freqs = positions.float()[..., None] * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype)[:, :, None, :], emb.sin().to(dtype)[:, :, None, :]
+
+
+def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
+    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
+    at positions 0..S-1 or at position ids [B, S]."""
+    if positions is not None:
+        cos, sin = _rope_at(positions, head_dim, theta, x.dtype, inv_freq)
+    elif torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
         cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
     else:
         cos, sin = _rope_cos_sin_cached(
@@ -267,6 +304,8 @@ class TorchEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(TORCH_API)
+        emit_generate(out, m, TORCH_STEP)
+        emit_tasks(out, m)
         out(sampler_source(m, "torch"))
         return format_python(out.text())
 
@@ -281,6 +320,15 @@ class TorchEmitter(ModuleEmitter):
 
     def repeat_member(self, cls: str, count: int) -> str:
         return f"nn.ModuleList({cls}() for _ in range({count}))"
+
+    def empty_cache(self, tokens: str, heads: int, head_dim: int) -> str:
+        return f"{tokens}.new_zeros(({tokens}.shape[0], {heads}, 0, {head_dim}), dtype=torch.float32)"
+
+    def ones_mask(self, tokens: str, past: str) -> str:
+        return f"torch.ones(({tokens}.shape[0], {past} + {tokens}.shape[-1]), dtype=torch.int64, device={tokens}.device)"
+
+    def mask_positions(self, mask: str, tokens: str) -> str:
+        return f"({mask}.long().cumsum(-1) - 1).masked_fill({mask} == 0, 0)[:, -{tokens}.shape[-1] :]"
 
 
 TORCH_API = '''
@@ -323,6 +371,18 @@ def run(state, inputs):
     with torch.no_grad():
         out = state(**feed)
     return {name: _numpy(value) for name, value in out.items()}
+'''
+
+
+TORCH_STEP = '''
+def _decode_step(state, feed, cache):
+    """One forward on the new tokens, the cache kept as torch tensors between steps."""
+    device = next(state.parameters()).device
+    inputs = {name: torch.from_numpy(np.asarray(value)).to(device) for name, value in feed.items()}
+    with torch.no_grad():
+        out = state(**inputs, **(cache or {}))
+    cache = {past: out[present] for past, present in _DECODE["cache"]}
+    return out[_DECODE["logits"]][..., -1, :].float().cpu().numpy(), cache
 '''
 
 

@@ -133,6 +133,8 @@ def _inputs_into(model: Model, op: str) -> list[str]:
                 child = md.children.get(node.target) if node.kind == "call" else None
                 if isinstance(child, Layer) and child.op == op:
                     return True
+                if isinstance(child, Repeat):
+                    pos = child.module_input(pos, len(model.modules[child.module].inputs))
                 if isinstance(child, (Sub, Repeat)) and reaches(model.modules[child.module], pos):
                     return True
         return False
@@ -197,7 +199,7 @@ def classification(model: Model, seq: int) -> LossProgram:
     draw = DataTransform(
         "class_labels",
         outputs={"labels": "labels"},
-        carry=tuple(i.name for i in model.inputs),
+        carry=tuple(i.name for i in model.inputs if not i.optional),
         params={"classes": classes, "shape": list(labels.type.shape)},
     )
     return LossProgram(
@@ -278,7 +280,7 @@ def contrastive(model: Model, seq: int) -> LossProgram:
         "contrastive",
         _finish(mb, top, model, spec),
         sources,
-        [DataTransform("pair_keys", carry=tuple(i.name for i in model.inputs), params={"keys": PAIR_KEYS})],
+        [DataTransform("pair_keys", carry=tuple(i.name for i in model.inputs if not i.optional), params={"keys": PAIR_KEYS})],
         seq,
         "matching pairs are the batch diagonal",
     )

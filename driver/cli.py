@@ -522,6 +522,120 @@ def _cmd_explain(args) -> int:
     return code
 
 
+def _positive_int(flag: str, low: int = 1):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} needs an integer, got {text!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {low}, got {n}")
+        return n
+
+    return parse
+
+
+def _temperature(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--temperature needs a number, got {text!r}") from None
+    if not 0.0 < t < float("inf"):
+        raise argparse.ArgumentTypeError(f"--temperature must be > 0, got {text}")
+    return t
+
+
+def _top_p(text: str) -> float:
+    try:
+        p = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--top-p needs a number, got {text!r}") from None
+    if not 0.0 < p <= 1.0:
+        raise argparse.ArgumentTypeError(f"--top-p must be in (0, 1], got {text}")
+    return p
+
+
+def _prompt_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--prompt-ids needs comma-separated integers (1,2,3), got {text!r}") from None
+    if any(i < 0 for i in ids):
+        raise argparse.ArgumentTypeError("--prompt-ids must be >= 0")
+    return ids
+
+
+def _cmd_generate(args) -> int:
+    import numpy as np
+
+    from metagen.generate import generate_tokens, generating_families
+
+    def misuse(message: str) -> int:
+        print(f"metagen generate: error: {message}", file=sys.stderr)
+        return 2
+
+    if args.prompt_ids is None and args.prompt is None:
+        return misuse("give a prompt: --prompt-ids 1,2,3 or --prompt TEXT")
+    if os.path.isdir(args.spec):
+        args.spec = os.path.join(args.spec, "spec_resolved.yaml")
+    sink = DiagnosticSink()
+    try:
+        comp = _compile(args, sink)
+        model = comp.model
+        from metagen.compiler.families import FAMILIES
+
+        if not FAMILIES[comp.ctx.family].generates:
+            from metagen.diagnostics import Diagnostic, Loc
+
+            families = ", ".join(generating_families())
+            raise CompileError([Diagnostic("error", model.loc or Loc(args.spec, 1, 1),
+                                           f"the {model.family} family has no decode form; families that generate: {families}")])
+        weights = _load_weights(args.weights) if args.weights else None
+    except CompileError as exc:
+        sink.absorb(exc.diagnostics)
+        return _finish(sink) or 1
+    code = _finish(sink, args.werror)
+    if code:
+        return code
+    tokens = model.inputs[0]
+    vocab = int(tokens.high)
+    if args.prompt is not None:
+        if vocab < 256:
+            return misuse(f"--prompt TEXT is read as bytes, which needs a vocabulary of 256 or more; this model has {vocab} (use --prompt-ids)")
+        ids = list(args.prompt.encode("utf-8"))
+    else:
+        ids = args.prompt_ids
+    if not ids:
+        return misuse("the prompt is empty")
+    if max(ids) >= vocab:
+        return misuse(f"prompt id {max(ids)} is out of the vocabulary (0 <= id < {vocab})")
+    context = model.config.get("context_window") or 0
+    if context and len(ids) + args.max_new_tokens > context:
+        return misuse(f"prompt ({len(ids)}) + --max-new-tokens ({args.max_new_tokens}) exceeds the context window ({context})")
+    prompt = np.asarray([ids], dtype=np.int64)
+    if tokens.type.rank == 3:  # codebooks: the prompt in each
+        prompt = np.repeat(prompt[:, None, :], tokens.type.shape[1], axis=1)
+    sampled = args.temperature is not None or args.top_k is not None or args.top_p is not None
+    try:
+        out = generate_tokens(
+            comp, args.backend, prompt, weights, _effective_seed(args, comp),
+            max_new_tokens=args.max_new_tokens, do_sample=sampled, temperature=args.temperature or 1.0,
+            top_k=args.top_k or 0, top_p=args.top_p or 1.0, sample_seed=_effective_seed(args, comp),
+        )
+    except CompileError as exc:
+        sink.absorb(exc.diagnostics)
+        return _finish(sink) or 1
+    except (KeyError, ValueError) as exc:  # weights that do not fit the model
+        print(f"{args.weights or args.spec}: error: {exc}", file=sys.stderr)
+        return 1
+    rows = out.reshape(-1, out.shape[-1])
+    lines = [",".join(str(int(t)) for t in row) for row in rows]
+    if vocab <= 256 and tokens.type.rank == 2:
+        lines.append(bytes(int(t) for t in rows[0]).decode("utf-8", errors="replace"))
+    write_stdout(("\n".join(lines) + "\n").encode("utf-8"))
+    return 0
+
+
 def _design(path: str, sink: DiagnosticSink) -> dict:
     """The design of a run folder (read) or a spec (compiled in memory)."""
     from metagen.explain import design_of, load_run
@@ -680,6 +794,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="largest weights file before sharding, e.g. 5GB (default), 500MB, 2MiB")
     sp.set_defaults(fn=_cmd_export_hf)
 
+    sp = command(
+        "generate",
+        "continue a prompt with a decoder LM",
+        "Compile SPEC (or a run folder's resolved spec), load --weights (default: init(seed)'s) and "
+        "generate with the backend's KV-cache loop: greedy, or sampled when --temperature, --top-k or "
+        "--top-p is given (drawn with --seed, which also seeds init). Prints the token ids (prompt and continuation) and, "
+        "for byte vocabularies, the text. Families that generate: decoder_lm, audio_lm.",
+    )
+    common(sp, run_dir=True)
+    sp.add_argument("--backend", choices=("torch", "flax", "onnx"), default="torch", help="where to run (default torch)")
+    sp.add_argument("--weights", metavar="FILE.safetensors", help="canonical weights (default: init(seed)'s)")
+    group = sp.add_mutually_exclusive_group()
+    group.add_argument("--prompt-ids", type=_prompt_ids, metavar="1,2,3", help="the prompt as token ids")
+    group.add_argument("--prompt", metavar="TEXT", help="the prompt as text, read as UTF-8 bytes (one token per byte)")
+    sp.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=32, metavar="N",
+                    help="tokens to generate (default 32)")
+    sp.add_argument("--temperature", type=_temperature, metavar="T", help="sampling temperature (> 0)")
+    sp.add_argument("--top-k", type=_positive_int("--top-k", 0), metavar="K", help="sample among the K likeliest tokens (0: all)")
+    sp.add_argument("--top-p", type=_top_p, metavar="P", help="sample from the smallest set of tokens with probability >= P")
+    sp.set_defaults(fn=_cmd_generate)
     sp = command(
         "tokenizer",
         "train a tokenizer for a model's text",

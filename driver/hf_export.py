@@ -48,9 +48,17 @@ def _labels(resolved: dict) -> dict:
     return {"id2label": {str(i): f"LABEL_{i}" for i in range(n)}, "label2id": {f"LABEL_{i}": i for i in range(n)}}
 
 
+def special_tokens(arch: dict) -> tuple[int, int]:
+    """(bos, eos) of a decoder LM by its reference's convention, until the model has a
+    tokenizer: GPT-2's <|endoftext|> is the last token and both; Llama's are 1 and 2."""
+    if arch.get("position") == "learned":
+        return arch["vocab_size"] - 1, arch["vocab_size"] - 1
+    return min(1, arch["vocab_size"] - 1), min(2, arch["vocab_size"] - 1)
+
+
 def _gpt2_config(arch: dict, context: int, resolved: dict) -> dict:
     act = _act(arch["activation"])
-    eos = arch["vocab_size"] - 1  # GPT-2's <|endoftext|> is the last token
+    _, eos = special_tokens(arch)
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": arch["vocab_size"],
             "n_positions": context, "n_embd": arch["hidden_size"], "n_layer": arch["layers"], "n_head": arch["heads"],
             "n_inner": arch["ffn_size"], "activation_function": act, "layer_norm_epsilon": arch["norm_eps"],
@@ -73,7 +81,7 @@ def _llama_config(arch: dict, context: int, resolved: dict) -> dict:
             "num_key_value_heads": arch["kv_heads"], "head_dim": arch["head_dim"], "hidden_act": "silu",
             "rms_norm_eps": arch["norm_eps"], "max_position_embeddings": context, "rope_theta": arch["rope_theta"],
             "attention_bias": arch["bias"], "mlp_bias": arch["bias"], "tie_word_embeddings": arch["tie_embeddings"],
-            "bos_token_id": min(1, arch["vocab_size"] - 1), "eos_token_id": min(2, arch["vocab_size"] - 1),
+            "bos_token_id": special_tokens(arch)[0], "eos_token_id": special_tokens(arch)[1],
             "torch_dtype": "float32"}
 
 

@@ -13,6 +13,7 @@ from metagen.artifacts import (
     resolved_spec,
     run_id,
 )
+from metagen.generate import genai_config
 from metagen.outputs import write_tree
 from metagen.pipeline import Compilation
 
@@ -40,6 +41,11 @@ def synth_files(comp: Compilation, seed: int, stream: bool = False) -> dict:
         for rel, data in backend.lower(comp.model, seed=seed, data_name=main + ".data", stream=stream, precision=precision).items():
             files[os.path.join(folder, rel or main)] = data
     files.update(training_files(comp, seed, [b for b in targets if b.training]))
+    onnx = next((b for b in targets if b.name == "onnx"), None)
+    genai = genai_config(comp.model, os.path.basename(onnx.synth_path)) if onnx else None
+    if genai is not None:  # onnxruntime-genai loads the folder with it
+        folder = os.path.dirname(onnx.synth_path)
+        files[os.path.join(folder, "genai_config.json")] = _json(genai, f"{folder}/genai_config.json", comp.spec.loc())
     from metagen.model_card import model_card
 
     files["README.md"] = model_card(comp, seed).encode("utf-8")

@@ -51,10 +51,10 @@ class ModuleBuilder:
         self._add_child(name, Sub(self.model.define(module)))
         return name
 
-    def repeat(self, name: str, module: ModuleDef, count: int) -> str:
+    def repeat(self, name: str, module: ModuleDef, count: int, per_layer: int = 0) -> str:
         if count < 1:
             raise ValueError("repeat count must be >= 1")
-        self._add_child(name, Repeat(self.model.define(module), count))
+        self._add_child(name, Repeat(self.model.define(module), count, per_layer))
         return name
 
     def _add_child(self, name, child) -> None:
@@ -142,7 +142,7 @@ class ModelBuilder:
     def call_types(self, m: ModuleDef, child_name: str, arg_types: list[TensorType]) -> list[TensorType]:
         return call_types(self.modules, m, child_name, arg_types)
 
-    def finish(self, top: ModuleDef, *, name: str, spec_name: str, inputs: list[InputSpec], config: dict, family: str, symbols: dict[str, str], examples: dict[str, int] | None = None, loc: Loc | None = None) -> Model:
+    def finish(self, top: ModuleDef, *, name: str, spec_name: str, inputs: list[InputSpec], config: dict, family: str, symbols: dict[str, str], examples: dict[str, int] | None = None, loc: Loc | None = None, embeddings: dict[str, str] | None = None) -> Model:
         top_name = self.define(top)
         return Model(
             name=name,
@@ -155,6 +155,7 @@ class ModelBuilder:
             symbols=symbols,
             examples=dict(examples or {}),
             loc=loc or self.loc,
+            embeddings=dict(embeddings or {}),
         )
 
 
@@ -167,12 +168,19 @@ def call_types(modules: dict[str, ModuleDef], m: ModuleDef, child_name: str, arg
         return ops.infer(child.op, child.attr_dict(), arg_types)
     target = modules[child.module]
     want = [v.type for v in target.inputs]
+    outs = [v.type for v in target.outputs]
+    k = child.per_layer if isinstance(child, Repeat) else 0
+    if k:  # per-instance inputs and outputs, instance by instance
+        if k >= len(want):
+            raise ops.OpError(f"repeat {child_name}: {target.name} has no input besides its {k} per-layer ones")
+        want = want[:-k] + want[-k:] * child.count
     if want != list(arg_types):
         raise ops.OpError(
             f"call {child_name}: {target.name} takes ({', '.join(map(str, want))}), "
             f"got ({', '.join(map(str, arg_types))})"
         )
-    outs = [v.type for v in target.outputs]
-    if isinstance(child, Repeat) and (len(outs) != 1 or outs[0] != want[0]):
-        raise ops.OpError(f"repeat {child_name}: {target.name} must map its first input's type to itself")
+    if isinstance(child, Repeat):
+        if not outs or outs[0] != want[0] or (len(outs) > 1 and not k):
+            raise ops.OpError(f"repeat {child_name}: {target.name} must map its first input's type to itself")
+        outs = outs[:1] + outs[1:] * child.count
     return outs

@@ -134,10 +134,20 @@ class Sub:
 @dataclass(frozen=True)
 class Repeat:
     """`count` instances of one module applied in sequence: the first operand
-    threads through, the others are passed unchanged to every instance."""
+    threads through, the others are passed unchanged to every instance, except the
+    module's last `per_layer` inputs, which are given per instance (a KV cache):
+    the call's operands are then the shared ones followed by `count * per_layer`
+    values, instance by instance, and its results the threaded value followed by
+    each instance's further outputs, instance by instance."""
 
     module: str
     count: int
+    per_layer: int = 0
+
+    def module_input(self, operand: int, n_inputs: int) -> int:
+        """The module input that call operand `operand` feeds."""
+        shared = n_inputs - self.per_layer
+        return operand if operand < shared else shared + (operand - shared) % self.per_layer
 
 
 Child = Layer | Sub | Repeat
@@ -160,7 +170,11 @@ class ModuleDef:
 class InputSpec:
     """What a model input is, so example inputs are valid: `kind` is 'tokens'
     (integers in [0, high)), 'normal' (standard normal floats) or 'uniform'
-    (floats in [low, high))."""
+    (floats in [low, high)), or one of the optional kinds, which the generated
+    modules fill in when the input is not given: 'mask' (an attention mask, 1 =
+    token, 0 = padding; default all ones), 'positions' (position ids; default from
+    the mask, as transformers' generate() derives them) and 'cache' (a layer's past
+    keys or values; default empty)."""
 
     name: str
     type: TensorType
@@ -168,6 +182,13 @@ class InputSpec:
     low: float = 0.0
     high: float = 0.0
     doc: str = ""
+
+    @property
+    def optional(self) -> bool:
+        return self.kind in OPTIONAL_KINDS
+
+
+OPTIONAL_KINDS = ("mask", "positions", "cache")
 
 
 @dataclass
@@ -182,6 +203,8 @@ class Model:
     symbols: dict[str, str] = field(default_factory=dict)  # symbol -> meaning
     examples: dict[str, int] = field(default_factory=dict)  # symbol -> size for example inputs
     loc: Loc | None = None
+    # L2-normalized embedding outputs -> the input each embeds (the generated `embed`)
+    embeddings: dict[str, str] = field(default_factory=dict)
 
     @property
     def top_module(self) -> ModuleDef:

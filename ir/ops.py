@@ -489,7 +489,7 @@ def _attn_flops(a, ins, outs, b):
 
 @op(
     "attention",
-    ("q", "k", "v"),
+    ("q", "k", "v", "*bias"),
     (
         Attr("heads", "int"),
         Attr("kv_heads", "int"),
@@ -502,12 +502,13 @@ def _attn_flops(a, ins, outs, b):
 def _attention(a, ins):
     """Scaled dot-product attention on packed heads: q [B, Sq, H*D], k and v
     [B, Sk, KVH*D] -> [B, Sq, H*D]. Grouped-query when KVH < H. `scale` None means
-    1/sqrt(D)."""
-    q, k, v = ins
+    1/sqrt(D). An optional `bias` [B, 1, Sq, Sk] (from `attention_bias`) is added to
+    the scores; it carries padding, causality and windows, so `causal` is then False."""
+    q, k, v = ins[:3]
     h, kvh, d = a["heads"], a["kv_heads"], a["head_dim"]
     if h % kvh:
         raise OpError(f"op 'attention': kv_heads {kvh} must divide heads {h}")
-    for t in ins:
+    for t in ins[:3]:
         _need_float("attention", t)
         if t.rank != 3:
             raise OpError(f"op 'attention' needs [B, S, H*D] operands, got {t}")
@@ -516,14 +517,66 @@ def _attention(a, ins):
     _need_last("attention", v, kvh * d, "value width")
     if k.shape[:2] != v.shape[:2]:
         raise OpError(f"op 'attention': keys {k} and values {v} differ in batch or length")
-    if a["causal"] and q.shape[1] != k.shape[1]:
+    if len(ins) > 4:
+        raise OpError("op 'attention' takes at most one bias")
+    if len(ins) == 4:
+        bias = ins[3]
+        if a["causal"]:
+            raise OpError("op 'attention': a bias carries causality; causal must be False with one")
+        if bias.rank != 4 or bias.shape[1] != 1 or bias.shape[2:] != (q.shape[1], k.shape[1]):
+            raise OpError(f"op 'attention': bias must be [B, 1, {q.shape[1]}, {k.shape[1]}], got {bias}")
+    elif a["causal"] and q.shape[1] != k.shape[1]:
         raise OpError("op 'attention': causal attention needs equal query and key lengths")
     return [q]
 
 
+# The additive mask value of a key a query may not see: float32's lowest, as
+# transformers uses (not -inf, so a row with no visible key stays finite).
+MASKED = -3.4028234663852886e38
+
+
+@op("attention_bias", ("key_mask", "x"), (Attr("causal", "bool", False), Attr("window", "int", 0)), flops=_flops_numel)
+def _attention_bias(a, ins):
+    """The additive attention mask [B, 1, Sq, Sk] of a key mask [B, Sk] (1 = token,
+    0 = padding) for the Sq queries of x [B, Sq, ...], which are the last Sq of the
+    Sk positions (a KV cache holds the first Sk - Sq): 0 where query i may attend key
+    j, else MASKED. Key j is visible when key_mask[b, j] = 1 and, if causal,
+    j <= i + Sk - Sq, and, if window > 0, also j > i + Sk - Sq - window (Mistral's
+    sliding window: the query itself and the window - 1 keys before it)."""
+    m, x = ins
+    if m.dtype not in (DType.i64, DType.i32) or m.rank != 2:
+        raise OpError(f"op 'attention_bias' needs an integer key mask [B, S], got {m}")
+    if x.rank < 2:
+        raise OpError(f"op 'attention_bias' needs queries [B, S, ...], got {x}")
+    if a["window"] < 0:
+        raise OpError("op 'attention_bias': window must be >= 0")
+    if a["window"] and not a["causal"]:
+        raise OpError("op 'attention_bias': a sliding window needs causal attention")
+    return [TensorType(DType.f32, (m.shape[0], 1, x.shape[1], m.shape[1]))]
+
+
+@op("split_heads", ("x",), (Attr("heads", "int"), Attr("head_dim", "int")), flops=_flops_zero)
+def _split_heads(a, ins):
+    """Packed heads [B, S, H*D] -> [B, H, S, D] (the KV cache's layout)."""
+    (x,) = ins
+    if x.rank != 3:
+        raise OpError(f"op 'split_heads' needs [B, S, H*D], got {x}")
+    _need_last("split_heads", x, a["heads"] * a["head_dim"])
+    return [x.with_shape((x.shape[0], a["heads"], x.shape[1], a["head_dim"]))]
+
+
+@op("merge_heads", ("x",), flops=_flops_zero)
+def _merge_heads(a, ins):
+    """[B, H, S, D] -> packed heads [B, S, H*D]."""
+    (x,) = ins
+    if x.rank != 4 or not isinstance(x.shape[1], int) or not isinstance(x.shape[3], int):
+        raise OpError(f"op 'merge_heads' needs [B, H, S, D] with concrete H and D, got {x}")
+    return [x.with_shape((x.shape[0], x.shape[2], x.shape[1] * x.shape[3]))]
+
+
 @op(
     "rope",
-    ("x",),
+    ("x", "*positions"),
     (
         Attr("heads", "int"), Attr("head_dim", "int"), Attr("theta", "float", 10000.0),
         # Llama 3's frequency scaling (`scaling="llama3"`); the other four are its settings.
@@ -534,15 +587,22 @@ def _attention(a, ins):
     flops=lambda a, i, o, b: 3 * o[0].numel(b),
 )
 def _rope(a, ins):
-    """Rotary position embedding, rotate-half convention, positions 0..S-1, on
-    packed heads [B, S, H*D]; the frequencies are `rope_inv_freq(a)`."""
-    (x,) = ins
+    """Rotary position embedding, rotate-half convention, on packed heads
+    [B, S, H*D]: at positions 0..S-1, or at `positions` int64 [B, S] when given
+    (left padding, a KV cache's offset); the frequencies are `rope_inv_freq(a)`."""
+    x = ins[0]
     _need_float("rope", x)
     if x.rank != 3:
         raise OpError(f"op 'rope' needs [B, S, H*D], got {x}")
     _need_last("rope", x, a["heads"] * a["head_dim"])
     if a["head_dim"] % 2:
         raise OpError("op 'rope' needs an even head_dim")
+    if len(ins) > 2:
+        raise OpError("op 'rope' takes at most one positions operand")
+    if len(ins) == 2:
+        p = ins[1]
+        if p.dtype not in (DType.i64, DType.i32) or p.shape != x.shape[:2]:
+            raise OpError(f"op 'rope': positions must be integers [{x.shape[0]}, {x.shape[1]}], got {p}")
     if a["scaling"] == "llama3" and not (0 < a["low_freq_factor"] < a["high_freq_factor"] and a["factor"] > 0
                                          and a["original_context"] > 0):
         raise OpError("op 'rope': llama3 scaling needs 0 < low_freq_factor < high_freq_factor, factor > 0 "

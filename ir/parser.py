@@ -104,7 +104,7 @@ def parse_model(text: str, path: str = "<mgir>") -> Model:
         if not lines or not re.fullmatch(r"mgir [0-9]+", lines[0].strip()):
             raise _Fail("expected 'mgir <version>' on the first line")
         i = 1
-        header: dict[str, Any] = {"inputs": [], "config": {}, "symbols": {}, "examples": {}}
+        header: dict[str, Any] = {"inputs": [], "config": {}, "symbols": {}, "examples": {}, "embeddings": {}}
         while i < len(lines):
             line = lines[i].strip()
             if not line:
@@ -132,6 +132,7 @@ def parse_model(text: str, path: str = "<mgir>") -> Model:
             family=header["family"],
             symbols=header["symbols"],
             examples=header["examples"],
+            embeddings=header["embeddings"],
         )
     except (_Fail, ops.OpError, KeyError, ValueError, IndexError) as exc:
         line = max(i, _Cursor.line)
@@ -149,11 +150,13 @@ def _header_line(line: str, header: dict) -> None:
         header["symbols"][m.group(1)] = json.loads(m.group(2))
     elif m := re.fullmatch(rf"example ({_ID}) = ([0-9]+)", line):
         header["examples"][m.group(1)] = int(m.group(2))
-    elif m := re.fullmatch(rf"input ({_ID}) : (\S+\[[^\]]*\]) ({_ID})\((.*?)\) (\".*\")", line):
+    elif m := re.fullmatch(rf"input ({_ID}(?:\.[A-Za-z0-9_]+)*) : (\S+\[[^\]]*\]) ({_ID})\((.*?)\) (\".*\")", line):
         a = parse_attrs(m.group(4))
         header["inputs"].append(
             InputSpec(m.group(1), parse_type(m.group(2)), m.group(3), a["low"], a["high"], json.loads(m.group(5)))
         )
+    elif m := re.fullmatch(rf"embedding ({_ID}) = ({_ID})", line):
+        header["embeddings"][m.group(1)] = m.group(2)
     elif m := re.fullmatch(rf"config ({_ID}) = (.*)", line):
         header["config"][m.group(1)] = json.loads(m.group(2))
     else:
@@ -178,8 +181,8 @@ def _parse_module(lines: list[str], i: int, name: str, modules: dict[str, Module
             m.children[mm.group(1)] = Layer(mm.group(2), tuple(attrs.items()))
         elif mm := re.fullmatch(rf"sub ({_ID}) = ({_ID})", line):
             m.children[mm.group(1)] = Sub(mm.group(2))
-        elif mm := re.fullmatch(rf"repeat ({_ID}) = ({_ID}) \* ([0-9]+)", line):
-            m.children[mm.group(1)] = Repeat(mm.group(2), int(mm.group(3)))
+        elif mm := re.fullmatch(rf"repeat ({_ID}) = ({_ID}) \* ([0-9]+)(?: per_layer ([0-9]+))?", line):
+            m.children[mm.group(1)] = Repeat(mm.group(2), int(mm.group(3)), int(mm.group(4) or 0))
         elif mm := re.fullmatch(r"func \((.*)\) \{", line):
             for part in _split_top(mm.group(1)):
                 vm = re.fullmatch(rf"%({_ID}) : (.*)", part)

@@ -47,7 +47,8 @@ def print_module(m: ModuleDef) -> list[str]:
         elif isinstance(c, Sub):
             lines.append(f"  sub {name} = {c.module}")
         elif isinstance(c, Repeat):
-            lines.append(f"  repeat {name} = {c.module} * {c.count}")
+            per_layer = f" per_layer {c.per_layer}" if c.per_layer else ""
+            lines.append(f"  repeat {name} = {c.module} * {c.count}{per_layer}")
     namer = Namespace()
     args = ", ".join(f"%{namer(v)} : {v.type}" for v in m.inputs)
     lines.append(f"  func ({args}) {{")
@@ -111,6 +112,8 @@ def print_model(model: Model) -> str:
             f"  input {i.name} : {i.type} {i.kind}(low={fmt_attr(float(i.low))}, high={fmt_attr(float(i.high))})"
             f" {json.dumps(i.doc, ensure_ascii=False)}"
         )
+    for output, source in model.embeddings.items():
+        lines.append(f"  embedding {output} = {source}")
     for k, v in model.config.items():
         lines.append(f"  config {k} = {json.dumps(v, ensure_ascii=False, sort_keys=True)}")
     lines.append("}")

@@ -75,7 +75,7 @@ TINY_SHAPES = {
     },
     ("tutorial", "pattern_taste.yaml"): {"logits": (2, 16, 256)},
     ("reference", "vit_base_patch16.yaml"): {"logits": (2, 10)},
-    ("reference", "bert_base_classifier.yaml"): {"logits": (2, 2)},
+    ("reference", "bert_base_classifier.yaml"): {"logits": (2, 2), "embeds": (2, 64)},
 }
 
 

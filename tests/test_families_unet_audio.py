@@ -163,8 +163,12 @@ def test_tiny_audio_forward_wiring_and_causality(compiled):
     with torch.no_grad():
         codes = torch.from_numpy(inputs["codes"])
         x = sum(getattr(state, f"embed_{i}")(codes[:, i]) for i in range(k))
+        bias = mod._attention_bias(torch.ones(2, seq, dtype=torch.int64), x, True, 0)  # causal, no padding
+        positions = torch.arange(seq)[None].expand(2, -1)
+        _, kv_heads, _, head_dim = mod.INPUTS["past_key_values.0.key"]["shape"]
+        empty = torch.zeros(2, kv_heads, 0, head_dim)  # no cache
         for block in state.blocks:
-            x = block(x)
+            x = block(x, bias, positions, empty, empty)[0]
         x = state.norm_f(x)
         want = torch.stack([getattr(state, f"head_{i}")(x) for i in range(k)], dim=1).numpy()
     _close(logits, want)

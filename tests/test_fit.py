@@ -265,7 +265,7 @@ def test_flops_are_affine_in_depth_and_count_repeats():
 
     comp = compile_spec(EDGE, DiagnosticSink())
     ctx, fam = comp.ctx, FAMILIES[comp.ctx.family]
-    b = {"batch": 1, "seq": 128}
+    b = {"batch": 1, "seq": 128, "past": 0}
     f = []
     for layers in (1, 2, 3):
         ctx.arch["layers"] = layers

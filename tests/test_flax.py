@@ -125,9 +125,30 @@ CASES: dict[str, list] = {
         _attention(causal=True, heads=4, kv_heads=2),
         _attention(causal=False, heads=4, kv_heads=4, sk=7, scale=0.3),
         _attention(causal=True, heads=4, kv_heads=1),
+        lambda g: g.m.op(
+            "attention", g.x("q", 2, 3, 16), g.x("k", 2, 5, 8), g.x("v", 2, 5, 8),
+            g.m.op("attention_bias", g.ids("mask", 2, 5, high=2), g.x("x", 2, 3, 1), causal=True),
+            heads=4, kv_heads=2, head_dim=4,
+        ),
     ],
-    "rope": [_unary("rope", (2, 5, 16), heads=2, head_dim=8), _unary("rope", (2, 6, 12), heads=3, head_dim=4, theta=500.0),
-             _unary("rope", (2, 40, 16), heads=2, head_dim=8, scaling="llama3", factor=8.0, original_context=64)],
+
+    "rope": [
+        _unary("rope", (2, 5, 16), heads=2, head_dim=8),
+        _unary("rope", (2, 6, 12), heads=3, head_dim=4, theta=500.0),
+        lambda g: g.m.op("rope", g.x("x", 2, 5, 16), g.ids("pos", 2, 5, high=50), heads=2, head_dim=8),
+        _unary("rope", (2, 40, 16), heads=2, head_dim=8, scaling="llama3", factor=8.0, original_context=64),
+        lambda g: g.m.op(
+            "rope", g.x("x", 2, 5, 16), g.ids("pos", 2, 5, high=50), heads=2, head_dim=8, scaling="llama3", factor=8.0,
+            original_context=16,
+        ),
+    ],
+    "attention_bias": [
+        lambda g: g.m.op("attention_bias", g.ids("mask", 2, 7, high=2), g.x("x", 2, 5, 8)),
+        lambda g: g.m.op("attention_bias", g.ids("mask", 2, 7, high=2), g.x("x", 2, 5, 8), causal=True),
+        lambda g: g.m.op("attention_bias", g.ids("mask", 2, 7, high=2), g.x("x", 2, 7, 8), causal=True, window=3),
+    ],
+    "split_heads": [_unary("split_heads", (2, 5, 12), heads=3, head_dim=4)],
+    "merge_heads": [_unary("merge_heads", (2, 3, 5, 4))],
     "positions": [lambda g: g.m.op("positions", g.x("x", 2, 5, 8))],
     "concat": [lambda g: g.m.op("concat", g.x("x", 2, 5, 8), g.x("y", 2, 3, 8), axis=1)],
     "stack": [lambda g: g.m.op("stack", g.x("x", 2, 5), g.x("y", 2, 5), axis=-1)],

@@ -270,7 +270,7 @@ def test_generated_numpy_imports_no_framework(tmp_path):
         "m = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(m)\n"
         "out = m.run(m.init(0), m.example_inputs())\n"
-        "print(sorted(out), out['logits'].shape, out['logits'].dtype)\n"
+        "print(sorted(out)[:1], out['logits'].shape, out['logits'].dtype)\n"
     )
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -22,6 +22,7 @@ from metagen.backends import onnx_backend  # noqa: E402
 from metagen.backends.onnx_backend import build_onnx, lower_to_onnx  # noqa: E402
 from metagen.backends.torch_backend import lower_to_torch  # noqa: E402
 from metagen.diagnostics import CompileError  # noqa: E402
+from metagen.generate import complete_inputs  # noqa: E402
 from metagen.ir import ops  # noqa: E402
 from metagen.ir.builder import ModelBuilder  # noqa: E402
 from metagen.ir.graph import InputSpec, normal  # noqa: E402
@@ -118,6 +119,30 @@ CASES = [
         {},
     ),
     ("rope", "rope", [inp("x", T("batch", "seq", 16))], dict(heads=2, head_dim=8, theta=500.0), {}),
+    (
+        "rope_positions",
+        "rope",
+        [inp("x", T("batch", "seq", 16)), inp("pos", T("batch", "seq", dtype=DType.i64), "tokens", 0, 50)],
+        dict(heads=2, head_dim=8),
+        {},
+    ),
+    ("attention_bias", "attention_bias", [inp("mask", T("batch", 9, dtype=DType.i64), "tokens", 0, 2), inp("x", BSD)], {}, {}),
+    (
+        "attention_bias_window",
+        "attention_bias",
+        [inp("mask", T("batch", 9, dtype=DType.i64), "tokens", 0, 2), inp("x", BSD)],
+        dict(causal=True, window=3),
+        {},
+    ),
+    (
+        "attention_biased",
+        "attention",
+        [inp("q", T("batch", "seq", 16)), inp("k", T("batch", 7, 8)), inp("v", T("batch", 7, 8)), inp("bias", T("batch", 1, "seq", 7))],
+        dict(heads=4, kv_heads=2, head_dim=4),
+        {},
+    ),
+    ("split_heads", "split_heads", [inp("x", T("batch", "seq", 12))], dict(heads=3, head_dim=4), {}),
+    ("merge_heads", "merge_heads", [inp("x", T("batch", 3, "seq", 4))], {}, {}),
     ("rope_llama3", "rope", [inp("x", T("batch", "seq", 16))],
      dict(heads=2, head_dim=8, scaling="llama3", factor=8.0, original_context=64), {}),
     ("positions", "positions", [inp("x", BSD)], {}, {}),
@@ -339,14 +364,15 @@ def test_dynamic_axes_are_named():
     assert dims == ["batch", "seq", comp.model.config["vocab_size"]]
     # and they are dynamic: another batch and length run
     ids = np.random.default_rng(0).integers(0, comp.model.config["vocab_size"], size=(3, 11)).astype(np.int64)
-    assert run_onnx(proto.SerializeToString(), {"input_ids": ids})["logits"].shape == (3, 11, comp.model.config["vocab_size"])
+    assert run_onnx(proto.SerializeToString(), complete_inputs(comp.model, {"input_ids": ids}))["logits"].shape == (3, 11, comp.model.config["vocab_size"])
 
 
 def test_fused_form_matches_decomposed_on_llama():
     comp, _ = _compile(example("reference", "llama2_7b.yaml"))
     ids = np.random.default_rng(0).integers(0, comp.model.config["vocab_size"], size=(2, 9)).astype(np.int64)
-    a = run_onnx(lower_to_onnx(comp.model, fused=False)[""], {"input_ids": ids})["logits"]
-    b = run_onnx(lower_to_onnx(comp.model, fused=True)[""], {"input_ids": ids})["logits"]
+    feed = complete_inputs(comp.model, {"input_ids": ids})
+    a = run_onnx(lower_to_onnx(comp.model, fused=False)[""], feed)["logits"]
+    b = run_onnx(lower_to_onnx(comp.model, fused=True)[""], feed)["logits"]
     assert close(b, a)
 
 
@@ -409,8 +435,9 @@ def test_external_data_when_over_the_protobuf_limit(tmp_path, monkeypatch):
         (tmp_path / (rel or "g.onnx")).write_bytes(data)
     onnx.checker.check_model(str(tmp_path / "g.onnx"), full_check=True)
     ids = np.arange(10, dtype=np.int64).reshape(1, 10)
-    a = run_onnx(str(tmp_path / "g.onnx"), {"input_ids": ids})["logits"]
-    b = run_onnx(inline[""], {"input_ids": ids})["logits"]
+    feed = complete_inputs(comp.model, {"input_ids": ids})
+    a = run_onnx(str(tmp_path / "g.onnx"), feed)["logits"]
+    b = run_onnx(inline[""], feed)["logits"]
     assert np.array_equal(a, b)
 
 

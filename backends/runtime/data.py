@@ -663,8 +663,8 @@ class DataSource:
             out = {k: np.asarray(v[rows]) for k, v in self.arrays.items()}
         for spec in M._INPUT_KINDS:
             name = spec["name"]
-            if name in out:
-                continue
+            if name in out or spec.get("optional"):
+                continue  # the model's default: no padding, no cache
             shape = _input_shape(name, batch_size)
             if spec["kind"] == "tokens" and self.tokens is not None:
                 length = shape[-1]

@@ -70,14 +70,14 @@ def compute_loss(graphdef, params, rest, batch):
     non-parameter state after the forward: moved batch-norm statistics)."""
     # Fresh variables of this trace, so batch norm may update its statistics.
     model = nnx.merge(graphdef, params, rest, copy=True)
-    out = model(**{name: batch[name] for name in M.INPUTS})
+    out = model(**{name: batch[name] for name in M.INPUTS if name in batch})
     args = [out[name] if kind == "output" else batch[name] for kind, name in LOSS_SOURCES]
     return LOSS(*args)["loss"], nnx.split(model, nnx.Param, ...)[2]
 
 
 def _outputs(graphdef, params, rest, batch):
     model = nnx.merge(graphdef, params, rest, copy=True)
-    return model(**{name: batch[name] for name in M.INPUTS})
+    return model(**{name: batch[name] for name in M.INPUTS if name in batch})
 
 
 _predict = jax.jit(_outputs, static_argnums=0)

@@ -49,7 +49,7 @@ def make_optimizer(model):
 
 def compute_loss(model, batch):
     """The objective's loss (lowered from the IR) on one batch of tensors."""
-    out = model(**{name: batch[name] for name in M.INPUTS})
+    out = model(**{name: batch[name] for name in M.INPUTS if name in batch})
     if reads_outputs():  # data-side steps on this forward's detached predictions (DETR's matching)
         host = {k: v.detach().cpu().numpy() for k, v in batch.items()}
         added = after_forward(host, {k: v.detach().float().cpu().numpy() for k, v in out.items()})

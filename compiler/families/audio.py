@@ -30,7 +30,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Rule, derived, spec_key
 from metagen.compiler.families.decoder_lm import apply_lm_rules
-from metagen.compiler.families.blocks import block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, resolve_tower, tower_block
+from metagen.compiler.families.blocks import block_stack, class_name, decode_inputs, present_names, act_nbytes, inference, tower_training_activations, training, weight_nbytes, resolve_tower, tower_block
 from metagen.compiler.families.decoder_lm import DecoderLM
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
@@ -100,33 +100,40 @@ class AudioLM(DecoderLM):
         a = ctx.arch
         mb = self.model_builder(ctx)
         d, k, v = a["hidden_size"], a["codebooks"], a["codebook_size"]
-        block = tower_block(mb, ctx, a, "seq", causal=True)
+        block = tower_block(mb, ctx, a, "seq", causal=True, cache=True)
         top = mb.module(class_name(ctx.spec.name), doc="Autoregressive transformer over neural-codec tokens.")
         codes = top.input("codes", TensorType(DType.i64, ("batch", k, "seq")))
+        mask, positions, past, specs = decode_inputs(top, codes, a)
         x = None
         for i in range(k):
             top.layer(f"embed_{i}", "embedding", num=v, dim=d)
             ids = top.op("select", codes, axis=1, index=i, hint=f"codes_{i}")
             e = top.call(f"embed_{i}", ids, hint="x")
             x = e if x is None else top.op("add", x, e, hint="x")
-        x = block_stack(top, block, x, a)
+        bias = top.op("attention_bias", mask, x, causal=True, hint="attn_bias")
+        shared = (bias, positions) if a["position"] == "rope" else (bias,)
+        x, present = block_stack(top, block, x, a, shared=shared, per_layer=past)
         logits = []
         for i in range(k):
             top.layer(f"head_{i}", "linear", in_features=d, out_features=v, bias=False)
             logits.append(top.call(f"head_{i}", x, hint=f"logits_{i}"))
         out = top.op("stack", *logits, axis=1, hint="logits") if k > 1 else top.op("unsqueeze", logits[0], axes=(1,), hint="logits")
-        top_def = top.ret(out, names=["logits"])
+        top_def = top.ret(out, *present, names=["logits", *present_names(a)])
         config = a.pick(AudioConfig.spec_keys())
         config.update(context_window=a["context"])
         return mb.finish(
             top_def,
             name=top_def.name,
             spec_name=ctx.spec.name,
-            inputs=[InputSpec("codes", codes.type, "tokens", 0, v, "codec codes, 0 <= code < codebook_size")],
+            inputs=[InputSpec("codes", codes.type, "tokens", 0, v, "codec codes, 0 <= code < codebook_size"), *specs],
             config=config,
             family=self.name,
-            symbols={"batch": "batch size", "seq": f"frames, at most {a['context']}"},
-            examples={"seq": min(16, a["context"])},
+            symbols={
+                "batch": "batch size",
+                "seq": "new frames (the whole prompt, or one per decoding step)",
+                "past": f"cached frames; past + seq at most {a['context']}",
+            },
+            examples={"seq": min(16, a["context"]), "past": 0},
         )
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
@@ -146,4 +153,4 @@ class AudioLM(DecoderLM):
         }
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
-        return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": ctx.arch["context"]}
+        return {"bindings": {"batch": 1, "seq": ctx.arch["context"], "past": 0}, "per_unit": ctx.arch["context"]}

@@ -244,6 +244,7 @@ class Family(ABC):
     built: ClassVar[str] = ""
     rules: ClassVar[tuple[Rule, ...]] = ()
     default_objective: ClassVar[str | None] = None  # None: classification when the model outputs logits
+    generates: ClassVar[bool] = False  # its model has a decode form (a KV cache): `generate`, `metagen generate`
     unit: ClassVar[UnitOfWork]
     config: ClassVar[type[ArchConfig]]
     tiny_doc: ClassVar[str] = ""  # docs/families.md's --tiny table

@@ -17,7 +17,7 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, spec_key
 from metagen.ir.builder import ModelBuilder, ModuleBuilder
-from metagen.ir.graph import ModuleDef, Value, normal
+from metagen.ir.graph import InputSpec, ModuleDef, Value, normal
 from metagen.ir.types import DType, TensorType
 
 SIZE_KEYS = ("hidden_size", "heads", "kv_heads", "head_dim", "ffn_size")  # what one width setting moves
@@ -219,25 +219,75 @@ def token_embeddings(b: ModuleBuilder, ids: Value, cfg: Any, context: int, pos_i
 
 
 def block_stack(
-    b: ModuleBuilder, block: ModuleDef, x: Value, cfg: Any, final_norm: str | None = "norm_f", hint: str = "x"
-) -> Value:
-    """`layers` copies of `block` over x, then the final norm."""
-    b.repeat("blocks", block, cfg["layers"])
-    x = b.call("blocks", x, hint="x")
-    if final_norm is None:
-        return x
-    T.norm_layer(b, final_norm, cfg)
-    return b.call(final_norm, x, hint=hint)
+    b: ModuleBuilder, block: ModuleDef, x: Value, cfg: Any, final_norm: str | None = "norm_f", hint: str = "x",
+    shared: tuple[Value, ...] = (), per_layer: list[Value] | None = None,
+):
+    """`layers` copies of `block` over x (each also given the `shared` values, and
+    its own two of `per_layer`, a KV cache, when given), then the final norm. With a
+    cache: (x, the blocks' present keys and values, layer by layer)."""
+    k = 2 if per_layer is not None else 0
+    b.repeat("blocks", block, cfg["layers"], per_layer=k)
+    out = b.call_multi("blocks", x, *shared, *(per_layer or []), hint="x")
+    x = out[0]
+    if final_norm is not None:
+        T.norm_layer(b, final_norm, cfg)
+        x = b.call(final_norm, x, hint=hint)
+    return (x, out[1:]) if per_layer is not None else x
 
 
 def tower_block(
-    mb: ModelBuilder, ctx: CompileContext, cfg: Any, tokens: Any, *, causal: bool, name: str = "Block", section=None
+    mb: ModelBuilder, ctx: CompileContext, cfg: Any, tokens: Any, *, causal: bool, name: str = "Block", section=None,
+    masked: bool = False, cache: bool = False,
 ) -> ModuleDef:
     """The tower's transformer block over [batch, tokens, d], its nodes located at
-    the spec's `layers` key (where the block count is decided)."""
+    the spec's `layers` key (where the block count is decided). `masked`: the block
+    takes the attention bias of a padding mask (`attention_inputs`); `cache`: also
+    position ids and a KV cache, returning the present keys and values."""
     x_type = TensorType(DType.f32, ("batch", tokens, cfg["hidden_size"]))
+    kw = {}
+    if masked or cache:
+        total = f"past+{tokens}" if cache else tokens
+        kw["bias_type"] = TensorType(DType.f32, ("batch", 1, tokens, total))
+    if cache:
+        kw["positions_type"] = TensorType(DType.i64, ("batch", tokens))
+        kw["cache_type"] = cache_type(cfg)
     with mb.at(Family.key_loc(ctx, "layers", section)):
-        return T.block_module(mb, cfg, x_type, causal=causal, name=name)
+        return T.block_module(mb, cfg, x_type, causal=causal, name=name, **kw)
+
+
+def cache_type(cfg: Any) -> TensorType:
+    """One layer's past keys (or values): [batch, kv_heads, past, head_dim]."""
+    return TensorType(DType.f32, ("batch", cfg["kv_heads"], "past", cfg["head_dim"]))
+
+
+def mask_input(b: ModuleBuilder, tokens: Value, total: Any = None) -> tuple[Value, InputSpec]:
+    """The optional `attention_mask` input, int64 [batch, total] (1 = token, 0 =
+    padding), `total` the token count (the cache's and the new ones' with a cache)."""
+    t = TensorType(DType.i64, (tokens.type.shape[0], total if total is not None else tokens.type.shape[-1]))
+    v = b.input("attention_mask", t)
+    return v, InputSpec("attention_mask", t, "mask", 0, 2, "1 = token, 0 = padding (transformers' convention); default all ones")
+
+
+def decode_inputs(b: ModuleBuilder, tokens: Value, cfg: Any) -> tuple[Value, Value, list[Value], list[InputSpec]]:
+    """A decoder's decode-form inputs after its tokens: the attention mask over the
+    cache and the new tokens, their position ids, and each layer's past keys and
+    values under the names optimum and onnxruntime-genai use."""
+    seq = tokens.type.shape[-1]
+    mask, mask_spec = mask_input(b, tokens, f"past+{seq}")
+    pt = TensorType(DType.i64, (tokens.type.shape[0], seq))
+    positions = b.input("position_ids", pt)
+    specs = [mask_spec, InputSpec("position_ids", pt, "positions", 0, 0, "position of each new token; default from the mask")]
+    past = []
+    for i in range(cfg["layers"]):
+        for part in ("key", "value"):
+            name = f"past_key_values.{i}.{part}"
+            past.append(b.input(f"past_{part}_{i}", cache_type(cfg)))
+            specs.append(InputSpec(name, cache_type(cfg), "cache", 0, 0, f"layer {i}'s cached {part}s; default empty"))
+    return mask, positions, past, specs
+
+
+def present_names(cfg: Any) -> list[str]:
+    return [f"present.{i}.{part}" for i in range(cfg["layers"]) for part in ("key", "value")]
 
 
 # ---------------------------------------------------------------- vision towers

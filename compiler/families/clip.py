@@ -23,7 +23,7 @@ from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, deri
 from metagen.compiler.families.blocks import (
     SIZE_KEYS, TOWER_CHOICE, VisionTower, block_stack, check_vision, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_patches, pixel_input,
     pool_tokens, report_structure, resolve_tower, token_embeddings, tower_activations, tower_block, vision_embed,
-    vision_structure, vision_tiny, width_candidates,
+    vision_structure, vision_tiny, width_candidates, mask_input,
 )
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model, const
@@ -243,13 +243,14 @@ class DualEncoder(Family):
         top = mb.module(class_name(ctx.spec.name), doc="CLIP-style dual encoder.")
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
         pixels = top.input("pixel_values", pixel_input(v))
+        mask, mask_spec = mask_input(top, ids)
         top.sub("text_encoder", text_tower)
         top.sub("image_encoder", image_tower)
         top.layer("text_projection", "linear", in_features=t["hidden_size"], out_features=proj, bias=False)
         top.layer("image_projection", "linear", in_features=v["hidden_size"], out_features=proj, bias=False)
         # Shape [1] rather than a 0-d scalar: every backend and interchange format handles it alike.
         scale = top.param("logit_scale", (1,), const(LOGIT_SCALE_INIT), hint="logit_scale")
-        text = top.call("text_projection", top.call("text_encoder", ids, hint="text"), hint="text")
+        text = top.call("text_projection", top.call("text_encoder", ids, mask, hint="text"), hint="text")
         image = top.call("image_projection", top.call("image_encoder", pixels, hint="image"), hint="image")
         text = top.op("l2_normalize", text, axis=-1, hint="text_embeds")
         image = top.op("l2_normalize", image, axis=-1, hint="image_embeds")
@@ -272,20 +273,24 @@ class DualEncoder(Family):
             inputs=[
                 InputSpec("input_ids", ids.type, "tokens", 0, t["vocab_size"], "token ids; the highest id marks end-of-text"),
                 InputSpec("pixel_values", pixels.type, "normal", doc="normalized pixels, channels first"),
+                mask_spec,
             ],
             config=config,
             family=self.name,
             symbols={"batch": "batch size (texts and images pair up)", "seq": f"text length, at most {a['context']}"},
             examples={"seq": min(16, a["context"])},
+            embeddings={"text_embeds": "input_ids", "image_embeds": "pixel_values"},
         )
 
     @staticmethod
     def _text_tower(ctx: CompileContext, mb: ModelBuilder, t: TextTower, context: int, section):
-        block = tower_block(mb, ctx, t, "seq", causal=True, name="TextBlock", section=section)
+        block = tower_block(mb, ctx, t, "seq", causal=True, name="TextBlock", section=section, masked=True)
         b = mb.module("TextEncoder", doc="Causal text tower, pooled at the end-of-text token.")
         ids = b.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
+        mask = b.input("attention_mask", TensorType(DType.i64, ("batch", "seq")))
         x = token_embeddings(b, ids, t, context)
-        x = block_stack(b, block, x, t)
+        bias = b.op("attention_bias", mask, x, causal=True, hint="attn_bias")
+        x = block_stack(b, block, x, t, shared=(bias,))
         if t["pooling"] == "eot":
             pooled = b.op("gather_argmax", x, ids, hint="pooled")
         elif t["pooling"] == "mean":

@@ -15,7 +15,8 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
-    block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, resolve_tower, token_embeddings, tower_block,
+    block_stack, class_name, act_nbytes, decode_inputs, inference, present_names, tower_training_activations, training, weight_nbytes,
+    resolve_tower, tower_block,
 )
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
@@ -46,6 +47,7 @@ class DecoderConfig(ArchConfig):
     rope_low_freq_factor: float | None = spec_key()
     rope_high_freq_factor: float | None = spec_key()
     rope_original_context: int | None = spec_key()
+    sliding_window: int = spec_key(0)  # Mistral's: each token attends to itself and the window - 1 before it; 0 = all
     gqa: bool = derived(False)  # grouped-query attention when heads are derived
     context: int = derived(0)
     tensor_parallel: int = derived(1)  # the device's (design rule parallel-shapes)
@@ -137,12 +139,13 @@ class DecoderLM(Family):
     rules = (Rule(("text",), ("text",), ("autoregressive", None)),)
     default_objective = "autoregressive"
     tasks = ("generation",)
+    generates = True
     default_budget = 1_000_000_000
     default_budget_source = "TinyLlama 1.1B and Llama 3.2 1B, the small open LMs practitioners start from"
     unit = UnitOfWork("token", "token")
     config = DecoderConfig
     built = "a decoder-only language model"
-    tiny_doc = "d = 64, 2 layers, 4 heads of 16 (2 kv heads when grouped-query), vocab 256, context 64"
+    tiny_doc = "d = 64, 2 layers, 4 heads of 16 (2 kv heads when grouped-query), vocab 256, context 64, sliding window at most 8"
 
     def configure(self, ctx: CompileContext) -> None:
         cfg = resolve_tower(ctx, "modern", self.config)
@@ -225,39 +228,67 @@ class DecoderLM(Family):
         a.update(hidden_size=64, layers=2, head_dim=16, heads=4, kv_heads=2 if gqa else 4, vocab_size=256, context=64)
         a.update(tensor_parallel=1, ffn_multiple=256)  # test scale runs on one device
         a["ffn_size"] = T.default_ffn(64, a["activation"])
+        if getattr(a, "sliding_window", 0):  # shorter than the tiny context, so the window still bites
+            a["sliding_window"] = min(a["sliding_window"], 8)
         ctx.context_window = 64
 
     def finalize(self, ctx: CompileContext) -> str | None:
         return T.derive(ctx.arch, ctx.pinned, ctx.arch["gqa"])
 
     def build(self, ctx: CompileContext) -> Model:
+        """The decode form, one graph for a whole prompt and for each step after it:
+        tokens, their attention mask (over the cached and the new tokens), position
+        ids and each layer's past keys and values in; logits and each layer's
+        present keys and values out. Without a cache (past length 0) it is the
+        plain forward; the generated modules default every input but the tokens."""
         a = ctx.arch
         mb = self.model_builder(ctx)
         d, vocab = a.hidden_size, a.vocab_size
-        block = tower_block(mb, ctx, a, "seq", causal=True)
+        block = tower_block(mb, ctx, a, "seq", causal=True, cache=True)
         top = mb.module(class_name(ctx.spec.name), doc="Decoder-only language model.")
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
-        x = token_embeddings(top, ids, a, a.context)
-        x = block_stack(top, block, x, a)
-        if a.tie_embeddings:
-            w = top.get_param("tok_embeddings.weight", hint="w_emb")
-            logits = top.op("linear_fn", x, w, hint="logits")
-        else:
-            top.layer("lm_head", "linear", in_features=d, out_features=vocab, bias=False)
-            logits = top.call("lm_head", x, hint="logits")
-        top_def = top.ret(logits, names=["logits"])
+        mask, positions, past, specs = decode_inputs(top, ids, a)
+        x = self.embed(top, ids, positions, a)
+        bias = top.op("attention_bias", mask, x, causal=True, window=a.sliding_window, hint="attn_bias")
+        shared = (bias, positions) if a.position == "rope" else (bias,)
+        x, present = block_stack(top, block, x, a, shared=shared, per_layer=past)
+        outputs = self.head(top, x, a)
+        top_def = top.ret(outputs, *present, names=["logits", *present_names(a)])
         config = {k: v for k, v in a.pick(self.config.spec_keys()).items() if v is not None}
         config["context_window"] = a.context
         return mb.finish(
             top_def,
             name=top_def.name,
             spec_name=ctx.spec.name,
-            inputs=[InputSpec("input_ids", ids.type, "tokens", 0, vocab, "token ids, 0 <= id < vocab_size")],
+            inputs=[self.token_input(ids, a), *specs],
             config=config,
             family=self.name,
-            symbols={"batch": "batch size", "seq": f"sequence length, at most {a.context}"},
-            examples={"seq": min(16, a.context)},
+            symbols={
+                "batch": "batch size",
+                "seq": "new tokens (the whole prompt, or one per decoding step)",
+                "past": f"cached tokens; past + seq at most {a.context}",
+            },
+            examples={"seq": min(16, a.context), "past": 0},
         )
+
+    def token_input(self, ids, a) -> InputSpec:
+        return InputSpec("input_ids", ids.type, "tokens", 0, a.vocab_size, "token ids, 0 <= id < vocab_size")
+
+    def embed(self, top, ids, positions, a):
+        """Token embeddings [batch, seq, d], plus learned positions at the position ids."""
+        top.layer("tok_embeddings", "embedding", num=a.vocab_size, dim=a.hidden_size)
+        x = top.call("tok_embeddings", ids, hint="x")
+        if a.position != "learned":
+            return x
+        top.layer("pos_embeddings", "embedding", num=a.context, dim=a.hidden_size, init_std=0.01)
+        return top.op("add", x, top.call("pos_embeddings", positions, hint="pos_emb"), hint="x")
+
+    def head(self, top, x, a):
+        if a.tie_embeddings:
+            w = top.get_param("tok_embeddings.weight", hint="w_emb")
+            return top.op("linear_fn", x, w, hint="logits")
+        top.layer("lm_head", "linear", in_features=a.hidden_size, out_features=a.vocab_size, bias=False)
+        return top.call("lm_head", x, hint="logits")
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
         """Inference: weights at the deployment precision, the KV cache at the full
@@ -278,4 +309,4 @@ class DecoderLM(Family):
         }
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
-        return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": ctx.arch["context"]}
+        return {"bindings": {"batch": 1, "seq": ctx.arch["context"], "past": 0}, "per_unit": ctx.arch["context"]}

@@ -12,7 +12,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
-    block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_classes, report_structure, single_tower_knobs, token_embeddings,
+    block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_classes, report_structure, single_tower_knobs, token_embeddings, mask_input,
     tower_activations, tower_block, resolve_tower,
 )
 from metagen.ir.builder import ModelBuilder
@@ -63,7 +63,7 @@ class EncoderClassifier(Family):
     name = "encoder"
     doc = "Transformer text encoder classifier (BERT conventions)."
     inputs_doc = "input_ids: int64 [batch, seq]; token_type_ids: int64 [batch, seq] when type_vocab_size > 0"
-    outputs_doc = "logits: float32 [batch, num_classes], class scores"
+    outputs_doc = "logits: float32 [batch, num_classes], class scores; embeds: float32 [batch, hidden_size], the pooled representation, L2-normalized"
     rules = (Rule(("text",), ("label",), ("classification", None)),)
     default_objective = "classification"
     tasks = ("classification",)
@@ -120,12 +120,13 @@ class EncoderClassifier(Family):
             family=self.name,
             symbols={"batch": "batch size", "seq": f"sequence length, at most {a['context']}"},
             examples={"seq": min(16, a["context"])},
+            embeddings={"embeds": "input_ids"} if "embeds" in outputs else {},
         )
 
     def trunk(self, ctx: CompileContext, mb: ModelBuilder, top, a: EncoderConfig):
         """Embeddings and the block stack: hidden states [batch, seq, d] and inputs."""
         d, vocab = a.hidden_size, a.vocab_size
-        block = tower_block(mb, ctx, a, "seq", causal=False)
+        block = tower_block(mb, ctx, a, "seq", causal=False, masked=True)
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
         inputs = [InputSpec("input_ids", ids.type, "tokens", 0, vocab, "token ids, 0 <= id < vocab_size")]
         x = token_embeddings(top, ids, a, a.context, pos_init_std=None)
@@ -136,12 +137,15 @@ class EncoderClassifier(Family):
             )
             top.layer("type_embeddings", "embedding", num=a["type_vocab_size"], dim=d)
             x = top.op("add", x, top.call("type_embeddings", types, hint="type_emb"), hint="x")
+        mask, mask_spec = mask_input(top, ids)
+        inputs.append(mask_spec)
         post = a["norm_position"] == "post"
         if post:
             # Post-norm blocks end in a norm; the embeddings are normalized before them.
             T.norm_layer(top, "embed_norm", a)
             x = top.call("embed_norm", x, hint="x")
-        x = block_stack(top, block, x, a, final_norm=None if post else "norm_f")
+        bias = top.op("attention_bias", mask, x, causal=False, hint="attn_bias")
+        x = block_stack(top, block, x, a, final_norm=None if post else "norm_f", shared=(bias,))
         return x, inputs
 
     def head(self, top, a: dict[str, Any], x) -> dict[str, Any]:
@@ -154,7 +158,8 @@ class EncoderClassifier(Family):
             top.layer("pooler", "linear", in_features=d, out_features=d, bias=bool(a["bias"]))
             pooled = top.op("tanh", top.call("pooler", pooled, hint="pooled"), hint="pooled")
         top.layer("classifier", "linear", in_features=d, out_features=a["num_classes"], bias=True)
-        return {"logits": top.call("classifier", pooled, hint="logits")}
+        logits = top.call("classifier", pooled, hint="logits")
+        return {"logits": logits, "embeds": top.op("l2_normalize", pooled, axis=-1, hint="embeds")}
 
     def head_config(self, a: dict[str, Any]) -> dict[str, Any]:
         return {"num_classes": a["num_classes"]}

@@ -134,17 +134,26 @@ def norm_layer(b: ModuleBuilder, name: str, cfg: dict, dim: int | None = None) -
 
 
 def attention_module(
-    mb: ModelBuilder, cfg: dict, x_type, *, causal: bool, rope: bool, init_out: float, context_type=None, name="Attention"
+    mb: ModelBuilder, cfg: dict, x_type, *, causal: bool, rope: bool, init_out: float, context_type=None, name="Attention",
+    bias_type=None, positions_type=None, cache_type=None,
 ) -> ModuleDef:
     """Multi-head (grouped-query) attention. Self-attention projects q, k and v with
     one fused matmul (`qkv_proj`); cross-attention projects queries from x and keys
-    and values from the context (`q_proj`, `kv_proj`)."""
+    and values from the context (`q_proj`, `kv_proj`).
+
+    Optional inputs, in this order after x: an additive attention bias (padding,
+    causality and windows; `attention_bias`), the position ids rotary embeddings
+    rotate by, and a KV cache (past keys and values [B, KVH, P, D]), in which case
+    the module also returns the present keys and values (past and new)."""
     d = cfg["hidden_size"]
     h, kvh, hd = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
     bias = cfg["bias"]
     qkv_bias = bias if cfg.get("qkv_bias") is None else cfg["qkv_bias"]  # Qwen2: on q, k and v only
     b = mb.module(name, doc="Grouped-query attention." if kvh < h else "Multi-head attention.")
     x = b.input("x", x_type)
+    mask = b.input("bias", bias_type) if bias_type is not None else None
+    positions = b.input("position_ids", positions_type) if positions_type is not None else None
+    past = [b.input("past_key", cache_type), b.input("past_value", cache_type)] if cache_type is not None else []
     qw, kvw = h * hd, kvh * hd
     if context_type is None:
         b.layer("qkv_proj", "linear", in_features=d, out_features=qw + 2 * kvw, bias=qkv_bias)
@@ -162,11 +171,20 @@ def attention_module(
         k = b.op("slice", kv, axis=-1, start=0, end=kvw, hint="k")
         v = b.op("slice", kv, axis=-1, start=kvw, end=2 * kvw, hint="v")
     if rope:
-        q = b.op("rope", q, heads=h, head_dim=hd, **rope_attrs(cfg), hint="q")
-        k = b.op("rope", k, heads=kvh, head_dim=hd, **rope_attrs(cfg), hint="k")
-    a = b.op("attention", q, k, v, heads=h, kv_heads=kvh, head_dim=hd, causal=causal, hint="attn")
+        at = [positions] if positions is not None else []
+        q = b.op("rope", q, *at, heads=h, head_dim=hd, **rope_attrs(cfg), hint="q")
+        k = b.op("rope", k, *at, heads=kvh, head_dim=hd, **rope_attrs(cfg), hint="k")
+    present = []
+    if past:
+        for i, (t, old) in enumerate(((k, past[0]), (v, past[1]))):
+            new = b.op("split_heads", t, heads=kvh, head_dim=hd, hint="kv_new")
+            present.append(b.op("concat", old, new, axis=2, hint=("present_key", "present_value")[i]))
+        k = b.op("merge_heads", present[0], hint="k")
+        v = b.op("merge_heads", present[1], hint="v")
+    extra = [mask] if mask is not None else []
+    a = b.op("attention", q, k, v, *extra, heads=h, kv_heads=kvh, head_dim=hd, causal=causal and mask is None, hint="attn")
     b.layer("o_proj", "linear", in_features=qw, out_features=d, bias=bias, init_std=init_out)
-    return b.ret(b.call("o_proj", a, hint="out"))
+    return b.ret(b.call("o_proj", a, hint="out"), *present)
 
 
 def mlp_module(mb: ModelBuilder, cfg: dict, x_type, *, init_out: float, name="MLP") -> ModuleDef:
@@ -187,27 +205,48 @@ def mlp_module(mb: ModelBuilder, cfg: dict, x_type, *, init_out: float, name="ML
     return b.ret(b.call("fc_out", h, hint="out"))
 
 
-def block_module(mb: ModelBuilder, cfg: dict, x_type, *, causal: bool, name="Block") -> ModuleDef:
+def block_module(
+    mb: ModelBuilder, cfg: dict, x_type, *, causal: bool, name="Block", bias_type=None, positions_type=None, cache_type=None
+) -> ModuleDef:
     """One transformer block, pre-norm or post-norm. Output projections start
     smaller (0.02 / sqrt(2 * layers)) so the residual stream's variance does not
-    grow with depth, as in GPT-2."""
+    grow with depth, as in GPT-2. The optional attention inputs (`attention_module`)
+    become the block's inputs after x, and its present keys and values its outputs
+    after x."""
     init_out = 0.02 / math.sqrt(2 * cfg["layers"])
     rope = cfg["position"] == "rope"
-    attn = attention_module(mb, cfg, x_type, causal=causal, rope=rope, init_out=init_out)
+    attn = attention_module(
+        mb, cfg, x_type, causal=causal, rope=rope, init_out=init_out,
+        bias_type=bias_type, positions_type=positions_type if rope else None, cache_type=cache_type,
+    )
     mlp = mlp_module(mb, cfg, x_type, init_out=init_out)
     b = mb.module(name, doc=f"Transformer block ({cfg['norm_position']}-norm).")
     x = b.input("x", x_type)
+    extra = []
+    if bias_type is not None:
+        extra.append(b.input("bias", bias_type))
+    if positions_type is not None and rope:
+        extra.append(b.input("position_ids", positions_type))
+    if cache_type is not None:
+        extra += [b.input("past_key", cache_type), b.input("past_value", cache_type)]
     norm_layer(b, "attn_norm", cfg)
     b.sub("attn", attn)
     norm_layer(b, "mlp_norm", cfg)
     b.sub("mlp", mlp)
+
+    def attend(h):
+        out = b.call_multi("attn", h, *extra, hint="h")
+        present[:] = out[1:]
+        return out[0]
+
+    present: list = []
     if cfg["norm_position"] == "pre":
-        x = b.op("add", x, b.call("attn", b.call("attn_norm", x, hint="h"), hint="h"), hint="x")
+        x = b.op("add", x, attend(b.call("attn_norm", x, hint="h")), hint="x")
         x = b.op("add", x, b.call("mlp", b.call("mlp_norm", x, hint="h"), hint="h"), hint="x")
     else:
-        x = b.call("attn_norm", b.op("add", x, b.call("attn", x, hint="h"), hint="x"), hint="x")
+        x = b.call("attn_norm", b.op("add", x, attend(x), hint="x"), hint="x")
         x = b.call("mlp_norm", b.op("add", x, b.call("mlp", x, hint="h"), hint="x"), hint="x")
-    return b.ret(x)
+    return b.ret(x, *present)
 
 
 def kv_cache_bytes(cfg: dict, context: int, dtype_bytes: int, batch: int = 1) -> int:

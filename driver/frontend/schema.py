@@ -91,6 +91,11 @@ TOWER_FIELDS = (
     Field("pooling", ENUM, "How a sequence becomes one vector.", choices=POOLINGS),
     Field("bias", BOOL, "Biases in linear layers and norms."),
     Field("tie_embeddings", BOOL, "Share the token embedding with the output head."),
+    Field(
+        "sliding_window", INT,
+        "Sliding-window attention (Mistral): each token attends to itself and the sliding_window - 1 tokens "
+        "before it; 0 = the whole context. Decoder LMs.", minimum=0, maximum=1 << 24,
+    ),
     Field("image_size", INT, "Input image side in pixels.", minimum=8, maximum=8192),
     Field("patch_size", INT, "Patch side in pixels.", minimum=1, maximum=1024),
     Field("channels", INT, "Input image channels.", minimum=1, maximum=64),

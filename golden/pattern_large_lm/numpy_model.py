@@ -46,11 +46,11 @@ class _RMSNorm:
         return x / np.sqrt(np.square(x).mean(axis=-1, keepdims=True) + self.eps) * self.weight
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads: q [B, Sq, H*D], k and v
     [B, Sk, KVH*D] -> [B, Sq, H*D]. Query head h reads key/value head
     h // (H / KVH) (grouped-query attention); causal masks key j > query i;
-    scale None means 1 / sqrt(D)."""
+    scale None means 1 / sqrt(D); bias [B, 1, Sq, Sk] is added to the scores."""
     b, sq, sk, d = q.shape[0], q.shape[1], k.shape[1], head_dim
     q = q.reshape(b, sq, heads, d).transpose(0, 2, 1, 3)
     k = np.repeat(k.reshape(b, sk, kv_heads, d).transpose(0, 2, 1, 3), heads // kv_heads, axis=1)
@@ -58,22 +58,41 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(d) if scale is None else scale)
     if is_causal:
         scores = np.where(np.tril(np.ones((sq, sk), dtype=bool)), scores, -np.inf)
+    if bias is not None:
+        scores = scores + bias
     out = _softmax(scores, axis=-1) @ v
     return out.transpose(0, 2, 1, 3).reshape(b, sq, heads * d)
 
 
-def _rope(x, heads, head_dim, theta, inv_freq=None):
-    """Rotary position embedding on packed heads [B, S, H*D], positions 0..S-1,
-    rotate-half convention: dims i and i + D/2 form a pair rotated by the angle
-    position * theta^(-2i/D), or position * inv_freq[i] when the frequencies are given
-    (rescaled, e.g. Llama 3's)."""
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk] for queries that are the last Sq of the Sk
+    positions: 0 where query i may see key j (key_mask 1; j <= i + Sk - Sq when
+    causal; j > i + Sk - Sq - window when windowed), float32's lowest elsewhere."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = np.arange(sq)[:, None] + (sk - sq)
+    j = np.arange(sk)[None, :]
+    allowed = (np.asarray(key_mask) != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = np.broadcast_to(allowed, (key_mask.shape[0], 1, sq, sk))
+    return np.where(allowed, 0.0, float(np.finfo(np.float32).min))
+
+
+def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
+    """Rotary position embedding on packed heads [B, S, H*D], at positions 0..S-1
+    or at position ids [B, S], rotate-half convention: dims i and i + D/2 form a
+    pair rotated by the angle position * theta^(-2i/D), or position * inv_freq[i]
+    when the frequencies are given (rescaled, e.g. Llama 3's)."""
     b, s, d = x.shape[0], x.shape[1], head_dim
     if inv_freq is None:
         inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
     else:
         inv_freq = np.asarray(inv_freq, dtype=np.float64)
-    angles = np.outer(np.arange(s), inv_freq)
-    angles = np.concatenate([angles, angles], axis=-1)[:, None, :]
+    pos = np.arange(s)[None, :] if positions is None else np.asarray(positions)
+    angles = pos[..., None] * inv_freq
+    angles = np.concatenate([angles, angles], axis=-1)[:, :, None, :]
     x = x.reshape(b, s, heads, d)
     rotated = np.concatenate([-x[..., d // 2 :], x[..., : d // 2]], axis=-1)
     return (x * np.cos(angles) + rotated * np.sin(angles)).reshape(b, s, heads * d)
@@ -97,16 +116,26 @@ class Attention:
         self.qkv_proj = _Linear(64, 128, bias=False)
         self.o_proj = _Linear(64, 64, bias=False)
 
-    def __call__(self, x):
+    def __call__(self, x, bias, position_ids, past_key, past_value):
         qkv = self.qkv_proj(x)
         q = qkv[..., 0:64]
         k = qkv[..., 64:96]
         v = qkv[..., 96:128]
-        q_1 = _rope(q, 4, 16, 10000000.0)
-        k_1 = _rope(k, 2, 16, 10000000.0)
-        attn = _attention(q_1, k_1, v, 4, 2, 16, is_causal=True)
+        q_1 = _rope(q, 4, 16, 10000000.0, positions=position_ids)
+        k_1 = _rope(k, 2, 16, 10000000.0, positions=position_ids)
+        kv_new = np.transpose(k_1.reshape(k_1.shape[0], k_1.shape[1], 2, 16), (0, 2, 1, 3))
+        present_key = np.concatenate([past_key, kv_new], axis=2)
+        kv_new_1 = np.transpose(v.reshape(v.shape[0], v.shape[1], 2, 16), (0, 2, 1, 3))
+        present_value = np.concatenate([past_value, kv_new_1], axis=2)
+        k_2 = np.transpose(present_key, (0, 2, 1, 3)).reshape(
+            present_key.shape[0], present_key.shape[2], 32
+        )
+        v_1 = np.transpose(present_value, (0, 2, 1, 3)).reshape(
+            present_value.shape[0], present_value.shape[2], 32
+        )
+        attn = _attention(q_1, k_2, v_1, 4, 2, 16, is_causal=False, bias=bias)
         out = self.o_proj(attn)
-        return out
+        return out, present_key, present_value
 
 
 class MLP:
@@ -135,14 +164,14 @@ class Block:
         self.mlp_norm = _RMSNorm(64, eps=1e-05)
         self.mlp = MLP()
 
-    def __call__(self, x):
+    def __call__(self, x, bias, position_ids, past_key, past_value):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
+        h_1, h_2, h_3 = self.attn(h, bias, position_ids, past_key, past_value)
         x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h_4 = self.mlp_norm(x_1)
+        h_5 = self.mlp(h_4)
+        x_2 = x_1 + h_5
+        return x_2, h_2, h_3
 
 
 class MyLargeLm:
@@ -154,14 +183,58 @@ class MyLargeLm:
         self.norm_f = _RMSNorm(64, eps=1e-05)
         self.lm_head = _Linear(64, 256, bias=False)
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, **cache):
+        unknown = set(cache) - {
+            "past_key_values.0.key",
+            "past_key_values.0.value",
+            "past_key_values.1.key",
+            "past_key_values.1.value",
+        }
+        if unknown:
+            raise TypeError(f"unexpected inputs {sorted(unknown)}")
+        past_key_0 = cache.get("past_key_values.0.key")
+        past_value_0 = cache.get("past_key_values.0.value")
+        past_key_1 = cache.get("past_key_values.1.key")
+        past_value_1 = cache.get("past_key_values.1.value")
+        if past_key_0 is None:
+            past_key_0 = np.zeros((input_ids.shape[0], 2, 0, 16), dtype=np.float32)
+        if past_value_0 is None:
+            past_value_0 = np.zeros((input_ids.shape[0], 2, 0, 16), dtype=np.float32)
+        if past_key_1 is None:
+            past_key_1 = np.zeros((input_ids.shape[0], 2, 0, 16), dtype=np.float32)
+        if past_value_1 is None:
+            past_value_1 = np.zeros((input_ids.shape[0], 2, 0, 16), dtype=np.float32)
+        if attention_mask is None:
+            attention_mask = np.ones(
+                (input_ids.shape[0], past_key_0.shape[2] + input_ids.shape[-1]), dtype=np.int64
+            )
+        if position_ids is None:
+            position_ids = np.where(attention_mask == 0, 0, np.cumsum(attention_mask, axis=-1) - 1)[
+                :, -input_ids.shape[-1] :
+            ]
         x = self.tok_embeddings(input_ids)
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         x_1 = x
-        for layer in self.blocks:
-            x_1 = layer(x_1)
-        x_2 = self.norm_f(x_1)
-        logits = self.lm_head(x_2)
-        return {"logits": logits}
+        per_layer = [past_key_0, past_value_0, past_key_1, past_value_1]
+        layer_outputs = []
+        for i, layer in enumerate(self.blocks):
+            x_1, *step = layer(x_1, attn_bias, position_ids, *per_layer[2 * i : 2 * i + 2])
+            layer_outputs += step
+        (
+            x_2,
+            x_3,
+            x_4,
+            x_5,
+        ) = layer_outputs
+        x_6 = self.norm_f(x_1)
+        logits = self.lm_head(x_6)
+        return {
+            "logits": logits,
+            "present.0.key": x_2,
+            "present.0.value": x_3,
+            "present.1.key": x_4,
+            "present.1.value": x_5,
+        }
 
 
 Model = MyLargeLm
@@ -184,12 +257,78 @@ CONFIG = {
     "tie_embeddings": False,
     "qkv_bias": False,
     "rope_scaling": "none",
+    "sliding_window": 0,
     "context_window": 64,
 }
-INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}
-OUTPUTS = ["logits"]
-_EXAMPLE_SIZES = {"seq": 16}
-_INPUT_KINDS = [{"name": "input_ids", "kind": "tokens", "low": 0, "high": 256, "dtype": "int64"}]
+INPUTS = {
+    "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
+    "attention_mask": {"shape": ["batch", "past+seq"], "dtype": "int64"},
+    "position_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
+    "past_key_values.0.key": {"shape": ["batch", 2, "past", 16], "dtype": "float32"},
+    "past_key_values.0.value": {"shape": ["batch", 2, "past", 16], "dtype": "float32"},
+    "past_key_values.1.key": {"shape": ["batch", 2, "past", 16], "dtype": "float32"},
+    "past_key_values.1.value": {"shape": ["batch", 2, "past", 16], "dtype": "float32"},
+}
+OUTPUTS = ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
+_EXAMPLE_SIZES = {"seq": 16, "past": 0}
+_INPUT_KINDS = [
+    {
+        "name": "input_ids",
+        "kind": "tokens",
+        "low": 0,
+        "high": 256,
+        "dtype": "int64",
+        "optional": False,
+    },
+    {
+        "name": "attention_mask",
+        "kind": "mask",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": True,
+    },
+    {
+        "name": "position_ids",
+        "kind": "positions",
+        "low": 0,
+        "high": 0,
+        "dtype": "int64",
+        "optional": True,
+    },
+    {
+        "name": "past_key_values.0.key",
+        "kind": "cache",
+        "low": 0,
+        "high": 0,
+        "dtype": "float32",
+        "optional": True,
+    },
+    {
+        "name": "past_key_values.0.value",
+        "kind": "cache",
+        "low": 0,
+        "high": 0,
+        "dtype": "float32",
+        "optional": True,
+    },
+    {
+        "name": "past_key_values.1.key",
+        "kind": "cache",
+        "low": 0,
+        "high": 0,
+        "dtype": "float32",
+        "optional": True,
+    },
+    {
+        "name": "past_key_values.1.value",
+        "kind": "cache",
+        "low": 0,
+        "high": 0,
+        "dtype": "float32",
+        "optional": True,
+    },
+]
 _INITS = [
     ("tok_embeddings.weight", [256, 64], "normal", {"std": 0.02}),
     ("blocks.0.attn_norm.weight", [64], "ones", {}),
@@ -209,7 +348,13 @@ _INITS = [
     ("norm_f.weight", [64], "ones", {}),
     ("lm_head.weight", [256, 64], "normal", {"std": 0.02}),
 ]
-_OUTPUT_DTYPES = {"logits": "float32"}
+_OUTPUT_DTYPES = {
+    "logits": "float32",
+    "present.0.key": "float32",
+    "present.0.value": "float32",
+    "present.1.key": "float32",
+    "present.1.value": "float32",
+}
 
 
 def _draw(name, shape, scheme, args, seed):
@@ -236,15 +381,27 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:
@@ -302,3 +459,140 @@ def run(state, inputs):
         feed[name] = value.astype(np.float64) if np.issubdtype(value.dtype, np.floating) else value
     out = state(**feed)
     return {name: np.asarray(value).astype(_OUTPUT_DTYPES[name]) for name, value in out.items()}
+
+
+_DECODE = {
+    "tokens": "input_ids",
+    "mask": "attention_mask",
+    "positions": "position_ids",
+    "cache": [
+        ["past_key_values.0.key", "present.0.key"],
+        ["past_key_values.0.value", "present.0.value"],
+        ["past_key_values.1.key", "present.1.key"],
+        ["past_key_values.1.value", "present.1.value"],
+    ],
+    "logits": "logits",
+}
+
+
+def _softmax_np(x):
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _choose(logits, rng, do_sample, temperature, top_k, top_p):
+    """The next token along the last axis: argmax, or a draw after temperature,
+    top-k and top-p (nucleus) filtering, as transformers' logits processors apply them."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if not do_sample:
+        return np.argmax(logits, axis=-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = np.sort(logits, axis=-1)[..., -min(top_k, logits.shape[-1])][..., None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    if top_p < 1.0:
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        probs = _softmax_np(np.take_along_axis(logits, order, axis=-1))
+        drop = (
+            np.cumsum(probs, axis=-1) - probs >= top_p
+        )  # the mass before a token already reaches top_p
+        drop[..., 0] = False
+        np.put_along_axis(
+            logits,
+            order,
+            np.where(drop, -np.inf, np.take_along_axis(logits, order, axis=-1)),
+            axis=-1,
+        )
+    cdf = np.cumsum(_softmax_np(logits), axis=-1)
+    u = rng.random(logits.shape[:-1])[..., None] * cdf[..., -1:]
+    return np.minimum(np.sum(cdf < u, axis=-1), logits.shape[-1] - 1)
+
+
+def _generate(
+    step,
+    input_ids,
+    attention_mask,
+    max_new_tokens,
+    do_sample,
+    temperature,
+    top_k,
+    top_p,
+    eos_token_id,
+    pad_token_id,
+    seed,
+):
+    """Prompt in, prompt plus new tokens out (int64, along the last axis). Rows may be
+    left-padded (attention_mask 0); positions come from the mask. A row that emits
+    eos_token_id gets pad_token_id (default: eos_token_id) after it; generation stops
+    when every row has."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    batch = ids.shape[0]
+    mask = (
+        np.ones((batch, ids.shape[-1]), np.int64)
+        if attention_mask is None
+        else np.asarray(attention_mask, np.int64)
+    )
+    positions = np.where(mask == 0, 0, np.cumsum(mask, axis=-1) - 1)
+    if pad_token_id is None:
+        pad_token_id = eos_token_id if eos_token_id is not None else 0
+    rng = np.random.default_rng(seed)
+    done = np.zeros(batch, dtype=bool)
+    feed = {_DECODE["tokens"]: ids, _DECODE["mask"]: mask, _DECODE["positions"]: positions}
+    cache, out = None, [ids]
+    for _ in range(max_new_tokens):
+        logits, cache = step(feed, cache)
+        new = _choose(logits, rng, do_sample, temperature, top_k, top_p).astype(np.int64)
+        if eos_token_id is not None:
+            rows = done.reshape((batch,) + (1,) * (new.ndim - 1))
+            new = np.where(rows, pad_token_id, new)
+            done |= np.all(new == eos_token_id, axis=tuple(range(1, new.ndim)))
+        out.append(new[..., None])
+        mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=-1)
+        positions = positions[:, -1:] + 1
+        feed = {
+            _DECODE["tokens"]: new[..., None],
+            _DECODE["mask"]: mask,
+            _DECODE["positions"]: positions,
+        }
+        if done.all():
+            break
+    return np.concatenate(out, axis=-1)
+
+
+def _decode_step(state, feed, cache):
+    """One forward on the new tokens (float64, as `run`), the cache kept between steps."""
+    out = state(**feed, **(cache or {}))
+    cache = {past: out[present] for past, present in _DECODE["cache"]}
+    return out[_DECODE["logits"]][..., -1, :].astype(np.float32), cache
+
+
+def generate(
+    state,
+    input_ids,
+    attention_mask=None,
+    max_new_tokens=32,
+    do_sample=False,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    eos_token_id=None,
+    pad_token_id=None,
+    seed=0,
+):
+    """Greedy or sampled continuation of input_ids (int64 [batch, prompt], left padding
+    allowed through attention_mask) with the KV cache: int64 [batch, prompt + new].
+    Sampling draws from numpy's generator seeded with `seed`, so every backend gives
+    the same tokens."""
+    return _generate(
+        lambda feed, cache: _decode_step(state, feed, cache),
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        do_sample,
+        temperature,
+        top_k,
+        top_p,
+        eos_token_id,
+        pad_token_id,
+        seed,
+    )

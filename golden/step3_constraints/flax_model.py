@@ -14,14 +14,15 @@ from flax import nnx
 _I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when
-    kv_heads < heads."""
+    kv_heads < heads, plus an additive bias [B, 1, Sq, Sk] when given."""
     b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
     out = jax.nn.dot_product_attention(
         q.reshape(b, sq, heads, head_dim),
         k.reshape(b, sk, kv_heads, head_dim),
         v.reshape(b, sk, kv_heads, head_dim),
+        bias=bias,
         scale=scale,
         is_causal=is_causal,
         implementation="xla",
@@ -29,17 +30,41 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     return out.reshape(b, sq, heads * head_dim)
 
 
-def _rope(x, heads, head_dim, theta, inv_freq=None):
-    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]
-    (`inv_freq`: the frequencies when they are not theta's, e.g. rescaled)."""
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
+    elsewhere; the queries are the last Sq of the Sk positions."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = jnp.arange(sq)[:, None] + (sk - sq)
+    j = jnp.arange(sk)[None, :]
+    allowed = (key_mask != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = jnp.broadcast_to(allowed, (key_mask.shape[0], 1, sq, sk))
+    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
+    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
+    at positions 0..S-1 or at position ids [B, S] (`inv_freq`: the frequencies when
+    they are not theta's, e.g. rescaled)."""
     seq = x.shape[1]
     if inv_freq is None:
         inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     else:
         inv_freq = jnp.asarray(inv_freq, dtype=jnp.float32)
-    freqs = jnp.outer(jnp.arange(seq, dtype=jnp.float32), inv_freq)
+    pos = (
+        jnp.arange(seq, dtype=jnp.float32)[None, :]
+        if positions is None
+        else positions.astype(jnp.float32)
+    )
+    freqs = pos[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    cos, sin = jnp.cos(emb).astype(x.dtype)[:, None, :], jnp.sin(emb).astype(x.dtype)[:, None, :]
+    cos, sin = (
+        jnp.cos(emb).astype(x.dtype)[:, :, None, :],
+        jnp.sin(emb).astype(x.dtype)[:, :, None, :],
+    )
     x = x.reshape(x.shape[0], seq, heads, head_dim)
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
@@ -53,16 +78,26 @@ class Attention(nnx.Module):
         self.qkv_proj = nnx.Linear(64, 128, use_bias=False, rngs=rngs)
         self.o_proj = nnx.Linear(64, 64, use_bias=False, rngs=rngs)
 
-    def __call__(self, x):
+    def __call__(self, x, bias, position_ids, past_key, past_value):
         qkv = self.qkv_proj(x)
         q = jax.lax.slice_in_dim(qkv, 0, 64, axis=-1)
         k = jax.lax.slice_in_dim(qkv, 64, 96, axis=-1)
         v = jax.lax.slice_in_dim(qkv, 96, 128, axis=-1)
-        q_1 = _rope(q, 4, 16, 1000000.0)
-        k_1 = _rope(k, 2, 16, 1000000.0)
-        attn = _attention(q_1, k_1, v, 4, 2, 16, is_causal=True)
+        q_1 = _rope(q, 4, 16, 1000000.0, positions=position_ids)
+        k_1 = _rope(k, 2, 16, 1000000.0, positions=position_ids)
+        kv_new = jnp.transpose(k_1.reshape(k_1.shape[0], k_1.shape[1], 2, 16), (0, 2, 1, 3))
+        present_key = jnp.concatenate([past_key, kv_new], axis=2)
+        kv_new_1 = jnp.transpose(v.reshape(v.shape[0], v.shape[1], 2, 16), (0, 2, 1, 3))
+        present_value = jnp.concatenate([past_value, kv_new_1], axis=2)
+        k_2 = jnp.transpose(present_key, (0, 2, 1, 3)).reshape(
+            present_key.shape[0], present_key.shape[2], 32
+        )
+        v_1 = jnp.transpose(present_value, (0, 2, 1, 3)).reshape(
+            present_value.shape[0], present_value.shape[2], 32
+        )
+        attn = _attention(q_1, k_2, v_1, 4, 2, 16, is_causal=False, bias=bias)
         out = self.o_proj(attn)
-        return out
+        return out, present_key, present_value
 
 
 class MLP(nnx.Module):
@@ -91,14 +126,14 @@ class Block(nnx.Module):
         self.mlp_norm = nnx.RMSNorm(64, epsilon=1e-05, use_fast_variance=False, rngs=rngs)
         self.mlp = MLP(rngs=rngs)
 
-    def __call__(self, x):
+    def __call__(self, x, bias, position_ids, past_key, past_value):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
+        h_1, h_2, h_3 = self.attn(h, bias, position_ids, past_key, past_value)
         x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h_4 = self.mlp_norm(x_1)
+        h_5 = self.mlp(h_4)
+        x_2 = x_1 + h_5
+        return x_2, h_2, h_3
 
 
 class MyConstrainedModel(nnx.Module):
@@ -109,14 +144,58 @@ class MyConstrainedModel(nnx.Module):
         self.blocks = nnx.List([Block(rngs=rngs) for _ in range(2)])
         self.norm_f = nnx.RMSNorm(64, epsilon=1e-05, use_fast_variance=False, rngs=rngs)
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, **cache):
+        unknown = set(cache) - {
+            "past_key_values.0.key",
+            "past_key_values.0.value",
+            "past_key_values.1.key",
+            "past_key_values.1.value",
+        }
+        if unknown:
+            raise TypeError(f"unexpected inputs {sorted(unknown)}")
+        past_key_0 = cache.get("past_key_values.0.key")
+        past_value_0 = cache.get("past_key_values.0.value")
+        past_key_1 = cache.get("past_key_values.1.key")
+        past_value_1 = cache.get("past_key_values.1.value")
+        if past_key_0 is None:
+            past_key_0 = jnp.zeros((input_ids.shape[0], 2, 0, 16), dtype=jnp.float32)
+        if past_value_0 is None:
+            past_value_0 = jnp.zeros((input_ids.shape[0], 2, 0, 16), dtype=jnp.float32)
+        if past_key_1 is None:
+            past_key_1 = jnp.zeros((input_ids.shape[0], 2, 0, 16), dtype=jnp.float32)
+        if past_value_1 is None:
+            past_value_1 = jnp.zeros((input_ids.shape[0], 2, 0, 16), dtype=jnp.float32)
+        if attention_mask is None:
+            attention_mask = jnp.ones(
+                (input_ids.shape[0], past_key_0.shape[2] + input_ids.shape[-1]), dtype=_I64
+            )
+        if position_ids is None:
+            position_ids = jnp.where(
+                attention_mask == 0, 0, jnp.cumsum(attention_mask, axis=-1) - 1
+            )[:, -input_ids.shape[-1] :]
         x = self.tok_embeddings(input_ids)
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         x_1 = x
-        for layer in self.blocks:
-            x_1 = layer(x_1)
-        x_2 = self.norm_f(x_1)
-        logits = jnp.matmul(x_2, self.tok_embeddings.embedding[...].T)
-        return {"logits": logits}
+        per_layer = [past_key_0, past_value_0, past_key_1, past_value_1]
+        layer_outputs = []
+        for i, layer in enumerate(self.blocks):
+            x_1, *step = layer(x_1, attn_bias, position_ids, *per_layer[2 * i : 2 * i + 2])
+            layer_outputs += step
+        (
+            x_2,
+            x_3,
+            x_4,
+            x_5,
+        ) = layer_outputs
+        x_6 = self.norm_f(x_1)
+        logits = jnp.matmul(x_6, self.tok_embeddings.embedding[...].T)
+        return {
+            "logits": logits,
+            "present.0.key": x_2,
+            "present.0.value": x_3,
+            "present.1.key": x_4,
+            "present.1.value": x_5,
+        }
 
 
 Model = MyConstrainedModel
@@ -139,12 +218,78 @@ CONFIG = {
     "tie_embeddings": True,
     "qkv_bias": False,
     "rope_scaling": "none",
+    "sliding_window": 0,
     "context_window": 64,
 }
-INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}
-OUTPUTS = ["logits"]
-_EXAMPLE_SIZES = {"seq": 16}
-_INPUT_KINDS = [{"name": "input_ids", "kind": "tokens", "low": 0, "high": 256, "dtype": "int64"}]
+INPUTS = {
+    "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
+    "attention_mask": {"shape": ["batch", "past+seq"], "dtype": "int64"},
+    "position_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
+    "past_key_values.0.key": {"shape": ["batch", 2, "past", 16], "dtype": "float32"},
+    "past_key_values.0.value": {"shape": ["batch", 2, "past", 16], "dtype": "float32"},
+    "past_key_values.1.key": {"shape": ["batch", 2, "past", 16], "dtype": "float32"},
+    "past_key_values.1.value": {"shape": ["batch", 2, "past", 16], "dtype": "float32"},
+}
+OUTPUTS = ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
+_EXAMPLE_SIZES = {"seq": 16, "past": 0}
+_INPUT_KINDS = [
+    {
+        "name": "input_ids",
+        "kind": "tokens",
+        "low": 0,
+        "high": 256,
+        "dtype": "int64",
+        "optional": False,
+    },
+    {
+        "name": "attention_mask",
+        "kind": "mask",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": True,
+    },
+    {
+        "name": "position_ids",
+        "kind": "positions",
+        "low": 0,
+        "high": 0,
+        "dtype": "int64",
+        "optional": True,
+    },
+    {
+        "name": "past_key_values.0.key",
+        "kind": "cache",
+        "low": 0,
+        "high": 0,
+        "dtype": "float32",
+        "optional": True,
+    },
+    {
+        "name": "past_key_values.0.value",
+        "kind": "cache",
+        "low": 0,
+        "high": 0,
+        "dtype": "float32",
+        "optional": True,
+    },
+    {
+        "name": "past_key_values.1.key",
+        "kind": "cache",
+        "low": 0,
+        "high": 0,
+        "dtype": "float32",
+        "optional": True,
+    },
+    {
+        "name": "past_key_values.1.value",
+        "kind": "cache",
+        "low": 0,
+        "high": 0,
+        "dtype": "float32",
+        "optional": True,
+    },
+]
 _INITS = [
     ("tok_embeddings.weight", [256, 64], "normal", {"std": 0.02}),
     ("blocks.0.attn_norm.weight", [64], "ones", {}),
@@ -207,15 +352,27 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:
@@ -300,3 +457,143 @@ def run(state, inputs):
         feed[name] = x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
     out = _forward(state, feed)
     return {name: _numpy(value) for name, value in out.items()}
+
+
+_DECODE = {
+    "tokens": "input_ids",
+    "mask": "attention_mask",
+    "positions": "position_ids",
+    "cache": [
+        ["past_key_values.0.key", "present.0.key"],
+        ["past_key_values.0.value", "present.0.value"],
+        ["past_key_values.1.key", "present.1.key"],
+        ["past_key_values.1.value", "present.1.value"],
+    ],
+    "logits": "logits",
+}
+
+
+def _softmax_np(x):
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _choose(logits, rng, do_sample, temperature, top_k, top_p):
+    """The next token along the last axis: argmax, or a draw after temperature,
+    top-k and top-p (nucleus) filtering, as transformers' logits processors apply them."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if not do_sample:
+        return np.argmax(logits, axis=-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = np.sort(logits, axis=-1)[..., -min(top_k, logits.shape[-1])][..., None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    if top_p < 1.0:
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        probs = _softmax_np(np.take_along_axis(logits, order, axis=-1))
+        drop = (
+            np.cumsum(probs, axis=-1) - probs >= top_p
+        )  # the mass before a token already reaches top_p
+        drop[..., 0] = False
+        np.put_along_axis(
+            logits,
+            order,
+            np.where(drop, -np.inf, np.take_along_axis(logits, order, axis=-1)),
+            axis=-1,
+        )
+    cdf = np.cumsum(_softmax_np(logits), axis=-1)
+    u = rng.random(logits.shape[:-1])[..., None] * cdf[..., -1:]
+    return np.minimum(np.sum(cdf < u, axis=-1), logits.shape[-1] - 1)
+
+
+def _generate(
+    step,
+    input_ids,
+    attention_mask,
+    max_new_tokens,
+    do_sample,
+    temperature,
+    top_k,
+    top_p,
+    eos_token_id,
+    pad_token_id,
+    seed,
+):
+    """Prompt in, prompt plus new tokens out (int64, along the last axis). Rows may be
+    left-padded (attention_mask 0); positions come from the mask. A row that emits
+    eos_token_id gets pad_token_id (default: eos_token_id) after it; generation stops
+    when every row has."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    batch = ids.shape[0]
+    mask = (
+        np.ones((batch, ids.shape[-1]), np.int64)
+        if attention_mask is None
+        else np.asarray(attention_mask, np.int64)
+    )
+    positions = np.where(mask == 0, 0, np.cumsum(mask, axis=-1) - 1)
+    if pad_token_id is None:
+        pad_token_id = eos_token_id if eos_token_id is not None else 0
+    rng = np.random.default_rng(seed)
+    done = np.zeros(batch, dtype=bool)
+    feed = {_DECODE["tokens"]: ids, _DECODE["mask"]: mask, _DECODE["positions"]: positions}
+    cache, out = None, [ids]
+    for _ in range(max_new_tokens):
+        logits, cache = step(feed, cache)
+        new = _choose(logits, rng, do_sample, temperature, top_k, top_p).astype(np.int64)
+        if eos_token_id is not None:
+            rows = done.reshape((batch,) + (1,) * (new.ndim - 1))
+            new = np.where(rows, pad_token_id, new)
+            done |= np.all(new == eos_token_id, axis=tuple(range(1, new.ndim)))
+        out.append(new[..., None])
+        mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=-1)
+        positions = positions[:, -1:] + 1
+        feed = {
+            _DECODE["tokens"]: new[..., None],
+            _DECODE["mask"]: mask,
+            _DECODE["positions"]: positions,
+        }
+        if done.all():
+            break
+    return np.concatenate(out, axis=-1)
+
+
+def _decode_step(state, feed, cache):
+    """One forward on the new tokens, the cache kept as jax arrays between steps (run
+    eagerly: the cache grows every step, so a jitted forward would recompile each time)."""
+    inputs = {name: jnp.asarray(value) for name, value in feed.items()}
+    with jax.default_matmul_precision("highest"):
+        out = state(**inputs, **(cache or {}))
+    cache = {past: out[present] for past, present in _DECODE["cache"]}
+    return np.asarray(out[_DECODE["logits"]][..., -1, :], dtype=np.float32), cache
+
+
+def generate(
+    state,
+    input_ids,
+    attention_mask=None,
+    max_new_tokens=32,
+    do_sample=False,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    eos_token_id=None,
+    pad_token_id=None,
+    seed=0,
+):
+    """Greedy or sampled continuation of input_ids (int64 [batch, prompt], left padding
+    allowed through attention_mask) with the KV cache: int64 [batch, prompt + new].
+    Sampling draws from numpy's generator seeded with `seed`, so every backend gives
+    the same tokens."""
+    return _generate(
+        lambda feed, cache: _decode_step(state, feed, cache),
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        do_sample,
+        temperature,
+        top_k,
+        top_p,
+        eos_token_id,
+        pad_token_id,
+        seed,
+    )
