@@ -448,8 +448,9 @@ def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
     size = data.get("size") if data is not None else None
     hardware = compute.get("hardware") if compute is not None else None
     duration = compute.get("duration") if compute is not None else None
-    if size is not None:
-        amount, unit = size if isinstance(size, tuple) else units.parse_data_size(size)
+    read = (size if isinstance(size, tuple) else units.read_data_size(size)) if size is not None else None
+    if read is not None:
+        amount, unit = read
         out["data"] = {"amount": amount, "unit": unit}
         if unit == "tokens":
             flops = 6 * n * amount

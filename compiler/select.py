@@ -19,21 +19,53 @@ def rules() -> list[tuple[Rule, Family]]:
     return [(rule, family) for family in FAMILIES.values() for rule in family.rules]
 
 
+def built_modalities() -> frozenset[str]:
+    """The modalities some family's rule names: the others (3d, point_cloud, taste)
+    get the best-effort model."""
+    return frozenset(m for rule, _ in rules() for m in rule.inputs + rule.outputs)
+
+
+def out_of_reach(spec: Spec) -> list[str]:
+    """The spec's modalities no family builds, in the order written."""
+    built = built_modalities()
+    seen = list(dict.fromkeys(list(spec.modality.inputs or []) + list(spec.modality.outputs or [])))
+    return [m for m in seen if m not in built]
+
+
+def hybrid(spec: Spec) -> bool:
+    """Several outputs that no rule combines: a hybrid design, built best-effort."""
+    outs = frozenset(spec.modality.outputs or [])
+    return len(outs) > 1 and not any(frozenset(rule.outputs) == outs for rule, _ in rules())
+
+
 def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
+    """The first rule that matches modality and objective; among several, the one
+    whose family answers to the written `architecture.family`, then the one that
+    performs the written `task.type`, then catalogue order."""
     ins = frozenset(spec.modality.inputs or [])
     outs = frozenset(spec.modality.outputs or [])
     objectives = spec.training.objective or []
     objective = objectives[0] if objectives else None
-    unknown = bool((ins | outs) - set(MODALITIES))
+    unknown = bool(out_of_reach(spec)) or hybrid(spec)
     family = None
+    matches = []
     for rule, fam in rules():
         if unknown:
             if rule.unknown_modalities:
-                family = fam.name
-                break
+                matches.append(fam)
         elif frozenset(rule.inputs) == ins and frozenset(rule.outputs) == outs and objective in rule.objectives:
-            family = fam.name
-            break
+            matches.append(fam)
+    if matches:
+        written = spec.architecture.family
+        task = spec.task.type if spec.task.given("type") else None
+
+        def preference(fam: Family) -> tuple[int, int]:
+            return (
+                0 if written != "auto" and written in fam.accepts_families else 1,
+                0 if task is not None and task in fam.tasks else 1,
+            )
+
+        family = min(matches, key=preference).name  # min is stable: catalogue order breaks ties
     if family is None:
         what = f"{_modalities(ins)} -> {_modalities(outs)}" + (f" with objective '{objective}'" if objective else "")
         sink.error(
