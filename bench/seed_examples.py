@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-METAGEN = [sys.executable, "-m", "metagen.cli"]
+METAGEN = [sys.executable, "-c", "import sys; from metagen.cli import console_main; sys.argv[0] = \"metagen\"; sys.exit(console_main())"]
 
 
 def run(args: list[str], timeout: int = 600) -> tuple[int, str]:

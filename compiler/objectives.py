@@ -226,11 +226,56 @@ def diffusion(model: Model, seq: int) -> LossProgram:
 PAIR_KEYS = 16  # distinct pair ids that synthetic contrastive batches carry
 
 
+IN_BATCH_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss scale (1 / temperature 0.05)
+IN_BATCH_REDRAW = 0.25  # share of a synthetic positive's tokens redrawn from its anchor
+
+
+def in_batch_contrastive(model: Model, seq: int) -> LossProgram:
+    """A single-tower embedder's contrastive loss, with in-batch negatives: rows 2i
+    and 2i+1 of the batch are a pair (the data side arranges them), every other row
+    is a negative. Cosine similarities times IN_BATCH_SCALE, each row's own entry
+    pushed out by -1e4, cross-entropy against the partner's row (the row's position
+    plus the data side's `pair_offset`, +1 or -1). Symmetric, since every row is the
+    anchor of its pair once. Each process's rows are its own batch, as CLIP's."""
+    name, et = _output(model, "embedding")
+    mb = ModelBuilder()
+    m = mb.module("InBatchContrastiveLoss", doc="In-batch-negatives InfoNCE over pairs of rows (sentence-transformers).")
+    emb = m.input("embedding", et)
+    offset = m.input("pair_offset", TensorType(DType.i64, (et.shape[0],)))
+    n = m.op("l2_normalize", emb, hint="unit")
+    sim = m.op("scale", m.op("matmul", n, n, transpose_b=True, hint="cos"), factor=IN_BATCH_SCALE, hint="sim")
+    pos = m.op("positions", sim, axis=0, hint="rows")
+    gap = m.op("cast", m.op("sub", m.op("unsqueeze", pos, axes=(1,)), m.op("unsqueeze", pos, axes=(0,))), dtype="f32", hint="gap")
+    eye = m.op("exp", m.op("scale", m.op("mul", gap, gap), factor=-50.0), hint="eye")  # 1 on the diagonal, < 1e-21 off it
+    logits = m.op("sub", sim, m.op("scale", eye, factor=1e4), hint="logits")
+    labels = m.op("add", pos, offset, hint="partner")
+    top = m.ret(m.op("cross_entropy", logits, labels, hint="loss"), names=["loss"])
+    pairs = DataTransform(
+        "pair_rows",
+        inputs={i.name: i.name for i in model.inputs},
+        outputs={"offset": "pair_offset"},
+        params={"redraw": IN_BATCH_REDRAW},
+    )
+    spec = [InputSpec("embedding", et, "normal"), InputSpec("pair_offset", offset.type, "tokens", -1, 2)]
+    return LossProgram(
+        "contrastive",
+        _finish(mb, top, model, spec),
+        [("output", name), ("batch", "pair_offset")],
+        [pairs],
+        seq,
+        "rows 2i and 2i+1 are a pair (a data file gives each input X and its positive X_positive); "
+        "the other rows are negatives; the batch (per process) must be even",
+    )
+
+
 def contrastive(model: Model, seq: int) -> LossProgram:
     """CLIP's loss. With logits_per_image/logits_per_text outputs the model has
     already applied its learned scale exp(logit_scale); otherwise the loss normalizes
-    image_embeds and text_embeds and applies a logit_scale output itself."""
+    image_embeds and text_embeds and applies a logit_scale output itself. A model
+    with one `embedding` output (a single tower) gets `in_batch_contrastive`."""
     top_names = model.top_module.output_names
+    if "embedding" in top_names and "image_embeds" not in top_names and "logits_per_image" not in top_names:
+        return in_batch_contrastive(model, seq)
     mb = ModelBuilder()
     m = mb.module("ContrastiveLoss", doc="Symmetric InfoNCE with the model's learned logit scale (CLIP).")
     if "logits_per_image" in top_names and "logits_per_text" in top_names:

@@ -123,6 +123,36 @@ def pair_keys(batch, rng, transform, batch_size, synthetic):
         _carry(batch, transform["carry"], rng.integers(0, keys, size=batch_size), keys)
 
 
+def pair_rows(batch, rng, transform, batch_size, synthetic):
+    """In-batch contrastive: rows 2i and 2i+1 are a pair (an anchor and its
+    positive); `offset` (+1 on even rows, -1 on odd) points at the partner.
+    Synthetic positives are their anchor with a quarter of the tokens redrawn (a
+    float input: with noise added), so the pairing is learnable; from a data file,
+    each input X comes with X_positive (the positive of the same row), and the first
+    half of the drawn rows is laid out as (X, X_positive) pairs."""
+    if batch_size % 2:
+        raise ValueError("in-batch contrastive training pairs rows: use an even --batch-size")
+    half = batch_size // 2
+    kinds = _input_kinds()
+    for name in transform["inputs"].values():
+        x = batch[name]
+        if synthetic:
+            positive = x[0::2].copy()
+            if kinds[name]["kind"] == "tokens":
+                redraw = rng.random(positive.shape) < transform["params"]["redraw"]
+                fresh = rng.integers(0, int(kinds[name]["high"]), size=positive.shape)
+                positive = np.where(redraw, fresh, positive)
+            else:
+                positive = positive + 0.1 * rng.standard_normal(positive.shape)
+        else:
+            positive = batch.pop(name + "_positive", None)
+            if positive is None:
+                raise ValueError(f"in-batch contrastive training needs '{name}_positive' next to '{name}' in the data file")
+        pairs = np.stack([x[:half] if not synthetic else x[0::2], positive[:half]], axis=1)
+        batch[name] = pairs.reshape((batch_size,) + pairs.shape[2:]).astype(x.dtype)
+    batch[transform["outputs"]["offset"]] = np.where(np.arange(batch_size) % 2 == 0, 1, -1).astype(np.int64)
+
+
 def diffusion_noise(batch, rng, transform, batch_size, synthetic):
     """DDPM forward process: t ~ U{0..steps-1}, noise ~ N(0, 1), the sample becomes
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, the timestep input t;
@@ -144,6 +174,7 @@ TRANSFORMS = {
     "class_labels": class_labels,
     "mask_tokens": mask_tokens,
     "pair_keys": pair_keys,
+    "pair_rows": pair_rows,
     "diffusion_noise": diffusion_noise,
 }
 

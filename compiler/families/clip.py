@@ -104,10 +104,13 @@ class DualEncoder(Family):
     )
     rules = (
         Rule(("text", "image"), ("text", "image"), ("contrastive", None)),
-        Rule(("text", "image"), ("embedding",), ("contrastive",), "same model; the embeddings are among its outputs"),
+        Rule(
+            ("text", "image"), ("embedding",), ("contrastive", None),
+            "same model; the embeddings are among its outputs (`task.type: retrieval`: text-image search)",
+        ),
     )
     default_objective = "contrastive"
-    tasks = ("embedding",)
+    tasks = ("embedding", "retrieval")
     unit = UnitOfWork("text-image pair", "image")
     config = DualEncoderConfig
     built = "a CLIP-style dual encoder"
@@ -128,6 +131,9 @@ class DualEncoder(Family):
             context=context,
         )
         if arch.given("projection_dim"):
+            ctx.pinned.add("projection_dim")
+        elif ctx.spec.task.given("embedding_dim"):  # the original vocabulary's word for the shared width
+            ctx.arch["projection_dim"] = ctx.spec.task.embedding_dim
             ctx.pinned.add("projection_dim")
         report_structure(ctx, _text_structure(ctx.arch["text_encoder"]), arch.text_encoder, "text_encoder: ")
         report_structure(ctx, vision_structure(ctx.arch["image_encoder"]), arch.image_encoder, "image_encoder: ")
