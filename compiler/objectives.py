@@ -312,6 +312,77 @@ def contrastive(model: Model, seq: int) -> LossProgram:
     )
 
 
+RANK_GROUP = 4  # candidates per query in a ranking batch: one relevant, the others not
+
+
+def _same_group(m, group):
+    """[B, B]: 1 where rows i and j belong to the same group (the data side's group
+    ids, whole numbers as floats), < 1e-21 elsewhere."""
+    gap = m.op("sub", m.op("unsqueeze", group, axes=(1,)), m.op("unsqueeze", group, axes=(0,)), hint="gap")
+    return m.op("exp", m.op("scale", m.op("mul", gap, gap), factor=-50.0), hint="same")
+
+
+def _ranking(model: Model, seq: int, pairwise: bool) -> LossProgram:
+    """Ranking losses over groups of RANK_GROUP rows (one query's candidates), one
+    row of each relevant; the data side gives each row's `group` and `relevant`.
+
+    listwise (`ranking`): for each relevant row, softmax cross-entropy of its
+    group's scores against itself (the ListNet / softmax loss of learning to rank);
+    pairwise (`pairwise_ranking`): RankNet's -log sigmoid(s_rel - s_other) over every
+    (relevant, other) pair of a group, as a two-way cross-entropy."""
+    name, st = _output(model, "score")
+    mb = ModelBuilder()
+    kind = "pairwise" if pairwise else "listwise"
+    m = mb.module(f"{kind.capitalize()}RankingLoss", doc=f"{kind.capitalize()} ranking loss over each query's candidates.")
+    score = m.input("score", st)
+    group = m.input("group", st)
+    relevant = m.input("relevant", st)
+    same = _same_group(m, group)
+    if pairwise:
+        diff = m.op("sub", m.op("unsqueeze", score, axes=(1,)), m.op("unsqueeze", score, axes=(0,)), hint="diff")
+        logits = m.op("stack", diff, m.op("scale", diff, factor=0.0), axis=2, hint="logits")  # [s_i - s_j, 0]
+        first = m.op("cast", m.op("scale", diff, factor=0.0), dtype="i64", hint="first")  # class 0: row i above row j
+        pairs = m.op("mul", m.op("unsqueeze", relevant, axes=(1,)), same)
+        pairs = m.op("mul", pairs, m.op("unsqueeze", _one_minus(m, relevant), axes=(0,)), hint="pairs")
+        loss = m.op("masked_cross_entropy", logits, first, pairs, hint="loss")
+    else:
+        outside = m.op("scale", _one_minus(m, same), factor=1e4, hint="outside")
+        logits = m.op("sub", m.op("unsqueeze", score, axes=(0,)), outside, hint="logits")  # row i: its group's scores
+        rows = m.op("positions", score, axis=0, hint="rows")
+        loss = m.op("masked_cross_entropy", logits, rows, relevant, hint="loss")
+    top = m.ret(loss, names=["loss"])
+    groups = DataTransform(
+        "rank_groups",
+        inputs={i.name: i.name for i in model.inputs},
+        outputs={"group": "group", "relevant": "relevant"},
+        carry=tuple(i.name for i in model.inputs),
+        params={"group": RANK_GROUP},
+    )
+    spec = [InputSpec(n, st, "normal") for n in ("score", "group", "relevant")]
+    return LossProgram(
+        "pairwise_ranking" if pairwise else "ranking",
+        _finish(mb, top, model, spec),
+        [("output", name), ("batch", "group"), ("batch", "relevant")],
+        [groups],
+        seq,
+        f"rows come in groups of {RANK_GROUP} candidates of one query, one relevant (a data file gives each input "
+        f"X as [N, {RANK_GROUP}, ...] and relevant [N, {RANK_GROUP}]); the batch (per process) is a multiple of {RANK_GROUP}",
+    )
+
+
+def _one_minus(m, x):
+    """1 - x (the ones are exp(0 * x): the IR has no constant tensors of a symbolic shape)."""
+    return m.op("sub", m.op("exp", m.op("scale", x, factor=0.0)), x, hint="one_minus")
+
+
+def ranking(model: Model, seq: int) -> LossProgram:
+    return _ranking(model, seq, pairwise=False)
+
+
+def pairwise_ranking(model: Model, seq: int) -> LossProgram:
+    return _ranking(model, seq, pairwise=True)
+
+
 MASK_RATE = 0.15
 
 
@@ -360,6 +431,8 @@ OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
     "classification": classification,
     "diffusion": diffusion,
     "contrastive": contrastive,
+    "ranking": ranking,
+    "pairwise_ranking": pairwise_ranking,
 }
 
 def objective_name(ctx: CompileContext) -> str:

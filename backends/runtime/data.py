@@ -153,6 +153,32 @@ def pair_rows(batch, rng, transform, batch_size, synthetic):
     batch[transform["outputs"]["offset"]] = np.where(np.arange(batch_size) % 2 == 0, 1, -1).astype(np.int64)
 
 
+def rank_groups(batch, rng, transform, batch_size, synthetic):
+    """Ranking: rows come in groups of `group` candidates of one query, one of them
+    relevant; `group` (the group's number) and `relevant` (1 or 0) are float batch
+    fields. Synthetic inputs carry relevance so that it can be learned; a data file
+    gives each input X as [N, group, ...] and `relevant` [N, group], and the first
+    batch / group drawn rows are laid out group by group."""
+    k = transform["params"]["group"]
+    if batch_size % k:
+        raise ValueError(f"ranking training takes groups of {k} candidates: use a --batch-size divisible by {k}")
+    n = batch_size // k
+    if synthetic:
+        relevant = np.zeros((n, k), dtype=np.int64)
+        relevant[np.arange(n), rng.integers(0, k, size=n)] = 1
+        relevant = relevant.reshape(-1)
+        _carry(batch, transform["carry"], relevant, 2)
+    else:
+        if "relevant" not in batch:
+            raise ValueError("ranking training needs 'relevant' [N, group] in the data file")
+        for name in list(transform["inputs"].values()) + ["relevant"]:
+            x = batch[name][:n]
+            batch[name] = x.reshape((batch_size,) + x.shape[2:])
+        relevant = batch["relevant"]
+    batch[transform["outputs"]["group"]] = (np.arange(batch_size) // k).astype(np.float32)
+    batch[transform["outputs"]["relevant"]] = relevant.astype(np.float32)
+
+
 def diffusion_noise(batch, rng, transform, batch_size, synthetic):
     """DDPM forward process: t ~ U{0..steps-1}, noise ~ N(0, 1), the sample becomes
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, the timestep input t;
@@ -175,6 +201,7 @@ TRANSFORMS = {
     "mask_tokens": mask_tokens,
     "pair_keys": pair_keys,
     "pair_rows": pair_rows,
+    "rank_groups": rank_groups,
     "diffusion_noise": diffusion_noise,
 }
 

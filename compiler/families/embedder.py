@@ -65,13 +65,7 @@ class SentenceEmbedder(EncoderClassifier):
     def head(self, top, a: dict[str, Any], x) -> dict[str, Any]:
         d = a["hidden_size"]
         dim = a["embedding_dim"] or d
-        if a["pooling"] == "mean":
-            pooled = top.op("mean", x, axis=1, hint="pooled")
-        else:
-            pooled = top.op("select", x, axis=1, index=0, hint="pooled")
-        if a["pooling"] == "cls_pooler":
-            top.layer("pooler", "linear", in_features=d, out_features=d, bias=bool(a["bias"]))
-            pooled = top.op("tanh", top.call("pooler", pooled, hint="pooled"), hint="pooled")
+        pooled = self.pool(top, a, x)
         top.layer("projection", "linear", in_features=d, out_features=dim, bias=True)
         return {"embedding": top.call("projection", pooled, hint="embedding")}
 
