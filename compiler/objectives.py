@@ -226,6 +226,13 @@ def diffusion(model: Model, seq: int) -> LossProgram:
 PAIR_KEYS = 16  # distinct pair ids that synthetic contrastive batches carry
 
 
+def _same_group(m, group):
+    """[B, B]: 1 where rows i and j belong to the same group (the data side's group
+    ids, whole numbers as floats), < 1e-21 elsewhere."""
+    gap = m.op("sub", m.op("unsqueeze", group, axes=(1,)), m.op("unsqueeze", group, axes=(0,)), hint="gap")
+    return m.op("exp", m.op("scale", m.op("mul", gap, gap), factor=-50.0), hint="same")
+
+
 IN_BATCH_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss scale (1 / temperature 0.05)
 IN_BATCH_REDRAW = 0.25  # share of a synthetic positive's tokens redrawn from its anchor
 
@@ -245,8 +252,7 @@ def in_batch_contrastive(model: Model, seq: int) -> LossProgram:
     n = m.op("l2_normalize", emb, hint="unit")
     sim = m.op("scale", m.op("matmul", n, n, transpose_b=True, hint="cos"), factor=IN_BATCH_SCALE, hint="sim")
     pos = m.op("positions", sim, axis=0, hint="rows")
-    gap = m.op("cast", m.op("sub", m.op("unsqueeze", pos, axes=(1,)), m.op("unsqueeze", pos, axes=(0,))), dtype="f32", hint="gap")
-    eye = m.op("exp", m.op("scale", m.op("mul", gap, gap), factor=-50.0), hint="eye")  # 1 on the diagonal, < 1e-21 off it
+    eye = _same_group(m, m.op("cast", pos, dtype="f32", hint="rows_f"))  # 1 on the diagonal, < 1e-21 off it
     logits = m.op("sub", sim, m.op("scale", eye, factor=1e4), hint="logits")
     labels = m.op("add", pos, offset, hint="partner")
     top = m.ret(m.op("cross_entropy", logits, labels, hint="loss"), names=["loss"])
@@ -274,6 +280,8 @@ def contrastive(model: Model, seq: int) -> LossProgram:
     image_embeds and text_embeds and applies a logit_scale output itself. A model
     with one `embedding` output (a single tower) gets `in_batch_contrastive`."""
     top_names = model.top_module.output_names
+    if "user_embedding" in top_names:
+        return two_tower(model, seq, bpr=False)
     if "embedding" in top_names and "image_embeds" not in top_names and "logits_per_image" not in top_names:
         return in_batch_contrastive(model, seq)
     mb = ModelBuilder()
@@ -313,13 +321,6 @@ def contrastive(model: Model, seq: int) -> LossProgram:
 
 
 RANK_GROUP = 4  # candidates per query in a ranking batch: one relevant, the others not
-
-
-def _same_group(m, group):
-    """[B, B]: 1 where rows i and j belong to the same group (the data side's group
-    ids, whole numbers as floats), < 1e-21 elsewhere."""
-    gap = m.op("sub", m.op("unsqueeze", group, axes=(1,)), m.op("unsqueeze", group, axes=(0,)), hint="gap")
-    return m.op("exp", m.op("scale", m.op("mul", gap, gap), factor=-50.0), hint="same")
 
 
 def _ranking(model: Model, seq: int, pairwise: bool) -> LossProgram:
@@ -375,11 +376,59 @@ def _one_minus(m, x):
     return m.op("sub", m.op("exp", m.op("scale", x, factor=0.0)), x, hint="one_minus")
 
 
+def two_tower(model: Model, seq: int, bpr: bool) -> LossProgram:
+    """A two-tower recommender's losses with in-batch negatives: row i's user
+    against every item of the batch, item i the positive. Sampled softmax
+    (`contrastive`): cross-entropy of U I^T against the diagonal. BPR
+    (`pairwise_ranking`): -log sigmoid(s(u_i, i_i) - s(u_i, i_j)) over j != i, as a
+    two-way cross-entropy."""
+    uname, ut = _output(model, "user_embedding")
+    iname, it = _output(model, "item_embedding")
+    mb = ModelBuilder()
+    kind = "BPR" if bpr else "SampledSoftmax"
+    m = mb.module(f"{kind}Loss", doc="BPR over the batch's other items." if bpr else "Softmax over the batch's items.")
+    user = m.input("user_embedding", ut)
+    item = m.input("item_embedding", it)
+    scores = m.op("matmul", user, item, transpose_b=True, hint="scores")  # [users, items]
+    rows = m.op("positions", scores, axis=0, hint="rows")
+    sources = [("output", uname), ("output", iname)]
+    spec = [InputSpec("user_embedding", ut, "normal"), InputSpec("item_embedding", it, "normal")]
+    if bpr:
+        sname, st = _output(model, "score")
+        own = m.input("score", st)
+        sources.append(("output", sname))
+        spec.append(InputSpec("score", st, "normal"))
+        diff = m.op("sub", m.op("unsqueeze", own, axes=(1,)), scores, hint="diff")
+        logits = m.op("stack", diff, m.op("scale", diff, factor=0.0), axis=2, hint="logits")
+        first = m.op("cast", m.op("scale", diff, factor=0.0), dtype="i64", hint="first")
+        others = _one_minus(m, _same_group(m, m.op("cast", rows, dtype="f32", hint="rows_f")))
+        loss = m.op("masked_cross_entropy", logits, first, others, hint="loss")
+    else:
+        loss = m.op("cross_entropy", scores, rows, hint="loss")
+    top = m.ret(loss, names=["loss"])
+    ids = [i for i in model.inputs if i.kind == "tokens"]
+    pairs = DataTransform(
+        "interactions",
+        inputs={"user": ids[0].name, "item": ids[1].name},
+        params={"items": int(ids[1].high)},
+    )
+    return LossProgram(
+        "pairwise_ranking" if bpr else "contrastive",
+        _finish(mb, top, model, spec),
+        sources,
+        [pairs],
+        seq,
+        "one (user, item) interaction per row; the batch's other items are the negatives",
+    )
+
+
 def ranking(model: Model, seq: int) -> LossProgram:
     return _ranking(model, seq, pairwise=False)
 
 
 def pairwise_ranking(model: Model, seq: int) -> LossProgram:
+    if "user_embedding" in model.top_module.output_names:
+        return two_tower(model, seq, bpr=True)
     return _ranking(model, seq, pairwise=True)
 
 

@@ -179,6 +179,16 @@ def rank_groups(batch, rng, transform, batch_size, synthetic):
     batch[transform["outputs"]["relevant"]] = relevant.astype(np.float32)
 
 
+def interactions(batch, rng, transform, batch_size, synthetic):
+    """Recommendation: one (user, item) interaction per row. Synthetic users each
+    prefer one item (item = (7 user + 3) mod items), so the pairing can be learned;
+    a data file's rows are interactions already."""
+    if synthetic:
+        user, item = transform["inputs"]["user"], transform["inputs"]["item"]
+        items = transform["params"]["items"]
+        batch[item] = ((7 * batch[user].astype(np.int64) + 3) % items).astype(batch[item].dtype)
+
+
 def diffusion_noise(batch, rng, transform, batch_size, synthetic):
     """DDPM forward process: t ~ U{0..steps-1}, noise ~ N(0, 1), the sample becomes
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, the timestep input t;
@@ -202,6 +212,7 @@ TRANSFORMS = {
     "pair_keys": pair_keys,
     "pair_rows": pair_rows,
     "rank_groups": rank_groups,
+    "interactions": interactions,
     "diffusion_noise": diffusion_noise,
 }
 

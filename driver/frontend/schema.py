@@ -148,6 +148,10 @@ ARCHITECTURE = _map(
     Field("transformer_depth", INT, "Transformer blocks per spatial transformer.", minimum=1, maximum=32),
     Field("norm_groups", INT, "GroupNorm groups.", minimum=1, maximum=1024),
     Field("cross_attention_dim", INT, "Width of the conditioning sequence.", minimum=8, maximum=65536),
+    Field("num_users", INT, "Users of a recommender (user id vocabulary).", minimum=1, maximum=10**10),
+    Field("num_items", INT, "Items of a recommender (item id vocabulary).", minimum=1, maximum=10**10),
+    Field("user_features", INT, "Dense user features a recommender reads (0: ids only).", minimum=0, maximum=10**6),
+    Field("item_features", INT, "Dense item features a recommender reads (0: ids only).", minimum=0, maximum=10**6),
     _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
     _map("image_encoder", "Image tower of a multi-tower model.", *TOWER_FIELDS),
 )
