@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from metagen.compiler.families import FAMILIES, Family, Rule
 from metagen.diagnostics import DiagnosticSink
-from metagen.frontend.schema import MODALITIES
+from metagen.frontend.schema import MODALITIES, TUTORIAL_MODALITIES
 from metagen.frontend.spec_builder import Spec
 
 
@@ -32,10 +32,25 @@ def out_of_reach(spec: Spec) -> list[str]:
     return [m for m in seen if m not in built]
 
 
-def hybrid(spec: Spec) -> bool:
-    """Several outputs that no rule combines: a hybrid design, built best-effort."""
-    outs = frozenset(spec.modality.outputs or [])
-    return len(outs) > 1 and not any(frozenset(rule.outputs) == outs for rule, _ in rules())
+def best_effort_reason(spec: Spec) -> tuple[str, str] | None:
+    """Why this spec gets the best-effort model and the modality list to point at,
+    or None when a family's rules
+    decide (an unmatched combination of the tutorial's modalities stays an error):
+    a modality no family builds, several outputs no rule combines (a hybrid
+    design), or inputs -> outputs of the wider vocabulary that no rule pairs."""
+    ins = list(dict.fromkeys(spec.modality.inputs or []))
+    outs = list(dict.fromkeys(spec.modality.outputs or []))
+    unread = [m for m in out_of_reach(spec) if m in MODALITIES]
+    if unread:
+        return f"no family builds {' or '.join(repr(m) for m in unread)} yet", "outputs" if set(unread) & set(outs) else "inputs"
+    if (set(ins) | set(outs)) - set(MODALITIES):
+        return None  # unknown words: the spec builder warned at each
+    pairs = {(frozenset(r.inputs), frozenset(r.outputs)) for r, _ in rules()}
+    if len(outs) > 1 and not any(frozenset(outs) == o for _, o in pairs):
+        return f"no family builds the outputs {' + '.join(outs)} together (a hybrid design)", "outputs"
+    if (frozenset(ins), frozenset(outs)) not in pairs and not set(ins + outs) <= set(TUTORIAL_MODALITIES):
+        return f"no family builds {' + '.join(ins)} -> {' + '.join(outs)} yet", "outputs"
+    return None
 
 
 def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
@@ -46,7 +61,7 @@ def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
     outs = frozenset(spec.modality.outputs or [])
     objectives = spec.training.objective or []
     objective = objectives[0] if objectives else None
-    unknown = bool(out_of_reach(spec)) or hybrid(spec)
+    unknown = bool(set(ins | outs) - set(MODALITIES)) or best_effort_reason(spec) is not None
     family = None
     matches = []
     for rule, fam in rules():

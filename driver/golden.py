@@ -55,6 +55,11 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/reference/bert_base_classifier.yaml", full_ir=True),
     GoldenSpec("examples/reference/clip_vit_b32.yaml", full_ir=True),
     GoldenSpec("examples/reference/sd15_unet.yaml", full_ir=True, heavy=True),
+    GoldenSpec("examples/vocabulary/review_classifier.yaml"),
+    GoldenSpec("examples/retrieval/faq_embedder.yaml"),
+    GoldenSpec("examples/retrieval/passage_reranker.yaml"),
+    GoldenSpec("examples/retrieval/photo_search.yaml"),
+    GoldenSpec("examples/retrieval/movie_recommender.yaml"),
 ]
 
 

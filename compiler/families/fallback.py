@@ -86,10 +86,9 @@ class Fallback(Family):
         cfg.num_classes = num_classes(ctx, DEFAULT_CLASSES)
         cfg.context = ctx.context_window
         ctx.arch = cfg
-        from metagen.compiler.select import out_of_reach
+        from metagen.compiler.select import best_effort_reason
 
-        unread = out_of_reach(ctx.spec)
-        unknown = [m for m in unread if m not in MODALITIES]
+        unknown = sorted({m for m in ins + outs if m not in MODALITIES})
         built = f"built a best-effort transformer encoder {self._describe(ctx.arch)} (see docs/families.md, 'fallback')"
         if unknown:
             # The spec builder has already warned at each unknown word (one warning per
@@ -98,18 +97,9 @@ class Fallback(Family):
                 ctx.spec.modality.loc(),
                 f"unsupported modalit{'y' if len(unknown) == 1 else 'ies'} {', '.join(repr(m) for m in unknown)}: {built}",
             )
-        elif unread:  # words of the language that no family builds yet: one warning, here
-            section = "outputs" if any(m in (ctx.spec.modality.outputs or []) for m in unread) else "inputs"
-            ctx.sink.warning(
-                ctx.spec.modality.loc(section),
-                f"no family builds {' or '.join(repr(m) for m in unread)} yet: {built}",
-            )
-        else:  # several outputs no family combines
-            outs = list(dict.fromkeys(outs))
-            ctx.sink.warning(
-                ctx.spec.modality.loc("outputs"),
-                f"no family builds the outputs {' + '.join(outs)} together (a hybrid design): {built}",
-            )
+        else:  # words of the language that no family builds (together) yet: one warning
+            reason, section = best_effort_reason(ctx.spec)
+            ctx.sink.warning(ctx.spec.modality.loc(section), f"{reason}: {built}")
 
     @staticmethod
     def _describe(a: dict[str, Any]) -> str:

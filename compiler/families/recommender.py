@@ -25,7 +25,7 @@ from metagen.ir.types import DType, TensorType
 
 DEFAULT_IDS = 10_000  # users and items when the spec does not say
 TINY_IDS = 100
-WIDTHS = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+WIDTHS = tuple(range(8, 1032, 8))  # multiples of 8: the id tables dominate, so the width sets the size finely
 
 
 @dataclass

@@ -61,8 +61,8 @@ def _recorded(name, kind, doc, **kw):
 
 # The modalities the language names (the original MetaGen vocabulary among them);
 # which combinations are built is the families' business (docs/families.md).
-MODALITIES = (
-    "text", "image", "audio", "video", "label", "embedding",
+TUTORIAL_MODALITIES = ("text", "image", "audio", "video", "label", "embedding")
+MODALITIES = TUTORIAL_MODALITIES + (
     "3d", "multimodal", "time_series", "graph", "tabular", "point_cloud",
     "bounding_boxes", "segmentation_mask", "action", "regression",
 )

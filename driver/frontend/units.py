@@ -228,7 +228,7 @@ def read_data_size(value) -> tuple[int, str] | None:
     the number is `_NUM`, the one numeral grammar."""
     if isinstance(value, bool):
         return None
-    m = re.fullmatch(r"\s*" + _NUM + r"\s*((?:[KMBTkmbt](?![A-Za-z_]))?)((?:\s*[A-Za-z_]+)*)\s*", str(value))
+    m = re.fullmatch(r"\s*" + _NUM + r"\s*((?:[KMBTkmbt](?![A-Za-z_\-]))?)((?:\s*[A-Za-z_][A-Za-z_\-]*)*)\s*", str(value))
     if not m:
         return None
     num, suffix, words = m.groups()
