@@ -25,6 +25,15 @@ EXAMPLES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread (the CI machine has two cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _programs(tmp_path, spec, overrides=()):
     comp = compile_spec(spec, tiny=True, overrides=list(overrides))
     for rel, data in synth_files(comp, 0).items():
@@ -35,7 +44,10 @@ def _programs(tmp_path, spec, overrides=()):
     return comp, load_module(str(tmp_path / "code/torch/train.py")), load_module(str(tmp_path / "code/flax/train.py"))
 
 
-@pytest.mark.parametrize("family", sorted(EXAMPLES))
+SLOW = pytest.mark.slow  # over 10 s on the 2-core CI machine (flax jit of the encoder's gradients, the CLIP towers)
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=SLOW) if f == "clip" else f for f in sorted(EXAMPLES)])
 def test_example_selects_its_family_and_verifies(family):
     spec = example("retrieval", EXAMPLES[family][0])
     comp = compile_spec(spec, tiny=True)
@@ -68,7 +80,7 @@ def _loss_falls_and_agrees(tmp_path, spec, overrides=(), batch_size=8):
         g = p.grad.numpy()
         assert np.abs(grads_f[n] - g).max() <= 1e-4 * (1 + np.abs(g).max()), n
     first = last = None
-    for step in range(40):  # fresh synthetic batches: the pairing is learned, not one batch memorized
+    for step in range(25):  # fresh synthetic batches: the pairing is learned, not one batch memorized
         b = tt.to_tensors(tt.DataSource(None, 0).batch(step, 16), "cpu")
         if step == 0:
             opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -85,18 +97,15 @@ def _loss_falls_and_agrees(tmp_path, spec, overrides=(), batch_size=8):
 @pytest.mark.parametrize(
     "name, objective",
     [
-        ("faq_embedder.yaml", "contrastive"),
-        ("passage_reranker.yaml", "pairwise_ranking"),
-        ("passage_reranker.yaml", "ranking"),
+        pytest.param("faq_embedder.yaml", "contrastive", marks=SLOW),
+        pytest.param("passage_reranker.yaml", "pairwise_ranking", marks=SLOW),
+        pytest.param("passage_reranker.yaml", "ranking", marks=SLOW),
         ("movie_recommender.yaml", "pairwise_ranking"),
         ("movie_recommender.yaml", "contrastive"),
     ],
 )
 def test_objective_agrees_across_programs_and_learns(tmp_path, name, objective):
-    comp, tt, batch = _loss_falls_and_agrees(
-        tmp_path, example("retrieval", name), [("training.objective", f"[{objective}]")]
-    )
-    assert tt.TRAIN["objective"] == objective if "objective" in tt.TRAIN else True
+    _loss_falls_and_agrees(tmp_path, example("retrieval", name), [("training.objective", f"[{objective}]")])
 
 
 def _softmax_ce(logits, labels):
@@ -105,14 +114,27 @@ def _softmax_ce(logits, labels):
     return -np.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
 
 
+def _loss_fn(tmp_path, name, objective):
+    """The objective's loss graph, lowered by the reference (NumPy) backend."""
+    from metagen.backends import registry
+    from metagen.compiler.objectives import build_loss
+
+    comp = compile_spec(example("retrieval", name), tiny=True, overrides=[("training.objective", f"[{objective}]")])
+    loss = build_loss(comp.ctx)
+    path = tmp_path / f"{objective}_{name}.py"
+    path.write_bytes(registry.reference().lower(loss.loss, seed=0, data_name="loss.data")[""])
+    mod = load_module(str(path))
+    names = [i.name for i in loss.loss.inputs]
+    return lambda *xs: float(mod.run(mod.init(0), dict(zip(names, xs)))["loss"])
+
+
 def test_losses_match_direct_computations(tmp_path):
     """Each loss graph against numpy written here from the definitions."""
     rng = np.random.default_rng(0)
     # in-batch contrastive: rows 2i, 2i+1 pairs
-    _, tt, _ = _programs(tmp_path / "e", example("retrieval", "faq_embedder.yaml"))
     emb = rng.standard_normal((6, 32)).astype(np.float32)
     offset = np.array([1, -1] * 3)
-    got = tt.LOSS(torch.tensor(emb), torch.tensor(offset))["loss"].item()
+    got = _loss_fn(tmp_path, "faq_embedder.yaml", "contrastive")(emb, offset)
     n = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     sim = 20.0 * n @ n.T
     np.fill_diagonal(sim, -np.inf)
@@ -123,8 +145,7 @@ def test_losses_match_direct_computations(tmp_path):
     group = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=np.float32)
     relevant = np.array([0, 1, 0, 0, 0, 0, 0, 1], dtype=np.float32)
     for objective in ("ranking", "pairwise_ranking"):
-        _, tt, _ = _programs(tmp_path / objective, example("retrieval", "passage_reranker.yaml"), [("training.objective", f"[{objective}]")])
-        got = tt.LOSS(*(torch.tensor(x) for x in (score, group, relevant)))["loss"].item()
+        got = _loss_fn(tmp_path, "passage_reranker.yaml", objective)(score, group, relevant)
         if objective == "ranking":
             want = np.mean([_softmax_ce(score[g * 4 : g * 4 + 4][None], np.array([int(np.argmax(relevant[g * 4 : g * 4 + 4]))]))[0] for g in (0, 1)])
         else:
@@ -140,15 +161,11 @@ def test_losses_match_direct_computations(tmp_path):
     v = rng.standard_normal((5, 16)).astype(np.float32)
     s = (u * v).sum(axis=1).astype(np.float32)
     scores = u @ v.T
-    for objective in ("contrastive", "pairwise_ranking"):
-        _, tt, _ = _programs(tmp_path / ("tt" + objective), example("retrieval", "movie_recommender.yaml"), [("training.objective", f"[{objective}]")])
-        args = [torch.tensor(u), torch.tensor(v)] + ([torch.tensor(s)] if objective == "pairwise_ranking" else [])
-        got = tt.LOSS(*args)["loss"].item()
-        if objective == "contrastive":
-            want = _softmax_ce(scores, np.arange(5)).mean()
-        else:
-            want = np.mean([np.log1p(np.exp(-(s[i] - scores[i, j]))) for i in range(5) for j in range(5) if i != j])
-        assert abs(got - want) < 1e-4, (objective, got, want)
+    got = _loss_fn(tmp_path, "movie_recommender.yaml", "contrastive")(u, v)
+    assert abs(got - _softmax_ce(scores, np.arange(5)).mean()) < 1e-4
+    got = _loss_fn(tmp_path, "movie_recommender.yaml", "pairwise_ranking")(u, v, s)
+    want = np.mean([np.log1p(np.exp(-(s[i] - scores[i, j]))) for i in range(5) for j in range(5) if i != j])
+    assert abs(got - want) < 1e-4, (got, want)
 
 
 def test_odd_batch_is_refused_for_pairs(tmp_path):
