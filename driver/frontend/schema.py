@@ -238,7 +238,7 @@ SPEC = _map(
         _map(
             "alignment",
             "Post-training alignment.",
-            Field("method", LIST, "Methods, e.g. sft, rlhf, rlaif, dpo (one, or a list).", item=Field("method", STR, ""), one_or_many=True),
+            Field("method", LIST, "Methods, e.g. sft, rlhf, rlaif, dpo.", item=Field("method", STR, ""), one_or_many=True),
             Field("data", STR, "Alignment data."),
             _recorded("policy", STR, "Alignment policy (free text)."),
         ),
