@@ -213,3 +213,25 @@ def test_json_schema_carries_the_new_forms():
     assert props["task"]["properties"]["domain"]["x-metagen-recorded"] is True
     assert "classification" in props["modality"]["properties"]["outputs"]["items"]["examples"]
     yaml.safe_dump(schema)  # plain data
+
+
+def test_misspelt_task_word_gets_did_you_mean(tmp_path):
+    _, lines = diagnose(tmp_path, HEAD + "modality:\n  inputs: [image]\n  outputs: [clasification]\n", tiny=True)
+    assert "5:13: warning: unsupported modality \"clasification\" (did you mean \"classification\"?); MetaGen builds a best-effort model for it" in lines
+
+
+def test_task_type_and_family_steer_the_choice_among_matching_rules(tmp_path, monkeypatch):
+    """Two families match text -> embedding when a second rule is declared for it:
+    the written task.type (then architecture.family) picks between them."""
+    from metagen.compiler import select
+    from metagen.compiler.families import FAMILIES, Rule
+
+    ranker = FAMILIES["cross_encoder"]
+    monkeypatch.setattr(type(ranker), "rules", type(ranker).rules + (Rule(("text",), ("embedding",), ("contrastive",)),))
+    base = HEAD + "modality:\n  inputs: [text]\n  outputs: [embedding]\ntraining:\n  objective: [contrastive]\n"
+    for extra, family in (("", "sentence_embedder"), ("task:\n  type: ranking\n", "cross_encoder"), ("task:\n  type: embedding\n", "sentence_embedder")):
+        path = tmp_path / "s.yaml"
+        path.write_text(base + extra)
+        sink = DiagnosticSink()
+        spec = build_spec(parse_yaml(path.read_text(), str(path)), sink)
+        assert select.select_family(spec, sink) == family, extra

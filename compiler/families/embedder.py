@@ -39,7 +39,7 @@ class SentenceEmbedder(EncoderClassifier):
         ),
     )
     default_objective = "contrastive"
-    tasks = ("embedding", "retrieval", "ranking")
+    tasks = ("embedding", "retrieval")
     config = EmbedderConfig
     tiny_doc = f"as `encoder`, embedding width {TINY_EMBEDDING}"
     doc_line = "Sentence embedder: text encoder, mean pooling, projection."

@@ -212,7 +212,7 @@ class _Builder:
                 # Read case- and space-insensitively, but the schema lists exact words.
                 self.sink.warning(node.loc, f"'{path}': write \"{word}\" (the JSON Schema lists exact words), not \"{v}\"")
             if word not in f.choices:
-                hint = self.did_you_mean(word, f.choices)
+                hint = self.did_you_mean(word, f.choices + tuple(w for w, _ in f.aliases))
                 if f.open_choices:
                     self.sink.warning(node.loc, f"unsupported {f.name} \"{v}\"{hint}; MetaGen builds a best-effort model for it")
                     return word
