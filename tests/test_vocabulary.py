@@ -88,8 +88,12 @@ def test_a_spec_in_the_original_vocabulary_compiles_with_one_note(tmp_path):
     assert comp.ctx.arch["num_classes"] == 3  # task.num_classes shapes the model
     recorded = [ln for ln in lines if "do not affect the model" in ln]
     assert len(recorded) == 1
-    assert recorded[0].startswith("6:1: note: version, task.domain, training.alignment.policy, training.config.warmup_steps,")
+    assert recorded[0].startswith("6:1: note: version, task.domain, training.alignment.policy, architecture.components,")
     assert not [ln for ln in lines if ": error:" in ln or ": warning:" in ln], lines
+    from metagen.training import training_config
+    from metagen.compiler.objectives import build_loss
+
+    assert training_config(comp, build_loss(comp.ctx), 0)["warmup"] == 500  # training.config.warmup_steps
     resolved = resolved_spec(comp)
     assert resolved["version"] == "2.3.1" and resolved["task"]["domain"] == "retail_reviews"
     assert resolved["evaluation"]["baselines"] == ["bag_of_words_logreg"]

@@ -253,7 +253,7 @@ SPEC = _map(
             Field("warmup", INT, "Warmup steps.", minimum=0, maximum=10**9),
             Field("optimizer", ENUM, "Optimizer.", choices=("adamw", "sgd", "adafactor")),
             Field("schedule", ENUM, "Learning-rate schedule.", choices=("cosine", "linear", "constant")),
-            _recorded("warmup_steps", INT, "Warmup steps, as the original vocabulary writes them (recorded; `warmup` sets the programs').", minimum=0, maximum=10**9),
+            Field("warmup_steps", INT, "Older spelling of warmup (the original vocabulary's); warmup wins when both are given.", minimum=0, maximum=10**9),
             _recorded("warmup_epochs", INT, "Warmup epochs.", minimum=0, maximum=10**6),
             _recorded("ema_decay", FLOAT, "Decay of an exponential moving average of the weights.", minimum=0.0, maximum=1.0),
             _recorded("noise_schedule", STR, "Diffusion noise schedule (linear, cosine, scaled_linear, ...)."),
