@@ -227,13 +227,11 @@ def make_constraints(target: Target, work: cost.Workload) -> tuple[list[Constrai
     return out, ok
 
 
-def fit_rule() -> str:
-    """The "why this size" rule of params_estimate.json, from the registered bounds."""
+def fit_rule(choice: str) -> str:
+    """The "why this size" rule of params_estimate.json, from the registered bounds
+    and the family's choice among widths (`Knobs.choice`)."""
     nouns = ", ".join(c.noun for c in CONSTRAINTS if issubclass(c, UpperBound))
-    return (
-        f"for each width the deepest depth within every bound ({nouns}); among widths reaching the minimum, "
-        "the one whose depth is closest to d / (64 * (d / 768) ** 0.41)"
-    )
+    return f"for each width the deepest depth within every bound ({nouns}); among widths reaching the minimum, {choice}"
 
 
 def _binds_at(bound: str, params: int, remedy: str) -> str:
@@ -249,6 +247,18 @@ def round_up_bytes(n: int) -> str:
     return f"{n}B"
 
 
+def budget_max(ctx: CompileContext) -> int:
+    """parameter_budget.max: the spec's, else the family's task default (a written
+    min above that default raises it to the min)."""
+    pb = ctx.spec.constraints.parameter_budget
+    if pb.given("max"):
+        return pb.max
+    from metagen.compiler.families import FAMILIES
+
+    default = FAMILIES[ctx.family].default_budget if ctx.family in FAMILIES else pb.max
+    return max(default, pb.min) if pb.given("min") and pb.min is not None else default
+
+
 # ---------------------------------------------------------------- the constraints
 
 
@@ -260,12 +270,16 @@ class ParameterMax(AffineBound):
 
     def __init__(self, target: Target):
         super().__init__(target)
-        self.limit = self.spec.parameter_budget.max
+        self.limit = budget_max(target.ctx)
 
     @classmethod
     def loc_of(cls, target: Target) -> Loc:
         c = target.ctx.spec.constraints
         return c.parameter_budget.loc("max") if c.parameter_budget.given("max") else c.loc()
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        given = self.spec.parameter_budget.given("max")
+        return {"budget": {"max": self.limit, **({} if given else {"max_is_task_default": True})}}
 
     def value(self, p: Point) -> int:
         return p.params
@@ -286,8 +300,6 @@ class ParameterMax(AffineBound):
             f"parameter_budget.max = {format_count(self.limit)}; raise max to at least {n}"
         )
 
-    def report(self) -> dict[str, dict[str, Any]]:
-        return {"budget": {"max": self.limit}}
 
 
 @register
@@ -300,7 +312,7 @@ class ParameterMin(LowerBound):
         super().__init__(target)
         pb = self.spec.parameter_budget
         self.explicit = pb.given("min")
-        self.limit = pb.min if self.explicit else int(math.ceil(0.9 * pb.max))
+        self.limit = pb.min if self.explicit else int(math.ceil(0.9 * budget_max(target.ctx)))
 
     @classmethod
     def loc_of(cls, target: Target) -> Loc:

@@ -19,6 +19,11 @@ class Device:
     capacity: int  # bytes available to one model by default
     utilization: float  # fraction of peak FLOP/s a well-tuned forward pass reaches
     precision: str = "bf16"  # the deployment precision when the spec names none
+    # The fitter's parallel-shapes rule (compiler/design_rules.py): heads and KV heads
+    # are multiples of `tensor_parallel`, each shard's feed-forward width of `tile`
+    # (the matmul tile in elements the part runs at full speed on).
+    tensor_parallel: int = 1
+    tile: int = 64
 
 
 GB = 1024**3
@@ -33,11 +38,15 @@ DEVICES: dict[str, Device] = {
     # Adreno 750 GPU fp16; LPDDR5X-4800 (9.6 Gb/s x 64 bit) 76.8 GB/s; half a 16 GB phone.
     "mobile": Device("mobile", "flagship phone GPU (Snapdragon 8 Gen 3)", 9e12, 76.8e9, 8 * GB, 0.25, "int8"),
     # 16 Zen 4 cores x 64 bf16 FLOP/clk (AVX512_BF16) x ~4.5 GHz; dual-channel DDR5-5200 83.2 GB/s.
-    "cpu": Device("cpu", "16-core desktop CPU (Ryzen 9 7950X, AVX-512)", 4.6e12, 83.2e9, 64 * GB, 0.5),
+    # One AVX-512 register holds 32 bf16 values: oneDNN blocks matmuls by 32.
+    "cpu": Device("cpu", "16-core desktop CPU (Ryzen 9 7950X, AVX-512)", 4.6e12, 83.2e9, 64 * GB, 0.5, tile=32),
     "consumer_gpu": Device("consumer_gpu", "RTX 4090 24GB", 165.2e12, 1008e9, 24 * GB, 0.4),
     "gpu": Device("gpu", "L40S 48GB", 362e12, 864e9, 48 * GB, 0.4),
-    # Tensor-parallel over the node: FLOP/s and bandwidth add up.
-    "datacenter_gpu": Device("datacenter_gpu", "8x H100 SXM 80GB node", 8 * 989e12, 8 * 3.35e12, 8 * 80 * GB, 0.4),
+    # Tensor-parallel over the node: FLOP/s and bandwidth add up, and the model's
+    # heads, KV heads and feed-forward width split 8 ways (Megatron-LM).
+    "datacenter_gpu": Device(
+        "datacenter_gpu", "8x H100 SXM 80GB node", 8 * 989e12, 8 * 3.35e12, 8 * 80 * GB, 0.4, tensor_parallel=8
+    ),
 }
 
 

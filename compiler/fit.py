@@ -34,6 +34,7 @@ from metagen.compiler.constraints import (
     make_constraints,
 )
 from metagen.compiler.context import CompileContext
+from metagen.compiler.design_rules import RULES, applied
 from metagen.compiler.families import FAMILIES
 
 PINNED = "pinned dimensions"  # the binding constraint when no bound stopped the fit
@@ -82,7 +83,7 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
     family = FAMILIES[ctx.family]
     knobs = family.knobs(ctx)
     if knobs is None:
-        ctx.report["fit"] = {"free": [], "note": "every size dimension is pinned"}
+        ctx.report["fit"] = {"free": [], "note": "every size dimension is pinned", "rules": list(ctx.report.get("rules", []))}
         return False
     target = Target.of(ctx)
     bounds: Bounds | None = None
@@ -152,14 +153,19 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
             limited_by = bounds.budget.key
         ideal = knobs.ideal_depth(width)
         cur_depth = depth if depth is not None else ctx.arch.get(knobs.depth_keys[0] if knobs.depth_keys else "layers") or ideal
-        score = abs(math.log(max(cur_depth, 1) / ideal))
-        cand = (score, -point.params, width, depth, point, limited_by)
+        if knobs.score is not None:
+            score = knobs.score(width, cur_depth)
+        else:
+            score = abs(math.log(max(cur_depth, 1) / ideal))
+        # A demoted width (one that breaks a preference) loses to every other.
+        cand = ((bool(knobs.demoted(width)), score), -point.params, width, depth, point, limited_by)
         seen.update(
             depth=depth,
             params=point.params,
             **({"limited_by": limited_by} if depth is not None else {}),
-            ideal_depth=round(ideal, 2),
+            **({"ideal_depth": round(ideal, 2)} if knobs.score is None else {}),
             distance=round(score, 4),
+            **({"demoted": True} if knobs.demoted(width) else {}),
             outcome="reaches the minimum" if bounds.reaches(point) else "below the minimum",
         )
         if bounds.reaches(point):
@@ -191,6 +197,15 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
         _no_model(ctx, bounds, tried)
         return False
     _, _, width, depth, point, limited_by = chosen
+    knobs.chosen(ctx, width)
+    if knobs.depth_rule and depth is not None:
+        key = knobs.depth_keys[0]
+        wide = next(iter(width.items()), None)
+        at = f" at {wide[0]} {wide[1]}" if wide else ""
+        applied(
+            ctx, RULES[knobs.depth_rule],
+            f"{key} = {depth}{at} (the published depth there: {knobs.ideal_depth(width):.1f})",
+        )
     ctx.arch.update(width)
     for k in knobs.depth_keys:
         ctx.arch[k] = depth
@@ -198,7 +213,8 @@ def fit_dimensions(ctx: CompileContext, print_time: bool = False) -> bool:
         {
             "free": sorted(set(width) - ctx.pinned) + list(knobs.depth_keys),
             "chosen": {**{k: v for k, v in width.items()}, **{k: depth for k in knobs.depth_keys}},
-            "rule": fit_rule(),
+            "rule": fit_rule(knobs.choice),
+            "rules": list(ctx.report.get("rules", [])),
         }
     )
     ctx.report["binding_constraint"] = binding or limited_by

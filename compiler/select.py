@@ -142,7 +142,44 @@ def keys_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-GENERATED = {"combinations": combinations_table, "tiny": tiny_table, "keys": keys_table}
+def defaults_table() -> str:
+    """docs/families.md's per-task defaults: each family's parameter budget when the
+    spec gives none, and the published design it is the size of."""
+    from metagen.frontend.units import format_count
+
+    lines = ["| family | default parameter_budget.max | the practitioner's starting point |", "| --- | --- | --- |"]
+    for fam in FAMILIES.values():
+        lines.append(f"| `{fam.name}` | {format_count(fam.default_budget)} | {fam.default_budget_source} |")
+    return "\n".join(lines) + "\n"
+
+
+def _rules_table() -> str:
+    from metagen.compiler.design_rules import rules_table
+
+    return rules_table()
+
+
+def _published_table() -> str:
+    from metagen.compiler.published import published_table
+
+    return published_table()
+
+
+def _tutorial_table() -> str:
+    from metagen.compiler.published import tutorial_table
+
+    return tutorial_table()
+
+
+GENERATED = {
+    "combinations": combinations_table,
+    "tiny": tiny_table,
+    "keys": keys_table,
+    "defaults": defaults_table,
+    "rules": _rules_table,
+    "published": _published_table,
+    "tutorial": _tutorial_table,
+}
 
 
 def render_doc(text: str) -> str:

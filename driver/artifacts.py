@@ -60,6 +60,7 @@ def resolved_spec(comp: Compilation) -> dict[str, Any]:
     cons = plain.setdefault("constraints", {})
     if b:
         cons.setdefault("parameter_budget", {})["min"] = b["min"]
+        cons["parameter_budget"]["max"] = b["max"]  # the spec's, or the family's task default
         from metagen.frontend.units import format_bytes_exact
 
         cons["memory_budget"] = format_bytes_exact(b["memory_budget_bytes"])

@@ -28,6 +28,22 @@ def _define(text: str) -> tuple[str, str]:
     return k.strip(), v
 
 
+class _Precision(argparse.Action):
+    """`--precision P` is `-D constraints.precision=P`: one concept, the spec's
+    deployment precision (memory, latency, and what the emitters quantize to)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        defines = list(getattr(namespace, "define", None) or [])
+        defines.append(("constraints.precision", value))
+        namespace.define = defines
+
+
+def _precision_option(p) -> None:
+    from metagen.frontend.schema import PRECISIONS
+
+    p.add_argument("--precision", action=_Precision, choices=PRECISIONS, help=HELP["precision"])
+
+
 def _size(text: str) -> int:
     from metagen.hf_export import parse_size
 
@@ -65,6 +81,10 @@ HELP = {
     "define": "override one spec field as if written in the spec (-D architecture.layers=2); repeatable",
     "seed": "seed of the initial weights (default: the spec's reproducibility.seed, else 0)",
     "werror": "treat warnings as errors (exit 1, write nothing)",
+    "precision": (
+        "deployment precision of the weights: sets constraints.precision (same as -D constraints.precision=P; "
+        "default: the spec's, else the device's: int8 on edge and mobile, bf16 elsewhere)"
+    ),
 }
 
 
@@ -129,6 +149,7 @@ def metagenc_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=_seed, help=HELP["seed"])
     p.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE", help=HELP["define"])
+    _precision_option(p)
     p.add_argument("--tiny", action="store_true", help=HELP["tiny"])
     p.add_argument("--weights", help="safetensors file of canonical weights to embed (onnx)")
     p.add_argument("-MD", dest="md", action="store_true", help="write a make depfile beside the output")
@@ -431,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         if tiny:
             sp.add_argument("--tiny", action="store_true", help=HELP["tiny"])
         sp.add_argument("-D", dest="define", action="append", type=_define, metavar="KEY=VALUE", help=HELP["define"])
+        _precision_option(sp)
         sp.add_argument("--seed", type=_seed, help=HELP["seed"])
         sp.add_argument("-Werror", dest="werror", action="store_true", help=HELP["werror"])
 

@@ -264,12 +264,14 @@ def explain_text(comp) -> str:
         return "\n".join(lines) + "\n"
     if not fit.get("free"):
         lines.append(f"no fit: {fit.get('note', 'every size dimension is pinned')}")
-        return "\n".join(lines) + "\n"
+        lines += _rules_lines(fit)
+        return "".join(printable(line) + "\n" for line in lines)
     lines.append("free: " + ", ".join(fit["free"]))
     lines.append(f"rule: {fit.get('rule')}")
     for k, v in fit.items():  # any further rule the fitter records
-        if k not in ("free", "chosen", "rule", "candidates_evaluated", "note"):
+        if k not in ("free", "chosen", "rule", "rules", "candidates_evaluated", "note"):
             lines.append(f"{k.replace('_', ' ')}: {_text(v)}")
+    lines += _rules_lines(fit)
     trace = r.get("fit_trace") or []
     chosen = fit.get("chosen", {})
     pick = next((t for t in trace if all(chosen.get(k) == v for k, v in t["width"].items()) and "depth" in t), None)
@@ -301,6 +303,22 @@ def explain_text(comp) -> str:
     return "".join(printable(line) + "\n" for line in lines)
 
 
+def _rules_lines(fit: dict) -> list[str]:
+    """The design rules the family applied (compiler/design_rules.py), with sources."""
+    from metagen.compiler.design_rules import RULES
+
+    entries = fit.get("rules") or []
+    if not entries:
+        return []
+    out = ["design rules applied (docs/families.md, 'Design rules'):"]
+    names = list(dict.fromkeys(e["rule"] for e in entries))
+    for name in names:
+        out.append(f"  {name}: " + "; ".join(e["applied"] for e in entries if e["rule"] == name))
+        if name in RULES:
+            out.append(f"    source: {RULES[name].source}")
+    return out
+
+
 def _why(fit: dict, pick: dict | None, trace: list[dict], r: dict) -> list[str]:
     chosen = fit.get("chosen", {})
     free = set(fit.get("free", ()))
@@ -317,6 +335,9 @@ def _why(fit: dict, pick: dict | None, trace: list[dict], r: dict) -> list[str]:
                 f"the depth is pinned; of the widths within every bound that reach the parameter minimum "
                 f"({len(reaching)}), the one with the most parameters ({r.get('binding_constraint')} binds: it rejects the next larger width)"
             )
+        elif pick.get("outcome") == "reaches the minimum" and "ideal_depth" not in pick:
+            choice = str(fit.get("rule", "")).partition("among widths reaching the minimum, ")[2]
+            why = f"of the widths whose model reaches the parameter minimum ({len(reaching)}), {choice}"
         elif pick.get("outcome") == "reaches the minimum":
             why = (
                 f"of the widths whose model reaches the parameter minimum ({len(reaching)}), the one whose depth "

@@ -687,3 +687,18 @@ def test_c_locale_file_names_round_trip_through_depfile_and_stdout(tmp_path):
     r = subprocess.run([METAGEN, "synth", "ü.yaml", "--tiny", "--out", "ü", "--run-id", "r"], cwd=tmp_path,
                        capture_output=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("wrote ü/r\n".encode()), r.stderr
+
+
+def test_precision_flag_sets_the_specs_precision(tmp_path, capsys):
+    """`--precision P` is `-D constraints.precision=P` (one concept), on metagen and
+    metagenc alike; the later of the two wins; an unknown precision is a usage error."""
+    spec = example("tutorial", "pattern_edge.yaml")  # edge: int8 by default
+    assert main(["validate", spec, "--precision", "fp16"]) == 0
+    assert capsys.readouterr().out.splitlines()[4].endswith(", fp16")
+    assert main(["validate", spec, "-D", "constraints.precision=fp32", "--precision", "bf16"]) == 0
+    assert capsys.readouterr().out.splitlines()[4].endswith(", bf16")
+    out = tmp_path / "m.mgir"
+    assert metagenc_main([spec, "--target", "ir", "--tiny", "--precision", "fp16", "-o", str(out)]) == 0
+    with pytest.raises(SystemExit) as exc:
+        metagenc_main([spec, "--target", "ir", "--precision", "int4", "-o", str(out)])
+    assert exc.value.code == 2

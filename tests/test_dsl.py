@@ -447,7 +447,7 @@ def test_presets_build_the_reference_specs():
         os.path.join(EXAMPLES, "reference", "gpt2_small.yaml")
     )
     long = spec_of(os.path.join(EXAMPLES, "presets", "llama2_7b_32k.mg"))
-    assert long["constraints"]["context_window"] == 32768 and long["architecture"]["rope_theta"] == 500000.0
+    assert long["constraints"]["context_window"] == 32768 and long["architecture"]["rope_theta"] == 1000000.0
     assert long["architecture"]["hidden_size"] == 4096  # from llama2_7b.mg
     assert long["architecture"]["norm"] == "rmsnorm"  # from llama_base.mg, two imports away
 

@@ -120,11 +120,11 @@ def test_fit_time_only_on_request(tmp_path):
 
 def test_memory_budget_binds():
     # Inference memory is weights + KV cache + one decode step (no context x vocab
-    # logits): step 3's 495M needs 1.67GB, so 1.5GB binds.
-    r = fit(STEP3, memory_budget="1.5GB")
+    # logits): step 3's 490M needs 2.6GB (1.6GB of it KV cache at 32k), so 1GB binds.
+    r = fit(STEP3, memory_budget="1GB")
     assert r["binding_constraint"] == "memory_budget"
-    assert r["total_params"] < 495_000_000
-    assert r["memory"]["inference"]["total"] <= 1.5 * 1024**3
+    assert r["total_params"] < 450_000_000
+    assert r["memory"]["inference"]["total"] <= 1024**3
     assert_every_bound_holds(r)
 
 
@@ -179,7 +179,7 @@ def test_overrides_change_device_and_latency():
 def test_latency_no_model_meets():
     assert errors(EDGE, latency="10us") == [
         f"{CMD}: error: latency '10us' (<= 10 us/token on edge) cannot be met: the smallest model needs "
-        "76.6 us/token; relax latency to at least '77us' or choose a faster device"
+        "46.5 us/token; relax latency to at least '47us' or choose a faster device"
     ]
 
 
@@ -220,19 +220,25 @@ def test_throughput_no_model_meets():
 def test_explicit_min_unreachable_names_what_binds():
     assert errors(STEP3, parameter_budget__min="490M", memory_budget="1GB") == [
         "<command line>:1:2: error: no model reaches parameter_budget.min = 490M: the memory budget (1GB) binds "
-        "at 439M parameters; lower min to at most 439M (439365632) or raise memory_budget"
+        "at 442M parameters; lower min to at most 442M (441728000) or raise memory_budget"
     ]
     assert errors(STEP3, parameter_budget__min="480M", latency="1ms") == [
         "<command line>:1:1: error: no model reaches parameter_budget.min = 480M: latency '1ms' (<= 1 ms/token "
-        "on consumer_gpu) binds at 395M parameters; lower min to at most 395M (394804224), relax latency or "
+        "on consumer_gpu) binds at 370M parameters; lower min to at most 370M (370423296), relax latency or "
         "choose a faster device"
     ]
 
 
 def test_max_below_smallest_model():
-    assert errors(STEP3, parameter_budget__max="1M") == [
+    # With the vocabulary pinned (the fitter may not shrink it), the tied 32000 x 64
+    # embedding alone is over 1M.
+    ov = [("constraints.parameter_budget.max", "1M"), ("architecture.vocab_size", "32000")]
+    sink = DiagnosticSink()
+    with pytest.raises(CompileError):
+        compile_spec(STEP3, sink, ov)
+    assert [f"{d.loc}: {d.severity}: {d.message}" for d in sink.items] == [
         f"{CMD}: error: no model fits parameter_budget.max = 1M: the smallest model this spec allows has "
-        "4.16M parameters (4161728); raise max to at least 4161728"
+        "2.11M parameters (2113728); raise max to at least 2113728"
     ]
 
 
@@ -339,7 +345,7 @@ def test_a_new_constraint_is_one_class(monkeypatch):
     monkeypatch.setattr(WeightBytes, "limit", 1000)
     msgs = errors(EDGE)
     # At the spec's memory_budget (its `field`), with the smallest model's weights.
-    assert msgs == [f"{EDGE}:12:18: error: weights need 4161728 bytes, over 1000"]
+    assert msgs == [f"{EDGE}:12:18: error: weights need 2113728 bytes, over 1000"]
 
 
 def test_every_inapplicable_bound_is_reported():

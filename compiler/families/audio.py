@@ -29,6 +29,7 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Rule, derived, spec_key
+from metagen.compiler.families.decoder_lm import apply_lm_rules
 from metagen.compiler.families.blocks import block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, resolve_tower, tower_block
 from metagen.compiler.families.decoder_lm import DecoderLM
 from metagen.ir.graph import InputSpec, Model
@@ -59,6 +60,8 @@ class AudioConfig(ArchConfig):
     tie_embeddings: bool = derived(False)
     gqa: bool = derived(False)
     context: int = derived(0)
+    tensor_parallel: int = derived(1)
+    ffn_multiple: int = derived(256)
 
 
 class AudioLM(DecoderLM):
@@ -81,7 +84,13 @@ class AudioLM(DecoderLM):
         cfg.context = ctx.context_window
         cfg.vocab_size = cfg.codebook_size
         cfg.tie_embeddings = False
+        apply_lm_rules(ctx, cfg, ties=False)
         ctx.arch = cfg
+
+    shrinks_vocab = False  # the codec's codebook size is not the fitter's to change
+    # MusicGen-small's decoder (Copet et al. 2023): what a practitioner starts from.
+    default_budget = 300_000_000
+    default_budget_source = "MusicGen-small (300M)"
 
     def tiny(self, ctx: CompileContext) -> None:
         super().tiny(ctx)

@@ -204,6 +204,20 @@ class Knobs:
     depth_keys: list[str]
     max_depth: int = 256
     ideal_depth: Callable[[dict[str, Any]], float] = lambda w: 12.0
+    # How the fitter chooses among widths that reach the minimum, in words (the fit
+    # rule of params_estimate.json), naming the design rule (compiler/design_rules.py).
+    choice: str = "the one whose depth is closest to 12"
+    # A width's distance from the family's ideal given its fitted depth (smaller wins);
+    # by default how far the depth is from `ideal_depth`, in log terms.
+    score: Callable[[dict[str, Any], int], float] | None = None
+    # Widths that break a preference (a shrunk vocabulary) lose to every width that
+    # keeps it: `demoted(width)` is True for them.
+    demoted: Callable[[dict[str, Any]], bool] = lambda w: False
+    # Called once with the chosen width, to say what a rule did (a located warning).
+    chosen: Callable[[Any, dict[str, Any]], None] = lambda ctx, w: None
+    # The design rule `ideal_depth` states (compiler/design_rules.py), recorded with
+    # the chosen width and depth.
+    depth_rule: str = ""
 
 
 # ---------------------------------------------------------------- the interface
@@ -232,6 +246,10 @@ class Family(ABC):
     # `task.type` words this family performs; another one is a warning at that key
     # (the model follows modality and objective). Empty: any task (best effort).
     tasks: ClassVar[tuple[str, ...]] = ()
+    # The task default: parameter_budget.max when the spec gives none, and the
+    # published design it is the size of (docs/families.md, "Per-task defaults").
+    default_budget: ClassVar[int] = 1_000_000_000
+    default_budget_source: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from metagen.compiler import design_rules as R
 from metagen.compiler import devices
 from metagen.compiler.context import CompileContext
 from metagen.compiler.families import transformer as T
@@ -197,7 +198,16 @@ def single_tower_knobs(ctx: CompileContext, check) -> Knobs | None:
         if check(cfg, ctx.pinned) is None:
             widths.append({k: cfg[k] for k in SIZE_KEYS})
     depth_keys = [] if "layers" in ctx.pinned else ["layers"]
-    return Knobs(widths=widths, depth_keys=depth_keys, ideal_depth=lambda w: T.ideal_layers(w["hidden_size"]))
+    return Knobs(
+        widths=widths,
+        depth_keys=depth_keys,
+        ideal_depth=lambda w: R.tower_depth(w["hidden_size"]),
+        choice=TOWER_CHOICE,
+        depth_rule="tower-depth",
+    )
+
+
+TOWER_CHOICE = "the one whose depth is closest to ViT's for its width (design rule tower-depth)"
 
 
 # ---------------------------------------------------------------- graph prologue and stack

@@ -15,12 +15,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from metagen.compiler import design_rules as R
 from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower
 from metagen.compiler.families.blocks import (
-    SIZE_KEYS, VisionTower, block_stack, check_vision, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_patches, pixel_input,
+    SIZE_KEYS, TOWER_CHOICE, VisionTower, block_stack, check_vision, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_patches, pixel_input,
     pool_tokens, report_structure, resolve_tower, token_embeddings, tower_activations, tower_block, vision_embed,
     vision_structure, vision_tiny, width_candidates,
 )
@@ -85,6 +86,30 @@ def _check_text(cfg: dict[str, Any], pinned: set[str]) -> str | None:
     return "text_encoder: " + problem[1] if problem else T.derive(cfg, pinned, False)
 
 
+def clip_patch(width: int, image_size: int) -> int:
+    """Design rule clip-patch: 32 below 1024 wide (ViT-B/32), 14 from 1024 up
+    (ViT-L/14, H/14, bigG/14), 16 when 14 does not divide the image."""
+    if width < 1024:
+        return 32 if image_size % 32 == 0 else 16
+    return 14 if image_size % 14 == 0 else 16
+
+
+def _patch_applied(ctx: CompileContext, width: dict[str, Any]) -> None:
+    patch = width.get("image_encoder.patch_size")
+    d = width["image_encoder.hidden_size"]
+    if patch is not None:
+        R.applied(ctx, R.CLIP_PATCH, f"image_encoder.patch_size = {patch} for a {d}-wide image tower")
+        return
+    image = ctx.arch["image_encoder"]
+    rule = clip_patch(d, image["image_size"])
+    if image["patch_size"] != rule:
+        R.pinned_breaks(
+            ctx, ctx.spec.architecture.image_encoder.loc("patch_size"), R.CLIP_PATCH,
+            f"image_encoder.patch_size {image['patch_size']} on a {d}-wide image tower, where published CLIP "
+            f"models of that width use {rule}",
+        )
+
+
 def _fold(a: DualEncoderConfig) -> None:
     """Fresh tower configs (never mutate towers shared with the fitter)."""
     for name in TOWERS:
@@ -111,6 +136,8 @@ class DualEncoder(Family):
     )
     default_objective = "contrastive"
     tasks = ("embedding", "retrieval")
+    default_budget = 150_000_000
+    default_budget_source = "CLIP ViT-B/32 (151M; Radford et al. 2021), the usual starting point of OpenCLIP runs"
     unit = UnitOfWork("text-image pair", "image")
     config = DualEncoderConfig
     built = "a CLIP-style dual encoder"
@@ -168,10 +195,14 @@ class DualEncoder(Family):
                 continue
             seen.add((d, dt))
             image = dict(a["image_encoder"], hidden_size=d)
+            if "patch_size" not in pinned["image_encoder"]:
+                image["patch_size"] = clip_patch(d, image["image_size"])
             text = dict(a["text_encoder"], hidden_size=dt)
             if check_vision(image, pinned["image_encoder"]) or _check_text(text, pinned["text_encoder"]):
                 continue
             w = {f"image_encoder.{k}": image[k] for k in SIZE_KEYS}
+            if "patch_size" not in pinned["image_encoder"]:
+                w["image_encoder.patch_size"] = image["patch_size"]
             w.update({f"text_encoder.{k}": text[k] for k in SIZE_KEYS})
             if "projection_dim" not in ctx.pinned:
                 w["projection_dim"] = dt
@@ -179,7 +210,10 @@ class DualEncoder(Family):
         return Knobs(
             widths=widths,
             depth_keys=depth_keys,
-            ideal_depth=lambda w: T.ideal_layers(w["image_encoder.hidden_size"]),
+            ideal_depth=lambda w: R.tower_depth(w["image_encoder.hidden_size"]),
+            choice=TOWER_CHOICE + ", the image tower's width deciding",
+            depth_rule="tower-depth",
+            chosen=_patch_applied,
         )
 
     def tiny(self, ctx: CompileContext) -> None:

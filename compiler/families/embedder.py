@@ -40,6 +40,8 @@ class SentenceEmbedder(EncoderClassifier):
     )
     default_objective = "contrastive"
     tasks = ("embedding", "retrieval")
+    default_budget = 22_700_000
+    default_budget_source = "all-MiniLM-L6-v2 (22.7M), sentence-transformers' default embedder"
     config = EmbedderConfig
     tiny_doc = f"as `encoder`, embedding width {TINY_EMBEDDING}"
     doc_line = "Sentence embedder: text encoder, mean pooling, projection."

@@ -69,6 +69,8 @@ class EncoderClassifier(Family):
     tasks = ("classification",)
     unit = UnitOfWork("sequence", "sample")
     config = EncoderConfig
+    default_budget = 110_000_000
+    default_budget_source = "BERT-base (110M; Devlin et al. 2019), the usual fine-tuning starting point"
     tiny_doc = "d = 64, 2 layers, 4 heads, vocab 256, context 64, at most 2 token types, at most 10 classes"
 
     def configure(self, ctx: CompileContext) -> None:
@@ -179,6 +181,7 @@ class MaskedLM(EncoderClassifier):
     head: dense + activation + norm, then scores against the tied word embeddings
     plus a per-token bias)."""
 
+    default_budget_source = "BERT-base (110M; Devlin et al. 2019), pretrained with this objective"
     name = "masked_lm"
     doc = "Transformer text encoder with a masked-language-model head (BERT conventions)."
     inputs_doc = "input_ids: int64 [batch, seq] (mask tokens replaced by the mask id); token_type_ids when type_vocab_size > 0"

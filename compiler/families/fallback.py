@@ -75,6 +75,10 @@ class Fallback(Family):
     rules = (Rule(note="warning says what was built", unknown_modalities=True),)
     unit = UnitOfWork("sequence", "sample")
     config = FallbackConfig
+    # No published design reads an unknown modality: a small encoder, ViT-S's size,
+    # that trains on one GPU, is where a first experiment starts.
+    default_budget = 22_000_000
+    default_budget_source = "no published model for the modality; ViT-S/16's size (22M; Touvron et al. 2021, DeiT-S)"
     tiny_doc = "d = 64, 2 layers, 4 heads, feature width at most 16, vocab 256, context 64, at most 10 classes"
 
     def configure(self, ctx: CompileContext) -> None:

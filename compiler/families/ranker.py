@@ -33,6 +33,8 @@ class CrossEncoderRanker(EncoderClassifier):
     )
     default_objective = "ranking"
     tasks = ("ranking", "retrieval", "recommendation")
+    default_budget = 22_700_000
+    default_budget_source = "cross-encoder/ms-marco-MiniLM-L-6-v2 (22.7M), the usual sentence-transformers re-ranker"
     tiny_doc = "as `encoder`, one score"
     doc_line = "Cross-encoder ranker: a relevance score per (query, document) row."
     built = "a cross-encoder ranker"

@@ -58,6 +58,10 @@ class TwoTowerRecommender(Family):
     )
     default_objective = "contrastive"
     tasks = ("recommendation", "retrieval", "ranking", "embedding")
+    default_budget = 5_000_000
+    default_budget_source = (
+        "MetaGen's choice, no standard size exists: the default 10,000 users and 10,000 items at a width of about 250"
+    )
     unit = UnitOfWork("user-item pair", "sample")
     config = TwoTowerConfig
     tiny_doc = f"width 32, 2 layers, embedding 16, at most {TINY_IDS} users and items, at most 8 features a side"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from metagen.compiler.design_rules import kv_heads_for
 from metagen.ir.builder import ModelBuilder, ModuleBuilder
 from metagen.ir.graph import ModuleDef, Value
 
@@ -48,14 +49,19 @@ GATED = {"swiglu": "silu", "geglu": "gelu"}
 
 
 def default_head_dim(hidden: int) -> int:
+    """32 below 256 wide (Pythia-14M: 128 wide, 4 heads), 64 up to 2048 (GPT-2, Llama
+    3.2 1B), 128 above (Llama 2 7B and larger)."""
+    if hidden < 256:
+        return 32
     return 64 if hidden <= 2048 else 128
 
 
-def default_ffn(hidden: int, activation: str) -> int:
+def default_ffn(hidden: int, activation: str, multiple: int = 256) -> int:
     if activation in GATED:
         # Llama's rule: two thirds of 4d (same parameters as an ungated 4d MLP),
-        # rounded up to a multiple of 256 for fast matmul tiles.
-        return 256 * math.ceil(8 * hidden / 3 / 256)
+        # rounded up to a multiple of 256 for fast matmul tiles (of more when the
+        # device splits it over tensor-parallel shards: design rule parallel-shapes).
+        return multiple * math.ceil(8 * hidden / 3 / multiple)
     return 4 * hidden
 
 
@@ -74,13 +80,15 @@ def derive(cfg: dict[str, Any], pinned: set[str], gqa: bool) -> str | None:
         if d % cfg["head_dim"]:
             return f"head_dim {cfg['head_dim']} does not divide hidden_size {d}"
         cfg["heads"] = d // cfg["head_dim"]
+    # The device's tensor-parallel degree and FFN rounding (design rule parallel-shapes;
+    # configs without those fields run on one device).
+    tp = cfg.get("tensor_parallel") or 1
     if cfg.get("kv_heads") is None:
-        h = cfg["heads"]
-        cfg["kv_heads"] = h // 4 if (gqa and h % 4 == 0 and h >= 8) else h
+        cfg["kv_heads"] = kv_heads_for(cfg["heads"], gqa, tp)
     if cfg["heads"] % cfg["kv_heads"]:
         return f"kv_heads {cfg['kv_heads']} does not divide heads {cfg['heads']}"
     if cfg.get("ffn_size") is None:
-        cfg["ffn_size"] = default_ffn(d, cfg["activation"])
+        cfg["ffn_size"] = default_ffn(d, cfg["activation"], cfg.get("ffn_multiple") or 256)
     return None
 
 
@@ -171,7 +179,3 @@ def kv_cache_bytes(cfg: dict, context: int, dtype_bytes: int, batch: int = 1) ->
     return 2 * cfg["layers"] * cfg["kv_heads"] * cfg["head_dim"] * context * dtype_bytes * batch
 
 
-def ideal_layers(hidden: int) -> float:
-    """Depth that suits a width: GPT-2 small (768, 12) and Llama 2 7B (4096, 32)
-    lie on d / L = 64 * (d / 768) ** 0.41."""
-    return hidden / (64.0 * (hidden / 768.0) ** 0.41)

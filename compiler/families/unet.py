@@ -34,6 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
+from metagen.compiler import design_rules as R
 from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower, unbuilt_family
@@ -46,6 +49,7 @@ from metagen.ir.graph import InputSpec, Model, ModuleDef, Value
 from metagen.ir.types import DType, TensorType
 
 SIZE_KEYS = ("base_channels", "res_blocks")
+UNET_RES_BLOCKS = 2  # SD 1.5, SD 2, SDXL (design rule unet-scaling)
 
 
 @dataclass
@@ -70,7 +74,7 @@ class UNetTextTower(ArchConfig):
 
 @dataclass
 class UNetConfig(ArchConfig):
-    """SD 1.5's U-Net layout; base_channels and res_blocks are fitted unless pinned."""
+    """SD 1.5's U-Net layout; base_channels and transformer_depth are fitted unless pinned (res_blocks 2)."""
 
     latent_channels: int = spec_key(4)
     sample_size: int = spec_key(64)
@@ -120,6 +124,8 @@ class DiffusionUNet(Family):
     )
     default_objective = "diffusion"
     tasks = ("denoising", "generation")
+    default_budget = 1_000_000_000
+    default_budget_source = "Stable Diffusion 1.5 (860M U-Net + 123M CLIP text encoder = 983M)"
     unit = UnitOfWork("denoising step", "step")
     config = UNetConfig
     tiny_doc = (
@@ -188,22 +194,59 @@ class DiffusionUNet(Family):
         return None
 
     def knobs(self, ctx: CompileContext) -> Knobs | None:
-        free = [k for k in SIZE_KEYS if k not in ctx.pinned]
-        if not free:
-            return None
+        """Design rule unet-scaling: two ResNet blocks per level (SD, SDXL); base
+        channels as close to 320 as the budget allows; the budget beyond SD 1.5's
+        size goes to transformer depth, as SDXL's does. A pinned transformer_depth
+        leaves res_blocks as the depth (ideal 2)."""
         a = ctx.arch
+        if "res_blocks" in ctx.pinned and a["res_blocks"] != UNET_RES_BLOCKS:
+            R.pinned_breaks(
+                ctx, ctx.spec.architecture.loc("res_blocks"), R.UNET,
+                f"res_blocks {a['res_blocks']}: SD 1.5, SD 2 and SDXL use {UNET_RES_BLOCKS} ResNet blocks per level",
+            )
+        if "transformer_depth" not in ctx.pinned:
+            depth_keys = ["transformer_depth"]
+            if "res_blocks" not in ctx.pinned:
+                a["res_blocks"] = UNET_RES_BLOCKS
+                R.applied(ctx, R.UNET, f"res_blocks = {UNET_RES_BLOCKS} (SD 1.5, SDXL)")
+        elif "res_blocks" not in ctx.pinned:
+            depth_keys = ["res_blocks"]
+        else:
+            depth_keys = []
         if "base_channels" in ctx.pinned:
+            if not depth_keys:
+                return None
             candidates = [a["base_channels"]]
         else:
-            # Multiples of 64 whose every level keeps GroupNorm groups and heads whole.
+            # Multiples of 64 whose every level keeps GroupNorm groups and heads whole,
+            # and SD's 320.
             candidates = [
-                c for c in range(64, 4096 + 1, 64)
+                c for c in sorted(set(range(64, 4096 + 1, 64)) | {R.UNET_BASE})
                 if all((c * m) % a["norm_groups"] == 0 and (c * m) % a["heads"] == 0 for m in a["channel_mults"])
             ]
         widths = [{"base_channels": c} for c in candidates]
-        depth_keys = [] if "res_blocks" in ctx.pinned else ["res_blocks"]
-        # SD 1.x/2.x and most latent U-Nets use two ResNet blocks per level.
-        return Knobs(widths=widths, depth_keys=depth_keys, max_depth=8, ideal_depth=lambda w: 2.0)
+        if depth_keys == ["transformer_depth"]:
+            return Knobs(
+                widths=widths,
+                depth_keys=depth_keys,
+                max_depth=16,
+                ideal_depth=lambda w: 1.0,
+                score=lambda w, depth: abs(math.log(w["base_channels"] / R.UNET_BASE)),
+                choice=(
+                    "the one whose base_channels is closest to SD's 320, its transformer depth filling the budget "
+                    "(design rule unet-scaling)"
+                ),
+                chosen=lambda ctx, w: R.applied(
+                    ctx, R.UNET, f"base_channels = {w['base_channels']}, transformer_depth fitted to the budget"
+                ),
+            )
+        return Knobs(
+            widths=widths,
+            depth_keys=depth_keys,
+            max_depth=8,
+            ideal_depth=lambda w: float(UNET_RES_BLOCKS),
+            choice="the one whose res_blocks is closest to 2 (design rule unet-scaling)",
+        )
 
     def tiny(self, ctx: CompileContext) -> None:
         a = ctx.arch

@@ -38,6 +38,8 @@ class ViTClassifier(Family):
     )
     default_objective = "classification"
     tasks = ("classification",)
+    default_budget = 87_000_000
+    default_budget_source = "ViT-B/16 (86.6M with 1000 classes; Dosovitskiy et al. 2021), the standard ImageNet baseline"
     unit = UnitOfWork("image", "image")
     config = ViTConfig
     built = "a vision transformer classifier"

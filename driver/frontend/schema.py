@@ -194,7 +194,7 @@ SPEC = _map(
         _map(
             "parameter_budget",
             "Bounds on the parameter count.",
-            Field("max", PARAMS, "Most parameters allowed.", default="1B"),
+            Field("max", PARAMS, "Most parameters allowed. Default: the task's (docs/families.md, per-task defaults; 1B for a language model).", default="1B"),
             Field("min", PARAMS, "Fewest parameters wanted; default 90% of max."),
         ),
         Field("latency", LATENCY, "A latency class or an explicit bound (\"10ms\", \"60 tok/s\").", default="batch"),

@@ -65,7 +65,9 @@ section does not.
 
 ## Defaults worth knowing
 
-- `constraints.parameter_budget.max` is 1B; `min` is 90% of max unless given (the
+- `constraints.parameter_budget.max` is the task's default: the size of the published
+  model a practitioner starts that task from (1B for a language model, 87M, ViT-B/16's,
+  for an image classifier; docs/families.md, "Per-task defaults"); `min` is 90% of max unless given (the
   fitter may go lower only when another constraint binds, and says which).
 - `constraints.device` is `consumer_gpu`; `memory_budget` defaults to the device's
   capacity (docs/cost_model.md); `context_window` is 4k; `precision` (of the

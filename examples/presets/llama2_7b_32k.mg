@@ -10,5 +10,5 @@ model "llama2_7b_32k" {
     memory_budget 80GB  # the KV cache of 32k tokens needs room
     context_window 32k
   }
-  architecture { rope_theta 500000 }
+  architecture { rope_theta 1000000 }  # the base published 32k models use (docs/families.md, rule rope-base)
 }

@@ -119,7 +119,6 @@ class MyEdgeModel(nn.Module):
         self.tok_embeddings = nn.Embedding(256, 64)
         self.blocks = nn.ModuleList(Block() for _ in range(2))
         self.norm_f = nn.RMSNorm(64, eps=1e-05)
-        self.lm_head = nn.Linear(64, 256, bias=False)
 
     def forward(self, input_ids):
         x = self.tok_embeddings(input_ids)
@@ -127,7 +126,7 @@ class MyEdgeModel(nn.Module):
         for layer in self.blocks:
             x_1 = layer(x_1)
         x_2 = self.norm_f(x_1)
-        logits = self.lm_head(x_2)
+        logits = F.linear(x_2, self.tok_embeddings.weight)
         return {"logits": logits}
 
 
@@ -148,7 +147,7 @@ CONFIG = {
     "position": "rope",
     "rope_theta": 10000.0,
     "bias": False,
-    "tie_embeddings": False,
+    "tie_embeddings": True,
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}
@@ -172,7 +171,6 @@ _INITS = [
     ("blocks.1.mlp.up_proj.weight", [256, 64], "normal", {"std": 0.02}),
     ("blocks.1.mlp.down_proj.weight", [64, 256], "normal", {"std": 0.01}),
     ("norm_f.weight", [64], "ones", {}),
-    ("lm_head.weight", [256, 64], "normal", {"std": 0.02}),
 ]
 
 

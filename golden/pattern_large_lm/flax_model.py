@@ -54,8 +54,8 @@ class Attention(nnx.Module):
         q = jax.lax.slice_in_dim(qkv, 0, 64, axis=-1)
         k = jax.lax.slice_in_dim(qkv, 64, 96, axis=-1)
         v = jax.lax.slice_in_dim(qkv, 96, 128, axis=-1)
-        q_1 = _rope(q, 4, 16, 10000.0)
-        k_1 = _rope(k, 2, 16, 10000.0)
+        q_1 = _rope(q, 4, 16, 10000000.0)
+        k_1 = _rope(k, 2, 16, 10000000.0)
         attn = _attention(q_1, k_1, v, 4, 2, 16, is_causal=True)
         out = self.o_proj(attn)
         return out
@@ -131,7 +131,7 @@ CONFIG = {
     "norm_eps": 1e-05,
     "norm_position": "pre",
     "position": "rope",
-    "rope_theta": 10000.0,
+    "rope_theta": 10000000.0,
     "bias": False,
     "tie_embeddings": False,
     "context_window": 64,

@@ -98,8 +98,8 @@ class Attention:
         q = qkv[..., 0:64]
         k = qkv[..., 64:96]
         v = qkv[..., 96:128]
-        q_1 = _rope(q, 4, 16, 10000.0)
-        k_1 = _rope(k, 2, 16, 10000.0)
+        q_1 = _rope(q, 4, 16, 10000000.0)
+        k_1 = _rope(k, 2, 16, 10000000.0)
         attn = _attention(q_1, k_1, v, 4, 2, 16, is_causal=True)
         out = self.o_proj(attn)
         return out
@@ -175,7 +175,7 @@ CONFIG = {
     "norm_eps": 1e-05,
     "norm_position": "pre",
     "position": "rope",
-    "rope_theta": 10000.0,
+    "rope_theta": 10000000.0,
     "bias": False,
     "tie_embeddings": False,
     "context_window": 64,

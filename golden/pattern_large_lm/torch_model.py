@@ -56,8 +56,8 @@ class Attention(nn.Module):
         q = qkv.narrow(-1, 0, 64)
         k = qkv.narrow(-1, 64, 32)
         v = qkv.narrow(-1, 96, 32)
-        q_1 = _rope(q, 4, 16, 10000.0)
-        k_1 = _rope(k, 2, 16, 10000.0)
+        q_1 = _rope(q, 4, 16, 10000000.0)
+        k_1 = _rope(k, 2, 16, 10000000.0)
         attn = (
             F.scaled_dot_product_attention(
                 q_1.unflatten(-1, (4, 16)).transpose(1, 2),
@@ -146,7 +146,7 @@ CONFIG = {
     "norm_eps": 1e-05,
     "norm_position": "pre",
     "position": "rope",
-    "rope_theta": 10000.0,
+    "rope_theta": 10000000.0,
     "bias": False,
     "tie_embeddings": False,
     "context_window": 64,

@@ -148,7 +148,6 @@ class MyFirstModel:
         self.tok_embeddings = _Embedding(256, 64)
         self.blocks = [Block() for _ in range(2)]
         self.norm_f = _RMSNorm(64, eps=1e-05)
-        self.lm_head = _Linear(64, 256, bias=False)
 
     def __call__(self, input_ids):
         x = self.tok_embeddings(input_ids)
@@ -156,7 +155,7 @@ class MyFirstModel:
         for layer in self.blocks:
             x_1 = layer(x_1)
         x_2 = self.norm_f(x_1)
-        logits = self.lm_head(x_2)
+        logits = np.matmul(x_2, self.tok_embeddings.weight.T)
         return {"logits": logits}
 
 
@@ -177,7 +176,7 @@ CONFIG = {
     "position": "rope",
     "rope_theta": 10000.0,
     "bias": False,
-    "tie_embeddings": False,
+    "tie_embeddings": True,
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}
@@ -201,7 +200,6 @@ _INITS = [
     ("blocks.1.mlp.up_proj.weight", [256, 64], "normal", {"std": 0.02}),
     ("blocks.1.mlp.down_proj.weight", [64, 256], "normal", {"std": 0.01}),
     ("norm_f.weight", [64], "ones", {}),
-    ("lm_head.weight", [256, 64], "normal", {"std": 0.02}),
 ]
 _OUTPUT_DTYPES = {"logits": "float32"}
 

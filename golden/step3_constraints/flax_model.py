@@ -54,8 +54,8 @@ class Attention(nnx.Module):
         q = jax.lax.slice_in_dim(qkv, 0, 64, axis=-1)
         k = jax.lax.slice_in_dim(qkv, 64, 96, axis=-1)
         v = jax.lax.slice_in_dim(qkv, 96, 128, axis=-1)
-        q_1 = _rope(q, 4, 16, 10000.0)
-        k_1 = _rope(k, 2, 16, 10000.0)
+        q_1 = _rope(q, 4, 16, 1000000.0)
+        k_1 = _rope(k, 2, 16, 1000000.0)
         attn = _attention(q_1, k_1, v, 4, 2, 16, is_causal=True)
         out = self.o_proj(attn)
         return out
@@ -104,7 +104,6 @@ class MyConstrainedModel(nnx.Module):
         self.tok_embeddings = nnx.Embed(256, 64, rngs=rngs)
         self.blocks = nnx.List([Block(rngs=rngs) for _ in range(2)])
         self.norm_f = nnx.RMSNorm(64, epsilon=1e-05, use_fast_variance=False, rngs=rngs)
-        self.lm_head = nnx.Linear(64, 256, use_bias=False, rngs=rngs)
 
     def __call__(self, input_ids):
         x = self.tok_embeddings(input_ids)
@@ -112,7 +111,7 @@ class MyConstrainedModel(nnx.Module):
         for layer in self.blocks:
             x_1 = layer(x_1)
         x_2 = self.norm_f(x_1)
-        logits = self.lm_head(x_2)
+        logits = jnp.matmul(x_2, self.tok_embeddings.embedding[...].T)
         return {"logits": logits}
 
 
@@ -131,9 +130,9 @@ CONFIG = {
     "norm_eps": 1e-05,
     "norm_position": "pre",
     "position": "rope",
-    "rope_theta": 10000.0,
+    "rope_theta": 1000000.0,
     "bias": False,
-    "tie_embeddings": False,
+    "tie_embeddings": True,
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}
@@ -157,7 +156,6 @@ _INITS = [
     ("blocks.1.mlp.up_proj.weight", [256, 64], "normal", {"std": 0.02}),
     ("blocks.1.mlp.down_proj.weight", [64, 256], "normal", {"std": 0.01}),
     ("norm_f.weight", [64], "ones", {}),
-    ("lm_head.weight", [256, 64], "normal", {"std": 0.02}),
 ]
 _PARAMS = [
     ("tok_embeddings.weight", ["tok_embeddings", "embedding"], "same"),
@@ -176,7 +174,6 @@ _PARAMS = [
     ("blocks.1.mlp.up_proj.weight", ["blocks", 1, "mlp", "up_proj", "kernel"], "linear"),
     ("blocks.1.mlp.down_proj.weight", ["blocks", 1, "mlp", "down_proj", "kernel"], "linear"),
     ("norm_f.weight", ["norm_f", "scale"], "same"),
-    ("lm_head.weight", ["lm_head", "kernel"], "linear"),
 ]
 
 

@@ -56,8 +56,8 @@ class Attention(nn.Module):
         q = qkv.narrow(-1, 0, 64)
         k = qkv.narrow(-1, 64, 32)
         v = qkv.narrow(-1, 96, 32)
-        q_1 = _rope(q, 4, 16, 10000.0)
-        k_1 = _rope(k, 2, 16, 10000.0)
+        q_1 = _rope(q, 4, 16, 1000000.0)
+        k_1 = _rope(k, 2, 16, 1000000.0)
         attn = (
             F.scaled_dot_product_attention(
                 q_1.unflatten(-1, (4, 16)).transpose(1, 2),
@@ -119,7 +119,6 @@ class MyConstrainedModel(nn.Module):
         self.tok_embeddings = nn.Embedding(256, 64)
         self.blocks = nn.ModuleList(Block() for _ in range(2))
         self.norm_f = nn.RMSNorm(64, eps=1e-05)
-        self.lm_head = nn.Linear(64, 256, bias=False)
 
     def forward(self, input_ids):
         x = self.tok_embeddings(input_ids)
@@ -127,7 +126,7 @@ class MyConstrainedModel(nn.Module):
         for layer in self.blocks:
             x_1 = layer(x_1)
         x_2 = self.norm_f(x_1)
-        logits = self.lm_head(x_2)
+        logits = F.linear(x_2, self.tok_embeddings.weight)
         return {"logits": logits}
 
 
@@ -146,9 +145,9 @@ CONFIG = {
     "norm_eps": 1e-05,
     "norm_position": "pre",
     "position": "rope",
-    "rope_theta": 10000.0,
+    "rope_theta": 1000000.0,
     "bias": False,
-    "tie_embeddings": False,
+    "tie_embeddings": True,
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}
@@ -172,7 +171,6 @@ _INITS = [
     ("blocks.1.mlp.up_proj.weight", [256, 64], "normal", {"std": 0.02}),
     ("blocks.1.mlp.down_proj.weight", [64, 256], "normal", {"std": 0.01}),
     ("norm_f.weight", [64], "ones", {}),
-    ("lm_head.weight", [256, 64], "normal", {"std": 0.02}),
 ]
 
 

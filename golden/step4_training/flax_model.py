@@ -104,7 +104,6 @@ class MyTrainedModel(nnx.Module):
         self.tok_embeddings = nnx.Embed(256, 64, rngs=rngs)
         self.blocks = nnx.List([Block(rngs=rngs) for _ in range(2)])
         self.norm_f = nnx.RMSNorm(64, epsilon=1e-05, use_fast_variance=False, rngs=rngs)
-        self.lm_head = nnx.Linear(64, 256, use_bias=False, rngs=rngs)
 
     def __call__(self, input_ids):
         x = self.tok_embeddings(input_ids)
@@ -112,7 +111,7 @@ class MyTrainedModel(nnx.Module):
         for layer in self.blocks:
             x_1 = layer(x_1)
         x_2 = self.norm_f(x_1)
-        logits = self.lm_head(x_2)
+        logits = jnp.matmul(x_2, self.tok_embeddings.embedding[...].T)
         return {"logits": logits}
 
 
@@ -133,7 +132,7 @@ CONFIG = {
     "position": "rope",
     "rope_theta": 10000.0,
     "bias": False,
-    "tie_embeddings": False,
+    "tie_embeddings": True,
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}
@@ -157,7 +156,6 @@ _INITS = [
     ("blocks.1.mlp.up_proj.weight", [256, 64], "normal", {"std": 0.02}),
     ("blocks.1.mlp.down_proj.weight", [64, 256], "normal", {"std": 0.01}),
     ("norm_f.weight", [64], "ones", {}),
-    ("lm_head.weight", [256, 64], "normal", {"std": 0.02}),
 ]
 _PARAMS = [
     ("tok_embeddings.weight", ["tok_embeddings", "embedding"], "same"),
@@ -176,7 +174,6 @@ _PARAMS = [
     ("blocks.1.mlp.up_proj.weight", ["blocks", 1, "mlp", "up_proj", "kernel"], "linear"),
     ("blocks.1.mlp.down_proj.weight", ["blocks", 1, "mlp", "down_proj", "kernel"], "linear"),
     ("norm_f.weight", ["norm_f", "scale"], "same"),
-    ("lm_head.weight", ["lm_head", "kernel"], "linear"),
 ]
 
 
