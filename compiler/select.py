@@ -33,11 +33,11 @@ def out_of_reach(spec: Spec) -> list[str]:
 
 
 def best_effort_reason(spec: Spec) -> tuple[str, str] | None:
-    """Why this spec gets the best-effort model and the modality list to point at,
-    or None when a family's rules
-    decide (an unmatched combination of the tutorial's modalities stays an error):
-    a modality no family builds, several outputs no rule combines (a hybrid
-    design), or inputs -> outputs of the wider vocabulary that no rule pairs."""
+    """Why this spec gets the best-effort model, and the modality list to point
+    at: a modality no family builds, several outputs no rule combines (a hybrid
+    design), or inputs -> outputs of the wider vocabulary that no rule pairs.
+    None when the families' rules decide (an unmatched combination of the
+    tutorial's six modalities stays an error)."""
     ins = list(dict.fromkeys(spec.modality.inputs or []))
     outs = list(dict.fromkeys(spec.modality.outputs or []))
     unread = [m for m in out_of_reach(spec) if m in MODALITIES]
