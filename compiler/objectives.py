@@ -238,35 +238,41 @@ IN_BATCH_REDRAW = 0.25  # share of a synthetic positive's tokens redrawn from it
 
 
 def in_batch_contrastive(model: Model, seq: int) -> LossProgram:
-    """A single-tower embedder's contrastive loss, with in-batch negatives: rows 2i
-    and 2i+1 of the batch are a pair (the data side arranges them), every other row
-    is a negative. Cosine similarities times IN_BATCH_SCALE, each row's own entry
-    pushed out by -1e4, cross-entropy against the partner's row (the row's position
-    plus the data side's `pair_offset`, +1 or -1). Symmetric, since every row is the
-    anchor of its pair once. Each process's rows are its own batch, as CLIP's."""
+    """A single-tower embedder's contrastive loss, with in-batch negatives: each row
+    has one partner (the row with the same `pair` number, given by the data side),
+    every other row is a negative. Cosine similarities times IN_BATCH_SCALE; for row
+    i, cross-entropy of [its partner's similarity, the other rows' similarities]
+    against the partner: the partner's similarity is moved into the row's own (self)
+    slot and its column pushed out by -1e4, so the label is the row's own position.
+    Symmetric, since every row is the anchor of its pair once. Each process's rows
+    are its own batch, as CLIP's."""
     name, et = _output(model, "embedding")
     mb = ModelBuilder()
     m = mb.module("InBatchContrastiveLoss", doc="In-batch-negatives InfoNCE over pairs of rows (sentence-transformers).")
     emb = m.input("embedding", et)
-    offset = m.input("pair_offset", TensorType(DType.i64, (et.shape[0],)))
+    pair = m.input("pair", TensorType(DType.f32, (et.shape[0],)))
     n = m.op("l2_normalize", emb, hint="unit")
     sim = m.op("scale", m.op("matmul", n, n, transpose_b=True, hint="cos"), factor=IN_BATCH_SCALE, hint="sim")
-    pos = m.op("positions", sim, axis=0, hint="rows")
-    eye = _same_group(m, m.op("cast", pos, dtype="f32", hint="rows_f"))  # 1 on the diagonal, < 1e-21 off it
-    logits = m.op("sub", sim, m.op("scale", eye, factor=1e4), hint="logits")
-    labels = m.op("add", pos, offset, hint="partner")
-    top = m.ret(m.op("cross_entropy", logits, labels, hint="loss"), names=["loss"])
+    rows = m.op("positions", sim, axis=0, hint="rows")
+    rows_f = m.op("cast", rows, dtype="f32", hint="rows_f")
+    eye = _same_group(m, rows_f)  # 1 on the diagonal, < 1e-21 off it
+    partner = m.op("sub", _same_group(m, pair), eye, hint="partner")  # 1 at the row's partner
+    ones = m.op("exp", m.op("scale", m.op("unsqueeze", rows_f, axes=(1,)), factor=0.0), hint="ones")  # [B, 1]
+    positive = m.op("matmul", m.op("mul", partner, sim), ones, hint="positive")  # [B, 1]: the partner's similarity
+    others = m.op("sub", m.op("mul", sim, _one_minus(m, eye)), m.op("scale", partner, factor=1e4), hint="others")
+    logits = m.op("add", others, m.op("mul", eye, positive), hint="logits")
+    top = m.ret(m.op("cross_entropy", logits, rows, hint="loss"), names=["loss"])
     pairs = DataTransform(
         "pair_rows",
         inputs={i.name: i.name for i in model.inputs},
-        outputs={"offset": "pair_offset"},
+        outputs={"pair": "pair"},
         params={"redraw": IN_BATCH_REDRAW},
     )
-    spec = [InputSpec("embedding", et, "normal"), InputSpec("pair_offset", offset.type, "tokens", -1, 2)]
+    spec = [InputSpec("embedding", et, "normal"), InputSpec("pair", pair.type, "normal")]
     return LossProgram(
         "contrastive",
         _finish(mb, top, model, spec),
-        [("output", name), ("batch", "pair_offset")],
+        [("output", name), ("batch", "pair")],
         [pairs],
         seq,
         "rows 2i and 2i+1 are a pair (a data file gives each input X and its positive X_positive); "

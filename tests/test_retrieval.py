@@ -133,12 +133,12 @@ def test_losses_match_direct_computations(tmp_path):
     rng = np.random.default_rng(0)
     # in-batch contrastive: rows 2i, 2i+1 pairs
     emb = rng.standard_normal((6, 32)).astype(np.float32)
-    offset = np.array([1, -1] * 3)
-    got = _loss_fn(tmp_path, "faq_embedder.yaml", "contrastive")(emb, offset)
+    pair = np.array([0, 0, 1, 1, 2, 2], dtype=np.float32)
+    got = _loss_fn(tmp_path, "faq_embedder.yaml", "contrastive")(emb, pair)
     n = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     sim = 20.0 * n @ n.T
     np.fill_diagonal(sim, -np.inf)
-    want = _softmax_ce(sim, np.arange(6) + offset).mean()
+    want = _softmax_ce(sim, np.arange(6) + np.array([1, -1] * 3)).mean()
     assert abs(got - want) < 1e-4, (got, want)
     # ranking: groups of 4, one relevant
     score = rng.standard_normal(8).astype(np.float32)

@@ -125,7 +125,7 @@ def pair_keys(batch, rng, transform, batch_size, synthetic):
 
 def pair_rows(batch, rng, transform, batch_size, synthetic):
     """In-batch contrastive: rows 2i and 2i+1 are a pair (an anchor and its
-    positive); `offset` (+1 on even rows, -1 on odd) points at the partner.
+    positive); `pair` (a float field) is the pair's number i.
     Synthetic positives are their anchor with a quarter of the tokens redrawn (a
     float input: with noise added), so the pairing is learnable; from a data file,
     each input X comes with X_positive (the positive of the same row), and the first
@@ -150,7 +150,7 @@ def pair_rows(batch, rng, transform, batch_size, synthetic):
                 raise ValueError(f"in-batch contrastive training needs '{name}_positive' next to '{name}' in the data file")
         pairs = np.stack([x[:half] if not synthetic else x[0::2], positive[:half]], axis=1)
         batch[name] = pairs.reshape((batch_size,) + pairs.shape[2:]).astype(x.dtype)
-    batch[transform["outputs"]["offset"]] = np.where(np.arange(batch_size) % 2 == 0, 1, -1).astype(np.int64)
+    batch[transform["outputs"]["pair"]] = (np.arange(batch_size) // 2).astype(np.float32)
 
 
 def rank_groups(batch, rng, transform, batch_size, synthetic):
