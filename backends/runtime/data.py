@@ -147,7 +147,9 @@ def pair_rows(batch, rng, transform, batch_size, synthetic):
         else:
             positive = batch.pop(name + "_positive", None)
             if positive is None:
-                raise ValueError(f"in-batch contrastive training needs '{name}_positive' next to '{name}' in the data file")
+                raise ValueError(
+                    f"in-batch contrastive training needs '{name}_positive' next to '{name}' in the data file"
+                )
         pairs = np.stack([x[:half] if not synthetic else x[0::2], positive[:half]], axis=1)
         batch[name] = pairs.reshape((batch_size,) + pairs.shape[2:]).astype(x.dtype)
     batch[transform["outputs"]["pair"]] = (np.arange(batch_size) // 2).astype(np.float32)
@@ -161,7 +163,9 @@ def rank_groups(batch, rng, transform, batch_size, synthetic):
     batch / group drawn rows are laid out group by group."""
     k = transform["params"]["group"]
     if batch_size % k:
-        raise ValueError(f"ranking training takes groups of {k} candidates: use a --batch-size divisible by {k}")
+        raise ValueError(
+            f"ranking training takes groups of {k} candidates: use a --batch-size divisible by {k}"
+        )
     n = batch_size // k
     if synthetic:
         relevant = np.zeros((n, k), dtype=np.int64)
