@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -34,6 +35,7 @@ from metagen.backends.pyemit import (
     py_literal,
     uncovered_ops,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, ModuleDef, Param, resolve_param
 
 RESERVED = {
@@ -112,6 +114,7 @@ OPS: dict[str, Rule] = {
 }
 
 HELPERS: dict[str, str] = {
+    **COMMON_HELPERS,
     "attention": '''
 def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when
@@ -128,10 +131,14 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     return out.reshape(b, sq, heads * head_dim)
 ''',
     "rope": '''
-def _rope(x, heads, head_dim, theta):
-    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]."""
+def _rope(x, heads, head_dim, theta, inv_freq=None):
+    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]
+    (`inv_freq`: the frequencies when they are not theta's, e.g. rescaled)."""
     seq = x.shape[1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    else:
+        inv_freq = jnp.asarray(inv_freq, dtype=jnp.float32)
     freqs = jnp.outer(jnp.arange(seq, dtype=jnp.float32), inv_freq)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     cos, sin = jnp.cos(emb).astype(x.dtype)[:, None, :], jnp.sin(emb).astype(x.dtype)[:, None, :]
@@ -209,6 +216,7 @@ class FlaxEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(FLAX_API)
+        out(sampler_source(m, "flax"))
         return format_python(out.text())
 
     def param_member(self, p: Param) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -34,6 +35,7 @@ from metagen.backends.pyemit import (
     py_literal,
     uncovered_ops,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, ModuleDef, Param
 from metagen.ir.types import DType
 
@@ -103,6 +105,7 @@ OPS: dict[str, Rule] = {
 # Helper functions and layer classes: `name` defines `_name`. A helper is emitted when
 # a rule asks for it, with the helpers its source calls.
 HELPERS: dict[str, str] = {
+    **COMMON_HELPERS,
     "Linear": '''
 class _Linear:
     """y = x W^T + b over the last axis; weight [out, in]."""
@@ -237,12 +240,16 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     return out.transpose(0, 2, 1, 3).reshape(b, sq, heads * d)
 ''',
     "rope": '''
-def _rope(x, heads, head_dim, theta):
+def _rope(x, heads, head_dim, theta, inv_freq=None):
     """Rotary position embedding on packed heads [B, S, H*D], positions 0..S-1,
     rotate-half convention: dims i and i + D/2 form a pair rotated by the angle
-    position * theta^(-2i/D)."""
+    position * theta^(-2i/D), or position * inv_freq[i] when the frequencies are given
+    (rescaled, e.g. Llama 3's)."""
     b, s, d = x.shape[0], x.shape[1], head_dim
-    inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    if inv_freq is None:
+        inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    else:
+        inv_freq = np.asarray(inv_freq, dtype=np.float64)
     angles = np.outer(np.arange(s), inv_freq)
     angles = np.concatenate([angles, angles], axis=-1)[:, None, :]
     x = x.reshape(b, s, heads, d)
@@ -318,6 +325,7 @@ class NumpyEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(NUMPY_API)
+        out(sampler_source(m, "numpy"))
         return format_python(out.text())
 
     def param_member(self, p: Param) -> str:

@@ -34,6 +34,7 @@ from metagen import __version__
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
 from metagen.backends.pyemit import INIT_FUNCTIONS
 from metagen.diagnostics import Diagnostic, Loc
+from metagen.ir import ops
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub, Value
 from metagen.ir.names import Namespace, sanitize
 from metagen.ir.types import DType, TensorType
@@ -239,18 +240,12 @@ def _attention_fused(e: Emit, q: str, k: str, v: str) -> str:
     return e.op("Attention", q, k, v, **attrs)
 
 
-def _inv_freq(theta: float, head_dim: int) -> np.ndarray:
-    """As the torch backend computes it, in float32."""
-    exps = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
-    return (np.float32(1.0) / (np.float32(theta) ** exps)).astype(np.float32)
-
-
 def _rope_tables(e: Emit, x: str) -> tuple[str, str]:
     """cos and sin of position * inv_freq, [S, D/2]."""
     a = e.a
     seq = e.op("Squeeze", e.op("Shape", x, start=1, end=2), e.ints(0))
     pos = e.op("Cast", e.op("Range", e.const(np.array(0, np.int64)), seq, e.const(np.array(1, np.int64))), to=TensorProto.FLOAT)
-    freqs = e.op("Mul", e.op("Unsqueeze", pos, e.ints(1)), e.const(_inv_freq(a["theta"], a["head_dim"])[None, :]))
+    freqs = e.op("Mul", e.op("Unsqueeze", pos, e.ints(1)), e.const(ops.rope_inv_freq(a)[None, :]))
     return e.op("Cos", freqs), e.op("Sin", freqs)
 
 
@@ -394,9 +389,12 @@ OPS: dict[str, Callable[..., str]] = {
     "unsqueeze": _unsqueeze,
     "prepend": _prepend,
     "flatten_spatial": lambda e, x: e.op("Transpose", e.op("Reshape", x, e.ints(0, 0, -1)), perm=[0, 2, 1]),
-    "unflatten_spatial": lambda e, x: e.op(
-        "Reshape", e.op("Transpose", x, perm=[0, 2, 1]), e.ints(0, 0, e.a["height"], e.a["width"])
+    "unflatten_spatial": lambda e, x, like: e.op(
+        "Reshape", e.op("Transpose", x, perm=[0, 2, 1]), e.op("Concat", e.ints(0, 0), e.op("Shape", like, start=2), axis=0)
     ),
+    "pad2d": lambda e, x: e.op("Pad", x, e.ints(0, 0, e.a["pads"][0], e.a["pads"][2], 0, 0, e.a["pads"][1], e.a["pads"][3])),
+    # ONNX has no assertion: a size that is not a multiple fails at the U-Net's skip concat.
+    "require_multiple": lambda e, x: e.op("Identity", x),
     "mean": lambda e, x: e.op("ReduceMean", x, e.ints(e.a["axis"]), keepdims=0),
     "gather_argmax": _gather_argmax,
     "upsample_nearest": _upsample,
@@ -672,3 +670,16 @@ def golden_text(files: dict[str, bytes]) -> bytes:
         init.data_location = onnx.TensorProto.DEFAULT
     text = printer.to_text(model)
     return ("\n".join(lines) + ("\n" if lines else "") + text.rstrip("\n") + "\n").encode("utf-8")
+
+
+def lower_to_onnx_folder(
+    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data"
+) -> dict[str, bytes]:
+    """The backend's output folder: `lower_to_onnx`'s files, plus a diffusion model's
+    pipeline parts as graphs of their own (backends/onnx_pipeline.py)."""
+    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name)
+    if model.family == "diffusion_unet":
+        from metagen.backends.onnx_pipeline import pipeline_files
+
+        files.update(pipeline_files(model, weights, seed))
+    return files

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import black
 
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
-from metagen.ir import names
+from metagen.ir import names, ops
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Param, Repeat, Sub
 
 __all__ = ["EmitError"]  # re-exported: the Python emitters' error is every backend's
@@ -290,7 +290,11 @@ BASE_OPS: dict[str, Rule] = {
         f"{c.helper('attention')}({q}, {k}, {v}, {c.a['heads']}, {c.a['kv_heads']}, {c.a['head_dim']}, "
         f"is_causal={c.a['causal']}" + (f", scale={c.a['scale']!r}" if c.a["scale"] is not None else "") + ")"
     ),
-    "rope": lambda c, x: f"{c.helper('rope')}({x}, {c.a['heads']}, {c.a['head_dim']}, {c.a['theta']!r})",
+    "rope": lambda c, x: (
+        f"{c.helper('rope')}({x}, {c.a['heads']}, {c.a['head_dim']}, {c.a['theta']!r}"
+        + ("" if c.a["scaling"] == "none" else f", inv_freq={_tuple_literal([float(f) for f in ops.rope_inv_freq(c.a)])}")
+        + ")"
+    ),
     "positions": lambda c, x: f"{c.lib}.arange({x}.shape[{c.a['axis']}])",
     "concat": lambda c, *xs: f"{c.lib}.concatenate([{', '.join(xs)}], axis={c.a['axis']})",
     "stack": lambda c, *xs: f"{c.lib}.stack([{', '.join(xs)}], axis={c.a['axis']})",
@@ -300,8 +304,14 @@ BASE_OPS: dict[str, Rule] = {
         f"{c.lib}.concatenate([{c.lib}.broadcast_to({t}, ({x}.shape[0],) + {t}.shape[1:]), {x}], axis=1)"
     ),
     "flatten_spatial": lambda c, x: f"{c.lib}.transpose({x}.reshape({x}.shape[0], {x}.shape[1], -1), (0, 2, 1))",
-    "unflatten_spatial": lambda c, x: (
-        f"{c.lib}.transpose({x}, (0, 2, 1)).reshape({x}.shape[0], {x}.shape[2], {c.a['height']}, {c.a['width']})"
+    "unflatten_spatial": lambda c, x, like: (
+        f"{c.lib}.transpose({x}, (0, 2, 1)).reshape({x}.shape[0], {x}.shape[2], {like}.shape[2], {like}.shape[3])"
+    ),
+    "pad2d": lambda c, x: (
+        f"{c.lib}.pad({x}, ((0, 0), (0, 0), ({c.a['pads'][0]}, {c.a['pads'][1]}), ({c.a['pads'][2]}, {c.a['pads'][3]})))"
+    ),
+    "require_multiple": lambda c, x: (
+        f"{c.helper('require_multiple')}({x}, {_tuple_literal(c.a['axes'])}, {c.a['multiple']}, {c.a['what']!r})"
     ),
     "mean": lambda c, x: f"{c.lib}.mean({x}, axis={c.a['axis']})",
     "gather_argmax": lambda c, x, ids: f"{x}[{c.lib}.arange({x}.shape[0]), {c.lib}.argmax({ids}, axis=-1)]",
@@ -317,6 +327,20 @@ BASE_OPS: dict[str, Rule] = {
     "masked_cross_entropy": lambda c, logits, labels, mask: (
         f"{c.helper('masked_cross_entropy')}({logits}, {labels}, {mask})"
     ),
+}
+
+
+# Helpers every Python backend shares (they touch only `x.shape`): a backend's
+# table is `{**COMMON_HELPERS, ...its own}`.
+COMMON_HELPERS: dict[str, str] = {
+    "require_multiple": '''
+def _require_multiple(x, axes, multiple, what):
+    """x, after checking that its dims at `axes` are multiples of `multiple`."""
+    if any(int(x.shape[a]) % multiple for a in axes):
+        dims = " x ".join(str(int(x.shape[a])) for a in axes)
+        raise ValueError(f"{what}: got {dims}, not multiples of {multiple}")
+    return x
+''',
 }
 
 

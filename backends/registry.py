@@ -126,7 +126,7 @@ register(
         "onnx",
         "An ONNX model (opset 23) with the canonical weights as initializers.",
         suffix=".onnx",
-        lowering="metagen.backends.onnx_backend:lower_to_onnx",
+        lowering="metagen.backends.onnx_backend:lower_to_onnx_folder",
         synth_path="onnx/model.onnx",
         binary=True,
         takes_weights=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
     LayerRule,
@@ -19,6 +20,7 @@ from metagen.backends.pyemit import (
     emit_tables,
     format_python,
 )
+from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Model, Param
 from metagen.ir.types import DType
 
@@ -89,7 +91,8 @@ OPS: dict[str, Rule] = {
     "unsqueeze": _unsqueeze,
     "prepend": lambda c, x, t: f"torch.cat([{t}.expand({x}.shape[0], -1, -1), {x}], dim=1)",
     "flatten_spatial": lambda c, x: f"{x}.flatten(2).transpose(1, 2)",
-    "unflatten_spatial": lambda c, x: f"{x}.transpose(1, 2).unflatten(2, ({c.a['height']}, {c.a['width']}))",
+    "pad2d": lambda c, x: f"F.pad({x}, ({c.a['pads'][2]}, {c.a['pads'][3]}, {c.a['pads'][0]}, {c.a['pads'][1]}))",
+    "unflatten_spatial": lambda c, x, like: f"{x}.transpose(1, 2).unflatten(2, {like}.shape[2:])",
     "mean": lambda c, x: f"{x}.mean(dim={c.a['axis']})",
     "gather_argmax": lambda c, x, ids: (
         f"{x}[torch.arange({x}.shape[0], device={x}.device), {ids}.argmax(dim=-1)]"
@@ -105,6 +108,7 @@ OPS: dict[str, Rule] = {
 HELPER_IMPORTS: dict[str, tuple[str, ...]] = {"rope": ("functools",)}
 
 HELPERS: dict[str, str] = {
+    **COMMON_HELPERS,
     "masked_cross_entropy": '''
 def _masked_cross_entropy(logits, labels, mask):
     """Cross-entropy averaged over the positions where mask is 1."""
@@ -113,29 +117,33 @@ def _masked_cross_entropy(logits, labels, mask):
     return (per_token * weight).sum() / weight.sum().clamp(min=1.0)
 ''',
     "rope": '''
-def _rope_cos_sin(seq, head_dim, theta, device, dtype):
-    """cos and sin [seq, 1, head_dim] of the rotary angles."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
-    inv_freq = 1.0 / (theta**exponent)
+def _rope_cos_sin(seq, head_dim, theta, device, dtype, inv_freq=None):
+    """cos and sin [seq, 1, head_dim] of the rotary angles (`inv_freq`: the frequencies
+    when they are not theta's, e.g. rescaled)."""
+    if inv_freq is None:
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+        inv_freq = 1.0 / (theta**exponent)
+    else:
+        inv_freq = torch.tensor(inv_freq, dtype=torch.float32, device=device)
     freqs = torch.outer(torch.arange(seq, device=device).float(), inv_freq)
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
 
 @functools.lru_cache(maxsize=8)
-def _rope_cos_sin_cached(seq, head_dim, theta, device, dtype, inference):
+def _rope_cos_sin_cached(seq, head_dim, theta, device, dtype, inference, inv_freq=None):
     """_rope_cos_sin computed once per shape and shared by every layer in eager mode
     (`inference` keeps tensors made under torch.inference_mode apart: autograd refuses them)."""
-    return _rope_cos_sin(seq, head_dim, theta, device, dtype)
+    return _rope_cos_sin(seq, head_dim, theta, device, dtype, inv_freq)
 
 
-def _rope(x, heads, head_dim, theta):
+def _rope(x, heads, head_dim, theta, inv_freq=None):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]."""
     if torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
-        cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype)
+        cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
     else:
         cos, sin = _rope_cos_sin_cached(
-            x.shape[1], head_dim, theta, x.device, x.dtype, torch.is_inference_mode_enabled()
+            x.shape[1], head_dim, theta, x.device, x.dtype, torch.is_inference_mode_enabled(), inv_freq
         )
     x = x.unflatten(-1, (heads, head_dim))
     x1, x2 = x.chunk(2, dim=-1)
@@ -188,6 +196,7 @@ class TorchEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(TORCH_API)
+        out(sampler_source(m, "torch"))
         return format_python(out.text())
 
     def member_prologue(self) -> list[str]:

@@ -134,6 +134,9 @@ def _bind(t: TensorType, sizes: dict[str, int]) -> TensorType:
 
 
 def _finish(mb: ModelBuilder, top, model: Model, inputs: list[InputSpec]) -> Model:
+    # Symbols the loss inputs keep from the model (a U-Net's height and width) keep
+    # their meaning and example size.
+    used = {d for i in inputs for d in i.type.shape if isinstance(d, str)} - {"batch"}
     return mb.finish(
         top,
         name=top.name,
@@ -141,7 +144,8 @@ def _finish(mb: ModelBuilder, top, model: Model, inputs: list[InputSpec]) -> Mod
         inputs=inputs,
         config={},
         family="loss",
-        symbols={"batch": "batch size"},
+        symbols={"batch": "batch size", **{k: v for k, v in model.symbols.items() if k in used}},
+        examples={k: v for k, v in model.examples.items() if k in used},
         loc=model.loc,
     )
 

@@ -53,42 +53,52 @@ def best_effort_reason(spec: Spec) -> tuple[str, str] | None:
     return None
 
 
-def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
-    """The first rule that matches modality and objective; among several, the one
-    whose family answers to the written `architecture.family`, then the one that
-    performs the written `task.type`, then catalogue order."""
+def matching_rule(spec: Spec) -> tuple[Rule, Family] | None:
+    """The rule the spec's modality and objective meet, with its family; None when
+    none does. Among several, the one whose family answers to the written
+    `architecture.family`, then the one that performs the written `task.type`, then
+    catalogue order. The model card quotes it as the reason."""
     ins = frozenset(spec.modality.inputs or [])
     outs = frozenset(spec.modality.outputs or [])
     objectives = spec.training.objective or []
     objective = objectives[0] if objectives else None
-    unknown = bool(set(ins | outs) - set(MODALITIES)) or best_effort_reason(spec) is not None
-    family = None
+    unknown = bool((ins | outs) - set(MODALITIES)) or best_effort_reason(spec) is not None
     matches = []
     for rule, fam in rules():
         if unknown:
             if rule.unknown_modalities:
-                matches.append(fam)
+                matches.append((rule, fam))
         elif frozenset(rule.inputs) == ins and frozenset(rule.outputs) == outs and objective in rule.objectives:
-            matches.append(fam)
-    if matches:
-        written = spec.architecture.family
-        task = spec.task.type if spec.task.given("type") else None
+            matches.append((rule, fam))
+    if not matches:
+        return None
+    written = spec.architecture.family
+    task = spec.task.type if spec.task.given("type") else None
 
-        def preference(fam: Family) -> tuple[int, int]:
-            return (
-                0 if written != "auto" and written in fam.accepts_families else 1,
-                0 if task is not None and task in fam.tasks else 1,
-            )
+    def preference(match: tuple[Rule, Family]) -> tuple[int, int]:
+        fam = match[1]
+        return (
+            0 if written != "auto" and written in fam.accepts_families else 1,
+            0 if task is not None and task in fam.tasks else 1,
+        )
 
-        family = min(matches, key=preference).name  # min is stable: catalogue order breaks ties
-    if family is None:
+    return min(matches, key=preference)  # min is stable: catalogue order breaks ties
+
+
+def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:
+    match = matching_rule(spec)
+    if match is None:
+        ins = frozenset(spec.modality.inputs or [])
+        outs = frozenset(spec.modality.outputs or [])
+        objectives = spec.training.objective or []
+        objective = objectives[0] if objectives else None
         what = f"{_modalities(ins)} -> {_modalities(outs)}" + (f" with objective '{objective}'" if objective else "")
         sink.error(
             spec.modality.loc(),
             f"no model family for {what}; supported: {supported_summary()} (see docs/families.md)",
         )
         return None
-    return family
+    return match[1].name
 
 
 def _modalities(ms) -> str:

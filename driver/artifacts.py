@@ -59,7 +59,10 @@ def resolved_spec(comp: Compilation) -> dict[str, Any]:
     b = ctx.report.get("budget")
     cons = plain.setdefault("constraints", {})
     if b:
-        cons.setdefault("parameter_budget", {})["min"] = b["min"]
+        # A default minimum is not enforced (pinned dimensions may bind below it); written
+        # out it would be, so it is stated as what this model meets.
+        low = min(b["min"], ctx.report["total_params"]) if b.get("min_is_default") else b["min"]
+        cons.setdefault("parameter_budget", {})["min"] = low
         cons["parameter_budget"]["max"] = b["max"]  # the spec's, or the family's task default
         from metagen.frontend.units import format_bytes_exact
 

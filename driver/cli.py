@@ -278,9 +278,48 @@ def _cmd_synth(args) -> int:
     return code
 
 
+def _run_folder(args) -> str | None:
+    """When `args.spec` is a run folder of `metagen synth`: point it at the folder's
+    resolved spec, take the seed the run recorded unless --seed was given, and return
+    the folder; None for a spec file."""
+    if not os.path.isdir(args.spec):
+        return None
+    folder = args.spec
+    report = os.path.join(folder, "blueprint", "training_report.json")
+    args.spec = os.path.join(folder, "spec_resolved.yaml")
+    if args.seed is None and os.path.isfile(report):
+        try:
+            with open(report, encoding="utf-8") as f:
+                args.seed = json.load(f)["config"]["seed"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no recorded seed: the spec's
+    return folder
+
+
+class _Tee:
+    """A text stream that writes to `stream` and keeps a copy."""
+
+    def __init__(self, stream):
+        import io
+
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _cmd_verify(args) -> int:
     from metagen.verify import verify_spec
 
+    folder = _run_folder(args)
+    if folder is not None and (args.define or args.tiny):
+        # the card describes the run's model; a changed one would be recorded under it
+        print("metagen verify: error: a run folder is verified as it was built: no -D or --tiny", file=sys.stderr)
+        return 2
     sink = DiagnosticSink()
     try:
         comp = _compile(args, sink)
@@ -288,7 +327,28 @@ def _cmd_verify(args) -> int:
         sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     _finish(sink)
-    ok = verify_spec(comp, seed=_effective_seed(args, comp), stream=sys.stdout)
+    seed = _effective_seed(args, comp)
+    tee = _Tee(sys.stdout)
+    ok = verify_spec(comp, seed=seed, stream=tee)
+    if folder is not None:  # the run's model card records the result
+        from metagen.model_card import model_card, verification_text, with_verification
+        from metagen.outputs import write_files
+
+        text = verification_text(tee.copy.getvalue(), ok, seed)
+        card_path = os.path.join(folder, "README.md")
+        try:
+            with open(card_path, encoding="utf-8") as f:
+                card = with_verification(f.read(), text)
+        except (OSError, UnicodeDecodeError):
+            card = None
+        if card is None:  # no card, or not one synth wrote: a whole new card
+            card = model_card(comp, seed, text)
+        try:
+            write_files({card_path: card.encode("utf-8")})
+        except CompileError as exc:
+            sink.extend(exc.diagnostics)
+            return _finish(sink) or 1
+        print(f"wrote the result to {card_path}")
     return 0 if ok else 1
 
 
@@ -326,8 +386,12 @@ def _cmd_import_hf(args) -> int:
     stem = os.path.splitext(os.path.basename(args.output))[0]
     mg = os.path.splitext(args.output)[1].lower() == ".mg"
     try:
-        text, weights = import_hf(args.path, args.name or stem, mg=mg, with_weights=bool(args.weights_out))
+        text, weights, tokenizer = import_hf(args.path, args.name or stem, mg=mg, with_weights=bool(args.weights_out),
+                                             with_tokenizer=bool(args.tokenizer_out))
         files = {args.output: text.encode("utf-8")}
+        if tokenizer is not None:
+            with open(tokenizer, "rb") as f:
+                files[args.tokenizer_out] = f.read()
         if weights is not None:
             from safetensors.numpy import save
 
@@ -342,6 +406,13 @@ def _cmd_import_hf(args) -> int:
             except (OSError, UnicodeDecodeError):
                 pass
         return _finish(sink) or 1
+    if not args.tokenizer_out:
+        from metagen.diagnostics import Loc
+        from metagen.tokenizer import find
+
+        found = find(args.path if os.path.isdir(args.path) else os.path.dirname(args.path) or ".")
+        if found is not None:
+            sink.note(Loc(found, 1, 1), "the model has a tokenizer; --tokenizer-out FILE copies it")
     return _finish(sink)
 
 
@@ -352,27 +423,44 @@ def _cmd_export_hf(args) -> int:
     from metagen.outputs import write_tree
 
     sink = DiagnosticSink()
-    if os.path.isdir(args.spec):  # a run folder: the spec and seed it was synthesised with
-        report = os.path.join(args.spec, "blueprint", "training_report.json")
-        args.spec = os.path.join(args.spec, "spec_resolved.yaml")
-        if args.seed is None and os.path.isfile(report):
-            try:
-                with open(report, encoding="utf-8") as f:
-                    args.seed = json.load(f)["config"]["seed"]
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # no recorded seed: the spec's
+    folder = _run_folder(args)  # a run folder: the spec and seed it was synthesised with
+    tokenizer = args.tokenizer
+    if tokenizer is None and folder is not None and os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        tokenizer = os.path.join(folder, "tokenizer.json")
     try:
         comp = _compile(args, sink)
         if args.weights:
             weights, where = _load_weights(args.weights), Loc(args.weights, 1, 1)
         else:
             weights, where = init_weights(comp, _effective_seed(args, comp)), None
-        files = export_files(comp, resolved_spec(comp), weights, args.max_shard_size, where)
+        files = export_files(comp, resolved_spec(comp), weights, args.max_shard_size, where,
+                             tokenizer, Loc(tokenizer, 1, 1) if tokenizer else None)
         write_tree(args.output, files)
     except CompileError as exc:
         sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     return _finish(sink, args.werror)
+
+
+def _cmd_tokenizer_train(args) -> int:
+    from metagen.outputs import write_files
+    from metagen.tokenizer import train
+
+    sink = DiagnosticSink()
+    special = [t for t in args.special_tokens.split(",") if t] if args.special_tokens is not None else None
+    try:
+        text = train(args.data, args.vocab_size, *([special] if special is not None else []))
+        write_files({args.output: text.encode("utf-8")})
+    except ValueError as exc:  # a vocabulary too small for the alphabet: the command line's fault
+        print(f"metagen tokenizer train: error: {exc}", file=sys.stderr)
+        return 2
+    except CompileError as exc:
+        sink.absorb(exc.diagnostics)
+        return _finish(sink) or 1
+    from metagen.tokenizer import vocab_size
+
+    print(f"wrote {args.output}: byte-level BPE, {vocab_size(args.output)} tokens (asked: at most {args.vocab_size})")
+    return _finish(sink)
 
 
 def _cmd_fmt(args) -> int:
@@ -505,8 +593,14 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("schema", help="print the JSON Schema of the YAML spec language")
     sp.set_defaults(fn=_cmd_schema)
 
-    sp = sub.add_parser("verify", help="run torch, flax and onnxruntime on identical weights and compare")
-    common(sp)
+    sp = sub.add_parser(
+        "verify",
+        help="run torch, flax and onnxruntime on identical weights and compare",
+        description="Run every backend on identical weights and inputs and compare each output with the reference "
+        "(NumPy). Given a run folder of `metagen synth`, verify its resolved spec with its seed and record the "
+        "result in its model card (README.md).",
+    )
+    common(sp, run_dir=True)
     sp.set_defaults(fn=_cmd_verify)
 
     sp = sub.add_parser("convert", help="the same spec in the other frontend's syntax")
@@ -532,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("path", metavar="PATH", help="config.json, or the folder holding it and the weights")
     sp.add_argument("-o", dest="output", required=True, metavar="SPEC", help="the spec to write: .yaml/.yml, or .mg for the DSL")
     sp.add_argument("--weights-out", metavar="FILE.safetensors", help="also write the checkpoint under the canonical names")
+    sp.add_argument("--tokenizer-out", metavar="tokenizer.json",
+                    help="also copy the folder's tokenizer.json (checked against the model's vocabulary)")
     sp.add_argument("--name", help="the spec's model name (default: the output file's stem)")
     sp.set_defaults(fn=_cmd_import_hf)
 
@@ -546,16 +642,41 @@ def main(argv: list[str] | None = None) -> int:
         help="a folder transformers' from_pretrained loads",
         description="Write config.json, generation_config.json and the weights under transformers' names "
         "(model.safetensors, or shards with model.safetensors.index.json above --max-shard-size) to DIR. "
-        "Supported: decoder LMs with learned positions (GPT2LMHeadModel) or rotary ones (LlamaForCausalLM), "
-        "text classifiers (BertForSequenceClassification), image classifiers (ViTForImageClassification). "
+        "Supported: decoder LMs with learned positions (GPT2LMHeadModel) or rotary ones (LlamaForCausalLM, "
+        "Qwen2ForCausalLM), text classifiers (BertForSequenceClassification), image classifiers "
+        "(ViTForImageClassification), dual encoders (CLIPModel), and the diffusion U-Net as a diffusers folder "
+        "(unet/ UNet2DConditionModel, text_encoder/ CLIPTextModel). "
         "A spec with a convention the reference class lacks is an error; nothing is written then.",
     )
     common(sp, run_dir=True)
     sp.add_argument("--weights", metavar="FILE.safetensors", help="canonical weights to export (default: init(seed)'s)")
     sp.add_argument("-o", dest="output", required=True, metavar="DIR", help="the folder to write (replaced whole)")
+    sp.add_argument("--tokenizer", metavar="tokenizer.json",
+                    help="the tokenizer to export with it (default: a run folder's tokenizer.json, if it has one)")
     sp.add_argument("--max-shard-size", type=_size, default="5GB", metavar="SIZE",
                     help="largest weights file before sharding, e.g. 5GB (default), 500MB, 2MiB")
     sp.set_defaults(fn=_cmd_export_hf)
+
+    sp = command(
+        "tokenizer",
+        "train a tokenizer for a model's text",
+        "Tokenizers for text models, as Hugging Face tokenizer.json files.",
+    )
+    tsub = sp.add_subparsers(dest="tokenizer_command", required=True)
+    sp = tsub.add_parser(
+        "train",
+        help="a byte-level BPE tokenizer from text files",
+        description="Train a byte-level BPE tokenizer (the `tokenizers` library) on UTF-8 text files and write "
+        "it as tokenizer.json: the special tokens first (ids 0, 1, ...), the 256 bytes, then merges up to "
+        "--vocab-size tokens. Deterministic. Use it with train.py --tokenizer and metagen export hf --tokenizer.",
+    )
+    sp.add_argument("--data", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to train on")
+    sp.add_argument("--vocab-size", type=int, required=True, metavar="N",
+                    help="at most N tokens: the model's architecture.vocab_size")
+    sp.add_argument("--special-tokens", metavar="TOKENS",
+                    help="comma-separated special tokens, ids 0, 1, ... (default: <|endoftext|>)")
+    sp.add_argument("-o", dest="output", required=True, metavar="tokenizer.json", help="the file to write")
+    sp.set_defaults(fn=_cmd_tokenizer_train)
 
     sp = sub.add_parser("fmt", help="canonical layout of a .mg file")
     sp.add_argument("file", help="the .mg file, rewritten in place")

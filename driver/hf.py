@@ -197,6 +197,53 @@ _UNET_RENAMES = [
 ]
 
 
+def _unet_block_name(name: str, levels: int) -> str:
+    """diffusers' down/up/mid block names -> per-level ones (`down_blocks.1.resnets.0.`
+    -> `down1.res0.`); up blocks are numbered by level (diffusers counts them from the
+    bottom). The U-Net and the autoencoder share the layout."""
+    m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.*)", name)
+    if m:
+        lvl, kind, j, rest = m.groups()
+        new = f"down{lvl}." + {"resnets": f"res{j}.", "attentions": f"attn{j}.", "downsamplers": "downsample."}[kind]
+        return new + (rest[len("conv."):] if kind == "downsamplers" else rest)
+    m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.*)", name)
+    if m:
+        i, kind, j, rest = m.groups()
+        new = f"up{levels - 1 - int(i)}." + {"resnets": f"res{j}.", "attentions": f"attn{j}.", "upsamplers": "upsample."}[kind]
+        return new + (rest[len("conv."):] if kind == "upsamplers" else rest)
+    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", name)
+    if m:
+        kind, j, rest = m.groups()
+        return f"mid.{'res' if kind == 'resnets' else 'attn'}{j}.{rest}"
+    return name
+
+
+_VAE_RENAMES = [
+    (r"\.group_norm\.", ".norm."),
+    (r"\.to_([qkv])\.", r".\1_proj."),
+    (r"\.to_out\.0\.", ".o_proj."),
+]
+
+
+def vae_to_canonical(state: dict, levels: int) -> dict[str, np.ndarray]:
+    """diffusers `AutoencoderKL` -> the diffusion family's autoencoder names:
+    `encoder.*` and `quant_conv` under `vae_encoder.`, `decoder.*` and
+    `post_quant_conv` under `vae_decoder.`; blocks renamed as the U-Net's."""
+    out: dict[str, np.ndarray] = {}
+    for name, tensor in state.items():
+        head, _, rest = name.partition(".")
+        if head in ("quant_conv", "post_quant_conv"):
+            side, rest = ("vae_encoder" if head == "quant_conv" else "vae_decoder"), name
+        elif head in ("encoder", "decoder"):
+            side, rest = f"vae_{head}", _unet_block_name(rest, levels)
+        else:
+            raise KeyError(f"not an AutoencoderKL weight: {name}")
+        for pat, rep in _VAE_RENAMES:
+            rest = re.sub(pat, rep, rest)
+        out[f"{side}.{rest}"] = _np(tensor)
+    return out
+
+
 def unet_to_canonical(state: dict, levels: int, prefix: str = "") -> dict[str, np.ndarray]:
     """diffusers `UNet2DConditionModel` -> the diffusion U-Net's names (`prefix` is
     prepended to each). Self-attention q/k/v are fused into `qkv_proj`, cross-attention
@@ -206,22 +253,7 @@ def unet_to_canonical(state: dict, levels: int, prefix: str = "") -> dict[str, n
     fused: dict[str, dict[str, np.ndarray]] = {}
     for name, tensor in state.items():
         value = _np(tensor)
-        new = name
-        m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.*)", name)
-        if m:
-            lvl, kind, j, rest = m.groups()
-            new = f"down{lvl}." + {"resnets": f"res{j}.", "attentions": f"attn{j}.", "downsamplers": "downsample."}[kind]
-            new += rest[len("conv."):] if kind == "downsamplers" else rest
-        m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.*)", name)
-        if m:
-            i, kind, j, rest = m.groups()
-            lvl = levels - 1 - int(i)
-            new = f"up{lvl}." + {"resnets": f"res{j}.", "attentions": f"attn{j}.", "upsamplers": "upsample."}[kind]
-            new += rest[len("conv."):] if kind == "upsamplers" else rest
-        m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", name)
-        if m:
-            kind, j, rest = m.groups()
-            new = f"mid.{'res' if kind == 'resnets' else 'attn'}{j}.{rest}"
+        new = _unet_block_name(name, levels)
         for pat, rep in _UNET_RENAMES:
             new = re.sub(pat, rep, new)
         m = re.match(r"(.*)\.attn1\.to_([qkv])\.weight$", new)
@@ -399,17 +431,22 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
     if kind == "mistral":
         c.need("sliding_window", allowed=(None,), why="sliding-window attention is not an IR feature", default=None)
     c.need("hidden_act", allowed=("silu",), why="the gated feed-forward is SwiGLU", default="silu")
-    c.need("rope_scaling", allowed=(None,), why="only unscaled rotary embeddings", default=None)
-    # The spec's `bias` covers every linear layer of a block (RMSNorm has none), so the
-    # attention and feed-forward settings must agree.
-    bias = c.need("attention_bias", allowed=(False, True), why="a boolean", default=False)
-    if c.cfg.get("mlp_bias", default=False) != bias:
-        c.need("mlp_bias", allowed=(bias,), why=f"biases go on every linear layer or none, and attention_bias is {json.dumps(bias)}", default=False)
-    if c.cfg.get("rope_parameters") is not None:  # transformers 5 keeps the rope settings together
-        c.need("rope_parameters", "rope_type", allowed=("default",), why="only unscaled rotary embeddings", default="default")
-        theta = c.float("rope_parameters", "rope_theta", default=10000.0)
+    if kind == "qwen2":  # biases on q, k and v only, fixed by the architecture
+        c.need("use_sliding_window", allowed=(False,), why="sliding-window attention is not an IR feature", default=False)
+        types = c.cfg.get("layer_types")
+        odd = next((i for i, t in enumerate(types) if t != "full_attention"), None) if isinstance(types, list) else 0
+        if types is not None and odd is not None:
+            shown = json.dumps(types[odd]) if isinstance(types, list) else json.dumps(types)
+            c.fail(("layer_types",), f"layer_types{f'[{odd}]' if isinstance(types, list) else ''} {shown} is not "
+                   "supported (every layer attends to the whole context); supported: \"full_attention\" for every layer")
+        bias, qkv_bias = False, True
     else:
-        theta = c.float("rope_theta", default=10000.0)
+        # The spec's `bias` covers every linear layer of a block (RMSNorm has none), so
+        # the attention and feed-forward settings must agree.
+        bias = c.need("attention_bias", allowed=(False, True), why="a boolean", default=False)
+        if c.cfg.get("mlp_bias", default=False) != bias:
+            c.need("mlp_bias", allowed=(bias,), why=f"biases go on every linear layer or none, and attention_bias is {json.dumps(bias)}", default=False)
+        qkv_bias = bias
     arch = {
         "family": "transformer",
         "vocab_size": c.int("vocab_size"),
@@ -424,11 +461,41 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
         "norm_eps": c.float("rms_norm_eps", default=1e-6),
         "norm_position": "pre",
         "position": "rope",
-        "rope_theta": theta,
+        **_rope_settings(c),
         "bias": bool(bias),
         "tie_embeddings": bool(c.cfg.get("tie_word_embeddings", default=False)),
     }
+    if qkv_bias != bias:
+        arch["qkv_bias"] = qkv_bias
     return _lm(arch, c.int("max_position_embeddings")), {"prefix": "model.", "convert": llama_to_canonical}
+
+
+ROPE_TYPES = ("default", "llama3")
+# transformers' llama3 rope setting -> the spec's key
+LLAMA3_KEYS = (("factor", "rope_scaling_factor", float), ("low_freq_factor", "rope_low_freq_factor", float),
+               ("high_freq_factor", "rope_high_freq_factor", float),
+               ("original_max_position_embeddings", "rope_original_context", int))
+
+
+def _rope_settings(c: _Checker) -> dict:
+    """rope_theta and the rope scaling: transformers 5's `rope_parameters`, or 4's
+    `rope_theta` with `rope_scaling` (its type under `rope_type`, or the older `type`)."""
+    if c.cfg.get("rope_parameters") is not None:
+        where = ("rope_parameters",)
+        theta = c.float("rope_parameters", "rope_theta", default=10000.0)
+    else:
+        where = ("rope_scaling",)
+        theta = c.float("rope_theta", default=10000.0)
+        if c.cfg.get("rope_scaling") is None:
+            return {"rope_theta": theta}
+    type_key = "type" if c.cfg.get(*where, "rope_type") is None and c.cfg.get(*where, "type") is not None else "rope_type"
+    kind = c.need(*where, type_key, allowed=ROPE_TYPES, why="unscaled or Llama 3's scaling", default="default")
+    out = {"rope_theta": theta}
+    if kind == "llama3":
+        out["rope_scaling"] = "llama3"
+        for theirs, ours, kind_of in LLAMA3_KEYS:
+            out[ours] = c.int(*where, theirs) if kind_of is int else c.float(*where, theirs)
+    return out
 
 
 def _lm(arch: dict, context: int) -> dict:
@@ -553,6 +620,7 @@ IMPORTERS: dict[str, Callable[[_Checker], tuple[dict, dict]]] = {
     "gpt2": _gpt2,
     "llama": _llama,
     "mistral": _llama,
+    "qwen2": _llama,
     "bert": _bert,
     "vit": _vit,
     "clip": _clip,
@@ -667,6 +735,39 @@ def _unet(u: _Checker, t: _Checker) -> dict:
             "cross_attention_dim": one("cross_attention_dim", 1280),
             "text_encoder": text,
         },
+    }
+
+
+VAE_FIXED = (  # AutoencoderKL fields our autoencoder has one value of: (field, value, why)
+    ("in_channels", 3, "images have 3 channels"),
+    ("out_channels", 3, "images have 3 channels"),
+    ("act_fn", "silu", "the ResNet blocks use SiLU"),
+    ("use_quant_conv", True, "the encoder ends with quant_conv"),
+    ("use_post_quant_conv", True, "the decoder starts with post_quant_conv"),
+    ("mid_block_add_attention", True, "the mid blocks have self-attention"),
+    ("shift_factor", None, "latents are only scaled"),
+    ("latents_mean", None, "latents are only scaled"),
+    ("latents_std", None, "latents are only scaled"),
+)
+
+
+def _vae(v: _Checker, latent: int) -> dict:
+    """The `autoencoder` section for a diffusers AutoencoderKL config (`v`)."""
+    for key, value, why in VAE_FIXED:
+        v.need(key, allowed=(value,), why=why, default=value)
+    v.need("_class_name", allowed=("AutoencoderKL",), why="the image autoencoder is SD's AutoencoderKL", default=None)
+    v.need("latent_channels", allowed=(latent,), why="the U-Net denoises the autoencoder's latents", default=4)
+    channels = v.cfg.get("block_out_channels", default=[64])
+    if not (isinstance(channels, list) and channels and all(isinstance(c, int) and c > 0 for c in channels)):
+        v.fail(("block_out_channels",), f"block_out_channels {json.dumps(channels)} must be a list of positive integers")
+        channels = [1]
+    for key, kind in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        v.need(key, allowed=([kind] * len(channels),), why=f"every level is a {kind}", default=[kind] * len(channels))
+    return {
+        "block_channels": channels,
+        "layers_per_block": v.int("layers_per_block", default=1),
+        "norm_groups": v.int("norm_num_groups", default=32),
+        "scaling_factor": v.float("scaling_factor", default=0.18215),
     }
 
 
@@ -796,9 +897,11 @@ def canonical_weights(folder: str, conversion: dict) -> dict[str, np.ndarray]:
         raise _fail(folder, f"the checkpoint does not match its config: {exc}") from None
 
 
-def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False):
-    """(spec text, canonical weights or None) for the transformers model at `path`.
-    The spec pins the architecture and its parameter budget is the exact count."""
+def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False, with_tokenizer: bool = False):
+    """(spec text, canonical weights or None, tokenizer.json path or None) for the
+    transformers model at `path`. The spec pins the architecture and its parameter
+    budget is the exact count. The tokenizer (asked for with `with_tokenizer`) must
+    be in the folder and fit the model's vocabulary."""
     import tempfile
 
     from metagen.frontend.dsl_format import tree_to_mg, tree_to_yaml
@@ -832,7 +935,24 @@ def import_hf(path: str, name: str, mg: bool = False, with_weights: bool = False
     text = tree_to_mg(tree) if mg else tree_to_yaml(tree)
     if weights is not None:
         _check_weights(cfg, weights, {name: tuple(p.type.shape) for name, p in model.walk_params()})
-    return text, weights
+    tokenizer = _tokenizer(path, cfg, model) if with_tokenizer else None
+    return text, weights, tokenizer
+
+
+def _tokenizer(path: str, cfg: HFConfig, model) -> str:
+    """The folder's tokenizer.json, checked against the model's token ids."""
+    from metagen.tokenizer import check_fits, find, load, model_vocab
+
+    folder = path if os.path.isdir(path) else os.path.dirname(cfg.path) or "."
+    found = find(folder)
+    if found is None:
+        raise _fail(folder, "no tokenizer here: expected tokenizer.json (a diffusers pipeline: tokenizer/tokenizer.json)")
+    load(found)  # a file tokenizers cannot read is an error here, not in train.py
+    vocab = model_vocab(model)
+    if vocab is None:
+        raise _fail(found, "the model takes no text tokens; a tokenizer has nothing to do")
+    check_fits(found, vocab, Loc(found, 1, 1))
+    return found
 
 
 def _pipeline(folder: str, name: str):
@@ -843,11 +963,20 @@ def _pipeline(folder: str, name: str):
             f"_class_name {json.dumps(unet.get('_class_name'))} is not supported; supported: \"UNet2DConditionModel\""))])
     u, t = _Checker(unet), _Checker(text)
     body = _unet(u, t)
-    if u.errors or t.errors:
-        raise CompileError(sorted(u.errors + t.errors, key=lambda d: d.loc))
+    checkers = [u, t]
+    vae_path = os.path.join(folder, "vae")
+    vae = read_config(vae_path) if os.path.isdir(vae_path) else None
+    if vae is not None:  # the pipeline's images are pixels: its autoencoder comes along
+        v = _Checker(vae)
+        checkers.append(v)
+        body["architecture"]["images"] = "pixels"
+        body["architecture"]["autoencoder"] = _vae(v, body["architecture"]["latent_channels"])
+    errors = [e for c in checkers for e in c.errors]
+    if errors:
+        raise CompileError(sorted(errors, key=lambda d: d.loc))
+    parts = "UNet2DConditionModel with CLIPTextModel" + (" and AutoencoderKL" if vae is not None else "")
     spec = {"metagen_version": "1.0", "name": name,
-            "description": f"Imported from the diffusers pipeline {os.path.basename(os.path.abspath(folder))} "
-                           "(UNet2DConditionModel with CLIPTextModel)."}
+            "description": f"Imported from the diffusers pipeline {os.path.basename(os.path.abspath(folder))} ({parts})."}
     spec.update(body)
     levels = len(body["architecture"]["channel_mults"])
 
@@ -857,6 +986,12 @@ def _pipeline(folder: str, name: str):
             weights.update(clip_text_to_canonical(load_state_dict(os.path.dirname(text.path))))
         except KeyError as exc:
             raise _fail(text.path, f"the checkpoint does not match its config: {exc}") from None
+        if vae is not None:
+            state = load_state_dict(os.path.dirname(vae.path), "diffusion_pytorch_model")
+            try:
+                weights.update(vae_to_canonical(state, len(body["architecture"]["autoencoder"]["block_channels"])))
+            except KeyError as exc:
+                raise _fail(vae.path, f"the checkpoint does not match its config: {exc}") from None
         return weights
 
     return unet, spec, load

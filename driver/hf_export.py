@@ -57,8 +57,17 @@ def _gpt2_config(arch: dict, context: int, resolved: dict) -> dict:
             "tie_word_embeddings": True, "bos_token_id": eos, "eos_token_id": eos, "torch_dtype": "float32"}
 
 
+def _rope_scaling(arch: dict) -> dict:
+    """transformers' `rope_scaling` of a scaled rotary embedding (none when unscaled)."""
+    if arch.get("rope_scaling") in (None, "none"):
+        return {}
+    from metagen.hf import LLAMA3_KEYS
+
+    return {"rope_scaling": {"rope_type": arch["rope_scaling"], **{theirs: arch[ours] for theirs, ours, _ in LLAMA3_KEYS}}}
+
+
 def _llama_config(arch: dict, context: int, resolved: dict) -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": arch["vocab_size"],
+    return {**_rope_scaling(arch), "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": arch["vocab_size"],
             "hidden_size": arch["hidden_size"], "intermediate_size": arch["ffn_size"],
             "num_hidden_layers": arch["layers"], "num_attention_heads": arch["heads"],
             "num_key_value_heads": arch["kv_heads"], "head_dim": arch["head_dim"], "hidden_act": "silu",
@@ -66,6 +75,12 @@ def _llama_config(arch: dict, context: int, resolved: dict) -> dict:
             "attention_bias": arch["bias"], "mlp_bias": arch["bias"], "tie_word_embeddings": arch["tie_embeddings"],
             "bos_token_id": min(1, arch["vocab_size"] - 1), "eos_token_id": min(2, arch["vocab_size"] - 1),
             "torch_dtype": "float32"}
+
+
+def _qwen2_config(arch: dict, context: int, resolved: dict) -> dict:
+    config = {k: v for k, v in _llama_config(arch, context, resolved).items() if k not in ("attention_bias", "mlp_bias")}
+    config.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False)
+    return config
 
 
 def _bert_config(arch: dict, context: int, resolved: dict) -> dict:
@@ -86,18 +101,45 @@ def _vit_config(arch: dict, context: int, resolved: dict) -> dict:
             "torch_dtype": "float32", **_labels(resolved)}
 
 
-# (kind of model, its positions) -> (reference class, config writer). The config's
+def _clip_tower(t: dict, context: int, projection: int, image: bool) -> dict:
+    out = {"hidden_size": t["hidden_size"], "num_hidden_layers": t["layers"], "num_attention_heads": t["heads"],
+           "intermediate_size": t["ffn_size"], "hidden_act": _act(t["activation"]), "layer_norm_eps": t["norm_eps"],
+           "projection_dim": projection}
+    if image:
+        out.update(model_type="clip_vision_model", image_size=t["image_size"], patch_size=t["patch_size"],
+                   num_channels=t["channels"])
+    else:  # eos_token_id 2: CLIPTextModel pools at the highest token id, as our text tower does
+        out.update(model_type="clip_text_model", vocab_size=t["vocab_size"], max_position_embeddings=context,
+                   bos_token_id=min(1, t["vocab_size"] - 1), eos_token_id=2, pad_token_id=min(1, t["vocab_size"] - 1))
+    return out
+
+
+def _clip_config(arch: dict, context: int, resolved: dict) -> dict:
+    p = arch["projection_dim"]
+    return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": p, "torch_dtype": "float32",
+            "text_config": _clip_tower(arch["text_encoder"], context, p, image=False),
+            "vision_config": _clip_tower(arch["image_encoder"], context, p, image=True)}
+
+
+# (kind of model, its positions) -> the (reference class, config writer) candidates, the
+# first whose config imports back to the spec's architecture wins. The config's
 # model_type selects the weight mapping through metagen.hf.IMPORTERS.
 EXPORTERS = {
-    ("decoder LM", "learned"): ("GPT2LMHeadModel", _gpt2_config),
-    ("decoder LM", "rope"): ("LlamaForCausalLM", _llama_config),
-    ("text classifier", "learned"): ("BertForSequenceClassification", _bert_config),
-    ("image classifier", "learned"): ("ViTForImageClassification", _vit_config),
+    ("decoder LM", "learned"): (("GPT2LMHeadModel", _gpt2_config),),
+    ("decoder LM", "rope"): (("LlamaForCausalLM", _llama_config), ("Qwen2ForCausalLM", _qwen2_config)),
+    ("text classifier", "learned"): (("BertForSequenceClassification", _bert_config),),
+    ("image classifier", "learned"): (("ViTForImageClassification", _vit_config),),
+    ("dual encoder", None): (("CLIPModel", _clip_config),),
 }
 AUTO_CLASSES = {"decoder LM": "AutoModelForCausalLM", "text classifier": "AutoModelForSequenceClassification",
-                "image classifier": "AutoModelForImageClassification"}
-SUPPORTED = ", ".join(f"{kind} with {'rotary' if pos == 'rope' else pos} positions ({cls})"
-                      for (kind, pos), (cls, _) in EXPORTERS.items())
+                "image classifier": "AutoModelForImageClassification", "dual encoder": "AutoModel"}
+def _supported(kind: str, pos: str | None, found) -> str:
+    where = f" with {'rotary' if pos == 'rope' else pos} positions" if pos else ""
+    return f"{kind}{where} ({' or '.join(c for c, _ in found)})"
+
+
+SUPPORTED = ", ".join(_supported(kind, pos, found) for (kind, pos), found in EXPORTERS.items()) + (
+    ", diffusion U-Net (a diffusers folder: UNet2DConditionModel with CLIPTextModel)")
 
 
 def _kind(resolved: dict) -> str:
@@ -108,6 +150,11 @@ def _kind(resolved: dict) -> str:
         return "decoder LM"
     if (resolved.get("task") or {}).get("type") == "classification" and len(inputs) == 1:
         return f"{inputs[0]} classifier"
+    if arch.get("family") == "diffusion" and "text_encoder" in arch:
+        return "diffusion U-Net"
+    if sorted(inputs) == ["image", "text"] and "text_encoder" in arch and "image_encoder" in arch \
+            and (resolved.get("training") or {}).get("objective") in (None, ["contrastive"]):
+        return "dual encoder"
     return f"family {arch.get('family')!r}"
 
 
@@ -147,23 +194,26 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
     if key not in EXPORTERS or arch.get("components"):
         what = f"{key[0]} with position {json.dumps(key[1])}" + (" and components" if arch.get("components") else "")
         raise _refuse(loc, f"{what} has no transformers counterpart to export to; supported: {SUPPORTED}")
-    cls, writer = EXPORTERS[key]
-    config = writer(arch, int(resolved["constraints"].get("context_window") or 0), resolved)
-    text = json.dumps(config, indent=2, sort_keys=True)
-    cfg = HFConfig("config.json", config, key_locations(text))
-    try:
-        back, conversion = spec_tree(cfg, comp.spec.name)
-        again = _reimported(back, cfg)
-    except CompileError as exc:
-        why = "; ".join(d.message for d in exc.diagnostics)
-        raise _refuse(loc, f"{cls} cannot hold this architecture: {why}") from None
-    theirs, ours = _fingerprint(again), _fingerprint(resolved)
-    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-    if differ:
+    refusals = []
+    for cls, writer in EXPORTERS[key]:
+        config = writer(arch, int(resolved["constraints"].get("context_window") or 0), resolved)
+        text = json.dumps(config, indent=2, sort_keys=True)
+        cfg = HFConfig("config.json", config, key_locations(text))
+        try:
+            back, conversion = spec_tree(cfg, comp.spec.name)
+            again = _reimported(back, cfg)
+        except CompileError as exc:
+            why = "; ".join(d.message for d in exc.diagnostics)
+            refusals.append(f"{cls} cannot hold this architecture: {why}")
+            continue
+        theirs, ours = _fingerprint(again), _fingerprint(resolved)
+        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        if not differ:
+            return config, conversion
         shown = ", ".join(f"{k}: {json.dumps(ours.get(k))}" for k in differ)
-        raise _refuse(loc, f"{cls} has no counterpart for {shown} (it would give {', '.join(f'{k}: {json.dumps(theirs.get(k))}' for k in differ)}); "
-                           f"supported: {SUPPORTED}")
-    return config, conversion
+        refusals.append(f"{cls} has no counterpart for {shown} (it would give "
+                        f"{', '.join(f'{k}: {json.dumps(theirs.get(k))}' for k in differ)})")
+    raise _refuse(loc, f"{'; '.join(refusals)}; supported: {SUPPORTED}")
 
 
 # ------------------------------------------------------------------ the weights
@@ -217,15 +267,16 @@ def to_reference(weights: dict[str, np.ndarray], shapes: dict[str, tuple[int, ..
     return {n: out[n].reshape(shapes[n]) for n in sorted(out)}
 
 
-def shard(tensors: dict[str, np.ndarray], max_size: int) -> dict[str, bytes]:
-    """`model.safetensors`, or transformers' shards `model-0000K-of-0000N.safetensors`
-    with `model.safetensors.index.json` when the whole is above `max_size` bytes.
-    Tensors go in name order; a tensor bigger than a shard gets one of its own."""
+def shard(tensors: dict[str, np.ndarray], max_size: int, stem: str = "model") -> dict[str, bytes]:
+    """`STEM.safetensors`, or transformers' shards `STEM-0000K-of-0000N.safetensors`
+    with `STEM.safetensors.index.json` when the whole is above `max_size` bytes
+    (transformers' stem is `model`, diffusers' `diffusion_pytorch_model`). Tensors go
+    in name order; a tensor bigger than a shard gets one of its own."""
     from safetensors.numpy import save
 
     total = sum(t.nbytes for t in tensors.values())
     if total <= max_size:
-        return {"model.safetensors": save(tensors, metadata={"format": "pt"})}
+        return {f"{stem}.safetensors": save(tensors, metadata={"format": "pt"})}
     groups: list[list[str]] = [[]]
     used = 0
     for n in sorted(tensors):
@@ -236,11 +287,11 @@ def shard(tensors: dict[str, np.ndarray], max_size: int) -> dict[str, bytes]:
         used += tensors[n].nbytes
     files, weight_map = {}, {}
     for k, group in enumerate(groups, 1):
-        fname = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+        fname = f"{stem}-{k:05d}-of-{len(groups):05d}.safetensors"
         files[fname] = save({n: tensors[n] for n in group}, metadata={"format": "pt"})
         weight_map.update({n: fname for n in group})
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    files["model.safetensors.index.json"] = (json.dumps(index, indent=2) + "\n").encode("utf-8")
+    files[f"{stem}.safetensors.index.json"] = (json.dumps(index, indent=2) + "\n").encode("utf-8")
     return files
 
 
@@ -269,11 +320,52 @@ def init_weights(comp, seed: int) -> dict[str, np.ndarray]:
             del sys.modules[name]
 
 
+def tokenizer_files(path: str, config: dict, context: int) -> dict[str, bytes]:
+    """tokenizer.json as it is, with the tokenizer_config.json and
+    special_tokens_map.json that make `AutoTokenizer.from_pretrained` load it as a
+    `PreTrainedTokenizerFast`; `config` takes the special tokens' ids."""
+    from metagen.tokenizer import special_tokens
+
+    with open(path, "rb") as f:
+        data = f.read()
+    roles = special_tokens(path)
+    tokens = {role: tok for role, (tok, _) in sorted(roles.items())}
+    for role, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "pad_token_id")):
+        if role in roles:
+            config[key] = roles[role][1]
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context,
+           "clean_up_tokenization_spaces": False, **tokens}
+
+    def dump(d: dict) -> bytes:
+        return (json.dumps(d, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+    return {"tokenizer.json": data, "tokenizer_config.json": dump(cfg), "special_tokens_map.json": dump(tokens)}
+
+
 def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard_size: int = DEFAULT_SHARD_SIZE,
-                 weights_loc: Loc | None = None) -> dict[str, bytes]:
+                 weights_loc: Loc | None = None, tokenizer: str | None = None,
+                 tokenizer_loc: Loc | None = None) -> dict[str, bytes]:
     """The files of the transformers folder: config.json, generation_config.json, the
-    weights (one file or shards with their index)."""
-    config, conversion = hf_config(comp, resolved)
+    weights (one file or shards with their index), and the tokenizer when given."""
+    diffusion = _kind(resolved) == "diffusion U-Net"
+    if diffusion:
+        config = {}
+    else:
+        config, conversion = hf_config(comp, resolved)
+    tok_files = {}
+    if tokenizer is not None:
+        from metagen.tokenizer import check_fits, model_vocab
+
+        vocab = model_vocab(comp.model)
+        if vocab is None:
+            raise _refuse(tokenizer_loc or comp.spec.loc(), "a tokenizer goes with a model of text tokens; this one has none")
+        check_fits(tokenizer, vocab, tokenizer_loc or comp.spec.loc())
+        context = int(resolved["constraints"].get("context_window") or 0)
+        tok_files = tokenizer_files(tokenizer, config, context)
+    if diffusion:  # the pipeline's tokenizer/ folder
+        files = pipeline_files(comp, resolved, weights, max_shard_size, weights_loc)
+        files.update({f"tokenizer/{name}": data for name, data in tok_files.items()})
+        return files
     auto = AUTO_CLASSES[_kind(resolved)]
     try:
         missing = sorted({n for n, _ in comp.model.walk_params()} - set(weights))
@@ -286,5 +378,103 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
     if auto == "AutoModelForCausalLM":
         generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
         files["generation_config.json"] = (json.dumps(generation, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    files.update(tok_files)
     files.update(shard(tensors, max_shard_size))
+    return files
+
+
+# ------------------------------------------------------------------ diffusers
+
+
+def _dump(d: dict) -> bytes:
+    return (json.dumps(d, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def pipeline_configs(arch: dict, context: int) -> tuple[dict, dict]:
+    """The diffusion U-Net family as diffusers' UNet2DConditionModel config and its
+    text encoder as a CLIPTextModel config: the inverse of `metagen.hf._unet`, SD 1.5's
+    fixed layout from `metagen.hf.UNET_FIXED`."""
+    from metagen.hf import UNET_FIXED
+
+    levels = range(len(arch["channel_mults"]))
+    downs = ["CrossAttnDownBlock2D" if lvl in arch["attention_levels"] else "DownBlock2D" for lvl in levels]
+    unet = {key: value for key, value, _ in UNET_FIXED}
+    unet.update({
+        "_class_name": "UNet2DConditionModel", "in_channels": arch["latent_channels"],
+        "out_channels": arch["latent_channels"], "sample_size": arch["sample_size"],
+        "block_out_channels": [arch["base_channels"] * m for m in arch["channel_mults"]],
+        "down_block_types": downs, "up_block_types": [d.replace("Down", "Up") for d in reversed(downs)],
+        "layers_per_block": arch["res_blocks"], "transformer_layers_per_block": arch["transformer_depth"],
+        "attention_head_dim": arch["heads"],  # diffusers' legacy name for the head count
+        "norm_num_groups": arch["norm_groups"], "cross_attention_dim": arch["cross_attention_dim"],
+    })
+    text = {k: v for k, v in _clip_tower(arch["text_encoder"], context, 0, image=False).items() if k != "projection_dim"}
+    text.update(architectures=["CLIPTextModel"], torch_dtype="float32")
+    return unet, text
+
+
+def _check_pipeline(comp, resolved: dict, unet: dict, text: dict) -> None:
+    """The configs imported again give the spec's architecture, or the export is refused."""
+    from metagen.hf import _Checker, _unet
+
+    loc = comp.spec.architecture.loc()
+    cfgs = [HFConfig(f"{part}/config.json", d, key_locations(json.dumps(d, indent=2, sort_keys=True)))
+            for part, d in (("unet", unet), ("text_encoder", text))]
+    u, t = _Checker(cfgs[0]), _Checker(cfgs[1])
+    body = _unet(u, t)
+    if u.errors or t.errors:
+        why = "; ".join(d.message for d in u.errors + t.errors)
+        raise _refuse(loc, f"UNet2DConditionModel cannot hold this architecture: {why}")
+    again = _reimported({"metagen_version": "1.0", "name": comp.spec.name, **body}, cfgs[0])
+    theirs, ours = _fingerprint(again), _fingerprint(resolved)
+    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {json.dumps(ours.get(k))}" for k in differ)
+        raise _refuse(loc, f"UNet2DConditionModel with CLIPTextModel has no counterpart for {shown}; supported: {SUPPORTED}")
+
+
+def _meta_shapes(build) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    with torch.device("meta"):
+        model = build()
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def pipeline_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard_size: int = DEFAULT_SHARD_SIZE,
+                   weights_loc: Loc | None = None) -> dict[str, bytes]:
+    """A diffusers pipeline folder of the U-Net and its text encoder: model_index.json,
+    unet/ (UNet2DConditionModel) and text_encoder/ (CLIPTextModel). The weights are
+    placed by running the import's mappings on probes, as for transformers models."""
+    import transformers
+    from diffusers import UNet2DConditionModel
+
+    from metagen.hf import clip_text_to_canonical, unet_to_canonical
+
+    arch = resolved["architecture"]
+    unet, text = pipeline_configs(arch, int(resolved["constraints"].get("context_window") or 0))
+    _check_pipeline(comp, resolved, unet, text)
+    levels = len(arch["channel_mults"])
+    shapes = {f"unet/{k}": v for k, v in _meta_shapes(lambda: UNet2DConditionModel.from_config(unet)).items()}
+    text_cfg = transformers.CLIPTextConfig(**{k: v for k, v in text.items() if k != "architectures"})
+    shapes.update({f"text_encoder/{k}": v for k, v in _meta_shapes(lambda: transformers.CLIPTextModel(text_cfg)).items()})
+
+    def convert(sd: dict) -> dict:
+        part = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + "/")} for p in ("unet", "text_encoder")}
+        return {**unet_to_canonical(part["unet"], levels), **clip_text_to_canonical(part["text_encoder"])}
+
+    try:
+        missing = sorted({n for n, _ in comp.model.walk_params()} - set(weights))
+        if missing:
+            raise ValueError(f"no {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        tensors = to_reference(weights, shapes, convert)
+    except ValueError as exc:
+        raise _refuse(weights_loc or comp.spec.loc(), f"the weights do not fit the spec: {exc}") from None
+    files = {"model_index.json": _dump({"_class_name": "StableDiffusionPipeline",
+                                        "text_encoder": ["transformers", "CLIPTextModel"],
+                                        "unet": ["diffusers", "UNet2DConditionModel"]}),
+             "unet/config.json": _dump(unet), "text_encoder/config.json": _dump(text)}
+    for part, stem in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        mine = {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + "/")}
+        files.update({f"{part}/{name}": data for name, data in shard(mine, max_shard_size, stem).items()})
     return files

@@ -35,6 +35,9 @@ def synth_files(comp: Compilation, seed: int) -> dict[str, bytes]:
         for rel, data in backend.lower(comp.model, seed=seed, data_name=main + ".data").items():
             files[os.path.join(folder, rel or main)] = data
     files.update(training_files(comp, seed, [b for b in targets if b.training]))
+    from metagen.model_card import model_card
+
+    files["README.md"] = model_card(comp, seed).encode("utf-8")
     return files
 
 

@@ -75,7 +75,9 @@ def _load_module(path: str):
 
 def _write(folder: str, main: str, files: dict[str, bytes]) -> str:
     for rel, data in files.items():
-        with open(os.path.join(folder, main if rel == "" else rel), "wb") as f:
+        path = os.path.join(folder, main if rel == "" else rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
             f.write(data)
     return os.path.join(folder, main)
 

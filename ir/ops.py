@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from metagen.ir.graph import ONES, ZEROS, Init, Layer, Param, normal
-from metagen.ir.types import Dim, DType, TensorType, dim_add, dim_mul, eval_dim
+from metagen.ir.types import Dim, DType, TensorType, dim_offset, dim_add, dim_div, dim_mul, eval_dim
 
 REQUIRED = object()
 
@@ -294,9 +294,17 @@ def _conv_params(a):
 
 
 def _conv_out(n: Dim, k: int, s: int, p: int) -> Dim:
-    if isinstance(n, str):
-        raise OpError("conv2d needs concrete spatial dims")
-    return (n + 2 * p - k) // s + 1
+    if isinstance(n, int):
+        return (n + 2 * p - k) // s + 1
+    # Symbolic: n = base + c. Shapes the U-Net and autoencoder use stay exact:
+    # "same" convolutions, and strided ones mapping a multiple of s to base / s.
+    base, c = dim_offset(n)
+    off = c + 2 * p - k
+    if s == 1 and off + 1 >= 0:
+        return dim_add(base, off + 1)
+    if s > 1 and -s <= off < 0:
+        return dim_div(base, s)
+    raise OpError(f"conv2d (kernel {k}, stride {s}, padding {p}) needs concrete spatial dims, got {n!r}")
 
 
 @op(
@@ -322,7 +330,7 @@ def _conv2d(a, ins):
         raise OpError(f"op 'conv2d' needs [B, {a['in_channels']}, H, W], got {x}")
     h = _conv_out(x.shape[2], a["kernel"], a["stride"], a["padding"])
     w = _conv_out(x.shape[3], a["kernel"], a["stride"], a["padding"])
-    if h < 1 or w < 1:
+    if (isinstance(h, int) and h < 1) or (isinstance(w, int) and w < 1):
         raise OpError(f"op 'conv2d': input {x} is smaller than the kernel")
     return [x.with_shape((x.shape[0], a["out_channels"], h, w))]
 
@@ -460,12 +468,18 @@ def _attention(a, ins):
 @op(
     "rope",
     ("x",),
-    (Attr("heads", "int"), Attr("head_dim", "int"), Attr("theta", "float", 10000.0)),
+    (
+        Attr("heads", "int"), Attr("head_dim", "int"), Attr("theta", "float", 10000.0),
+        # Llama 3's frequency scaling (`scaling="llama3"`); the other four are its settings.
+        Attr("scaling", "str", "none", choices=("none", "llama3")), Attr("factor", "float", 8.0),
+        Attr("low_freq_factor", "float", 1.0), Attr("high_freq_factor", "float", 4.0),
+        Attr("original_context", "int", 8192),
+    ),
     flops=lambda a, i, o, b: 3 * o[0].numel(b),
 )
 def _rope(a, ins):
     """Rotary position embedding, rotate-half convention, positions 0..S-1, on
-    packed heads [B, S, H*D]."""
+    packed heads [B, S, H*D]; the frequencies are `rope_inv_freq(a)`."""
     (x,) = ins
     _need_float("rope", x)
     if x.rank != 3:
@@ -473,7 +487,33 @@ def _rope(a, ins):
     _need_last("rope", x, a["heads"] * a["head_dim"])
     if a["head_dim"] % 2:
         raise OpError("op 'rope' needs an even head_dim")
+    if a["scaling"] == "llama3" and not (0 < a["low_freq_factor"] < a["high_freq_factor"] and a["factor"] > 0
+                                         and a["original_context"] > 0):
+        raise OpError("op 'rope': llama3 scaling needs 0 < low_freq_factor < high_freq_factor, factor > 0 "
+                      "and original_context > 0")
     return [x]
+
+
+def rope_inv_freq(a: Mapping[str, Any]):
+    """The rotary frequencies [head_dim / 2] (float32 numpy) of a `rope` op's attributes:
+    theta^(-2i/D), then, with `scaling="llama3"`, Llama 3's rescaling: wavelengths
+    above original_context / low_freq_factor are divided by `factor`, those below
+    original_context / high_freq_factor kept, those between interpolated. Computed in
+    float32 step by step as transformers does, so every backend uses the same numbers."""
+    import numpy as np
+
+    f32 = np.float32
+    d = a["head_dim"]
+    inv = (f32(1.0) / (f32(a["theta"]) ** (np.arange(0, d, 2, dtype=np.int64).astype(f32) / f32(d)))).astype(f32)
+    if a["scaling"] == "none":
+        return inv
+    factor, low, high, old = f32(a["factor"]), f32(a["low_freq_factor"]), f32(a["high_freq_factor"]), f32(a["original_context"])
+    wavelen = (f32(2 * math.pi) / inv).astype(f32)
+    scaled = np.where(wavelen > old / low, inv / factor, inv).astype(f32)
+    smooth = ((old / wavelen - low) / (high - low)).astype(f32)
+    smoothed = ((f32(1) - smooth) * scaled / factor + smooth * scaled).astype(f32)
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return np.where(medium, smoothed, scaled).astype(f32)
 
 
 # ---------------------------------------------------------------- data movement
@@ -585,13 +625,28 @@ def _flatten_spatial(a, ins):
     return [x.with_shape((x.shape[0], dim_mul(x.shape[2], x.shape[3]), x.shape[1]))]
 
 
-@op("unflatten_spatial", ("x",), (Attr("height", "int"), Attr("width", "int")), flops=_flops_zero)
+@op("unflatten_spatial", ("x", "like"), flops=_flops_zero)
 def _unflatten_spatial(a, ins):
-    """[B, H*W, C] -> [B, C, H, W]."""
+    """[B, H*W, C] -> [B, C, H, W], H and W those of `like` [B, *, H, W] (read at
+    run time, so the spatial size may be symbolic)."""
+    x, like = ins
+    if x.rank != 3 or like.rank != 4 or not _same_dim(x.shape[1], dim_mul(like.shape[2], like.shape[3])):
+        raise OpError(f"op 'unflatten_spatial': {x} is not [B, H*W, C] for the H, W of {like}")
+    return [x.with_shape((x.shape[0], x.shape[2], like.shape[2], like.shape[3]))]
+
+
+@op("require_multiple", ("x",), (Attr("axes", "ints"), Attr("multiple", "int"), Attr("what", "str")), flops=_flops_zero)
+def _require_multiple(a, ins):
+    """x unchanged, after checking at run time that its dims at `axes` are multiples
+    of `multiple`: a model that halves a symbolic size k times says so by name
+    ("sample height and width ...") instead of failing deep inside."""
     (x,) = ins
-    if x.rank != 3 or x.shape[1] != a["height"] * a["width"]:
-        raise OpError(f"op 'unflatten_spatial': {x} is not [B, {a['height']}*{a['width']}, C]")
-    return [x.with_shape((x.shape[0], x.shape[2], a["height"], a["width"]))]
+    for ax in a["axes"]:
+        _axis("require_multiple", x, ax)
+        d = x.shape[ax]
+        if isinstance(d, int) and d % a["multiple"]:
+            raise OpError(f"{a['what']}: dim {ax} of {x} is not a multiple of {a['multiple']}")
+    return [x]
 
 
 @op("mean", ("x",), (Attr("axis", "int"),))
@@ -612,14 +667,25 @@ def _gather_argmax(a, ins):
     return [x.with_shape((x.shape[0], x.shape[2]))]
 
 
+@op("pad2d", ("x",), (Attr("pads", "ints"),), flops=_flops_zero)
+def _pad2d(a, ins):
+    """Zero padding of [B, C, H, W]: pads = (top, bottom, left, right). SD's
+    autoencoder pads (0, 1, 0, 1) before its stride-2 downsampling convs."""
+    (x,) = ins
+    if x.rank != 4 or len(a["pads"]) != 4 or min(a["pads"]) < 0:
+        raise OpError(f"op 'pad2d' needs [B, C, H, W] and 4 non-negative pads, got {x} and {a['pads']}")
+    t, b, l, r = a["pads"]
+    return [x.with_shape((x.shape[0], x.shape[1], dim_add(x.shape[2], t + b), dim_add(x.shape[3], l + r)))]
+
+
 @op("upsample_nearest", ("x",), (Attr("factor", "int", 2),))
 def _upsample(a, ins):
     """Nearest-neighbour upsampling of [B, C, H, W] by an integer factor."""
     (x,) = ins
-    if x.rank != 4 or isinstance(x.shape[2], str):
-        raise OpError(f"op 'upsample_nearest' needs [B, C, H, W] with concrete H, W, got {x}")
+    if x.rank != 4:
+        raise OpError(f"op 'upsample_nearest' needs [B, C, H, W], got {x}")
     f = a["factor"]
-    return [x.with_shape((x.shape[0], x.shape[1], x.shape[2] * f, x.shape[3] * f))]
+    return [x.with_shape((x.shape[0], x.shape[1], dim_mul(x.shape[2], f), dim_mul(x.shape[3], f)))]
 
 
 @op(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass
 from typing import Mapping, Union
 
-Dim = Union[int, str]  # str: a symbol ("batch", "seq") or a sum like "seq+1"
+Dim = Union[int, str]  # str: a symbol ("batch", "seq"), a sum like "seq+1", a quotient like "height/8"
 
 
 class DType(enum.Enum):
@@ -54,15 +55,51 @@ def dim_str(d: Dim) -> str:
     return str(d)
 
 
+_TERM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\*([0-9]+))?(?:/([0-9]+))?")
+
+
+def _scaled(d: str, num: int, den: int) -> Dim | None:
+    """`d * num / den` for a dim of the form sym, sym*k or sym/k (None otherwise),
+    in lowest terms: "height/8" * 2 -> "height/4", "height" * 8 -> "height*8"."""
+    m = _TERM.fullmatch(d)
+    if not m:
+        return None
+    num *= int(m.group(2) or 1)
+    den *= int(m.group(3) or 1)
+    g = math.gcd(num, den)
+    num, den = num // g, den // g
+    return m.group(1) + (f"*{num}" if num > 1 else "") + (f"/{den}" if den > 1 else "")
+
+
+def dim_offset(d: str) -> tuple[str, int]:
+    """`"seq+1"` -> ("seq", 1), `"height/2"` -> ("height/2", 0)."""
+    m = re.fullmatch(r"(.+?)\+([0-9]+)", d)
+    return (m.group(1), int(m.group(2))) if m else (d, 0)
+
+
 def dim_add(d: Dim, n: int) -> Dim:
     """`d + n`, folding constants; symbolic sums stay readable ("seq+1")."""
     if isinstance(d, int):
         return d + n
-    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)\+([0-9]+)", d)
-    if m:
-        n += int(m.group(2))
-        d = m.group(1)
-    return d if n == 0 else f"{d}+{n}"
+    base, c = dim_offset(d)
+    n += c
+    if n < 0:
+        raise ValueError(f"cannot subtract {-n} from symbolic dim {d!r}")
+    return base if n == 0 else f"{base}+{n}"
+
+
+def dim_div(d: Dim, n: int) -> Dim:
+    """`d / n` for a dim known to be a multiple of n ("height" / 2 -> "height/2",
+    "height/2" / 2 -> "height/4"). Models that divide a symbolic dim check the
+    multiple at run time (op `require_multiple`)."""
+    if isinstance(d, int):
+        if d % n:
+            raise ValueError(f"{d} is not a multiple of {n}")
+        return d // n
+    out = _scaled(d, 1, n)
+    if out is None:
+        raise ValueError(f"cannot divide symbolic dim {d!r}")
+    return out
 
 
 def dim_mul(a: Dim, b: Dim) -> Dim:
@@ -72,6 +109,12 @@ def dim_mul(a: Dim, b: Dim) -> Dim:
         return b
     if b == 1:
         return a
+    if isinstance(a, int):
+        a, b = b, a
+    if isinstance(b, int):
+        out = _scaled(a, b, 1)
+        if out is not None:
+            return out
     return f"{a}*{b}"
 
 
@@ -83,7 +126,11 @@ def eval_dim(d: Dim, bindings: Mapping[str, int]) -> int:
     for term in d.split("+"):
         prod = 1
         for factor in term.split("*"):
-            prod *= int(factor) if factor.isdigit() else bindings[factor]
+            if factor.isdigit():
+                prod *= int(factor)
+            else:
+                sym, _, div = factor.partition("/")
+                prod *= bindings[sym] // int(div or 1)
         total += prod
     return total
 

@@ -24,3 +24,19 @@ def diffusers_config(arch: dict) -> dict:
         norm_num_groups=arch["norm_groups"],
         transformer_layers_per_block=arch["transformer_depth"],
     )
+
+
+def diffusers_vae_config(arch: dict) -> dict:
+    """diffusers `AutoencoderKL` keyword arguments for the diffusion family's
+    resolved architecture (its `autoencoder` section)."""
+    ae = arch["autoencoder"]
+    n = len(ae["block_channels"])
+    return dict(
+        block_out_channels=list(ae["block_channels"]),
+        layers_per_block=ae["layers_per_block"],
+        latent_channels=arch["latent_channels"],
+        norm_num_groups=ae["norm_groups"],
+        scaling_factor=ae["scaling_factor"],
+        down_block_types=["DownEncoderBlock2D"] * n,
+        up_block_types=["UpDecoderBlock2D"] * n,
+    )

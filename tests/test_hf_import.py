@@ -195,11 +195,63 @@ def test_unsupported_field_is_located_and_nothing_is_written(tmp_path, capsys):
 
 
 def test_unknown_model_type_is_located(tmp_path, capsys):
-    path = _config(tmp_path, transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                                      num_hidden_layers=1, num_attention_heads=4))
+    path = _config(tmp_path, transformers.GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                        num_hidden_layers=1, num_attention_heads=4))
     assert main(["import", "hf", path, "-o", str(tmp_path / "q.yaml")]) == 1
     err = capsys.readouterr().err
-    assert f"{path}:{_line_col(path, 'model_type')}: error: model_type \"qwen2\" is not supported; supported:" in err
+    assert f"{path}:{_line_col(path, 'model_type')}: error: model_type \"gpt_neox\" is not supported; supported:" in err
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_qwen2_biases_on_qkv_only(tmp_path, tied):
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(
+        vocab_size=90, hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=32, rope_theta=1000000.0, tie_word_embeddings=tied,
+        bos_token_id=0, eos_token_id=0,
+    )
+    hf = transformers.Qwen2ForCausalLM(cfg)
+    assert hf.model.layers[0].self_attn.q_proj.bias is not None and hf.model.layers[0].self_attn.o_proj.bias is None
+    _lm_check(tmp_path, hf)
+    spec = (tmp_path / "imported.yaml").read_text()
+    assert "qkv_bias: true" in spec and "bias: false" in spec
+
+
+def test_qwen2_sliding_window_is_refused(tmp_path, capsys):
+    cfg = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    path = _config(tmp_path, cfg)
+    assert main(["import", "hf", path, "-o", str(tmp_path / "q.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert (f"{path}:{_line_col(path, 'use_sliding_window')}: error: use_sliding_window true is not supported "
+            "(sliding-window attention is not an IR feature); supported: false") in err
+
+
+@pytest.mark.parametrize("arch,message", [
+    ("rope_scaling_factor: 4", ":8:24: error: architecture: rope_scaling_factor applies to rope_scaling: llama3; rope_scaling is none"),
+    ('rope_scaling: "llama3"\n  rope_low_freq_factor: 4', ":9:25: error: architecture: rope_low_freq_factor 4.0 must be below rope_high_freq_factor 4.0"),
+    ('rope_scaling: "yarn"', ':8:17: error:'),
+])
+def test_rope_scaling_settings_are_checked_at_their_line(tmp_path, capsys, arch, message):
+    spec = tmp_path / "r.yaml"
+    spec.write_text('metagen_version: "1.0"\nname: "r"\nmodality:\n  inputs: [text]\n  outputs: [text]\n'
+                    f"architecture:\n  layers: 1\n  {arch}\n", encoding="utf-8")
+    assert main(["validate", str(spec), "--tiny"]) == 1
+    assert f"{spec}{message}" in capsys.readouterr().err
+
+
+def test_qkv_bias_from_a_hand_written_spec(tmp_path):
+    """qkv_bias is a spec key: biases on the q/k/v projection only, counted exactly."""
+    spec = tmp_path / "q.yaml"
+    spec.write_text(
+        'metagen_version: "1.0"\nname: "q"\nmodality:\n  inputs: [text]\n  outputs: [text]\n'
+        "architecture:\n  bias: false\n  qkv_bias: true\n", encoding="utf-8")
+    path, comp = compile_to(tmp_path, str(spec), "torch", tiny=True)
+    names = {n for n, _ in comp.model.walk_params()}
+    assert "blocks.0.attn.qkv_proj.bias" in names and "blocks.0.attn.o_proj.bias" not in names
+    assert not any(n.startswith("blocks.0.mlp") and n.endswith(".bias") for n in names)
+    mod = load_module(str(path))
+    assert sum(p.numel() for p in mod.Model().parameters()) == comp.model.param_count()
 
 
 def test_nested_field_is_located(tmp_path, capsys):
@@ -224,9 +276,56 @@ def test_key_locations_follow_nesting():
     assert json.loads(text)["e"] == 'x"y'
 
 
-def test_llama3_rope_scaling_is_refused(tmp_path, capsys):
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+def test_llama3_rope_scaling(tmp_path):
+    """Llama 3.1's rope scaling, with head_dim 8 and an original context of 64 so the
+    four frequencies fall in each of its three regimes (kept, interpolated, divided)."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=70, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rope_parameters=dict(LLAMA3_ROPE),
+        bos_token_id=0, eos_token_id=0,
+    )
+    hf = transformers.LlamaForCausalLM(cfg)
+    _lm_check(tmp_path, hf)
+    spec = (tmp_path / "imported.yaml").read_text()
+    for line in ('rope_scaling: "llama3"', "rope_scaling_factor: 8", "rope_original_context: 64"):
+        assert line in spec, spec
+    # the scaling changes the outputs: the same weights without it are off the tolerance
+    plain = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**cfg.to_dict(), "rope_parameters": {
+        "rope_type": "default", "rope_theta": 10000.0}})).eval()
+    plain.load_state_dict(hf.state_dict())
+    x = torch.arange(16).reshape(1, 16) % 70
+    with torch.no_grad():
+        a, b = hf(x).logits.numpy(), plain(x).logits.numpy()
+    assert np.max(np.abs(a - b) / (1e-5 + 1e-4 * np.abs(b))) > 10
+
+
+def test_llama3_rope_scaling_in_transformers4_spelling(tmp_path):
+    """transformers 4 wrote rope_theta at the top and rope_scaling (its kind as `type`
+    in older files): the same spec as transformers 5's rope_parameters."""
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=4, max_position_embeddings=256, rope_parameters=dict(LLAMA3_ROPE))
+    path = _config(tmp_path, cfg)
+    assert main(["import", "hf", path, "-o", str(tmp_path / "v5.yaml")]) == 0
+    data = json.loads(open(path).read())
+    rope = data.pop("rope_parameters")
+    data["rope_theta"] = rope.pop("rope_theta")
+    rope["type"] = rope.pop("rope_type")
+    data["rope_scaling"] = rope
+    old = tmp_path / "v4" / "config.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps(data, indent=2))
+    assert main(["import", "hf", str(old), "-o", str(tmp_path / "v4.yaml")]) == 0
+    strip = lambda t: "\n".join(l for l in t.splitlines() if not l.startswith(("description", "name")))
+    assert strip((tmp_path / "v4.yaml").read_text()) == strip((tmp_path / "v5.yaml").read_text())
+
+
+def test_other_rope_scaling_is_refused(tmp_path, capsys):
+    rope = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                                    num_attention_heads=4, max_position_embeddings=256, rope_parameters=rope)
     path = _config(tmp_path, cfg)
@@ -234,8 +333,8 @@ def test_llama3_rope_scaling_is_refused(tmp_path, capsys):
     text = open(path).read()
     at = text.index('"rope_type"', text.index('"rope_parameters"'))
     line, col = text[:at].count("\n") + 1, at - text.rfind("\n", 0, at)
-    assert (f"{path}:{line}:{col}: error: rope_parameters.rope_type \"llama3\" is not supported "
-            "(only unscaled rotary embeddings); supported: \"default\"") in capsys.readouterr().err
+    assert (f"{path}:{line}:{col}: error: rope_parameters.rope_type \"linear\" is not supported "
+            "(unscaled or Llama 3's scaling); supported: \"default\", \"llama3\"") in capsys.readouterr().err
 
 
 def _sd_pipeline(folder, **unet_overrides):
@@ -308,3 +407,24 @@ def test_checkpoint_that_disagrees_with_its_config_is_refused(tmp_path, capsys):
     assert ("error: the checkpoint does not match its config: pos_embeddings.weight has shape [9, 16], the spec [8, 16]"
             in capsys.readouterr().err)
     assert not out.exists() and not (tmp_path / "m.yaml").exists()
+
+
+def test_diffusers_pipeline_with_vae_imports_the_autoencoder(tmp_path):
+    from diffusers import AutoencoderKL
+    from safetensors.numpy import load_file
+
+    unet, text = _sd_pipeline(tmp_path / "sd")
+    vae = _perturbed(AutoencoderKL(block_out_channels=[16, 32], layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2))
+    vae.save_pretrained(tmp_path / "sd" / "vae")
+    spec, weights = tmp_path / "sd.yaml", tmp_path / "sd.safetensors"
+    assert main(["import", "hf", str(tmp_path / "sd"), "-o", str(spec), "--weights-out", str(weights)]) == 0
+    assert "images: \"pixels\"" in spec.read_text()
+    path, comp = compile_to(tmp_path, str(spec), "torch", tiny=False)
+    mod = load_module(str(path))
+    want = sum(p.numel() for m in (unet, text, vae) for p in m.parameters())
+    assert comp.model.param_count() == want
+    state = mod.load_canonical(load_file(str(weights)))
+    z = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32))
+    with torch.no_grad():
+        _close(state.vae_decoder(z).numpy(), vae.decode(z).sample.numpy())

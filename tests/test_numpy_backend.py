@@ -215,7 +215,7 @@ def test_load_canonical_rejects_wrong_names_and_shapes(nested):
 
 # sd15_unet at --tiny spends ~13 s here (2-core machine), most of it on the torch side;
 # step6_diffusion covers the same family in the fast suite.
-SLOW_SPECS = {"sd15_unet.yaml"}
+SLOW_SPECS = {"sd15_unet.yaml", "sd15_pipeline.yaml"}
 SPECS = [
     pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in SLOW_SPECS else p
     for p in sorted(glob.glob(example("*", "*.yaml")))

@@ -112,6 +112,8 @@ CASES = [
         {},
     ),
     ("rope", "rope", [inp("x", T("batch", "seq", 16))], dict(heads=2, head_dim=8, theta=500.0), {}),
+    ("rope_llama3", "rope", [inp("x", T("batch", "seq", 16))],
+     dict(heads=2, head_dim=8, scaling="llama3", factor=8.0, original_context=64), {}),
     ("positions", "positions", [inp("x", BSD)], {}, {}),
     ("concat", "concat", [inp("a", BSD), inp("b", T("batch", "seq", 3))], dict(axis=-1), {}),
     ("stack", "stack", [inp("a", BSD), inp("b", BSD)], dict(axis=1), {}),
@@ -121,7 +123,9 @@ CASES = [
     ("unsqueeze", "unsqueeze", [inp("x", BSD)], dict(axes=(1, 4)), {}),
     ("prepend", "prepend", [inp("x", BSD)], {}, {"token": (1, 1, 8)}),
     ("flatten_spatial", "flatten_spatial", [inp("x", T("batch", 4, 3, 5))], {}, {}),
-    ("unflatten_spatial", "unflatten_spatial", [inp("x", T("batch", 15, 4))], dict(height=3, width=5), {}),
+    ("unflatten_spatial", "unflatten_spatial", [inp("x", T("batch", 15, 4)), inp("like", T("batch", 1, 3, 5))], {}, {}),
+    ("pad2d", "pad2d", [inp("x", T("batch", 3, 4, 5))], dict(pads=(2, 0, 1, 3)), {}),
+    ("require_multiple", "require_multiple", [inp("x", T("batch", 3, 4, 6))], dict(axes=(2, 3), multiple=2, what="sample"), {}),
     ("mean", "mean", [inp("x", BSD)], dict(axis=1), {}),
     ("gather_argmax", "gather_argmax", [inp("x", BSD), IDS], {}, {}),
     ("upsample_nearest", "upsample_nearest", [inp("x", T("batch", 3, 4, 5))], dict(factor=2), {}),
@@ -253,7 +257,7 @@ def _compile(spec: str, tiny: bool = True):
 
 # sd15_unet at --tiny spends ~40 s (on a loaded 2-core machine) in the torch side;
 # step6_diffusion covers the same family in the fast suite.
-SLOW_SPECS = {"sd15_unet.yaml"}
+SLOW_SPECS = {"sd15_unet.yaml", "sd15_pipeline.yaml"}
 SPECS = [
     pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in SLOW_SPECS else p
     for p in sorted(glob.glob(example("reference", "*.yaml")) + glob.glob(example("tutorial", "*.yaml")))

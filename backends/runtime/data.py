@@ -221,15 +221,37 @@ TRANSFORMS = {
 }
 
 
+def _tokenize(path, tokenizer):
+    """The UTF-8 text in `path` as the ids of `tokenizer` (a tokenizer.json), line by
+    line with the line ends kept. A tokenizer with ids past a token input's range is
+    refused: its ids would otherwise wrap around the vocabulary."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tokenizer)
+    size = tok.get_vocab_size(with_added_tokens=True)
+    for spec in M._INPUT_KINDS:
+        if spec["kind"] == "tokens" and size > int(spec["high"]):
+            sys.exit(
+                "error: %s has %d tokens; input '%s' takes ids below %d"
+                % (tokenizer, size, spec["name"], int(spec["high"]))
+            )
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    ids = [i for e in tok.encode_batch(lines, add_special_tokens=False) for i in e.ids]
+    return np.asarray(ids, dtype=np.int64)
+
+
 class DataSource:
     """Global batches as numpy arrays, a pure function of (seed, step): every rank
     and every backend draws the same batch and takes its own rows."""
 
-    def __init__(self, path=None, seed=0):
+    def __init__(self, path=None, seed=0, tokenizer=None):
         self.seed = seed
         self.tokens = None
         self.arrays = None
-        if path is not None:
+        if tokenizer is not None:
+            self.tokens = _tokenize(path, tokenizer)
+        elif path is not None:
             if path.endswith(".npy"):
                 self.tokens = np.load(path).reshape(-1).astype(np.int64)
             elif path.endswith(".npz"):
@@ -295,6 +317,10 @@ def parse_args(argv=None, backend="torch"):
     p.add_argument(
         "--data", help=".npy token array, .npz of named arrays, or any file read as bytes"
     )
+    p.add_argument(
+        "--tokenizer",
+        help="tokenizer.json (metagen tokenizer train): --data is UTF-8 text, read as its tokens",
+    )
     p.add_argument("--steps", type=int, default=TRAIN["steps"])
     p.add_argument("--batch-size", type=int, default=TRAIN["batch_size"], help="global batch size")
     p.add_argument(
@@ -318,6 +344,8 @@ def parse_args(argv=None, backend="torch"):
     args = p.parse_args(argv)
     if args.synthetic and args.data:
         p.error("--synthetic and --data exclude each other")
+    if args.tokenizer and (not args.data or args.data.endswith((".npy", ".npz"))):
+        p.error("--tokenizer reads a text --data file")
     if args.learning_rate is not None:
         TRAIN["learning_rate"] = args.learning_rate
     return args

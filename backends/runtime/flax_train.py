@@ -139,7 +139,7 @@ def train(argv=None):
     params = jax.device_put(params, replicated)
     opt_state = jax.device_put(opt_state, replicated)
     step_fn = make_step(graphdef, rest, tx)
-    data = DataSource(args.data, args.seed)
+    data = DataSource(args.data, args.seed, args.tokenizer)
     history = []
     end = min(args.steps, args.stop_after or args.steps)
     for step in range(start, end):

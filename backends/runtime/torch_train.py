@@ -150,7 +150,7 @@ def train(argv=None):
         set_optimizer_state_dict(
             model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
         )
-    data = DataSource(args.data, args.seed)
+    data = DataSource(args.data, args.seed, args.tokenizer)
     local = args.batch_size // world
     history = []
     end = min(args.steps, args.stop_after or args.steps)

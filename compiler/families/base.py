@@ -408,6 +408,8 @@ def _resolved(cfg: ArchConfig) -> dict[str, Any]:
         value = getattr(cfg, f.name)
         if f.name in towers:
             out[key] = {k: v for k, v in _resolved(value).items() if v is not None}
+        elif value is None:  # a setting that does not apply (llama3 rope settings without the scaling)
+            continue
         else:
             out[key] = list(value) if isinstance(value, list) else value
     return out

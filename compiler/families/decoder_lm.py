@@ -40,6 +40,12 @@ class DecoderConfig(ArchConfig):
     rope_theta: float | None = spec_key()
     bias: bool | None = spec_key()
     tie_embeddings: bool | None = spec_key()
+    qkv_bias: bool | None = spec_key()
+    rope_scaling: str | None = spec_key()
+    rope_scaling_factor: float | None = spec_key()
+    rope_low_freq_factor: float | None = spec_key()
+    rope_high_freq_factor: float | None = spec_key()
+    rope_original_context: int | None = spec_key()
     gqa: bool = derived(False)  # grouped-query attention when heads are derived
     context: int = derived(0)
     tensor_parallel: int = derived(1)  # the device's (design rule parallel-shapes)
@@ -143,6 +149,9 @@ class DecoderLM(Family):
         # Grouped-query attention is part of the modern (rotary) convention; models
         # pinned to learned positions follow GPT-2's plain multi-head attention.
         cfg.gqa = cfg.position == "rope"
+        if cfg.qkv_bias is None:
+            cfg.qkv_bias = cfg.bias
+        T.resolve_rope_scaling(ctx, cfg)
         cfg.context = ctx.context_window
         apply_lm_rules(ctx, cfg, ties=True)
         ctx.arch = cfg
@@ -237,7 +246,7 @@ class DecoderLM(Family):
             top.layer("lm_head", "linear", in_features=d, out_features=vocab, bias=False)
             logits = top.call("lm_head", x, hint="logits")
         top_def = top.ret(logits, names=["logits"])
-        config = a.pick(self.config.spec_keys())
+        config = {k: v for k, v in a.pick(self.config.spec_keys()).items() if v is not None}
         config["context_window"] = a.context
         return mb.finish(
             top_def,

@@ -47,6 +47,40 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 GATED = {"swiglu": "silu", "geglu": "gelu"}
 
+# Llama 3.1's rope scaling settings, the defaults of `rope_scaling: llama3`.
+LLAMA3_ROPE = {"rope_scaling_factor": 8.0, "rope_low_freq_factor": 1.0, "rope_high_freq_factor": 4.0,
+               "rope_original_context": 8192}
+
+
+def resolve_rope_scaling(ctx, cfg) -> None:
+    """`rope_scaling` (default none) and, for llama3, its settings (default Llama
+    3.1's); a setting given without llama3 scaling, or low >= high, is an error at it."""
+    if cfg["rope_scaling"] is None:
+        cfg["rope_scaling"] = "none"
+    section = ctx.spec.architecture
+    if cfg["rope_scaling"] == "none":
+        for key in LLAMA3_ROPE:
+            if cfg[key] is not None:
+                ctx.sink.error(section.loc(key), f"architecture: {key} applies to rope_scaling: llama3; rope_scaling is none")
+        return
+    for key, value in LLAMA3_ROPE.items():
+        if cfg[key] is None:
+            cfg[key] = value
+    if cfg["rope_low_freq_factor"] >= cfg["rope_high_freq_factor"]:
+        ctx.sink.error(section.loc("rope_low_freq_factor"), (
+            f"architecture: rope_low_freq_factor {cfg['rope_low_freq_factor']} must be below rope_high_freq_factor "
+            f"{cfg['rope_high_freq_factor']}"))
+
+
+def rope_attrs(cfg) -> dict[str, Any]:
+    """The `rope` op's attributes of a tower config."""
+    out: dict[str, Any] = {"theta": float(cfg["rope_theta"])}
+    if cfg.get("rope_scaling") not in (None, "none"):
+        out.update(scaling=cfg["rope_scaling"], factor=float(cfg["rope_scaling_factor"]),
+                   low_freq_factor=float(cfg["rope_low_freq_factor"]), high_freq_factor=float(cfg["rope_high_freq_factor"]),
+                   original_context=int(cfg["rope_original_context"]))
+    return out
+
 
 def default_head_dim(hidden: int) -> int:
     """32 below 256 wide (Pythia-14M: 128 wide, 4 heads), 64 up to 2048 (GPT-2, Llama
@@ -108,11 +142,12 @@ def attention_module(
     d = cfg["hidden_size"]
     h, kvh, hd = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
     bias = cfg["bias"]
+    qkv_bias = bias if cfg.get("qkv_bias") is None else cfg["qkv_bias"]  # Qwen2: on q, k and v only
     b = mb.module(name, doc="Grouped-query attention." if kvh < h else "Multi-head attention.")
     x = b.input("x", x_type)
     qw, kvw = h * hd, kvh * hd
     if context_type is None:
-        b.layer("qkv_proj", "linear", in_features=d, out_features=qw + 2 * kvw, bias=bias)
+        b.layer("qkv_proj", "linear", in_features=d, out_features=qw + 2 * kvw, bias=qkv_bias)
         qkv = b.call("qkv_proj", x, hint="qkv")
         q = b.op("slice", qkv, axis=-1, start=0, end=qw, hint="q")
         k = b.op("slice", qkv, axis=-1, start=qw, end=qw + kvw, hint="k")
@@ -120,15 +155,15 @@ def attention_module(
     else:
         ctx = b.input("context", context_type)
         cdim = context_type.shape[-1]
-        b.layer("q_proj", "linear", in_features=d, out_features=qw, bias=bias)
-        b.layer("kv_proj", "linear", in_features=cdim, out_features=2 * kvw, bias=bias)
+        b.layer("q_proj", "linear", in_features=d, out_features=qw, bias=qkv_bias)
+        b.layer("kv_proj", "linear", in_features=cdim, out_features=2 * kvw, bias=qkv_bias)
         q = b.call("q_proj", x, hint="q")
         kv = b.call("kv_proj", ctx, hint="kv")
         k = b.op("slice", kv, axis=-1, start=0, end=kvw, hint="k")
         v = b.op("slice", kv, axis=-1, start=kvw, end=2 * kvw, hint="v")
     if rope:
-        q = b.op("rope", q, heads=h, head_dim=hd, theta=float(cfg["rope_theta"]), hint="q")
-        k = b.op("rope", k, heads=kvh, head_dim=hd, theta=float(cfg["rope_theta"]), hint="k")
+        q = b.op("rope", q, heads=h, head_dim=hd, **rope_attrs(cfg), hint="q")
+        k = b.op("rope", k, heads=kvh, head_dim=hd, **rope_attrs(cfg), hint="k")
     a = b.op("attention", q, k, v, heads=h, kv_heads=kvh, head_dim=hd, causal=causal, hint="attn")
     b.layer("o_proj", "linear", in_features=qw, out_features=d, bias=bias, init_std=init_out)
     return b.ret(b.call("o_proj", a, hint="out"))

@@ -2,11 +2,13 @@
 
 The model predicts the noise in a noisy *latent* (SD's 4-channel, 8x-downsampled
 VAE space) at a timestep, conditioned on a prompt encoded by a CLIP text
-transformer that is part of the model. The VAE is not included: it runs once per
-image (encode for training, decode after sampling), not once per denoising step, is
-usually a frozen pretrained component shared between models, and its size would
-distort the budget the fitter spends on the denoiser. Feeding pixels instead works
-too: set `latent_channels: 3` and `sample_size` to the image side.
+transformer that is part of the model. The image autoencoder (SD's AutoencoderKL,
+image_autoencoder.py) is included only when the spec's images are pixels
+(`images: pixels`): it runs once per image, not once per denoising step, and is
+usually a frozen pretrained component shared between models, so by default the
+budget goes to the denoiser alone. `sample()` (backends/runtime/sampling.py) runs
+the whole loop. A pixel-space U-Net without autoencoder: `latent_channels: 3` and
+`sample_size` the image side.
 
 Structure, as diffusers' `UNet2DConditionModel` with `CLIPTextModel`:
 
@@ -24,6 +26,10 @@ Structure, as diffusers' `UNet2DConditionModel` with `CLIPTextModel`:
   GEGLU feed-forward; q/k/v without bias, output projections with) -> 1x1 conv,
   plus the input.
 
+The latent's height and width are IR symbols (`height`, `width`; level l works at
+`height/2^l`), so one model takes every size whose sides are multiples of
+2^(levels - 1); `sample_size` only sizes example inputs and the cost estimates.
+
 Canonical names are flat per level (`down1.res0.conv1.weight`,
 `up2.attn1.blocks.0.attn2.kv_proj.weight`, `text_encoder.blocks.3.mlp.fc_in.bias`);
 metagen.hf (`unet_to_canonical`) maps diffusers' names onto them.
@@ -39,14 +45,16 @@ import math
 from metagen.compiler import design_rules as R
 from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
+from metagen.compiler.objectives import DIFFUSION_SCHEDULE
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower, unbuilt_family
+from metagen.compiler.families import image_autoencoder as vae
 from metagen.compiler.families.blocks import (
     TRAIN_ACT_BYTES, act_nbytes, block_stack, class_name, inference, read_spec, tower_training_activations, training,
     weight_nbytes, resolve_tower, tower_block,
 )
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model, ModuleDef, Value
-from metagen.ir.types import DType, TensorType
+from metagen.ir.types import Dim, DType, TensorType, dim_div, dim_mul
 
 SIZE_KEYS = ("base_channels", "res_blocks")
 UNET_RES_BLOCKS = 2  # SD 1.5, SD 2, SDXL (design rule unet-scaling)
@@ -86,7 +94,9 @@ class UNetConfig(ArchConfig):
     transformer_depth: int = spec_key(1)
     norm_groups: int = spec_key(32)
     cross_attention_dim: int | None = spec_key()
+    images: str = spec_key("latents")
     text_encoder: UNetTextTower = tower(UNetTextTower)
+    autoencoder: vae.AutoencoderConfig = tower(vae.AutoencoderConfig)
     context: int = derived(0)
 
 
@@ -102,20 +112,36 @@ def level_channels(a: dict[str, Any]) -> list[int]:
     return [a["base_channels"] * m for m in a["channel_mults"]]
 
 
+def downsampling_factor(a: dict[str, Any]) -> int:
+    """What the latent's height and width must be multiples of: 2 per level change."""
+    return 2 ** (len(a["channel_mults"]) - 1)
+
+
+HW = tuple[Dim, Dim]
+
+
+def level_hw(lvl: int) -> HW:
+    """Level `lvl`'s symbolic feature-map size: the sample's halved lvl times."""
+    return (dim_div("height", 2**lvl), dim_div("width", 2**lvl))
+
+
 class DiffusionUNet(Family):
     name = "diffusion_unet"
-    doc = "Text-conditioned latent diffusion U-Net with its CLIP text encoder (SD 1.5 conventions); no VAE."
+    doc = "Text-conditioned latent diffusion U-Net with its CLIP text encoder (SD 1.5 conventions); SD's autoencoder when images are pixels."
     inputs_doc = (
-        "sample: float32 [batch, latent_channels, sample_size, sample_size] noisy latent x_t; "
+        "sample: float32 [batch, latent_channels, height, width] noisy latent x_t (height, width multiples of 2^(levels-1)); "
         "timestep: float32 [batch] diffusion step t (0..999 for a 1000-step schedule); "
         "input_ids: int64 [batch, seq] prompt token ids from the CLIP tokenizer, seq <= context_window (77)"
     )
-    outputs_doc = "noise_pred: float32 [batch, latent_channels, sample_size, sample_size], the predicted noise epsilon"
+    outputs_doc = "noise_pred: float32 [batch, latent_channels, height, width], the predicted noise epsilon"
     msl_family_name = "diffusion"
     accepts_families = ("auto", "diffusion", "unet")
     built = "the diffusion U-Net (ResNet blocks with spatial transformers)"
     rules = (
-        Rule(("text", "image"), ("image",), ("diffusion", None), "latent-space U-Net with its CLIP text encoder; no VAE"),
+        Rule(
+            ("text", "image"), ("image",), ("diffusion", None),
+            "latent-space U-Net with its CLIP text encoder; no image autoencoder unless images: pixels",
+        ),
         # Text-to-image written without the noisy image among the inputs: the same model.
         Rule(
             ("text",), ("image",), ("diffusion", None),
@@ -131,7 +157,8 @@ class DiffusionUNet(Family):
     tiny_doc = (
         "base 32 channels, the same number of levels with multipliers capped at 2, 1 ResNet block per level, 2 heads, "
         "8 GroupNorm groups, 8 x 8 sample (larger only for more than 4 levels), the same attention levels; "
-        "text encoder d = 32, 2 layers, 2 heads, vocab 256, context 16"
+        "text encoder d = 32, 2 layers, 2 heads, vocab 256, context 16; "
+        "autoencoder (images: pixels) channels 16 then 32 per level, 1 block per level, 8 groups"
     )
 
     def family_mismatch(self, written: str) -> str:
@@ -156,6 +183,18 @@ class DiffusionUNet(Family):
             )
             te.pooling = "none"
         a.text_encoder = te
+        ae = read_spec(ctx, vae.AutoencoderConfig(), section=spec_arch.autoencoder, prefix="autoencoder.")
+        if a.images == "pixels":
+            for key, value in vae.SD_AUTOENCODER.items():
+                if ae[key] is None:
+                    ae[key] = list(value) if isinstance(value, list) else value
+        elif spec_arch.given("autoencoder"):
+            ctx.sink.warning(
+                spec_arch.loc("autoencoder"),
+                "the autoencoder is built only when the images are pixels (architecture.images: pixels); "
+                "with latents it is ignored",
+            )
+        a.autoencoder = ae
         if a.cross_attention_dim is None:
             a.cross_attention_dim = te.hidden_size
         # CLIP's prompt length, unless the spec sets its own context window.
@@ -186,6 +225,10 @@ class DiffusionUNet(Family):
             return "base_channels must be even (the sinusoidal timestep embedding has base_channels features)"
         if te["hidden_size"] % te["heads"]:
             return f"text_encoder.heads {te['heads']} does not divide text_encoder.hidden_size {te['hidden_size']}"
+        if a["images"] == "pixels":
+            problem = vae.check(a["autoencoder"], a["latent_channels"])
+            if problem:
+                return problem
         if a["cross_attention_dim"] != te["hidden_size"]:
             return (
                 f"cross_attention_dim {a['cross_attention_dim']} must equal text_encoder.hidden_size "
@@ -266,6 +309,10 @@ class DiffusionUNet(Family):
         te.update(hidden_size=32, layers=2, heads=2, kv_heads=2, head_dim=16, ffn_size=64, vocab_size=256)
         a["cross_attention_dim"] = 32
         ctx.context_window = 16
+        if a["images"] == "pixels":
+            ae = a["autoencoder"]
+            n = len(ae["block_channels"])
+            ae.update(block_channels=[16] + [32] * (n - 1), layers_per_block=1, norm_groups=8)
 
     # ---------------------------------------------------------------- graph
 
@@ -273,7 +320,7 @@ class DiffusionUNet(Family):
         a = ctx.arch
         te = a["text_encoder"]
         mb = self.model_builder(ctx)
-        s, lc = a["sample_size"], a["latent_channels"]
+        lc = a["latent_channels"]
         chans = level_channels(a)
         levels = len(chans)
         ch0 = chans[0]
@@ -284,7 +331,7 @@ class DiffusionUNet(Family):
         text_block = tower_block(mb, ctx, te, "seq", causal=True, name="TextBlock", section=ctx.spec.architecture.text_encoder)
         text = text_encoder_module(mb, te, a["context"], text_block)
         top = mb.module(class_name(ctx.spec.name), doc="Text-conditioned latent diffusion U-Net (predicts the noise).")
-        sample = top.input("sample", TensorType(DType.f32, ("batch", lc, s, s)))
+        sample = top.input("sample", TensorType(DType.f32, ("batch", lc, "height", "width")))
         timestep = top.input("timestep", TensorType(DType.f32, ("batch",)))
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
 
@@ -295,16 +342,21 @@ class DiffusionUNet(Family):
         top.sub("time_embedding", time_embedding_module(mb, ch0, tdim))
         temb = top.call("time_embedding", t, hint="temb")
 
+        factor = downsampling_factor(a)
+        checked = top.op(
+            "require_multiple", sample, axes=(2, 3), multiple=factor,
+            what=f"sample height and width (the U-Net halves them {levels - 1} times)", hint="sample",
+        )
         top.layer("conv_in", "conv2d", in_channels=lc, out_channels=ch0, kernel=3, padding=1)
-        x = top.call("conv_in", sample, hint="x")
+        x = top.call("conv_in", checked, hint="x")
         skips: list[Value] = [x]
         for lvl in range(levels):
-            down = down_level_module(mb, a, lvl, x.type.shape[1], s >> lvl, temb_type, seq_type, last=lvl == levels - 1)
+            down = down_level_module(mb, a, lvl, x.type.shape[1], level_hw(lvl), temb_type, seq_type, last=lvl == levels - 1)
             top.sub(f"down{lvl}", down)
             outs = top.call_multi(f"down{lvl}", x, temb, context, hint="h")
             skips.extend(outs)
             x = outs[-1]
-        top.sub("mid", mid_module(mb, a, chans[-1], s >> (levels - 1), temb_type, seq_type))
+        top.sub("mid", mid_module(mb, a, chans[-1], level_hw(levels - 1), temb_type, seq_type))
         x = top.call("mid", x, temb, context, hint="x")
         for lvl in reversed(range(levels)):
             n = a["res_blocks"] + 1
@@ -316,24 +368,46 @@ class DiffusionUNet(Family):
         x = top.op("silu", top.call("conv_norm_out", x, hint="h"), hint="h")
         top.layer("conv_out", "conv2d", in_channels=ch0, out_channels=lc, kernel=3, padding=1)
         out = top.call("conv_out", x, hint="noise_pred")
+        symbols = {
+            "batch": "batch size",
+            "seq": f"prompt length in tokens, at most {a['context']}",
+            "height": f"latent height, a multiple of {factor}",
+            "width": f"latent width, a multiple of {factor}",
+        }
+        examples = {"seq": a["context"], "height": a["sample_size"], "width": a["sample_size"]}
+        if a["images"] == "pixels":
+            # Not called by the forward (one denoising step): sample() and the ONNX
+            # pipeline folder call them once per image.
+            ae = a["autoencoder"]
+            top.sub("vae_encoder", vae.encoder_module(mb, ae, lc))
+            top.sub("vae_decoder", vae.decoder_module(mb, ae, lc))
+            f = vae.downsampling_factor(ae)
+            symbols.update(image_height=f"image height in pixels, a multiple of {f}", image_width=f"image width in pixels, a multiple of {f}")
+            examples.update(image_height=a["sample_size"] * f, image_width=a["sample_size"] * f)
         top_def = top.ret(out, names=["noise_pred"])
 
         config = a.pick(UNetConfig.spec_keys())
         config["context_window"] = a["context"]
         config["text_encoder"] = dict(te)
+        config["noise_schedule"] = dict(DIFFUSION_SCHEDULE)  # the training schedule sample() steps over
+        if a["images"] == "pixels":
+            config["autoencoder"] = dict(a["autoencoder"])
         return mb.finish(
             top_def,
             name=top_def.name,
             spec_name=ctx.spec.name,
             inputs=[
-                InputSpec("sample", sample.type, "normal", 0.0, 0.0, "noisy latent x_t, float32 [batch, C, H, W]"),
+                InputSpec(
+                    "sample", sample.type, "normal", 0.0, 0.0,
+                    f"noisy latent x_t, float32 [batch, C, H, W], H and W multiples of {factor}",
+                ),
                 InputSpec("timestep", timestep.type, "uniform", 0.0, 1000.0, "diffusion timestep t per sample (float)"),
                 InputSpec("input_ids", ids.type, "tokens", 0, te["vocab_size"], "prompt token ids (CLIP tokenizer)"),
             ],
             config=config,
             family=self.name,
-            symbols={"batch": "batch size", "seq": f"prompt length in tokens, at most {a['context']}"},
-            examples={"seq": a["context"]},
+            symbols=symbols,
+            examples=examples,
         )
 
     # ---------------------------------------------------------------- cost
@@ -382,7 +456,8 @@ class DiffusionUNet(Family):
         }
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
-        return {"bindings": {"batch": 1, "seq": ctx.arch["context"]}, "per_unit": 1}
+        s = ctx.arch["sample_size"]
+        return {"bindings": {"batch": 1, "seq": ctx.arch["context"], "height": s, "width": s}, "per_unit": 1}
 
 
 # -------------------------------------------------------------------- modules
@@ -412,26 +487,8 @@ def time_embedding_module(mb: ModelBuilder, ch0: int, tdim: int) -> ModuleDef:
     return b.ret(b.call("linear_2", h, hint="temb"))
 
 
-def resnet_module(mb: ModelBuilder, a: dict, cin: int, cout: int, side: int, tdim: int) -> ModuleDef:
-    g = a["norm_groups"]
-    b = mb.module("ResnetBlock", doc="GroupNorm-SiLU-conv twice, timestep added between, residual.")
-    x = b.input("x", TensorType(DType.f32, ("batch", cin, side, side)))
-    temb = b.input("temb", TensorType(DType.f32, ("batch", tdim)))
-    b.layer("norm1", "group_norm", groups=g, channels=cin, eps=RESNET_EPS)
-    b.layer("conv1", "conv2d", in_channels=cin, out_channels=cout, kernel=3, padding=1)
-    b.layer("time_emb_proj", "linear", in_features=tdim, out_features=cout)
-    b.layer("norm2", "group_norm", groups=g, channels=cout, eps=RESNET_EPS)
-    b.layer("conv2", "conv2d", in_channels=cout, out_channels=cout, kernel=3, padding=1)
-    h = b.op("silu", b.call("norm1", x, hint="h"), hint="h")
-    h = b.call("conv1", h, hint="h")
-    t = b.call("time_emb_proj", b.op("silu", temb, hint="t"), hint="t")
-    h = b.op("add", h, b.op("unsqueeze", t, axes=(2, 3), hint="t"), hint="h")
-    h = b.op("silu", b.call("norm2", h, hint="h"), hint="h")
-    h = b.call("conv2", h, hint="h")
-    if cin != cout:
-        b.layer("conv_shortcut", "conv2d", in_channels=cin, out_channels=cout, kernel=1)
-        x = b.call("conv_shortcut", x, hint="shortcut")
-    return b.ret(b.op("add", x, h, hint="out"))
+def resnet_module(mb: ModelBuilder, a: dict, cin: int, cout: int, hw: HW, tdim: int) -> ModuleDef:
+    return vae.resnet_module(mb, a["norm_groups"], cin, cout, hw, tdim, RESNET_EPS)
 
 
 def _attention(mb: ModelBuilder, dim: int, heads: int, x_type, context_type=None) -> ModuleDef:
@@ -482,9 +539,9 @@ def basic_block_module(mb: ModelBuilder, dim: int, heads: int, x_type, seq_type)
     return b.ret(b.op("add", x, b.call("ff_out", h, hint="h"), hint="x"))
 
 
-def spatial_transformer_module(mb: ModelBuilder, a: dict, ch: int, side: int, seq_type) -> ModuleDef:
-    x_type = TensorType(DType.f32, ("batch", ch, side, side))
-    tok_type = TensorType(DType.f32, ("batch", side * side, ch))
+def spatial_transformer_module(mb: ModelBuilder, a: dict, ch: int, hw: HW, seq_type) -> ModuleDef:
+    x_type = TensorType(DType.f32, ("batch", ch, *hw))
+    tok_type = TensorType(DType.f32, ("batch", dim_mul(*hw), ch))
     block = basic_block_module(mb, ch, a["heads"], tok_type, seq_type)
     b = mb.module("SpatialTransformer", doc="Transformer over the feature map's pixels, conditioned on the text.")
     x = b.input("x", x_type)
@@ -496,20 +553,20 @@ def spatial_transformer_module(mb: ModelBuilder, a: dict, ch: int, side: int, se
     h = b.call("proj_in", b.call("norm", x, hint="h"), hint="h")
     h = b.op("flatten_spatial", h, hint="tokens")
     h = b.call("blocks", h, context, hint="tokens")
-    h = b.op("unflatten_spatial", h, height=side, width=side, hint="h")
+    h = b.op("unflatten_spatial", h, x, hint="h")
     return b.ret(b.op("add", b.call("proj_out", h, hint="h"), x, hint="out"))
 
 
-def down_level_module(mb, a, lvl: int, cin: int, side: int, temb_type, seq_type, *, last: bool) -> ModuleDef:
+def down_level_module(mb, a, lvl: int, cin: int, hw: HW, temb_type, seq_type, *, last: bool) -> ModuleDef:
     ch = level_channels(a)[lvl]
     tdim = temb_type.shape[1]
     attn = lvl in a["attention_levels"]
     children = []
     for j in range(a["res_blocks"]):
-        children.append(resnet_module(mb, a, cin if j == 0 else ch, ch, side, tdim))
-    st = spatial_transformer_module(mb, a, ch, side, seq_type) if attn else None
+        children.append(resnet_module(mb, a, cin if j == 0 else ch, ch, hw, tdim))
+    st = spatial_transformer_module(mb, a, ch, hw, seq_type) if attn else None
     b = mb.module(f"DownLevel{lvl}", doc="ResNet blocks (and spatial transformers), then downsampling; returns every skip.")
-    x = b.input("x", TensorType(DType.f32, ("batch", cin, side, side)))
+    x = b.input("x", TensorType(DType.f32, ("batch", cin, *hw)))
     temb = b.input("temb", temb_type)
     context = b.input("context", seq_type)
     outs = []
@@ -526,12 +583,12 @@ def down_level_module(mb, a, lvl: int, cin: int, side: int, temb_type, seq_type,
     return b.ret(*outs)
 
 
-def mid_module(mb, a, ch: int, side: int, temb_type, seq_type) -> ModuleDef:
+def mid_module(mb, a, ch: int, hw: HW, temb_type, seq_type) -> ModuleDef:
     tdim = temb_type.shape[1]
-    res = resnet_module(mb, a, ch, ch, side, tdim)
-    st = spatial_transformer_module(mb, a, ch, side, seq_type)
+    res = resnet_module(mb, a, ch, ch, hw, tdim)
+    st = spatial_transformer_module(mb, a, ch, hw, seq_type)
     b = mb.module("MidBlock", doc="ResNet, spatial transformer, ResNet at the lowest resolution.")
-    x = b.input("x", TensorType(DType.f32, ("batch", ch, side, side)))
+    x = b.input("x", TensorType(DType.f32, ("batch", ch, *hw)))
     temb = b.input("temb", temb_type)
     context = b.input("context", seq_type)
     b.sub("res0", res)
@@ -546,15 +603,15 @@ def up_level_module(mb, a, lvl: int, x_type, skip_types, temb_type, seq_type, *,
     """res_blocks + 1 ResNet blocks, each on the concat of the running features and
     one skip (latest first), then nearest 2x upsampling + conv unless at level 0."""
     ch = level_channels(a)[lvl]
-    side = x_type.shape[2]
+    hw = x_type.shape[2:]
     tdim = temb_type.shape[1]
     attn = lvl in a["attention_levels"]
     cin = x_type.shape[1]
     resnets = []
     for skip in skip_types:
-        resnets.append(resnet_module(mb, a, cin + skip.shape[1], ch, side, tdim))
+        resnets.append(resnet_module(mb, a, cin + skip.shape[1], ch, hw, tdim))
         cin = ch
-    st = spatial_transformer_module(mb, a, ch, side, seq_type) if attn else None
+    st = spatial_transformer_module(mb, a, ch, hw, seq_type) if attn else None
     b = mb.module(f"UpLevel{lvl}", doc="ResNet blocks on skip concats (and spatial transformers), then upsampling.")
     x = b.input("x", x_type)
     skips = [b.input(f"skip{j}", t) for j, t in enumerate(skip_types)]

@@ -148,12 +148,27 @@ ARCHITECTURE = _map(
     Field("transformer_depth", INT, "Transformer blocks per spatial transformer.", minimum=1, maximum=32),
     Field("norm_groups", INT, "GroupNorm groups.", minimum=1, maximum=1024),
     Field("cross_attention_dim", INT, "Width of the conditioning sequence.", minimum=8, maximum=65536),
+    Field("qkv_bias", BOOL, "Biases on the attention's q, k and v projections, whatever `bias` says (Qwen2: true with bias false); default: as bias."),
+    Field("rope_scaling", ENUM, "Rescaling of the rotary frequencies: none, or llama3 (Llama 3.1's long-context scaling).", choices=("none", "llama3")),
+    Field("rope_scaling_factor", FLOAT, "llama3 scaling: the low frequencies are divided by this.", minimum=1.0, maximum=1e6),
+    Field("rope_low_freq_factor", FLOAT, "llama3 scaling: wavelengths above rope_original_context / this are scaled.", minimum=1e-6, maximum=1e6),
+    Field("rope_high_freq_factor", FLOAT, "llama3 scaling: wavelengths below rope_original_context / this are kept; between, interpolated.", minimum=1e-6, maximum=1e6),
+    Field("rope_original_context", INT, "llama3 scaling: the context the model was pretrained at.", minimum=1, maximum=2**31),
     Field("num_users", INT, "Users of a recommender (user id vocabulary).", minimum=1, maximum=10**10),
     Field("num_items", INT, "Items of a recommender (item id vocabulary).", minimum=1, maximum=10**10),
     Field("user_features", INT, "Dense user features a recommender reads (0: ids only).", minimum=0, maximum=10**6),
     Field("item_features", INT, "Dense item features a recommender reads (0: ids only).", minimum=0, maximum=10**6),
     _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
     _map("image_encoder", "Image tower of a multi-tower model.", *TOWER_FIELDS),
+    Field("images", ENUM, "Diffusion: 'pixels' includes the image autoencoder (images in and out), 'latents' the U-Net alone.", choices=("latents", "pixels")),
+    _map(
+        "autoencoder",
+        "Diffusion image autoencoder (SD's AutoencoderKL), built when images are pixels.",
+        Field("block_channels", LIST, "Channels per autoencoder level.", item=Field("channels", INT, "", minimum=1, maximum=8192)),
+        Field("layers_per_block", INT, "ResNet blocks per encoder level (decoder: one more).", minimum=1, maximum=16),
+        Field("norm_groups", INT, "GroupNorm groups.", minimum=1, maximum=1024),
+        Field("scaling_factor", FLOAT, "Latents are the encoder's mean times this.", minimum=0.0, maximum=100.0),
+    ),
 )
 
 SPEC = _map(
@@ -162,6 +177,7 @@ SPEC = _map(
     Field("metagen_version", STR, "Spec language version.", choices=("1.0",), required=True),
     Field("name", STR, "Model name: free text; a class name is derived from it.", required=True),
     Field("description", STR, "Free text.", default=""),
+    Field("license", STR, "The model's license, as the model card's front matter states it (a Hugging Face license id: apache-2.0, mit, other, ...)."),
     _recorded("version", STR, "The spec file's own version (free text, e.g. \"1.0.0\")."),
     _map(
         "modality",

@@ -115,6 +115,8 @@ CONFIG = {
     "rope_theta": 10000.0,
     "bias": True,
     "tie_embeddings": True,
+    "qkv_bias": True,
+    "rope_scaling": "none",
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}

@@ -29,10 +29,14 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     return out.reshape(b, sq, heads * head_dim)
 
 
-def _rope(x, heads, head_dim, theta):
-    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]."""
+def _rope(x, heads, head_dim, theta, inv_freq=None):
+    """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]
+    (`inv_freq`: the frequencies when they are not theta's, e.g. rescaled)."""
     seq = x.shape[1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    else:
+        inv_freq = jnp.asarray(inv_freq, dtype=jnp.float32)
     freqs = jnp.outer(jnp.arange(seq, dtype=jnp.float32), inv_freq)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     cos, sin = jnp.cos(emb).astype(x.dtype)[:, None, :], jnp.sin(emb).astype(x.dtype)[:, None, :]
@@ -134,6 +138,8 @@ CONFIG = {
     "rope_theta": 10000000.0,
     "bias": False,
     "tie_embeddings": False,
+    "qkv_bias": False,
+    "rope_scaling": "none",
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}

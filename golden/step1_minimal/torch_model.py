@@ -13,29 +13,39 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _rope_cos_sin(seq, head_dim, theta, device, dtype):
-    """cos and sin [seq, 1, head_dim] of the rotary angles."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
-    inv_freq = 1.0 / (theta**exponent)
+def _rope_cos_sin(seq, head_dim, theta, device, dtype, inv_freq=None):
+    """cos and sin [seq, 1, head_dim] of the rotary angles (`inv_freq`: the frequencies
+    when they are not theta's, e.g. rescaled)."""
+    if inv_freq is None:
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+        inv_freq = 1.0 / (theta**exponent)
+    else:
+        inv_freq = torch.tensor(inv_freq, dtype=torch.float32, device=device)
     freqs = torch.outer(torch.arange(seq, device=device).float(), inv_freq)
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
 
 @functools.lru_cache(maxsize=8)
-def _rope_cos_sin_cached(seq, head_dim, theta, device, dtype, inference):
+def _rope_cos_sin_cached(seq, head_dim, theta, device, dtype, inference, inv_freq=None):
     """_rope_cos_sin computed once per shape and shared by every layer in eager mode
     (`inference` keeps tensors made under torch.inference_mode apart: autograd refuses them)."""
-    return _rope_cos_sin(seq, head_dim, theta, device, dtype)
+    return _rope_cos_sin(seq, head_dim, theta, device, dtype, inv_freq)
 
 
-def _rope(x, heads, head_dim, theta):
+def _rope(x, heads, head_dim, theta, inv_freq=None):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D]."""
     if torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
-        cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype)
+        cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
     else:
         cos, sin = _rope_cos_sin_cached(
-            x.shape[1], head_dim, theta, x.device, x.dtype, torch.is_inference_mode_enabled()
+            x.shape[1],
+            head_dim,
+            theta,
+            x.device,
+            x.dtype,
+            torch.is_inference_mode_enabled(),
+            inv_freq,
         )
     x = x.unflatten(-1, (heads, head_dim))
     x1, x2 = x.chunk(2, dim=-1)
@@ -148,6 +158,8 @@ CONFIG = {
     "rope_theta": 10000.0,
     "bias": False,
     "tie_embeddings": True,
+    "qkv_bias": False,
+    "rope_scaling": "none",
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}

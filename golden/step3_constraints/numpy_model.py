@@ -62,12 +62,16 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     return out.transpose(0, 2, 1, 3).reshape(b, sq, heads * d)
 
 
-def _rope(x, heads, head_dim, theta):
+def _rope(x, heads, head_dim, theta, inv_freq=None):
     """Rotary position embedding on packed heads [B, S, H*D], positions 0..S-1,
     rotate-half convention: dims i and i + D/2 form a pair rotated by the angle
-    position * theta^(-2i/D)."""
+    position * theta^(-2i/D), or position * inv_freq[i] when the frequencies are given
+    (rescaled, e.g. Llama 3's)."""
     b, s, d = x.shape[0], x.shape[1], head_dim
-    inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    if inv_freq is None:
+        inv_freq = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    else:
+        inv_freq = np.asarray(inv_freq, dtype=np.float64)
     angles = np.outer(np.arange(s), inv_freq)
     angles = np.concatenate([angles, angles], axis=-1)[:, None, :]
     x = x.reshape(b, s, heads, d)
@@ -177,6 +181,8 @@ CONFIG = {
     "rope_theta": 1000000.0,
     "bias": False,
     "tie_embeddings": True,
+    "qkv_bias": False,
+    "rope_scaling": "none",
     "context_window": 64,
 }
 INPUTS = {"input_ids": {"shape": ["batch", "seq"], "dtype": "int64"}}

@@ -113,6 +113,14 @@ def _gelu(x):
     return x * np.vectorize(math.erfc, otypes=[np.float64])(-x / math.sqrt(2.0)) / 2.0
 
 
+def _require_multiple(x, axes, multiple, what):
+    """x, after checking that its dims at `axes` are multiples of `multiple`."""
+    if any(int(x.shape[a]) % multiple for a in axes):
+        dims = " x ".join(str(int(x.shape[a])) for a in axes)
+        raise ValueError(f"{what}: got {dims}, not multiples of {multiple}")
+    return x
+
+
 def _sigmoid(x):
     """1 / (1 + e^-x), written through tanh so that no input overflows."""
     return 0.5 * (1.0 + np.tanh(0.5 * x))
@@ -333,7 +341,9 @@ class SpatialTransformer:
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 8, 8)
+        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -468,7 +478,9 @@ class SpatialTransformer1:
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 4, 4)
+        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -601,7 +613,9 @@ class SpatialTransformer2:
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 2, 2)
+        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -745,7 +759,9 @@ class SpatialTransformer3:
         tokens_1 = tokens
         for layer in self.blocks:
             tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(tokens_1.shape[0], tokens_1.shape[2], 1, 1)
+        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
+            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+        )
         h_3 = self.proj_out(h_2)
         out = h_3 + x
         return out
@@ -1068,7 +1084,16 @@ class MyDiffusionModel:
         context = self.text_encoder(input_ids)
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
-        x = self.conv_in(sample)
+        sample_1 = _require_multiple(
+            sample,
+            (
+                2,
+                3,
+            ),
+            8,
+            "sample height and width (the U-Net halves them 3 times)",
+        )
+        x = self.conv_in(sample_1)
         h, h_1 = self.down0(x, temb, context)
         h_2, h_3 = self.down1(h_1, temb, context)
         h_4, h_5 = self.down2(h_3, temb, context)
@@ -1097,6 +1122,7 @@ CONFIG = {
     "transformer_depth": 1,
     "norm_groups": 8,
     "cross_attention_dim": 32,
+    "images": "latents",
     "context_window": 16,
     "text_encoder": {
         "vocab_size": 256,
@@ -1114,14 +1140,20 @@ CONFIG = {
         "bias": True,
         "pooling": "none",
     },
+    "noise_schedule": {
+        "kind": "scaled_linear",
+        "steps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+    },
 }
 INPUTS = {
-    "sample": {"shape": ["batch", 4, 8, 8], "dtype": "float32"},
+    "sample": {"shape": ["batch", 4, "height", "width"], "dtype": "float32"},
     "timestep": {"shape": ["batch"], "dtype": "float32"},
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["noise_pred"]
-_EXAMPLE_SIZES = {"seq": 16}
+_EXAMPLE_SIZES = {"seq": 16, "height": 8, "width": 8}
 _INPUT_KINDS = [
     {"name": "sample", "kind": "normal", "low": 0.0, "high": 0.0, "dtype": "float32"},
     {"name": "timestep", "kind": "uniform", "low": 0.0, "high": 1000.0, "dtype": "float32"},
@@ -1660,3 +1692,198 @@ def run(state, inputs):
         feed[name] = value.astype(np.float64) if np.issubdtype(value.dtype, np.floating) else value
     out = state(**feed)
     return {name: np.asarray(value).astype(_OUTPUT_DTYPES[name]) for name, value in out.items()}
+
+
+def _alphas_cumprod(schedule):
+    """Diffusion noise schedule (scaled_linear: betas = linspace(sqrt(b0), sqrt(b1))^2)."""
+    betas = (
+        np.linspace(schedule["beta_start"] ** 0.5, schedule["beta_end"] ** 0.5, schedule["steps"])
+        ** 2
+    )
+    return np.cumprod(1.0 - betas)
+
+
+class _DDIM:
+    """Deterministic DDIM (eta 0)."""
+
+    def __init__(self, schedule, steps):
+        self.acp = _alphas_cumprod(schedule)
+        train = schedule["steps"]
+        if not 1 <= steps <= train:
+            raise ValueError(f"steps must be between 1 and {train}, got {steps}")
+        self.ratio = train // steps
+        self.timesteps = (np.arange(steps) * self.ratio).round()[::-1].astype(np.int64) + 1
+        self.init_sigma = 1.0
+
+    def scale_input(self, x, i):
+        return x
+
+    def _alpha(self, t):
+        return self.acp[t] if t >= 0 else self.acp[0]
+
+    def step(self, eps, i, x):
+        t = int(self.timesteps[i])
+        a_t, a_prev = self._alpha(t), self._alpha(t - self.ratio)
+        x0 = (x - np.sqrt(1.0 - a_t) * eps) / np.sqrt(a_t)
+        return (np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps).astype(np.float32)
+
+    def add_noise(self, x0, noise, i):
+        a = self.acp[int(self.timesteps[i])]
+        return (np.sqrt(a) * x0 + np.sqrt(1.0 - a) * noise).astype(np.float32)
+
+
+class _EulerDiscrete:
+    """Euler's method on the probability-flow ODE in sigma = sqrt((1 - a) / a)."""
+
+    def __init__(self, schedule, steps):
+        acp = _alphas_cumprod(schedule)
+        train = schedule["steps"]
+        if not 1 <= steps <= train:
+            raise ValueError(f"steps must be between 1 and {train}, got {steps}")
+        self.timesteps = np.linspace(0, train - 1, steps)[::-1].astype(np.float32)
+        sigmas = np.sqrt((1.0 - acp) / acp)
+        self.sigmas = np.concatenate([np.interp(self.timesteps, np.arange(train), sigmas), [0.0]])
+        self.init_sigma = float(self.sigmas.max())  # diffusers' for "linspace" spacing
+
+    def scale_input(self, x, i):
+        return (x / np.sqrt(self.sigmas[i] ** 2 + 1.0)).astype(np.float32)
+
+    def step(self, eps, i, x):
+        # x0 = x - sigma * eps, so the ODE's derivative (x - x0) / sigma is eps itself.
+        return (x + eps * (self.sigmas[i + 1] - self.sigmas[i])).astype(np.float32)
+
+    def add_noise(self, x0, noise, i):
+        return (x0 + noise * self.sigmas[i]).astype(np.float32)
+
+
+_SCHEDULERS = {"ddim": _DDIM, "euler": _EulerDiscrete}
+
+
+def _unconditional_ids(input_ids, vocab_size):
+    """The empty prompt as CLIP's tokenizer pads it: start token (vocab - 2), then the
+    end token (vocab - 1) to the prompt's length."""
+    ids = np.full(input_ids.shape, vocab_size - 1, dtype=np.int64)
+    ids[:, 0] = vocab_size - 2
+    return ids
+
+
+def _sample_loop(
+    denoise,
+    encode,
+    decode,
+    config,
+    schedule,
+    input_ids,
+    image,
+    strength,
+    steps,
+    guidance_scale,
+    height,
+    width,
+    seed,
+    scheduler,
+):
+    """The sampling loop behind every backend's `sample()`. `denoise(sample, timestep,
+    input_ids)` is one U-Net step; `encode(image)` the autoencoder's moments and
+    `decode(latents)` its image, both None without an autoencoder (then `image`, the
+    result and height/width are latents)."""
+    if scheduler not in _SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {sorted(_SCHEDULERS)}, got {scheduler!r}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    ids = np.asarray(input_ids, dtype=np.int64)
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {ids.shape}")
+    batch = ids.shape[0]
+    channels = config["latent_channels"]
+    pixels = decode is not None
+    ae = config.get("autoencoder") if pixels else None
+    factor = 2 ** (len(ae["block_channels"]) - 1) if pixels else 1
+    scaling = ae["scaling_factor"] if pixels else 1.0
+    init = None
+    if image is not None:
+        image = np.asarray(image, dtype=np.float32)
+        want = 3 if pixels else channels
+        if image.ndim != 4 or image.shape[1] != want or image.shape[0] not in (1, batch):
+            what = "an image [batch, 3, H, W]" if pixels else f"latents [batch, {channels}, h, w]"
+            raise ValueError(
+                f"image must be {what} with batch 1 or {batch}, got shape {image.shape}"
+            )
+        height, width = image.shape[2], image.shape[3]
+        init = encode(image)[:, :channels] * scaling if pixels else image
+        init = np.broadcast_to(init, (batch,) + init.shape[1:]).astype(np.float32)
+    side = config["sample_size"] * factor
+    height, width = int(height or side), int(width or side)
+    if height % factor or width % factor:
+        raise ValueError(
+            f"height and width must be multiples of {factor} (the autoencoder's factor), got {height} x {width}"
+        )
+    shape = (batch, channels, height // factor, width // factor)
+
+    sched = _SCHEDULERS[scheduler](schedule, steps)
+    noise = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    first = 0
+    if init is None:
+        x = (noise * sched.init_sigma).astype(np.float32)
+    else:
+        first = steps - min(int(steps * strength), steps)
+        if first >= steps:
+            raise ValueError(f"strength {strength} leaves no denoising step of {steps}")
+        x = sched.add_noise(init, noise, first)
+    guided = guidance_scale > 1.0
+    cond = (
+        np.concatenate([_unconditional_ids(ids, config["text_encoder"]["vocab_size"]), ids])
+        if guided
+        else ids
+    )
+    for i in range(first, steps):
+        x_in = sched.scale_input(x, i)
+        if guided:
+            x_in = np.concatenate([x_in, x_in])
+        t = np.full((x_in.shape[0],), sched.timesteps[i], dtype=np.float32)
+        eps = np.asarray(denoise(x_in, t, cond), dtype=np.float32)
+        if guided:
+            uncond, text = eps[:batch], eps[batch:]
+            eps = uncond + guidance_scale * (text - uncond)
+        x = sched.step(eps, i, x)
+    if not pixels:
+        return x
+    return np.clip(
+        np.asarray(decode((x / scaling).astype(np.float32)), dtype=np.float32), -1.0, 1.0
+    )
+
+
+def sample(
+    state,
+    input_ids,
+    image=None,
+    strength=0.8,
+    steps=30,
+    guidance_scale=7.5,
+    height=None,
+    width=None,
+    seed=0,
+    scheduler="ddim",
+):
+    """Images float32 [batch, 3, height, width] in [-1, 1] for the prompts `input_ids`
+    (latents [batch, C, h, w] when the model has no autoencoder). `image` (with
+    `strength`) starts from that image instead of pure noise; guidance_scale > 1
+    runs classifier-free guidance against the empty prompt; scheduler "ddim" or
+    "euler". Noise comes from numpy's default_rng(seed): every backend agrees."""
+    pixels = "autoencoder" in CONFIG
+    return _sample_loop(
+        lambda x, t, ids: run(state, {"sample": x, "timestep": t, "input_ids": ids})["noise_pred"],
+        (lambda x: _autoencoder(state, "vae_encoder", x)) if pixels else None,
+        (lambda z: _autoencoder(state, "vae_decoder", z)) if pixels else None,
+        CONFIG,
+        CONFIG["noise_schedule"],
+        input_ids,
+        image,
+        strength,
+        steps,
+        guidance_scale,
+        height,
+        width,
+        seed,
+        scheduler,
+    )

@@ -1,0 +1,95 @@
+"""Seconds per DDIM step of the diffusion model's `sample()` in each backend (issue 12).
+
+One step is one U-Net call at twice the batch (classifier-free guidance) plus the
+scheduler's update. It is measured as (T(steps=k+1) - T(steps=1)) / k of the whole
+`sample()` call, so the autoencoder's encode/decode and the setup cancel; the
+median of `--repeat` interleaved rounds is reported. The ONNX figure is
+`metagen.onnx_pipeline` over the pipeline folder (prompt encoded once per call).
+
+    python bench/sampler_bench.py                         # tiny sd15_pipeline, 64x64 images
+    python bench/sampler_bench.py --full --backends torch,onnx --size 512   # SD 1.5 size: ~5 GB RAM per backend
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(ROOT, "examples", "reference", "sd15_pipeline.yaml")
+
+
+def _load(path: str):
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from conftest import load_module
+
+    return load_module(path)
+
+
+def samplers(tiny: bool, backends: list[str], folder: str):
+    """backend -> sample(ids, steps, size) on one set of weights."""
+    from metagen.backends import registry
+    from metagen.onnx_pipeline import OnnxDiffusionPipeline
+    from metagen.pipeline import compile_spec
+
+    comp = compile_spec(SPEC, tiny=tiny)
+    out = {}
+    weights = None
+    for name in backends:
+        files = registry.get(name).lower(comp.model, seed=0, weights=weights) if name == "onnx" else registry.get(name).lower(comp.model)
+        sub = os.path.join(folder, name)
+        for rel, data in files.items():
+            path = os.path.join(sub, rel or ("model.onnx" if name == "onnx" else "model.py"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+        if name == "onnx":
+            pipe = OnnxDiffusionPipeline(sub)
+            out[name] = lambda ids, steps, size, pipe=pipe: pipe.sample(ids, steps=steps, height=size, width=size)
+        else:
+            mod = _load(os.path.join(sub, "model.py"))
+            state = mod.init(0) if weights is None else mod.load_canonical(weights)
+            if weights is None:
+                weights = mod.to_canonical(state)
+            out[name] = lambda ids, steps, size, mod=mod, state=state: mod.sample(state, ids, steps=steps, height=size, width=size)
+    ids = np.full((1, comp.model.config["context_window"]), 1, dtype=np.int64)
+    return out, ids
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--full", action="store_true", help="SD 1.5 size (default: --tiny)")
+    p.add_argument("--backends", default="torch,onnx,flax,numpy")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--steps", type=int, default=4, help="k extra steps per measurement")
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory(prefix="metagen-sampler-bench-") as folder:
+        fns, ids = samplers(not args.full, [b.strip() for b in args.backends.split(",")], folder)
+        per_step: dict[str, list[float]] = {k: [] for k in fns}
+        for fn in fns.values():  # warm-up: jit traces, session start
+            fn(ids, 1, args.size)
+        for _ in range(args.repeat):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(ids, 1, args.size)
+                t1 = time.perf_counter()
+                fn(ids, 1 + args.steps, args.size)
+                t2 = time.perf_counter()
+                per_step[k].append(((t2 - t1) - (t1 - t0)) / args.steps)
+    scale = "SD 1.5" if args.full else "tiny"
+    for k, ts in per_step.items():
+        print(f"{scale:7s} {args.size}x{args.size} batch 1 (CFG: U-Net batch 2)  {k:6s} {statistics.median(ts):8.4f} s/DDIM step")
+
+
+if __name__ == "__main__":
+    main()
