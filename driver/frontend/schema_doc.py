@@ -52,9 +52,9 @@ Specs written for the original MetaGen project are accepted unchanged
 used (`task.type` steers the choice among matching families, `task.num_classes`,
 `task.embedding_dim` and the other task integers are read by the families that
 build those tasks, `architecture.family` steers the choice too); keys marked
-"recorded" below cannot change the model: they are kept in `spec_resolved.yaml`,
-and one note per spec lists those written. A task word in a modality list is read
-as the modality it produces, with a note (`outputs: [classification]` is `label`,
+"recorded" below cannot change the model: they are kept in `spec_resolved.yaml`
+(and the model card that quotes it), and one note per spec lists those written. A
+task word in a modality list is read as the modality it produces, with a note (`outputs: [classification]` is `label`,
 `object_detection` is `bounding_boxes`, `semantic_segmentation` is
 `segmentation_mask`, `forecasting` is `time_series`). `training.alignment.method`,
 `outputs.artifacts`, `evaluation.baselines` and `training.config.data_augmentation`

@@ -395,7 +395,7 @@ def build_spec(tree: LNode, sink: DiagnosticSink) -> Spec:
         shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
         sink.note(
             builder.recorded[0][1],
-            f"{shown} {'is' if len(keys) == 1 else 'are'} kept in spec_resolved.yaml; "
+            f"{shown} {'is' if len(keys) == 1 else 'are'} kept in spec_resolved.yaml and the model card; "
             f"{'it does' if len(keys) == 1 else 'they do'} not affect the model",
         )
     return spec
