@@ -239,3 +239,11 @@ def test_task_type_and_family_steer_the_choice_among_matching_rules(tmp_path, mo
         sink = DiagnosticSink()
         spec = build_spec(parse_yaml(path.read_text(), str(path)), sink)
         assert select.select_family(spec, sink) == family, extra
+
+
+def test_recorded_keys_reach_the_model_card():
+    from metagen.synth import synth_files
+
+    card = synth_files(compile_spec(REVIEW, tiny=True), 0)["README.md"].decode("utf-8")
+    for text in ("version: 2.3.1", "domain: retail_reviews", "bag_of_words_logreg", "determinism: cuDNN deterministic kernels"):
+        assert text in card, text
