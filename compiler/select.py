@@ -55,16 +55,21 @@ def best_effort_reason(spec: Spec) -> tuple[str, str] | None:
 
 def matching_rule(spec: Spec) -> tuple[Rule, Family] | None:
     """The rule the spec's modality and objective meet, with its family; None when
-    none does. Among several, the one whose family answers to the written
-    `architecture.family`, then the one that performs the written `task.type`, then
-    catalogue order. The model card quotes it as the reason."""
+    none does. Rules naming the written `architecture.family` come first (a rule
+    that names families matches only those); among several matches, the one whose
+    family answers to the written family, then the one that performs the written
+    `task.type`, then catalogue order. The model card quotes it as the reason."""
     ins = frozenset(spec.modality.inputs or [])
     outs = frozenset(spec.modality.outputs or [])
     objectives = spec.training.objective or []
     objective = objectives[0] if objectives else None
     unknown = bool((ins | outs) - set(MODALITIES)) or best_effort_reason(spec) is not None
+    written = spec.architecture.family
+    task = spec.task.type if spec.task.given("type") else None
     matches = []
     for rule, fam in rules():
+        if rule.families and written not in rule.families:
+            continue
         if unknown:
             if rule.unknown_modalities:
                 matches.append((rule, fam))
@@ -72,12 +77,11 @@ def matching_rule(spec: Spec) -> tuple[Rule, Family] | None:
             matches.append((rule, fam))
     if not matches:
         return None
-    written = spec.architecture.family
-    task = spec.task.type if spec.task.given("type") else None
 
-    def preference(match: tuple[Rule, Family]) -> tuple[int, int]:
-        fam = match[1]
+    def preference(match: tuple[Rule, Family]) -> tuple[int, int, int]:
+        rule, fam = match
         return (
+            0 if rule.families else 1,
             0 if written != "auto" and written in fam.accepts_families else 1,
             0 if task is not None and task in fam.tasks else 1,
         )
@@ -129,7 +133,9 @@ def combinations_table() -> str:
             cells = ["any unknown modality", "anything", "anything"]
         else:
             cells = [", ".join(rule.inputs), ", ".join(rule.outputs), ", ".join(o or "none" for o in rule.objectives)]
-        note = f" {rule.note} " if rule.note else " "
+        when = f"with `family: {' or '.join(rule.families)}`" if rule.families else ""
+        note = " " + "; ".join(x for x in (when, rule.note) if x) + " "
+        note = note if note.strip() else " "
         lines.append(f"| {' | '.join(cells)} | `{fam.name}` |{note}|")
     return "\n".join(lines) + "\n"
 

@@ -87,6 +87,7 @@ OBJECTIVES = (
     "value_based", "policy_gradient", "instruction_tuning",
 )
 FAMILIES = ("auto", "transformer", "diffusion", "cnn", "unet", "mlp", "gnn", "hybrid")
+OBJECTIVES += ("dice",)  # the segmentation loss's dice term
 DEVICES = ("edge", "mobile", "cpu", "consumer_gpu", "gpu", "datacenter_gpu")
 LATENCY_WORDS = ("real-time", "near-real-time", "interactive", "batch", "offline")
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu", "swiglu", "geglu")
@@ -102,6 +103,7 @@ TASKS = (
     "policy_gradient", "value_based", "actor_critic", "model_based", "node_classification",
     "link_prediction", "graph_classification", "recommendation",
 )
+TASKS += ("object_detection", "instance_segmentation", "semantic_segmentation")
 DTYPES = tuple(DTYPE_PRECISION)
 PRECISIONS = tuple(PRECISION_BYTES)
 
