@@ -107,6 +107,8 @@ LAYERS: dict[str, LayerRule] = {
 # ------------------------------------------------------------------ primitive ops
 # The base table in `jnp`, with jax.nn / jax.lax where they are the idiom.
 
+# int64 where JAX has it enabled, else int32: the module's and the loss program's `_I64`.
+I64_LINE = '_I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32'
 _JNP_DTYPES = {"f32": "jnp.float32", "f16": "jnp.float16", "bf16": "jnp.bfloat16", "i64": "_I64", "i32": "jnp.int32", "bool": "jnp.bool_"}
 
 OPS: dict[str, Rule] = {
@@ -288,7 +290,7 @@ class FlaxEmitter(ModuleEmitter):
         out("import numpy as np")
         out("from flax import nnx")
         out("")
-        out('_I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32')
+        out(I64_LINE)
         out("")
         body = self.emit_classes()
         self.emit_helpers(out)

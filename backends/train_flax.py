@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from metagen.backends.flax_backend import FlaxEmitter
+from metagen.backends.flax_backend import I64_LINE, FlaxEmitter
 from metagen.backends.train_torch import emit_program
 from metagen.compiler.objectives import LossProgram
 from metagen.ir.graph import Model
@@ -46,5 +46,5 @@ def lower_training_flax(model: Model, loss: LossProgram, cfg: dict[str, Any]) ->
         runtime="flax_train",
         model_tag="flax_model",
         loss_args="rngs=nnx.Rngs(0)",
-        preamble=('jax.config.update("jax_default_matmul_precision", "highest")',),
+        preamble=('jax.config.update("jax_default_matmul_precision", "highest")', I64_LINE),
     )

@@ -245,11 +245,70 @@ def diffusion(model: Model, seq: int) -> LossProgram:
 PAIR_KEYS = 16  # distinct pair ids that synthetic contrastive batches carry
 
 
+def _same_group(m, group):
+    """[B, B]: 1 where rows i and j belong to the same group (the data side's group
+    ids, whole numbers as floats), < 1e-21 elsewhere."""
+    gap = m.op("sub", m.op("unsqueeze", group, axes=(1,)), m.op("unsqueeze", group, axes=(0,)), hint="gap")
+    return m.op("exp", m.op("scale", m.op("mul", gap, gap), factor=-50.0), hint="same")
+
+
+IN_BATCH_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss scale (1 / temperature 0.05)
+IN_BATCH_REDRAW = 0.25  # share of a synthetic positive's tokens redrawn from its anchor
+
+
+def in_batch_contrastive(model: Model, seq: int) -> LossProgram:
+    """A single-tower embedder's contrastive loss, with in-batch negatives: each row
+    has one partner (the row with the same `pair` number, given by the data side),
+    every other row is a negative. Cosine similarities times IN_BATCH_SCALE; for row
+    i, cross-entropy of [its partner's similarity, the other rows' similarities]
+    against the partner: the partner's similarity is moved into the row's own (self)
+    slot and its column pushed out by -1e4, so the label is the row's own position.
+    Symmetric, since every row is the anchor of its pair once. Each process's rows
+    are its own batch, as CLIP's."""
+    name, et = _output(model, "embedding")
+    mb = ModelBuilder()
+    m = mb.module("InBatchContrastiveLoss", doc="In-batch-negatives InfoNCE over pairs of rows (sentence-transformers).")
+    emb = m.input("embedding", et)
+    pair = m.input("pair", TensorType(DType.f32, (et.shape[0],)))
+    n = m.op("l2_normalize", emb, hint="unit")
+    sim = m.op("scale", m.op("matmul", n, n, transpose_b=True, hint="cos"), factor=IN_BATCH_SCALE, hint="sim")
+    rows = m.op("positions", sim, axis=0, hint="rows")
+    rows_f = m.op("cast", rows, dtype="f32", hint="rows_f")
+    eye = _same_group(m, rows_f)  # 1 on the diagonal, < 1e-21 off it
+    partner = m.op("sub", _same_group(m, pair), eye, hint="partner")  # 1 at the row's partner
+    ones = m.op("exp", m.op("scale", m.op("unsqueeze", rows_f, axes=(1,)), factor=0.0), hint="ones")  # [B, 1]
+    positive = m.op("matmul", m.op("mul", partner, sim), ones, hint="positive")  # [B, 1]: the partner's similarity
+    others = m.op("sub", m.op("mul", sim, _one_minus(m, eye)), m.op("scale", partner, factor=1e4), hint="others")
+    logits = m.op("add", others, m.op("mul", eye, positive), hint="logits")
+    top = m.ret(m.op("cross_entropy", logits, rows, hint="loss"), names=["loss"])
+    pairs = DataTransform(
+        "pair_rows",
+        inputs={i.name: i.name for i in model.inputs},
+        outputs={"pair": "pair"},
+        params={"redraw": IN_BATCH_REDRAW},
+    )
+    spec = [InputSpec("embedding", et, "normal"), InputSpec("pair", pair.type, "normal")]
+    return LossProgram(
+        "contrastive",
+        _finish(mb, top, model, spec),
+        [("output", name), ("batch", "pair")],
+        [pairs],
+        seq,
+        "rows 2i and 2i+1 are a pair (a data file gives each input X and its positive X_positive); "
+        "the other rows are negatives; the batch (per process) must be even",
+    )
+
+
 def contrastive(model: Model, seq: int) -> LossProgram:
     """CLIP's loss. With logits_per_image/logits_per_text outputs the model has
     already applied its learned scale exp(logit_scale); otherwise the loss normalizes
-    image_embeds and text_embeds and applies a logit_scale output itself."""
+    image_embeds and text_embeds and applies a logit_scale output itself. A model
+    with one `embedding` output (a single tower) gets `in_batch_contrastive`."""
     top_names = model.top_module.output_names
+    if "user_embedding" in top_names:
+        return two_tower(model, seq, bpr=False)
+    if "embedding" in top_names and "image_embeds" not in top_names and "logits_per_image" not in top_names:
+        return in_batch_contrastive(model, seq)
     mb = ModelBuilder()
     m = mb.module("ContrastiveLoss", doc="Symmetric InfoNCE with the model's learned logit scale (CLIP).")
     if "logits_per_image" in top_names and "logits_per_text" in top_names:
@@ -284,6 +343,118 @@ def contrastive(model: Model, seq: int) -> LossProgram:
         seq,
         "matching pairs are the batch diagonal",
     )
+
+
+RANK_GROUP = 4  # candidates per query in a ranking batch: one relevant, the others not
+
+
+def _ranking(model: Model, seq: int, pairwise: bool) -> LossProgram:
+    """Ranking losses over groups of RANK_GROUP rows (one query's candidates), one
+    row of each relevant; the data side gives each row's `group` and `relevant`.
+
+    listwise (`ranking`): for each relevant row, softmax cross-entropy of its
+    group's scores against itself (the ListNet / softmax loss of learning to rank);
+    pairwise (`pairwise_ranking`): RankNet's -log sigmoid(s_rel - s_other) over every
+    (relevant, other) pair of a group, as a two-way cross-entropy."""
+    name, st = _output(model, "score")
+    mb = ModelBuilder()
+    kind = "pairwise" if pairwise else "listwise"
+    m = mb.module(f"{kind.capitalize()}RankingLoss", doc=f"{kind.capitalize()} ranking loss over each query's candidates.")
+    score = m.input("score", st)
+    group = m.input("group", st)
+    relevant = m.input("relevant", st)
+    same = _same_group(m, group)
+    if pairwise:
+        diff = m.op("sub", m.op("unsqueeze", score, axes=(1,)), m.op("unsqueeze", score, axes=(0,)), hint="diff")
+        logits = m.op("stack", diff, m.op("scale", diff, factor=0.0), axis=2, hint="logits")  # [s_i - s_j, 0]
+        first = m.op("cast", m.op("scale", diff, factor=0.0), dtype="i64", hint="first")  # class 0: row i above row j
+        pairs = m.op("mul", m.op("unsqueeze", relevant, axes=(1,)), same)
+        pairs = m.op("mul", pairs, m.op("unsqueeze", _one_minus(m, relevant), axes=(0,)), hint="pairs")
+        loss = m.op("masked_cross_entropy", logits, first, pairs, hint="loss")
+    else:
+        outside = m.op("scale", _one_minus(m, same), factor=1e4, hint="outside")
+        logits = m.op("sub", m.op("unsqueeze", score, axes=(0,)), outside, hint="logits")  # row i: its group's scores
+        rows = m.op("positions", score, axis=0, hint="rows")
+        loss = m.op("masked_cross_entropy", logits, rows, relevant, hint="loss")
+    top = m.ret(loss, names=["loss"])
+    groups = DataTransform(
+        "rank_groups",
+        inputs={i.name: i.name for i in model.inputs},
+        outputs={"group": "group", "relevant": "relevant"},
+        carry=tuple(i.name for i in model.inputs),
+        params={"group": RANK_GROUP},
+    )
+    spec = [InputSpec(n, st, "normal") for n in ("score", "group", "relevant")]
+    return LossProgram(
+        "pairwise_ranking" if pairwise else "ranking",
+        _finish(mb, top, model, spec),
+        [("output", name), ("batch", "group"), ("batch", "relevant")],
+        [groups],
+        seq,
+        f"rows come in groups of {RANK_GROUP} candidates of one query, one relevant (a data file gives each input "
+        f"X as [N, {RANK_GROUP}, ...] and relevant [N, {RANK_GROUP}]); the batch (per process) is a multiple of {RANK_GROUP}",
+    )
+
+
+def _one_minus(m, x):
+    """1 - x (the ones are exp(0 * x): the IR has no constant tensors of a symbolic shape)."""
+    return m.op("sub", m.op("exp", m.op("scale", x, factor=0.0)), x, hint="one_minus")
+
+
+def two_tower(model: Model, seq: int, bpr: bool) -> LossProgram:
+    """A two-tower recommender's losses with in-batch negatives: row i's user
+    against every item of the batch, item i the positive. Sampled softmax
+    (`contrastive`): cross-entropy of U I^T against the diagonal. BPR
+    (`pairwise_ranking`): -log sigmoid(s(u_i, i_i) - s(u_i, i_j)) over j != i, as a
+    two-way cross-entropy."""
+    uname, ut = _output(model, "user_embedding")
+    iname, it = _output(model, "item_embedding")
+    mb = ModelBuilder()
+    kind = "BPR" if bpr else "SampledSoftmax"
+    m = mb.module(f"{kind}Loss", doc="BPR over the batch's other items." if bpr else "Softmax over the batch's items.")
+    user = m.input("user_embedding", ut)
+    item = m.input("item_embedding", it)
+    scores = m.op("matmul", user, item, transpose_b=True, hint="scores")  # [users, items]
+    rows = m.op("positions", scores, axis=0, hint="rows")
+    sources = [("output", uname), ("output", iname)]
+    spec = [InputSpec("user_embedding", ut, "normal"), InputSpec("item_embedding", it, "normal")]
+    if bpr:
+        sname, st = _output(model, "score")
+        own = m.input("score", st)
+        sources.append(("output", sname))
+        spec.append(InputSpec("score", st, "normal"))
+        diff = m.op("sub", m.op("unsqueeze", own, axes=(1,)), scores, hint="diff")
+        logits = m.op("stack", diff, m.op("scale", diff, factor=0.0), axis=2, hint="logits")
+        first = m.op("cast", m.op("scale", diff, factor=0.0), dtype="i64", hint="first")
+        others = _one_minus(m, _same_group(m, m.op("cast", rows, dtype="f32", hint="rows_f")))
+        loss = m.op("masked_cross_entropy", logits, first, others, hint="loss")
+    else:
+        loss = m.op("cross_entropy", scores, rows, hint="loss")
+    top = m.ret(loss, names=["loss"])
+    ids = [i for i in model.inputs if i.kind == "tokens"]
+    pairs = DataTransform(
+        "interactions",
+        inputs={"user": ids[0].name, "item": ids[1].name},
+        params={"items": int(ids[1].high)},
+    )
+    return LossProgram(
+        "pairwise_ranking" if bpr else "contrastive",
+        _finish(mb, top, model, spec),
+        sources,
+        [pairs],
+        seq,
+        "one (user, item) interaction per row; the batch's other items are the negatives",
+    )
+
+
+def ranking(model: Model, seq: int) -> LossProgram:
+    return _ranking(model, seq, pairwise=False)
+
+
+def pairwise_ranking(model: Model, seq: int) -> LossProgram:
+    if "user_embedding" in model.top_module.output_names:
+        return two_tower(model, seq, bpr=True)
+    return _ranking(model, seq, pairwise=True)
 
 
 MASK_RATE = 0.15
@@ -737,6 +908,8 @@ OBJECTIVES: dict[str, Callable[..., LossProgram]] = {
     "policy_gradient": policy_gradient,
     "semantic_segmentation": semantic_segmentation,
     "object_detection": object_detection,
+    "ranking": ranking,
+    "pairwise_ranking": pairwise_ranking,
 }
 
 
@@ -885,8 +1058,9 @@ def training_estimate(ctx: CompileContext) -> dict[str, Any] | None:
     size = data.get("size") if data is not None else None
     hardware = compute.get("hardware") if compute is not None else None
     duration = compute.get("duration") if compute is not None else None
-    if size is not None:
-        amount, unit = size if isinstance(size, tuple) else units.parse_data_size(size)
+    read = (size if isinstance(size, tuple) else units.read_data_size(size)) if size is not None else None
+    if read is not None:
+        amount, unit = read
         out["data"] = {"amount": amount, "unit": unit}
         if unit == "tokens":
             flops = 6 * n * amount

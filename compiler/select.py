@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from metagen.compiler.families import FAMILIES, Family, Rule
 from metagen.diagnostics import DiagnosticSink
-from metagen.frontend.schema import MODALITIES
+from metagen.frontend.schema import MODALITIES, TUTORIAL_MODALITIES
 from metagen.frontend.spec_builder import Spec
 
 
@@ -19,26 +19,74 @@ def rules() -> list[tuple[Rule, Family]]:
     return [(rule, family) for family in FAMILIES.values() for rule in family.rules]
 
 
+def built_modalities() -> frozenset[str]:
+    """The modalities some family's rule names: the others (3d, point_cloud, taste)
+    get the best-effort model."""
+    return frozenset(m for rule, _ in rules() for m in rule.inputs + rule.outputs)
+
+
+def out_of_reach(spec: Spec) -> list[str]:
+    """The spec's modalities no family builds, in the order written."""
+    built = built_modalities()
+    seen = list(dict.fromkeys(list(spec.modality.inputs or []) + list(spec.modality.outputs or [])))
+    return [m for m in seen if m not in built]
+
+
+def best_effort_reason(spec: Spec) -> tuple[str, str] | None:
+    """Why this spec gets the best-effort model, and the modality list to point
+    at: a modality no family builds, several outputs no rule combines (a hybrid
+    design), or inputs -> outputs of the wider vocabulary that no rule pairs.
+    None when the families' rules decide (an unmatched combination of the
+    tutorial's six modalities stays an error)."""
+    ins = list(dict.fromkeys(spec.modality.inputs or []))
+    outs = list(dict.fromkeys(spec.modality.outputs or []))
+    unread = [m for m in out_of_reach(spec) if m in MODALITIES]
+    if unread:
+        return f"no family builds {' or '.join(repr(m) for m in unread)} yet", "outputs" if set(unread) & set(outs) else "inputs"
+    if (set(ins) | set(outs)) - set(MODALITIES):
+        return None  # unknown words: the spec builder warned at each
+    pairs = {(frozenset(r.inputs), frozenset(r.outputs)) for r, _ in rules()}
+    if len(outs) > 1 and not any(frozenset(outs) == o for _, o in pairs):
+        return f"no family builds the outputs {' + '.join(outs)} together (a hybrid design)", "outputs"
+    if (frozenset(ins), frozenset(outs)) not in pairs and not set(ins + outs) <= set(TUTORIAL_MODALITIES):
+        return f"no family builds {' + '.join(ins)} -> {' + '.join(outs)} yet", "outputs"
+    return None
+
+
 def matching_rule(spec: Spec) -> tuple[Rule, Family] | None:
-    """The first rule the spec's modality and objective meet (rules naming the written
-    `architecture.family` first, then catalogue order), with
-    its family; None when none does. The model card quotes it as the reason."""
+    """The rule the spec's modality and objective meet, with its family; None when
+    none does. Rules naming the written `architecture.family` come first (a rule
+    that names families matches only those); among several matches, the one whose
+    family answers to the written family, then the one that performs the written
+    `task.type`, then catalogue order. The model card quotes it as the reason."""
     ins = frozenset(spec.modality.inputs or [])
     outs = frozenset(spec.modality.outputs or [])
     objectives = spec.training.objective or []
     objective = objectives[0] if objectives else None
-    unknown = bool((ins | outs) - set(MODALITIES))
+    unknown = bool((ins | outs) - set(MODALITIES)) or best_effort_reason(spec) is not None
     written = spec.architecture.family
-    # Rules that name the written family first, then the rest, each in catalogue order.
-    for rule, fam in sorted(rules(), key=lambda rf: not rf[0].families):
+    task = spec.task.type if spec.task.given("type") else None
+    matches = []
+    for rule, fam in rules():
         if rule.families and written not in rule.families:
             continue
         if unknown:
             if rule.unknown_modalities:
-                return rule, fam
+                matches.append((rule, fam))
         elif frozenset(rule.inputs) == ins and frozenset(rule.outputs) == outs and objective in rule.objectives:
-            return rule, fam
-    return None
+            matches.append((rule, fam))
+    if not matches:
+        return None
+
+    def preference(match: tuple[Rule, Family]) -> tuple[int, int, int]:
+        rule, fam = match
+        return (
+            0 if rule.families else 1,
+            0 if written != "auto" and written in fam.accepts_families else 1,
+            0 if task is not None and task in fam.tasks else 1,
+        )
+
+    return min(matches, key=preference)  # min is stable: catalogue order breaks ties
 
 
 def select_family(spec: Spec, sink: DiagnosticSink) -> str | None:

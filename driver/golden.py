@@ -72,6 +72,11 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/vision/segmentation_unet.yaml"),
     GoldenSpec("examples/reference/detr_resnet50.yaml", full_ir=True),
     GoldenSpec("examples/vision/dense_detector_edge.yaml"),
+    GoldenSpec("examples/vocabulary/review_classifier.yaml"),
+    GoldenSpec("examples/retrieval/faq_embedder.yaml"),
+    GoldenSpec("examples/retrieval/passage_reranker.yaml"),
+    GoldenSpec("examples/retrieval/photo_search.yaml"),
+    GoldenSpec("examples/retrieval/movie_recommender.yaml"),
 ]
 
 

@@ -276,7 +276,9 @@ def _use_section(comp: Compilation, seed: int) -> list[str]:
                 and set(rule.outputs) == set(spec.modality.outputs or []):
             lines.append(f"- {_sentence(rule.note)}.")
     evaluation = spec.get("evaluation")
-    named = [*(evaluation.get("metrics") or []), *(evaluation.get("benchmarks") or [])] if evaluation is not None else []
+    named = [
+        *(evaluation.get("metrics") or []), *(evaluation.get("benchmarks") or []), *(evaluation.get("baselines") or [])
+    ] if evaluation is not None else []
     if named:
         lines.append(f"- The spec's evaluation ({', '.join(named)}) is recorded, not run.")
     gov = spec.training.get("data").get("governance") if spec.training.get("data") is not None else None

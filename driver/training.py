@@ -62,7 +62,7 @@ def training_config(comp: Compilation, loss: LossProgram, seed: int) -> dict[str
     lr = given("learning_rate")
     if lr is None:
         lr = DEFAULTS["tiny_learning_rate"] if tiny else DEFAULTS["learning_rate"]
-    warmup = given("warmup")
+    warmup = given("warmup") if given("warmup") is not None else given("warmup_steps")  # the original vocabulary's spelling
     repro = getattr(spec, "reproducibility", None)
     plan = est.get("parallel_plan") or {"world_size": 1, "nodes": 1, "nproc_per_node": 1}
     return {

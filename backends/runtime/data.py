@@ -123,6 +123,76 @@ def pair_keys(batch, rng, transform, batch_size, synthetic):
         _carry(batch, transform["carry"], rng.integers(0, keys, size=batch_size), keys)
 
 
+def pair_rows(batch, rng, transform, batch_size, synthetic):
+    """In-batch contrastive: rows 2i and 2i+1 are a pair (an anchor and its
+    positive); `pair` (a float field) is the pair's number i.
+    Synthetic positives are their anchor with a quarter of the tokens redrawn (a
+    float input: with noise added), so the pairing is learnable; from a data file,
+    each input X comes with X_positive (the positive of the same row), and the first
+    half of the drawn rows is laid out as (X, X_positive) pairs."""
+    if batch_size % 2:
+        raise ValueError("in-batch contrastive training pairs rows: use an even --batch-size")
+    half = batch_size // 2
+    kinds = _input_kinds()
+    for name in transform["inputs"].values():
+        x = batch[name]
+        if synthetic:
+            positive = x[0::2].copy()
+            if kinds[name]["kind"] == "tokens":
+                redraw = rng.random(positive.shape) < transform["params"]["redraw"]
+                fresh = rng.integers(0, int(kinds[name]["high"]), size=positive.shape)
+                positive = np.where(redraw, fresh, positive)
+            else:
+                positive = positive + 0.1 * rng.standard_normal(positive.shape)
+        else:
+            positive = batch.pop(name + "_positive", None)
+            if positive is None:
+                raise ValueError(
+                    f"in-batch contrastive training needs '{name}_positive' next to '{name}' in the data file"
+                )
+        pairs = np.stack([x[:half] if not synthetic else x[0::2], positive[:half]], axis=1)
+        batch[name] = pairs.reshape((batch_size,) + pairs.shape[2:]).astype(x.dtype)
+    batch[transform["outputs"]["pair"]] = (np.arange(batch_size) // 2).astype(np.float32)
+
+
+def rank_groups(batch, rng, transform, batch_size, synthetic):
+    """Ranking: rows come in groups of `group` candidates of one query, one of them
+    relevant; `group` (the group's number) and `relevant` (1 or 0) are float batch
+    fields. Synthetic inputs carry relevance so that it can be learned; a data file
+    gives each input X as [N, group, ...] and `relevant` [N, group], and the first
+    batch / group drawn rows are laid out group by group."""
+    k = transform["params"]["group"]
+    if batch_size % k:
+        raise ValueError(
+            f"ranking training takes groups of {k} candidates: use a --batch-size divisible by {k}"
+        )
+    n = batch_size // k
+    if synthetic:
+        relevant = np.zeros((n, k), dtype=np.int64)
+        relevant[np.arange(n), rng.integers(0, k, size=n)] = 1
+        relevant = relevant.reshape(-1)
+        _carry(batch, transform["carry"], relevant, 2)
+    else:
+        if "relevant" not in batch:
+            raise ValueError("ranking training needs 'relevant' [N, group] in the data file")
+        for name in list(transform["inputs"].values()) + ["relevant"]:
+            x = batch[name][:n]
+            batch[name] = x.reshape((batch_size,) + x.shape[2:])
+        relevant = batch["relevant"]
+    batch[transform["outputs"]["group"]] = (np.arange(batch_size) // k).astype(np.float32)
+    batch[transform["outputs"]["relevant"]] = relevant.astype(np.float32)
+
+
+def interactions(batch, rng, transform, batch_size, synthetic):
+    """Recommendation: one (user, item) interaction per row. Synthetic users each
+    prefer one item (item = (7 user + 3) mod items), so the pairing can be learned;
+    a data file's rows are interactions already."""
+    if synthetic:
+        user, item = transform["inputs"]["user"], transform["inputs"]["item"]
+        items = transform["params"]["items"]
+        batch[item] = ((7 * batch[user].astype(np.int64) + 3) % items).astype(batch[item].dtype)
+
+
 def diffusion_noise(batch, rng, transform, batch_size, synthetic):
     """DDPM forward process: t ~ U{0..steps-1}, noise ~ N(0, 1), the sample becomes
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, the timestep input t;
@@ -601,6 +671,9 @@ TRANSFORMS = {
     "class_labels": class_labels,
     "mask_tokens": mask_tokens,
     "pair_keys": pair_keys,
+    "pair_rows": pair_rows,
+    "rank_groups": rank_groups,
+    "interactions": interactions,
     "diffusion_noise": diffusion_noise,
     "regression_targets": regression_targets,
     "series_windows": series_windows,

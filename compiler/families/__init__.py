@@ -11,3 +11,4 @@ from __future__ import annotations
 from metagen.compiler.families.base import FAMILIES, ArchConfig, Family, Knobs, Rule  # noqa: F401
 from metagen.compiler.families import decoder_lm, vit, encoder, clip, fallback, unet, audio, cnn, segmentation, detection  # noqa: F401,E402
 from metagen.compiler.families import tabular, timeseries, rl, graph  # noqa: F401,E402
+from metagen.compiler.families import embedder, ranker, recommender  # noqa: F401,E402

@@ -55,6 +55,7 @@ def read_spec(ctx: CompileContext, cfg: ArchConfig, section=None, prefix: str = 
     """The user's keys over `cfg`, each one pinned (`prefix` + key): only the keys
     the config declares, so an unread key stays unpinned (and is diagnosed by
     `Family.report_unused_keys`)."""
+    top = section is None or section is ctx.spec.architecture
     section = section if section is not None else ctx.spec.architecture
     reads = set(type(cfg).spec_keys())  # neither towers nor keys declared ignored
     for key, f in type(cfg).spec_fields():
@@ -64,7 +65,19 @@ def read_spec(ctx: CompileContext, cfg: ArchConfig, section=None, prefix: str = 
         if value is not None and section.given(key):
             cfg[f.name] = list(value) if isinstance(value, list) else value
             ctx.pinned.add(prefix + key)
+        elif top and key in CONSTRAINT_KEYS and ctx.spec.constraints.given(CONSTRAINT_KEYS[key]):
+            cfg[f.name] = ctx.spec.constraints.get(CONSTRAINT_KEYS[key])  # constraints.image_size and kin
+            ctx.pinned.add(prefix + key)
     return cfg
+
+
+def _constraint_keys() -> dict[str, str]:
+    from metagen.frontend import schema as S
+
+    return {f.arch_key: f.name for f in S.lookup("constraints").fields if f.arch_key}
+
+
+CONSTRAINT_KEYS = _constraint_keys()  # architecture key -> the constraints key that sets it
 
 
 def resolve_tower(ctx: CompileContext, preset: str, config: type[ArchConfig], section=None, prefix: str = "") -> ArchConfig:

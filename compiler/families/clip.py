@@ -129,10 +129,13 @@ class DualEncoder(Family):
     )
     rules = (
         Rule(("text", "image"), ("text", "image"), ("contrastive", None)),
-        Rule(("text", "image"), ("embedding",), ("contrastive",), "same model; the embeddings are among its outputs"),
+        Rule(
+            ("text", "image"), ("embedding",), ("contrastive", None),
+            "same model; the embeddings are among its outputs (`task.type: retrieval`: text-image search)",
+        ),
     )
     default_objective = "contrastive"
-    tasks = ("embedding",)
+    tasks = ("embedding", "retrieval")
     default_budget = 150_000_000
     default_budget_source = "CLIP ViT-B/32 (151M; Radford et al. 2021), the usual starting point of OpenCLIP runs"
     unit = UnitOfWork("text-image pair", "image")
@@ -155,6 +158,9 @@ class DualEncoder(Family):
             context=context,
         )
         if arch.given("projection_dim"):
+            ctx.pinned.add("projection_dim")
+        elif ctx.spec.task.given("embedding_dim"):  # the original vocabulary's word for the shared width
+            ctx.arch["projection_dim"] = ctx.spec.task.embedding_dim
             ctx.pinned.add("projection_dim")
         report_structure(ctx, _text_structure(ctx.arch["text_encoder"]), arch.text_encoder, "text_encoder: ")
         report_structure(ctx, vision_structure(ctx.arch["image_encoder"]), arch.image_encoder, "image_encoder: ")

@@ -148,7 +148,8 @@ class EncoderClassifier(Family):
         x = block_stack(top, block, x, a, final_norm=None if post else "norm_f", shared=(bias,))
         return x, inputs
 
-    def head(self, top, a: dict[str, Any], x) -> dict[str, Any]:
+    def pool(self, top, a: dict[str, Any], x):
+        """One vector per sequence [batch, d], by `pooling`."""
         d = a["hidden_size"]
         if a["pooling"] == "mean":
             pooled = top.op("mean", x, axis=1, hint="pooled")
@@ -157,7 +158,11 @@ class EncoderClassifier(Family):
         if a["pooling"] == "cls_pooler":
             top.layer("pooler", "linear", in_features=d, out_features=d, bias=bool(a["bias"]))
             pooled = top.op("tanh", top.call("pooler", pooled, hint="pooled"), hint="pooled")
-        top.layer("classifier", "linear", in_features=d, out_features=a["num_classes"], bias=True)
+        return pooled
+
+    def head(self, top, a: dict[str, Any], x) -> dict[str, Any]:
+        pooled = self.pool(top, a, x)
+        top.layer("classifier", "linear", in_features=a["hidden_size"], out_features=a["num_classes"], bias=True)
         logits = top.call("classifier", pooled, hint="logits")
         return {"logits": logits, "embeds": top.op("l2_normalize", pooled, axis=-1, hint="embeds")}
 

@@ -90,14 +90,20 @@ class Fallback(Family):
         cfg.num_classes = num_classes(ctx, DEFAULT_CLASSES)
         cfg.context = ctx.context_window
         ctx.arch = cfg
+        from metagen.compiler.select import best_effort_reason
+
         unknown = sorted({m for m in ins + outs if m not in MODALITIES})
-        # The spec builder has already warned at each unknown word (one warning per
-        # problem); this note says what was built for it.
-        ctx.sink.note(
-            ctx.spec.modality.loc(),
-            f"unsupported modalit{'y' if len(unknown) == 1 else 'ies'} {', '.join(repr(m) for m in unknown)}: "
-            f"built a best-effort transformer encoder {self._describe(ctx.arch)} (see docs/families.md, 'fallback')",
-        )
+        built = f"built a best-effort transformer encoder {self._describe(ctx.arch)} (see docs/families.md, 'fallback')"
+        if unknown:
+            # The spec builder has already warned at each unknown word (one warning per
+            # problem); this note says what was built for it.
+            ctx.sink.note(
+                ctx.spec.modality.loc(),
+                f"unsupported modalit{'y' if len(unknown) == 1 else 'ies'} {', '.join(repr(m) for m in unknown)}: {built}",
+            )
+        else:  # words of the language that no family builds (together) yet: one warning
+            reason, section = best_effort_reason(ctx.spec)
+            ctx.sink.warning(ctx.spec.modality.loc(section), f"{reason}: {built}")
 
     @staticmethod
     def _describe(a: dict[str, Any]) -> str:

@@ -35,6 +35,13 @@ class Field:
     maximum: float | None = None
     required: bool = False
     open_choices: bool = False  # unknown enum values warn instead of failing
+    # Words read as one of `choices`, with a note (a task word in a modality list:
+    # outputs ["classification"] means the modality "label").
+    aliases: tuple[tuple[str, str], ...] = ()
+    recorded: bool = False  # kept in spec_resolved.yaml, cannot change the model (one note says so)
+    one_or_many: bool = False  # a list that may also be written as one value, silently
+    scalar_key: str = ""  # a mapping that may also be written as one value: the value of this member
+    arch_key: str = ""  # the architecture key this key sets when the architecture section does not
 
     def member(self, name: str) -> "Field | None":
         for f in self.fields:
@@ -43,18 +50,44 @@ class Field:
         return None
 
 
-def _map(name, doc, *fields, required=False):
-    return Field(name, MAP, doc, fields=tuple(fields), required=required)
+def _map(name, doc, *fields, required=False, recorded=False, scalar_key=""):
+    return Field(name, MAP, doc, fields=tuple(fields), required=required, recorded=recorded, scalar_key=scalar_key)
 
 
-MODALITIES = ("text", "image", "audio", "video", "label", "embedding")
-MODALITIES += ("tabular", "regression", "time_series", "graph", "action")
-MODALITIES += ("bounding_boxes", "segmentation_mask")
-OBJECTIVES = ("autoregressive", "classification", "diffusion", "contrastive", "masked")
-OBJECTIVES += ("regression", "forecasting", "reconstruction", "value_based", "policy_gradient")
-OBJECTIVES += ("object_detection", "instance_segmentation", "semantic_segmentation", "dice")
-FAMILIES = ("auto", "transformer", "diffusion", "cnn", "unet")
-FAMILIES += ("mlp", "gnn")
+def _recorded(name, kind, doc, **kw):
+    """A key kept in spec_resolved.yaml that cannot change the model."""
+    return Field(name, kind, doc, recorded=True, **kw)
+
+
+# The modalities the language names (the original MetaGen vocabulary among them);
+# which combinations are built is the families' business (docs/families.md).
+TUTORIAL_MODALITIES = ("text", "image", "audio", "video", "label", "embedding")
+MODALITIES = TUTORIAL_MODALITIES + (
+    "3d", "multimodal", "time_series", "graph", "tabular", "point_cloud",
+    "bounding_boxes", "segmentation_mask", "action", "regression",
+)
+# Task words some specs write in a modality list (outputs ["classification"]): each
+# is read as the modality it produces, with a note.
+MODALITY_TASK_WORDS = (
+    ("classification", "label"),
+    ("detection", "bounding_boxes"),
+    ("object_detection", "bounding_boxes"),
+    ("segmentation", "segmentation_mask"),
+    ("semantic_segmentation", "segmentation_mask"),
+    ("instance_segmentation", "segmentation_mask"),
+    ("panoptic_segmentation", "segmentation_mask"),
+    ("forecasting", "time_series"),
+    ("time_series_forecast", "time_series"),
+    ("policy", "action"),
+)
+OBJECTIVES = (
+    "autoregressive", "classification", "diffusion", "contrastive", "masked",
+    "regression", "ranking", "pairwise_ranking", "forecasting", "reconstruction",
+    "object_detection", "instance_segmentation", "semantic_segmentation",
+    "value_based", "policy_gradient", "instruction_tuning",
+)
+FAMILIES = ("auto", "transformer", "diffusion", "cnn", "unet", "mlp", "gnn", "hybrid")
+OBJECTIVES += ("dice",)  # the segmentation loss's dice term
 DEVICES = ("edge", "mobile", "cpu", "consumer_gpu", "gpu", "datacenter_gpu")
 LATENCY_WORDS = ("real-time", "near-real-time", "interactive", "batch", "offline")
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu", "swiglu", "geglu")
@@ -63,10 +96,12 @@ NORMS = ("layernorm", "rmsnorm")
 NORMS += ("batchnorm",)  # only the families whose `norms` name it build it
 POSITIONS = ("learned", "rope", "sinusoidal", "none")
 POOLINGS = ("cls", "cls_pooler", "mean", "eot", "last", "none")
-TASKS = ("generation", "classification", "embedding", "denoising")
-TASKS += (
-    "regression", "time_series_forecast", "anomaly_detection", "policy_gradient", "value_based", "actor_critic",
-    "node_classification", "link_prediction", "graph_classification",
+TASKS = (
+    "generation", "classification", "embedding", "denoising",
+    "regression", "ranking", "retrieval", "object_detection", "instance_segmentation",
+    "semantic_segmentation", "panoptic_segmentation", "time_series_forecast", "anomaly_detection",
+    "policy_gradient", "value_based", "actor_critic", "model_based", "node_classification",
+    "link_prediction", "graph_classification", "recommendation",
 )
 TASKS += ("object_detection", "instance_segmentation", "semantic_segmentation")
 DTYPES = tuple(DTYPE_PRECISION)
@@ -105,7 +140,10 @@ ARCHITECTURE = _map(
     "architecture",
     "Family and any dimension or convention to pin; everything else is fitted.",
     Field("family", ENUM, "Architecture family; 'auto' picks from modality and objective.", default="auto", choices=FAMILIES),
-    Field("components", LIST, "Free-form component labels (documentation only).", default=[], item=Field("component", STR, "")),
+    _recorded(
+        "components", LIST, "Parts of the design, each a label or a `{name, type}` mapping (documentation only).", default=[],
+        item=_map("component", "A part of the design.", Field("name", STR, "Its name."), Field("type", STR, "What it is."), scalar_key="name"),
+    ),
     *TOWER_FIELDS,
     Field("projection_dim", INT, "Shared embedding width of a dual encoder.", minimum=8, maximum=65536),
     Field("codebooks", INT, "Audio codec codebooks.", minimum=1, maximum=64),
@@ -128,6 +166,10 @@ ARCHITECTURE = _map(
     Field("dropout", FLOAT, "Dropout rate during training (MLP and tabular models).", minimum=0.0, maximum=0.9),
     Field("message_passing", ENUM, "Graph layer: GCN, GAT or GIN.", choices=("gcn", "gat", "gin")),
     Field("patch_stride", INT, "Step between time-series patches (patch_size is their length).", minimum=1, maximum=4096),
+    Field("num_users", INT, "Users of a recommender (user id vocabulary).", minimum=1, maximum=10**10),
+    Field("num_items", INT, "Items of a recommender (item id vocabulary).", minimum=1, maximum=10**10),
+    Field("user_features", INT, "Dense user features a recommender reads (0: ids only).", minimum=0, maximum=10**6),
+    Field("item_features", INT, "Dense item features a recommender reads (0: ids only).", minimum=0, maximum=10**6),
     _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
     _map("image_encoder", "Image tower of a multi-tower model.", *TOWER_FIELDS),
     Field("images", ENUM, "Diffusion: 'pixels' includes the image autoencoder (images in and out), 'latents' the U-Net alone.", choices=("latents", "pixels")),
@@ -148,11 +190,12 @@ SPEC = _map(
     Field("name", STR, "Model name: free text; a class name is derived from it.", required=True),
     Field("description", STR, "Free text.", default=""),
     Field("license", STR, "The model's license, as the model card's front matter states it (a Hugging Face license id: apache-2.0, mit, other, ...)."),
+    _recorded("version", STR, "The spec file's own version (free text, e.g. \"1.0.0\")."),
     _map(
         "modality",
         "What goes in and what comes out.",
-        Field("inputs", LIST, "Input modalities.", item=Field("modality", ENUM, "", choices=MODALITIES, open_choices=True), required=True),
-        Field("outputs", LIST, "Output modalities.", item=Field("modality", ENUM, "", choices=MODALITIES, open_choices=True), required=True),
+        Field("inputs", LIST, "Input modalities.", item=Field("modality", ENUM, "", choices=MODALITIES, open_choices=True, aliases=MODALITY_TASK_WORDS), required=True),
+        Field("outputs", LIST, "Output modalities.", item=Field("modality", ENUM, "", choices=MODALITIES, open_choices=True, aliases=MODALITY_TASK_WORDS), required=True),
         required=True,
     ),
     _map(
@@ -160,6 +203,7 @@ SPEC = _map(
         "What the model is for.",
         Field("type", ENUM, "Task type; follows from modality and objective, and a value that contradicts the model built is a warning.", choices=TASKS),
         Field("num_classes", INT, "Classes of a classifier.", minimum=2, maximum=10**7),
+        _recorded("domain", STR, "Application domain (free text: generic, finance, coco, ...)."),
         Field("num_outputs", INT, "Regression targets, or forecast channels of a time series.", minimum=1, maximum=10**6),
         Field("horizon", INT, "Time-series steps to forecast.", minimum=1, maximum=10**6),
         Field("lookback", INT, "Time-series steps the model reads.", minimum=1, maximum=10**6),
@@ -176,6 +220,7 @@ SPEC = _map(
         ),
         Field("num_anchors", INT, "Object queries (or anchors) of a detector.", minimum=1, maximum=10**5),
         Field("mask_resolution", INT, "Side of a predicted mask in pixels.", minimum=1, maximum=8192),
+        Field("embedding_dim", INT, "Width of an output embedding.", minimum=1, maximum=65536),
     ),
     _map(
         "constraints",
@@ -198,6 +243,9 @@ SPEC = _map(
             choices=PRECISIONS,
         ),
         Field("dtype", ENUM, "Older spelling of precision, in NumPy's words; precision wins when both are given.", choices=DTYPES),
+        Field("image_size", INT, "Input image side in pixels; sets architecture.image_size when that is not given.", minimum=8, maximum=8192, arch_key="image_size"),
+        Field("patch_size", INT, "Patch side in pixels; sets architecture.patch_size when that is not given.", minimum=1, maximum=1024, arch_key="patch_size"),
+        Field("latent_size", INT, "Side of a diffusion model's latent; sets architecture.sample_size when that is not given.", minimum=4, maximum=4096, arch_key="sample_size"),
     ),
     _map(
         "training",
@@ -224,8 +272,9 @@ SPEC = _map(
         _map(
             "alignment",
             "Post-training alignment.",
-            Field("method", STR, "e.g. sft, rlhf, dpo."),
+            Field("method", LIST, "Methods, e.g. sft, rlhf, rlaif, dpo.", item=Field("method", STR, ""), one_or_many=True),
             Field("data", STR, "Alignment data."),
+            _recorded("policy", STR, "Alignment policy (free text)."),
         ),
         _map(
             "config",
@@ -239,6 +288,13 @@ SPEC = _map(
             Field("optimizer", ENUM, "Optimizer.", choices=("adamw", "sgd", "adafactor")),
             Field("schedule", ENUM, "Learning-rate schedule.", choices=("cosine", "linear", "constant")),
             Field("loss", ENUM, "Regression loss: mean squared error or Huber (delta 1).", choices=("mse", "huber")),
+            Field("warmup_steps", INT, "Older spelling of warmup (the original vocabulary's); warmup wins when both are given.", minimum=0, maximum=10**9),
+            _recorded("warmup_epochs", INT, "Warmup epochs.", minimum=0, maximum=10**6),
+            _recorded("ema_decay", FLOAT, "Decay of an exponential moving average of the weights.", minimum=0.0, maximum=1.0),
+            _recorded("noise_schedule", STR, "Diffusion noise schedule (linear, cosine, scaled_linear, ...)."),
+            _recorded("timesteps", INT, "Diffusion training timesteps.", minimum=1, maximum=10**6),
+            _recorded("unconditional_probability", FLOAT, "Probability of dropping the condition (classifier-free guidance).", minimum=0.0, maximum=1.0),
+            _recorded("data_augmentation", LIST, "Augmentations.", item=Field("augmentation", STR, ""), one_or_many=True),
         ),
     ),
     ARCHITECTURE,
@@ -246,18 +302,21 @@ SPEC = _map(
         "outputs",
         "What to emit.",
         Field("targets", LIST, "Backends `metagen synth` emits.", default=list(registry.names()), item=Field("target", ENUM, "", choices=registry.names())),
+        _recorded("artifacts", LIST, "Artifacts the original MetaGen emitted (pytorch_skeleton, model_card, ...).", item=Field("artifact", STR, ""), one_or_many=True),
     ),
     _map(
         "evaluation",
         "How the model is evaluated (recorded, not run).",
         Field("metrics", LIST, "Metric names.", default=[], item=Field("metric", STR, "")),
         Field("benchmarks", LIST, "Benchmark names.", default=[], item=Field("benchmark", STR, "")),
+        _recorded("baselines", LIST, "Baseline model names.", item=Field("baseline", STR, ""), one_or_many=True),
     ),
     _map(
         "reproducibility",
         "Seeds and determinism.",
         Field("seed", INT, "Default seed for initial weights.", default=0, minimum=0, maximum=2**63 - 1),
         Field("deterministic", BOOL, "Ask training programs for deterministic kernels.", default=True),
+        _recorded("determinism", STR, "Determinism statement (free text; `deterministic` is what programs read)."),
     ),
 )
 
@@ -278,19 +337,26 @@ def to_json_schema() -> dict:
     def conv(f: Field) -> dict:
         out: dict[str, Any] = {"description": f.doc} if f.doc else {}
         if f.kind == MAP:
-            out["type"] = "object"
-            out["properties"] = {m.name: conv(m) for m in f.fields}
-            out["additionalProperties"] = False
+            obj: dict[str, Any] = {"type": "object"}
+            obj["properties"] = {m.name: conv(m) for m in f.fields}
+            obj["additionalProperties"] = False
             req = [m.name for m in f.fields if m.required]
             if req:
-                out["required"] = req
+                obj["required"] = req
+            if f.scalar_key:  # one value means {scalar_key: value}
+                out["anyOf"] = [obj, conv(f.member(f.scalar_key))]
+            else:
+                out.update(obj)
         elif f.kind == LIST:
-            out["type"] = "array"
-            out["items"] = conv(f.item)
+            if f.one_or_many:
+                out["anyOf"] = [{"type": "array", "items": conv(f.item)}, conv(f.item)]
+            else:
+                out["type"] = "array"
+                out["items"] = conv(f.item)
         elif f.kind == ENUM:
             if f.open_choices:
                 out["type"] = "string"
-                out["examples"] = list(f.choices)
+                out["examples"] = list(f.choices) + [word for word, _ in f.aliases]
             else:
                 out["enum"] = list(f.choices)
         elif f.kind == STR:
@@ -320,6 +386,8 @@ def to_json_schema() -> dict:
             out["maximum"] = f.maximum
         if f.default is not None and f.kind != MAP:
             out["default"] = f.default
+        if f.recorded:
+            out["x-metagen-recorded"] = True  # kept in spec_resolved.yaml; cannot change the model
         return out
 
     schema = conv(SPEC)

@@ -20,10 +20,10 @@ a pass chooses the value (family conventions, fitted sizes) and records its choi
 | memory | `512MB`, `8GB`, `1TB` (`GiB` etc. accepted) | binary: MB = 2^20 bytes, GB = 2^30, as GPU tools report; 1MB to 1PB |
 | context | `512`, `32k`, `128k`, `1M` | k = 1024 tokens, M = 2^20; `∞`/`infinite` warns and means 1M |
 | latency | `real-time`, `near-real-time`, `interactive`, `batch`, `offline`, `10ms`, `60 tok/s`, `2 img/s`, `30fps` | see docs/cost_model.md |
-| rate | `60 tok/s`, `2 img/s`, `30fps`, `10 samples/s` | |
+| rate | `60 tok/s`, `2 img/s`, `30fps`, `10 samples/s`, `1 mesh/s`, `200 requests/s` | an example noun per second (sample, mesh, request, query, pair, ...) is samples/s |
 | duration | `12 hours`, `5 days`, `2 weeks` | |
 | hardware | `8xA100`, `512xH100`, `H100`, `8xA100-80GB` | count x accelerator, one of docs/training.md's table; a variant follows `-` or `_` |
-| data size | `100B tokens`, `1.28M samples` | a whole number, at least 1 |
+| data size | `100B tokens`, `1.28M samples`, `118k images`, `1M sentence pairs`, `5M rows` | a count of tokens, or of anything else (images, pairs, rows, meshes, ...: samples); suffix K, M, B, T in either case; a whole number, at least 1. Free text that is no such count (`unknown but large`, `5 TB`, a misspelt `tokns`) is kept as written with a note, and the training estimate does not use it |
 
 Numbers are written in ASCII decimal digits, in every frontend alike: no leading
 zero (`010` was octal 8 in YAML 1.1), no `0x`, `1_000` or `1:30`, no fullwidth or
@@ -44,6 +44,24 @@ about. Three forms are read leniently, each with a warning that says how to writ
 Everything else the schema rejects is an error: a string for a number (`layers: "12"`),
 a fraction for an integer, a value out of range, a word not listed, a memory size
 without a unit.
+
+## The original MetaGen vocabulary
+
+Specs written for the original MetaGen project are accepted unchanged
+(docs/migrating.md): every key it names is here. Keys that shape the model are
+used (`task.type` steers the choice among matching families, `task.num_classes`,
+`task.embedding_dim` and the other task integers are read by the families that
+build those tasks, `architecture.family` steers the choice too); keys marked
+"recorded" below cannot change the model: they are kept in `spec_resolved.yaml`
+(and the model card that quotes it), and one note per spec lists those written. A
+task word in a modality list is read as the modality it produces, with a note (`outputs: [classification]` is `label`,
+`object_detection` is `bounding_boxes`, `semantic_segmentation` is
+`segmentation_mask`, `forecasting` is `time_series`). `training.alignment.method`,
+`outputs.artifacts`, `evaluation.baselines` and `training.config.data_augmentation`
+take one value or a list; an `architecture.components` item is a label or a
+`{name, type}` mapping. `constraints.image_size`, `patch_size` and `latent_size` set
+`architecture.image_size`, `patch_size` and `sample_size` when the architecture
+section does not.
 
 ## Defaults worth knowing
 
@@ -80,6 +98,20 @@ def _type(f: S.Field) -> str:
     return {S.STR: "text", S.MAP: "section"}.get(f.kind, f.kind)
 
 
+def _meaning(f: S.Field) -> str:
+    extra = []
+    if f.one_or_many:
+        extra.append("one value or a list")
+    if f.scalar_key:
+        extra.append(f"a mapping, or one value meaning `{{{f.scalar_key}: value}}`")
+    aliases = f.aliases or (f.item.aliases if f.item is not None else ())
+    if aliases:
+        extra.append("task words read as modalities, with a note: " + ", ".join(f"`{w}` -> `{m}`" for w, m in aliases))
+    if f.recorded:
+        extra.append("recorded: does not affect the model")
+    return f.doc + ("" if not extra else " (" + "; ".join(extra) + ")")
+
+
 def _default(f: S.Field) -> str:
     if f.required:
         return "required"
@@ -94,9 +126,11 @@ def rows(field: S.Field = S.SPEC, prefix: str = "") -> list[str]:
     out = []
     for f in field.fields:
         key = prefix + f.name
-        out.append(f"| `{key}` | {_type(f)} | {_default(f)} | {f.doc} |")
+        out.append(f"| `{key}` | {_type(f)} | {_default(f)} | {_meaning(f)} |")
         if f.kind == S.MAP:
             out.extend(rows(f, key + "."))
+        elif f.kind == S.LIST and f.item is not None and f.item.kind == S.MAP:
+            out.extend(rows(f.item, key + "[]."))
     return out
 
 

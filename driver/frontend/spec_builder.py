@@ -102,6 +102,7 @@ class _Builder:
     def __init__(self, sink: DiagnosticSink):
         self.sink = sink
         self.hints = 0  # "did you mean" for the first diagnostics (those printed), not for 20,000
+        self.recorded: list[tuple[str, Loc]] = []  # keys written that cannot change the model
 
     def did_you_mean(self, word: str, choices) -> str:
         self.hints += 1
@@ -110,6 +111,8 @@ class _Builder:
     def build_map(self, field: S.Field, node: LNode | None, path: str, loc: Loc, quiet: bool = False) -> Record:
         """`quiet`: the whole section is missing and already reported; do not
         report its required members one by one."""
+        if node is not None and field.scalar_key and not node.is_map and not node.is_list and node.value is not None:
+            node = LNode({field.scalar_key: node}, node.loc, {field.scalar_key: node.loc})  # "x" means {name: "x"}
         rec = Record(field, node.loc if node is not None else loc)
         if node is not None and not node.is_map:
             if node.value is None:  # `constraints:` with nothing under it
@@ -135,6 +138,8 @@ class _Builder:
                 if child is not None:
                     rec._locs[f.name] = node.key_locs.get(f.name, child.loc)
                     rec._given.add(f.name)
+                    if f.recorded:
+                        self.recorded.append((sub, rec._locs[f.name]))
                 continue
             if child is None or child.value is None:
                 if f.required and not quiet:
@@ -144,6 +149,8 @@ class _Builder:
             rec._given.add(f.name)
             rec._locs[f.name] = child.loc
             rec._values[f.name] = self.value(f, child, sub)
+            if f.recorded:
+                self.recorded.append((sub, node.key_locs.get(f.name, child.loc)))
         return rec
 
     def default(self, f: S.Field, path: str, loc: Loc) -> Any:
@@ -154,7 +161,11 @@ class _Builder:
     def value(self, f: S.Field, node: LNode, path: str) -> Any:
         v = node.value
         err = self.sink.error
+        if f.kind == S.MAP:  # a mapping inside a list (architecture.components)
+            return self.build_map(f, node, path, node.loc).to_plain()
         if f.kind == S.LIST:
+            if not node.is_list and f.one_or_many and v is not None and not node.is_map:
+                node = LNode([node], node.loc)  # one value, or a list of them: both are the language
             if not node.is_list:
                 if isinstance(v, (str, int, float)) and not isinstance(v, bool):
                     # Read as a one-item list, but the schema says list: warn with the fix.
@@ -193,11 +204,15 @@ class _Builder:
                 err(node.loc, f"'{path}' must be one of {_choices(f)}, not {_type_name(v)} {v!r}")
                 return None
             word = v.strip().lower()
+            alias = dict(f.aliases).get(word)
+            if alias is not None and word not in f.choices:
+                self.sink.note(node.loc, f"'{path}': \"{v}\" is a task word, read as the {f.name} \"{alias}\"")
+                return alias
             if word != v and word in f.choices and not f.open_choices:
                 # Read case- and space-insensitively, but the schema lists exact words.
                 self.sink.warning(node.loc, f"'{path}': write \"{word}\" (the JSON Schema lists exact words), not \"{v}\"")
             if word not in f.choices:
-                hint = self.did_you_mean(word, f.choices)
+                hint = self.did_you_mean(word, f.choices + tuple(w for w, _ in f.aliases))
                 if f.open_choices:
                     self.sink.warning(node.loc, f"unsupported {f.name} \"{v}\"{hint}; MetaGen builds a best-effort model for it")
                     return word
@@ -259,10 +274,13 @@ class _Builder:
 
             units.parse_hardware(v, ACCELERATORS)
             return str(v).strip()
+        if kind == S.DATA_SIZE:
+            if units.read_data_size(v) is None:
+                self.sink.note(node.loc, f"'{path}': {units.DATA_SIZE_UNREAD.format(value=str(v).strip())}")
+            return str(v).strip()
         parser = {
             S.RATE: units.parse_rate,
             S.DURATION: units.parse_duration,
-            S.DATA_SIZE: units.parse_data_size,
         }[kind]
         parser(v)
         return str(v).strip()
@@ -369,8 +387,17 @@ def build_spec(tree: LNode, sink: DiagnosticSink) -> Spec:
     if not tree.is_map:
         sink.error(tree.loc, f"a spec must be a mapping of sections, not {_type_name(tree.value)}")
         tree = LNode({}, tree.loc)
-    spec = _Builder(sink).build_map(S.SPEC, tree, "", tree.loc)
+    builder = _Builder(sink)
+    spec = builder.build_map(S.SPEC, tree, "", tree.loc)
     _check_cross_fields(spec, sink)
+    if builder.recorded:
+        keys = [path for path, _ in builder.recorded]
+        shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        sink.note(
+            builder.recorded[0][1],
+            f"{shown} {'is' if len(keys) == 1 else 'are'} kept in spec_resolved.yaml and the model card; "
+            f"{'it does' if len(keys) == 1 else 'they do'} not affect the model",
+        )
     return spec
 
 

@@ -200,26 +200,61 @@ def parse_hardware(value, accelerators: Iterable[str] = ()) -> tuple[int, str]:
     return int(count), name
 
 
-def parse_data_size(value) -> tuple[int, str]:
-    """'100B tokens' -> (100e9, 'tokens'); '1.28M samples' -> (1280000, 'samples')."""
-    m = re.fullmatch(r"\s*" + _NUM + r"\s*([KMBT]?)\s*([a-zA-Z]*)\s*", str(value))
+# Words that count examples in rates ("1 mesh/s", "200 requests/s"): each is read
+# as samples. A data size reads any counted noun as samples ("118k images", "1M
+# sentence pairs", "5M rows"), except units of another quantity (NOT_COUNTS).
+SAMPLE_NOUNS = frozenset(
+    """sample samples example examples image images clip clips pair pairs graph graphs row rows
+    transition transitions mesh meshes video videos sentence sentences document documents record records
+    episode episodes molecule molecules frame frames item items query queries request requests""".split()
+)
+TOKEN_NOUNS = frozenset(("token", "tokens", "tok"))
+NOT_COUNTS = frozenset(
+    """b kb mb gb tb pb kib mib gib tib pib byte bytes kilobytes megabytes gigabytes terabytes petabytes
+    s sec secs second seconds min mins minute minutes day days week weeks month months year years
+    flop flops""".split()
+)
+DATA_SIZE_UNREAD = (
+    "{value!r} is kept as written: it is not a number of tokens or samples (e.g. \"100B tokens\", "
+    "\"118k images\"), so the training estimate does not use it"
+)
+
+
+def read_data_size(value) -> tuple[int, str] | None:
+    """'100B tokens' -> (100e9, 'tokens'); '118k images' -> (118000, 'samples');
+    '1M sentence pairs' -> (1e6, 'samples'). None for free text that is not a count
+    of tokens or samples ("unknown but large", "5 TB", "3 days", "10B tokns"); UnitError for a count that
+    is one but is out of range or fractional. Suffixes K, M, B, T in either case;
+    the number is `_NUM`, the one numeral grammar."""
+    if isinstance(value, bool):
+        return None
+    m = re.fullmatch(r"\s*" + _NUM + r"\s*((?:[KMBTkmbt](?![A-Za-z_\-]))?)((?:\s*[A-Za-z_][A-Za-z_\-]*)*)\s*", str(value))
     if not m:
-        raise UnitError(f"cannot read {value!r} as a data size; write e.g. \"100B tokens\", \"1.28M samples\"")
-    num, suffix, unit = m.groups()
-    unit = unit.lower() or "tokens"
-    if unit in ("token", "tokens", "tok"):
+        return None
+    num, suffix, words = m.groups()
+    words = words.split()
+    noun = words[-1].lower() if words else "tokens"
+    if noun in TOKEN_NOUNS:
         unit = "tokens"
-    elif unit in ("sample", "samples", "images", "image", "examples", "example", "clips", "hours"):
-        unit = "samples"
+    elif noun in NOT_COUNTS or did_you_mean(noun, TOKEN_NOUNS):
+        return None  # a size in bytes, a time, or a misspelt "tokens": not a count we can read
     else:
-        raise UnitError(f"unknown data unit {unit!r} in {value!r}; use tokens or samples")
-    x = _num(num) * _PARAM_SUFFIX[suffix]
+        unit = "samples"  # images, pairs, rows, meshes, hours of audio (as before): examples
+    x = _num(num) * _PARAM_SUFFIX[suffix.upper()]
     _finite_positive(x, "data size")
     if x < 1 or x > 10**16:
         raise UnitError(f"data size {value!r} is out of range (1 to 10 quadrillion {unit})")
     if not x.is_integer():
         raise UnitError(f"data size {value!r} is not a whole number of {unit}")
     return int(x), unit
+
+
+def parse_data_size(value) -> tuple[int, str]:
+    """`read_data_size`, refusing what it cannot read."""
+    out = read_data_size(value)
+    if out is None:
+        raise UnitError(f"cannot read {value!r} as a data size; write e.g. \"100B tokens\", \"1.28M samples\"")
+    return out
 
 
 def parse_rate(value) -> tuple[float, str]:
@@ -234,6 +269,9 @@ def parse_rate(value) -> tuple[float, str]:
         "img/s": "img/s", "images/s": "img/s", "fps": "img/s", "frames/s": "img/s",
         "samples/s": "samples/s", "req/s": "samples/s", "qps": "samples/s",
     }
+    noun = unit[:-2] if unit.endswith("/s") else ""
+    if unit not in aliases and noun in SAMPLE_NOUNS:
+        return x, "samples/s"  # "1 mesh/s", "1 sample/s": one example a second
     if unit not in aliases:
         raise UnitError(f"unknown rate unit {unit!r} in {value!r}; use tok/s, img/s, fps or samples/s")
     return x, aliases[unit]
