@@ -12,6 +12,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
+    elsewhere; the queries are the last Sq of the Sk positions."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = torch.arange(sq, device=x.device)[:, None] + (sk - sq)
+    j = torch.arange(sk, device=x.device)[None, :]
+    allowed = (key_mask != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = allowed.expand(key_mask.shape[0], 1, sq, sk)
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=x.device).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min
+    )
+
+
 class Attention(nn.Module):
     "Multi-head attention."
 
@@ -20,7 +37,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(64, 192, bias=True)
         self.o_proj = nn.Linear(64, 64, bias=True)
 
-    def forward(self, x):
+    def forward(self, x, bias):
         qkv = self.qkv_proj(x)
         q = qkv.narrow(-1, 0, 64)
         k = qkv.narrow(-1, 64, 64)
@@ -31,6 +48,7 @@ class Attention(nn.Module):
                 k.unflatten(-1, (4, 16)).transpose(1, 2),
                 v.unflatten(-1, (4, 16)).transpose(1, 2),
                 is_causal=False,
+                attn_mask=bias,
             )
             .transpose(1, 2)
             .flatten(2)
@@ -64,8 +82,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.LayerNorm(64, eps=1e-12, elementwise_affine=True, bias=True)
         self.mlp = MLP()
 
-    def forward(self, x):
-        h = self.attn(x)
+    def forward(self, x, bias):
+        h = self.attn(x, bias)
         x_1 = x + h
         x_2 = self.attn_norm(x_1)
         h_1 = self.mlp(x_2)
@@ -86,7 +104,13 @@ class FAQSentenceEmbedder(nn.Module):
         self.blocks = nn.ModuleList(Block() for _ in range(2))
         self.projection = nn.Linear(64, 32, bias=True)
 
-    def forward(self, input_ids, token_type_ids):
+    def forward(self, input_ids, token_type_ids, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = torch.ones(
+                (input_ids.shape[0], 0 + input_ids.shape[-1]),
+                dtype=torch.int64,
+                device=input_ids.device,
+            )
         x = self.tok_embeddings(input_ids)
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         pos_emb = self.pos_embeddings(pos)
@@ -94,9 +118,10 @@ class FAQSentenceEmbedder(nn.Module):
         type_emb = self.type_embeddings(token_type_ids)
         x_2 = x_1 + type_emb
         x_3 = self.embed_norm(x_2)
+        attn_bias = _attention_bias(attention_mask, x_3, False, 0)
         x_4 = x_3
         for layer in self.blocks:
-            x_4 = layer(x_4)
+            x_4 = layer(x_4, attn_bias)
         pooled = x_4.mean(dim=1)
         embedding = self.projection(pooled)
         return {"embedding": embedding}
@@ -127,12 +152,35 @@ CONFIG = {
 INPUTS = {
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
     "token_type_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
+    "attention_mask": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["embedding"]
 _EXAMPLE_SIZES = {"seq": 16}
 _INPUT_KINDS = [
-    {"name": "input_ids", "kind": "tokens", "low": 0, "high": 256, "dtype": "int64"},
-    {"name": "token_type_ids", "kind": "tokens", "low": 0, "high": 2, "dtype": "int64"},
+    {
+        "name": "input_ids",
+        "kind": "tokens",
+        "low": 0,
+        "high": 256,
+        "dtype": "int64",
+        "optional": False,
+    },
+    {
+        "name": "token_type_ids",
+        "kind": "tokens",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": False,
+    },
+    {
+        "name": "attention_mask",
+        "kind": "mask",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": True,
+    },
 ]
 _INITS = [
     ("tok_embeddings.weight", [256, 64], "normal", {"std": 0.02}),
@@ -193,15 +241,27 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:

@@ -14,19 +14,35 @@ from flax import nnx
 _I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when
-    kv_heads < heads."""
+    kv_heads < heads, plus an additive bias [B, 1, Sq, Sk] when given."""
     b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
     out = jax.nn.dot_product_attention(
         q.reshape(b, sq, heads, head_dim),
         k.reshape(b, sk, kv_heads, head_dim),
         v.reshape(b, sk, kv_heads, head_dim),
+        bias=bias,
         scale=scale,
         is_causal=is_causal,
         implementation="xla",
     )
     return out.reshape(b, sq, heads * head_dim)
+
+
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
+    elsewhere; the queries are the last Sq of the Sk positions."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = jnp.arange(sq)[:, None] + (sk - sq)
+    j = jnp.arange(sk)[None, :]
+    allowed = (key_mask != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = jnp.broadcast_to(allowed, (key_mask.shape[0], 1, sq, sk))
+    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
 class Attention(nnx.Module):
@@ -36,12 +52,12 @@ class Attention(nnx.Module):
         self.qkv_proj = nnx.Linear(64, 192, use_bias=True, rngs=rngs)
         self.o_proj = nnx.Linear(64, 64, use_bias=True, rngs=rngs)
 
-    def __call__(self, x):
+    def __call__(self, x, bias):
         qkv = self.qkv_proj(x)
         q = jax.lax.slice_in_dim(qkv, 0, 64, axis=-1)
         k = jax.lax.slice_in_dim(qkv, 64, 128, axis=-1)
         v = jax.lax.slice_in_dim(qkv, 128, 192, axis=-1)
-        attn = _attention(q, k, v, 4, 4, 16, is_causal=False)
+        attn = _attention(q, k, v, 4, 4, 16, is_causal=False, bias=bias)
         out = self.o_proj(attn)
         return out
 
@@ -73,8 +89,8 @@ class Block(nnx.Module):
         )
         self.mlp = MLP(rngs=rngs)
 
-    def __call__(self, x):
-        h = self.attn(x)
+    def __call__(self, x, bias):
+        h = self.attn(x, bias)
         x_1 = x + h
         x_2 = self.attn_norm(x_1)
         h_1 = self.mlp(x_2)
@@ -97,7 +113,9 @@ class PassageReRanker(nnx.Module):
         self.pooler = nnx.Linear(64, 64, use_bias=True, rngs=rngs)
         self.scorer = nnx.Linear(64, 1, use_bias=True, rngs=rngs)
 
-    def __call__(self, input_ids, token_type_ids):
+    def __call__(self, input_ids, token_type_ids, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = jnp.ones((input_ids.shape[0], 0 + input_ids.shape[-1]), dtype=_I64)
         x = self.tok_embeddings(input_ids)
         pos = jnp.arange(input_ids.shape[1])
         pos_emb = self.pos_embeddings(pos)
@@ -105,9 +123,10 @@ class PassageReRanker(nnx.Module):
         type_emb = self.type_embeddings(token_type_ids)
         x_2 = x_1 + type_emb
         x_3 = self.embed_norm(x_2)
+        attn_bias = _attention_bias(attention_mask, x_3, False, 0)
         x_4 = x_3
         for layer in self.blocks:
-            x_4 = layer(x_4)
+            x_4 = layer(x_4, attn_bias)
         pooled = jax.lax.index_in_dim(x_4, 0, axis=1, keepdims=False)
         pooled_1 = self.pooler(pooled)
         pooled_2 = jnp.tanh(pooled_1)
@@ -140,12 +159,35 @@ CONFIG = {
 INPUTS = {
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
     "token_type_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
+    "attention_mask": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["score"]
 _EXAMPLE_SIZES = {"seq": 16}
 _INPUT_KINDS = [
-    {"name": "input_ids", "kind": "tokens", "low": 0, "high": 256, "dtype": "int64"},
-    {"name": "token_type_ids", "kind": "tokens", "low": 0, "high": 2, "dtype": "int64"},
+    {
+        "name": "input_ids",
+        "kind": "tokens",
+        "low": 0,
+        "high": 256,
+        "dtype": "int64",
+        "optional": False,
+    },
+    {
+        "name": "token_type_ids",
+        "kind": "tokens",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": False,
+    },
+    {
+        "name": "attention_mask",
+        "kind": "mask",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": True,
+    },
 ]
 _INITS = [
     ("tok_embeddings.weight", [256, 64], "normal", {"std": 0.02}),
@@ -243,15 +285,27 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:

@@ -55,11 +55,11 @@ class _Linear:
         return y if self.bias is None else y + self.bias
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads: q [B, Sq, H*D], k and v
     [B, Sk, KVH*D] -> [B, Sq, H*D]. Query head h reads key/value head
     h // (H / KVH) (grouped-query attention); causal masks key j > query i;
-    scale None means 1 / sqrt(D)."""
+    scale None means 1 / sqrt(D); bias [B, 1, Sq, Sk] is added to the scores."""
     b, sq, sk, d = q.shape[0], q.shape[1], k.shape[1], head_dim
     q = q.reshape(b, sq, heads, d).transpose(0, 2, 1, 3)
     k = np.repeat(k.reshape(b, sk, kv_heads, d).transpose(0, 2, 1, 3), heads // kv_heads, axis=1)
@@ -67,8 +67,26 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(d) if scale is None else scale)
     if is_causal:
         scores = np.where(np.tril(np.ones((sq, sk), dtype=bool)), scores, -np.inf)
+    if bias is not None:
+        scores = scores + bias
     out = _softmax(scores, axis=-1) @ v
     return out.transpose(0, 2, 1, 3).reshape(b, sq, heads * d)
+
+
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk] for queries that are the last Sq of the Sk
+    positions: 0 where query i may see key j (key_mask 1; j <= i + Sk - Sq when
+    causal; j > i + Sk - Sq - window when windowed), float32's lowest elsewhere."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = np.arange(sq)[:, None] + (sk - sq)
+    j = np.arange(sk)[None, :]
+    allowed = (np.asarray(key_mask) != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = np.broadcast_to(allowed, (key_mask.shape[0], 1, sq, sk))
+    return np.where(allowed, 0.0, float(np.finfo(np.float32).min))
 
 
 def _gelu(x):
@@ -90,12 +108,12 @@ class Attention:
         self.qkv_proj = _Linear(64, 192, bias=True)
         self.o_proj = _Linear(64, 64, bias=True)
 
-    def __call__(self, x):
+    def __call__(self, x, bias):
         qkv = self.qkv_proj(x)
         q = qkv[..., 0:64]
         k = qkv[..., 64:128]
         v = qkv[..., 128:192]
-        attn = _attention(q, k, v, 4, 4, 16, is_causal=False)
+        attn = _attention(q, k, v, 4, 4, 16, is_causal=False, bias=bias)
         out = self.o_proj(attn)
         return out
 
@@ -123,8 +141,8 @@ class Block:
         self.mlp_norm = _LayerNorm(64, eps=1e-12, affine=True, bias=True)
         self.mlp = MLP()
 
-    def __call__(self, x):
-        h = self.attn(x)
+    def __call__(self, x, bias):
+        h = self.attn(x, bias)
         x_1 = x + h
         x_2 = self.attn_norm(x_1)
         h_1 = self.mlp(x_2)
@@ -145,7 +163,9 @@ class PassageReRanker:
         self.pooler = _Linear(64, 64, bias=True)
         self.scorer = _Linear(64, 1, bias=True)
 
-    def __call__(self, input_ids, token_type_ids):
+    def __call__(self, input_ids, token_type_ids, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = np.ones((input_ids.shape[0], 0 + input_ids.shape[-1]), dtype=np.int64)
         x = self.tok_embeddings(input_ids)
         pos = np.arange(input_ids.shape[1], dtype=np.int64)
         pos_emb = self.pos_embeddings(pos)
@@ -153,9 +173,10 @@ class PassageReRanker:
         type_emb = self.type_embeddings(token_type_ids)
         x_2 = x_1 + type_emb
         x_3 = self.embed_norm(x_2)
+        attn_bias = _attention_bias(attention_mask, x_3, False, 0)
         x_4 = x_3
         for layer in self.blocks:
-            x_4 = layer(x_4)
+            x_4 = layer(x_4, attn_bias)
         pooled = x_4[:, 0]
         pooled_1 = self.pooler(pooled)
         pooled_2 = np.tanh(pooled_1)
@@ -188,12 +209,35 @@ CONFIG = {
 INPUTS = {
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
     "token_type_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
+    "attention_mask": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["score"]
 _EXAMPLE_SIZES = {"seq": 16}
 _INPUT_KINDS = [
-    {"name": "input_ids", "kind": "tokens", "low": 0, "high": 256, "dtype": "int64"},
-    {"name": "token_type_ids", "kind": "tokens", "low": 0, "high": 2, "dtype": "int64"},
+    {
+        "name": "input_ids",
+        "kind": "tokens",
+        "low": 0,
+        "high": 256,
+        "dtype": "int64",
+        "optional": False,
+    },
+    {
+        "name": "token_type_ids",
+        "kind": "tokens",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": False,
+    },
+    {
+        "name": "attention_mask",
+        "kind": "mask",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": True,
+    },
 ]
 _INITS = [
     ("tok_embeddings.weight", [256, 64], "normal", {"std": 0.02}),
@@ -257,15 +301,27 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:

@@ -73,11 +73,11 @@ class _Linear:
         return y if self.bias is None else y + self.bias
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads: q [B, Sq, H*D], k and v
     [B, Sk, KVH*D] -> [B, Sq, H*D]. Query head h reads key/value head
     h // (H / KVH) (grouped-query attention); causal masks key j > query i;
-    scale None means 1 / sqrt(D)."""
+    scale None means 1 / sqrt(D); bias [B, 1, Sq, Sk] is added to the scores."""
     b, sq, sk, d = q.shape[0], q.shape[1], k.shape[1], head_dim
     q = q.reshape(b, sq, heads, d).transpose(0, 2, 1, 3)
     k = np.repeat(k.reshape(b, sk, kv_heads, d).transpose(0, 2, 1, 3), heads // kv_heads, axis=1)
@@ -85,8 +85,26 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(d) if scale is None else scale)
     if is_causal:
         scores = np.where(np.tril(np.ones((sq, sk), dtype=bool)), scores, -np.inf)
+    if bias is not None:
+        scores = scores + bias
     out = _softmax(scores, axis=-1) @ v
     return out.transpose(0, 2, 1, 3).reshape(b, sq, heads * d)
+
+
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk] for queries that are the last Sq of the Sk
+    positions: 0 where query i may see key j (key_mask 1; j <= i + Sk - Sq when
+    causal; j > i + Sk - Sq - window when windowed), float32's lowest elsewhere."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = np.arange(sq)[:, None] + (sk - sq)
+    j = np.arange(sk)[None, :]
+    allowed = (np.asarray(key_mask) != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = np.broadcast_to(allowed, (key_mask.shape[0], 1, sq, sk))
+    return np.where(allowed, 0.0, float(np.finfo(np.float32).min))
 
 
 def _sigmoid(x):
@@ -107,12 +125,12 @@ class Attention:
         self.qkv_proj = _Linear(64, 192, bias=True)
         self.o_proj = _Linear(64, 64, bias=True)
 
-    def __call__(self, x):
+    def __call__(self, x, bias):
         qkv = self.qkv_proj(x)
         q = qkv[..., 0:64]
         k = qkv[..., 64:128]
         v = qkv[..., 128:192]
-        attn = _attention(q, k, v, 4, 4, 16, is_causal=True)
+        attn = _attention(q, k, v, 4, 4, 16, is_causal=False, bias=bias)
         out = self.o_proj(attn)
         return out
 
@@ -140,9 +158,9 @@ class TextBlock:
         self.mlp_norm = _LayerNorm(64, eps=1e-05, affine=True, bias=True)
         self.mlp = MLP()
 
-    def __call__(self, x):
+    def __call__(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
+        h_1 = self.attn(h, bias)
         x_1 = x + h_1
         h_2 = self.mlp_norm(x_1)
         h_3 = self.mlp(h_2)
@@ -209,14 +227,15 @@ class TextEncoder:
         self.blocks = [TextBlock() for _ in range(2)]
         self.norm_f = _LayerNorm(64, eps=1e-05, affine=True, bias=True)
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, attention_mask):
         x = self.tok_embeddings(input_ids)
         pos = np.arange(input_ids.shape[1], dtype=np.int64)
         pos_emb = self.pos_embeddings(pos)
         x_1 = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
         x_2 = x_1
         for layer in self.blocks:
-            x_2 = layer(x_2)
+            x_2 = layer(x_2, attn_bias)
         x_3 = self.norm_f(x_2)
         pooled = x_3[np.arange(x_3.shape[0]), np.argmax(input_ids, axis=-1)]
         return pooled
@@ -259,8 +278,10 @@ class PhotoSearch:
         self.text_projection = _Linear(64, 32, bias=False)
         self.image_projection = _Linear(96, 32, bias=False)
 
-    def __call__(self, input_ids, pixel_values):
-        text = self.text_encoder(input_ids)
+    def __call__(self, input_ids, pixel_values, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = np.ones((input_ids.shape[0], 0 + input_ids.shape[-1]), dtype=np.int64)
+        text = self.text_encoder(input_ids, attention_mask)
         text_1 = self.text_projection(text)
         image = self.image_encoder(pixel_values)
         image_1 = self.image_projection(image)
@@ -328,12 +349,35 @@ CONFIG = {
 INPUTS = {
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
     "pixel_values": {"shape": ["batch", 3, 32, 32], "dtype": "float32"},
+    "attention_mask": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["text_embeds", "image_embeds", "logits_per_image", "logits_per_text"]
 _EXAMPLE_SIZES = {"seq": 16}
 _INPUT_KINDS = [
-    {"name": "input_ids", "kind": "tokens", "low": 0, "high": 256, "dtype": "int64"},
-    {"name": "pixel_values", "kind": "normal", "low": 0.0, "high": 0.0, "dtype": "float32"},
+    {
+        "name": "input_ids",
+        "kind": "tokens",
+        "low": 0,
+        "high": 256,
+        "dtype": "int64",
+        "optional": False,
+    },
+    {
+        "name": "pixel_values",
+        "kind": "normal",
+        "low": 0.0,
+        "high": 0.0,
+        "dtype": "float32",
+        "optional": False,
+    },
+    {
+        "name": "attention_mask",
+        "kind": "mask",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": True,
+    },
 ]
 _INITS = [
     ("logit_scale", [1], "const", {"value": 2.659260036932778}),
@@ -431,15 +475,27 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:
@@ -497,3 +553,30 @@ def run(state, inputs):
         feed[name] = value.astype(np.float64) if np.issubdtype(value.dtype, np.floating) else value
     out = state(**feed)
     return {name: np.asarray(value).astype(_OUTPUT_DTYPES[name]) for name, value in out.items()}
+
+
+_EMBEDDINGS = {"text_embeds": "input_ids", "image_embeds": "pixel_values"}
+
+
+def embed(state, inputs):
+    """L2-normalized embeddings of the given inputs: embedding output -> [batch, dim],
+    for each output whose input is given. Other required inputs get a placeholder
+    batch of one (a CLIP text batch needs no image)."""
+    placeholder = example_inputs(batch_size=1)
+    feed = dict(inputs)
+    for spec in _INPUT_KINDS:
+        if spec["name"] not in feed and not spec["optional"]:
+            feed[spec["name"]] = placeholder[spec["name"]]
+    out = run(state, feed)
+    return {name: out[name] for name, source in _EMBEDDINGS.items() if source in inputs}
+
+
+def zero_shot(state, images, text_ids, attention_mask=None):
+    """Per-image class probabilities [images, classes]: the softmax over the class
+    texts (one row of text_ids per class) of the scaled image-text similarities."""
+    feed = {_EMBEDDINGS["image_embeds"]: images, _EMBEDDINGS["text_embeds"]: text_ids}
+    if attention_mask is not None:
+        feed["attention_mask"] = attention_mask
+    logits = np.asarray(run(state, feed)["logits_per_image"], dtype=np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

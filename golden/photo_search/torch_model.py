@@ -12,6 +12,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
+    elsewhere; the queries are the last Sq of the Sk positions."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = torch.arange(sq, device=x.device)[:, None] + (sk - sq)
+    j = torch.arange(sk, device=x.device)[None, :]
+    allowed = (key_mask != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = allowed.expand(key_mask.shape[0], 1, sq, sk)
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=x.device).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min
+    )
+
+
 class Attention(nn.Module):
     "Multi-head attention."
 
@@ -20,7 +37,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(64, 192, bias=True)
         self.o_proj = nn.Linear(64, 64, bias=True)
 
-    def forward(self, x):
+    def forward(self, x, bias):
         qkv = self.qkv_proj(x)
         q = qkv.narrow(-1, 0, 64)
         k = qkv.narrow(-1, 64, 64)
@@ -30,7 +47,8 @@ class Attention(nn.Module):
                 q.unflatten(-1, (4, 16)).transpose(1, 2),
                 k.unflatten(-1, (4, 16)).transpose(1, 2),
                 v.unflatten(-1, (4, 16)).transpose(1, 2),
-                is_causal=True,
+                is_causal=False,
+                attn_mask=bias,
             )
             .transpose(1, 2)
             .flatten(2)
@@ -64,9 +82,9 @@ class TextBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(64, eps=1e-05, elementwise_affine=True, bias=True)
         self.mlp = MLP()
 
-    def forward(self, x):
+    def forward(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
+        h_1 = self.attn(h, bias)
         x_1 = x + h_1
         h_2 = self.mlp_norm(x_1)
         h_3 = self.mlp(h_2)
@@ -146,14 +164,15 @@ class TextEncoder(nn.Module):
         self.blocks = nn.ModuleList(TextBlock() for _ in range(2))
         self.norm_f = nn.LayerNorm(64, eps=1e-05, elementwise_affine=True, bias=True)
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, attention_mask):
         x = self.tok_embeddings(input_ids)
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         pos_emb = self.pos_embeddings(pos)
         x_1 = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
         x_2 = x_1
         for layer in self.blocks:
-            x_2 = layer(x_2)
+            x_2 = layer(x_2, attn_bias)
         x_3 = self.norm_f(x_2)
         pooled = x_3[torch.arange(x_3.shape[0], device=x_3.device), input_ids.argmax(dim=-1)]
         return pooled
@@ -196,8 +215,14 @@ class PhotoSearch(nn.Module):
         self.text_projection = nn.Linear(64, 32, bias=False)
         self.image_projection = nn.Linear(96, 32, bias=False)
 
-    def forward(self, input_ids, pixel_values):
-        text = self.text_encoder(input_ids)
+    def forward(self, input_ids, pixel_values, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = torch.ones(
+                (input_ids.shape[0], 0 + input_ids.shape[-1]),
+                dtype=torch.int64,
+                device=input_ids.device,
+            )
+        text = self.text_encoder(input_ids, attention_mask)
         text_1 = self.text_projection(text)
         image = self.image_encoder(pixel_values)
         image_1 = self.image_projection(image)
@@ -259,12 +284,35 @@ CONFIG = {
 INPUTS = {
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
     "pixel_values": {"shape": ["batch", 3, 32, 32], "dtype": "float32"},
+    "attention_mask": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["text_embeds", "image_embeds", "logits_per_image", "logits_per_text"]
 _EXAMPLE_SIZES = {"seq": 16}
 _INPUT_KINDS = [
-    {"name": "input_ids", "kind": "tokens", "low": 0, "high": 256, "dtype": "int64"},
-    {"name": "pixel_values", "kind": "normal", "low": 0.0, "high": 0.0, "dtype": "float32"},
+    {
+        "name": "input_ids",
+        "kind": "tokens",
+        "low": 0,
+        "high": 256,
+        "dtype": "int64",
+        "optional": False,
+    },
+    {
+        "name": "pixel_values",
+        "kind": "normal",
+        "low": 0.0,
+        "high": 0.0,
+        "dtype": "float32",
+        "optional": False,
+    },
+    {
+        "name": "attention_mask",
+        "kind": "mask",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": True,
+    },
 ]
 _INITS = [
     ("logit_scale", [1], "const", {"value": 2.659260036932778}),
@@ -356,15 +404,27 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:
@@ -415,3 +475,30 @@ def run(state, inputs):
     with torch.no_grad():
         out = state(**feed)
     return {name: _numpy(value) for name, value in out.items()}
+
+
+_EMBEDDINGS = {"text_embeds": "input_ids", "image_embeds": "pixel_values"}
+
+
+def embed(state, inputs):
+    """L2-normalized embeddings of the given inputs: embedding output -> [batch, dim],
+    for each output whose input is given. Other required inputs get a placeholder
+    batch of one (a CLIP text batch needs no image)."""
+    placeholder = example_inputs(batch_size=1)
+    feed = dict(inputs)
+    for spec in _INPUT_KINDS:
+        if spec["name"] not in feed and not spec["optional"]:
+            feed[spec["name"]] = placeholder[spec["name"]]
+    out = run(state, feed)
+    return {name: out[name] for name, source in _EMBEDDINGS.items() if source in inputs}
+
+
+def zero_shot(state, images, text_ids, attention_mask=None):
+    """Per-image class probabilities [images, classes]: the softmax over the class
+    texts (one row of text_ids per class) of the scaled image-text similarities."""
+    feed = {_EMBEDDINGS["image_embeds"]: images, _EMBEDDINGS["text_embeds"]: text_ids}
+    if attention_mask is not None:
+        feed["attention_mask"] = attention_mask
+    logits = np.asarray(run(state, feed)["logits_per_image"], dtype=np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
