@@ -514,11 +514,11 @@ def _gpt2(c: _Checker) -> tuple[dict, dict]:
 def _llama(c: _Checker) -> tuple[dict, dict]:
     d, heads = c.int("hidden_size"), c.int("num_attention_heads")
     kind = c.cfg.get("model_type")
-    if kind == "mistral":
-        c.need("sliding_window", allowed=(None,), why="sliding-window attention is not an IR feature", default=None)
+    window = c.int("sliding_window") if kind == "mistral" and c.cfg.get("sliding_window") is not None else 0
     c.need("hidden_act", allowed=("silu",), why="the gated feed-forward is SwiGLU", default="silu")
     if kind == "qwen2":  # biases on q, k and v only, fixed by the architecture
-        c.need("use_sliding_window", allowed=(False,), why="sliding-window attention is not an IR feature", default=False)
+        c.need("use_sliding_window", allowed=(False,), default=False,
+               why="Qwen2 slides the window over some layers only (max_window_layers); the IR's window is every layer's")
         types = c.cfg.get("layer_types")
         odd = next((i for i, t in enumerate(types) if t != "full_attention"), None) if isinstance(types, list) else 0
         if types is not None and odd is not None:
@@ -553,6 +553,8 @@ def _llama(c: _Checker) -> tuple[dict, dict]:
     }
     if qkv_bias != bias:
         arch["qkv_bias"] = qkv_bias
+    if window:
+        arch["sliding_window"] = window
     return _lm(arch, c.int("max_position_embeddings")), {"prefix": "model.", "convert": llama_to_canonical}
 
 

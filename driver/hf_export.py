@@ -91,6 +91,12 @@ def _qwen2_config(arch: dict, context: int, resolved: dict) -> dict:
     return config
 
 
+def _mistral_config(arch: dict, context: int, resolved: dict) -> dict:
+    config = {k: v for k, v in _llama_config(arch, context, resolved).items() if k not in ("attention_bias", "mlp_bias")}
+    config.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=arch.get("sliding_window") or None)
+    return config
+
+
 def _bert_config(arch: dict, context: int, resolved: dict) -> dict:
     return {"architectures": ["BertForSequenceClassification"], "model_type": "bert", "vocab_size": arch["vocab_size"],
             "type_vocab_size": arch.get("type_vocab_size"), "hidden_size": arch["hidden_size"],
@@ -134,7 +140,8 @@ def _clip_config(arch: dict, context: int, resolved: dict) -> dict:
 # model_type selects the weight mapping through metagen.hf.IMPORTERS.
 EXPORTERS = {
     ("decoder LM", "learned"): (("GPT2LMHeadModel", _gpt2_config),),
-    ("decoder LM", "rope"): (("LlamaForCausalLM", _llama_config), ("Qwen2ForCausalLM", _qwen2_config)),
+    ("decoder LM", "rope"): (("LlamaForCausalLM", _llama_config), ("Qwen2ForCausalLM", _qwen2_config),
+                            ("MistralForCausalLM", _mistral_config)),
     ("text classifier", "learned"): (("BertForSequenceClassification", _bert_config),),
     ("image classifier", "learned"): (("ViTForImageClassification", _vit_config),),
     ("dual encoder", None): (("CLIPModel", _clip_config),),

@@ -146,6 +146,10 @@ ROUND_TRIPS = {
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=32, sliding_window=None, bos_token_id=0, eos_token_id=0)),
         "AutoModelForCausalLM", lambda: _lm_inputs(64), ("logits",)),
+    "mistral_window": (lambda: transformers.MistralForCausalLM(transformers.MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, sliding_window=4, bos_token_id=0, eos_token_id=0)),
+        "AutoModelForCausalLM", lambda: _lm_inputs(64), ("logits",)),
     "qwen2": (lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
         vocab_size=90, hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=6,
         num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)),

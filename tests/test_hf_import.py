@@ -184,14 +184,26 @@ def _line_col(path: str, key: str) -> str:
 
 def test_unsupported_field_is_located_and_nothing_is_written(tmp_path, capsys):
     cfg = transformers.MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, sliding_window=16)
+                                     num_attention_heads=4, num_key_value_heads=2, hidden_act="gelu")
     path = _config(tmp_path, cfg)
     out = tmp_path / "m.yaml"
     assert main(["import", "hf", path, "-o", str(out), "--weights-out", str(tmp_path / "w.safetensors")]) == 1
     err = capsys.readouterr().err
-    assert (f"{path}:{_line_col(path, 'sliding_window')}: error: sliding_window 16 is not supported "
-            "(sliding-window attention is not an IR feature); supported: null") in err
+    assert (f"{path}:{_line_col(path, 'hidden_act')}: error: hidden_act \"gelu\" is not supported "
+            "(the gated feed-forward is SwiGLU); supported: \"silu\"") in err
     assert not out.exists() and not (tmp_path / "w.safetensors").exists()
+
+
+def test_mistral_sliding_window(tmp_path):
+    """Mistral's sliding_window becomes architecture.sliding_window; the example
+    sequence is longer than the window, so the window changes the logits compared."""
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, sliding_window=3, bos_token_id=0, eos_token_id=0,
+    )
+    _lm_check(tmp_path, transformers.MistralForCausalLM(cfg))
+    assert "sliding_window: 3" in (tmp_path / "imported.yaml").read_text()
 
 
 def test_unknown_model_type_is_located(tmp_path, capsys):
@@ -224,7 +236,8 @@ def test_qwen2_sliding_window_is_refused(tmp_path, capsys):
     assert main(["import", "hf", path, "-o", str(tmp_path / "q.yaml")]) == 1
     err = capsys.readouterr().err
     assert (f"{path}:{_line_col(path, 'use_sliding_window')}: error: use_sliding_window true is not supported "
-            "(sliding-window attention is not an IR feature); supported: false") in err
+            "(Qwen2 slides the window over some layers only (max_window_layers); the IR's window is every layer's); "
+            "supported: false") in err
 
 
 @pytest.mark.parametrize("arch,message", [
