@@ -576,7 +576,12 @@ def _cmd_generate(args) -> int:
 
     if args.prompt_ids is None and args.prompt is None:
         return misuse("give a prompt: --prompt-ids 1,2,3 or --prompt TEXT")
+    tokenizer = args.tokenizer
     if os.path.isdir(args.spec):
+        if tokenizer is None and args.prompt is not None:
+            from metagen.tokenizer import find
+
+            tokenizer = find(args.spec)  # the run folder's, when synth was given one
         args.spec = os.path.join(args.spec, "spec_resolved.yaml")
     sink = DiagnosticSink()
     try:
@@ -591,15 +596,23 @@ def _cmd_generate(args) -> int:
             raise CompileError([Diagnostic("error", model.loc or Loc(args.spec, 1, 1),
                                            f"the {model.family} family has no decode form; families that generate: {families}")])
         weights = _load_weights(args.weights) if args.weights else None
+        tokens = model.inputs[0]
+        vocab = int(tokens.high)
+        if tokenizer is not None:
+            from metagen.diagnostics import Loc
+            from metagen.tokenizer import check_fits, encode
+
+            check_fits(tokenizer, vocab, Loc(tokenizer, 1, 1))
+            text_ids = encode(tokenizer, args.prompt) if args.prompt is not None else None
     except CompileError as exc:
         sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     code = _finish(sink, args.werror)
     if code:
         return code
-    tokens = model.inputs[0]
-    vocab = int(tokens.high)
-    if args.prompt is not None:
+    if args.prompt is not None and tokenizer is not None:
+        ids = text_ids
+    elif args.prompt is not None:
         if vocab < 256:
             return misuse(f"--prompt TEXT is read as bytes, which needs a vocabulary of 256 or more; this model has {vocab} (use --prompt-ids)")
         ids = list(args.prompt.encode("utf-8"))
@@ -630,7 +643,11 @@ def _cmd_generate(args) -> int:
         return 1
     rows = out.reshape(-1, out.shape[-1])
     lines = [",".join(str(int(t)) for t in row) for row in rows]
-    if vocab <= 256 and tokens.type.rank == 2:
+    if tokenizer is not None and tokens.type.rank == 2:
+        from metagen.tokenizer import decode
+
+        lines += [decode(tokenizer, row) for row in rows]
+    elif vocab <= 256 and tokens.type.rank == 2:
         lines.append(bytes(int(t) for t in rows[0]).decode("utf-8", errors="replace"))
     write_stdout(("\n".join(lines) + "\n").encode("utf-8"))
     return 0
@@ -799,15 +816,19 @@ def main(argv: list[str] | None = None) -> int:
         "continue a prompt with a decoder LM",
         "Compile SPEC (or a run folder's resolved spec), load --weights (default: init(seed)'s) and "
         "generate with the backend's KV-cache loop: greedy, or sampled when --temperature, --top-k or "
-        "--top-p is given (drawn with --seed, which also seeds init). Prints the token ids (prompt and continuation) and, "
-        "for byte vocabularies, the text. Families that generate: decoder_lm, audio_lm.",
+        "--top-p is given (drawn with --seed, which also seeds init). Prints the token ids (prompt and continuation) and "
+        "the text (decoded with --tokenizer, or as bytes for byte vocabularies). Families that generate: decoder_lm, audio_lm.",
     )
     common(sp, run_dir=True)
     sp.add_argument("--backend", choices=("torch", "flax", "onnx"), default="torch", help="where to run (default torch)")
     sp.add_argument("--weights", metavar="FILE.safetensors", help="canonical weights (default: init(seed)'s)")
     group = sp.add_mutually_exclusive_group()
     group.add_argument("--prompt-ids", type=_prompt_ids, metavar="1,2,3", help="the prompt as token ids")
-    group.add_argument("--prompt", metavar="TEXT", help="the prompt as text, read as UTF-8 bytes (one token per byte)")
+    group.add_argument("--prompt", metavar="TEXT",
+                       help="the prompt as text: encoded with --tokenizer (or a run folder's tokenizer.json), "
+                       "otherwise read as UTF-8 bytes (one token per byte)")
+    sp.add_argument("--tokenizer", metavar="tokenizer.json",
+                    help="encode --prompt and decode the output with this tokenizer (metagen tokenizer train)")
     sp.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=32, metavar="N",
                     help="tokens to generate (default 32)")
     sp.add_argument("--temperature", type=_temperature, metavar="T", help="sampling temperature (> 0)")

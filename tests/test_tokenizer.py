@@ -177,3 +177,30 @@ def test_encode_decode_of_a_bad_file_is_located(tmp_path):
     with pytest.raises(CompileError) as exc:
         T.encode(str(bad), "x")
     assert str(bad) in str(exc.value) and "not a tokenizer.json" in str(exc.value)
+
+
+def test_generate_encodes_the_prompt_and_decodes_with_the_tokenizer(tmp_path, corpus, capsys):
+    """`metagen generate --prompt TEXT --tokenizer F`: the prompt ids are the
+    tokenizer's encoding (not bytes), and the text line is the tokenizer's decoding of
+    every id printed."""
+    tok = _train(tmp_path, corpus)
+    spec = tmp_path / "lm.yaml"
+    spec.write_text(LM, encoding="utf-8")
+    prompt = "the cat sat"
+    capsys.readouterr()  # what training printed
+    assert main(["generate", str(spec), "--tokenizer", tok, "--prompt", prompt, "--max-new-tokens", "4"]) == 0
+    ids_line, _, text = capsys.readouterr().out.partition("\n")  # the text may hold newlines
+    ids = [int(t) for t in ids_line.split(",")]
+    want = T.encode(tok, prompt)
+    assert want != list(prompt.encode("utf-8"))  # merges make it differ from bytes
+    assert ids[: len(want)] == want and len(ids) == len(want) + 4
+    assert text == T.decode(tok, ids) + "\n" and text.startswith(prompt)
+
+
+def test_generate_refuses_a_tokenizer_larger_than_the_vocabulary(tmp_path, corpus, capsys):
+    tok = _train(tmp_path, corpus, 400)
+    spec = tmp_path / "lm.yaml"
+    spec.write_text(LM, encoding="utf-8")
+    assert main(["generate", str(spec), "--tokenizer", tok, "--prompt", "the cat"]) == 1
+    err = capsys.readouterr().err
+    assert "more than the model's vocab_size 300" in err and "Traceback" not in err
