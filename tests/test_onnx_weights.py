@@ -6,6 +6,7 @@ The size thresholds are lowered here so all of it runs at test scale."""
 
 from __future__ import annotations
 
+import functools
 import os
 import tracemalloc
 
@@ -24,12 +25,21 @@ from metagen.ir.builder import ModelBuilder  # noqa: E402
 from metagen.ir.graph import ONES, ZEROS, Init, InputSpec, const, normal, uniform  # noqa: E402
 from metagen.ir.types import DType, TensorType  # noqa: E402
 from metagen.outputs import Streamed  # noqa: E402
+from metagen.generate import complete_inputs  # noqa: E402
 from metagen.pipeline import compile_spec  # noqa: E402
 
 GPT2 = example("reference", "gpt2_small.yaml")
 
 
+@functools.lru_cache(maxsize=1)
+def _tiny_gpt2():
+    return compile_spec(GPT2, tiny=True).model
+
+
 def _ort(path_or_bytes, feed):
+    """The ONNX outputs on `feed`, its optional inputs (a decoder LM's mask,
+    positions and empty caches) filled in as the generated modules default them."""
+    feed = complete_inputs(_tiny_gpt2(), feed)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     s = ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
@@ -116,7 +126,7 @@ def test_forms_run_alike_and_point_where_they_say(tmp_path):
     for rel, data in external.items():
         (tmp_path / (rel or "x.onnx")).write_bytes(data)
     proto = onnx.load(str(tmp_path / "x.onnx"), load_external_data=False)
-    assert [i.name for i in proto.graph.input] == ["input_ids"]
+    assert [i.name for i in proto.graph.input] == [i.name for i in model.inputs]  # no initializer among them
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     onnx.checker.check_model(str(tmp_path / "x.onnx"), full_check=True)
     assert np.array_equal(_ort(str(tmp_path / "x.onnx"), feed)["logits"], _ort(inline[""], feed)["logits"])
@@ -188,11 +198,11 @@ def test_synth_above_the_limit_writes_the_graph_and_weights_init_finishes_it(tmp
     monkeypatch.setattr(onnx_backend, "MATERIALIZE_LIMIT", 1000)
     run = _synth(tmp_path, "--seed", "3")
     assert "metagen weights init" in capsys.readouterr().out
-    assert sorted(os.listdir(run / "onnx")) == ["model.onnx"]
+    assert sorted(os.listdir(run / "onnx")) == ["genai_config.json", "model.onnx"]
     graph_only = (run / "onnx" / "model.onnx").read_bytes()
     assert cli.main(["weights", "init", str(run)]) == 0  # the seed synth used, read from the graph
     assert "init(seed=3)" in capsys.readouterr().out
-    assert sorted(os.listdir(run / "onnx")) == ["model.onnx", "model.onnx.data"]
+    assert sorted(os.listdir(run / "onnx")) == ["genai_config.json", "model.onnx", "model.onnx.data"]
     on_disk = onnx.load(str(run / "onnx" / "model.onnx"), load_external_data=False)
     assert on_disk.graph.initializer == onnx.load_from_string(graph_only).graph.initializer  # still points there
     mod = load_module(str(run / "code" / "torch" / "model.py"))
@@ -207,7 +217,7 @@ def test_synth_above_the_limit_writes_the_graph_and_weights_init_finishes_it(tmp
 def test_synth_above_the_protobuf_limit_writes_external_data(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_backend, "PROTOBUF_LIMIT", 1000)
     run = _synth(tmp_path, "--seed", "2")
-    assert sorted(os.listdir(run / "onnx")) == ["model.onnx", "model.onnx.data"]
+    assert sorted(os.listdir(run / "onnx")) == ["genai_config.json", "model.onnx", "model.onnx.data"]
     mod = load_module(str(run / "code" / "torch" / "model.py"))
     feed = mod.example_inputs(batch_size=2, seed=1)
     assert _close(_ort(str(run / "onnx" / "model.onnx"), feed)["logits"], mod.run(mod.init(2), feed)["logits"])
@@ -219,7 +229,7 @@ def test_weights_init_rewrites_a_small_run_inline(tmp_path, capsys):
     run = _synth(tmp_path)
     assert cli.main(["weights", "init", str(run), "--seed", "6"]) == 0
     assert "onnx/model.onnx (" in capsys.readouterr().out
-    assert sorted(os.listdir(run / "onnx")) == ["model.onnx"]
+    assert sorted(os.listdir(run / "onnx")) == ["genai_config.json", "model.onnx"]
     mod = load_module(str(run / "code" / "torch" / "model.py"))
     feed = mod.example_inputs(batch_size=1, seed=0)
     assert _close(_ort(str(run / "onnx" / "model.onnx"), feed)["logits"], mod.run(mod.init(6), feed)["logits"])
@@ -259,7 +269,7 @@ def test_weights_init_on_a_run_whose_pinned_dimensions_kept_it_under_the_default
 def test_weights_init_keeps_the_runs_precision(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_backend, "MATERIALIZE_LIMIT", 1000)
     run = _synth(tmp_path, "--precision", "fp16")
-    assert sorted(os.listdir(run / "onnx")) == ["model.onnx"]
+    assert sorted(os.listdir(run / "onnx")) == ["genai_config.json", "model.onnx"]
     assert cli.main(["weights", "init", str(run)]) == 0
     proto = onnx.load(str(run / "onnx" / "model.onnx"))
     assert {t.data_type for t in proto.graph.initializer} == {onnx.TensorProto.FLOAT16}
