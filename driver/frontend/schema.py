@@ -108,6 +108,8 @@ ARCHITECTURE = _map(
     Field("rope_low_freq_factor", FLOAT, "llama3 scaling: wavelengths above rope_original_context / this are scaled.", minimum=1e-6, maximum=1e6),
     Field("rope_high_freq_factor", FLOAT, "llama3 scaling: wavelengths below rope_original_context / this are kept; between, interpolated.", minimum=1e-6, maximum=1e6),
     Field("rope_original_context", INT, "llama3 scaling: the context the model was pretrained at.", minimum=1, maximum=2**31),
+    Field("frames", INT, "Video: the most frames in a clip (the frame count itself is symbolic).", minimum=1, maximum=4096),
+    Field("temporal_layers", INT, "Video: temporal transformer blocks after the per-frame ones.", minimum=1, maximum=256),
     _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
     _map("image_encoder", "Image tower of a multi-tower model.", *TOWER_FIELDS),
     Field("images", ENUM, "Diffusion: 'pixels' includes the image autoencoder (images in and out), 'latents' the U-Net alone.", choices=("latents", "pixels")),
