@@ -67,7 +67,7 @@ class VideoViTClassifier(Family):
     tasks = ("classification",)
     default_budget = 115_000_000
     default_budget_source = (
-        "ViViT-B factorised encoder (12 spatial + 4 temporal layers at width 768, 400 classes: 114.4M; Arnab et al. 2021)"
+        "ViViT-B factorised encoder (12 spatial + 4 temporal layers at width 768, 400 classes: 114.5M; Arnab et al. 2021)"
     )
     unit = UnitOfWork("clip", "sample")
     config = VideoViTConfig
