@@ -402,6 +402,12 @@ OPS: dict[str, Callable[..., str]] = {
             e.op("Shape", x, start=e.a["axis"] + 1), axis=0,
         )
     ),
+    "expand_axis": lambda e, x, like: e.op(
+        "Expand", e.op("Unsqueeze", x, e.ints(e.a["axis"])), e.op(
+            "Concat", e.op("Shape", x, start=0, end=e.a["axis"]),
+            e.op("Shape", like, start=e.a["like_axis"], end=e.a["like_axis"] + 1), e.op("Shape", x, start=e.a["axis"]), axis=0,
+        )
+    ),
     # ONNX has no assertion: a size that is not a multiple fails at the U-Net's skip concat.
     "require_multiple": lambda e, x: e.op("Identity", x),
     "mean": lambda e, x: e.op("ReduceMean", x, e.ints(e.a["axis"]), keepdims=0),

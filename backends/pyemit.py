@@ -317,6 +317,10 @@ BASE_OPS: dict[str, Rule] = {
         f"{x}.reshape({x}.shape[:{c.a['axis']}] + ({''.join(f'{like}.shape[{i}], ' for i in c.a['like_axes'])})"
         f" + {x}.shape[{c.a['axis']} + 1:])"
     ),
+    "expand_axis": lambda c, x, like: (
+        f"{c.lib}.broadcast_to({c.lib}.expand_dims({x}, {c.a['axis']}), "
+        f"{x}.shape[:{c.a['axis']}] + ({like}.shape[{c.a['like_axis']}],) + {x}.shape[{c.a['axis']}:])"
+    ),
     "require_multiple": lambda c, x: (
         f"{c.helper('require_multiple')}({x}, {_tuple_literal(c.a['axes'])}, {c.a['multiple']}, {c.a['what']!r})"
     ),

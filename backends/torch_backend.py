@@ -97,6 +97,9 @@ OPS: dict[str, Rule] = {
     "split_axis": lambda c, x, like: (
         f"{x}.unflatten({c.a['axis']}, ({''.join(f'{like}.shape[{i}], ' for i in c.a['like_axes'])}))"
     ),
+    "expand_axis": lambda c, x, like: (
+        f"{x}.unsqueeze({c.a['axis']}).expand(*{x}.shape[:{c.a['axis']}], {like}.shape[{c.a['like_axis']}], *{x}.shape[{c.a['axis']}:])"
+    ),
     "mean": lambda c, x: f"{x}.mean(dim={c.a['axis']})",
     "gather_argmax": lambda c, x, ids: (
         f"{x}[torch.arange({x}.shape[0], device={x}.device), {ids}.argmax(dim=-1)]"

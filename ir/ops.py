@@ -667,6 +667,18 @@ def _split_axis(a, ins):
     return [x.with_shape(x.shape[:ax] + dims + x.shape[ax + 1 :])]
 
 
+@op("expand_axis", ("x", "like"), (Attr("axis", "int"), Attr("like_axis", "int")), flops=_flops_zero)
+def _expand_axis(a, ins):
+    """x with a new axis at `axis`, of the size of `like`'s axis `like_axis` (read
+    at run time), x repeated along it: a clip's timestep embedding [B, D] with a
+    video [B, T, ...] and like_axis 1 is [B, T, D], one copy per frame."""
+    x, like = ins
+    ax, la = a["axis"], a["like_axis"]
+    if not 0 <= ax <= x.rank or not 0 <= la < like.rank:
+        raise OpError(f"op 'expand_axis': axis {ax} of {x} or axis {la} of {like} out of range (non-negative)")
+    return [x.with_shape(x.shape[:ax] + (like.shape[la],) + x.shape[ax:])]
+
+
 @op("require_multiple", ("x",), (Attr("axes", "ints"), Attr("multiple", "int"), Attr("what", "str")), flops=_flops_zero)
 def _require_multiple(a, ins):
     """x unchanged, after checking at run time that its dims at `axes` are multiples

@@ -140,6 +140,8 @@ CASES: dict[str, list] = {
     "merge_axes": [_unary("merge_axes", (2, 3, 4, 5), start=0), _unary("merge_axes", (2, 3, 4, 5), start=1, count=3)],
     "split_axis": [lambda g: g.m.op("split_axis", g.x("x", 6, 4, 5), g.x("like", 2, 3, 1), axis=0, like_axes=(0, 1)),
                    lambda g: g.m.op("split_axis", g.x("x", 2, 20, 3), g.x("like", 5, 1, 4), axis=1, like_axes=(2, 0))],
+    "expand_axis": [lambda g: g.m.op("expand_axis", g.x("x", 2, 5), g.x("like", 2, 3, 1), axis=1, like_axis=1),
+                    lambda g: g.m.op("expand_axis", g.x("x", 2, 5), g.x("like", 4), axis=2, like_axis=0)],
     "pad2d": [_unary("pad2d", (2, 3, 4, 5), pads=(0, 1, 0, 1)), _unary("pad2d", (2, 3, 4, 5), pads=(2, 0, 1, 3))],
     "require_multiple": [_unary("require_multiple", (2, 3, 4, 6), axes=(2, 3), multiple=2, what="sample")],
     "mean": [_unary("mean", axis=1)],

@@ -127,6 +127,8 @@ CASES = [
     ("merge_axes", "merge_axes", [inp("x", T("batch", "seq", 3, 5))], dict(start=0), {}),
     ("merge_axes_mid", "merge_axes", [inp("x", T("batch", 4, 3, 5))], dict(start=1, count=3), {}),
     ("split_axis", "split_axis", [inp("x", T("batch", 12, 5)), inp("like", T("batch", 3, 4))], dict(axis=1, like_axes=(2, 1)), {}),
+    ("expand_axis", "expand_axis", [inp("x", T("batch", 5)), inp("like", T("batch", "seq", 2))], dict(axis=1, like_axis=1), {}),
+    ("expand_axis_first", "expand_axis", [inp("x", T("batch", 5)), inp("like", T(3, "batch"))], dict(axis=0, like_axis=0), {}),
     ("pad2d", "pad2d", [inp("x", T("batch", 3, 4, 5))], dict(pads=(2, 0, 1, 3)), {}),
     ("require_multiple", "require_multiple", [inp("x", T("batch", 3, 4, 6))], dict(axes=(2, 3), multiple=2, what="sample"), {}),
     ("mean", "mean", [inp("x", BSD)], dict(axis=1), {}),
