@@ -393,7 +393,7 @@ class DiffusionUNet(Family):
             examples.update(image_height=a["sample_size"] * f, image_width=a["sample_size"] * f)
         top_def = top.ret(out, names=["noise_pred"])
 
-        config = a.pick(UNetConfig.spec_keys())
+        config = a.pick(type(a).spec_keys())
         config["context_window"] = a["context"]
         config["text_encoder"] = dict(te)
         config["noise_schedule"] = dict(DIFFUSION_SCHEDULE)  # the training schedule sample() steps over
