@@ -118,6 +118,8 @@ class VideoDiffusionUNet(DiffusionUNet):
         ctx.arch = a
 
     def finalize(self, ctx: CompileContext) -> str | None:
+        if ctx.arch["images"] == "pixels":
+            return "the video U-Net denoises latents (images: latents); an autoencoder for video is not built"
         problem = super().finalize(ctx)
         if problem:
             return problem
