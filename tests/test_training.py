@@ -327,6 +327,7 @@ FAMILY_SPECS = [
     pytest.param("tutorial", "step7_clip.yaml", marks=SLOW, id="clip-contrastive"),
     pytest.param("tutorial", "pattern_audio.yaml", id="audio-autoregressive"),
     pytest.param("tutorial", "pattern_video_classifier.yaml", marks=SLOW, id="video-classification"),
+    pytest.param("tutorial", "pattern_text_to_video.yaml", marks=SLOW, id="video-diffusion"),
 ]
 
 
