@@ -116,10 +116,13 @@ class VideoDiffusionUNet(DiffusionUNet):
             a.frames = arch.get("frames")
             ctx.pinned.add("frames")
         ctx.arch = a
+        if a.images == "pixels":
+            ctx.sink.error(
+                arch.loc("images"),
+                "architecture: the video U-Net denoises latents (images: latents); an autoencoder for video is not built",
+            )
 
     def finalize(self, ctx: CompileContext) -> str | None:
-        if ctx.arch["images"] == "pixels":
-            return "the video U-Net denoises latents (images: latents); an autoencoder for video is not built"
         problem = super().finalize(ctx)
         if problem:
             return problem
