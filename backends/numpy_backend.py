@@ -100,12 +100,30 @@ OPS: dict[str, Rule] = {
     "slice": lambda c, x: _index(x, c.a["axis"], f"{c.a['start']}:{c.a['end']}"),
     "select": lambda c, x: _index(x, c.a["axis"], str(c.a["index"])),
     "cast": _cast,
+    "degree": lambda c, i, like: f"np.bincount({i}, minlength={like}.shape[0]).astype(np.float64)",
 }
 
 # Helper functions and layer classes: `name` defines `_name`. A helper is emitted when
 # a rule asks for it, with the helpers its source calls.
 HELPERS: dict[str, str] = {
     **COMMON_HELPERS,
+    "scatter_add": '''
+def _scatter_add(src, index, rows):
+    """out[index[e]] += src[e] into `rows` rows (zeros where no index points)."""
+    out = np.zeros((rows,) + src.shape[1:], dtype=src.dtype)
+    np.add.at(out, index, src)
+    return out
+''',
+    "segment_softmax": '''
+def _segment_softmax(scores, index, rows):
+    """Softmax over the entries of scores that share an index, each segment's max subtracted."""
+    top = np.full((rows,) + scores.shape[1:], -np.inf, dtype=scores.dtype)
+    np.maximum.at(top, index, scores)
+    e = np.exp(scores - top[index])
+    total = np.zeros((rows,) + scores.shape[1:], dtype=scores.dtype)
+    np.add.at(total, index, e)
+    return e / total[index]
+''',
     "Linear": '''
 class _Linear:
     """y = x W^T + b over the last axis; weight [out, in]."""

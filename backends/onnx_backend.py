@@ -12,19 +12,25 @@ A few ops have a fused ONNX form (opset 23 `Attention`, `RMSNormalization`,
 The default (`DEFAULT_FUSED`) was chosen by measurement, see docs/backends.md.
 
 Weights: given ones are embedded; otherwise `init(seed)`'s canonical weights are drawn
-with the very numpy code the Python backends embed (`pyemit.INIT_FUNCTIONS`). Models
-whose float32 weights exceed `MATERIALIZE_LIMIT` get a graph-only form instead: every
-parameter is a named graph input and nothing is allocated. Embedded weights larger
-than the 2 GiB protobuf limit go to an external data file.
+with the very numpy code the Python backends embed (`init_code.INIT_FUNCTIONS`), so they
+are bit-identical. Parameters are always initializers with the canonical names, never
+graph inputs: inline up to protobuf's 2 GiB, in an external data file above it, and
+above `MATERIALIZE_LIMIT` of init weights the graph is written alone and `metagen
+weights init` writes the data later (`lower_to_onnx`). Weights are written one tensor
+at a time, drawn ahead by a few threads (`made`): memory stays near the largest tensor.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import partial
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -32,21 +38,30 @@ from onnx import TensorProto, helper
 
 from metagen import __version__
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
-from metagen.backends.pyemit import INIT_FUNCTIONS
+from metagen.backends.init_code import INIT_FUNCTIONS
 from metagen.diagnostics import Diagnostic, Loc
 from metagen.ir import ops
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub, Value
 from metagen.ir.names import Namespace, sanitize
 from metagen.ir.types import DType, TensorType
+from metagen.outputs import Content, Streamed
 
 OPSET = 23
 IR_VERSION = 11  # the ONNX IR version that opset 23 needs (onnx 1.18+)
 PRODUCER = "metagen"
-# Above this many bytes of float32 weights, `init(seed)` is not drawn: the graph takes
-# its parameters as inputs (256 Mi parameters; GPT-2 small's 0.5 GB is embedded, the
+# Above this many bytes of float32 weights, `init(seed)` is not drawn by default: the
+# graph is written alone, its initializers pointing into a data file that `metagen
+# weights init` writes later (256 Mi parameters; GPT-2 small's 0.5 GB is embedded, the
 # tutorial's 1B default model would be a 4 GB file of random numbers).
 MATERIALIZE_LIMIT = 1024**3
-PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave headroom for the graph itself
+# Above this many bytes the weights go to an external data file (protobuf's 2 GiB
+# message limit, less headroom for the graph itself).
+PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
+DATA_ALIGN = 64  # each tensor's offset in the external data file
+MAX_WORKERS = 8  # threads drawing weights
+AHEAD_BYTES = 256 * 1024**2  # weights made ahead of the writer, unless one tensor is larger
+INIT_SEED_PROP = "metagen.init_seed"  # metadata of a graph-only file: the seed its weights will be drawn with
+PENDING_PROP = "metagen.weights_pending"
 # Fused opset-23 Attention/RMSNormalization/RotaryEmbedding ran 3-4% faster than the
 # decomposed form in onnxruntime 1.32 (GPT-2 small and a 125M llama, 1 x 256 tokens,
 # bench/onnx_bench.py --parts c); see docs/backends.md.
@@ -353,6 +368,41 @@ def _mse(e: Emit, x: str, y: str) -> str:
     return e.op("ReduceMean", e.op("Mul", d, d), keepdims=0)
 
 
+def _frames(e: Emit, x: str) -> str:
+    count, size = e.out_types[0].shape[-2], e.a["size"]
+    index = np.arange(count, dtype=np.int64)[:, None] * e.a["step"] + np.arange(size, dtype=np.int64)
+    return e.op("Gather", x, e.const(index), axis=-1)
+
+
+def _scatter(e: Emit, src: str, index: str, like: str, fill: float, reduction: str) -> str:
+    """ScatterND of src [E, ...] into like.shape[0] rows filled with `fill`."""
+    shape = e.op("Concat", e.op("Shape", like, end=1), e.op("Shape", src, start=1), axis=0)
+    base = e.op("ConstantOfShape", shape, value=onnx.numpy_helper.from_array(np.array([fill], np.float32)))
+    rows = e.op("Unsqueeze", e.op("Cast", index, to=TensorProto.INT64), e.ints(-1))
+    return e.op("ScatterND", base, rows, src, reduction=reduction)
+
+
+def _degree(e: Emit, index: str, like: str) -> str:
+    ones = e.op("ConstantOfShape", e.op("Shape", index), value=onnx.numpy_helper.from_array(np.array([1.0], np.float32)))
+    return _scatter(e, ones, index, like, 0.0, "add")
+
+
+def _segment_softmax(e: Emit, s: str, index: str, like: str) -> str:
+    idx = e.op("Cast", index, to=TensorProto.INT64)
+    top = e.op("Gather", _scatter(e, s, idx, like, float("-inf"), "max"), idx, axis=0)
+    ex = e.op("Exp", e.op("Sub", s, top))
+    return e.op("Div", ex, e.op("Gather", _scatter(e, ex, idx, like, 0.0, "add"), idx, axis=0))
+
+
+def _huber(e: Emit, x: str, y: str) -> str:
+    d = e.op("Sub", x, y)
+    a = e.op("Abs", d)
+    delta = e.a["delta"]
+    quad = e.op("Mul", e.op("Mul", d, d), e.f32(0.5))
+    lin = e.op("Mul", e.op("Sub", a, e.f32(0.5 * delta)), e.f32(delta))
+    return e.op("ReduceMean", e.op("Where", e.op("LessOrEqual", a, e.f32(delta)), quad, lin), keepdims=0)
+
+
 def _quick_gelu(e: Emit, x: str) -> str:
     return e.op("Mul", x, e.op("Sigmoid", e.op("Mul", x, e.f32(1.702))))
 
@@ -418,6 +468,21 @@ OPS: dict[str, Callable[..., str]] = {
     "cross_entropy": _cross_entropy,
     "mse": _mse,
     "masked_cross_entropy": _masked_cross_entropy,
+    "dropout": lambda e, x: e.op("Identity", x),
+    "div": lambda e, x, y: e.op("Div", x, y),
+    "sqrt": lambda e, x: e.op("Sqrt", e.op("Add", x, e.f32(e.a["eps"])) if e.a["eps"] else x),
+    "reshape": lambda e, x: e.op("Reshape", x, e.ints(*e.a["shape"])),
+    "frames": _frames,
+    "huber": _huber,
+    "log_softmax": lambda e, x: e.op("LogSoftmax", x, axis=e.a["axis"]),
+    "take_along": lambda e, x, i: e.op("Squeeze", e.op("GatherElements", x, e.op("Unsqueeze", i, e.ints(-1)), axis=-1), e.ints(-1)),
+    "clip": lambda e, x: e.op("Clip", x, e.f32(e.a["low"]), e.f32(e.a["high"])),
+    "minimum": lambda e, x, y: e.op("Min", x, y),
+    "gather_rows": lambda e, x, i: e.op("Gather", x, e.op("Cast", i, to=TensorProto.INT64), axis=0),
+    "scatter_add": lambda e, s, i, like: _scatter(e, s, i, like, 0.0, "add"),
+    "segment_softmax": _segment_softmax,
+    "leaky_relu": lambda e, x: e.op("LeakyRelu", x, alpha=e.a["slope"]),
+    "degree": _degree,
 }
 
 # The opset-23 fused forms, used instead of the entries above when fused=True.
@@ -435,6 +500,14 @@ class Lowering:
         self.model = model
         self.fused = fused
         self.g = GraphBuilder()
+        self.fp32_nodes: set[int] = set()  # indices into g.nodes that stay float32 in a float16 graph
+
+    def emit(self, op: str, fn: Callable[..., str], e: Emit, ins: list[str]) -> str:
+        start = len(self.g.nodes)
+        out = fn(e, *ins)
+        if op in FP32_OPS:
+            self.fp32_nodes.update(range(start, len(self.g.nodes)))
+        return out
 
     def _emitter(self, op: str, layer: bool) -> Callable[..., str] | None:
         if self.fused and op in FUSED:
@@ -471,7 +544,7 @@ class Lowering:
                 fn = self._emitter(node.op, layer=False)
                 if fn is None:
                     raise missing_rule("onnx", "op", node.op, e.loc)
-                outs = [fn(e, *ins)]
+                outs = [self.emit(node.op, fn, e, ins)]
             for r, name in zip(node.results, outs):
                 env[id(r)] = name
                 g.types[name] = r.type
@@ -490,7 +563,7 @@ class Lowering:
             fn = self._emitter(child.op, layer=True)
             if fn is None:
                 raise missing_rule("onnx", "layer op", child.op, e.loc)
-            return [fn(e, *ins)]
+            return [self.emit(child.op, fn, e, ins)]
         sub = self.model.modules[child.module]
         if isinstance(child, Sub):
             return self.lower_module(sub, here, ins)
@@ -509,32 +582,166 @@ def weights_bytes(model: Model) -> int:
     return sum(p.numel * p.type.dtype.nbytes for _, p in model.walk_params())
 
 
-def build_onnx(
-    model: Model,
-    weights: dict[str, np.ndarray] | None = None,
-    seed: int = 0,
-    *,
-    fused: bool = DEFAULT_FUSED,
-    graph_only: bool | None = None,
-    detached: list[tuple[str, np.ndarray]] | None = None,
-) -> tuple[onnx.ModelProto, dict[str, TensorType]]:
-    """The ModelProto (weights inline, not yet split off) and the IR type of every
-    value the IR names (for checking ONNX shape inference against the IR).
+# ------------------------------------------------------------------ weights
 
-    `graph_only` None: decided by `MATERIALIZE_LIMIT` when no weights are given.
-    `detached`: a list that receives the (name, array) initializers instead of the
-    proto (`lower_to_onnx` writes them straight to the wire, saving two copies)."""
-    if graph_only is None:
-        graph_only = weights is None and weights_bytes(model) > MATERIALIZE_LIMIT
+
+@dataclass(frozen=True)
+class WeightSource:
+    """One initializer: its canonical name, shape, and how to make its float32 array
+    (drawn as `init(seed)` draws it, or taken from given weights) when it is written."""
+
+    name: str
+    shape: tuple[int, ...]
+    make: Callable[[], np.ndarray]
+    dtype: str = "float32"  # as written: float16 in a `precision="fp16"` graph
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+    @property
+    def onnx_type(self) -> int:
+        return helper.np_dtype_to_tensor_dtype(np.dtype(self.dtype))
+
+    def array(self) -> np.ndarray:
+        arr = self.make()
+        return arr if self.dtype == "float32" else arr.astype(self.dtype)
+
+
+def _given(arr) -> np.ndarray:
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def weight_sources(
+    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, dtype: str = "float32"
+) -> list[WeightSource]:
+    """Every parameter in canonical order; nothing is drawn or converted yet."""
     if weights is not None:
         _check_weights(model, weights)
+    out = []
+    for name, p in model.walk_params():
+        shape = tuple(p.type.shape)
+        if weights is not None:
+            make = partial(_given, weights[name])
+        else:
+            make = partial(_draw, name, shape, p.init.scheme, dict(p.init.args), seed)
+        out.append(WeightSource(name, shape, make, dtype))
+    return out
+
+
+def _workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_WORKERS))
+
+
+def made(sources: list[WeightSource], workers: int | None = None) -> Iterator[tuple[WeightSource, np.ndarray]]:
+    """(source, array) for each source, in order, the arrays made ahead by `workers`
+    threads: numpy's generators release the GIL while they fill an array, and each
+    tensor has its own seeded generator, so the bytes do not depend on the thread
+    count. At most max(largest tensor, AHEAD_BYTES) bytes are made ahead of the
+    consumer, so peak memory stays near the largest tensor, not the model."""
+    workers = _workers() if workers is None else workers
+    if workers <= 1 or len(sources) <= 1:
+        for s in sources:
+            yield s, _checked(s, s.array())
+        return
+    budget = max([AHEAD_BYTES] + [s.nbytes for s in sources])
+    pending: deque = deque()
+    ahead = 0
+    todo = iter(sources)
+    nxt = next(todo, None)
+    with ThreadPoolExecutor(workers) as pool:
+        try:
+            while pending or nxt is not None:
+                while nxt is not None and (not pending or ahead + nxt.nbytes <= budget):
+                    pending.append((nxt, pool.submit(nxt.array)))
+                    ahead += nxt.nbytes
+                    nxt = next(todo, None)
+                s, future = pending.popleft()
+                arr = future.result()
+                ahead -= s.nbytes
+                yield s, _checked(s, arr)
+                del arr
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+def _checked(s: WeightSource, arr: np.ndarray) -> np.ndarray:
+    if arr.shape != s.shape or arr.dtype != np.dtype(s.dtype):
+        raise AssertionError(f"{s.name}: made {arr.dtype}{list(arr.shape)}, the graph declares {s.dtype}{list(s.shape)}")
+    return arr
+
+
+def _raw(arr: np.ndarray) -> memoryview:
+    """The little-endian bytes of an array, without a copy where possible."""
+    return memoryview(np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False)).reshape(-1).view(np.uint8))
+
+
+def _offsets(sources: list[WeightSource]) -> list[int]:
+    """Each tensor's offset in the external data file (64-byte aligned)."""
+    out, offset = [], 0
+    for s in sources:
+        offset += (-offset) % DATA_ALIGN
+        out.append(offset)
+        offset += s.nbytes
+    return out
+
+
+def _external_initializers(sources: list[WeightSource], data_name: str) -> list[onnx.TensorProto]:
+    out = []
+    for s, offset in zip(sources, _offsets(sources)):
+        t = onnx.TensorProto(name=s.name, dims=s.shape, data_type=s.onnx_type, data_location=TensorProto.EXTERNAL)
+        for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(s.nbytes))):
+            entry = t.external_data.add()
+            entry.key, entry.value = k, v
+        out.append(t)
+    return out
+
+
+def write_external_data(fh: BinaryIO, sources: list[WeightSource], workers: int | None = None) -> None:
+    """The external data file: each tensor at its `_offsets` place, zero padding between."""
+    pos = 0
+    for (s, arr), offset in zip(made(sources, workers), _offsets(sources)):
+        fh.write(b"\0" * (offset - pos))
+        fh.write(_raw(arr))
+        pos = offset + s.nbytes
+
+
+def _tensor_head(s: WeightSource) -> bytes:
+    """A TensorProto's fields before its raw data: dims 1, data_type 2, name 8."""
+    head = b"".join(b"\x08" + _varint(d) for d in s.shape)
+    return head + b"\x10" + _varint(s.onnx_type) + _field(0x42, s.name.encode("utf-8"))
+
+
+def write_inline(fh: BinaryIO, proto_bytes: bytes, sources: list[WeightSource], workers: int | None = None) -> None:
+    """A serialized ModelProto followed by `ModelProto{graph: GraphProto{initializer:
+    [...]}}` in protobuf wire format. Protobuf concatenation merges the two (embedded
+    messages merge, repeated fields append), so each weight goes from the generator
+    to the file once, one tensor at a time. TensorProto's raw_data is field 9."""
+    fh.write(proto_bytes)
+    if not sources:
+        return
+    heads = [_tensor_head(s) for s in sources]
+    bodies = [len(h) + 1 + len(_varint(s.nbytes)) + s.nbytes for h, s in zip(heads, sources)]
+    fh.write(b"\x3a" + _varint(sum(1 + len(_varint(b)) + b for b in bodies)))
+    for (s, arr), head, body in zip(made(sources, workers), heads, bodies):
+        fh.write(b"\x2a" + _varint(body) + head + b"\x4a" + _varint(s.nbytes))
+        fh.write(_raw(arr))
+
+
+def _model_proto(
+    model: Model, fused: bool, initializers: list[onnx.TensorProto], precision: str = "fp32"
+) -> tuple[onnx.ModelProto, dict[str, TensorType]]:
     lw = Lowering(model, fused=fused)
     g = lw.g
     top = model.top_module
     for spec in model.inputs:
         g.values.taken.add(spec.name)
-    params = list(model.walk_params())
-    for name, _ in params:
+    for name, _ in model.walk_params():
         g.values.taken.add(name)
     for name in model.output_names:
         g.values.taken.add(name)
@@ -545,21 +752,11 @@ def build_onnx(
     inputs = [_value_info(spec.name, spec.type) for spec in model.inputs]
     for spec in model.inputs:
         g.types[spec.name] = spec.type
-    initializers = []
-    if graph_only:
-        inputs += [_value_info(name, p.type) for name, p in params]
-    else:
-        for name, p in params:
-            if weights is not None:
-                arr = np.ascontiguousarray(weights[name], dtype=np.float32)
-            else:
-                arr = _draw(name, tuple(p.type.shape), p.init.scheme, dict(p.init.args), seed)
-            if detached is not None:
-                detached.append((name, arr))
-            else:
-                initializers.append(onnx.numpy_helper.from_array(arr, name))
     outputs = [_value_info(name, value.type) for name, value in zip(model.output_names, top.outputs)]
-    graph = helper.make_graph(g.nodes, sanitize(model.name) or "model", inputs, outputs, initializer=initializers)
+    nodes = g.nodes
+    if precision == "fp16":
+        nodes = _float16_nodes(model, lw, inputs, outputs)
+    graph = helper.make_graph(nodes, sanitize(model.name) or "model", inputs, outputs, initializer=initializers)
     doc = f"{model.spec_name} ({model.family}), lowered by {PRODUCER} {__version__}"
     proto = helper.make_model(
         graph,
@@ -569,9 +766,160 @@ def build_onnx(
         ir_version=IR_VERSION,
         doc_string="".join(ch if ch.isprintable() else " " for ch in doc),
     )
-    if graph_only:
-        helper.set_model_props(proto, {"metagen.graph_only": "parameters are graph inputs"})
+    if precision != "fp32":
+        helper.set_model_props(proto, {PRECISION_PROP: precision})
     return proto, g.types
+
+
+# ------------------------------------------------------------------ precision
+
+PRECISIONS = ("fp32", "fp16", "int8")
+WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
+# The IR ops whose ONNX nodes stay float32 in a float16 graph: norms, softmax (and the
+# attention holding it), losses, and the sin/cos tables of large angles (RoPE,
+# timestep embeddings), which float16 cannot resolve past a position of ~2048.
+FP32_OPS = frozenset(
+    {"layer_norm", "rms_norm", "group_norm", "softmax", "attention", "l2_normalize", "rope", "timestep_embedding",
+     "cross_entropy", "masked_cross_entropy", "mse"}
+)
+FP32_INPUTS = frozenset({("Resize", 2)})  # inputs ONNX types float32 whatever the data's type (Resize's scales)
+PRECISION_PROP = "metagen.precision"
+
+
+def _float16_nodes(model: Model, lw: Lowering, inputs: list, outputs: list) -> list[onnx.NodeProto]:
+    """The float32 graph's nodes computing in float16: parameters are float16, graph
+    inputs and outputs stay float32, the nodes of `FP32_OPS` (`lw.fp32_nodes`) stay
+    float32, and a `Cast` is put wherever a value crosses between the two (one per
+    value and direction); float constants are copied to the precision each user wants
+    (an epsilon of 1e-5 would not survive a float16 round trip)."""
+    params = [(name, p.type) for name, p in model.walk_params()]
+    probe = helper.make_model(
+        helper.make_graph(lw.g.nodes, "probe", inputs + [_value_info(n, t) for n, t in params], outputs),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+    )
+    inferred = onnx.shape_inference.infer_shapes(probe).graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info, *inferred.output]}
+    F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    out_names = {o.name for o in outputs}
+    prec = {i.name: F32 for i in inputs} | {n: F16 for n, _ in params}
+    consts: dict[str, onnx.NodeProto] = {}
+    made_for: dict[tuple[str, int], str] = {}
+    names = Namespace()
+    for n in lw.g.nodes:
+        names.taken.update(n.output)
+    new: list[onnx.NodeProto] = []
+
+    def use(v: str, want: int) -> str:
+        if not v or elem.get(v) != F32:
+            return v
+        if v not in consts and prec.get(v) == want:
+            return v
+        key = (v, want)
+        if key not in made_for:
+            if v in consts:
+                node = consts[v]
+                if want == F32:
+                    new.append(node)
+                    made_for[key] = v
+                else:
+                    name = names.fresh(v + "_fp16")
+                    value = onnx.numpy_helper.to_array(node.attribute[0].t).astype(np.float16)
+                    new.append(helper.make_node("Constant", [], [name], name=node.name + "_fp16",
+                                                value=onnx.numpy_helper.from_array(value, name)))
+                    made_for[key] = name
+            else:
+                name = names.fresh(v + ("_fp32" if want == F32 else "_fp16"))
+                new.append(helper.make_node("Cast", [v], [name], name=name + "/Cast", to=want))
+                made_for[key] = name
+        return made_for[key]
+
+    for i, original in enumerate(lw.g.nodes):
+        if original.op_type == "Constant" and elem.get(original.output[0]) == F32:
+            consts[original.output[0]] = original
+            continue
+        want = F32 if i in lw.fp32_nodes or any(o in out_names for o in original.output) else F16
+        node = onnx.NodeProto()
+        node.CopyFrom(original)
+        for j, x in enumerate(node.input):
+            node.input[j] = use(x, F32 if (node.op_type, j) in FP32_INPUTS else want)
+        if want == F16:
+            for attr in node.attribute:
+                if node.op_type == "Cast" and attr.name == "to" and attr.i == F32:
+                    attr.i = F16
+                if node.op_type == "ConstantOfShape" and attr.name == "value" and attr.t.data_type == F32:
+                    attr.t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+        for o in node.output:
+            if elem.get(o) == F32:
+                prec[o] = want
+        new.append(node)
+    return new
+
+
+def _quantized_int8(model: Model, files: dict[str, bytes], data_name: str) -> dict[str, bytes]:
+    """onnxruntime's dynamic quantization of the float32 files: int8 weights for
+    MatMul (and Gather), activations quantized per call. Its pre-processing folds
+    each linear layer's `Transpose(W)` into a constant first, which is what lets it
+    find the weights; the int8 file's tensors therefore no longer carry the canonical
+    names and layout (they are a derived artifact, not canonical weights)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    main = data_name[: -len(".data")] if data_name.endswith(".data") else "model.onnx"
+    external = data_name in files
+    with tempfile.TemporaryDirectory(prefix="metagen-int8-") as work:
+        src, pre, out = (os.path.join(work, d) for d in ("fp32", "pre", "int8"))
+        for d in (src, pre, out):
+            os.mkdir(d)
+        for rel, data in files.items():
+            with open(os.path.join(src, rel or main), "wb") as f:
+                f.write(data)
+        quant_pre_process(os.path.join(src, main), os.path.join(pre, main), skip_symbolic_shape=True,
+                          save_as_external_data=external, all_tensors_to_one_file=True, external_data_location=data_name)
+        # MatMul, Gather and Conv only: the quantizer would take opset 23's `Attention` for
+        # onnxruntime's contrib op of that name and emit a QAttention that cannot run
+        quantize_dynamic(os.path.join(pre, main), os.path.join(out, main), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gather", "Conv"], use_external_data_format=external)
+        result = {}
+        for rel in sorted(os.listdir(out)):
+            with open(os.path.join(out, rel), "rb") as f:
+                result["" if rel == main else rel] = f.read()
+    proto = onnx.load_from_string(result[""])
+    helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, PRECISION_PROP: "int8"})
+    result[""] = proto.SerializeToString(deterministic=True)
+    return result
+
+
+def _pending_props(model: Model, seed: int, data_name: str) -> dict[str, str]:
+    """What a graph-only file records so `metagen weights init` can finish it."""
+    return {
+        INIT_SEED_PROP: str(seed),
+        PENDING_PROP: f"{data_name} not written: {weights_bytes(model)} bytes of init(seed={seed}) float32 weights; "
+        "`metagen weights init RUN_DIR` writes it",
+    }
+
+
+def build_onnx(
+    model: Model,
+    weights: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+    *,
+    fused: bool = DEFAULT_FUSED,
+    graph_only: bool = False,
+    data_name: str = "model.onnx.data",
+) -> tuple[onnx.ModelProto, dict[str, TensorType]]:
+    """The ModelProto, every initializer inline (built with `onnx.numpy_helper`: the
+    plain reference the streaming writers are tested against), or with `graph_only`
+    the initializers pointing into `data_name`, which is not written; and the IR type
+    of every value the IR names (for checking ONNX shape inference against the IR)."""
+    sources = weight_sources(model, weights, seed)
+    if graph_only:
+        proto, types = _model_proto(model, fused, _external_initializers(sources, data_name))
+        helper.set_model_props(proto, _pending_props(model, seed, data_name))
+        return proto, types
+    return _model_proto(model, fused, [onnx.numpy_helper.from_array(arr, s.name) for s, arr in made(sources, 1)])
 
 
 def _check_weights(model: Model, weights: dict[str, np.ndarray]) -> None:
@@ -590,25 +938,16 @@ def _check_weights(model: Model, weights: dict[str, np.ndarray]) -> None:
         raise _error(model, "the weights do not fit the model: " + "; ".join(problems))
 
 
-def _externalize(proto: onnx.ModelProto, data_name: str) -> bytes:
-    """Move every initializer's bytes to one external blob (64-byte aligned)."""
-    chunks: list[bytes] = []
-    offset = 0
-    for t in proto.graph.initializer:
-        raw = t.raw_data
-        pad = (-offset) % 64
-        if pad:
-            chunks.append(b"\0" * pad)
-            offset += pad
-        chunks.append(raw)
-        t.ClearField("raw_data")
-        t.data_location = TensorProto.EXTERNAL
-        del t.external_data[:]
-        for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
-            entry = t.external_data.add()
-            entry.key, entry.value = k, v
-        offset += len(raw)
-    return b"".join(chunks)
+FORMS = ("inline", "external", "graph_only")
+
+
+def onnx_form(model: Model, weights_given: bool, materialize_limit: float | None = None, precision: str = "fp32") -> str:
+    """The form `lower_to_onnx` chooses: "inline", "external" or "graph_only"."""
+    size = weights_bytes(model) * np.dtype(WEIGHT_DTYPES[precision]).itemsize // 4
+    limit = MATERIALIZE_LIMIT if materialize_limit is None else materialize_limit
+    if not weights_given and size > limit:
+        return "graph_only"
+    return "external" if size > PROTOBUF_LIMIT else "inline"
 
 
 def lower_to_onnx(
@@ -618,16 +957,56 @@ def lower_to_onnx(
     data_name: str = "model.onnx.data",
     *,
     fused: bool = DEFAULT_FUSED,
-) -> dict[str, bytes]:
-    """{"": ModelProto bytes}, plus {data_name: weight bytes} when the weights would
-    not fit one protobuf message."""
-    arrays: list[tuple[str, np.ndarray]] = []
-    proto, _ = build_onnx(model, weights, seed, fused=fused, detached=arrays)
-    if sum(a.nbytes for _, a in arrays) > PROTOBUF_LIMIT:
-        proto.graph.initializer.extend(onnx.numpy_helper.from_array(a, n) for n, a in arrays)
-        data = _externalize(proto, data_name)
-        return {"": proto.SerializeToString(deterministic=True), data_name: data}
-    return {"": proto.SerializeToString(deterministic=True) + _initializers_wire(arrays)}
+    precision: str = "fp32",
+    stream: bool = False,
+    materialize_limit: float | None = None,
+    form: str | None = None,
+    workers: int | None = None,
+) -> dict[str, Content]:
+    """The ONNX files, keyed '' (the model) and `data_name` (its external data). The
+    parameters are always initializers under their canonical names, in one of three
+    forms (`onnx_form`), by the size of their weights:
+
+    - inline (up to PROTOBUF_LIMIT): one file holding the weights;
+    - external (above it, where protobuf cannot go): the model, whose initializers
+      point into `data_name`, and `data_name`;
+    - graph only (init weights above `materialize_limit`, default MATERIALIZE_LIMIT,
+      and no weights given): the external form's model without its data file, and
+      the seed in its metadata; `metagen weights init` writes the data later.
+
+    `form` overrides the choice (`metagen weights init` finishes a graph-only file in
+    the external form, so the graph keeps pointing where it did). With `stream`, a
+    file carrying weights is a `Streamed`: nothing is drawn until it is written, then
+    one tensor at a time (see `made`); otherwise bytes.
+
+    `precision`: "fp32"; "fp16" (float16 weights and arithmetic, `FP32_OPS` kept in
+    float32, inputs and outputs float32); "int8" (onnxruntime's dynamic quantization of
+    the float32 graph, see `_quantized_int8`; bytes, never graph only)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown ONNX precision {precision!r}; one of {PRECISIONS}")
+    sources = weight_sources(model, weights, seed, WEIGHT_DTYPES[precision])
+    form = form or onnx_form(model, weights is not None, materialize_limit, precision)
+    if form not in FORMS:
+        raise ValueError(f"unknown ONNX form {form!r}; one of {FORMS}")
+    if precision == "int8":
+        if form == "graph_only":
+            raise _error(model, f"int8 quantizes the weights, and this model's init weights ({weights_bytes(model)} bytes "
+                         "of float32) are above the size drawn by default: give the weights (--weights)")
+        fp32 = lower_to_onnx(model, weights, seed, data_name, fused=fused, form=form, workers=workers)
+        return _quantized_int8(model, fp32, data_name)
+    if form == "inline":
+        proto, _ = _model_proto(model, fused, [], precision)
+        head = proto.SerializeToString(deterministic=True)
+        files: dict[str, Content] = {"": Streamed(lambda fh: write_inline(fh, head, sources, workers))}
+    else:
+        proto, _ = _model_proto(model, fused, _external_initializers(sources, data_name), precision)
+        if form == "graph_only":
+            helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **_pending_props(model, seed, data_name)})
+            return {"": proto.SerializeToString(deterministic=True)}
+        files = {"": proto.SerializeToString(deterministic=True), data_name: Streamed(lambda fh: write_external_data(fh, sources, workers))}
+    if not stream:
+        files = {k: v.to_bytes() if isinstance(v, Streamed) else v for k, v in files.items()}
+    return files
 
 
 def _varint(n: int) -> bytes:
@@ -644,26 +1023,6 @@ def _varint(n: int) -> bytes:
 
 def _field(tag: int, payload: bytes) -> bytes:
     return bytes([tag]) + _varint(len(payload)) + payload
-
-
-def _initializers_wire(arrays: list[tuple[str, np.ndarray]]) -> bytes:
-    """`ModelProto{graph: GraphProto{initializer: [...]}}` in protobuf wire format.
-    Appended to a serialized ModelProto it merges into it (protobuf concatenation
-    semantics: embedded messages merge, repeated fields append), so each weight is
-    copied once instead of three times through `from_array`/`make_graph`/serialize.
-    TensorProto fields: dims 1, data_type 2, name 8, raw_data 9 (little-endian)."""
-    if not arrays:
-        return b""
-    parts = []
-    for name, arr in arrays:
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        head = b"".join(b"\x08" + _varint(d) for d in arr.shape)
-        head += b"\x10" + _varint(TensorProto.FLOAT) + _field(0x42, name.encode("utf-8"))
-        raw = memoryview(arr.astype("<f4", copy=False).reshape(-1).view(np.uint8))
-        body_len = len(head) + 1 + len(_varint(len(raw))) + len(raw)
-        parts += [b"\x2a", _varint(body_len), head, b"\x4a", _varint(len(raw)), raw]
-    graph_len = sum(len(p) for p in parts)
-    return b"".join([b"\x3a", _varint(graph_len)] + parts)
 
 
 def golden_text(files: dict[str, bytes]) -> bytes:
@@ -688,13 +1047,14 @@ def golden_text(files: dict[str, bytes]) -> bytes:
 
 
 def lower_to_onnx_folder(
-    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data"
-) -> dict[str, bytes]:
+    model: Model, weights: dict[str, np.ndarray] | None = None, seed: int = 0, data_name: str = "model.onnx.data", **options
+) -> dict[str, Content]:
     """The backend's output folder: `lower_to_onnx`'s files, plus a diffusion model's
-    pipeline parts as graphs of their own (backends/onnx_pipeline.py)."""
-    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name)
+    pipeline parts as graphs of their own (backends/onnx_pipeline.py). `options`
+    (precision, stream, ...) apply to every graph."""
+    files = lower_to_onnx(model, weights=weights, seed=seed, data_name=data_name, **options)
     if model.family == "diffusion_unet":
         from metagen.backends.onnx_pipeline import pipeline_files
 
-        files.update(pipeline_files(model, weights, seed))
+        files.update(pipeline_files(model, weights, seed, **options))
     return files

@@ -27,15 +27,16 @@ from metagen.ir.graph import Model
 PIPELINE_FILE = "pipeline.json"
 
 
-def pipeline_files(model: Model, weights: dict[str, np.ndarray] | None, seed: int) -> dict[str, bytes]:
-    """The part graphs and pipeline.json, keyed by their path in the ONNX folder."""
+def pipeline_files(model: Model, weights: dict[str, np.ndarray] | None, seed: int, **options) -> dict:
+    """The part graphs and pipeline.json, keyed by their path in the ONNX folder;
+    `options` as `lower_to_onnx` takes them."""
     from metagen.compiler.families.diffusion_pipeline import pipeline_parts
 
     files: dict[str, bytes] = {}
     index = {"config": model.config, "parts": {}}
     for name, part in pipeline_parts(model).items():
         own = None if weights is None else {k: weights[k] for k, _ in part.walk_params()}
-        for rel, data in lower_to_onnx(part, weights=own, seed=seed, data_name="model.onnx.data").items():
+        for rel, data in lower_to_onnx(part, weights=own, seed=seed, data_name="model.onnx.data", **options).items():
             files[f"{name}/{rel or 'model.onnx'}"] = data
         index["parts"][name] = {
             "path": f"{name}/model.onnx",

@@ -149,32 +149,8 @@ def init_table(model: Model) -> list[tuple[str, tuple[int, ...], str, dict[str, 
     return [(name, tuple(p.type.shape), p.init.scheme, dict(p.init.args)) for name, p in model.walk_params()]
 
 
-# Canonical initial weights: numpy only, one generator per parameter seeded by
-# (seed, crc32(name)), so every backend draws the same bits in any order.
-INIT_FUNCTIONS = '''
-def _draw(name, shape, scheme, args, seed):
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
-    if scheme == "normal":
-        return rng.standard_normal(shape, dtype=np.float32) * np.float32(args["std"])
-    if scheme == "trunc_normal":
-        x = rng.standard_normal(shape, dtype=np.float32)
-        return np.clip(x, -2.0, 2.0) * np.float32(args["std"])
-    if scheme == "uniform":
-        b = args["bound"]
-        return rng.uniform(-b, b, size=shape).astype(np.float32)
-    if scheme == "zeros":
-        return np.zeros(shape, dtype=np.float32)
-    if scheme == "ones":
-        return np.ones(shape, dtype=np.float32)
-    if scheme == "const":
-        return np.full(shape, args["value"], dtype=np.float32)
-    raise ValueError(f"unknown init scheme {scheme}")
-
-
-def init_arrays(seed=0):
-    """The canonical initial weights as numpy arrays, name -> array."""
-    return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
-'''
+# Canonical initial weights (the code every generated module embeds): see init_code.py.
+from metagen.backends.init_code import INIT_FUNCTIONS  # noqa: E402,F401
 
 
 def emit_common_header(out: Lines, model: Model, backend: str) -> None:
@@ -337,6 +313,29 @@ BASE_OPS: dict[str, Rule] = {
     "mse": lambda c, x, y: f"{c.lib}.mean({c.lib}.square({x} - {y}))",
     "masked_cross_entropy": lambda c, logits, labels, mask: (
         f"{c.helper('masked_cross_entropy')}({logits}, {labels}, {mask})"
+    ),
+    "dropout": lambda c, x: x,  # inference; the torch backend drops while training
+    "div": lambda c, x, y: f"{x} / {y}",
+    "sqrt": lambda c, x: f"{c.lib}.sqrt({x} + {c.a['eps']!r})" if c.a["eps"] else f"{c.lib}.sqrt({x})",
+    "reshape": lambda c, x: f"{x}.reshape({_tuple_literal(c.a['shape'])})",
+    "frames": lambda c, x: (
+        f"{x}[..., {c.lib}.arange({c.out_types[0].shape[-2]})[:, None] * {c.a['step']} + {c.lib}.arange({c.a['size']})]"
+    ),
+    "log_softmax": lambda c, x: (
+        f"{x} - {c.lib}.max({x}, axis={c.a['axis']}, keepdims=True) - {c.lib}.log({c.lib}.sum({c.lib}.exp({x} - "
+        f"{c.lib}.max({x}, axis={c.a['axis']}, keepdims=True)), axis={c.a['axis']}, keepdims=True))"
+    ),
+    "take_along": lambda c, x, i: f"{c.lib}.take_along_axis({x}, {i}[..., None], axis=-1)[..., 0]",
+    "clip": lambda c, x: f"{c.lib}.clip({x}, {c.a['low']!r}, {c.a['high']!r})",
+    "minimum": lambda c, x, y: f"{c.lib}.minimum({x}, {y})",
+    "gather_rows": lambda c, x, i: f"{x}[{i}]",
+    "degree": lambda c, i, like: f"{c.lib}.bincount({i}, length={like}.shape[0]).astype({c.lib}.float32)",
+    "scatter_add": lambda c, s, i, like: f"{c.helper('scatter_add')}({s}, {i}, {like}.shape[0])",
+    "segment_softmax": lambda c, s, i, like: f"{c.helper('segment_softmax')}({s}, {i}, {like}.shape[0])",
+    "leaky_relu": lambda c, x: f"{c.lib}.where({x} >= 0, {x}, {c.a['slope']!r} * {x})",
+    "huber": lambda c, x, y: (
+        f"{c.lib}.mean({c.lib}.where({c.lib}.abs({x} - {y}) <= {c.a['delta']!r}, 0.5 * {c.lib}.square({x} - {y}), "
+        f"{c.a['delta']!r} * ({c.lib}.abs({x} - {y}) - {0.5 * c.a['delta']!r})))"
     ),
 }
 

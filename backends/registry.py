@@ -45,13 +45,24 @@ class Backend:
         """The module that implements the lowering."""
         return self.lowering.partition(":")[0]
 
-    def lower(self, model, seed: int = 0, weights: dict | None = None, data_name: str = "model.onnx.data") -> dict[str, bytes]:
+    def lower(
+        self,
+        model,
+        seed: int = 0,
+        weights: dict | None = None,
+        data_name: str = "model.onnx.data",
+        stream: bool = False,
+        precision: str = "fp32",
+    ) -> dict:
         """Files keyed by a name relative to the output's folder ('' = the main file; a
         binary backend may add side files, e.g. ONNX external data named `data_name`).
-        A binary backend's function takes `(model, weights=, seed=, data_name=)`."""
+        A binary backend's function takes `(model, weights=, seed=, data_name=, stream=,
+        precision=)` (see metagen.precision);
+        with `stream` a large file may come as an `outputs.Streamed` instead of bytes
+        (for callers that write it: `outputs.write_files`/`write_tree` take both)."""
         fn = resolve(self.lowering)
         if self.binary:
-            return fn(model, weights=weights, seed=seed, data_name=data_name)
+            return fn(model, weights=weights, seed=seed, data_name=data_name, stream=stream, precision=precision)
         return {"": fn(model).encode("utf-8")}
 
 

@@ -108,6 +108,13 @@ OPS: dict[str, Rule] = {
     "cast": lambda c, x: f"{x}.to(torch.{DType(c.a['dtype']).numpy})",  # torch spells dtypes as NumPy does
     "cross_entropy": lambda c, logits, labels: f"F.cross_entropy({logits}.flatten(0, -2), {labels}.flatten())",
     "mse": lambda c, x, y: f"F.mse_loss({x}, {y})",
+    "dropout": lambda c, x: f"F.dropout({x}, {c.a['rate']!r}, self.training)",
+    "huber": lambda c, x, y: f"F.huber_loss({x}, {y}, delta={c.a['delta']!r})",
+    "log_softmax": lambda c, x: f"torch.log_softmax({x}, dim={c.a['axis']})",
+    "take_along": lambda c, x, i: f"{x}.gather(-1, {i}.unsqueeze(-1)).squeeze(-1)",
+    "clip": lambda c, x: f"torch.clamp({x}, {c.a['low']!r}, {c.a['high']!r})",
+    "leaky_relu": lambda c, x: f"F.leaky_relu({x}, {c.a['slope']!r})",
+    "degree": lambda c, i, like: f"torch.bincount({i}, minlength={like}.shape[0]).to(torch.float32)",
 }
 
 
@@ -116,6 +123,23 @@ HELPER_IMPORTS: dict[str, tuple[str, ...]] = {"rope": ("functools",)}
 
 HELPERS: dict[str, str] = {
     **COMMON_HELPERS,
+    "scatter_add": '''
+def _scatter_add(src, index, rows):
+    """out[index[e]] += src[e] into `rows` rows (zeros where no index points)."""
+    out = torch.zeros((rows,) + tuple(src.shape[1:]), dtype=src.dtype, device=src.device)
+    return out.index_add(0, index, src)
+''',
+    "segment_softmax": '''
+def _segment_softmax(scores, index, rows):
+    """Softmax over the entries of scores that share an index, each segment's max subtracted."""
+    shape = (rows,) + tuple(scores.shape[1:])
+    spread = index.view((-1,) + (1,) * (scores.dim() - 1)).expand_as(scores)
+    top = torch.full(shape, float("-inf"), dtype=scores.dtype, device=scores.device)
+    top = top.scatter_reduce(0, spread, scores.detach(), reduce="amax", include_self=True)
+    e = torch.exp(scores - top[index])
+    total = torch.zeros(shape, dtype=scores.dtype, device=scores.device).index_add(0, index, e)
+    return e / total[index]
+''',
     "masked_cross_entropy": '''
 def _masked_cross_entropy(logits, labels, mask):
     """Cross-entropy averaged over the positions where mask is 1."""
@@ -220,30 +244,45 @@ class TorchEmitter(ModuleEmitter):
 
 
 TORCH_API = '''
-def init(seed=0):
-    """A Model holding the canonical initial weights for `seed`."""
-    return load_canonical(init_arrays(seed))
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_canonical(tensors):
-    """A Model from a dict canonical name -> numpy array (PyTorch layout)."""
+def init(seed=0, dtype="float32"):
+    """A Model holding the canonical initial weights for `seed`, as `dtype` (a key of DTYPES)."""
+    return load_canonical(init_arrays(seed), dtype)
+
+
+def load_canonical(tensors, dtype="float32"):
+    """A Model from a dict canonical name -> numpy array (PyTorch layout), its weights as `dtype`."""
     with torch.device("meta"):
         model = Model()
-    state = {name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for name, value in tensors.items()}
+    to = DTYPES[dtype]
+    state = {name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).to(to) for name, value in tensors.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
+def _numpy(t):
+    """numpy has no bfloat16: lower precisions come back as float32 (exactly)."""
+    t = t.detach().cpu()
+    return t.float().numpy() if t.dtype in (torch.bfloat16, torch.float16) else t.numpy()
+
+
 def to_canonical(state):
     """Dict canonical name -> numpy array of a Model's weights."""
-    return {name: t.detach().cpu().numpy() for name, t in state.state_dict().items()}
+    return {name: _numpy(t) for name, t in state.state_dict().items()}
 
 
 def run(state, inputs):
-    """Outputs as numpy arrays for a dict of numpy inputs."""
+    """Outputs as numpy arrays for a dict of numpy inputs (float inputs in the weights' dtype)."""
+    dtype = next(state.parameters(), torch.empty(0)).dtype
+    feed = {}
+    for name, value in inputs.items():
+        t = torch.from_numpy(np.asarray(value))
+        feed[name] = t.to(dtype) if t.is_floating_point() else t
     with torch.no_grad():
-        out = state(**{name: torch.from_numpy(np.asarray(value)) for name, value in inputs.items()})
-    return {name: value.detach().cpu().numpy() for name, value in out.items()}
+        out = state(**feed)
+    return {name: _numpy(value) for name, value in out.items()}
 '''
 
 

@@ -7,7 +7,10 @@
 3  the jitted flax module vs the torch module
 4  the compiler: every example to every target, the 70B spec, depth 12/96/768, the fitter
 5  torch.compile: generated torch eager vs compiled vs transformers compiled (bench/torch_compile_bench.py)
---onnx adds bench/onnx_bench.py's tables (compile time vs torch.onnx.export, opset choice).
+6  ONNX emission: metagenc --target onnx vs torch.onnx.export(dynamo=True), GPT-2 small, whole processes
+7  ONNX precisions: size, onnxruntime latency, logit drift of fp32/fp16/int8 GPT-2 small (bench/precision_bench.py)
+8  weights to disk: metagen weights init of Llama-2-7B at --weights-layers layers, time and peak RSS
+--onnx adds bench/onnx_bench.py's other tables (onnxruntime latency, opset choice).
 
 Model timings are interleaved in one process and reported as min and median; the machine
 line at the end gives the load average, since a shared machine moves every figure.
@@ -28,7 +31,10 @@ sys.path.insert(0, HERE)
 
 import compile_bench  # noqa: E402
 import model_bench  # noqa: E402
+import onnx_bench  # noqa: E402
+import precision_bench  # noqa: E402
 import torch_compile_bench  # noqa: E402
+import weights_bench  # noqa: E402
 from onnx_bench import Table  # noqa: E402  (rows echoed to stderr as they are measured)
 
 
@@ -62,7 +68,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5, help="interleaved model repetitions (default 5)")
     ap.add_argument("--compile-repeat", type=int, default=2, help="processes per compile figure, best kept")
-    ap.add_argument("--parts", default="12345", help="which parts to run (default 12345; 1 and 2 run together)")
+    ap.add_argument("--parts", default="12345678", help="which parts to run (default all; 1 and 2 run together)")
+    ap.add_argument("--weights-layers", type=int, default=2,
+                    help="part 8: Llama-2-7B's layers (default 2: the same largest tensors, so the same peak memory, as 32)")
     ap.add_argument("--onnx", action="store_true", help="also run bench/onnx_bench.py's tables")
     args = ap.parse_args()
 
@@ -91,6 +99,12 @@ def main() -> None:
     elif "5" in args.parts:
         for kind in ("gpt2", "llama"):
             torch_compile_bench.compiled_vs_eager(kind, args.repeat, tmp, rows)
+    if "6" in args.parts:
+        onnx_bench.emission_vs_export(args.compile_repeat, rows)
+    if "7" in args.parts:
+        rows.extend(precision_bench.rows(args.repeat, 256))
+    if "8" in args.parts:
+        rows.extend(weights_bench.rows(args.weights_layers or None))
     _print(rows)
     hf_version = importlib.metadata.version("transformers") if has_hf else "absent"
     print(
@@ -101,7 +115,7 @@ def main() -> None:
     if args.onnx:
         import subprocess
 
-        subprocess.run([sys.executable, os.path.join(HERE, "onnx_bench.py")], check=True)
+        subprocess.run([sys.executable, os.path.join(HERE, "onnx_bench.py"), "--parts", "bc"], check=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ itself is deterministic.
 | diffusion      | mse(predicted noise, noise); noising x_t = sqrt(a_t) x0 + sqrt(1-a_t) e is data-side |
 | contrastive    | (CE(s·I·Tᵀ, arange) + CE(s·T·Iᵀ, arange)) / 2, s = exp(logit_scale) |
 | masked         | masked_cross_entropy(logits, original tokens, mask); masking is data-side |
+| regression     | mse(prediction, targets) or huber(prediction, targets) (training.config.loss) |
+| forecasting    | mse (or huber) of prediction against future_values, the steps after the window |
+| reconstruction | mse(reconstruction, the input window)                             |
+| value_based    | huber(q_values[a], r + gamma (1 - done) max q_target(s')); DQN, target net data-side |
+| policy_gradient| PPO: -min(r A, clip(r) A) + 0.5 mse(V, R) - 0.01 H                |
 """
 
 from __future__ import annotations
@@ -313,12 +318,194 @@ def masked(model: Model, seq: int) -> LossProgram:
     )
 
 
-OBJECTIVES: dict[str, Callable[[Model, int], LossProgram]] = {
+REGRESSION_LOSSES = ("mse", "huber")  # training.config.loss
+
+
+def _regression_loss(m, pred, target, loss: str):
+    if loss == "huber":
+        return m.op("huber", pred, target, delta=1.0, hint="loss")
+    return m.op("mse", pred, target, hint="loss")
+
+
+def regression(model: Model, seq: int, loss: str = "mse") -> LossProgram:
+    """MSE (or Huber, delta 1) of the `prediction` output against float targets. On
+    synthetic data the targets are a fixed smooth function of the inputs (a seeded
+    random projection through tanh), so they can be learned."""
+    name, pt = _output(model, "prediction")
+    mb = ModelBuilder()
+    m = mb.module("RegressionLoss", doc=f"{'Huber' if loss == 'huber' else 'Mean squared'} error against the targets.")
+    pred = m.input("prediction", pt)
+    target = m.input("targets", pt)
+    top = m.ret(_regression_loss(m, pred, target, loss), names=["loss"])
+    draw = DataTransform(
+        "regression_targets",
+        outputs={"targets": "targets"},
+        params={"inputs": [i.name for i in model.inputs], "shape": list(pt.shape), "seed": 0},
+    )
+    spec = [InputSpec("prediction", pt, "normal"), InputSpec("targets", pt, "normal")]
+    return LossProgram(
+        "regression", _finish(mb, top, model, spec), [("output", name), ("batch", "targets")], [draw], seq,
+        f"{loss} loss; synthetic targets are tanh of a fixed random projection of the inputs",
+    )
+
+
+def forecasting(model: Model, seq: int, loss: str = "mse") -> LossProgram:
+    """MSE (or Huber) of the `prediction` [batch, horizon, channels] against the
+    `future_values` that follow the input window. Synthetic windows are smooth
+    series (two sines per channel with a random level, amplitude, frequency and
+    phase), so the future follows from the past."""
+    name, pt = _output(model, "prediction")
+    past = model.inputs[0]
+    mb = ModelBuilder()
+    m = mb.module("ForecastLoss", doc="Error of the forecast against the future values.")
+    pred = m.input("prediction", pt)
+    future = m.input("future_values", pt)
+    top = m.ret(_regression_loss(m, pred, future, loss), names=["loss"])
+    series = DataTransform(
+        "series_windows", inputs={"past": past.name}, outputs={"future": "future_values"},
+        params={"horizon": int(pt.shape[1])},
+    )
+    spec = [InputSpec("prediction", pt, "normal"), InputSpec("future_values", pt, "normal")]
+    return LossProgram(
+        "forecasting", _finish(mb, top, model, spec), [("output", name), ("batch", "future_values")], [series], seq,
+        f"{loss} loss; synthetic data: sums of sines, the window and the {pt.shape[1]} steps after it",
+    )
+
+
+def reconstruction(model: Model, seq: int) -> LossProgram:
+    """MSE of the `reconstruction` against the input window it reconstructs (an
+    autoencoder's objective; the model's anomaly score is that error per window)."""
+    name, rt = _output(model, "reconstruction")
+    window = next((i for i in model.inputs if i.type == rt), None)
+    if window is None:
+        raise ObjectiveError(f"reconstruction training needs an input shaped like the reconstruction {rt}")
+    mb = ModelBuilder()
+    m = mb.module("ReconstructionLoss", doc="Mean squared reconstruction error.")
+    recon = m.input("reconstruction", rt)
+    target = m.input(window.name, rt)
+    top = m.ret(m.op("mse", recon, target, hint="loss"), names=["loss"])
+    series = DataTransform("series_windows", inputs={"past": window.name}, params={"horizon": 0})
+    spec = [InputSpec("reconstruction", rt, "normal"), InputSpec(window.name, rt, "normal")]
+    return LossProgram(
+        "reconstruction", _finish(mb, top, model, spec), [("output", name), ("batch", window.name)], [series], seq,
+        "synthetic windows are sums of sines",
+    )
+
+
+# Reinforcement learning: the data side acts in a toy environment (backends/runtime/
+# data.py: `corridor_transitions`, `bandit_rollouts`) with the model the training loop
+# hands it (`RUNNERS`: the online weights, and a target network refreshed every
+# TARGET_EVERY steps), so the loss graphs see ordinary batch fields.
+GAMMA = 0.9  # the corridor is short
+TARGET_EVERY = 50
+PPO_CLIP, PPO_VALUE, PPO_ENTROPY, PPO_EPOCHS = 0.2, 0.5, 0.01, 4
+
+
+def value_based(model: Model, seq: int) -> LossProgram:
+    """DQN's temporal-difference loss: Huber(Q(s)[a], r + gamma (1 - done) max_a'
+    Q_target(s')[a']). The target is computed on the data side with the target
+    network (a second weight set, refreshed every TARGET_EVERY steps), so no gradient
+    flows into it."""
+    name, qt = _output(model, "q_values")
+    obs = model.inputs[0]
+    rows = TensorType(DType.f32, qt.shape[:-1])
+    mb = ModelBuilder()
+    m = mb.module("TemporalDifferenceLoss", doc="Huber loss of Q(s, a) against the bootstrapped target.")
+    q = m.input("q_values", qt)
+    actions = m.input("actions", rows.with_dtype(DType.i64))
+    targets = m.input("td_targets", rows)
+    q_sa = m.op("take_along", q, actions, hint="q_sa")
+    top = m.ret(m.op("huber", q_sa, targets, delta=1.0, hint="loss"), names=["loss"])
+    env = DataTransform(
+        "corridor_transitions",
+        inputs={"observation": obs.name},
+        outputs={"actions": "actions", "td_targets": "td_targets"},
+        params={"gamma": GAMMA, "target_every": TARGET_EVERY, "runners": ["target"], "q": name, "num_actions": int(qt.shape[-1])},
+    )
+    spec = [InputSpec("q_values", qt, "normal"), InputSpec("actions", actions.type, "tokens", 0, qt.shape[-1]), InputSpec("td_targets", rows, "normal")]
+    return LossProgram(
+        "value_based", _finish(mb, top, model, spec), [("output", name), ("batch", "actions"), ("batch", "td_targets")],
+        [env], seq, f"DQN, gamma {GAMMA}, target network refreshed every {TARGET_EVERY} steps; synthetic data: the corridor MDP",
+    )
+
+
+def policy_gradient(model: Model, seq: int) -> LossProgram:
+    """PPO's clipped surrogate, value and entropy loss:
+    -mean(min(r A, clip(r, 1 - eps, 1 + eps) A)) + c_v mse(V, returns) - c_e H,
+    r = exp(log pi(a|s) - log pi_old(a|s)). Discrete actions: a categorical over
+    `logits`; continuous: a diagonal Gaussian (`mean`, `log_std`), whose log-density
+    and entropy leave out the constant 0.5 log(2 pi) (e) per dimension (it cancels in
+    r and has no gradient)."""
+    top_names = model.top_module.output_names
+    _, vt = _output(model, "value")
+    obs = model.inputs[0]
+    mb = ModelBuilder()
+    m = mb.module("ClippedSurrogateLoss", doc="PPO: clipped surrogate + value + entropy.")
+    if "logits" in top_names:
+        _, lt = _output(model, "logits")
+        logits = m.input("logits", lt)
+        actions = m.input("actions", vt.with_dtype(DType.i64))
+        logp_all = m.op("log_softmax", logits, hint="logp_all")
+        logp = m.op("take_along", logp_all, actions, hint="logp")
+        plogp = m.op("mul", m.op("softmax", logits, hint="p"), logp_all, hint="plogp")
+        entropy = m.op("scale", m.op("mean", plogp, axis=-1, hint="h"), factor=-float(lt.shape[-1]), hint="entropy")
+        heads = [("logits", lt)]
+        space = {"space": "discrete", "num_actions": int(lt.shape[-1])}
+        action_spec = InputSpec("actions", actions.type, "tokens", 0, lt.shape[-1])
+    else:
+        _, mt = _output(model, "mean")
+        mean = m.input("mean", mt)
+        log_std = m.input("log_std", mt)
+        actions = m.input("actions", mt)
+        dims = float(mt.shape[-1])
+        z = m.op("div", m.op("sub", actions, mean, hint="d"), m.op("exp", log_std, hint="std"), hint="z")
+        per_dim = m.op("add", m.op("scale", m.op("mul", z, z, hint="z2"), factor=0.5, hint="z2"), log_std, hint="nll")
+        logp = m.op("scale", m.op("mean", per_dim, axis=-1, hint="nll"), factor=-dims, hint="logp")
+        entropy = m.op("scale", m.op("mean", log_std, axis=-1, hint="h"), factor=dims, hint="entropy")
+        heads = [("mean", mt), ("log_std", mt)]
+        space = {"space": "continuous", "action_dim": int(mt.shape[-1])}
+        action_spec = InputSpec("actions", mt, "normal")
+    value = m.input("value", vt)
+    old = m.input("old_log_probs", vt)
+    adv = m.input("advantages", vt)
+    returns = m.input("returns", vt)
+    ratio = m.op("exp", m.op("sub", logp, old, hint="log_ratio"), hint="ratio")
+    s1 = m.op("mul", ratio, adv, hint="s1")
+    s2 = m.op("mul", m.op("clip", ratio, low=1.0 - PPO_CLIP, high=1.0 + PPO_CLIP, hint="clipped"), adv, hint="s2")
+    pg = m.op("scale", m.op("mean", m.op("minimum", s1, s2, hint="surr"), axis=0, hint="surr"), factor=-1.0, hint="pg")
+    vf = m.op("scale", m.op("mse", value, returns, hint="vf"), factor=PPO_VALUE, hint="vf")
+    ent = m.op("scale", m.op("mean", entropy, axis=0, hint="ent"), factor=-PPO_ENTROPY, hint="ent")
+    top = m.ret(m.op("add", m.op("add", pg, vf, hint="loss"), ent, hint="loss"), names=["loss"])
+    env = DataTransform(
+        "bandit_rollouts",
+        inputs={"observation": obs.name},
+        outputs={k: k for k in ("actions", "old_log_probs", "advantages", "returns", "rewards")},
+        params={**space, "epochs": PPO_EPOCHS, "runners": ["online"], "seed": 0},
+    )
+    spec = [InputSpec(n, t, "normal") for n, t in heads] + [action_spec] + [
+        InputSpec(n, vt, "normal") for n in ("value", "old_log_probs", "advantages", "returns")
+    ]
+    sources = [("output", n) for n, _ in heads] + [("batch", "actions"), ("output", "value")] + [
+        ("batch", n) for n in ("old_log_probs", "advantages", "returns")
+    ]
+    return LossProgram(
+        "policy_gradient", _finish(mb, top, model, spec), sources, [env], seq,
+        f"PPO, clip {PPO_CLIP}, value {PPO_VALUE}, entropy {PPO_ENTROPY}, {PPO_EPOCHS} steps per rollout; "
+        "synthetic data: a contextual bandit",
+    )
+
+
+OBJECTIVES: dict[str, Callable[..., LossProgram]] = {
     "masked": masked,
     "autoregressive": autoregressive,
     "classification": classification,
     "diffusion": diffusion,
     "contrastive": contrastive,
+    "regression": regression,
+    "forecasting": forecasting,
+    "reconstruction": reconstruction,
+    "value_based": value_based,
+    "policy_gradient": policy_gradient,
 }
 
 def objective_name(ctx: CompileContext) -> str:
@@ -328,8 +515,11 @@ def objective_name(ctx: CompileContext) -> str:
         return names[0]
     from metagen.compiler.families import FAMILIES
 
-    default = FAMILIES[ctx.family].default_objective
-    return default or ("classification" if "logits" in ctx.model.output_names else "")
+    default = FAMILIES[ctx.family].objective(ctx)
+    if default:
+        return default
+    outputs = ctx.model.output_names
+    return "classification" if "logits" in outputs else ("regression" if "prediction" in outputs else "")
 
 
 def training_seq_len(ctx: CompileContext) -> int:
@@ -342,7 +532,18 @@ def build_loss(ctx: CompileContext) -> LossProgram:
     name = objective_name(ctx)
     if name not in OBJECTIVES:
         raise ObjectiveError(f"objective '{name}' has no loss definition for family '{ctx.family}' yet")
-    return OBJECTIVES[name](ctx.model, training_seq_len(ctx))
+    options = {}
+    if name in LOSS_CHOICE:
+        config = ctx.spec.training.get("config") if getattr(ctx.spec, "training", None) is not None else None
+        options["loss"] = (config.get("loss") if config is not None else None) or "mse"
+    from metagen.compiler.families import FAMILIES
+
+    program = OBJECTIVES[name](ctx.model, training_seq_len(ctx), **options)
+    program.data = FAMILIES[ctx.family].data_transforms(ctx) + list(program.data)
+    return program
+
+
+LOSS_CHOICE = ("regression", "forecasting")  # objectives that take training.config.loss
 
 
 # ---------------------------------------------------------------- feasibility

@@ -169,10 +169,14 @@ def params_estimate(comp: Compilation) -> dict[str, Any]:
 
 
 def emit_target(
-    comp: Compilation, target: str, seed: int, weights: dict | None = None, data_name: str = "model.onnx.data"
-) -> dict[str, bytes]:
+    comp: Compilation, target: str, seed: int, weights: dict | None = None, data_name: str = "model.onnx.data", stream: bool = False
+) -> dict:
     """Files for one target, keyed by a name relative to the output's folder ('' = the
-    main file; ONNX may add an external-data file named `data_name`)."""
+    main file; ONNX may add an external-data file named `data_name`). Bytes, or with
+    `stream` possibly `outputs.Streamed` for the weights (see `Backend.lower`)."""
     from metagen.backends import registry
+    from metagen.precision import onnx_precision
 
-    return registry.get(target).lower(comp.model, seed=seed, weights=weights, data_name=data_name)
+    backend = registry.get(target)
+    precision = onnx_precision(comp, comp.ctx.sink) if backend.binary else "fp32"
+    return backend.lower(comp.model, seed=seed, weights=weights, data_name=data_name, stream=stream, precision=precision)

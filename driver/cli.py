@@ -195,7 +195,7 @@ def metagenc_main(argv: list[str] | None = None) -> int:
         from metagen.artifacts import emit_target
 
         data_name = os.path.basename(out) + ".data"
-        files = emit_target(comp, args.target, _effective_seed(args, comp), weights=weights, data_name=data_name)
+        files = emit_target(comp, args.target, _effective_seed(args, comp), weights=weights, data_name=data_name, stream=True)
         if args.werror and sink.warnings:
             return _finish(sink, True)  # before writing: a failed build leaves no output
     except CompileError as exc:
@@ -275,6 +275,15 @@ def _cmd_synth(args) -> int:
     from metagen.explain import design_of, summary_lines
 
     print("\n".join(summary_lines(design_of(comp, args.spec), folder=path)))
+    if "onnx" in comp.spec.outputs.targets:
+        from metagen.backends.onnx_backend import onnx_form, weights_bytes
+        from metagen.precision import onnx_precision
+
+        if onnx_form(comp.model, weights_given=False, precision=onnx_precision(comp)) == "graph_only":
+            from metagen.frontend.units import format_bytes
+
+            print(f"  onnx weights not written ({format_bytes(weights_bytes(comp.model))} of float32); "
+                  f"draw them with: metagen weights init {path}")
     return code
 
 
@@ -440,6 +449,20 @@ def _cmd_export_hf(args) -> int:
         sink.absorb(exc.diagnostics)
         return _finish(sink) or 1
     return _finish(sink, args.werror)
+
+
+def _cmd_weights_init(args) -> int:
+    from metagen.weights import init_run_weights
+
+    sink = DiagnosticSink()
+    try:
+        where, nbytes, seed = init_run_weights(args.run_dir, args.seed, sink)
+    except CompileError as exc:
+        sink.absorb(exc.diagnostics)
+        return _finish(sink) or 1
+    code = _finish(sink)
+    print(f"wrote {where} ({nbytes:,} bytes of float32 weights, init(seed={seed}))")
+    return code
 
 
 def _cmd_tokenizer_train(args) -> int:
@@ -677,6 +700,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated special tokens, ids 0, 1, ... (default: <|endoftext|>)")
     sp.add_argument("-o", dest="output", required=True, metavar="tokenizer.json", help="the file to write")
     sp.set_defaults(fn=_cmd_tokenizer_train)
+
+    sp = command(
+        "weights",
+        "write a run's weights",
+        "Write weights a run folder's files point to but `metagen synth` did not write.",
+    )
+    wsub = sp.add_subparsers(dest="weights_command", required=True)
+    sp = wsub.add_parser(
+        "init",
+        help="draw the canonical initial weights into the run's ONNX model",
+        description="Draw init(seed)'s canonical weights (bit-identical to every backend's init) into RUN_DIR's "
+        "ONNX model: onnx/model.onnx.data for a model above the size `metagen synth` embeds (1 GiB of float32), "
+        "else onnx/model.onnx itself. One tensor at a time: memory stays near the largest tensor.",
+    )
+    sp.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `metagen synth`")
+    sp.add_argument("--seed", type=_seed, help="seed of the weights (default: the run's)")
+    sp.set_defaults(fn=_cmd_weights_init)
 
     sp = sub.add_parser("fmt", help="canonical layout of a .mg file")
     sp.add_argument("file", help="the .mg file, rewritten in place")

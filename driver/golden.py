@@ -57,6 +57,19 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/reference/bert_base_classifier.yaml", full_ir=True),
     GoldenSpec("examples/reference/clip_vit_b32.yaml", full_ir=True),
     GoldenSpec("examples/reference/sd15_unet.yaml", full_ir=True, heavy=True),
+    GoldenSpec("examples/tabular/house_prices.yaml", full_ir=True),
+    GoldenSpec("examples/tabular/churn_ft_transformer.yaml", full_ir=True),
+    GoldenSpec("examples/reference/patchtst.yaml", full_ir=True),
+    GoldenSpec("examples/timeseries/load_forecaster.yaml"),
+    GoldenSpec("examples/timeseries/sensor_anomaly.yaml"),
+    GoldenSpec("examples/reference/dqn_atari.yaml", full_ir=True),
+    GoldenSpec("examples/rl/ppo_continuous.yaml"),
+    GoldenSpec("examples/rl/ppo_discrete.yaml"),
+    GoldenSpec("examples/rl/dqn_vector.yaml"),
+    GoldenSpec("examples/graph/molecule_gat.yaml"),
+    GoldenSpec("examples/graph/citation_gcn.yaml"),
+    GoldenSpec("examples/graph/link_gin.yaml"),
+    GoldenSpec("examples/graph/solubility_gin.yaml"),
 ]
 
 

@@ -286,6 +286,43 @@ def clip_text_to_canonical(sd: dict, prefix: str = "text_encoder.") -> dict[str,
     return out
 
 
+def _batchnorm_folded(out: dict, dst: str, sd: dict, src: str, eps: float) -> None:
+    """A BatchNorm in eval mode -> the frozen form x / sqrt(1 + eps) * weight + bias
+    (compiler/families/timeseries.py): the running statistics fold into weight and
+    bias, so the output is the same for any trained statistics."""
+    w, b = _np(sd[f"{src}.weight"]).astype(np.float64), _np(sd[f"{src}.bias"]).astype(np.float64)
+    mean = _np(sd.get(f"{src}.running_mean", np.zeros_like(w))).astype(np.float64)
+    var = _np(sd.get(f"{src}.running_var", np.ones_like(w))).astype(np.float64)
+    gain = w / np.sqrt(var + eps)
+    out[f"{dst}.weight"] = (gain * np.sqrt(1.0 + eps)).astype(np.float32)
+    out[f"{dst}.bias"] = (b - mean * gain).astype(np.float32)
+
+
+def patchtst_to_canonical(sd: dict, eps: float = 1e-5) -> dict[str, np.ndarray]:
+    """transformers `PatchTSTForPrediction` (shared embedding and projection, no
+    channel attention, no class token) -> the time-series family's PatchTST names.
+    BatchNorm sublayers fold their running statistics (`_batchnorm_folded`);
+    LayerNorm ones (norm_type="layernorm") are copied."""
+    e = "model.encoder"
+    out = {"pos_embed": _np(sd[f"{e}.positional_encoder.position_enc"])}
+    _lin(out, "patch_embed", sd, f"{e}.embedder.input_embedding")
+    for i in range(_layers(sd, rf"{re.escape(e)}\.layers\.(\d+)\.")):
+        a, b = f"{e}.layers.{i}", f"blocks.{i}"
+        for part in ("weight", "bias"):
+            q, k, v = (sd[f"{a}.self_attn.{n}_proj.{part}"] for n in "qkv")
+            out[f"{b}.attn.qkv_proj.{part}"] = _qkv(q, k, v)
+        _lin(out, f"{b}.attn.o_proj", sd, f"{a}.self_attn.out_proj")
+        _lin(out, f"{b}.mlp.fc_in", sd, f"{a}.ff.0")
+        _lin(out, f"{b}.mlp.fc_out", sd, f"{a}.ff.3")
+        for dst, src in (("attn_norm", "norm_sublayer1"), ("mlp_norm", "norm_sublayer3")):
+            if f"{a}.{src}.batchnorm.weight" in sd:
+                _batchnorm_folded(out, f"{b}.{dst}", sd, f"{a}.{src}.batchnorm", eps)
+            else:
+                _ln(out, f"{b}.{dst}", sd, f"{a}.{src}")
+    _lin(out, "head", sd, "head.projection")
+    return out
+
+
 # ------------------------------------------------------------ located JSON keys
 
 

@@ -9,8 +9,52 @@ import shutil
 import stat
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Union
 
 from metagen.diagnostics import CompileError, Diagnostic, Loc
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A file's content too large to hold in memory: `write(fh)` writes it into an
+    open binary file, piece by piece (ONNX weights, see backends/onnx_backend.py).
+    Every writer below accepts it wherever it accepts bytes."""
+
+    write: Callable[[BinaryIO], None]
+
+    def to_bytes(self) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        self.write(buf)
+        return buf.getvalue()
+
+
+Content = Union[bytes, Streamed]
+
+
+def _put(fh: BinaryIO, data: Content) -> None:
+    if isinstance(data, Streamed):
+        data.write(fh)
+    else:
+        fh.write(data)
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two files hold the same bytes (read in 16 MiB pieces)."""
+    try:
+        if os.path.getsize(a) != os.path.getsize(b):
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                x, y = fa.read(1 << 24), fb.read(1 << 24)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    except OSError:
+        return False
 
 
 class OutputError(CompileError):
@@ -124,7 +168,7 @@ def remove_stale_temps(folder: str, now: float | None = None) -> list[str]:
     return removed
 
 
-def write_if_changed(path: str, data: bytes) -> bool:
+def write_if_changed(path: str, data: Content) -> bool:
     """Atomically replace `path` with `data` unless it already holds exactly that.
     Only regular files are written (see `regular_file_target`); an OS failure
     (read-only folder, full disk, a file where a folder should be) is an OutputError
@@ -136,13 +180,14 @@ def write_if_changed(path: str, data: bytes) -> bool:
         raise OutputError(path, f"cannot write output: {exc.strerror or exc}") from None
 
 
-def _write_if_changed(path: str, data: bytes) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            if fh.read(len(data) + 1) == data:
-                return False
-    except OSError:
-        pass
+def _write_if_changed(path: str, data: Content) -> bool:
+    if not isinstance(data, Streamed):
+        try:
+            with open(path, "rb") as fh:
+                if fh.read(len(data) + 1) == data:
+                    return False
+        except OSError:
+            pass
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     remove_stale_temps(d)
@@ -150,7 +195,10 @@ def _write_if_changed(path: str, data: bytes) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), dir=d)
     try:
         with open(fd, "wb") as fh:
-            fh.write(data)
+            _put(fh, data)
+        if isinstance(data, Streamed) and _same_file(tmp, path):
+            os.unlink(tmp)  # streamed content is compared once written: unchanged keeps its mtime
+            return False
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -162,7 +210,7 @@ def _write_if_changed(path: str, data: bytes) -> bool:
     return True
 
 
-def write_files(files: dict[str, bytes]) -> None:
+def write_files(files: dict[str, Content]) -> None:
     """Write several outputs (path -> bytes), each atomically. Every target is checked
     before the first is written, so a refused one leaves nothing half-written."""
     for path in files:
@@ -171,7 +219,7 @@ def write_files(files: dict[str, bytes]) -> None:
         write_if_changed(path, data)
 
 
-def write_tree(root: str, files: dict[str, bytes]) -> None:
+def write_tree(root: str, files: dict[str, Content]) -> None:
     """Write every file of a tree under `root`; the tree appears whole or not at all
     (built in a sibling temporary folder, then renamed into place). OS failures are
     diagnostics at `root`."""
@@ -186,7 +234,7 @@ def write_tree(root: str, files: dict[str, bytes]) -> None:
         raise OutputError(root, f"cannot write the run folder: {exc.strerror or exc}") from None
 
 
-def _write_tree(root: str, files: dict[str, bytes]) -> None:
+def _write_tree(root: str, files: dict[str, Content]) -> None:
     parent = os.path.dirname(os.path.abspath(root)) or "."
     os.makedirs(parent, exist_ok=True)
     remove_stale_temps(parent)
@@ -197,7 +245,7 @@ def _write_tree(root: str, files: dict[str, bytes]) -> None:
             p = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(p), exist_ok=True)
             with open(p, "wb") as fh:
-                fh.write(data)
+                _put(fh, data)
         if os.path.isdir(root):
             old = tempfile.mkdtemp(prefix=_temp_prefix() + "old-", dir=parent)
             os.rmdir(old)

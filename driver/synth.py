@@ -17,9 +17,11 @@ from metagen.outputs import write_tree
 from metagen.pipeline import Compilation
 
 
-def synth_files(comp: Compilation, seed: int) -> dict[str, bytes]:
+def synth_files(comp: Compilation, seed: int, stream: bool = False) -> dict:
     """The run folder's files: the blueprint, then each of the spec's `outputs.targets`
-    at its registry path (with its training program where the backend has one)."""
+    at its registry path (with its training program where the backend has one).
+    Bytes, or with `stream` `outputs.Streamed` for the ONNX weights: they are drawn
+    and written one tensor at a time when the folder is written."""
     from metagen.backends import registry
     from metagen.training import training_files
 
@@ -30,9 +32,12 @@ def synth_files(comp: Compilation, seed: int) -> dict[str, bytes]:
         "blueprint/graph.json": _json(graph_json(comp.model), "blueprint/graph.json", comp.spec.loc()),
     }
     targets = [registry.get(name) for name in dict.fromkeys(comp.spec.outputs.targets)]
+    from metagen.precision import onnx_precision
+
     for backend in targets:
         folder, main = os.path.split(backend.synth_path)
-        for rel, data in backend.lower(comp.model, seed=seed, data_name=main + ".data").items():
+        precision = onnx_precision(comp, comp.ctx.sink) if backend.binary else "fp32"
+        for rel, data in backend.lower(comp.model, seed=seed, data_name=main + ".data", stream=stream, precision=precision).items():
             files[os.path.join(folder, rel or main)] = data
     files.update(training_files(comp, seed, [b for b in targets if b.training]))
     from metagen.model_card import model_card
@@ -43,7 +48,7 @@ def synth_files(comp: Compilation, seed: int) -> dict[str, bytes]:
 
 def synthesize(comp: Compilation, out_dir: str, seed: int, rid: str | None = None) -> str:
     rid = rid or run_id(comp, seed)
-    files = synth_files(comp, seed)
+    files = synth_files(comp, seed, stream=True)
     root = os.path.join(out_dir, rid)
     write_tree(root, files)
     return root

@@ -796,3 +796,177 @@ def _masked_cross_entropy(a, ins):
 
 def _sqrt(x: float) -> float:
     return math.sqrt(x)
+
+
+# ---------------------------------------------------------------- tabular, time series, graphs, RL
+
+
+@op("dropout", ("x",), (Attr("rate", "float"),), flops=_flops_zero)
+def _dropout(a, ins):
+    """Identity at inference; during torch training, zero each element with
+    probability `rate` and scale the rest by 1 / (1 - rate)."""
+    _need_float("dropout", ins[0])
+    if not 0.0 <= a["rate"] < 1.0:
+        raise OpError(f"op 'dropout': rate {a['rate']} is not in [0, 1)")
+    return [ins[0]]
+
+
+_binary("div", "a / b with numpy broadcasting.")
+@op("sqrt", ("x",), (Attr("eps", "float", 0.0),), flops=lambda a, i, o, b: 4 * o[0].numel(b))
+def _sqrt_op(a, ins):
+    """sqrt(x + eps)."""
+    _need_float("sqrt", ins[0])
+    return [ins[0]]
+
+
+def _reshape_factors(shape: tuple[Dim, ...]) -> tuple[int, list[str]]:
+    """A shape's element count as an integer times symbols ("batch*3" -> 3, [batch])."""
+    num, syms = 1, []
+    for d in shape:
+        for factor in ([d] if isinstance(d, int) else str(d).split("*")):
+            if isinstance(factor, int) or factor.isdigit():
+                num *= int(factor)
+            elif "+" in factor:
+                raise OpError(f"op 'reshape': cannot split the dimension {d}")
+            else:
+                syms.append(factor)
+    return num, sorted(syms)
+
+
+@op("reshape", ("x",), (Attr("shape", "ints"),), flops=_flops_zero)
+def _reshape(a, ins):
+    """x in a new shape of the same element count; one entry of `shape` may be -1,
+    standing for what is left, symbols included ([batch, 3, 10, 8] -> (-1, 10, 8)
+    is [batch*3, 10, 8], and back with (-1, 3, 10, 8))."""
+    (x,) = ins
+    shape = a["shape"]
+    if sum(1 for d in shape if d == -1) > 1 or any(d == 0 or d < -1 for d in shape):
+        raise OpError(f"op 'reshape': shape {shape} needs positive sizes and at most one -1")
+    num, syms = _reshape_factors(x.shape)
+    known = math.prod(d for d in shape if d != -1)
+    if -1 not in shape:
+        if syms or known != num:
+            raise OpError(f"op 'reshape': {x} does not have the {known} elements of {shape}")
+        return [x.with_shape(tuple(shape))]
+    if num % known:
+        raise OpError(f"op 'reshape': {x} cannot be viewed as {shape}")
+    rest: Dim = num // known
+    for s in syms:
+        rest = dim_mul(s, rest) if rest != 1 else s
+    return [x.with_shape(tuple(rest if d == -1 else d for d in shape))]
+
+
+@op("frames", ("x",), (Attr("size", "int"), Attr("step", "int")), flops=_flops_zero)
+def _frames(a, ins):
+    """Overlapping windows along the last axis: x [..., L] -> [..., N, size], window
+    i starting at i * step, N = (L - size) // step + 1 (a trailing remainder is
+    dropped), as torch's `Tensor.unfold(-1, size, step)`."""
+    (x,) = ins
+    n = x.shape[-1] if x.rank else None
+    if not isinstance(n, int) or a["size"] < 1 or a["step"] < 1 or a["size"] > n:
+        raise OpError(f"op 'frames' needs a concrete last axis of at least {a['size']}, got {x}")
+    count = (n - a["size"]) // a["step"] + 1
+    return [x.with_shape(x.shape[:-1] + (count, a["size"]))]
+
+
+@op("huber", ("a", "b"), (Attr("delta", "float", 1.0),), flops=lambda a, i, o, b: 5 * i[0].numel(b))
+def _huber(a, ins):
+    """Mean Huber loss (a scalar): 0.5 d^2 where |d| <= delta, else delta (|d| - delta / 2)."""
+    x, y = ins
+    if x != y:
+        raise OpError(f"op 'huber' needs equal operands, got {x} and {y}")
+    return [TensorType(x.dtype, ())]
+
+
+@op("log_softmax", ("x",), (Attr("axis", "int", -1),), flops=lambda a, i, o, b: 5 * o[0].numel(b))
+def _log_softmax(a, ins):
+    """log(softmax(x)) along one axis, computed stably (x - logsumexp(x))."""
+    _need_float("log_softmax", ins[0])
+    _axis("log_softmax", ins[0], a["axis"])
+    return [ins[0]]
+
+
+@op("take_along", ("x", "index"), flops=_flops_zero)
+def _take_along(a, ins):
+    """x[..., index[...]]: one entry of the last axis per row, x [..., C] and integer
+    index [...] -> [...] (a Q-value or log-probability of the action taken)."""
+    x, idx = ins
+    if idx.dtype not in (DType.i64, DType.i32) or x.shape[:-1] != idx.shape:
+        raise OpError(f"op 'take_along' needs x [..., C] and integer index [...], got {x} and {idx}")
+    return [idx.with_dtype(x.dtype)]
+
+
+@op("clip", ("x",), (Attr("low", "float"), Attr("high", "float")))
+def _clip(a, ins):
+    """min(max(x, low), high), constant bounds."""
+    _need_float("clip", ins[0])
+    if a["low"] > a["high"]:
+        raise OpError(f"op 'clip': low {a['low']} is above high {a['high']}")
+    return [ins[0]]
+
+
+_binary("minimum", "min(a, b) elementwise, numpy broadcasting.")
+
+
+# ---------------------------------------------------------------- message passing (graphs)
+# A graph batch is node rows [nodes, ...] and an edge index; `like` operands lend
+# their first dimension (the node or graph count), which stays symbolic.
+
+
+def _index_vector(op: str, t: TensorType) -> None:
+    if t.dtype not in (DType.i64, DType.i32) or t.rank != 1:
+        raise OpError(f"op '{op}' needs an integer index vector, got {t}")
+
+
+@op("gather_rows", ("x", "index"), flops=_flops_zero)
+def _gather_rows(a, ins):
+    """x[index]: rows of x [N, ...] at integer index [E] -> [E, ...] (a node's
+    features onto each of its edges)."""
+    x, idx = ins
+    _index_vector("gather_rows", idx)
+    if x.rank < 1:
+        raise OpError("op 'gather_rows' needs x of rank >= 1")
+    return [x.with_shape((idx.shape[0],) + x.shape[1:])]
+
+
+@op("scatter_add", ("src", "index", "like"))
+def _scatter_add(a, ins):
+    """out[index[e]] += src[e]: src [E, ...] summed into like.shape[0] rows (a
+    node's incoming messages; a graph's nodes); rows no index names stay 0."""
+    src, idx, like = ins
+    _index_vector("scatter_add", idx)
+    _need_float("scatter_add", src)
+    if src.rank < 1 or src.shape[0] != idx.shape[0] or like.rank < 1:
+        raise OpError(f"op 'scatter_add' needs src [E, ...], index [E] and like [N, ...], got {src}, {idx}, {like}")
+    return [src.with_shape((like.shape[0],) + src.shape[1:])]
+
+
+@op("segment_softmax", ("scores", "index", "like"), flops=lambda a, i, o, b: 6 * o[0].numel(b))
+def _segment_softmax(a, ins):
+    """Softmax of scores [E, ...] over the entries that share index[e] (each node's
+    incoming edges), per trailing position; `like` [N, ...] gives the segment count.
+    Stable: each segment's maximum is subtracted first."""
+    s, idx, like = ins
+    _index_vector("segment_softmax", idx)
+    _need_float("segment_softmax", s)
+    if s.rank < 1 or s.shape[0] != idx.shape[0] or like.rank < 1:
+        raise OpError(f"op 'segment_softmax' needs scores [E, ...], index [E] and like [N, ...], got {s}, {idx}, {like}")
+    return [s]
+
+
+@op("leaky_relu", ("x",), (Attr("slope", "float", 0.01),))
+def _leaky_relu(a, ins):
+    """x where x >= 0, slope * x elsewhere."""
+    _need_float("leaky_relu", ins[0])
+    return [ins[0]]
+
+
+@op("degree", ("index", "like"), flops=_flops_zero)
+def _degree(a, ins):
+    """How many entries of index [E] name each of like.shape[0] rows (float32 [N]):
+    a node's in-degree from the targets of its edges."""
+    idx, like = ins
+    _index_vector("degree", idx)
+    if like.rank < 1:
+        raise OpError(f"op 'degree' needs like [N, ...], got {like}")
+    return [TensorType(DType.f32, (like.shape[0],))]

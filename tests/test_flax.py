@@ -164,6 +164,42 @@ CASES: dict[str, list] = {
             g.x("mask", 2, 5, kind="tokens", high=2),
         )
     ],
+    "dropout": [_unary("dropout", rate=0.25)],
+    "div": [lambda g: g.m.op("div", g.x("x", 2, 5, 8), g.x("y", 8, kind="uniform", low=0.5, high=2.0))],
+    "sqrt": [
+        lambda g: g.m.op("sqrt", g.x("x", 2, 5, 8, kind="uniform", low=0.01, high=4.0)),
+        lambda g: g.m.op("sqrt", g.x("x", 2, 5, 8, kind="uniform", low=0.0, high=4.0), eps=1e-5),
+    ],
+    "reshape": [
+        lambda g: g.m.op("reshape", g.x("x", 2, 3, 4, 8), shape=(-1, 4, 8)),
+        lambda g: g.m.op("reshape", g.x("x", 6, 5), shape=(2, -1, 5)),
+    ],
+    "frames": [_unary("frames", (2, 3, 13), size=4, step=3), _unary("frames", (2, 8), size=8, step=1)],
+    "log_softmax": [_unary("log_softmax"), _unary("log_softmax", axis=1)],
+    "take_along": [
+        lambda g: g.m.op("take_along", g.x("x", 2, 5, 8), g.ids("index", 2, 5, high=8)),
+        lambda g: g.m.op("take_along", g.x("x", 3, 4), g.ids("index", 3, high=4)),
+    ],
+    "clip": [_unary("clip", low=-0.2, high=0.3)],
+    "minimum": [_binary("minimum")],
+    "gather_rows": [
+        lambda g: g.m.op("gather_rows", g.x("x", 5, 8), g.ids("index", 7, high=5)),
+        lambda g: g.m.op("gather_rows", g.x("x", 5, 2, 3), g.ids("index", 4, high=5)),
+    ],
+    "scatter_add": [
+        lambda g: g.m.op("scatter_add", g.x("src", 9, 8), g.ids("index", 9, high=6), g.x("like", 6, 8)),
+        lambda g: g.m.op("scatter_add", g.x("src", 9, 2, 3), g.ids("index", 9, high=4), g.x("like", 5)),
+    ],
+    "segment_softmax": [
+        lambda g: g.m.op("segment_softmax", g.x("scores", 12, 3), g.ids("index", 12, high=4), g.x("like", 5, 8)),
+        lambda g: g.m.op("segment_softmax", g.x("scores", 7), g.ids("index", 7, high=3), g.x("like", 3)),
+    ],
+    "leaky_relu": [_unary("leaky_relu"), _unary("leaky_relu", slope=0.2)],
+    "degree": [lambda g: g.m.op("degree", g.ids("index", 9, high=5), g.x("like", 6, 2))],
+    "huber": [
+        lambda g: g.m.op("huber", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8)),
+        lambda g: g.m.op("huber", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8), delta=0.3),
+    ],
 }
 
 

@@ -54,7 +54,7 @@ def test_wrong_type_and_enum(tmp_path):
     assert out == [
         "7:11: error: 'architecture.layers' must be an integer, not a string 'two'",
         "8:15: error: 'architecture.activation' must be one of \"gelu\", \"gelu_tanh\", \"quick_gelu\", "
-        "\"relu\", \"silu\", \"swiglu\", \"geglu\", not \"gelu2\" (did you mean \"gelu\"?)",
+        "\"relu\", \"silu\", \"swiglu\", \"geglu\", \"tanh\", not \"gelu2\" (did you mean \"gelu\"?)",
     ]
 
 
@@ -266,7 +266,7 @@ SCHEMA_CASES = [
     ("architecture.layers", 12.5, "error"),
     ("architecture.layers", 0, "error"),
     ("architecture.bias", "yes", "error"),
-    ("architecture.norm", "batchnorm", "error"),
+    ("architecture.norm", "groupnorm", "error"),
     ("constraints.memory_budget", 8589934592, "error"),
     ("constraints.memory_budget", "8GB", None),
 ]

@@ -62,7 +62,7 @@ def test_unsupported_modality_is_one_warning(tmp_path):
 @pytest.mark.parametrize(
     "family, words",
     [
-        ("cnn", "not implemented yet"),
+        ("cnn", "implemented only as rl_agent"),
         ("unet", "implemented only as diffusion_unet"),
         ("diffusion", "does not fit this modality and objective"),
     ],

@@ -69,7 +69,7 @@ def _carry(out, names, keys, high):
     for name in names:
         spec = kinds[name]
         x = out[name]
-        if keys.ndim == 1 and spec["kind"] == "tokens":
+        if keys.ndim == 1 and spec["kind"] == "tokens" and x.ndim > 1:
             x[(slice(None),) * (x.ndim - 1) + (0,)] = keys.reshape(
                 (-1,) + (1,) * (x.ndim - 2)
             ) % int(spec["high"])
@@ -140,11 +140,261 @@ def diffusion_noise(batch, rng, transform, batch_size, synthetic):
     batch[transform["outputs"]["noise"]] = noise
 
 
+def regression_targets(batch, rng, transform, batch_size, synthetic):
+    """Float targets of the declared shape, unless the data file has them: a fixed
+    smooth function of the inputs (tanh of a projection drawn once from the
+    transform's seed; integer inputs enter as cos(1.3 id)), so they can be learned."""
+    name = transform["outputs"]["targets"]
+    if name in batch:
+        return
+    cols = []
+    for inp in transform["params"]["inputs"]:
+        x = np.asarray(batch[inp]).reshape(batch_size, -1).astype(np.float64)
+        cols.append(np.cos(1.3 * x) if np.issubdtype(batch[inp].dtype, np.integer) else x)
+    feats = np.concatenate(cols, axis=1)
+    shape = tuple(batch_size if d == "batch" else d for d in transform["params"]["shape"])
+    width = int(np.prod(shape[1:]))
+    proj = np.random.default_rng(transform["params"]["seed"]).standard_normal(
+        (feats.shape[1], width)
+    )
+    targets = np.tanh(feats @ proj / np.sqrt(feats.shape[1]))
+    batch[name] = targets.reshape(shape).astype(np.float32)
+
+
+def _sines(rng, rows, channels, length):
+    """Smooth series [rows, length, channels]: a level, and two sines (the second at
+    twice the frequency) of random amplitude, frequency and phase, plus a little noise."""
+    t = np.arange(length)[None, :, None]
+    level = rng.normal(0.0, 2.0, size=(rows, 1, channels))
+    amp = rng.uniform(0.5, 2.0, size=(rows, 1, channels))
+    freq = rng.uniform(1 / 32, 1 / 8, size=(rows, 1, channels))
+    phase = rng.uniform(0.0, 2 * np.pi, size=(rows, 2, channels))
+    wave = np.sin(2 * np.pi * freq * t + phase[:, :1]) + 0.5 * np.sin(
+        4 * np.pi * freq * t + phase[:, 1:]
+    )
+    return level + amp * wave + 0.05 * rng.standard_normal((rows, length, channels))
+
+
+def series_windows(batch, rng, transform, batch_size, synthetic):
+    """Time series: the input window [batch, lookback, channels] and, for a
+    forecast, the `horizon` steps after it; from a data file both are given."""
+    past = transform["inputs"]["past"]
+    future = transform["outputs"].get("future")
+    if not synthetic:
+        return
+    rows, lookback, channels = batch[past].shape
+    horizon = transform["params"]["horizon"]
+    series = _sines(rng, rows, channels, lookback + horizon).astype(np.float32)
+    batch[past] = series[:, :lookback]
+    if future is not None:
+        batch[future] = series[:, lookback:]
+
+
+# Models the data side runs (reinforcement learning acts with the current policy and
+# bootstraps from a target network): name -> fn(inputs) -> outputs, numpy in and
+# out. The backend's training loop sets them before each batch (`runners_wanted`).
+RUNNERS = {}
+DRAWING = {"step": 0}  # the step whose batch DataSource is drawing
+
+
+def runners_wanted():
+    """(runner names the objective's transforms use, steps between target refreshes)."""
+    names, every = set(), 0
+    for transform in TRAIN["data"]:
+        names.update(transform["params"].get("runners", []))
+        every = max(every, transform["params"].get("target_every", 0))
+    return names, every
+
+
+def reward_note(batch):
+    """' reward X' (the mean reward the batch's actions earned) when an objective
+    acts with the current policy; the loss alone does not say whether it improves."""
+    return " reward %.4f" % float(np.mean(batch["rewards"])) if "rewards" in batch else ""
+
+
+CORRIDOR = 8  # states of the corridor MDP
+
+
+def _observe(states, spec_shape, seed):
+    """What the agent sees of corridor states: a fixed random vector per state
+    (vector observations) or, for frames [C, S, S], a bright vertical band at the
+    state's position in every frame."""
+    if len(spec_shape) == 1:
+        table = np.random.default_rng([seed, 7]).standard_normal((CORRIDOR, spec_shape[0]))
+        return table[states].astype(np.float32)
+    channels, side = spec_shape[0], spec_shape[-1]
+    frames = np.zeros((len(states), channels, side, side), dtype=np.float32)
+    width = max(1, side // CORRIDOR)
+    for row, s in enumerate(states):
+        frames[row, :, :, s * width : (s + 1) * width] = 1.0
+    return frames
+
+
+def corridor_transitions(batch, rng, transform, batch_size, synthetic):
+    """DQN on the corridor MDP: states 0..7 in a row; action 0 steps left, 1 right,
+    any other stays; reaching state 7 pays +1 and ends the episode, every other step
+    pays -0.05. Transitions (s, a, r, s') are drawn uniformly over non-terminal states
+    and actions, as from a replay buffer filled by a uniformly random policy; the TD
+    target r + gamma (1 - done) max_a' Q_target(s', a') comes from the target network."""
+    p = transform["params"]
+    obs = transform["inputs"]["observation"]
+    shape = batch[obs].shape[1:]
+    if synthetic:
+        states = rng.integers(0, CORRIDOR - 1, size=batch_size)
+        actions = rng.integers(0, p["num_actions"], size=batch_size)
+        nxt = np.clip(states + (actions == 1) - (actions == 0), 0, CORRIDOR - 1)
+        done = (nxt == CORRIDOR - 1).astype(np.float32)
+        rewards = np.where(done > 0, 1.0, -0.05).astype(np.float32)
+        batch[obs] = _observe(states, shape, 0)
+        next_obs = _observe(nxt, shape, 0)
+    else:
+        actions, rewards = batch["actions"], batch["rewards"].astype(np.float32)
+        next_obs, done = batch["next_" + obs], batch["dones"].astype(np.float32)
+    next_q = RUNNERS["target"]({obs: next_obs})[p["q"]]
+    targets = rewards + p["gamma"] * (1.0 - done) * next_q.max(axis=-1)
+    batch[transform["outputs"]["actions"]] = actions.astype(np.int64)
+    batch[transform["outputs"]["td_targets"]] = targets.astype(np.float32)
+
+
+_ROLLOUTS = {}  # (step // epochs) -> the rollout batch, reused for `epochs` steps
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def bandit_rollouts(batch, rng, transform, batch_size, synthetic):
+    """PPO on a contextual bandit (a one-step MDP): the observation s ~ N(0, I); a
+    discrete agent earns 1 for the action argmax(U s), 0 otherwise; a continuous one
+    earns -mean((a - W s)^2), U and W fixed. Actions are sampled from the current
+    policy (the `online` runner) and reused for `epochs` optimizer steps, so the
+    probability ratio moves away from 1 and the clip acts. Advantages are the rewards
+    minus the critic's value, normalized over the batch; returns are the rewards."""
+    p = transform["params"]
+    out = transform["outputs"]
+    obs = transform["inputs"]["observation"]
+    if not synthetic:
+        return
+    key = (batch_size, batch[obs].shape, DRAWING["step"] // p["epochs"])
+    if key in _ROLLOUTS:
+        batch.update(_ROLLOUTS[key])
+        return
+    x = batch[obs].astype(np.float32)
+    width = x.reshape(batch_size, -1).shape[1]
+    fixed = np.random.default_rng([p["seed"], 11])
+    result = RUNNERS["online"]({obs: x})
+    if p["space"] == "discrete":
+        best = (
+            x.reshape(batch_size, -1) @ fixed.standard_normal((width, p["num_actions"]))
+        ).argmax(axis=-1)
+        probs = _softmax(result["logits"].astype(np.float64))
+        actions = (
+            (rng.random((batch_size, 1)) > np.cumsum(probs, axis=-1))
+            .sum(axis=-1)
+            .clip(0, p["num_actions"] - 1)
+        )
+        logp = np.log(probs[np.arange(batch_size), actions] + 1e-12)
+        rewards = (actions == best).astype(np.float64)
+        actions = actions.astype(np.int64)
+    else:
+        target = (
+            x.reshape(batch_size, -1)
+            @ fixed.standard_normal((width, p["action_dim"]))
+            / np.sqrt(width)
+        )
+        mean, log_std = result["mean"].astype(np.float64), result["log_std"].astype(np.float64)
+        actions = mean + np.exp(log_std) * rng.standard_normal(mean.shape)
+        logp = -(0.5 * ((actions - mean) / np.exp(log_std)) ** 2 + log_std).sum(axis=-1)
+        rewards = -((actions - target) ** 2).mean(axis=-1)
+        actions = actions.astype(np.float32)
+    adv = rewards - result["value"].astype(np.float64)
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    fields = {
+        obs: x,
+        out["actions"]: actions,
+        out["old_log_probs"]: logp.astype(np.float32),
+        out["advantages"]: adv.astype(np.float32),
+        out["returns"]: rewards.astype(np.float32),
+        out["rewards"]: rewards.astype(np.float32),
+    }
+    _ROLLOUTS.clear()
+    _ROLLOUTS[key] = fields
+    batch.update(fields)
+
+
+def graph_batches(batch, rng, transform, batch_size, synthetic):
+    """Synthetic graph batches: `batch_size` graphs of 8 nodes, each node linked to 2
+    others of its graph, both directions listed. Graph classification: a graph's
+    class shifts its nodes' features; graph regression: the targets are tanh of a
+    fixed projection of each graph's mean node features. Node classification: each node has a class
+    that shifts its features, and its links go to nodes of the same class where
+    there are some. Link prediction: nodes fall in 2 communities (features shifted
+    by community, links within a community); the queries are half the edges
+    (label 1) and half random pairs of different communities (label 0)."""
+    if not synthetic:
+        return
+    p, r = transform["params"], transform["inputs"]
+    k, task = p["nodes_per_graph"], p["task"]
+    classes = 2 if p.get("regression") else p["classes"]
+    n = batch_size * k
+    width = batch[r["node_features"]].shape[-1]
+    centers = np.random.default_rng([p["seed"], 13]).standard_normal((classes, width))
+    graph_of = np.repeat(np.arange(batch_size), k)
+    graph_labels = rng.integers(0, classes, size=batch_size)
+    if task == "graph_classification":
+        node_labels = graph_labels[graph_of]
+    else:
+        node_labels = rng.integers(0, 2 if task == "link_prediction" else classes, size=n)
+    x = rng.standard_normal((n, width)) * 0.5 + centers[node_labels]
+    src, dst = [], []
+    for node in range(n):
+        lo = graph_of[node] * k
+        peers = [j for j in range(lo, lo + k) if j != node]
+        same = [j for j in peers if node_labels[j] == node_labels[node]] or peers
+        for j in rng.choice(same, size=2):
+            src += [node, j]
+            dst += [j, node]
+    batch[r["node_features"]] = x.astype(np.float32)
+    batch[r["edge_index"]] = np.array([src, dst], dtype=np.int64)
+    if "edge_features" in r:
+        batch[r["edge_features"]] = rng.standard_normal(
+            (len(src), batch[r["edge_features"]].shape[-1])
+        ).astype(np.float32)
+    if task == "graph_classification":
+        batch[r["batch"]] = graph_of.astype(np.int64)
+        batch[r["num_nodes"]] = np.full(batch_size, k, dtype=np.int64)
+        labels = graph_labels
+        if p.get("regression"):  # a smooth function of each graph's mean features
+            means = np.stack([x[graph_of == g].mean(axis=0) for g in range(batch_size)])
+            proj = np.random.default_rng([p["seed"], 17]).standard_normal((width, p["classes"]))
+            batch[transform["outputs"]["targets"]] = np.tanh(means @ proj / np.sqrt(width)).astype(
+                np.float32
+            )
+            return
+    elif task == "node_classification":
+        labels = node_labels
+    else:
+        half = n // 2
+        pick = rng.integers(0, len(src), size=half)
+        pos = np.array([np.array(src)[pick], np.array(dst)[pick]])
+        neg_u = rng.integers(0, n, size=n - half)
+        neg_v = np.array([rng.choice(np.flatnonzero(node_labels != node_labels[u])) for u in neg_u])
+        batch[r["pairs"]] = np.concatenate([pos, np.array([neg_u, neg_v])], axis=1).astype(np.int64)
+        labels = np.concatenate([np.ones(half), np.zeros(n - half)])
+    batch[transform["outputs"]["labels"]] = labels.astype(np.int64)
+
+
 TRANSFORMS = {
     "class_labels": class_labels,
     "mask_tokens": mask_tokens,
     "pair_keys": pair_keys,
     "diffusion_noise": diffusion_noise,
+    "regression_targets": regression_targets,
+    "series_windows": series_windows,
+    "corridor_transitions": corridor_transitions,
+    "bandit_rollouts": bandit_rollouts,
+    "graph_batches": graph_batches,
 }
 
 
@@ -190,6 +440,7 @@ class DataSource:
 
     def batch(self, step, batch_size):
         rng = np.random.default_rng([self.seed, 1000003, step])
+        DRAWING["step"] = step
         out = {}
         if self.arrays is not None:
             n = len(next(iter(self.arrays.values())))

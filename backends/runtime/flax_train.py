@@ -15,7 +15,14 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metagen.backends.runtime.data import DataSource, learning_rate, parse_args
+from metagen.backends.runtime.data import (
+    RUNNERS,
+    DataSource,
+    learning_rate,
+    parse_args,
+    reward_note,
+    runners_wanted,
+)
 from metagen.backends.runtime.program import LOSS, LOSS_SOURCES, TRAIN, M
 
 
@@ -75,6 +82,25 @@ def to_arrays(batch, sharding=None):
             v = v.astype(np.int32)
         out[k] = jnp.asarray(v) if sharding is None else jax.device_put(v, sharding)
     return out
+
+
+def refresh_runners(graphdef, params, rest, step):
+    """The models the data side runs (RL): the online weights, and a target network
+    (the weights as they were) refreshed every `target_every` steps."""
+    names, every = runners_wanted()
+    if not names:
+        return
+
+    def runner(p):
+        def run(inputs):
+            out = nnx.merge(graphdef, p, rest)(**to_arrays(inputs))
+            return {k: np.asarray(v) for k, v in out.items()}
+
+        return run
+
+    RUNNERS["online"] = runner(params)
+    if "target" in names and (every == 0 or step % every == 0 or "target" not in RUNNERS):
+        RUNNERS["target"] = runner(params)
 
 
 def make_step(graphdef, rest, tx):
@@ -144,12 +170,14 @@ def train(argv=None):
     end = min(args.steps, args.stop_after or args.steps)
     for step in range(start, end):
         lr = learning_rate(step, args.steps)
-        batch = to_arrays(data.batch(step, args.batch_size), data_sharding)
+        refresh_runners(graphdef, params, rest, step)
+        drawn = data.batch(step, args.batch_size)
+        batch = to_arrays(drawn, data_sharding)
         params, opt_state, loss = step_fn(params, opt_state, batch, jnp.float32(lr))
         if (step + 1) % args.log_every == 0 or step == start or step + 1 == end:
             value = float(loss)
             history.append((step + 1, value))
-            print(f"step {step + 1} loss {value:.6f} lr {lr:.3e}", flush=True)
+            print(f"step {step + 1} loss {value:.6f} lr {lr:.3e}{reward_note(drawn)}", flush=True)
         if args.save_every and (step + 1) % args.save_every == 0:
             save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, step + 1)
     save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, end)

@@ -3,6 +3,7 @@ process group and FSDP2 sharding, checkpoints, the training loop. Copied into th
 torch train.py after the data runtime and the lowered loss class.
 """
 
+import copy
 import json
 import os
 
@@ -11,7 +12,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from metagen.backends.runtime.data import DataSource, learning_rate, parse_args
+from metagen.backends.runtime.data import (
+    RUNNERS,
+    DataSource,
+    learning_rate,
+    parse_args,
+    reward_note,
+    runners_wanted,
+)
 from metagen.backends.runtime.program import LOSS, LOSS_SOURCES, TRAIN, M
 
 
@@ -42,6 +50,26 @@ def compute_loss(model, batch):
     out = model(**{name: batch[name] for name in M.INPUTS})
     args = [out[name] if kind == "output" else batch[name] for kind, name in LOSS_SOURCES]
     return LOSS(*args)["loss"]
+
+
+def refresh_runners(model, step, device="cpu"):
+    """The models the data side runs (RL): the online weights, and a target network
+    copied from them every `target_every` steps (single process)."""
+    names, every = runners_wanted()
+    if not names:
+        return
+
+    def runner(m):
+        def run(inputs):
+            with torch.no_grad():
+                out = m(**to_tensors(inputs, device))
+            return {k: v.detach().cpu().numpy() for k, v in out.items()}
+
+        return run
+
+    RUNNERS["online"] = runner(model)
+    if "target" in names and (every == 0 or step % every == 0 or "target" not in RUNNERS):
+        RUNNERS["target"] = runner(copy.deepcopy(model))
 
 
 def to_tensors(batch, device):
@@ -158,6 +186,7 @@ def train(argv=None):
         lr = learning_rate(step, args.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        refresh_runners(model, step, device)
         batch = data.batch(step, args.batch_size)
         batch = {k: v[rank * local : (rank + 1) * local] for k, v in batch.items()}
         loss = compute_loss(model, to_tensors(batch, device))
@@ -174,7 +203,9 @@ def train(argv=None):
         if (step + 1) % args.log_every == 0 or step == start or step + 1 == end:
             history.append((step + 1, value))
             if rank == 0:
-                print(f"step {step + 1} loss {value:.6f} lr {lr:.3e}", flush=True)
+                print(
+                    f"step {step + 1} loss {value:.6f} lr {lr:.3e}{reward_note(batch)}", flush=True
+                )
         if args.save_every and (step + 1) % args.save_every == 0:
             save_checkpoint(args.checkpoint_dir, model, optimizer, step + 1, rank)
     save_checkpoint(args.checkpoint_dir, model, optimizer, end, rank)

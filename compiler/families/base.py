@@ -246,6 +246,9 @@ class Family(ABC):
     # `task.type` words this family performs; another one is a warning at that key
     # (the model follows modality and objective). Empty: any task (best effort).
     tasks: ClassVar[tuple[str, ...]] = ()
+    # `architecture.norm` values this family builds (in the architecture section and
+    # every tower); another one is an error at its key, never a silent substitute.
+    norms: ClassVar[tuple[str, ...]] = ("layernorm", "rmsnorm")
     # The task default: parameter_budget.max when the spec gives none, and the
     # published design it is the size of (docs/families.md, "Per-task defaults").
     default_budget: ClassVar[int] = 1_000_000_000
@@ -278,7 +281,21 @@ class Family(ABC):
             ctx.sink.warning(ctx.spec.architecture.loc("family"), self.family_mismatch(written))
         self.report_unused_keys(ctx)
         self.check_task(ctx)
+        self.check_norms(ctx, ctx.spec.architecture, self.config, "architecture.")
         self.configure(ctx)
+
+    def check_norms(self, ctx: CompileContext, section, config: type[ArchConfig], prefix: str) -> None:
+        towers = config.towers()
+        for key, value in section.items():
+            if not section.given(key):
+                continue
+            if key in towers:
+                self.check_norms(ctx, value, towers[key], f"{prefix}{key}.")
+            elif key == "norm" and value not in self.norms:
+                ctx.sink.error(
+                    section.loc(key),
+                    f"{prefix}norm '{value}' is not built by {self.name}; it takes {' or '.join(self.norms)}",
+                )
 
     def check_task(self, ctx: CompileContext) -> None:
         """`task.type` restates what modality and objective already decide; one that
@@ -379,6 +396,16 @@ class Family(ABC):
         cache at the context for batch 1, one decode step's or forward's working
         set, total) and `training` (blocks.training: fp32 weights, gradients and
         AdamW moments, activations without and with checkpointing, totals)."""
+
+    def objective(self, ctx: CompileContext) -> str | None:
+        """The objective a spec that names none trains with (None: classification
+        when the model outputs logits, regression when it outputs a prediction)."""
+        return self.default_objective
+
+    def data_transforms(self, ctx: CompileContext) -> list:
+        """Data transforms (compiler/objectives.py `DataTransform`) the family's
+        inputs need before the objective's own, e.g. synthetic graphs; none by default."""
+        return []
 
     def workload(self, ctx: CompileContext, model: Model) -> dict[str, Any]:
         """One unit of work (`unit`) for the cost model: {'bindings': {symbol: int},

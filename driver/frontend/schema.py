@@ -48,15 +48,24 @@ def _map(name, doc, *fields, required=False):
 
 
 MODALITIES = ("text", "image", "audio", "video", "label", "embedding")
+MODALITIES += ("tabular", "regression", "time_series", "graph", "action")
 OBJECTIVES = ("autoregressive", "classification", "diffusion", "contrastive", "masked")
+OBJECTIVES += ("regression", "forecasting", "reconstruction", "value_based", "policy_gradient")
 FAMILIES = ("auto", "transformer", "diffusion", "cnn", "unet")
+FAMILIES += ("mlp", "gnn")
 DEVICES = ("edge", "mobile", "cpu", "consumer_gpu", "gpu", "datacenter_gpu")
 LATENCY_WORDS = ("real-time", "near-real-time", "interactive", "batch", "offline")
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu", "swiglu", "geglu")
+ACTIVATIONS += ("tanh",)
 NORMS = ("layernorm", "rmsnorm")
+NORMS += ("batchnorm",)  # only the families whose `norms` name it build it
 POSITIONS = ("learned", "rope", "sinusoidal", "none")
 POOLINGS = ("cls", "cls_pooler", "mean", "eot", "last", "none")
 TASKS = ("generation", "classification", "embedding", "denoising")
+TASKS += (
+    "regression", "time_series_forecast", "anomaly_detection", "policy_gradient", "value_based", "actor_critic",
+    "node_classification", "link_prediction", "graph_classification",
+)
 DTYPES = tuple(DTYPE_PRECISION)
 PRECISIONS = tuple(PRECISION_BYTES)
 
@@ -108,6 +117,9 @@ ARCHITECTURE = _map(
     Field("rope_low_freq_factor", FLOAT, "llama3 scaling: wavelengths above rope_original_context / this are scaled.", minimum=1e-6, maximum=1e6),
     Field("rope_high_freq_factor", FLOAT, "llama3 scaling: wavelengths below rope_original_context / this are kept; between, interpolated.", minimum=1e-6, maximum=1e6),
     Field("rope_original_context", INT, "llama3 scaling: the context the model was pretrained at.", minimum=1, maximum=2**31),
+    Field("dropout", FLOAT, "Dropout rate during training (MLP and tabular models).", minimum=0.0, maximum=0.9),
+    Field("message_passing", ENUM, "Graph layer: GCN, GAT or GIN.", choices=("gcn", "gat", "gin")),
+    Field("patch_stride", INT, "Step between time-series patches (patch_size is their length).", minimum=1, maximum=4096),
     Field("frames", INT, "Video: the most frames in a clip (the frame count itself is symbolic).", minimum=1, maximum=4096),
     Field("temporal_layers", INT, "Video: temporal transformer blocks after the per-frame ones.", minimum=1, maximum=256),
     _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
@@ -142,6 +154,20 @@ SPEC = _map(
         "What the model is for.",
         Field("type", ENUM, "Task type; follows from modality and objective, and a value that contradicts the model built is a warning.", choices=TASKS),
         Field("num_classes", INT, "Classes of a classifier.", minimum=2, maximum=10**7),
+        Field("num_outputs", INT, "Regression targets, or forecast channels of a time series.", minimum=1, maximum=10**6),
+        Field("horizon", INT, "Time-series steps to forecast.", minimum=1, maximum=10**6),
+        Field("lookback", INT, "Time-series steps the model reads.", minimum=1, maximum=10**6),
+        Field("action_space", ENUM, "Discrete (num_actions) or continuous (action_dim) actions.", choices=("discrete", "continuous")),
+        Field("num_actions", INT, "Actions of a discrete action space.", minimum=2, maximum=10**6),
+        Field("action_dim", INT, "Width of a continuous action.", minimum=1, maximum=10**6),
+        Field("node_features", INT, "Features per graph node.", minimum=1, maximum=10**6),
+        Field("edge_features", INT, "Features per graph edge.", minimum=1, maximum=10**6),
+        Field("num_features", INT, "Numeric input columns of a table (or the observation width of an agent).", minimum=1, maximum=10**6),
+        Field("numeric_features", LIST, "Named numeric columns of a table; their count is num_features.", item=Field("column", STR, "")),
+        Field(
+            "categorical_features", LIST, "Categorical columns of a table as \"name:cardinality\" (\"city:120\"); each is an int64 input of ids in [0, cardinality).",
+            item=Field("column", STR, ""),
+        ),
     ),
     _map(
         "constraints",
@@ -204,6 +230,7 @@ SPEC = _map(
             Field("warmup", INT, "Warmup steps.", minimum=0, maximum=10**9),
             Field("optimizer", ENUM, "Optimizer.", choices=("adamw", "sgd", "adafactor")),
             Field("schedule", ENUM, "Learning-rate schedule.", choices=("cosine", "linear", "constant")),
+            Field("loss", ENUM, "Regression loss: mean squared error or Huber (delta 1).", choices=("mse", "huber")),
         ),
     ),
     ARCHITECTURE,
