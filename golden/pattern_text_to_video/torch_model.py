@@ -2179,33 +2179,48 @@ def example_inputs(batch_size=2, seed=0):
     return out
 
 
-def init(seed=0):
-    """A Model holding the canonical initial weights for `seed`."""
-    return load_canonical(init_arrays(seed))
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_canonical(tensors):
-    """A Model from a dict canonical name -> numpy array (PyTorch layout)."""
+def init(seed=0, dtype="float32"):
+    """A Model holding the canonical initial weights for `seed`, as `dtype` (a key of DTYPES)."""
+    return load_canonical(init_arrays(seed), dtype)
+
+
+def load_canonical(tensors, dtype="float32"):
+    """A Model from a dict canonical name -> numpy array (PyTorch layout), its weights as `dtype`."""
     with torch.device("meta"):
         model = Model()
+    to = DTYPES[dtype]
     state = {
-        name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).to(to)
         for name, value in tensors.items()
     }
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
+def _numpy(t):
+    """numpy has no bfloat16: lower precisions come back as float32 (exactly)."""
+    t = t.detach().cpu()
+    return t.float().numpy() if t.dtype in (torch.bfloat16, torch.float16) else t.numpy()
+
+
 def to_canonical(state):
     """Dict canonical name -> numpy array of a Model's weights."""
-    return {name: t.detach().cpu().numpy() for name, t in state.state_dict().items()}
+    return {name: _numpy(t) for name, t in state.state_dict().items()}
 
 
 def run(state, inputs):
-    """Outputs as numpy arrays for a dict of numpy inputs."""
+    """Outputs as numpy arrays for a dict of numpy inputs (float inputs in the weights' dtype)."""
+    dtype = next(state.parameters(), torch.empty(0)).dtype
+    feed = {}
+    for name, value in inputs.items():
+        t = torch.from_numpy(np.asarray(value))
+        feed[name] = t.to(dtype) if t.is_floating_point() else t
     with torch.no_grad():
-        out = state(**{name: torch.from_numpy(np.asarray(value)) for name, value in inputs.items()})
-    return {name: value.detach().cpu().numpy() for name, value in out.items()}
+        out = state(**feed)
+    return {name: _numpy(value) for name, value in out.items()}
 
 
 def _alphas_cumprod(schedule):

@@ -449,13 +449,17 @@ def _variable(model, path):
     return obj
 
 
-def init(seed=0):
-    """A Model holding the canonical initial weights for `seed`."""
-    return load_canonical(init_arrays(seed))
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def load_canonical(tensors):
-    """A Model from a dict canonical name -> numpy array (PyTorch layout)."""
+def init(seed=0, dtype="float32"):
+    """A Model holding the canonical initial weights for `seed`, as `dtype` (a key of DTYPES)."""
+    return load_canonical(init_arrays(seed), dtype)
+
+
+def load_canonical(tensors, dtype="float32"):
+    """A Model from a dict canonical name -> numpy array (PyTorch layout), its weights as `dtype`."""
+    to = DTYPES[dtype]
     want = {name for name, _, _ in _PARAMS}
     if set(tensors) != want:
         missing, extra = sorted(want - set(tensors)), sorted(set(tensors) - want)
@@ -468,16 +472,22 @@ def load_canonical(tensors):
         value = _TO_FLAX[kind](np.asarray(tensors[name], dtype=np.float32))
         if tuple(value.shape) != tuple(var.shape):
             raise ValueError(f"{name}: shape {value.shape} does not fit {var.shape}")
-        var.set_value(jnp.asarray(value))
+        var.set_value(jnp.asarray(value, dtype=to))
     return model
 
 
 def to_canonical(state):
     """Dict canonical name -> numpy array of a Model's weights (PyTorch layout)."""
     return {
-        name: np.ascontiguousarray(_TO_CANONICAL[kind](np.asarray(_variable(state, path)[...])))
+        name: np.ascontiguousarray(_TO_CANONICAL[kind](_numpy(_variable(state, path)[...])))
         for name, path, kind in _PARAMS
     }
+
+
+def _numpy(x):
+    """Lower precisions come back as float32 (exactly), as from the torch module."""
+    x = np.asarray(x)
+    return x.astype(np.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
 
 
 @nnx.jit
@@ -487,6 +497,12 @@ def _forward(model, inputs):
 
 
 def run(state, inputs):
-    """Outputs as numpy arrays for a dict of numpy inputs (jit-compiled, cached)."""
-    out = _forward(state, {name: jnp.asarray(value) for name, value in inputs.items()})
-    return {name: np.asarray(value) for name, value in out.items()}
+    """Outputs as numpy arrays for a dict of numpy inputs (jit-compiled, cached; float
+    inputs in the weights' dtype)."""
+    dtype = _variable(state, _PARAMS[0][1])[...].dtype if _PARAMS else jnp.float32
+    feed = {}
+    for name, value in inputs.items():
+        x = jnp.asarray(value)
+        feed[name] = x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    out = _forward(state, feed)
+    return {name: _numpy(value) for name, value in out.items()}
