@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    SINE_POSITIONS_SOURCE,
+    sine_positions_rule,
     COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
@@ -91,6 +93,13 @@ LAYERS: dict[str, LayerRule] = {
     "conv2d": LayerRule(
         _conv_ctor, apply=_channels_last, params={"weight": ("kernel", "conv"), "bias": ("bias", "same")}
     ),
+    "batch_norm": LayerRule(
+        lambda c: (
+            f"{c.helper('BatchNorm2d')}({c.a['channels']}, eps={c.a['eps']!r}, momentum={c.a['momentum']!r}"
+            + (", frozen=True)" if c.a["frozen"] else ")")
+        ),
+        params={name: (name, "same") for name in ("weight", "bias", "running_mean", "running_var")},
+    ),
 }
 
 # ------------------------------------------------------------------ primitive ops
@@ -111,9 +120,56 @@ OPS: dict[str, Rule] = {
     "cast": lambda c, x: f"{x}.astype({_JNP_DTYPES[c.a['dtype']]})",
     "log_softmax": lambda c, x: f"jax.nn.log_softmax({x}, axis={c.a['axis']})",
     "leaky_relu": lambda c, x: f"jax.nn.leaky_relu({x}, {c.a['slope']!r})",
+    "sine_positions_2d": sine_positions_rule('jnp.asarray({t}, dtype={x}.dtype)'),
+    "max_pool2d": lambda c, x: (
+        f"jax.lax.reduce_window({x}, -jnp.inf, jax.lax.max, (1, 1, {c.a['kernel']}, {c.a['kernel']}), "
+        f"(1, 1, {c.a['stride']}, {c.a['stride']}), "
+        f"((0, 0), (0, 0), ({c.a['padding']}, {c.a['padding']}), ({c.a['padding']}, {c.a['padding']})))"
+    ),
 }
 
 HELPERS: dict[str, str] = {
+    "sine_positions_2d": SINE_POSITIONS_SOURCE,
+    "dice_loss": '''
+def _dice_loss(logits, labels, smooth):
+    """Soft Dice: 1 - mean over classes of (2 sum(p y) + s) / (sum(p) + sum(y) + s)."""
+    p = jax.nn.softmax(logits, axis=1)
+    y = jnp.moveaxis(jax.nn.one_hot(labels, logits.shape[1], dtype=p.dtype), -1, 1)
+    axes = (0,) + tuple(range(2, logits.ndim))
+    inter, total = jnp.sum(p * y, axis=axes), jnp.sum(p, axis=axes) + jnp.sum(y, axis=axes)
+    return 1.0 - jnp.mean((2.0 * inter + smooth) / (total + smooth))
+''',
+    "BatchNorm2d": '''
+class _BatchNorm2d(nnx.Module):
+    """Batch norm over [B, C, H, W] (channels first, as the IR), written out so its
+    training form is torch's: batch statistics with the biased variance, the running
+    mean and unbiased variance moved by `momentum`. `model.train()` /
+    `model.eval()` flip `use_running_average`; the running statistics are
+    `nnx.BatchStat`s, so they are not `nnx.Param`s and not trained by gradient."""
+
+    def __init__(self, channels, eps, momentum, frozen=False):
+        self.eps, self.momentum, self.frozen = eps, momentum, frozen
+        self.use_running_average = True
+        kind = nnx.BatchStat if frozen else nnx.Param  # frozen (DETR): not trained, not counted
+        self.weight = kind(jnp.ones((channels,), dtype=jnp.float32))
+        self.bias = kind(jnp.zeros((channels,), dtype=jnp.float32))
+        self.running_mean = nnx.BatchStat(jnp.zeros((channels,), dtype=jnp.float32))
+        self.running_var = nnx.BatchStat(jnp.ones((channels,), dtype=jnp.float32))
+
+    def __call__(self, x):
+        if self.use_running_average or self.frozen:
+            mean, var = self.running_mean[...], self.running_var[...]
+        else:
+            mean = jnp.mean(x, axis=(0, 2, 3))
+            var = jnp.mean(jnp.square(x - mean[:, None, None]), axis=(0, 2, 3))
+            n = x.size // x.shape[1]
+            m = self.momentum
+            self.running_mean[...] = (1 - m) * self.running_mean[...] + m * jax.lax.stop_gradient(mean)
+            unbiased = jax.lax.stop_gradient(var) * (n / max(n - 1, 1))
+            self.running_var[...] = (1 - m) * self.running_var[...] + m * unbiased
+        scale = self.weight[...] / jnp.sqrt(var + self.eps)
+        return (x - mean[:, None, None]) * scale[:, None, None] + self.bias[...][:, None, None]
+''',
     **COMMON_HELPERS,
     "scatter_add": '''
 def _scatter_add(src, index, rows):

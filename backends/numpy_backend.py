@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    SINE_POSITIONS_SOURCE,
+    sine_positions_rule,
     COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
@@ -65,6 +67,7 @@ LAYERS: dict[str, LayerRule] = {
             f"stride={c.a['stride']}, padding={c.a['padding']}, bias={c.a['bias']})"
         )
     ),
+    "batch_norm": LayerRule(lambda c: f"{c.helper('BatchNorm2d')}({c.a['channels']}, eps={c.a['eps']!r})"),
 }
 
 # ------------------------------------------------------------------ primitive ops
@@ -101,11 +104,14 @@ OPS: dict[str, Rule] = {
     "select": lambda c, x: _index(x, c.a["axis"], str(c.a["index"])),
     "cast": _cast,
     "degree": lambda c, i, like: f"np.bincount({i}, minlength={like}.shape[0]).astype(np.float64)",
+    "sine_positions_2d": sine_positions_rule('{t}'),
+    "max_pool2d": lambda c, x: f"{c.helper('max_pool2d')}({x}, {c.a['kernel']}, {c.a['stride']}, {c.a['padding']})",
 }
 
 # Helper functions and layer classes: `name` defines `_name`. A helper is emitted when
 # a rule asks for it, with the helpers its source calls.
 HELPERS: dict[str, str] = {
+    "sine_positions_2d": SINE_POSITIONS_SOURCE,
     **COMMON_HELPERS,
     "scatter_add": '''
 def _scatter_add(src, index, rows):
@@ -213,6 +219,30 @@ class _Conv2d:
         y = np.einsum("bchwij,ocij->bohw", windows, self.weight, optimize=True)
         return y if self.bias is None else y + self.bias[:, None, None]
 ''',
+    "BatchNorm2d": '''
+class _BatchNorm2d:
+    """Batch norm in inference form over [B, C, H, W]: per channel,
+    (x - running_mean) / sqrt(running_var + eps) * weight + bias."""
+
+    def __init__(self, channels, eps):
+        self.eps = eps
+        self.weight = np.ones(channels)
+        self.bias = np.zeros(channels)
+        self.running_mean = np.zeros(channels)
+        self.running_var = np.ones(channels)
+
+    def __call__(self, x):
+        scale = self.weight / np.sqrt(self.running_var + self.eps)
+        return (x - self.running_mean[:, None, None]) * scale[:, None, None] + self.bias[:, None, None]
+''',
+    "max_pool2d": '''
+def _max_pool2d(x, kernel, stride, padding):
+    """Max over each k x k window of [B, C, H, W] padded with -inf."""
+    p = padding
+    x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
+    return windows.max(axis=(-2, -1))
+''',
     "sigmoid": '''
 def _sigmoid(x):
     """1 / (1 + e^-x), written through tanh so that no input overflows."""
@@ -299,6 +329,17 @@ def _masked_cross_entropy(logits, labels, mask):
     picked = logp[np.arange(logp.shape[0]), labels.reshape(-1)]
     weight = mask.reshape(-1).astype(np.float64)
     return -np.sum(picked * weight) / max(np.sum(weight), 1.0)
+''',
+    "dice_loss": '''
+def _dice_loss(logits, labels, smooth):
+    """Soft Dice (V-Net): p = softmax over the class axis 1, y the one-hot labels;
+    1 - mean over classes of (2 sum(p y) + smooth) / (sum(p) + sum(y) + smooth),
+    each sum over the batch and every position."""
+    p = _softmax(logits, axis=1)
+    y = np.moveaxis(np.eye(logits.shape[1])[labels], -1, 1)
+    axes = (0,) + tuple(range(2, logits.ndim))
+    inter, total = np.sum(p * y, axis=axes), np.sum(p, axis=axes) + np.sum(y, axis=axes)
+    return 1.0 - np.mean((2.0 * inter + smooth) / (total + smooth))
 ''',
     "round_to_bfloat16": '''
 def _round_to_bfloat16(x):

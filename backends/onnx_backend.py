@@ -39,6 +39,7 @@ from onnx import TensorProto, helper
 from metagen import __version__
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
 from metagen.backends.init_code import INIT_FUNCTIONS
+from metagen.backends.pyemit import SINE_POSITIONS_SOURCE
 from metagen.diagnostics import Diagnostic, Loc
 from metagen.ir import ops
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub, Value
@@ -85,6 +86,16 @@ def _draw_function() -> Callable:
 
 
 _draw = _draw_function()
+
+
+def _sine_positions_function() -> Callable:
+    """`_sine_positions_2d` from the source the Python backends embed."""
+    ns: dict[str, Any] = {"np": np}
+    exec(SINE_POSITIONS_SOURCE, ns)
+    return ns["_sine_positions_2d"]
+
+
+_sine_positions_2d = _sine_positions_function()
 
 
 class OnnxEmitError(EmitError):
@@ -201,6 +212,26 @@ def _conv2d(e: Emit, x: str) -> str:
     return e.op("Conv", *inputs, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p])
 
 
+def _batch_norm(e: Emit, x: str) -> str:
+    p = e.params
+    return e.op(
+        "BatchNormalization", x, p["weight"], p["bias"], p["running_mean"], p["running_var"],
+        epsilon=float(e.a["eps"]), momentum=1.0 - float(e.a["momentum"]),
+    )
+
+
+def _sine_positions(e: Emit, x: str) -> str:
+    """A constant: the grid is static (the IR's H and W are concrete)."""
+    h, w = e.in_types[0].shape[2], e.in_types[0].shape[3]
+    table = _sine_positions_2d(h, w, e.a["features"], e.a["temperature"], e.a["scale"])
+    return e.const(table.astype(np.float32))
+
+
+def _max_pool2d(e: Emit, x: str) -> str:
+    k, s, p = e.a["kernel"], e.a["stride"], e.a["padding"]
+    return e.op("MaxPool", x, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p])
+
+
 LAYERS: dict[str, Callable[..., str]] = {
     "linear": _linear,
     "embedding": _embedding,
@@ -208,6 +239,7 @@ LAYERS: dict[str, Callable[..., str]] = {
     "rms_norm": _rms_norm,
     "group_norm": _group_norm,
     "conv2d": _conv2d,
+    "batch_norm": _batch_norm,
 }
 
 # ------------------------------------------------------------------ primitive ops
@@ -363,6 +395,19 @@ def _masked_cross_entropy(e: Emit, logits: str, labels: str, mask: str) -> str:
     return e.op("Div", total, count)
 
 
+def _dice_loss(e: Emit, logits: str, labels: str) -> str:
+    rank, c = e.in_types[0].rank, e.in_types[0].shape[1]
+    p = e.op("Softmax", logits, axis=1)
+    lab = labels if e.in_types[1].dtype == DType.i64 else e.op("Cast", labels, to=TensorProto.INT64)
+    y = e.op("OneHot", lab, e.const(np.array(c, np.int64)), e.const(np.array([0.0, 1.0], np.float32)), axis=1)
+    axes = e.ints(0, *range(2, rank))
+    inter = e.op("ReduceSum", e.op("Mul", p, y), axes, keepdims=0)
+    total = e.op("Add", e.op("ReduceSum", p, axes, keepdims=0), e.op("ReduceSum", y, axes, keepdims=0))
+    smooth = e.f32(e.a["smooth"])
+    ratio = e.op("Div", e.op("Add", e.op("Mul", inter, e.f32(2.0)), smooth), e.op("Add", total, smooth))
+    return e.op("Sub", e.f32(1.0), e.op("ReduceMean", ratio, keepdims=0))
+
+
 def _mse(e: Emit, x: str, y: str) -> str:
     d = e.op("Sub", x, y)
     return e.op("ReduceMean", e.op("Mul", d, d), keepdims=0)
@@ -415,6 +460,7 @@ OPS: dict[str, Callable[..., str]] = {
     "add": lambda e, x, y: e.op("Add", x, y),
     "sub": lambda e, x, y: e.op("Sub", x, y),
     "mul": lambda e, x, y: e.op("Mul", x, y),
+    "div": lambda e, x, y: e.op("Div", x, y),
     "scale": lambda e, x: e.op("Mul", x, e.f32(e.a["factor"])),
     "gelu": lambda e, x: e.op("Gelu", x, approximate="none"),
     "gelu_tanh": lambda e, x: e.op("Gelu", x, approximate="tanh"),
@@ -463,6 +509,8 @@ OPS: dict[str, Callable[..., str]] = {
     "mean": lambda e, x: e.op("ReduceMean", x, e.ints(e.a["axis"]), keepdims=0),
     "gather_argmax": _gather_argmax,
     "upsample_nearest": _upsample,
+    "max_pool2d": _max_pool2d,
+    "sine_positions_2d": _sine_positions,
     "timestep_embedding": _timestep_embedding,
     "cast": lambda e, x: e.op("Cast", x, to=ONNX_DTYPES[DType(e.a["dtype"])]),
     "cross_entropy": _cross_entropy,
@@ -483,6 +531,7 @@ OPS: dict[str, Callable[..., str]] = {
     "segment_softmax": _segment_softmax,
     "leaky_relu": lambda e, x: e.op("LeakyRelu", x, alpha=e.a["slope"]),
     "degree": _degree,
+    "dice_loss": _dice_loss,
 }
 
 # The opset-23 fused forms, used instead of the entries above when fused=True.

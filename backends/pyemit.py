@@ -153,6 +153,40 @@ def init_table(model: Model) -> list[tuple[str, tuple[int, ...], str, dict[str, 
 from metagen.backends.init_code import INIT_FUNCTIONS  # noqa: E402,F401
 
 
+# DETR's sine position table, in NumPy: the Python backends embed this source as a
+# helper (their rule wraps its result in their array type) and the ONNX backend runs it
+# to make a constant, so every backend has the very same numbers.
+SINE_POSITIONS_SOURCE = '''
+def _sine_positions_2d(height, width, features, temperature, scale):
+    """[1, height * width, 2 * features]: sin/cos of the normalized (row + 1, col + 1)
+    over temperature^(2 floor(k / 2) / features), the y half first (DETR)."""
+    y = np.arange(1, height + 1, dtype=np.float64) / (height + 1e-6) * scale
+    x = np.arange(1, width + 1, dtype=np.float64) / (width + 1e-6) * scale
+    dim_t = temperature ** (2 * (np.arange(features) // 2) / features)
+    even = np.arange(features) % 2 == 0
+
+    def embed(coord):
+        a = coord[:, None] / dim_t
+        return np.where(even, np.sin(a), np.cos(a))
+
+    py = np.broadcast_to(embed(y)[:, None, :], (height, width, features))
+    px = np.broadcast_to(embed(x)[None, :, :], (height, width, features))
+    return np.concatenate([py, px], axis=-1).reshape(1, height * width, 2 * features)
+'''
+
+
+def sine_positions_rule(wrap: str) -> Rule:
+    """The `sine_positions_2d` rule of a Python backend: the helper's table through `wrap`
+    (a format string with {t} for the numpy table and {x} for the operand)."""
+
+    def rule(c, x):
+        h, w = c.in_types[0].shape[2], c.in_types[0].shape[3]
+        table = f"{c.helper('sine_positions_2d')}({h}, {w}, {c.a['features']}, {c.a['temperature']!r}, {c.a['scale']!r})"
+        return wrap.format(t=table, x=x)
+
+    return rule
+
+
 def emit_common_header(out: Lines, model: Model, backend: str) -> None:
     out(f'"""{backend} model for \'{source_text(model.spec_name)}\'.')
     out("")
@@ -251,6 +285,7 @@ BASE_OPS: dict[str, Rule] = {
     "add": lambda c, x, y: f"{x} + {y}",
     "sub": lambda c, x, y: f"{x} - {y}",
     "mul": lambda c, x, y: f"{x} * {y}",
+    "div": lambda c, x, y: f"{x} / {y}",
     "scale": lambda c, x: f"{x} * {c.a['factor']!r}",
     "quick_gelu": lambda c, x: f"{x} * {c.call('sigmoid', f'1.702 * {x}')}",
     "tanh": lambda c, x: f"{c.lib}.tanh({x})",
@@ -337,6 +372,7 @@ BASE_OPS: dict[str, Rule] = {
         f"{c.lib}.mean({c.lib}.where({c.lib}.abs({x} - {y}) <= {c.a['delta']!r}, 0.5 * {c.lib}.square({x} - {y}), "
         f"{c.a['delta']!r} * ({c.lib}.abs({x} - {y}) - {0.5 * c.a['delta']!r})))"
     ),
+    "dice_loss": lambda c, logits, labels: f"{c.helper('dice_loss')}({logits}, {labels}, {c.a['smooth']!r})",
 }
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from metagen.backends.pyemit import (
     BASE_OPS,
+    SINE_POSITIONS_SOURCE,
+    sine_positions_rule,
     COMMON_HELPERS,
     EXAMPLE_FUNCTION,
     INIT_FUNCTIONS,
@@ -42,6 +44,12 @@ LAYERS: dict[str, LayerRule] = {
         lambda c: (
             f"nn.Conv2d({c.a['in_channels']}, {c.a['out_channels']}, {c.a['kernel']}, stride={c.a['stride']}, "
             f"padding={c.a['padding']}, bias={c.a['bias']})"
+        )
+    ),
+    "batch_norm": LayerRule(
+        lambda c: (
+            f"{c.helper('BatchNorm2d')}({c.a['channels']}, eps={c.a['eps']!r}, momentum={c.a['momentum']!r}"
+            + (", frozen=True)" if c.a["frozen"] else ")")
         )
     ),
 }
@@ -115,6 +123,10 @@ OPS: dict[str, Rule] = {
     "clip": lambda c, x: f"torch.clamp({x}, {c.a['low']!r}, {c.a['high']!r})",
     "leaky_relu": lambda c, x: f"F.leaky_relu({x}, {c.a['slope']!r})",
     "degree": lambda c, i, like: f"torch.bincount({i}, minlength={like}.shape[0]).to(torch.float32)",
+    "sine_positions_2d": sine_positions_rule('torch.from_numpy({t}).to(device={x}.device, dtype={x}.dtype)'),
+    "max_pool2d": lambda c, x: (
+        f"F.max_pool2d({x}, {c.a['kernel']}, stride={c.a['stride']}, padding={c.a['padding']})"
+    ),
 }
 
 
@@ -122,6 +134,41 @@ OPS: dict[str, Rule] = {
 HELPER_IMPORTS: dict[str, tuple[str, ...]] = {"rope": ("functools",)}
 
 HELPERS: dict[str, str] = {
+    "sine_positions_2d": SINE_POSITIONS_SOURCE,
+    "dice_loss": '''
+def _dice_loss(logits, labels, smooth):
+    """Soft Dice: 1 - mean over classes of (2 sum(p y) + s) / (sum(p) + sum(y) + s)."""
+    p = torch.softmax(logits, dim=1)
+    y = F.one_hot(labels.long(), logits.shape[1]).movedim(-1, 1).to(p.dtype)
+    axes = [0] + list(range(2, logits.dim()))
+    inter, total = (p * y).sum(dim=axes), p.sum(dim=axes) + y.sum(dim=axes)
+    return 1.0 - ((2.0 * inter + smooth) / (total + smooth)).mean()
+''',
+    "BatchNorm2d": '''
+class _BatchNorm2d(nn.Module):
+    """Batch norm over [B, C, H, W]: running statistics in eval mode; batch statistics
+    in train mode, which also move the running ones (torch's update). Frozen (DETR's
+    backbone): weight and bias are buffers too and the running statistics are always
+    used. No num_batches_tracked: the state dict holds exactly the canonical names."""
+
+    def __init__(self, channels, eps, momentum, frozen=False):
+        super().__init__()
+        self.eps, self.momentum, self.frozen = eps, momentum, frozen
+        if frozen:
+            self.register_buffer("weight", torch.ones(channels))
+            self.register_buffer("bias", torch.zeros(channels))
+        else:
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x):
+        train = self.training and not self.frozen
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, train, self.momentum, self.eps
+        )
+''',
     **COMMON_HELPERS,
     "scatter_add": '''
 def _scatter_add(src, index, rows):

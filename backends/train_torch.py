@@ -100,9 +100,9 @@ def emit_program(
 
 def _transform_kinds() -> set[str]:
     """The data transforms the runtime defines (data.py needs only numpy)."""
-    from metagen.backends.runtime.data import TRANSFORMS
+    from metagen.backends.runtime.data import OUTPUT_TRANSFORMS, TRANSFORMS
 
-    return set(TRANSFORMS)
+    return set(TRANSFORMS) | set(OUTPUT_TRANSFORMS)
 
 
 def lower_training_torch(model: Model, loss: LossProgram, cfg: dict[str, Any]) -> str:

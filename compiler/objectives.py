@@ -21,6 +21,8 @@ itself is deterministic.
 | reconstruction | mse(reconstruction, the input window)                             |
 | value_based    | huber(q_values[a], r + gamma (1 - done) max q_target(s')); DQN, target net data-side |
 | policy_gradient| PPO: -min(r A, clip(r) A) + 0.5 mse(V, R) - 0.01 H                |
+| semantic_segmentation | cross_entropy(logits as [B, H, W, C], label map) (+ dice_loss(logits, label map) with `dice`) |
+| object_detection | DETR: masked_cross_entropy(logits, matched classes, 1 or 0.1) + 5 L1 + 2 (1 - GIoU) on matched boxes; Hungarian matching is data-side, after the forward |
 """
 
 from __future__ import annotations
@@ -60,16 +62,22 @@ class DataTransform:
     outputs: dict[str, str] = field(default_factory=dict)
     carry: tuple[str, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
+    # Model outputs the step reads: it runs after the forward pass, on its (detached)
+    # predictions, before the loss (DETR's matching); the others run before the model.
+    reads: tuple[str, ...] = ()
 
     def table(self) -> dict[str, Any]:
         """The entry of the program's TRAIN["data"] and of the training report."""
-        return {
+        out = {
             "kind": self.kind,
             "inputs": dict(self.inputs),
             "outputs": dict(self.outputs),
             "carry": list(self.carry),
             "params": dict(self.params),
         }
+        if self.reads:
+            out["reads"] = list(self.reads)
+        return out
 
 
 @dataclass
@@ -495,6 +503,225 @@ def policy_gradient(model: Model, seq: int) -> LossProgram:
     )
 
 
+def semantic_segmentation(model: Model, seq: int) -> LossProgram:
+    """Per-pixel cross-entropy of class logits [batch, C, H, W] against a label map
+    [batch, H, W], plus the soft Dice loss when the model's config says `dice`
+    (`objective: [semantic_segmentation, dice]`)."""
+    name, lt = _output(model, "logits")
+    if lt.rank != 4:
+        raise ObjectiveError(f"semantic segmentation needs per-pixel logits [batch, C, H, W], got {lt}")
+    classes, h, w = lt.shape[1], lt.shape[2], lt.shape[3]
+    dice = bool(model.config.get("dice"))
+    mb = ModelBuilder()
+    m = mb.module(
+        "SegmentationLoss",
+        doc="Per-pixel cross-entropy of the class scores" + (" plus the soft Dice loss." if dice else "."),
+    )
+    logits = m.input("logits", lt)
+    labels = m.input("labels", TensorType(DType.i64, (lt.shape[0], h, w)))
+    per_pixel = m.op("transpose", logits, perm=(0, 2, 3, 1), hint="per_pixel")
+    loss = m.op("cross_entropy", per_pixel, labels, hint="ce")
+    if dice:
+        loss = m.op("add", loss, m.op("dice_loss", logits, labels, hint="dice"), hint="loss")
+    top = m.ret(loss, names=["loss"])
+    spec = [InputSpec("logits", lt, "normal"), InputSpec("labels", labels.type, "tokens", 0, classes)]
+    draw = DataTransform(
+        "segmentation_labels",
+        outputs={"labels": "labels"},
+        carry=tuple(i.name for i in model.inputs if i.kind != "tokens"),
+        params={"classes": classes, "shape": list(labels.type.shape)},
+    )
+    return LossProgram(
+        "semantic_segmentation",
+        _finish(mb, top, model, spec),
+        [("output", name), ("batch", draw.outputs["labels"])],
+        [draw],
+        seq,
+        "label maps of 4 x 4-pixel blocks on synthetic data; images carry their label as a shift of every channel",
+    )
+
+
+# DETR's loss weights (Carion et al. 2020, section 4): class 1, L1 box 5, GIoU 2; the
+# "no object" class weighs 0.1 in the cross-entropy.
+DETR_WEIGHTS = {"class": 1.0, "bbox": 5.0, "giou": 2.0, "no_object": 0.1}
+MAX_SYNTHETIC_OBJECTS = 4
+
+
+def _corners(m, box, hint: str):
+    """(x0y0, x1y1) [..., 2] of boxes (cx, cy, w, h) [..., 4]."""
+    center = m.op("slice", box, axis=-1, start=0, end=2, hint=f"{hint}_c")
+    half = m.op("scale", m.op("slice", box, axis=-1, start=2, end=4), factor=0.5, hint=f"{hint}_half")
+    return m.op("sub", center, half, hint=f"{hint}_lo"), m.op("add", center, half, hint=f"{hint}_hi")
+
+
+def _area(m, lo, hi, hint: str):
+    wh = m.op("sub", hi, lo)
+    return m.op("mul", m.op("select", wh, axis=-1, index=0), m.op("select", wh, axis=-1, index=1), hint=hint)
+
+
+def _max(m, a, b):
+    return m.op("add", b, m.op("relu", m.op("sub", a, b)))
+
+
+def _min(m, a, b):
+    return m.op("sub", a, m.op("relu", m.op("sub", a, b)))
+
+
+def generalized_iou(m, a, b):
+    """GIoU (Rezatofighi et al. 2019) of paired boxes (cx, cy, w, h) [..., 4] -> [...]:
+    IoU - (enclosing area - union) / enclosing area."""
+    alo, ahi = _corners(m, a, "a")
+    blo, bhi = _corners(m, b, "b")
+    inter = _area(m, _max(m, alo, blo), _max(m, _min(m, ahi, bhi), _max(m, alo, blo)), "inter")
+    union = m.op("sub", m.op("add", _area(m, alo, ahi, "area_a"), _area(m, blo, bhi, "area_b")), inter, hint="union")
+    enclosing = _area(m, _min(m, alo, blo), _max(m, ahi, bhi), "enclosing")
+    iou = m.op("div", inter, union, hint="iou")
+    return m.op("sub", iou, m.op("div", m.op("sub", enclosing, union), enclosing), hint="giou")
+
+
+def dense_detection(model: Model, seq: int) -> LossProgram:
+    """The dense detector's loss (FCOS-style, with a softmax background class): the
+    data side assigns each cell to the smallest target box containing its center
+    (before the forward: the assignment does not depend on the predictions); the loss
+    is cross-entropy over every cell, and over the assigned cells the L1 distance of
+    (l, t, r, b) and the squared error of sigmoid(centerness) against FCOS's
+    centerness, each summed and divided by the number of assigned cells."""
+    lname, lt = _output(model, "logits")
+    dname, dt = _output(model, "box_distances")
+    cname, ct = _output(model, "centerness")
+    classes, cells = lt.shape[-1] - 1, lt.shape[1]
+    mb = ModelBuilder()
+    m = mb.module("DenseDetectionLoss", doc="Cross-entropy per cell, L1 distances and centerness on assigned cells.")
+    logits, dist, ctr = m.input("logits", lt), m.input("box_distances", dt), m.input("centerness", ct)
+    cell = TensorType(DType.i64, lt.shape[:2])
+    target_classes = m.input("target_classes", cell)
+    class_weight = m.input("class_weight", cell.with_dtype(DType.f32))
+    target_distances = m.input("target_distances", dt)
+    target_centerness = m.input("target_centerness", ct)
+    box_weight = m.input("box_weight", ct)
+    ce = m.op("masked_cross_entropy", logits, target_classes, class_weight, hint="loss_ce")
+    diff = m.op("sub", dist, target_distances)
+    l1 = m.op("scale", m.op("mean", m.op("add", m.op("relu", diff), m.op("relu", m.op("scale", diff, factor=-1.0))), axis=-1), factor=4.0)
+    loss_box = m.op("mean", m.op("mean", m.op("mul", l1, box_weight), axis=-1), axis=-1, hint="loss_box")
+    err = m.op("sub", m.op("sigmoid", ctr), target_centerness)
+    loss_ctr = m.op("mean", m.op("mean", m.op("mul", m.op("mul", err, err), box_weight), axis=-1), axis=-1, hint="loss_ctr")
+    top = m.ret(m.op("add", ce, m.op("add", loss_box, loss_ctr), hint="loss"), names=["loss"])
+    spec = [
+        InputSpec("logits", lt, "normal"),
+        InputSpec("box_distances", dt, "uniform", 0.0, 1.0),
+        InputSpec("centerness", ct, "normal"),
+        InputSpec("target_classes", cell, "tokens", 0, classes + 1),
+        InputSpec("class_weight", class_weight.type, "uniform", 0.1, 1.0),
+        InputSpec("target_distances", dt, "uniform", 0.0, 0.5),
+        InputSpec("target_centerness", ct, "uniform", 0.0, 1.0),
+        InputSpec("box_weight", ct, "uniform", 0.0, 2.0),
+    ]
+    draw = DataTransform(
+        "detection_targets",
+        outputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
+        carry=tuple(i.name for i in model.inputs if i.kind != "tokens"),
+        params={"classes": classes, "max_objects": MAX_SYNTHETIC_OBJECTS},
+    )
+    side = int(round(cells**0.5))
+    assign = DataTransform(
+        "dense_assign",
+        inputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
+        outputs={n: n for n in ("target_classes", "class_weight", "target_distances", "target_centerness", "box_weight")},
+        params={"classes": classes, "grid": side, "background": DENSE_BACKGROUND_WEIGHT},
+    )
+    names = ("target_classes", "class_weight", "target_distances", "target_centerness", "box_weight")
+    return LossProgram(
+        "object_detection",
+        _finish(mb, top, model, spec),
+        [("output", lname), ("output", dname), ("output", cname)] + [("batch", n) for n in names],
+        [draw, assign],
+        seq,
+        "targets: boxes (cx, cy, w, h) in [0, 1], classes, object_mask per image; each cell is assigned to the "
+        "smallest box containing its center, before the forward",
+    )
+
+
+DENSE_BACKGROUND_WEIGHT = 0.25  # background cells' weight in the cross-entropy
+
+
+def object_detection(model: Model, seq: int) -> LossProgram:
+    """DETR's set loss, or the dense detector's loss for a model with box distances."""
+    if "box_distances" in model.output_names:
+        return dense_detection(model, seq)
+    return set_prediction(model, seq)
+
+
+def set_prediction(model: Model, seq: int) -> LossProgram:
+    """DETR's set loss. The data side matches predictions to targets each step (the
+    Hungarian algorithm on DETR's matching cost, after the forward pass) and writes
+    per-query targets; the loss is then fixed arithmetic: weighted cross-entropy over
+    every query (no-object weight 0.1), and over matched queries the L1 and 1 - GIoU
+    box losses, each summed and divided by the number of target boxes."""
+    lname, lt = _output(model, "logits")
+    bname, bt = _output(model, "pred_boxes")
+    classes = lt.shape[-1] - 1
+    q = lt.shape[1]
+    w = DETR_WEIGHTS
+    mb = ModelBuilder()
+    m = mb.module("SetLoss", doc="DETR's loss on Hungarian-matched per-query targets (class, L1 box, GIoU).")
+    logits, boxes = m.input("logits", lt), m.input("pred_boxes", bt)
+    query = TensorType(DType.i64, lt.shape[:2])
+    target_classes = m.input("target_classes", query)
+    class_weight = m.input("class_weight", query.with_dtype(DType.f32))
+    target_boxes = m.input("target_boxes", bt)
+    box_weight = m.input("box_weight", query.with_dtype(DType.f32))
+    ce = m.op("masked_cross_entropy", logits, target_classes, class_weight, hint="loss_ce")
+    diff = m.op("sub", boxes, target_boxes)
+    l1 = m.op("add", m.op("relu", diff), m.op("relu", m.op("scale", diff, factor=-1.0)), hint="abs")
+    per_query = m.op("scale", m.op("mean", l1, axis=-1), factor=4.0, hint="l1")  # sum over the 4 coordinates
+    loss_bbox = m.op("mean", m.op("mean", m.op("mul", per_query, box_weight), axis=-1), axis=-1, hint="loss_bbox")
+    giou = generalized_iou(m, boxes, target_boxes)
+    giou_term = m.op("sub", box_weight, m.op("mul", giou, box_weight), hint="one_minus_giou")  # (1 - GIoU) * weight
+    loss_giou = m.op("mean", m.op("mean", giou_term, axis=-1), axis=-1, hint="loss_giou")
+    total = m.op(
+        "add",
+        m.op("scale", ce, factor=w["class"]),
+        m.op("add", m.op("scale", loss_bbox, factor=w["bbox"]), m.op("scale", loss_giou, factor=w["giou"])),
+        hint="loss",
+    )
+    top = m.ret(total, names=["loss"])
+    spec = [
+        InputSpec("logits", lt, "normal"),
+        InputSpec("pred_boxes", bt, "uniform", 0.1, 0.9),
+        InputSpec("target_classes", query, "tokens", 0, classes + 1),
+        InputSpec("class_weight", class_weight.type, "uniform", 0.1, 1.0),
+        InputSpec("target_boxes", bt, "uniform", 0.2, 0.6),
+        InputSpec("box_weight", box_weight.type, "uniform", 0.0, 2.0),
+    ]
+    objects = min(MAX_SYNTHETIC_OBJECTS, q)
+    draw = DataTransform(
+        "detection_targets",
+        outputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
+        carry=tuple(i.name for i in model.inputs if i.kind != "tokens"),
+        params={"classes": classes, "max_objects": objects},
+    )
+    match = DataTransform(
+        "hungarian_match",
+        inputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
+        outputs={n: n for n in ("target_classes", "class_weight", "target_boxes", "box_weight")},
+        params={"classes": classes, "cost_class": w["class"], "cost_bbox": w["bbox"], "cost_giou": w["giou"],
+                "no_object": w["no_object"]},
+        reads=(lname, bname),
+    )
+    sources = [("output", lname), ("output", bname)] + [
+        ("batch", n) for n in ("target_classes", "class_weight", "target_boxes", "box_weight")
+    ]
+    return LossProgram(
+        "object_detection",
+        _finish(mb, top, model, spec),
+        sources,
+        [draw, match],
+        seq,
+        "targets: boxes (cx, cy, w, h) in [0, 1], classes, object_mask per image; each step the data side "
+        "matches them to the predictions (Hungarian, DETR's cost) and the loss reads per-query targets",
+    )
+
+
 OBJECTIVES: dict[str, Callable[..., LossProgram]] = {
     "masked": masked,
     "autoregressive": autoregressive,
@@ -506,7 +733,10 @@ OBJECTIVES: dict[str, Callable[..., LossProgram]] = {
     "reconstruction": reconstruction,
     "value_based": value_based,
     "policy_gradient": policy_gradient,
+    "semantic_segmentation": semantic_segmentation,
+    "object_detection": object_detection,
 }
+
 
 def objective_name(ctx: CompileContext) -> str:
     training = getattr(ctx.spec, "training", None)

@@ -14,7 +14,7 @@ def _breakdown(model: Model, module: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     m = model.modules[module]
     for name, p in m.params.items():
-        out[name] = p.numel
+        out[name] = p.counted
     for cname, child in m.children.items():
         total = model.child_param_count(child)
         if isinstance(child, Repeat):

@@ -20,14 +20,19 @@ def rules() -> list[tuple[Rule, Family]]:
 
 
 def matching_rule(spec: Spec) -> tuple[Rule, Family] | None:
-    """The first rule (catalogue order) the spec's modality and objective meet, with
+    """The first rule the spec's modality and objective meet (rules naming the written
+    `architecture.family` first, then catalogue order), with
     its family; None when none does. The model card quotes it as the reason."""
     ins = frozenset(spec.modality.inputs or [])
     outs = frozenset(spec.modality.outputs or [])
     objectives = spec.training.objective or []
     objective = objectives[0] if objectives else None
     unknown = bool((ins | outs) - set(MODALITIES))
-    for rule, fam in rules():
+    written = spec.architecture.family
+    # Rules that name the written family first, then the rest, each in catalogue order.
+    for rule, fam in sorted(rules(), key=lambda rf: not rf[0].families):
+        if rule.families and written not in rule.families:
+            continue
         if unknown:
             if rule.unknown_modalities:
                 return rule, fam
@@ -80,7 +85,9 @@ def combinations_table() -> str:
             cells = ["any unknown modality", "anything", "anything"]
         else:
             cells = [", ".join(rule.inputs), ", ".join(rule.outputs), ", ".join(o or "none" for o in rule.objectives)]
-        note = f" {rule.note} " if rule.note else " "
+        when = f"with `family: {' or '.join(rule.families)}`" if rule.families else ""
+        note = " " + "; ".join(x for x in (when, rule.note) if x) + " "
+        note = note if note.strip() else " "
         lines.append(f"| {' | '.join(cells)} | `{fam.name}` |{note}|")
     return "\n".join(lines) + "\n"
 

@@ -70,6 +70,10 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/graph/citation_gcn.yaml"),
     GoldenSpec("examples/graph/link_gin.yaml"),
     GoldenSpec("examples/graph/solubility_gin.yaml"),
+    GoldenSpec("examples/reference/resnet50.yaml", full_ir=True),
+    GoldenSpec("examples/vision/segmentation_unet.yaml"),
+    GoldenSpec("examples/reference/detr_resnet50.yaml", full_ir=True),
+    GoldenSpec("examples/vision/dense_detector_edge.yaml"),
 ]
 
 

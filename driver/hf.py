@@ -323,6 +323,55 @@ def patchtst_to_canonical(sd: dict, eps: float = 1e-5) -> dict[str, np.ndarray]:
     return out
 
 
+_BN = ("weight", "bias", "running_mean", "running_var")  # batch norm's canonical state (no num_batches_tracked)
+
+
+def _conv_bn(out: dict, sd: dict, src: str, conv: str, bn: str) -> None:
+    """transformers' ResNetConvLayer / ResNetShortCut (`convolution`, `normalization`)."""
+    out[f"{conv}.weight"] = _np(sd[f"{src}.convolution.weight"])
+    for n in _BN:
+        out[f"{bn}.{n}"] = _np(sd[f"{src}.normalization.{n}"])
+
+
+def resnet_to_canonical(sd: dict, prefix: str = "resnet.", dst: str = "") -> dict[str, np.ndarray]:
+    """transformers `ResNetForImageClassification` (or a `ResNetModel` backbone under
+    `prefix`, canonical names under `dst`) -> the resnet family: stage i block 0 is
+    `layer{i+1}.first`, block j > 0 `layer{i+1}.rest.{j-1}`; the head `classifier.1`
+    is `fc` (absent from a backbone)."""
+    out: dict[str, np.ndarray] = {}
+    _conv_bn(out, sd, f"{prefix}embedder.embedder", f"{dst}conv1", f"{dst}bn1")
+    for i in range(_layers(sd, re.escape(prefix) + r"encoder\.stages\.(\d+)\.")):
+        stage = f"{prefix}encoder.stages.{i}"
+        for j in range(_layers(sd, re.escape(stage) + r"\.layers\.(\d+)\.")):
+            src, to = f"{stage}.layers.{j}", f"{dst}layer{i + 1}." + ("first" if j == 0 else f"rest.{j - 1}")
+            if f"{src}.shortcut.convolution.weight" in sd:
+                _conv_bn(out, sd, f"{src}.shortcut", f"{to}.downsample.conv", f"{to}.downsample.bn")
+            for k in range(_layers(sd, re.escape(src) + r"\.layer\.(\d+)\.")):
+                _conv_bn(out, sd, f"{src}.layer.{k}", f"{to}.conv{k + 1}", f"{to}.bn{k + 1}")
+    if "classifier.1.weight" in sd:
+        _lin(out, "fc", sd, "classifier.1")
+    return out
+
+
+def detr_to_canonical(sd: dict) -> dict[str, np.ndarray]:
+    """transformers `DetrForObjectDetection` (ResNet backbone, `use_timm_backbone=False`)
+    -> the detr family. The transformer's names are ours without `model.`; the
+    backbone is `resnet_to_canonical`'s under `backbone.`; the box MLP's layers 0, 1
+    are `bbox_predictor.hidden.{0,1}.fc`, its layer 2 `bbox_predictor.out`."""
+    out = resnet_to_canonical(sd, prefix="model.backbone.model.", dst="backbone.")
+    out["query_pos"] = _np(sd["model.query_position_embeddings.weight"])
+    for k, v in sd.items():
+        if k.startswith(("model.encoder.", "model.decoder.", "model.input_projection.")):
+            out[k[len("model."):]] = _np(v)
+        elif k.startswith("class_labels_classifier."):
+            out[k] = _np(v)
+    layers = _layers(sd, r"bbox_predictor\.layers\.(\d+)\.")
+    for i in range(layers - 1):
+        _lin(out, f"bbox_predictor.hidden.{i}.fc", sd, f"bbox_predictor.layers.{i}")
+    _lin(out, "bbox_predictor.out", sd, f"bbox_predictor.layers.{layers - 1}")
+    return out
+
+
 # ------------------------------------------------------------ located JSON keys
 
 

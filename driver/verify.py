@@ -115,7 +115,8 @@ def run_python_module(
     session: Session, backend: registry.Backend, weights, inputs, count: Callable[[Any], int] | None = None
 ) -> Ran:
     """A generated module through its API (CONTRACT §3). `count` is the framework's own
-    parameter count of a state; without it, the elements `to_canonical` returns."""
+    parameter count of a state; without it, the elements `to_canonical` returns
+    outside the buffers (batch norm's running statistics are weights, not parameters)."""
     mod = session.module(backend)
     state = mod.load_canonical(weights)
     back = mod.to_canonical(state)
@@ -127,7 +128,8 @@ def run_python_module(
     fresh = mod.to_canonical(mod.init(session.seed))
     if not all(np.array_equal(fresh[k], weights[k]) for k in weights):
         raise AssertionError(f"init({session.seed}) differs from the reference's init({session.seed})")
-    n = count(state) if count is not None else sum(int(np.asarray(v).size) for v in back.values())
+    buffers = session.model.buffer_names()
+    n = count(state) if count is not None else sum(int(np.asarray(v).size) for k, v in back.items() if k not in buffers)
     return Ran(mod.run(state, inputs), n)
 
 
@@ -152,7 +154,7 @@ def run_flax(session: Session, backend: registry.Backend, weights, inputs) -> Ra
 
 def run_onnx(session: Session, backend: registry.Backend, weights, inputs) -> Ran:
     """onnxruntime on the model with `weights` embedded; the parameter count is the
-    canonical initializers' elements."""
+    canonical initializers' elements, buffers aside."""
     import onnx
     import onnxruntime as ort
 
@@ -160,7 +162,8 @@ def run_onnx(session: Session, backend: registry.Backend, weights, inputs) -> Ra
     path = _write(session.folder, "model.onnx", files)
     proto = onnx.load(path, load_external_data=False)
     canonical = set(weights)
-    count = sum(int(np.prod(t.dims, dtype=np.int64)) for t in proto.graph.initializer if t.name in canonical)
+    counted = canonical - session.model.buffer_names()
+    count = sum(int(np.prod(t.dims, dtype=np.int64)) for t in proto.graph.initializer if t.name in counted)
     missing = canonical - {t.name for t in proto.graph.initializer}
     if missing:
         raise AssertionError(f"ONNX initializers lack {len(missing)} canonical names, e.g. {sorted(missing)[0]}")

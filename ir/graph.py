@@ -62,15 +62,24 @@ ONES = Init("ones")
 
 @dataclass(frozen=True)
 class Param:
-    """A parameter: local name, concrete shape, dtype and init scheme."""
+    """A parameter: local name, concrete shape, dtype and init scheme. A `buffer` is
+    state that is not trained by gradient (batch norm's running statistics): it is
+    part of the canonical weights (every backend loads and saves it under its
+    canonical name) but not of the parameter count, as torch counts `parameters()`."""
 
     name: str
     type: TensorType
     init: Init
+    buffer: bool = False
 
     @property
     def numel(self) -> int:
         return self.type.numel()
+
+    @property
+    def counted(self) -> int:
+        """Elements this contributes to the parameter count (0 for a buffer)."""
+        return 0 if self.buffer else self.type.numel()
 
 
 class Value:
@@ -186,6 +195,10 @@ class Model:
         """Every parameter with its canonical name, in definition order."""
         yield from _walk(self, self.top, "")
 
+    def buffer_names(self) -> set[str]:
+        """Canonical names of the buffers (state outside the parameter count)."""
+        return {name for name, p in self.walk_params() if p.buffer}
+
     def param_count(self) -> int:
         """Exact parameter count, from the IR alone (nothing is allocated)."""
         return sum(n for _, n in self.module_param_counts(self.top))
@@ -193,7 +206,7 @@ class Model:
     def module_param_counts(self, module: str) -> list[tuple[str, int]]:
         """(child path, parameter count) for each direct child and own parameter."""
         m = self.modules[module]
-        out = [(name, p.numel) for name, p in m.params.items()]
+        out = [(name, p.counted) for name, p in m.params.items()]
         for cname, child in m.children.items():
             out.append((cname, self.child_param_count(child)))
         return out
@@ -202,7 +215,7 @@ class Model:
         from metagen.ir import ops
 
         if isinstance(child, Layer):
-            return sum(p.numel for p in ops.layer_params(child).values())
+            return sum(p.counted for p in ops.layer_params(child).values())
         count = child.count if isinstance(child, Repeat) else 1
         return count * sum(n for _, n in self.module_param_counts(child.module))
 

@@ -335,6 +335,61 @@ def _conv2d(a, ins):
     return [x.with_shape((x.shape[0], a["out_channels"], h, w))]
 
 
+def _batch_norm_params(a):
+    c = (a["channels"],)
+    return {
+        "weight": Param("weight", TensorType(DType.f32, c), ONES, buffer=a["frozen"]),
+        "bias": Param("bias", TensorType(DType.f32, c), ZEROS, buffer=a["frozen"]),
+        "running_mean": Param("running_mean", TensorType(DType.f32, c), ZEROS, buffer=True),
+        "running_var": Param("running_var", TensorType(DType.f32, c), ONES, buffer=True),
+    }
+
+
+@op(
+    "batch_norm",
+    ("x",),
+    (Attr("channels", "int"), Attr("eps", "float", 1e-5), Attr("momentum", "float", 0.1), Attr("frozen", "bool", False)),
+    params=_batch_norm_params,
+    flops=lambda a, i, o, b: 2 * o[0].numel(b),
+)
+def _batch_norm(a, ins):
+    """Batch norm over [B, C, H, W] in inference form: (x - running_mean) /
+    sqrt(running_var + eps) * weight + bias per channel. The running statistics are
+    buffers (canonical weights outside the parameter count). Training programs run
+    it in training form (batch statistics, biased variance; the running statistics
+    move by `momentum` towards the batch mean and unbiased variance, as torch's).
+    `frozen` (DETR's FrozenBatchNorm2d): weight and bias are buffers too, and the
+    op stays in inference form in training."""
+    (x,) = ins
+    _need_float("batch_norm", x)
+    if x.rank != 4 or x.shape[1] != a["channels"]:
+        raise OpError(f"op 'batch_norm' needs [B, {a['channels']}, H, W], got {x}")
+    if not 0.0 <= a["momentum"] <= 1.0:
+        raise OpError(f"op 'batch_norm': momentum {a['momentum']} is outside [0, 1]")
+    return [x]
+
+
+@op(
+    "max_pool2d",
+    ("x",),
+    (Attr("kernel", "int"), Attr("stride", "int", 1), Attr("padding", "int", 0)),
+    flops=lambda a, i, o, b: a["kernel"] ** 2 * o[0].numel(b),
+)
+def _max_pool2d(a, ins):
+    """Max over k x k windows of [B, C, H, W], NCHW; padding counts as -inf (never the max)."""
+    (x,) = ins
+    _need_float("max_pool2d", x)
+    if x.rank != 4:
+        raise OpError(f"op 'max_pool2d' needs [B, C, H, W], got {x}")
+    if 2 * a["padding"] > a["kernel"]:
+        raise OpError(f"op 'max_pool2d': padding {a['padding']} is more than half the kernel {a['kernel']}")
+    h = _conv_out(x.shape[2], a["kernel"], a["stride"], a["padding"])
+    w = _conv_out(x.shape[3], a["kernel"], a["stride"], a["padding"])
+    if h < 1 or w < 1:
+        raise OpError(f"op 'max_pool2d': input {x} is smaller than the kernel")
+    return [x.with_shape((x.shape[0], x.shape[1], h, w))]
+
+
 # ---------------------------------------------------------------- elementwise
 
 
@@ -347,6 +402,7 @@ def _binary(name: str, doc: str):
 _binary("add", "a + b with numpy broadcasting.")
 _binary("sub", "a - b with numpy broadcasting.")
 _binary("mul", "a * b with numpy broadcasting.")
+_binary("div", "a / b with numpy broadcasting (IEEE: x / 0 is inf or nan).")
 
 
 def _unary(name: str, doc: str, cost: int = 1):
@@ -693,6 +749,25 @@ def _require_multiple(a, ins):
     return [x]
 
 
+@op(
+    "sine_positions_2d",
+    ("x",),
+    (Attr("features", "int"), Attr("temperature", "float", 10000.0), Attr("scale", "float", 2 * math.pi)),
+    flops=_flops_zero,
+)
+def _sine_positions_2d(a, ins):
+    """DETR's sine position embedding of the H x W grid of x [B, C, H, W] (its values
+    are not read), flattened row-major: [1, H*W, 2 * features], the y half first.
+    Coordinate y = (row + 1) / (H + 1e-6) * scale (x alike); feature k of a
+    coordinate is sin (k even) or cos (k odd) of coordinate / temperature^(2 floor(k/2) / features)."""
+    (x,) = ins
+    if x.rank != 4 or isinstance(x.shape[2], str) or isinstance(x.shape[3], str):
+        raise OpError(f"op 'sine_positions_2d' needs [B, C, H, W] with concrete H, W, got {x}")
+    if a["features"] % 2:
+        raise OpError("op 'sine_positions_2d' needs an even number of features")
+    return [TensorType(DType.f32, (1, x.shape[2] * x.shape[3], 2 * a["features"]))]
+
+
 @op("mean", ("x",), (Attr("axis", "int"),))
 def _mean(a, ins):
     """Mean over one axis, which is dropped."""
@@ -791,6 +866,19 @@ def _masked_cross_entropy(a, ins):
         raise OpError(f"op 'masked_cross_entropy' needs logits [..., C] and labels [...], got {logits} and {labels}")
     if not mask.dtype.is_float or mask.shape != labels.shape:
         raise OpError(f"op 'masked_cross_entropy' needs a float mask shaped like the labels, got {mask}")
+    return [TensorType(logits.dtype, ())]
+
+
+@op("dice_loss", ("logits", "labels"), (Attr("smooth", "float", 1.0),), flops=lambda a, i, o, b: 10 * i[0].numel(b))
+def _dice_loss(a, ins):
+    """Soft Dice loss of per-pixel class logits [B, C, ...] against integer labels
+    [B, ...] (a scalar): p = softmax over axis 1, y = one-hot labels, and
+    1 - mean over classes of (2 sum(p y) + smooth) / (sum(p) + sum(y) + smooth), each
+    sum over the batch and every position (Milletari et al. 2016, V-Net)."""
+    logits, labels = ins
+    _need_float("dice_loss", logits)
+    if labels.dtype not in (DType.i64, DType.i32) or logits.rank < 2 or labels.shape != (logits.shape[0],) + logits.shape[2:]:
+        raise OpError(f"op 'dice_loss' needs logits [B, C, ...] and labels [B, ...], got {logits} and {labels}")
     return [TensorType(logits.dtype, ())]
 
 

@@ -457,7 +457,7 @@ def test_presets_build_the_reference_specs():
 
 
 def test_there_are_examples():
-    assert len(REFERENCE_YAML) == 9
+    assert len(REFERENCE_YAML) >= 9  # at least main's seven, resnet50 and detr_resnet50
     assert len(ALL_MG) >= len(ALL_YAML)
 
 

@@ -57,7 +57,7 @@ def test_a_rule_matches_one_family_at_most():
     for fam in FAMILIES.values():
         for rule in fam.rules:
             for obj in rule.objectives:
-                key = (frozenset(rule.inputs), frozenset(rule.outputs), obj, rule.unknown_modalities)
+                key = (frozenset(rule.inputs), frozenset(rule.outputs), obj, rule.unknown_modalities, rule.families)
                 assert key not in seen, f"{fam.name} and {seen[key]} both claim {key}"
                 seen[key] = fam.name
 

@@ -104,6 +104,7 @@ CASES: dict[str, list] = {
     "add": [_binary("add")],
     "sub": [_binary("sub")],
     "mul": [_binary("mul")],
+    "div": [lambda g: g.m.op("div", g.x("x", 2, 5, 8), g.m.op("add", g.m.op("exp", g.x("y", 8)), g.x("z", 2, 5, 8, kind="uniform", low=0.5, high=1.0)))],
     "scale": [_unary("scale", factor=0.125)],
     "gelu": [_unary("gelu")],
     "gelu_tanh": [_unary("gelu_tanh")],
@@ -156,6 +157,22 @@ CASES: dict[str, list] = {
     "cast": [lambda g: g.m.op("cast", g.ids("ids", 2, 5), dtype="f32")],
     "cross_entropy": [lambda g: g.m.op("cross_entropy", g.x("logits", 2, 5, 10), g.ids("labels", 2, 5))],
     "mse": [lambda g: g.m.op("mse", g.x("x", 2, 5, 8), g.x("y", 2, 5, 8))],
+    "dice_loss": [
+        lambda g: g.m.op("dice_loss", g.x("logits", 2, 3, 4, 5), g.ids("labels", 2, 4, 5, high=3)),
+        lambda g: g.m.op("dice_loss", g.x("logits", 3, 4, 6), g.ids("labels", 3, 6, high=4), smooth=0.5),
+    ],
+    "batch_norm": [
+        _layer("batch_norm", (2, 6, 5, 4), channels=6),
+        _layer("batch_norm", (3, 4, 2, 2), channels=4, eps=1e-3, frozen=True),
+    ],
+    "sine_positions_2d": [
+        _unary("sine_positions_2d", (2, 3, 4, 5), features=6),
+        _unary("sine_positions_2d", (1, 2, 3, 3), features=4, temperature=20.0, scale=1.0),
+    ],
+    "max_pool2d": [
+        _unary("max_pool2d", (2, 3, 9, 8), kernel=3, stride=2, padding=1),
+        _unary("max_pool2d", (2, 3, 6, 6), kernel=2, stride=2),
+    ],
     "masked_cross_entropy": [
         lambda g: g.m.op(
             "masked_cross_entropy",

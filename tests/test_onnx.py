@@ -85,10 +85,16 @@ CASES = [
     ("rms_norm", "rms_norm", [inp("x", BSD)], dict(dim=8, eps=1e-5), {}),
     ("group_norm", "group_norm", [inp("x", T("batch", 8, 4, 4))], dict(groups=2, channels=8), {}),
     ("conv2d", "conv2d", [inp("x", T("batch", 3, 8, 8))], dict(in_channels=3, out_channels=4, kernel=3, stride=2, padding=1), {}),
+    ("dice_loss", "dice_loss", [inp("logits", T("batch", 3, 4, 5)), inp("labels", T("batch", 4, 5, dtype=DType.i64), "tokens", 0, 3)], dict(smooth=0.5), {}),
+    ("sine_positions_2d", "sine_positions_2d", [inp("x", T("batch", 3, 4, 5))], dict(features=6), {}),
+    ("batch_norm_frozen", "batch_norm", [inp("x", T("batch", 4, 3, 3))], dict(channels=4, frozen=True), {}),
+    ("batch_norm", "batch_norm", [inp("x", T("batch", 6, 5, 4))], dict(channels=6, eps=1e-3), {}),
+    ("max_pool2d", "max_pool2d", [inp("x", T("batch", 3, 9, 8))], dict(kernel=3, stride=2, padding=1), {}),
     ("conv2d_nobias", "conv2d", [inp("x", T("batch", 3, 5, 5))], dict(in_channels=3, out_channels=2, kernel=1, bias=False), {}),
     ("add", "add", [inp("a", BSD), inp("b", T(8))], {}, {}),
     ("sub", "sub", [inp("a", BSD), inp("b", BSD)], {}, {}),
     ("mul", "mul", [inp("a", BSD), inp("b", T("batch", 1, 8))], {}, {}),
+    ("div", "div", [inp("a", BSD), inp("b", T("batch", 1, 8), "uniform", 0.5, 2.0)], {}, {}),
     ("scale", "scale", [inp("x", BSD)], dict(factor=0.125), {}),
     *[(u, u, [inp("x", BSD)], {}, {}) for u in ("gelu", "gelu_tanh", "quick_gelu", "silu", "relu", "tanh", "sigmoid", "exp")],
     ("softmax", "softmax", [inp("x", BSD)], {}, {}),
@@ -311,7 +317,8 @@ def test_example_tiny_matches_torch(spec, tmp_path):
     assert sorted(got) == sorted(mod.OUTPUTS)
     for name in mod.OUTPUTS:
         assert close(got[name], want[name]), f"{name}: max |diff| {np.max(np.abs(got[name] - want[name]))}"
-    n_init = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    buffers = comp.model.buffer_names()  # batch norm's running statistics: initializers, not parameters
+    n_init = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.name not in buffers)
     assert n_init == comp.model.param_count() == sum(p.numel() for p in mod.init(0).parameters())
     assert [t.name for t in proto.graph.initializer] == [n for n, _ in comp.model.walk_params()]
     assert [i.name for i in proto.graph.input] == [i.name for i in comp.model.inputs]

@@ -62,7 +62,7 @@ def test_unsupported_modality_is_one_warning(tmp_path):
 @pytest.mark.parametrize(
     "family, words",
     [
-        ("cnn", "implemented only as rl_agent"),
+        ("cnn", "does not fit this modality and objective"),
         ("unet", "implemented only as diffusion_unet"),
         ("diffusion", "does not fit this modality and objective"),
     ],
@@ -73,5 +73,4 @@ def test_family_words_are_honest(tmp_path, family, words):
     compile_spec(path, sink=sink, tiny=True)
     msgs = [d.message for d in sink.warnings if "family" in d.message]
     assert len(msgs) == 1 and words in msgs[0]
-    if family != "cnn":
-        assert "not implemented" not in msgs[0]
+    assert "not implemented" not in msgs[0]

@@ -385,6 +385,218 @@ def graph_batches(batch, rng, transform, batch_size, synthetic):
     batch[transform["outputs"]["labels"]] = labels.astype(np.int64)
 
 
+def segmentation_labels(batch, rng, transform, batch_size, synthetic):
+    """A label map [batch, H, W] of integers in [0, classes), unless the data file has
+    one. Synthetic maps are 4 x 4-pixel blocks of random classes, and every image
+    carries its map: each pixel's channels shift by its class (nearest-upsampled to
+    the image's side), so the segmentation can be learned."""
+    name = transform["outputs"]["labels"]
+    if name in batch:
+        return
+    classes = transform["params"]["classes"]
+    _, h, w = transform["params"]["shape"]
+    block = 4 if h % 4 == 0 and w % 4 == 0 else 1
+    coarse = rng.integers(0, classes, size=(batch_size, h // block, w // block))
+    labels = coarse.repeat(block, axis=1).repeat(block, axis=2)
+    batch[name] = labels.astype(np.int64)
+    if synthetic:
+        for image in transform["carry"]:
+            x = batch[image]
+            f = x.shape[-1] // w
+            shift = labels.repeat(f, axis=1).repeat(f, axis=2)[:, None] * (2.0 / classes)
+            batch[image] = (x + shift).astype(x.dtype)
+
+
+def detection_targets(batch, rng, transform, batch_size, synthetic):
+    """Object targets per image, unless the data file has them: `boxes` [batch, T, 4]
+    (cx, cy, w, h in [0, 1]), `classes` [batch, T] and `object_mask` [batch, T] (1 for
+    a real object; T = max_objects, padding rows 0). Synthetic images carry their
+    objects: each box's pixels shift by (class + 1) / classes on every channel."""
+    if transform["outputs"]["boxes"] in batch:
+        return
+    classes, t = transform["params"]["classes"], transform["params"]["max_objects"]
+    count = rng.integers(1, t + 1, size=batch_size)
+    mask = (np.arange(t)[None, :] < count[:, None]).astype(np.float32)
+    centers = rng.uniform(0.25, 0.75, size=(batch_size, t, 2))
+    sizes = rng.uniform(0.2, 0.5, size=(batch_size, t, 2))
+    boxes = np.concatenate([centers, sizes], axis=-1) * mask[..., None]
+    labels = rng.integers(0, classes, size=(batch_size, t)) * mask.astype(np.int64)
+    batch[transform["outputs"]["boxes"]] = boxes.astype(np.float32)
+    batch[transform["outputs"]["classes"]] = labels.astype(np.int64)
+    batch[transform["outputs"]["object_mask"]] = mask
+    if synthetic:
+        for image in transform["carry"]:
+            x = batch[image]
+            side_h, side_w = x.shape[-2], x.shape[-1]
+            ys = (np.arange(side_h) + 0.5) / side_h
+            xs = (np.arange(side_w) + 0.5) / side_w
+            for b in range(batch_size):
+                for j in range(int(count[b])):
+                    cx, cy, w, h = boxes[b, j]
+                    rows, cols = np.abs(ys - cy) <= h / 2, np.abs(xs - cx) <= w / 2
+                    inside = rows[:, None] & cols[None, :]
+                    x[b, :, inside] += (labels[b, j] + 1) / classes
+            batch[image] = x
+
+
+def dense_assign(batch, rng, transform, batch_size, synthetic):
+    """The dense detector's targets (FCOS's rule): cell (i, j) of a grid x grid map,
+    centered at ((j + 0.5) / grid, (i + 0.5) / grid), belongs to the smallest target
+    box containing its center; it then gets the box's class, distances (l, t, r, b)
+    from its center to the box's sides, FCOS's centerness sqrt(min(l, r) / max(l, r) *
+    min(t, b) / max(t, b)) and a box weight of cells / assigned cells; the others are
+    background (class `classes`, cross-entropy weight `background`)."""
+    p, src, out = transform["params"], transform["inputs"], transform["outputs"]
+    g, classes = p["grid"], p["classes"]
+    boxes, labels, mask = (
+        batch[src["boxes"]],
+        batch[src["classes"]],
+        np.asarray(batch[src["object_mask"]]) > 0,
+    )
+    centers = (np.arange(g) + 0.5) / g
+    cy, cx = np.meshgrid(centers, centers, indexing="ij")
+    cx, cy = cx.reshape(-1), cy.reshape(-1)
+    n = g * g
+    target_classes = np.full((batch_size, n), classes, dtype=np.int64)
+    class_weight = np.full((batch_size, n), p["background"], dtype=np.float32)
+    distances = np.zeros((batch_size, n, 4), dtype=np.float32)
+    centerness = np.zeros((batch_size, n), dtype=np.float32)
+    assigned = np.zeros((batch_size, n), dtype=bool)
+    for b in range(batch_size):
+        best = np.full(n, np.inf)
+        for j in np.flatnonzero(mask[b]):
+            x, y, w, h = boxes[b, j]
+            ltrb = np.stack(
+                [cx - (x - w / 2), cy - (y - h / 2), (x + w / 2) - cx, (y + h / 2) - cy], axis=-1
+            )
+            take = (ltrb.min(-1) > 0) & (w * h < best)
+            best[take] = w * h
+            target_classes[b, take] = labels[b, j]
+            distances[b, take] = ltrb[take]
+            lr, tb = ltrb[take][:, [0, 2]], ltrb[take][:, [1, 3]]
+            centerness[b, take] = np.sqrt(lr.min(-1) / lr.max(-1) * tb.min(-1) / tb.max(-1))
+            assigned[b, take] = True
+    class_weight[assigned] = 1.0
+    batch[out["target_classes"]] = target_classes
+    batch[out["class_weight"]] = class_weight
+    batch[out["target_distances"]] = distances
+    batch[out["target_centerness"]] = centerness
+    batch[out["box_weight"]] = (assigned * (batch_size * n / max(int(assigned.sum()), 1))).astype(
+        np.float32
+    )
+
+
+def _assign(cost):
+    """Minimum-cost assignment of every row to a distinct column (rows <= columns):
+    the Hungarian algorithm with potentials (Kuhn-Munkres, O(n^2 m)); returns the
+    column of each row."""
+    n, m = cost.shape
+    u, v = np.zeros(n + 1), np.zeros(m + 1)
+    owner = np.zeros(m + 1, dtype=np.int64)  # owner[j]: the row (1-based) holding column j; 0 free
+    way = np.zeros(m + 1, dtype=np.int64)
+    for i in range(1, n + 1):
+        owner[0], j0 = i, 0
+        minv = np.full(m + 1, np.inf)
+        used = np.zeros(m + 1, dtype=bool)
+        while True:
+            used[j0] = True
+            i0 = owner[j0]
+            free = ~used[1:]
+            cur = cost[i0 - 1] - u[i0] - v[1:]
+            better = free & (cur < minv[1:])
+            minv[1:][better] = cur[better]
+            way[1:][better] = j0
+            cand = np.where(free, minv[1:], np.inf)
+            j1 = int(np.argmin(cand)) + 1
+            delta = cand[j1 - 1]
+            u[owner[used]] += delta
+            v[used] -= delta
+            minv[1:][free] -= delta
+            j0 = j1
+            if owner[j0] == 0:
+                break
+        while j0:
+            j1 = way[j0]
+            owner[j0] = owner[j1]
+            j0 = j1
+    col = np.zeros(n, dtype=np.int64)
+    for j in range(1, m + 1):
+        if owner[j]:
+            col[owner[j] - 1] = j - 1
+    return col
+
+
+def _giou_matrix(a, b):
+    """Pairwise GIoU of boxes a [n, 4] and b [m, 4] (cx, cy, w, h) -> [n, m]."""
+    alo, ahi = a[:, None, :2] - a[:, None, 2:] / 2, a[:, None, :2] + a[:, None, 2:] / 2
+    blo, bhi = b[None, :, :2] - b[None, :, 2:] / 2, b[None, :, :2] + b[None, :, 2:] / 2
+    inter = np.prod(np.clip(np.minimum(ahi, bhi) - np.maximum(alo, blo), 0, None), axis=-1)
+    union = np.prod(ahi - alo, axis=-1) + np.prod(bhi - blo, axis=-1) - inter
+    enclosing = np.prod(np.maximum(ahi, bhi) - np.minimum(alo, blo), axis=-1)
+    return inter / union - (enclosing - union) / enclosing
+
+
+def hungarian_match(batch, outputs, transform):
+    """DETR's matching, after the forward pass: per image, the cost of query q for
+    target t is cost_bbox * L1(box_q, box_t) - cost_class * p_q(class_t) - cost_giou *
+    GIoU(box_q, box_t); the minimum-cost assignment gives each target one query. Writes
+    per-query targets: classes (the no-object class `classes` where unmatched) with
+    their cross-entropy weights (1, or `no_object`), boxes (a dummy unit box where
+    unmatched) and box weights (B * Q / number of targets where matched, else 0), so
+    the loss's means are DETR's sums over matched boxes divided by that number."""
+    p = transform["params"]
+    logits_name, boxes_name = transform["reads"]
+    logits = np.asarray(outputs[logits_name], dtype=np.float64)
+    pred = np.asarray(outputs[boxes_name], dtype=np.float64)
+    src = transform["inputs"]
+    boxes, labels = batch[src["boxes"]], batch[src["classes"]]
+    mask = np.asarray(batch[src["object_mask"]]) > 0
+    b, q = logits.shape[:2]
+    prob = np.exp(logits - logits.max(-1, keepdims=True))
+    prob /= prob.sum(-1, keepdims=True)
+    target_classes = np.full((b, q), p["classes"], dtype=np.int64)
+    class_weight = np.full((b, q), p["no_object"], dtype=np.float32)
+    target_boxes = np.tile(np.array([0.5, 0.5, 1.0, 1.0], np.float32), (b, q, 1))
+    matched = np.zeros((b, q), dtype=bool)
+    for i in range(b):
+        tb, tl = np.asarray(boxes[i], np.float64)[mask[i]], np.asarray(labels[i])[mask[i]]
+        if len(tl) == 0:
+            continue
+        cost = (
+            p["cost_bbox"] * np.abs(tb[:, None, :] - pred[i][None, :, :]).sum(-1)
+            - p["cost_class"] * prob[i][:, tl].T
+            - p["cost_giou"] * _giou_matrix(tb, pred[i])
+        )
+        cols = _assign(cost)
+        target_classes[i, cols] = tl
+        class_weight[i, cols] = 1.0
+        target_boxes[i, cols] = tb
+        matched[i, cols] = True
+    num = max(int(mask.sum()), 1)
+    out = transform["outputs"]
+    batch[out["target_classes"]] = target_classes
+    batch[out["class_weight"]] = class_weight
+    batch[out["target_boxes"]] = target_boxes
+    batch[out["box_weight"]] = (matched * (b * q / num)).astype(np.float32)
+
+
+def after_forward(batch, outputs):
+    """The steps that read the model's outputs (numpy arrays), run on a numpy batch
+    between the forward pass and the loss; returns the fields they added."""
+    before = set(batch)
+    for transform in TRAIN["data"]:
+        if transform.get("reads"):
+            OUTPUT_TRANSFORMS[transform["kind"]](batch, outputs, transform)
+    return {k: v for k, v in batch.items() if k not in before}
+
+
+def reads_outputs():
+    """Whether a step runs after the forward pass (then the programs match first)."""
+    return any(t.get("reads") for t in TRAIN.get("data", ()))
+
+
+OUTPUT_TRANSFORMS = {"hungarian_match": hungarian_match}
+
 TRANSFORMS = {
     "class_labels": class_labels,
     "mask_tokens": mask_tokens,
@@ -395,6 +607,9 @@ TRANSFORMS = {
     "corridor_transitions": corridor_transitions,
     "bandit_rollouts": bandit_rollouts,
     "graph_batches": graph_batches,
+    "segmentation_labels": segmentation_labels,
+    "detection_targets": detection_targets,
+    "dense_assign": dense_assign,
 }
 
 
@@ -463,7 +678,8 @@ class DataSource:
                 x = rng.standard_normal(shape)
             out[name] = x.astype(spec["dtype"])
         for transform in TRAIN["data"]:
-            TRANSFORMS[transform["kind"]](out, rng, transform, batch_size, self.arrays is None)
+            if not transform.get("reads"):  # those run after the forward pass (after_forward)
+                TRANSFORMS[transform["kind"]](out, rng, transform, batch_size, self.arrays is None)
         return out
 
 

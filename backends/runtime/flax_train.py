@@ -18,8 +18,10 @@ from jax.sharding import PartitionSpec as P
 from metagen.backends.runtime.data import (
     RUNNERS,
     DataSource,
+    after_forward,
     learning_rate,
     parse_args,
+    reads_outputs,
     reward_note,
     runners_wanted,
 )
@@ -55,23 +57,49 @@ def make_optimizer():
 
 
 def split(model):
+    """(graphdef, trained parameters, the rest). The model is put in training mode
+    first, so batch norm uses batch statistics and updates its running ones (`rest`
+    holds them, as `nnx.BatchStat`s)."""
+    model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return graphdef, params, rest
 
 
 def compute_loss(graphdef, params, rest, batch):
-    """The objective's loss (lowered from the IR) on one batch of jax arrays."""
-    model = nnx.merge(graphdef, params, rest)
+    """(the objective's loss (lowered from the IR) on one batch of jax arrays, the
+    non-parameter state after the forward: moved batch-norm statistics)."""
+    # Fresh variables of this trace, so batch norm may update its statistics.
+    model = nnx.merge(graphdef, params, rest, copy=True)
     out = model(**{name: batch[name] for name in M.INPUTS})
     args = [out[name] if kind == "output" else batch[name] for kind, name in LOSS_SOURCES]
-    return LOSS(*args)["loss"]
+    return LOSS(*args)["loss"], nnx.split(model, nnx.Param, ...)[2]
+
+
+def _outputs(graphdef, params, rest, batch):
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    return model(**{name: batch[name] for name in M.INPUTS})
+
+
+_predict = jax.jit(_outputs, static_argnums=0)
+
+
+def match(graphdef, params, rest, batch, host, sharding=None):
+    """The batch with the fields of the data-side steps that read the model's outputs
+    (DETR's matching), from a forward pass outside the gradient; `host` is the numpy
+    batch. Unchanged when no step reads outputs."""
+    if not reads_outputs():
+        return batch
+    out = _predict(graphdef, params, rest, batch)
+    added = after_forward(dict(host), {k: np.asarray(v, dtype=np.float32) for k, v in out.items()})
+    return dict(batch, **to_arrays(added, sharding))
 
 
 def loss_and_grads(model, batch):
     """(loss, gradients as canonical name -> numpy array in PyTorch layout)."""
     graphdef, params, rest = split(model)
-    grad_fn = jax.jit(jax.value_and_grad(compute_loss, argnums=1), static_argnums=0)
-    loss, grads = grad_fn(graphdef, params, rest, to_arrays(batch))
+    arrays = match(graphdef, params, rest, to_arrays(batch), batch)
+    grad_fn = jax.jit(jax.value_and_grad(compute_loss, argnums=1, has_aux=True), static_argnums=0)
+    (loss, _), grads = grad_fn(graphdef, params, rest, arrays)
     return float(loss), M.to_canonical(nnx.merge(graphdef, grads, rest))
 
 
@@ -103,13 +131,14 @@ def refresh_runners(graphdef, params, rest, step):
         RUNNERS["target"] = runner(params)
 
 
-def make_step(graphdef, rest, tx):
+def make_step(graphdef, tx):
     @jax.jit
-    def step(params, opt_state, batch, lr):
-        loss, grads = jax.value_and_grad(compute_loss, argnums=1)(graphdef, params, rest, batch)
+    def step(params, rest, opt_state, batch, lr):
+        grad_fn = jax.value_and_grad(compute_loss, argnums=1, has_aux=True)
+        (loss, rest), grads = grad_fn(graphdef, params, rest, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
         updates = jax.tree.map(lambda u: -lr * u, updates)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return optax.apply_updates(params, updates), rest, opt_state, loss
 
     return step
 
@@ -163,21 +192,22 @@ def train(argv=None):
     if not args.resume:
         opt_state = tx.init(params)
     params = jax.device_put(params, replicated)
+    rest = jax.device_put(rest, replicated)
     opt_state = jax.device_put(opt_state, replicated)
-    step_fn = make_step(graphdef, rest, tx)
+    step_fn = make_step(graphdef, tx)
     data = DataSource(args.data, args.seed, args.tokenizer)
     history = []
     end = min(args.steps, args.stop_after or args.steps)
     for step in range(start, end):
         lr = learning_rate(step, args.steps)
         refresh_runners(graphdef, params, rest, step)
-        drawn = data.batch(step, args.batch_size)
-        batch = to_arrays(drawn, data_sharding)
-        params, opt_state, loss = step_fn(params, opt_state, batch, jnp.float32(lr))
+        host = data.batch(step, args.batch_size)
+        batch = match(graphdef, params, rest, to_arrays(host, data_sharding), host, data_sharding)
+        params, rest, opt_state, loss = step_fn(params, rest, opt_state, batch, jnp.float32(lr))
         if (step + 1) % args.log_every == 0 or step == start or step + 1 == end:
             value = float(loss)
             history.append((step + 1, value))
-            print(f"step {step + 1} loss {value:.6f} lr {lr:.3e}{reward_note(drawn)}", flush=True)
+            print(f"step {step + 1} loss {value:.6f} lr {lr:.3e}{reward_note(host)}", flush=True)
         if args.save_every and (step + 1) % args.save_every == 0:
             save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, step + 1)
     save_checkpoint(args.checkpoint_dir, graphdef, params, rest, opt_state, end)

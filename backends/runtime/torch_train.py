@@ -15,8 +15,10 @@ from torch import nn
 from metagen.backends.runtime.data import (
     RUNNERS,
     DataSource,
+    after_forward,
     learning_rate,
     parse_args,
+    reads_outputs,
     reward_note,
     runners_wanted,
 )
@@ -48,6 +50,11 @@ def make_optimizer(model):
 def compute_loss(model, batch):
     """The objective's loss (lowered from the IR) on one batch of tensors."""
     out = model(**{name: batch[name] for name in M.INPUTS})
+    if reads_outputs():  # data-side steps on this forward's detached predictions (DETR's matching)
+        host = {k: v.detach().cpu().numpy() for k, v in batch.items()}
+        added = after_forward(host, {k: v.detach().float().cpu().numpy() for k, v in out.items()})
+        device = next(iter(out.values())).device
+        batch = dict(batch, **{k: torch.from_numpy(v).to(device) for k, v in added.items()})
     args = [out[name] if kind == "output" else batch[name] for kind, name in LOSS_SOURCES]
     return LOSS(*args)["loss"]
 

@@ -191,6 +191,10 @@ class Rule:
     objectives: tuple[str | None, ...] = ()
     note: str = ""
     unknown_modalities: bool = False
+    # `architecture.family` values this rule needs; empty: any. A rule that names
+    # families wins over one that does not for the same combination, so `family:
+    # cnn` picks the CNN where `auto` or `transformer` picks the transformer.
+    families: tuple[str, ...] = ()
 
 
 @dataclass

@@ -49,8 +49,10 @@ def _map(name, doc, *fields, required=False):
 
 MODALITIES = ("text", "image", "audio", "video", "label", "embedding")
 MODALITIES += ("tabular", "regression", "time_series", "graph", "action")
+MODALITIES += ("bounding_boxes", "segmentation_mask")
 OBJECTIVES = ("autoregressive", "classification", "diffusion", "contrastive", "masked")
 OBJECTIVES += ("regression", "forecasting", "reconstruction", "value_based", "policy_gradient")
+OBJECTIVES += ("object_detection", "instance_segmentation", "semantic_segmentation", "dice")
 FAMILIES = ("auto", "transformer", "diffusion", "cnn", "unet")
 FAMILIES += ("mlp", "gnn")
 DEVICES = ("edge", "mobile", "cpu", "consumer_gpu", "gpu", "datacenter_gpu")
@@ -66,6 +68,7 @@ TASKS += (
     "regression", "time_series_forecast", "anomaly_detection", "policy_gradient", "value_based", "actor_critic",
     "node_classification", "link_prediction", "graph_classification",
 )
+TASKS += ("object_detection", "instance_segmentation", "semantic_segmentation")
 DTYPES = tuple(DTYPE_PRECISION)
 PRECISIONS = tuple(PRECISION_BYTES)
 
@@ -168,6 +171,8 @@ SPEC = _map(
             "categorical_features", LIST, "Categorical columns of a table as \"name:cardinality\" (\"city:120\"); each is an int64 input of ids in [0, cardinality).",
             item=Field("column", STR, ""),
         ),
+        Field("num_anchors", INT, "Object queries (or anchors) of a detector.", minimum=1, maximum=10**5),
+        Field("mask_resolution", INT, "Side of a predicted mask in pixels.", minimum=1, maximum=8192),
     ),
     _map(
         "constraints",
