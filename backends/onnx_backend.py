@@ -528,6 +528,21 @@ OPS: dict[str, Callable[..., str]] = {
         "Reshape", e.op("Transpose", x, perm=[0, 2, 1]), e.op("Concat", e.ints(0, 0), e.op("Shape", like, start=2), axis=0)
     ),
     "pad2d": lambda e, x: e.op("Pad", x, e.ints(0, 0, e.a["pads"][0], e.a["pads"][2], 0, 0, e.a["pads"][1], e.a["pads"][3])),
+    "merge_axes": lambda e, x: e.op(
+        "Reshape", x, e.op("Concat", e.ints(*[0] * e.a["start"], -1), e.op("Shape", x, start=e.a["start"] + e.a["count"]), axis=0)
+    ),
+    "split_axis": lambda e, x, like: e.op(
+        "Reshape", x, e.op(
+            "Concat", e.ints(*[0] * e.a["axis"]), *[e.op("Shape", like, start=i, end=i + 1) for i in e.a["like_axes"]],
+            e.op("Shape", x, start=e.a["axis"] + 1), axis=0,
+        )
+    ),
+    "expand_axis": lambda e, x, like: e.op(
+        "Expand", e.op("Unsqueeze", x, e.ints(e.a["axis"])), e.op(
+            "Concat", e.op("Shape", x, start=0, end=e.a["axis"]),
+            e.op("Shape", like, start=e.a["like_axis"], end=e.a["like_axis"] + 1), e.op("Shape", x, start=e.a["axis"]), axis=0,
+        )
+    ),
     # ONNX has no assertion: a size that is not a multiple fails at the U-Net's skip concat.
     "require_multiple": lambda e, x: e.op("Identity", x),
     "mean": lambda e, x: e.op("ReduceMean", x, e.ints(e.a["axis"]), keepdims=0),

@@ -492,6 +492,17 @@ BASE_OPS: dict[str, Rule] = {
     "pad2d": lambda c, x: (
         f"{c.lib}.pad({x}, ((0, 0), (0, 0), ({c.a['pads'][0]}, {c.a['pads'][1]}), ({c.a['pads'][2]}, {c.a['pads'][3]})))"
     ),
+    "merge_axes": lambda c, x: (
+        f"{x}.reshape({x}.shape[:{c.a['start']}] + (-1,) + {x}.shape[{c.a['start'] + c.a['count']}:])"
+    ),
+    "split_axis": lambda c, x, like: (
+        f"{x}.reshape({x}.shape[:{c.a['axis']}] + ({''.join(f'{like}.shape[{i}], ' for i in c.a['like_axes'])})"
+        f" + {x}.shape[{c.a['axis']} + 1:])"
+    ),
+    "expand_axis": lambda c, x, like: (
+        f"{c.lib}.broadcast_to({c.lib}.expand_dims({x}, {c.a['axis']}), "
+        f"{x}.shape[:{c.a['axis']}] + ({like}.shape[{c.a['like_axis']}],) + {x}.shape[{c.a['axis']}:])"
+    ),
     "require_multiple": lambda c, x: (
         f"{c.helper('require_multiple')}({x}, {_tuple_literal(c.a['axes'])}, {c.a['multiple']}, {c.a['what']!r})"
     ),

@@ -57,6 +57,45 @@ def sample(
 '''
 
 
+# A video U-Net's clips go through the same loop: the loop's latents are the clip
+# with its frames stacked on the channels ([batch, frames*C, h, w]; the schedulers
+# act elementwise and the noise is drawn in the same order), unfolded for each step.
+VIDEO_SAMPLE_FUNCTION = '''
+def sample(
+    state, input_ids, video=None, strength=0.8, steps=30, guidance_scale=7.5, frames=None, height=None, width=None,
+    seed=0, scheduler="ddim",
+):
+    """Latent clips float32 [batch, frames, C, h, w] for the prompts `input_ids`
+    (frames <= CONFIG["frames"], default that many). `video`, latents [batch or 1,
+    frames, C, h, w] (with `strength`), starts from that clip instead of pure noise
+    (video -> video); guidance_scale > 1 runs classifier-free guidance against the
+    empty prompt; scheduler "ddim" or "euler". Noise comes from numpy's
+    default_rng(seed): every backend agrees."""
+    c = CONFIG["latent_channels"]
+    if video is not None:
+        video = np.asarray(video, dtype=np.float32)
+        if video.ndim != 5 or video.shape[2] != c:
+            raise ValueError(f"video must be latents [batch, frames, {c}, h, w], got shape {video.shape}")
+        frames = video.shape[1]
+        video = video.reshape(video.shape[0], -1, *video.shape[3:])
+    frames = int(frames or CONFIG["frames"])
+    if not 1 <= frames <= CONFIG["frames"]:
+        raise ValueError(f"frames must be in 1..{CONFIG['frames']}, got {frames}")
+
+    def denoise(x, t, ids):
+        clip = x.reshape(x.shape[0], frames, c, *x.shape[2:])
+        eps = run(state, {"sample": clip, "timestep": t, "input_ids": ids})["noise_pred"]
+        return np.asarray(eps).reshape(x.shape)
+
+    stacked = dict(CONFIG, latent_channels=frames * c)
+    x = _sample_loop(
+        denoise, None, None, stacked, CONFIG["noise_schedule"], input_ids, video, strength, steps, guidance_scale,
+        height, width, seed, scheduler,
+    )
+    return x.reshape(x.shape[0], frames, c, *x.shape[2:])
+'''
+
+
 def _function_source(module: str, name: str) -> str:
     """Top-level function `name` of runtime module `module`, verbatim."""
     text = resources.files("metagen.backends.runtime").joinpath(f"{module}.py").read_text(encoding="utf-8")
@@ -69,10 +108,10 @@ def _function_source(module: str, name: str) -> str:
 def sampler_source(model: Model, backend: str) -> str:
     """The sampling code a generated module of `backend` carries: empty unless the
     model is a diffusion model."""
-    if model.family != "diffusion_unet":
+    if model.family not in ("diffusion_unet", "video_unet"):
         return ""
     parts = [_function_source("data", "_alphas_cumprod"), runtime_source("sampling").body]
     if "autoencoder" in model.config:
         parts.append(AUTOENCODER_CALL[backend].strip("\n"))
-    parts.append(SAMPLE_FUNCTION.strip("\n"))
+    parts.append((VIDEO_SAMPLE_FUNCTION if model.family == "video_unet" else SAMPLE_FUNCTION).strip("\n"))
     return "\n\n\n".join(parts) + "\n"

@@ -106,6 +106,13 @@ OPS: dict[str, Rule] = {
     "flatten_spatial": lambda c, x: f"{x}.flatten(2).transpose(1, 2)",
     "pad2d": lambda c, x: f"F.pad({x}, ({c.a['pads'][2]}, {c.a['pads'][3]}, {c.a['pads'][0]}, {c.a['pads'][1]}))",
     "unflatten_spatial": lambda c, x, like: f"{x}.transpose(1, 2).unflatten(2, {like}.shape[2:])",
+    "merge_axes": lambda c, x: f"{x}.flatten({c.a['start']}, {c.a['start'] + c.a['count'] - 1})",
+    "split_axis": lambda c, x, like: (
+        f"{x}.unflatten({c.a['axis']}, ({''.join(f'{like}.shape[{i}], ' for i in c.a['like_axes'])}))"
+    ),
+    "expand_axis": lambda c, x, like: (
+        f"{x}.unsqueeze({c.a['axis']}).expand(*{x}.shape[:{c.a['axis']}], {like}.shape[{c.a['like_axis']}], *{x}.shape[{c.a['axis']}:])"
+    ),
     "mean": lambda c, x: f"{x}.mean(dim={c.a['axis']})",
     "gather_argmax": lambda c, x, ids: (
         f"{x}[torch.arange({x}.shape[0], device={x}.device), {ids}.argmax(dim=-1)]"

@@ -49,6 +49,8 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/tutorial/pattern_large_lm.yaml"),
     GoldenSpec("examples/tutorial/pattern_audio.yaml"),
     GoldenSpec("examples/tutorial/pattern_taste.yaml"),
+    GoldenSpec("examples/tutorial/pattern_video_classifier.yaml"),
+    GoldenSpec("examples/tutorial/pattern_text_to_video.yaml", heavy=True),
     GoldenSpec("examples/reference/gpt2_small.yaml", full_ir=True),
     GoldenSpec("examples/reference/llama2_7b.yaml", full_ir=True),
     GoldenSpec("examples/reference/vit_base_patch16.yaml", full_ir=True),

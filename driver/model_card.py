@@ -34,6 +34,8 @@ PIPELINE_TAGS = {
     "clip": "zero-shot-image-classification",
     "diffusion_unet": "text-to-image",
     "audio_lm": "audio-to-audio",
+    "video_vit": "video-classification",
+    "video_unet": "text-to-video",
 }
 FRAMEWORK_TAGS = {"torch": "pytorch", "flax": "jax", "onnx": "onnx"}  # outputs.targets -> the Hub's library tags
 

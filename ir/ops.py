@@ -751,6 +751,50 @@ def _unflatten_spatial(a, ins):
     return [x.with_shape((x.shape[0], x.shape[2], like.shape[2], like.shape[3]))]
 
 
+@op("merge_axes", ("x",), (Attr("start", "int"), Attr("count", "int", 2)), flops=_flops_zero)
+def _merge_axes(a, ins):
+    """Merge `count` adjacent axes from `start` into one (row-major): a video
+    [B, T, C, H, W] with start 0 is [B*T, C, H, W], its frames folded into the batch."""
+    (x,) = ins
+    s, n = a["start"], a["count"]
+    if s < 0 or n < 2 or s + n > x.rank:
+        raise OpError(f"op 'merge_axes': {n} axes from {s} do not fit {x}")
+    merged: Dim = 1
+    for d in x.shape[s : s + n]:
+        merged = dim_mul(merged, d)
+    return [x.with_shape(x.shape[:s] + (merged,) + x.shape[s + n :])]
+
+
+@op("split_axis", ("x", "like"), (Attr("axis", "int"), Attr("like_axes", "ints")), flops=_flops_zero)
+def _split_axis(a, ins):
+    """Split one axis of x into the sizes of `like`'s axes `like_axes` (read at run
+    time, so they may be symbolic): the inverse of merge_axes, [B*T, D] with a
+    video [B, T, ...] and like_axes (0, 1) is [B, T, D]."""
+    x, like = ins
+    ax = a["axis"]
+    if not 0 <= ax < x.rank or any(not 0 <= i < like.rank for i in a["like_axes"]):
+        raise OpError(f"op 'split_axis': axis {ax} of {x} or axes {a['like_axes']} of {like} out of range (non-negative)")
+    dims = tuple(like.shape[i] for i in a["like_axes"])
+    merged: Dim = 1
+    for d in dims:
+        merged = dim_mul(merged, d)
+    if not dims or not _same_dim(x.shape[ax], merged):
+        raise OpError(f"op 'split_axis': dim {ax} of {x} is not the product of {like}'s axes {a['like_axes']}")
+    return [x.with_shape(x.shape[:ax] + dims + x.shape[ax + 1 :])]
+
+
+@op("expand_axis", ("x", "like"), (Attr("axis", "int"), Attr("like_axis", "int")), flops=_flops_zero)
+def _expand_axis(a, ins):
+    """x with a new axis at `axis`, of the size of `like`'s axis `like_axis` (read
+    at run time), x repeated along it: a clip's timestep embedding [B, D] with a
+    video [B, T, ...] and like_axis 1 is [B, T, D], one copy per frame."""
+    x, like = ins
+    ax, la = a["axis"], a["like_axis"]
+    if not 0 <= ax <= x.rank or not 0 <= la < like.rank:
+        raise OpError(f"op 'expand_axis': axis {ax} of {x} or axis {la} of {like} out of range (non-negative)")
+    return [x.with_shape(x.shape[:ax] + (like.shape[la],) + x.shape[ax:])]
+
+
 @op("require_multiple", ("x",), (Attr("axes", "ints"), Attr("multiple", "int"), Attr("what", "str")), flops=_flops_zero)
 def _require_multiple(a, ins):
     """x unchanged, after checking at run time that its dims at `axes` are multiples

@@ -326,6 +326,8 @@ FAMILY_SPECS = [
     pytest.param("tutorial", "step6_diffusion.yaml", marks=SLOW, id="unet-diffusion"),
     pytest.param("tutorial", "step7_clip.yaml", marks=SLOW, id="clip-contrastive"),
     pytest.param("tutorial", "pattern_audio.yaml", id="audio-autoregressive"),
+    pytest.param("tutorial", "pattern_video_classifier.yaml", marks=SLOW, id="video-classification"),
+    pytest.param("tutorial", "pattern_text_to_video.yaml", marks=SLOW, id="video-diffusion"),
 ]
 
 

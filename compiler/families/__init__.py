@@ -12,3 +12,4 @@ from metagen.compiler.families.base import FAMILIES, ArchConfig, Family, Knobs, 
 from metagen.compiler.families import decoder_lm, vit, encoder, clip, fallback, unet, audio, cnn, segmentation, detection  # noqa: F401,E402
 from metagen.compiler.families import tabular, timeseries, rl, graph  # noqa: F401,E402
 from metagen.compiler.families import embedder, ranker, recommender  # noqa: F401,E402
+from metagen.compiler.families import video, video_unet  # noqa: F401,E402

@@ -68,13 +68,15 @@ def check(ae, latent_channels: int) -> str | None:
 
 
 def resnet_module(
-    mb: ModelBuilder, groups: int, cin: int, cout: int, hw: HW, tdim: int | None, eps: float, name: str = "ResnetBlock"
+    mb: ModelBuilder, groups: int, cin: int, cout: int, hw: HW, tdim: int | None, eps: float, name: str = "ResnetBlock",
+    batch: Dim = "batch",
 ) -> ModuleDef:
     """GroupNorm-SiLU-conv twice, the timestep's projection added between (when
-    `tdim`), residual through a 1x1 conv when channels change: diffusers' ResnetBlock2D."""
+    `tdim`), residual through a 1x1 conv when channels change: diffusers' ResnetBlock2D.
+    `batch` is the leading dim (a video U-Net runs it on frames: batch*frames)."""
     b = mb.module(name, doc="GroupNorm-SiLU-conv twice" + (", timestep added between" if tdim else "") + ", residual.")
-    x = b.input("x", TensorType(DType.f32, ("batch", cin, *hw)))
-    temb = b.input("temb", TensorType(DType.f32, ("batch", tdim))) if tdim else None
+    x = b.input("x", TensorType(DType.f32, (batch, cin, *hw)))
+    temb = b.input("temb", TensorType(DType.f32, (batch, tdim))) if tdim else None
     b.layer("norm1", "group_norm", groups=groups, channels=cin, eps=eps)
     b.layer("conv1", "conv2d", in_channels=cin, out_channels=cout, kernel=3, padding=1)
     if temb is not None:

@@ -38,7 +38,7 @@ metagen.hf (`unet_to_canonical`) maps diffusers' names onto them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import math
 
@@ -325,13 +325,11 @@ class DiffusionUNet(Family):
         levels = len(chans)
         ch0 = chans[0]
         tdim = 4 * ch0
-        seq_type = TensorType(DType.f32, ("batch", "seq", te["hidden_size"]))
-        temb_type = TensorType(DType.f32, ("batch", tdim))
 
         text_block = tower_block(mb, ctx, te, "seq", causal=True, name="TextBlock", section=ctx.spec.architecture.text_encoder)
         text = text_encoder_module(mb, te, a["context"], text_block)
-        top = mb.module(class_name(ctx.spec.name), doc="Text-conditioned latent diffusion U-Net (predicts the noise).")
-        sample = top.input("sample", TensorType(DType.f32, ("batch", lc, "height", "width")))
+        top = mb.module(class_name(ctx.spec.name), doc=self.top_doc)
+        sample = top.input("sample", self.sample_type(a))
         timestep = top.input("timestep", TensorType(DType.f32, ("batch",)))
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
 
@@ -341,33 +339,42 @@ class DiffusionUNet(Family):
         t = top.op("timestep_embedding", timestep, dim=ch0, flip_sin_to_cos=True, freq_shift=0.0, hint="t_emb")
         top.sub("time_embedding", time_embedding_module(mb, ch0, tdim))
         temb = top.call("time_embedding", t, hint="temb")
+        # A video U-Net runs every layer but its temporal ones on frames folded into the batch.
+        temb, context = self.per_frame(top, temb, sample), self.per_frame(top, context, sample)
+        temb_type, seq_type = temb.type, context.type
+        temporal = self.temporal_layer(mb, a, temb_type.shape[0])
+        video = (sample,) if temporal is not None else ()
 
         factor = downsampling_factor(a)
         checked = top.op(
-            "require_multiple", sample, axes=(2, 3), multiple=factor,
+            "require_multiple", self.fold(top, sample), axes=(2, 3), multiple=factor,
             what=f"sample height and width (the U-Net halves them {levels - 1} times)", hint="sample",
         )
         top.layer("conv_in", "conv2d", in_channels=lc, out_channels=ch0, kernel=3, padding=1)
         x = top.call("conv_in", checked, hint="x")
         skips: list[Value] = [x]
         for lvl in range(levels):
-            down = down_level_module(mb, a, lvl, x.type.shape[1], level_hw(lvl), temb_type, seq_type, last=lvl == levels - 1)
+            down = down_level_module(
+                mb, a, lvl, x.type.shape[1], level_hw(lvl), temb_type, seq_type, last=lvl == levels - 1, temporal=temporal
+            )
             top.sub(f"down{lvl}", down)
-            outs = top.call_multi(f"down{lvl}", x, temb, context, hint="h")
+            outs = top.call_multi(f"down{lvl}", x, temb, context, *video, hint="h")
             skips.extend(outs)
             x = outs[-1]
-        top.sub("mid", mid_module(mb, a, chans[-1], level_hw(levels - 1), temb_type, seq_type))
-        x = top.call("mid", x, temb, context, hint="x")
+        top.sub("mid", mid_module(mb, a, chans[-1], level_hw(levels - 1), temb_type, seq_type, temporal))
+        x = top.call("mid", x, temb, context, *video, hint="x")
         for lvl in reversed(range(levels)):
             n = a["res_blocks"] + 1
             taken, skips = skips[-n:][::-1], skips[:-n]
-            up = up_level_module(mb, a, lvl, x.type, [v.type for v in taken], temb_type, seq_type, first=lvl == 0)
+            up = up_level_module(
+                mb, a, lvl, x.type, [v.type for v in taken], temb_type, seq_type, first=lvl == 0, temporal=temporal
+            )
             top.sub(f"up{lvl}", up)
-            x = top.call(f"up{lvl}", x, *taken, temb, context, hint="x")
+            x = top.call(f"up{lvl}", x, *taken, temb, context, *video, hint="x")
         top.layer("conv_norm_out", "group_norm", groups=a["norm_groups"], channels=ch0, eps=RESNET_EPS)
         x = top.op("silu", top.call("conv_norm_out", x, hint="h"), hint="h")
         top.layer("conv_out", "conv2d", in_channels=ch0, out_channels=lc, kernel=3, padding=1)
-        out = top.call("conv_out", x, hint="noise_pred")
+        out = self.unfold(top, top.call("conv_out", x, hint="noise_pred"), sample)
         symbols = {
             "batch": "batch size",
             "seq": f"prompt length in tokens, at most {a['context']}",
@@ -386,7 +393,7 @@ class DiffusionUNet(Family):
             examples.update(image_height=a["sample_size"] * f, image_width=a["sample_size"] * f)
         top_def = top.ret(out, names=["noise_pred"])
 
-        config = a.pick(UNetConfig.spec_keys())
+        config = a.pick(type(a).spec_keys())
         config["context_window"] = a["context"]
         config["text_encoder"] = dict(te)
         config["noise_schedule"] = dict(DIFFUSION_SCHEDULE)  # the training schedule sample() steps over
@@ -397,10 +404,7 @@ class DiffusionUNet(Family):
             name=top_def.name,
             spec_name=ctx.spec.name,
             inputs=[
-                InputSpec(
-                    "sample", sample.type, "normal", 0.0, 0.0,
-                    f"noisy latent x_t, float32 [batch, C, H, W], H and W multiples of {factor}",
-                ),
+                InputSpec("sample", sample.type, "normal", 0.0, 0.0, self.sample_doc(factor)),
                 InputSpec("timestep", timestep.type, "uniform", 0.0, 1000.0, "diffusion timestep t per sample (float)"),
                 InputSpec("input_ids", ids.type, "tokens", 0, te["vocab_size"], "prompt token ids (CLIP tokenizer)"),
             ],
@@ -409,6 +413,31 @@ class DiffusionUNet(Family):
             symbols=symbols,
             examples=examples,
         )
+
+    # -- what a video U-Net (video_unet.py) changes; the image U-Net's are identities
+
+    top_doc = "Text-conditioned latent diffusion U-Net (predicts the noise)."
+
+    def sample_type(self, a: UNetConfig) -> TensorType:
+        return TensorType(DType.f32, ("batch", a["latent_channels"], "height", "width"))
+
+    def sample_doc(self, factor: int) -> str:
+        return f"noisy latent x_t, float32 [batch, C, H, W], H and W multiples of {factor}"
+
+    def fold(self, top, sample: Value) -> Value:
+        """The sample as the 2D layers take it, [batch, C, H, W]."""
+        return sample
+
+    def unfold(self, top, out: Value, sample: Value) -> Value:
+        """The 2D layers' output [batch, C, H, W] in the sample's layout."""
+        return out
+
+    def per_frame(self, top, v: Value, sample: Value) -> Value:
+        """A per-sample conditioning tensor (timestep embedding, text states) as the 2D layers take it."""
+        return v
+
+    def temporal_layer(self, mb: ModelBuilder, a: UNetConfig, batch: Dim) -> TemporalLayer | None:
+        return None
 
     # ---------------------------------------------------------------- cost
 
@@ -487,8 +516,15 @@ def time_embedding_module(mb: ModelBuilder, ch0: int, tdim: int) -> ModuleDef:
     return b.ret(b.call("linear_2", h, hint="temb"))
 
 
-def resnet_module(mb: ModelBuilder, a: dict, cin: int, cout: int, hw: HW, tdim: int) -> ModuleDef:
-    return vae.resnet_module(mb, a["norm_groups"], cin, cout, hw, tdim, RESNET_EPS)
+def resnet_module(mb: ModelBuilder, a: dict, cin: int, cout: int, hw: HW, tdim: int, batch: Dim = "batch") -> ModuleDef:
+    return vae.resnet_module(mb, a["norm_groups"], cin, cout, hw, tdim, RESNET_EPS, batch=batch)
+
+
+# A video U-Net's temporal layer for a level: (channels, feature-map size) -> the
+# module, called as module(x, video) after each ResNet (+ spatial transformer) pair,
+# and the type of `video`, the extra input the level takes to unfold the frames
+# (families/video_unet.py). None: the image U-Net, no temporal layers.
+TemporalLayer = Callable[[int, HW], tuple[ModuleDef, TensorType]]
 
 
 def _attention(mb: ModelBuilder, dim: int, heads: int, x_type, context_type=None) -> ModuleDef:
@@ -539,9 +575,9 @@ def basic_block_module(mb: ModelBuilder, dim: int, heads: int, x_type, seq_type)
     return b.ret(b.op("add", x, b.call("ff_out", h, hint="h"), hint="x"))
 
 
-def spatial_transformer_module(mb: ModelBuilder, a: dict, ch: int, hw: HW, seq_type) -> ModuleDef:
-    x_type = TensorType(DType.f32, ("batch", ch, *hw))
-    tok_type = TensorType(DType.f32, ("batch", dim_mul(*hw), ch))
+def spatial_transformer_module(mb: ModelBuilder, a: dict, ch: int, hw: HW, seq_type, batch: Dim = "batch") -> ModuleDef:
+    x_type = TensorType(DType.f32, (batch, ch, *hw))
+    tok_type = TensorType(DType.f32, (batch, dim_mul(*hw), ch))
     block = basic_block_module(mb, ch, a["heads"], tok_type, seq_type)
     b = mb.module("SpatialTransformer", doc="Transformer over the feature map's pixels, conditioned on the text.")
     x = b.input("x", x_type)
@@ -557,18 +593,23 @@ def spatial_transformer_module(mb: ModelBuilder, a: dict, ch: int, hw: HW, seq_t
     return b.ret(b.op("add", b.call("proj_out", h, hint="h"), x, hint="out"))
 
 
-def down_level_module(mb, a, lvl: int, cin: int, hw: HW, temb_type, seq_type, *, last: bool) -> ModuleDef:
+def down_level_module(
+    mb, a, lvl: int, cin: int, hw: HW, temb_type, seq_type, *, last: bool, temporal: TemporalLayer | None = None
+) -> ModuleDef:
     ch = level_channels(a)[lvl]
     tdim = temb_type.shape[1]
+    batch = temb_type.shape[0]
     attn = lvl in a["attention_levels"]
     children = []
     for j in range(a["res_blocks"]):
-        children.append(resnet_module(mb, a, cin if j == 0 else ch, ch, hw, tdim))
-    st = spatial_transformer_module(mb, a, ch, hw, seq_type) if attn else None
+        children.append(resnet_module(mb, a, cin if j == 0 else ch, ch, hw, tdim, batch))
+    st = spatial_transformer_module(mb, a, ch, hw, seq_type, batch) if attn else None
+    tl = temporal(ch, hw) if temporal is not None else None
     b = mb.module(f"DownLevel{lvl}", doc="ResNet blocks (and spatial transformers), then downsampling; returns every skip.")
-    x = b.input("x", TensorType(DType.f32, ("batch", cin, *hw)))
+    x = b.input("x", TensorType(DType.f32, (batch, cin, *hw)))
     temb = b.input("temb", temb_type)
     context = b.input("context", seq_type)
+    video = b.input("video", tl[1]) if tl is not None else None
     outs = []
     for j, res in enumerate(children):
         b.sub(f"res{j}", res)
@@ -576,6 +617,9 @@ def down_level_module(mb, a, lvl: int, cin: int, hw: HW, temb_type, seq_type, *,
         if st is not None:
             b.sub(f"attn{j}", st)
             x = b.call(f"attn{j}", x, context, hint="h")
+        if tl is not None:
+            b.sub(f"temporal{j}", tl[0])
+            x = b.call(f"temporal{j}", x, video, hint="h")
         outs.append(x)
     if not last:
         b.layer("downsample", "conv2d", in_channels=ch, out_channels=ch, kernel=3, stride=2, padding=1)
@@ -583,46 +627,61 @@ def down_level_module(mb, a, lvl: int, cin: int, hw: HW, temb_type, seq_type, *,
     return b.ret(*outs)
 
 
-def mid_module(mb, a, ch: int, hw: HW, temb_type, seq_type) -> ModuleDef:
+def mid_module(mb, a, ch: int, hw: HW, temb_type, seq_type, temporal: TemporalLayer | None = None) -> ModuleDef:
     tdim = temb_type.shape[1]
-    res = resnet_module(mb, a, ch, ch, hw, tdim)
-    st = spatial_transformer_module(mb, a, ch, hw, seq_type)
+    batch = temb_type.shape[0]
+    res = resnet_module(mb, a, ch, ch, hw, tdim, batch)
+    st = spatial_transformer_module(mb, a, ch, hw, seq_type, batch)
+    tl = temporal(ch, hw) if temporal is not None else None
     b = mb.module("MidBlock", doc="ResNet, spatial transformer, ResNet at the lowest resolution.")
-    x = b.input("x", TensorType(DType.f32, ("batch", ch, *hw)))
+    x = b.input("x", TensorType(DType.f32, (batch, ch, *hw)))
     temb = b.input("temb", temb_type)
     context = b.input("context", seq_type)
+    video = b.input("video", tl[1]) if tl is not None else None
     b.sub("res0", res)
     b.sub("attn0", st)
+    if tl is not None:
+        b.sub("temporal0", tl[0])
     b.sub("res1", res)
     x = b.call("res0", x, temb, hint="h")
     x = b.call("attn0", x, context, hint="h")
+    if tl is not None:
+        x = b.call("temporal0", x, video, hint="h")
     return b.ret(b.call("res1", x, temb, hint="h"))
 
 
-def up_level_module(mb, a, lvl: int, x_type, skip_types, temb_type, seq_type, *, first: bool) -> ModuleDef:
+def up_level_module(
+    mb, a, lvl: int, x_type, skip_types, temb_type, seq_type, *, first: bool, temporal: TemporalLayer | None = None
+) -> ModuleDef:
     """res_blocks + 1 ResNet blocks, each on the concat of the running features and
     one skip (latest first), then nearest 2x upsampling + conv unless at level 0."""
     ch = level_channels(a)[lvl]
     hw = x_type.shape[2:]
     tdim = temb_type.shape[1]
+    batch = temb_type.shape[0]
     attn = lvl in a["attention_levels"]
     cin = x_type.shape[1]
     resnets = []
     for skip in skip_types:
-        resnets.append(resnet_module(mb, a, cin + skip.shape[1], ch, hw, tdim))
+        resnets.append(resnet_module(mb, a, cin + skip.shape[1], ch, hw, tdim, batch))
         cin = ch
-    st = spatial_transformer_module(mb, a, ch, hw, seq_type) if attn else None
+    st = spatial_transformer_module(mb, a, ch, hw, seq_type, batch) if attn else None
+    tl = temporal(ch, hw) if temporal is not None else None
     b = mb.module(f"UpLevel{lvl}", doc="ResNet blocks on skip concats (and spatial transformers), then upsampling.")
     x = b.input("x", x_type)
     skips = [b.input(f"skip{j}", t) for j, t in enumerate(skip_types)]
     temb = b.input("temb", temb_type)
     context = b.input("context", seq_type)
+    video = b.input("video", tl[1]) if tl is not None else None
     for j, (res, skip) in enumerate(zip(resnets, skips)):
         b.sub(f"res{j}", res)
         x = b.call(f"res{j}", b.op("concat", x, skip, axis=1, hint="h"), temb, hint="h")
         if st is not None:
             b.sub(f"attn{j}", st)
             x = b.call(f"attn{j}", x, context, hint="h")
+        if tl is not None:
+            b.sub(f"temporal{j}", tl[0])
+            x = b.call(f"temporal{j}", x, video, hint="h")
     if not first:
         b.layer("upsample", "conv2d", in_channels=ch, out_channels=ch, kernel=3, padding=1)
         x = b.call("upsample", b.op("upsample_nearest", x, factor=2, hint="h"), hint="h")

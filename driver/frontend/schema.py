@@ -170,6 +170,8 @@ ARCHITECTURE = _map(
     Field("num_items", INT, "Items of a recommender (item id vocabulary).", minimum=1, maximum=10**10),
     Field("user_features", INT, "Dense user features a recommender reads (0: ids only).", minimum=0, maximum=10**6),
     Field("item_features", INT, "Dense item features a recommender reads (0: ids only).", minimum=0, maximum=10**6),
+    Field("frames", INT, "Video: the most frames in a clip (the frame count itself is symbolic).", minimum=1, maximum=4096),
+    Field("temporal_layers", INT, "Video: temporal transformer blocks after the per-frame ones.", minimum=1, maximum=256),
     _map("text_encoder", "Text tower of a multi-tower model.", *TOWER_FIELDS),
     _map("image_encoder", "Image tower of a multi-tower model.", *TOWER_FIELDS),
     Field("images", ENUM, "Diffusion: 'pixels' includes the image autoencoder (images in and out), 'latents' the U-Net alone.", choices=("latents", "pixels")),
