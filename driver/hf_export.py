@@ -91,9 +91,11 @@ def _qwen2_config(arch: dict, context: int, resolved: dict) -> dict:
     return config
 
 
-def _mistral_config(arch: dict, context: int, resolved: dict) -> dict:
+def _mistral_config(arch: dict, context: int, resolved: dict) -> dict | None:
+    if not arch.get("sliding_window"):  # without a window Mistral is Llama's computation: the Llama export
+        return None
     config = {k: v for k, v in _llama_config(arch, context, resolved).items() if k not in ("attention_bias", "mlp_bias")}
-    config.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=arch.get("sliding_window") or None)
+    config.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=arch["sliding_window"])
     return config
 
 
@@ -136,7 +138,8 @@ def _clip_config(arch: dict, context: int, resolved: dict) -> dict:
 
 
 # (kind of model, its positions) -> the (reference class, config writer) candidates, the
-# first whose config imports back to the spec's architecture wins. The config's
+# first whose config imports back to the spec's architecture wins (a writer returning
+# None is no candidate for the architecture). The config's
 # model_type selects the weight mapping through metagen.hf.IMPORTERS.
 EXPORTERS = {
     ("decoder LM", "learned"): (("GPT2LMHeadModel", _gpt2_config),),
@@ -212,6 +215,8 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
     refusals = []
     for cls, writer in EXPORTERS[key]:
         config = writer(arch, int(resolved["constraints"].get("context_window") or 0), resolved)
+        if config is None:  # the class is no candidate for this architecture
+            continue
         text = json.dumps(config, indent=2, sort_keys=True)
         cfg = HFConfig("config.json", config, key_locations(text))
         try:
