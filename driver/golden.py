@@ -72,6 +72,7 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/vision/segmentation_unet.yaml"),
     GoldenSpec("examples/reference/detr_resnet50.yaml", full_ir=True),
     GoldenSpec("examples/vision/dense_detector_edge.yaml"),
+    GoldenSpec("examples/vision/instance_segmentation.yaml"),
 ]
 
 
