@@ -451,10 +451,12 @@ def _box_masks(batch, transform):
         return
     boxes, mask = np.asarray(batch[out["boxes"]]), np.asarray(batch[out["object_mask"]])
     centers = (np.arange(r) + 0.5) / r
-    lo, hi = boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2  # [B, T, 2] as (x, y)
+    lo = boxes[..., :2] - boxes[..., 2:] / 2  # [B, T, 2] as (x, y)
+    hi = boxes[..., :2] + boxes[..., 2:] / 2
     cols = (centers >= lo[..., 0:1]) & (centers <= hi[..., 0:1])  # [B, T, R]
     rows = (centers >= lo[..., 1:2]) & (centers <= hi[..., 1:2])
-    batch[out["masks"]] = (rows[..., :, None] & cols[..., None, :] & (mask[..., None, None] > 0)).astype(np.float32)
+    inside = rows[..., :, None] & cols[..., None, :] & (mask[..., None, None] > 0)
+    batch[out["masks"]] = inside.astype(np.float32)
 
 
 def dense_assign(batch, rng, transform, batch_size, synthetic):
@@ -577,7 +579,7 @@ def hungarian_match(batch, outputs, transform):
     target_boxes = np.tile(np.array([0.5, 0.5, 1.0, 1.0], np.float32), (b, q, 1))
     matched = np.zeros((b, q), dtype=bool)
     masks = np.asarray(batch[src["masks"]]) if "masks" in src else None
-    if masks is not None:  # instance segmentation: each matched query's target mask, zeros elsewhere
+    if masks is not None:  # instance segmentation: matched queries' target masks, else 0
         target_masks = np.zeros((b, q) + masks.shape[2:], np.float32)
     for i in range(b):
         tb, tl = np.asarray(boxes[i], np.float64)[mask[i]], np.asarray(labels[i])[mask[i]]
