@@ -23,6 +23,7 @@ itself is deterministic.
 | policy_gradient| PPO: -min(r A, clip(r) A) + 0.5 mse(V, R) - 0.01 H                |
 | semantic_segmentation | cross_entropy(logits as [B, H, W, C], label map) (+ dice_loss(logits, label map) with `dice`) |
 | object_detection | DETR: masked_cross_entropy(logits, matched classes, 1 or 0.1) + 5 L1 + 2 (1 - GIoU) on matched boxes; Hungarian matching is data-side, after the forward |
+| instance_segmentation | object_detection's, plus on matched queries the mean per-pixel sigmoid BCE of pred_masks and DETR's soft Dice (weights 1, 1) |
 """
 
 from __future__ import annotations
@@ -824,19 +825,57 @@ def object_detection(model: Model, seq: int) -> LossProgram:
     return set_prediction(model, seq)
 
 
-def set_prediction(model: Model, seq: int) -> LossProgram:
+def _mask_losses(m, masks, target_masks, box_weight):
+    """Per matched query, the mean per-pixel sigmoid binary cross-entropy of its mask
+    logits and DETR's soft Dice loss 1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1)
+    (p = sigmoid(logits), t the 0/1 target mask); each summed over matched queries
+    and divided by the number of targets, as the box losses (via `box_weight`)."""
+    pixels = masks.type.shape[-1] * masks.type.shape[-2]
+    zeros = m.op("scale", masks, factor=0.0)
+    # log(1 - sigmoid(x)) = log_softmax([0, x])[0], stable; BCE = softplus(x) - x t = -that - x t
+    log_not = m.op("select", m.op("log_softmax", m.op("stack", zeros, masks, axis=-1), axis=-1), axis=-1, index=0)
+    bce = m.op("sub", m.op("scale", log_not, factor=-1.0), m.op("mul", masks, target_masks), hint="bce")
+    per_query = m.op("mean", m.op("mean", bce, axis=-1), axis=-1, hint="bce_per_query")
+    loss_mask = m.op("mean", m.op("mean", m.op("mul", per_query, box_weight), axis=-1), axis=-1, hint="loss_mask")
+
+    def total(x):  # sum over the mask's pixels
+        return m.op("scale", m.op("mean", m.op("mean", x, axis=-1), axis=-1), factor=float(pixels))
+
+    prob = m.op("sigmoid", masks, hint="mask_prob")
+    inter, p_sum, t_sum = total(m.op("mul", prob, target_masks)), total(prob), total(target_masks)
+    one = m.op("exp", m.op("scale", inter, factor=0.0), hint="one")
+    ratio = m.op(
+        "div", m.op("add", m.op("scale", inter, factor=2.0), one), m.op("add", m.op("add", p_sum, t_sum), one), hint="dice_ratio"
+    )
+    dice = m.op("sub", box_weight, m.op("mul", ratio, box_weight), hint="one_minus_dice")  # (1 - ratio) * weight
+    loss_dice = m.op("mean", m.op("mean", dice, axis=-1), axis=-1, hint="loss_dice")
+    return loss_mask, loss_dice
+
+
+def instance_segmentation(model: Model, seq: int) -> LossProgram:
+    """DETR's set loss plus the mask losses of the Hungarian-matched queries."""
+    return set_prediction(model, seq, masks=True)
+
+
+def set_prediction(model: Model, seq: int, masks: bool = False) -> LossProgram:
     """DETR's set loss. The data side matches predictions to targets each step (the
     Hungarian algorithm on DETR's matching cost, after the forward pass) and writes
     per-query targets; the loss is then fixed arithmetic: weighted cross-entropy over
     every query (no-object weight 0.1), and over matched queries the L1 and 1 - GIoU
-    box losses, each summed and divided by the number of target boxes."""
+    box losses, each summed and divided by the number of target boxes. With `masks`
+    (instance segmentation) the matched queries' masks add _mask_losses (weights 1
+    and 1), the matching staying DETR's (class and box costs)."""
     lname, lt = _output(model, "logits")
     bname, bt = _output(model, "pred_boxes")
     classes = lt.shape[-1] - 1
     q = lt.shape[1]
     w = DETR_WEIGHTS
     mb = ModelBuilder()
-    m = mb.module("SetLoss", doc="DETR's loss on Hungarian-matched per-query targets (class, L1 box, GIoU).")
+    m = mb.module(
+        "SetLoss",
+        doc="DETR's loss on Hungarian-matched per-query targets (class, L1 box, GIoU"
+        + (", mask BCE, mask Dice)." if masks else ")."),
+    )
     logits, boxes = m.input("logits", lt), m.input("pred_boxes", bt)
     query = TensorType(DType.i64, lt.shape[:2])
     target_classes = m.input("target_classes", query)
@@ -857,7 +896,6 @@ def set_prediction(model: Model, seq: int) -> LossProgram:
         m.op("add", m.op("scale", loss_bbox, factor=w["bbox"]), m.op("scale", loss_giou, factor=w["giou"])),
         hint="loss",
     )
-    top = m.ret(total, names=["loss"])
     spec = [
         InputSpec("logits", lt, "normal"),
         InputSpec("pred_boxes", bt, "uniform", 0.1, 0.9),
@@ -866,32 +904,46 @@ def set_prediction(model: Model, seq: int) -> LossProgram:
         InputSpec("target_boxes", bt, "uniform", 0.2, 0.6),
         InputSpec("box_weight", box_weight.type, "uniform", 0.0, 2.0),
     ]
+    targets = ["target_classes", "class_weight", "target_boxes", "box_weight"]
+    fields, draw_params = ["boxes", "classes", "object_mask"], {}
+    if masks:
+        mname, mt = _output(model, "pred_masks")
+        pred_masks = m.input("pred_masks", mt)
+        target_masks = m.input("target_masks", mt)
+        loss_mask, loss_dice = _mask_losses(m, pred_masks, target_masks, box_weight)
+        total = m.op("add", total, m.op("add", loss_mask, loss_dice), hint="loss_with_masks")
+        spec += [InputSpec("pred_masks", mt, "normal"), InputSpec("target_masks", mt, "uniform", 0.0, 1.0)]
+        fields.append("masks")
+        draw_params = {"mask_resolution": mt.shape[-1]}
+    top = m.ret(total, names=["loss"])
     objects = min(MAX_SYNTHETIC_OBJECTS, q)
     draw = DataTransform(
         "detection_targets",
-        outputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
+        outputs={n: n for n in fields},
         carry=tuple(i.name for i in model.inputs if i.kind != "tokens"),
-        params={"classes": classes, "max_objects": objects},
+        params={"classes": classes, "max_objects": objects, **draw_params},
     )
     match = DataTransform(
         "hungarian_match",
-        inputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
-        outputs={n: n for n in ("target_classes", "class_weight", "target_boxes", "box_weight")},
+        inputs={n: n for n in fields},
+        outputs={n: n for n in targets + (["target_masks"] if masks else [])},
         params={"classes": classes, "cost_class": w["class"], "cost_bbox": w["bbox"], "cost_giou": w["giou"],
                 "no_object": w["no_object"]},
         reads=(lname, bname),
     )
-    sources = [("output", lname), ("output", bname)] + [
-        ("batch", n) for n in ("target_classes", "class_weight", "target_boxes", "box_weight")
-    ]
+    sources = [("output", lname), ("output", bname)] + [("batch", n) for n in targets]  # the loss's input order
+    if masks:
+        sources += [("output", mname), ("batch", "target_masks")]
     return LossProgram(
-        "object_detection",
+        "instance_segmentation" if masks else "object_detection",
         _finish(mb, top, model, spec),
         sources,
         [draw, match],
         seq,
-        "targets: boxes (cx, cy, w, h) in [0, 1], classes, object_mask per image; each step the data side "
-        "matches them to the predictions (Hungarian, DETR's cost) and the loss reads per-query targets",
+        "targets: boxes (cx, cy, w, h) in [0, 1], classes, object_mask per image"
+        + (", masks [objects, R, R] (synthetic: each box's pixels)" if masks else "")
+        + "; each step the data side matches them to the predictions (Hungarian, DETR's cost) and the loss "
+        "reads per-query targets",
     )
 
 
@@ -910,6 +962,7 @@ OBJECTIVES: dict[str, Callable[..., LossProgram]] = {
     "object_detection": object_detection,
     "ranking": ranking,
     "pairwise_ranking": pairwise_ranking,
+    "instance_segmentation": instance_segmentation,
 }
 
 

@@ -79,6 +79,7 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/retrieval/passage_reranker.yaml"),
     GoldenSpec("examples/retrieval/photo_search.yaml"),
     GoldenSpec("examples/retrieval/movie_recommender.yaml"),
+    GoldenSpec("examples/vision/instance_segmentation.yaml"),
 ]
 
 

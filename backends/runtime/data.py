@@ -481,8 +481,12 @@ def detection_targets(batch, rng, transform, batch_size, synthetic):
     """Object targets per image, unless the data file has them: `boxes` [batch, T, 4]
     (cx, cy, w, h in [0, 1]), `classes` [batch, T] and `object_mask` [batch, T] (1 for
     a real object; T = max_objects, padding rows 0). Synthetic images carry their
-    objects: each box's pixels shift by (class + 1) / classes on every channel."""
+    objects: each box's pixels shift by (class + 1) / classes on every channel. With a
+    `mask_resolution` R (instance segmentation) also `masks` [batch, T, R, R], 1 on the
+    pixels of each object: the data file's, or (synthetic, or a file without masks)
+    the pixels whose centers lie inside its box."""
     if transform["outputs"]["boxes"] in batch:
+        _box_masks(batch, transform)
         return
     classes, t = transform["params"]["classes"], transform["params"]["max_objects"]
     count = rng.integers(1, t + 1, size=batch_size)
@@ -494,6 +498,7 @@ def detection_targets(batch, rng, transform, batch_size, synthetic):
     batch[transform["outputs"]["boxes"]] = boxes.astype(np.float32)
     batch[transform["outputs"]["classes"]] = labels.astype(np.int64)
     batch[transform["outputs"]["object_mask"]] = mask
+    _box_masks(batch, transform)
     if synthetic:
         for image in transform["carry"]:
             x = batch[image]
@@ -507,6 +512,21 @@ def detection_targets(batch, rng, transform, batch_size, synthetic):
                     inside = rows[:, None] & cols[None, :]
                     x[b, :, inside] += (labels[b, j] + 1) / classes
             batch[image] = x
+
+
+def _box_masks(batch, transform):
+    """`masks` [batch, T, R, R] from the boxes (padding rows 0), unless present."""
+    out, r = transform["outputs"], transform["params"].get("mask_resolution")
+    if not r or out.get("masks", "masks") in batch:
+        return
+    boxes, mask = np.asarray(batch[out["boxes"]]), np.asarray(batch[out["object_mask"]])
+    centers = (np.arange(r) + 0.5) / r
+    lo = boxes[..., :2] - boxes[..., 2:] / 2  # [B, T, 2] as (x, y)
+    hi = boxes[..., :2] + boxes[..., 2:] / 2
+    cols = (centers >= lo[..., 0:1]) & (centers <= hi[..., 0:1])  # [B, T, R]
+    rows = (centers >= lo[..., 1:2]) & (centers <= hi[..., 1:2])
+    inside = rows[..., :, None] & cols[..., None, :] & (mask[..., None, None] > 0)
+    batch[out["masks"]] = inside.astype(np.float32)
 
 
 def dense_assign(batch, rng, transform, batch_size, synthetic):
@@ -628,6 +648,9 @@ def hungarian_match(batch, outputs, transform):
     class_weight = np.full((b, q), p["no_object"], dtype=np.float32)
     target_boxes = np.tile(np.array([0.5, 0.5, 1.0, 1.0], np.float32), (b, q, 1))
     matched = np.zeros((b, q), dtype=bool)
+    masks = np.asarray(batch[src["masks"]]) if "masks" in src else None
+    if masks is not None:  # instance segmentation: matched queries' target masks, else 0
+        target_masks = np.zeros((b, q) + masks.shape[2:], np.float32)
     for i in range(b):
         tb, tl = np.asarray(boxes[i], np.float64)[mask[i]], np.asarray(labels[i])[mask[i]]
         if len(tl) == 0:
@@ -642,12 +665,16 @@ def hungarian_match(batch, outputs, transform):
         class_weight[i, cols] = 1.0
         target_boxes[i, cols] = tb
         matched[i, cols] = True
+        if masks is not None:
+            target_masks[i, cols] = masks[i][mask[i]]
     num = max(int(mask.sum()), 1)
     out = transform["outputs"]
     batch[out["target_classes"]] = target_classes
     batch[out["class_weight"]] = class_weight
     batch[out["target_boxes"]] = target_boxes
     batch[out["box_weight"]] = (matched * (b * q / num)).astype(np.float32)
+    if masks is not None:
+        batch[out["target_masks"]] = target_masks
 
 
 def after_forward(batch, outputs):

@@ -9,7 +9,7 @@ table in docs/families.md and the list a spec no family matches is shown.
 from __future__ import annotations
 
 from metagen.compiler.families.base import FAMILIES, ArchConfig, Family, Knobs, Rule  # noqa: F401
-from metagen.compiler.families import decoder_lm, vit, encoder, clip, fallback, unet, audio, cnn, segmentation, detection  # noqa: F401,E402
+from metagen.compiler.families import decoder_lm, vit, encoder, clip, fallback, unet, audio, cnn, segmentation, detection, instance_seg  # noqa: F401,E402
 from metagen.compiler.families import tabular, timeseries, rl, graph  # noqa: F401,E402
 from metagen.compiler.families import embedder, ranker, recommender  # noqa: F401,E402
 from metagen.compiler.families import video, video_unet  # noqa: F401,E402

@@ -224,9 +224,11 @@ class Detr(Family):
         logits = top.call("class_labels_classifier", h, hint="logits")
         top.sub("bbox_predictor", box_mlp(mb, d, q))
         boxes = top.op("sigmoid", top.call("bbox_predictor", h), hint="pred_boxes")
-        top_def = top.ret(logits, boxes, names=["logits", "pred_boxes"])
-        config = {k: a[k] for k in DetrArch.spec_keys()}
+        extra = self.extra_heads(mb, top, a, projected, h)
+        top_def = top.ret(logits, boxes, *extra.values(), names=["logits", "pred_boxes", *extra])
+        config = {k: a[k] for k in type(a).spec_keys()}
         config.update(num_queries=q, num_classes=a["num_classes"], backbone=dict(a["backbone"]), box_format="cxcywh")
+        config.update(self.extra_config(a))
         return mb.finish(
             top_def,
             name=top_def.name,
@@ -236,6 +238,13 @@ class Detr(Family):
             family=self.name,
             symbols={"batch": "batch size"},
         )
+
+    def extra_heads(self, mb: ModelBuilder, top: ModuleBuilder, a: Any, projected: Value, h: Value) -> dict[str, Value]:
+        """Outputs a variant adds after the class and box heads (instance_seg.py's masks)."""
+        return {}
+
+    def extra_config(self, a: Any) -> dict[str, Any]:
+        return {}
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
         """The backbone's largest block (as the resnet family) or the transformer's
@@ -255,16 +264,17 @@ class Detr(Family):
         }
 
 
-def box_mlp(mb: ModelBuilder, d: int, q: int) -> ModuleDef:
-    """DETR's box head before the sigmoid: two linear + ReLU layers, then a linear to 4."""
-    layer = mb.module("BoxMLPLayer", doc="linear -> ReLU.")
+def box_mlp(mb: ModelBuilder, d: int, q: int, out: int = 4, name: str = "BoxMLP") -> ModuleDef:
+    """DETR's box head before the sigmoid: two linear + ReLU layers, then a linear to 4
+    (`out`: the mask head's embedding MLP has the same shape, as MaskFormer's)."""
+    layer = mb.module(f"{name}Layer", doc="linear -> ReLU.")
     x = layer.input("x", _seq(d, q))
     layer.layer("fc", "linear", in_features=d, out_features=d, bias=True)
     layer_def = layer.ret(layer.op("relu", layer.call("fc", x)))
-    b = mb.module("BoxMLP", doc="Box regression MLP (3 layers).")
+    b = mb.module(name, doc=f"{'Box regression' if out == 4 else 'Mask embedding'} MLP (3 layers).")
     x = b.input("x", _seq(d, q))
     b.repeat("hidden", layer_def, 2)
-    b.layer("out", "linear", in_features=d, out_features=4, bias=True)
+    b.layer("out", "linear", in_features=d, out_features=out, bias=True)
     return b.ret(b.call("out", b.call("hidden", x)))
 
 
