@@ -47,14 +47,15 @@ class _BatchNorm2d(nnx.Module):
         return (x - mean[:, None, None]) * scale[:, None, None] + self.bias[...][:, None, None]
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when
-    kv_heads < heads."""
+    kv_heads < heads, plus an additive bias [B, 1, Sq, Sk] when given."""
     b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
     out = jax.nn.dot_product_attention(
         q.reshape(b, sq, heads, head_dim),
         k.reshape(b, sk, kv_heads, head_dim),
         v.reshape(b, sk, kv_heads, head_dim),
+        bias=bias,
         scale=scale,
         is_causal=is_causal,
         implementation="xla",
@@ -689,7 +690,14 @@ INPUTS = {"pixel_values": {"shape": ["batch", 3, 64, 64], "dtype": "float32"}}
 OUTPUTS = ["logits", "pred_boxes", "pred_masks"]
 _EXAMPLE_SIZES = {}
 _INPUT_KINDS = [
-    {"name": "pixel_values", "kind": "normal", "low": 0.0, "high": 0.0, "dtype": "float32"}
+    {
+        "name": "pixel_values",
+        "kind": "normal",
+        "low": 0.0,
+        "high": 0.0,
+        "dtype": "float32",
+        "optional": False,
+    }
 ]
 _INITS = [
     ("query_pos", [10, 64], "normal", {"std": 1.0}),
@@ -1697,15 +1705,27 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:

@@ -81,11 +81,11 @@ class _Linear:
         return y if self.bias is None else y + self.bias
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
+def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
     """Scaled dot-product attention on packed heads: q [B, Sq, H*D], k and v
     [B, Sk, KVH*D] -> [B, Sq, H*D]. Query head h reads key/value head
     h // (H / KVH) (grouped-query attention); causal masks key j > query i;
-    scale None means 1 / sqrt(D)."""
+    scale None means 1 / sqrt(D); bias [B, 1, Sq, Sk] is added to the scores."""
     b, sq, sk, d = q.shape[0], q.shape[1], k.shape[1], head_dim
     q = q.reshape(b, sq, heads, d).transpose(0, 2, 1, 3)
     k = np.repeat(k.reshape(b, sk, kv_heads, d).transpose(0, 2, 1, 3), heads // kv_heads, axis=1)
@@ -93,6 +93,8 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None):
     scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(d) if scale is None else scale)
     if is_causal:
         scores = np.where(np.tril(np.ones((sq, sk), dtype=bool)), scores, -np.inf)
+    if bias is not None:
+        scores = scores + bias
     out = _softmax(scores, axis=-1) @ v
     return out.transpose(0, 2, 1, 3).reshape(b, sq, heads * d)
 
@@ -671,7 +673,14 @@ INPUTS = {"pixel_values": {"shape": ["batch", 3, 64, 64], "dtype": "float32"}}
 OUTPUTS = ["logits", "pred_boxes", "pred_masks"]
 _EXAMPLE_SIZES = {}
 _INPUT_KINDS = [
-    {"name": "pixel_values", "kind": "normal", "low": 0.0, "high": 0.0, "dtype": "float32"}
+    {
+        "name": "pixel_values",
+        "kind": "normal",
+        "low": 0.0,
+        "high": 0.0,
+        "dtype": "float32",
+        "optional": False,
+    }
 ]
 _INITS = [
     ("query_pos", [10, 64], "normal", {"std": 1.0}),
@@ -919,15 +928,27 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:

@@ -651,7 +651,14 @@ INPUTS = {"pixel_values": {"shape": ["batch", 3, 64, 64], "dtype": "float32"}}
 OUTPUTS = ["logits", "pred_boxes", "pred_masks"]
 _EXAMPLE_SIZES = {}
 _INPUT_KINDS = [
-    {"name": "pixel_values", "kind": "normal", "low": 0.0, "high": 0.0, "dtype": "float32"}
+    {
+        "name": "pixel_values",
+        "kind": "normal",
+        "low": 0.0,
+        "high": 0.0,
+        "dtype": "float32",
+        "optional": False,
+    }
 ]
 _INITS = [
     ("query_pos", [10, 64], "normal", {"std": 1.0}),
@@ -898,15 +905,27 @@ def init_arrays(seed=0):
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
 
 
+def _size(dim, sizes):
+    """A dim's value: an int, a symbol, or a sum of them ("past+seq")."""
+    if isinstance(dim, int):
+        return dim
+    return sum(int(t) if t.isdigit() else sizes[t] for t in dim.split("+"))
+
+
 def example_inputs(batch_size=2, seed=0):
-    """A dict of valid numpy inputs (token ids in range, standard-normal floats)."""
+    """A dict of valid numpy inputs (token ids in range, standard-normal floats, an
+    attention mask of ones with the positions it gives)."""
     rng = np.random.default_rng(seed)
     sizes = dict(_EXAMPLE_SIZES, batch=batch_size)
     out = {}
     for spec in _INPUT_KINDS:
-        shape = tuple(d if isinstance(d, int) else sizes[d] for d in INPUTS[spec["name"]]["shape"])
+        shape = tuple(_size(d, sizes) for d in INPUTS[spec["name"]]["shape"])
         if spec["kind"] == "tokens":
             x = rng.integers(int(spec["low"]), int(spec["high"]), size=shape)
+        elif spec["kind"] == "mask":
+            x = np.ones(shape)
+        elif spec["kind"] == "positions":
+            x = np.tile(np.arange(shape[-1]) + sizes.get("past", 0), shape[:-1] + (1,))
         elif spec["kind"] == "uniform":
             x = rng.uniform(spec["low"], spec["high"], size=shape)
         else:
