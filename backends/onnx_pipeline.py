@@ -2,7 +2,7 @@
 encoder included), the pipeline's parts as separate graphs in one folder, laid out
 as diffusers' ONNX pipelines are:
 
-    text_encoder/model.onnx   input_ids -> last_hidden_state
+    text_encoder/model.onnx   input_ids, attention_mask -> last_hidden_state
     unet/model.onnx           sample, timestep, encoder_hidden_states -> noise_pred
     vae_encoder/model.onnx    image -> moments             (images: pixels only)
     vae_decoder/model.onnx    latents -> image             (images: pixels only)

@@ -701,7 +701,9 @@ class ModuleEmitter(ABC):
                 out(f'raise TypeError(f"unexpected inputs {{sorted({unknown})}}")')
             for spec, arg in gathered:
                 out(f"{arg} = {self.extra}.get({spec.name!r})")
-        tokens = args[0]
+        # The mask's and caches' batch and length: the first token input's (a
+        # diffusion model's prompt comes after its latents).
+        tokens = next((arg for spec, arg in specs if spec.kind == "tokens"), args[0])
         caches = [(spec, arg) for spec, arg in specs if spec.kind == "cache"]
         mask = next((arg for spec, arg in specs if spec.kind == "mask"), None)
         for spec, arg in caches:

@@ -45,7 +45,8 @@ def complete_inputs(model: Model, feed: dict[str, np.ndarray]) -> dict[str, np.n
     default them (empty caches, a mask of ones, positions from the mask): what an
     ONNX session, which has no optional inputs, needs for a plain forward."""
     out = dict(feed)
-    tokens = np.asarray(feed[model.inputs[0].name])
+    first = next((spec for spec in model.inputs if spec.kind == "tokens"), model.inputs[0])  # as pyemit's defaults
+    tokens = np.asarray(feed[first.name])
     batch, seq = tokens.shape[0], tokens.shape[-1]
     past = 0
     for spec in model.inputs:

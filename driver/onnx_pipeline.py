@@ -53,7 +53,7 @@ class OnnxDiffusionPipeline:
         def denoise(x, t, ids):
             key = ids.tobytes() + bytes(ids.shape)
             if key not in states:
-                states[key] = self._run("text_encoder", input_ids=ids)
+                states[key] = self._run("text_encoder", input_ids=ids, attention_mask=np.ones_like(ids))
             return self._run("unet", sample=x, timestep=t, encoder_hidden_states=states[key])
 
         pixels = "vae_decoder" in self.sessions

@@ -44,7 +44,7 @@ def test_sd15_exact_count_from_ir():
     assert report["total_params"] == SD15_TOTAL
     assert report["by_module"]["text_encoder"]["total"] == CLIP_L_TEXT
     assert comp.model.family == "diffusion_unet"
-    assert [i.name for i in comp.model.inputs] == ["sample", "timestep", "input_ids"]
+    assert [i.name for i in comp.model.inputs] == ["sample", "timestep", "input_ids", "attention_mask"]
     assert comp.model.output_names == ["noise_pred"]
     assert report["memory"]["inference"]["total"] <= 24 * GB
 
@@ -203,7 +203,7 @@ def test_tiny_unet_matches_diffusers(tiny_sd):
     inputs = mod.example_inputs(batch_size=2, seed=1)
     got = mod.run(state, inputs)["noise_pred"]
     with torch.no_grad():
-        context = state.text_encoder(torch.from_numpy(inputs["input_ids"]))
+        context = state.text_encoder(torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"]))
         want = ref(
             torch.from_numpy(inputs["sample"]), torch.from_numpy(inputs["timestep"]), encoder_hidden_states=context
         ).sample.numpy()
@@ -230,8 +230,11 @@ def test_tiny_text_encoder_matches_transformers_clip(tiny_sd):
     weights.update(clip_text_to_canonical(ref.state_dict()))
     state = mod.load_canonical(weights)
     ids = torch.from_numpy(mod.example_inputs(batch_size=2)["input_ids"])
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # a padded prompt: transformers masks the padded keys, the padded positions' states included
     with torch.no_grad():
-        _close(state.text_encoder(ids).numpy(), ref(input_ids=ids).last_hidden_state.numpy())
+        for m in (torch.ones_like(ids), mask):
+            _close(state.text_encoder(ids, m).numpy(), ref(input_ids=ids, attention_mask=m).last_hidden_state.numpy())
 
 
 # ------------------------------------------------------------------ any latent size

@@ -19,6 +19,7 @@ from metagen.ir.graph import InputSpec, Model, ModuleDef, Node, Repeat, Sub, Val
 
 AUTOENCODER_PARTS = ("vae_encoder", "vae_decoder")
 PART_FAMILY = "diffusion_pipeline_part"
+TEXT_INPUTS = ("input_ids", "attention_mask")  # the text encoder's, in its order; the U-Net part has neither
 
 
 def _reachable(model: Model, top: str) -> dict[str, ModuleDef]:
@@ -77,10 +78,10 @@ def _unet_on_context(model: Model) -> Model:
         if n is call:
             continue
         nodes.append(dataclasses.replace(n, operands=[remap.get(id(v), v) for v in n.operands]))
-    inputs = [v for v in src.inputs if v.hint != "input_ids"] + [hidden]
+    inputs = [v for v in src.inputs if v.hint not in TEXT_INPUTS] + [hidden]
     children = {k: c for k, c in src.children.items() if k not in ("text_encoder", *AUTOENCODER_PARTS)}
     top = dataclasses.replace(src, name=f"{src.name}UNet", children=children, inputs=inputs, nodes=nodes)
-    specs = [i for i in model.inputs if i.name != "input_ids"]
+    specs = [i for i in model.inputs if i.name not in TEXT_INPUTS]
     specs.append(InputSpec("encoder_hidden_states", hidden.type, "normal", 0.0, 0.0, "the text encoder's hidden states"))
     return _part(model, top, specs, list(model.output_names), "One denoising step on precomputed text states.")
 
@@ -90,8 +91,8 @@ def pipeline_parts(model: Model) -> dict[str, Model]:
     vae_decoder, each a model of its own with the canonical weight names."""
     if model.family != "diffusion_unet":
         raise ValueError(f"pipeline_parts needs a diffusion model, not {model.family}")
-    ids = next(i for i in model.inputs if i.name == "input_ids")
-    text = _child_as_top(model, "text_encoder", [ids], ["last_hidden_state"], "The prompt's hidden states.")
+    text_specs = [next(i for i in model.inputs if i.name == name) for name in TEXT_INPUTS]
+    text = _child_as_top(model, "text_encoder", text_specs, ["last_hidden_state"], "The prompt's hidden states.")
     parts = {"text_encoder": text, "unet": _unet_on_context(model)}
     children = model.top_module.children
     if all(p in children for p in AUTOENCODER_PARTS):

@@ -50,7 +50,7 @@ from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, deri
 from metagen.compiler.families import image_autoencoder as vae
 from metagen.compiler.families.blocks import (
     TRAIN_ACT_BYTES, act_nbytes, block_stack, class_name, inference, read_spec, tower_training_activations, training,
-    weight_nbytes, resolve_tower, tower_block,
+    weight_nbytes, resolve_tower, tower_block, mask_input,
 )
 from metagen.ir.builder import ModelBuilder
 from metagen.ir.graph import InputSpec, Model, ModuleDef, Value
@@ -326,15 +326,18 @@ class DiffusionUNet(Family):
         ch0 = chans[0]
         tdim = 4 * ch0
 
-        text_block = tower_block(mb, ctx, te, "seq", causal=True, name="TextBlock", section=ctx.spec.architecture.text_encoder)
+        text_block = tower_block(
+            mb, ctx, te, "seq", causal=True, name="TextBlock", section=ctx.spec.architecture.text_encoder, masked=True
+        )
         text = text_encoder_module(mb, te, a["context"], text_block)
         top = mb.module(class_name(ctx.spec.name), doc=self.top_doc)
         sample = top.input("sample", self.sample_type(a))
         timestep = top.input("timestep", TensorType(DType.f32, ("batch",)))
         ids = top.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
+        mask, mask_spec = mask_input(top, ids)
 
         top.sub("text_encoder", text)
-        context = top.call("text_encoder", ids, hint="context")
+        context = top.call("text_encoder", ids, mask, hint="context")
 
         t = top.op("timestep_embedding", timestep, dim=ch0, flip_sin_to_cos=True, freq_shift=0.0, hint="t_emb")
         top.sub("time_embedding", time_embedding_module(mb, ch0, tdim))
@@ -407,6 +410,7 @@ class DiffusionUNet(Family):
                 InputSpec("sample", sample.type, "normal", 0.0, 0.0, self.sample_doc(factor)),
                 InputSpec("timestep", timestep.type, "uniform", 0.0, 1000.0, "diffusion timestep t per sample (float)"),
                 InputSpec("input_ids", ids.type, "tokens", 0, te["vocab_size"], "prompt token ids (CLIP tokenizer)"),
+                mask_spec,
             ],
             config=config,
             family=self.name,
@@ -495,16 +499,19 @@ class DiffusionUNet(Family):
 def text_encoder_module(mb: ModelBuilder, te: UNetTextTower, context: int, block: ModuleDef) -> ModuleDef:
     """CLIP's text transformer without pooling: token + learned position
     embeddings, causal pre-LN blocks, final LayerNorm; its hidden states are the
-    U-Net's cross-attention context."""
+    U-Net's cross-attention context. `attention_mask` (1 = token, 0 = padding)
+    masks padded keys as transformers' CLIPTextModel does; positions stay 0..seq-1."""
     d = te["hidden_size"]
     b = mb.module("TextEncoder", doc="CLIP text transformer; its final hidden states condition the U-Net.")
     ids = b.input("input_ids", TensorType(DType.i64, ("batch", "seq")))
+    mask = b.input("attention_mask", TensorType(DType.i64, ("batch", "seq")))
     b.layer("tok_embeddings", "embedding", num=te["vocab_size"], dim=d)
     b.layer("pos_embeddings", "embedding", num=context, dim=d, init_std=0.01)
     x = b.call("tok_embeddings", ids, hint="x")
     pos = b.op("positions", ids, axis=1, hint="pos")
     x = b.op("add", x, b.call("pos_embeddings", pos, hint="pos_emb"), hint="x")
-    return b.ret(block_stack(b, block, x, te, hint="context"))
+    bias = b.op("attention_bias", mask, x, causal=True, hint="attn_bias")
+    return b.ret(block_stack(b, block, x, te, shared=(bias,), hint="context"))
 
 
 def time_embedding_module(mb: ModelBuilder, ch0: int, tdim: int) -> ModuleDef:

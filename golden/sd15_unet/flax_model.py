@@ -30,6 +30,21 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=N
     return out.reshape(b, sq, heads * head_dim)
 
 
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
+    elsewhere; the queries are the last Sq of the Sk positions."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = jnp.arange(sq)[:, None] + (sk - sq)
+    j = jnp.arange(sk)[None, :]
+    allowed = (key_mask != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = jnp.broadcast_to(allowed, (key_mask.shape[0], 1, sq, sk))
+    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
 def _require_multiple(x, axes, multiple, what):
     """x, after checking that its dims at `axes` are multiples of `multiple`."""
     if any(int(x.shape[a]) % multiple for a in axes):
@@ -57,12 +72,12 @@ class Attention(nnx.Module):
         self.qkv_proj = nnx.Linear(32, 96, use_bias=True, rngs=rngs)
         self.o_proj = nnx.Linear(32, 32, use_bias=True, rngs=rngs)
 
-    def __call__(self, x):
+    def __call__(self, x, bias):
         qkv = self.qkv_proj(x)
         q = jax.lax.slice_in_dim(qkv, 0, 32, axis=-1)
         k = jax.lax.slice_in_dim(qkv, 32, 64, axis=-1)
         v = jax.lax.slice_in_dim(qkv, 64, 96, axis=-1)
-        attn = _attention(q, k, v, 2, 2, 16, is_causal=True)
+        attn = _attention(q, k, v, 2, 2, 16, is_causal=False, bias=bias)
         out = self.o_proj(attn)
         return out
 
@@ -94,9 +109,9 @@ class TextBlock(nnx.Module):
         )
         self.mlp = MLP(rngs=rngs)
 
-    def __call__(self, x):
+    def __call__(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
+        h_1 = self.attn(h, bias)
         x_1 = x + h_1
         h_2 = self.mlp_norm(x_1)
         h_3 = self.mlp(h_2)
@@ -115,14 +130,15 @@ class TextEncoder(nnx.Module):
             32, epsilon=1e-05, use_scale=True, use_bias=True, use_fast_variance=False, rngs=rngs
         )
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, attention_mask):
         x = self.tok_embeddings(input_ids)
         pos = jnp.arange(input_ids.shape[1])
         pos_emb = self.pos_embeddings(pos)
         x_1 = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
         x_2 = x_1
         for layer in self.blocks:
-            x_2 = layer(x_2)
+            x_2 = layer(x_2, attn_bias)
         context = self.norm_f(x_2)
         return context
 
@@ -1152,8 +1168,10 @@ class Sd15TextToImage(nnx.Module):
             32, 4, (3, 3), strides=1, padding=((1, 1), (1, 1)), use_bias=True, rngs=rngs
         )
 
-    def __call__(self, sample, timestep, input_ids):
-        context = self.text_encoder(input_ids)
+    def __call__(self, sample, timestep, input_ids, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = jnp.ones((input_ids.shape[0], 0 + input_ids.shape[-1]), dtype=_I64)
+        context = self.text_encoder(input_ids, attention_mask)
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
         sample_1 = _require_multiple(
@@ -1223,6 +1241,7 @@ INPUTS = {
     "sample": {"shape": ["batch", 4, "height", "width"], "dtype": "float32"},
     "timestep": {"shape": ["batch"], "dtype": "float32"},
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
+    "attention_mask": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["noise_pred"]
 _EXAMPLE_SIZES = {"seq": 16, "height": 8, "width": 8}
@@ -1250,6 +1269,14 @@ _INPUT_KINDS = [
         "high": 256,
         "dtype": "int64",
         "optional": False,
+    },
+    {
+        "name": "attention_mask",
+        "kind": "mask",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": True,
     },
 ]
 _INITS = [

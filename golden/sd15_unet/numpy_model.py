@@ -109,6 +109,22 @@ def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=N
     return out.transpose(0, 2, 1, 3).reshape(b, sq, heads * d)
 
 
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk] for queries that are the last Sq of the Sk
+    positions: 0 where query i may see key j (key_mask 1; j <= i + Sk - Sq when
+    causal; j > i + Sk - Sq - window when windowed), float32's lowest elsewhere."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = np.arange(sq)[:, None] + (sk - sq)
+    j = np.arange(sk)[None, :]
+    allowed = (np.asarray(key_mask) != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = np.broadcast_to(allowed, (key_mask.shape[0], 1, sq, sk))
+    return np.where(allowed, 0.0, float(np.finfo(np.float32).min))
+
+
 def _gelu(x):
     """x * Phi(x), Phi the standard normal CDF; erfc(-x / sqrt 2) / 2 keeps the
     negative tail exact where 1 + erf would cancel."""
@@ -153,12 +169,12 @@ class Attention:
         self.qkv_proj = _Linear(32, 96, bias=True)
         self.o_proj = _Linear(32, 32, bias=True)
 
-    def __call__(self, x):
+    def __call__(self, x, bias):
         qkv = self.qkv_proj(x)
         q = qkv[..., 0:32]
         k = qkv[..., 32:64]
         v = qkv[..., 64:96]
-        attn = _attention(q, k, v, 2, 2, 16, is_causal=True)
+        attn = _attention(q, k, v, 2, 2, 16, is_causal=False, bias=bias)
         out = self.o_proj(attn)
         return out
 
@@ -186,9 +202,9 @@ class TextBlock:
         self.mlp_norm = _LayerNorm(32, eps=1e-05, affine=True, bias=True)
         self.mlp = MLP()
 
-    def __call__(self, x):
+    def __call__(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
+        h_1 = self.attn(h, bias)
         x_1 = x + h_1
         h_2 = self.mlp_norm(x_1)
         h_3 = self.mlp(h_2)
@@ -205,14 +221,15 @@ class TextEncoder:
         self.blocks = [TextBlock() for _ in range(2)]
         self.norm_f = _LayerNorm(32, eps=1e-05, affine=True, bias=True)
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, attention_mask):
         x = self.tok_embeddings(input_ids)
         pos = np.arange(input_ids.shape[1], dtype=np.int64)
         pos_emb = self.pos_embeddings(pos)
         x_1 = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
         x_2 = x_1
         for layer in self.blocks:
-            x_2 = layer(x_2)
+            x_2 = layer(x_2, attn_bias)
         context = self.norm_f(x_2)
         return context
 
@@ -1082,8 +1099,10 @@ class Sd15TextToImage:
         self.conv_norm_out = _GroupNorm(8, 32, eps=1e-05)
         self.conv_out = _Conv2d(32, 4, 3, stride=1, padding=1, bias=True)
 
-    def __call__(self, sample, timestep, input_ids):
-        context = self.text_encoder(input_ids)
+    def __call__(self, sample, timestep, input_ids, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = np.ones((input_ids.shape[0], 0 + input_ids.shape[-1]), dtype=np.int64)
+        context = self.text_encoder(input_ids, attention_mask)
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
         sample_1 = _require_multiple(
@@ -1153,6 +1172,7 @@ INPUTS = {
     "sample": {"shape": ["batch", 4, "height", "width"], "dtype": "float32"},
     "timestep": {"shape": ["batch"], "dtype": "float32"},
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
+    "attention_mask": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["noise_pred"]
 _EXAMPLE_SIZES = {"seq": 16, "height": 8, "width": 8}
@@ -1180,6 +1200,14 @@ _INPUT_KINDS = [
         "high": 256,
         "dtype": "int64",
         "optional": False,
+    },
+    {
+        "name": "attention_mask",
+        "kind": "mask",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": True,
     },
 ]
 _INITS = [

@@ -12,6 +12,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _attention_bias(key_mask, x, causal, window):
+    """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
+    elsewhere; the queries are the last Sq of the Sk positions."""
+    sq, sk = x.shape[1], key_mask.shape[1]
+    i = torch.arange(sq, device=x.device)[:, None] + (sk - sq)
+    j = torch.arange(sk, device=x.device)[None, :]
+    allowed = (key_mask != 0)[:, None, None, :]
+    if causal:
+        allowed = allowed & (j <= i)
+    if window:
+        allowed = allowed & (j > i - window)
+    allowed = allowed.expand(key_mask.shape[0], 1, sq, sk)
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=x.device).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min
+    )
+
+
 def _require_multiple(x, axes, multiple, what):
     """x, after checking that its dims at `axes` are multiples of `multiple`."""
     if any(int(x.shape[a]) % multiple for a in axes):
@@ -40,7 +57,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(32, 96, bias=True)
         self.o_proj = nn.Linear(32, 32, bias=True)
 
-    def forward(self, x):
+    def forward(self, x, bias):
         qkv = self.qkv_proj(x)
         q = qkv.narrow(-1, 0, 32)
         k = qkv.narrow(-1, 32, 32)
@@ -50,7 +67,8 @@ class Attention(nn.Module):
                 q.unflatten(-1, (2, 16)).transpose(1, 2),
                 k.unflatten(-1, (2, 16)).transpose(1, 2),
                 v.unflatten(-1, (2, 16)).transpose(1, 2),
-                is_causal=True,
+                is_causal=False,
+                attn_mask=bias,
             )
             .transpose(1, 2)
             .flatten(2)
@@ -84,9 +102,9 @@ class TextBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(32, eps=1e-05, elementwise_affine=True, bias=True)
         self.mlp = MLP()
 
-    def forward(self, x):
+    def forward(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
+        h_1 = self.attn(h, bias)
         x_1 = x + h_1
         h_2 = self.mlp_norm(x_1)
         h_3 = self.mlp(h_2)
@@ -104,14 +122,15 @@ class TextEncoder(nn.Module):
         self.blocks = nn.ModuleList(TextBlock() for _ in range(2))
         self.norm_f = nn.LayerNorm(32, eps=1e-05, elementwise_affine=True, bias=True)
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, attention_mask):
         x = self.tok_embeddings(input_ids)
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         pos_emb = self.pos_embeddings(pos)
         x_1 = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
         x_2 = x_1
         for layer in self.blocks:
-            x_2 = layer(x_2)
+            x_2 = layer(x_2, attn_bias)
         context = self.norm_f(x_2)
         return context
 
@@ -1022,8 +1041,14 @@ class MyDiffusionModel(nn.Module):
         self.conv_norm_out = nn.GroupNorm(8, 32, eps=1e-05)
         self.conv_out = nn.Conv2d(32, 4, 3, stride=1, padding=1, bias=True)
 
-    def forward(self, sample, timestep, input_ids):
-        context = self.text_encoder(input_ids)
+    def forward(self, sample, timestep, input_ids, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = torch.ones(
+                (input_ids.shape[0], 0 + input_ids.shape[-1]),
+                dtype=torch.int64,
+                device=input_ids.device,
+            )
+        context = self.text_encoder(input_ids, attention_mask)
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
         sample_1 = _require_multiple(
@@ -1093,6 +1118,7 @@ INPUTS = {
     "sample": {"shape": ["batch", 4, "height", "width"], "dtype": "float32"},
     "timestep": {"shape": ["batch"], "dtype": "float32"},
     "input_ids": {"shape": ["batch", "seq"], "dtype": "int64"},
+    "attention_mask": {"shape": ["batch", "seq"], "dtype": "int64"},
 }
 OUTPUTS = ["noise_pred"]
 _EXAMPLE_SIZES = {"seq": 16, "height": 8, "width": 8}
@@ -1120,6 +1146,14 @@ _INPUT_KINDS = [
         "high": 256,
         "dtype": "int64",
         "optional": False,
+    },
+    {
+        "name": "attention_mask",
+        "kind": "mask",
+        "low": 0,
+        "high": 2,
+        "dtype": "int64",
+        "optional": True,
     },
 ]
 _INITS = [
