@@ -451,7 +451,8 @@ def graph_batches(batch, rng, transform, batch_size, synthetic):
         np.add.at(deg, dst, 1.0)
         z = x + agg / np.maximum(deg, 1.0)[:, None]
         proj = np.random.default_rng([p["seed"], 19]).standard_normal((width, p["classes"]))
-        batch[transform["outputs"]["targets"]] = np.tanh(z @ proj / np.sqrt(2 * width)).astype(np.float32)
+        targets = np.tanh(z @ proj / np.sqrt(2 * width))
+        batch[transform["outputs"]["targets"]] = targets.astype(np.float32)
         return
     elif task == "node_classification":
         labels = node_labels
