@@ -510,10 +510,11 @@ def _regression_loss(m, pred, target, loss: str):
 
 
 def regression(model: Model, seq: int, loss: str = "mse") -> LossProgram:
-    """MSE (or Huber, delta 1) of the `prediction` output against float targets. On
-    synthetic data the targets are a fixed smooth function of the inputs (a seeded
-    random projection through tanh), so they can be learned."""
-    name, pt = _output(model, "prediction")
+    """MSE (or Huber, delta 1) of the `prediction` output (a graph network's per-node
+    `node_outputs`) against float targets. On synthetic data the targets are a fixed
+    smooth function of the inputs (a seeded random projection through tanh), so they
+    can be learned."""
+    name, pt = _output(model, "prediction", "node_outputs")
     mb = ModelBuilder()
     m = mb.module("RegressionLoss", doc=f"{'Huber' if loss == 'huber' else 'Mean squared'} error against the targets.")
     pred = m.input("prediction", pt)
@@ -977,7 +978,8 @@ def objective_name(ctx: CompileContext) -> str:
     if default:
         return default
     outputs = ctx.model.output_names
-    return "classification" if "logits" in outputs else ("regression" if "prediction" in outputs else "")
+    regression = "prediction" in outputs or "node_outputs" in outputs
+    return "classification" if "logits" in outputs else ("regression" if regression else "")
 
 
 def training_seq_len(ctx: CompileContext) -> int:

@@ -70,6 +70,7 @@ SPECS: list[GoldenSpec] = [
     GoldenSpec("examples/graph/citation_gcn.yaml"),
     GoldenSpec("examples/graph/link_gin.yaml"),
     GoldenSpec("examples/graph/solubility_gin.yaml"),
+    GoldenSpec("examples/graph/node_regression.yaml"),
     GoldenSpec("examples/reference/resnet50.yaml", full_ir=True),
     GoldenSpec("examples/vision/segmentation_unet.yaml"),
     GoldenSpec("examples/reference/detr_resnet50.yaml", full_ir=True),

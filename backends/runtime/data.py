@@ -397,7 +397,10 @@ def graph_batches(batch, rng, transform, batch_size, synthetic):
     """Synthetic graph batches: `batch_size` graphs of 8 nodes, each node linked to 2
     others of its graph, both directions listed. Graph classification: a graph's
     class shifts its nodes' features; graph regression: the targets are tanh of a
-    fixed projection of each graph's mean node features. Node classification: each node has a class
+    fixed projection of each graph's mean node features. Node regression (graph ->
+    graph): nodes as for node classification, each node's targets tanh of a fixed
+    projection of its features plus the mean of its in-neighbours' (x_i + mean_{j -> i}
+    x_j), so one round of message passing carries them. Node classification: each node has a class
     that shifts its features, and its links go to nodes of the same class where
     there are some. Link prediction: nodes fall in 2 communities (features shifted
     by community, links within a community); the queries are half the edges
@@ -442,6 +445,15 @@ def graph_batches(batch, rng, transform, batch_size, synthetic):
                 np.float32
             )
             return
+    elif task == "node_regression":  # x_i + the mean of its in-neighbours' features
+        agg, deg = np.zeros_like(x), np.zeros(n)
+        np.add.at(agg, dst, x[src])
+        np.add.at(deg, dst, 1.0)
+        z = x + agg / np.maximum(deg, 1.0)[:, None]
+        proj = np.random.default_rng([p["seed"], 19]).standard_normal((width, p["classes"]))
+        targets = np.tanh(z @ proj / np.sqrt(2 * width))
+        batch[transform["outputs"]["targets"]] = targets.astype(np.float32)
+        return
     elif task == "node_classification":
         labels = node_labels
     else:

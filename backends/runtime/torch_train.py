@@ -195,7 +195,8 @@ def train(argv=None):
             group["lr"] = lr
         refresh_runners(model, step, device)
         batch = data.batch(step, args.batch_size)
-        batch = {k: v[rank * local : (rank + 1) * local] for k, v in batch.items()}
+        if world > 1:  # one process keeps the whole batch (a graph batch's rows are nodes)
+            batch = {k: v[rank * local : (rank + 1) * local] for k, v in batch.items()}
         loss = compute_loss(model, to_tensors(batch, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

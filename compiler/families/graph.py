@@ -1,6 +1,7 @@
-"""Graph neural networks (`graph -> label`): GCN, GAT or GIN layers over a batch of
-graphs given as node rows and an edge index, with a readout for graph
-classification, node classification or link prediction.
+"""Graph neural networks (`graph -> label | regression | graph`): GCN, GAT or GIN
+layers over a batch of graphs given as node rows and an edge index, with a readout
+for graph classification or regression, node classification or regression (per-node
+outputs over the same graph) or link prediction.
 
 A batch is PyTorch Geometric's layout: `node_features` [nodes, node_features],
 `edge_index` int64 [2, edges] (row 0 the source, row 1 the target of each directed
@@ -50,7 +51,8 @@ class GraphConfig(ArchConfig):
     edge_features: int = derived(0)
     num_classes: int = derived(DEFAULT_CLASSES)
     regression: bool = derived(False)
-    num_outputs: int = derived(0)  # graph regression's head width (num_classes is then 0)
+    num_outputs: int = derived(0)  # graph or node regression's head width (num_classes is then 0)
+    node_outputs: bool = derived(False)  # graph -> graph: per-node regression outputs
 
 
 class GraphNet(Family):
@@ -59,7 +61,7 @@ class GraphNet(Family):
     inputs_doc = "node_features [nodes, F], edge_index int64 [2, edges] (+ edge_features, batch, num_nodes, pairs by task)"
     outputs_doc = (
         "logits: [batch, num_classes] (graphs), [nodes, num_classes] (nodes) or [queries, 2] (links); "
-        "prediction [batch, num_outputs] (graph regression)"
+        "prediction [batch, num_outputs] (graph regression); node_outputs [nodes, num_outputs] (graph -> graph)"
     )
     msl_family_name = "gnn"
     accepts_families = ("auto", "gnn")
@@ -67,6 +69,7 @@ class GraphNet(Family):
     rules = (
         Rule(("graph",), ("label",), ("classification", None), "graph, node or link classification by task.type"),
         Rule(("graph",), ("regression",), ("regression", None), "a value per graph"),
+        Rule(("graph",), ("graph",), ("regression", None), "task.num_outputs values per node of the same graph"),
     )
     tasks = TASKS + ("classification", "regression")
     unit = UnitOfWork("graph", "sample")
@@ -79,8 +82,12 @@ class GraphNet(Family):
         cfg = GraphConfig(message_passing="gat", heads=4, activation="relu")
         read_spec(ctx, cfg)
         task = ctx.spec.task
-        cfg.regression = "regression" in (ctx.spec.modality.outputs or [])
+        outputs = ctx.spec.modality.outputs or []
+        cfg.node_outputs = "graph" in outputs
+        cfg.regression = "regression" in outputs or cfg.node_outputs
         cfg.task = task.type if task.type in TASKS and not cfg.regression else "graph_classification"
+        if cfg.node_outputs:
+            cfg.task = "node_regression"
         cfg.node_features = task.node_features or DEFAULT_NODE_FEATURES
         if task.node_features is None:
             ctx.sink.note(task.loc(), f"task.node_features is not given; nodes carry {DEFAULT_NODE_FEATURES} features")
@@ -148,7 +155,7 @@ class GraphNet(Family):
                 h = top.op(a.activation, h, hint="h")
         h, more = readout(top, a, h)
         specs += more
-        out_name = "prediction" if a.regression else "logits"
+        out_name = "node_outputs" if a.node_outputs else "prediction" if a.regression else "logits"
         if a.task == "link_prediction":
             logits = h
         else:
@@ -179,8 +186,8 @@ class GraphNet(Family):
         return {"inference": inference(params * weight_nbytes(ctx), 0, acts * 4), "training": training(params, acts * a.layers * 2, acts * 2)}
 
     def data_transforms(self, ctx: CompileContext) -> list:
-        """Synthetic batches of small graphs whose labels the features and the edges
-        carry (backends/runtime/data.py `graph_batches`)."""
+        """Synthetic batches of small graphs whose labels or targets the features and
+        the edges carry (backends/runtime/data.py `graph_batches`)."""
         from metagen.compiler.objectives import DataTransform
 
         a = ctx.arch
@@ -269,9 +276,9 @@ def gin_layer(mb: ModelBuilder, a: Any) -> ModuleDef:
 
 def readout(top: ModuleBuilder, a: Any, h: Value) -> tuple[Value, list[InputSpec]]:
     """Node rows -> what the head reads: the mean of each graph's nodes, the nodes
-    themselves, or for link prediction 2-class logits [queries, 2] of each pair:
+    themselves (node classification and regression), or for link prediction 2-class logits [queries, 2] of each pair:
     (0, <h_u, h_v>), so softmax cross-entropy is the logistic loss of the score."""
-    if a["task"] == "node_classification":
+    if a["task"] in ("node_classification", "node_regression"):
         return h, []
     if a["task"] == "link_prediction":
         pairs = top.input("pairs", TensorType(DType.i64, (2, "queries")))
