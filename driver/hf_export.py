@@ -157,7 +157,8 @@ def _supported(kind: str, pos: str | None, found) -> str:
 
 
 SUPPORTED = ", ".join(_supported(kind, pos, found) for (kind, pos), found in EXPORTERS.items()) + (
-    ", diffusion U-Net (a diffusers folder: UNet2DConditionModel with CLIPTextModel)")
+    ", diffusion U-Net (a diffusers folder: UNet2DConditionModel with CLIPTextModel, and AutoencoderKL "
+    "with images: pixels)")
 
 
 def _kind(resolved: dict) -> str:
@@ -383,7 +384,7 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
         context = int(resolved["constraints"].get("context_window") or 0)
         tok_files = tokenizer_files(tokenizer, config, context)
     if diffusion:  # the pipeline's tokenizer/ folder
-        files = pipeline_files(comp, resolved, weights, max_shard_size, weights_loc)
+        files = pipeline_files(comp, resolved, weights, max_shard_size, weights_loc, tokenizer is not None)
         files.update({f"tokenizer/{name}": data for name, data in tok_files.items()})
         return files
     auto = AUTO_CLASSES[_kind(resolved)]
@@ -410,11 +411,12 @@ def _dump(d: dict) -> bytes:
     return (json.dumps(d, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def pipeline_configs(arch: dict, context: int) -> tuple[dict, dict]:
-    """The diffusion U-Net family as diffusers' UNet2DConditionModel config and its
-    text encoder as a CLIPTextModel config: the inverse of `metagen.hf._unet`, SD 1.5's
-    fixed layout from `metagen.hf.UNET_FIXED`."""
-    from metagen.hf import UNET_FIXED
+def pipeline_configs(arch: dict, context: int) -> tuple[dict, dict, dict | None]:
+    """The diffusion U-Net family as diffusers' UNet2DConditionModel config, its text
+    encoder as a CLIPTextModel config and, when its images are pixels, its autoencoder
+    as an AutoencoderKL config (else None): the inverses of `metagen.hf._unet` and
+    `metagen.hf._vae`, SD 1.5's fixed layouts from `UNET_FIXED` and `VAE_FIXED`."""
+    from metagen.hf import UNET_FIXED, VAE_FIXED
 
     levels = range(len(arch["channel_mults"]))
     downs = ["CrossAttnDownBlock2D" if lvl in arch["attention_levels"] else "DownBlock2D" for lvl in levels]
@@ -430,27 +432,53 @@ def pipeline_configs(arch: dict, context: int) -> tuple[dict, dict]:
     })
     text = {k: v for k, v in _clip_tower(arch["text_encoder"], context, 0, image=False).items() if k != "projection_dim"}
     text.update(architectures=["CLIPTextModel"], torch_dtype="float32")
-    return unet, text
+    vae = None
+    if arch.get("images") == "pixels":
+        ae = arch["autoencoder"]
+        n = len(ae["block_channels"])
+        vae = {key: value for key, value, _ in VAE_FIXED}
+        vae.update({
+            "_class_name": "AutoencoderKL", "block_out_channels": list(ae["block_channels"]),
+            "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n,
+            "layers_per_block": ae["layers_per_block"], "norm_num_groups": ae["norm_groups"],
+            "latent_channels": arch["latent_channels"], "scaling_factor": ae["scaling_factor"],
+            "sample_size": arch["sample_size"] * 2 ** (n - 1),  # in pixels
+        })
+    return unet, text, vae
 
 
-def _check_pipeline(comp, resolved: dict, unet: dict, text: dict) -> None:
+def scheduler_config(schedule: dict) -> dict:
+    """diffusers' DDIMScheduler over the model's training noise schedule, with Stable
+    Diffusion's settings (those `metagen.backends.runtime.sampling` follows)."""
+    return {"_class_name": "DDIMScheduler", "num_train_timesteps": schedule["steps"],
+            "beta_schedule": schedule["kind"], "beta_start": schedule["beta_start"], "beta_end": schedule["beta_end"],
+            "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+            "timestep_spacing": "leading"}
+
+
+def _check_pipeline(comp, resolved: dict, unet: dict, text: dict, vae: dict | None) -> None:
     """The configs imported again give the spec's architecture, or the export is refused."""
-    from metagen.hf import _Checker, _unet
+    from metagen.hf import _Checker, _unet, _vae
 
     loc = comp.spec.architecture.loc()
-    cfgs = [HFConfig(f"{part}/config.json", d, key_locations(json.dumps(d, indent=2, sort_keys=True)))
-            for part, d in (("unet", unet), ("text_encoder", text))]
-    u, t = _Checker(cfgs[0]), _Checker(cfgs[1])
-    body = _unet(u, t)
-    if u.errors or t.errors:
-        why = "; ".join(d.message for d in u.errors + t.errors)
-        raise _refuse(loc, f"UNet2DConditionModel cannot hold this architecture: {why}")
+    parts = [("unet", unet), ("text_encoder", text)] + ([("vae", vae)] if vae is not None else [])
+    cfgs = [HFConfig(f"{part}/config.json", d, key_locations(json.dumps(d, indent=2, sort_keys=True))) for part, d in parts]
+    checkers = [_Checker(c) for c in cfgs]
+    body = _unet(checkers[0], checkers[1])
+    if vae is not None:
+        body["architecture"]["images"] = "pixels"
+        body["architecture"]["autoencoder"] = _vae(checkers[2], body["architecture"]["latent_channels"])
+    names = "UNet2DConditionModel with CLIPTextModel" + (" and AutoencoderKL" if vae is not None else "")
+    errors = [e for c in checkers for e in c.errors]
+    if errors:
+        why = "; ".join(d.message for d in errors)
+        raise _refuse(loc, f"{names} cannot hold this architecture: {why}")
     again = _reimported({"metagen_version": "1.0", "name": comp.spec.name, **body}, cfgs[0])
     theirs, ours = _fingerprint(again), _fingerprint(resolved)
     differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if differ:
         shown = ", ".join(f"{k}: {json.dumps(ours.get(k))}" for k in differ)
-        raise _refuse(loc, f"UNet2DConditionModel with CLIPTextModel has no counterpart for {shown}; supported: {SUPPORTED}")
+        raise _refuse(loc, f"{names} has no counterpart for {shown}; supported: {SUPPORTED}")
 
 
 def _meta_shapes(build) -> dict[str, tuple[int, ...]]:
@@ -462,26 +490,34 @@ def _meta_shapes(build) -> dict[str, tuple[int, ...]]:
 
 
 def pipeline_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard_size: int = DEFAULT_SHARD_SIZE,
-                   weights_loc: Loc | None = None) -> dict[str, bytes]:
-    """A diffusers pipeline folder of the U-Net and its text encoder: model_index.json,
-    unet/ (UNet2DConditionModel) and text_encoder/ (CLIPTextModel). The weights are
+                   weights_loc: Loc | None = None, tokenizer: bool = False) -> dict[str, bytes]:
+    """A diffusers pipeline folder: model_index.json, unet/ (UNet2DConditionModel),
+    text_encoder/ (CLIPTextModel), scheduler/ (DDIMScheduler over the training noise
+    schedule) and, when the images are pixels, vae/ (AutoencoderKL). The weights are
     placed by running the import's mappings on probes, as for transformers models."""
     import transformers
-    from diffusers import UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from metagen.hf import clip_text_to_canonical, unet_to_canonical
+    from metagen.hf import clip_text_to_canonical, unet_to_canonical, vae_to_canonical
 
     arch = resolved["architecture"]
-    unet, text = pipeline_configs(arch, int(resolved["constraints"].get("context_window") or 0))
-    _check_pipeline(comp, resolved, unet, text)
+    unet, text, vae = pipeline_configs(arch, int(resolved["constraints"].get("context_window") or 0))
+    _check_pipeline(comp, resolved, unet, text, vae)
     levels = len(arch["channel_mults"])
     shapes = {f"unet/{k}": v for k, v in _meta_shapes(lambda: UNet2DConditionModel.from_config(unet)).items()}
     text_cfg = transformers.CLIPTextConfig(**{k: v for k, v in text.items() if k != "architectures"})
     shapes.update({f"text_encoder/{k}": v for k, v in _meta_shapes(lambda: transformers.CLIPTextModel(text_cfg)).items()})
+    parts = [("unet", "diffusion_pytorch_model"), ("text_encoder", "model")]
+    if vae is not None:
+        shapes.update({f"vae/{k}": v for k, v in _meta_shapes(lambda: AutoencoderKL.from_config(vae)).items()})
+        parts.append(("vae", "diffusion_pytorch_model"))
 
     def convert(sd: dict) -> dict:
-        part = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + "/")} for p in ("unet", "text_encoder")}
-        return {**unet_to_canonical(part["unet"], levels), **clip_text_to_canonical(part["text_encoder"])}
+        part = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + "/")} for p, _ in parts}
+        out = {**unet_to_canonical(part["unet"], levels), **clip_text_to_canonical(part["text_encoder"])}
+        if vae is not None:
+            out.update(vae_to_canonical(part["vae"], len(vae["block_out_channels"])))
+        return out
 
     try:
         missing = sorted({n for n, _ in comp.model.walk_params()} - set(weights))
@@ -490,11 +526,19 @@ def pipeline_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_sha
         tensors = to_reference(weights, shapes, convert)
     except ValueError as exc:
         raise _refuse(weights_loc or comp.spec.loc(), f"the weights do not fit the spec: {exc}") from None
-    files = {"model_index.json": _dump({"_class_name": "StableDiffusionPipeline",
-                                        "text_encoder": ["transformers", "CLIPTextModel"],
-                                        "unet": ["diffusers", "UNet2DConditionModel"]}),
-             "unet/config.json": _dump(unet), "text_encoder/config.json": _dump(text)}
-    for part, stem in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+    # No safety checker and no feature extractor: StableDiffusionPipeline takes None for both.
+    index = {"_class_name": "StableDiffusionPipeline", "requires_safety_checker": False,
+             "safety_checker": [None, None], "feature_extractor": [None, None],
+             "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "PreTrainedTokenizerFast"] if tokenizer else [None, None],
+             "unet": ["diffusers", "UNet2DConditionModel"]}
+    files = {"unet/config.json": _dump(unet), "text_encoder/config.json": _dump(text),
+             "scheduler/scheduler_config.json": _dump(scheduler_config(comp.model.config["noise_schedule"]))}
+    if vae is not None:
+        index["vae"] = ["diffusers", "AutoencoderKL"]
+        files["vae/config.json"] = _dump(vae)
+    files["model_index.json"] = _dump(index)
+    for part, stem in parts:
         mine = {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + "/")}
         files.update({f"{part}/{name}": data for name, data in shard(mine, max_shard_size, stem).items()})
     return files

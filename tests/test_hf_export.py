@@ -283,23 +283,69 @@ def test_diffusion_unet_as_a_diffusers_folder(tmp_path):
     _close(_noise(unet, text, x), np.asarray(mod.run(mod.load_canonical(weights), x)["noise_pred"]))
 
 
-def test_diffusers_round_trip(tmp_path):
-    """diffusers pipeline folder -> import -> export -> from_pretrained: same tensors, same noise."""
-    pytest.importorskip("diffusers")
+def _vae_loaded(folder):
+    from diffusers import AutoencoderKL
+
+    vae, info = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    return vae.eval()
+
+
+@pytest.mark.parametrize("with_vae", [False, True], ids=["latents", "pixels"])
+def test_diffusers_round_trip(tmp_path, with_vae):
+    """diffusers pipeline folder -> import -> export -> from_pretrained: same tensors, same
+    noise and, with an autoencoder, the same decoded images; the whole pipeline loads."""
+    diffusers = pytest.importorskip("diffusers")
     from safetensors.numpy import load_file
-    from test_hf_import import _sd_pipeline
+    from test_hf_import import _perturbed, _sd_pipeline
 
     unet, text = _sd_pipeline(tmp_path / "sd")
+    parts = [("unet", "diffusion_pytorch_model"), ("text_encoder", "model")]
+    if with_vae:
+        vae = _perturbed(diffusers.AutoencoderKL(
+            block_out_channels=[16, 32], layers_per_block=1, latent_channels=4, norm_num_groups=8,
+            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2))
+        vae.save_pretrained(tmp_path / "sd" / "vae")
+        parts.append(("vae", "diffusion_pytorch_model"))
     spec, w = tmp_path / "sd.yaml", tmp_path / "w.safetensors"
     assert main(["import", "hf", str(tmp_path / "sd"), "-o", str(spec), "--weights-out", str(w)]) == 0
     assert main(["export", "hf", str(spec), "--weights", str(w), "-o", str(tmp_path / "back")]) == 0
-    for part, stem in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+    for part, stem in parts:
         a, b = (load_file(str(tmp_path / f / part / f"{stem}.safetensors")) for f in ("sd", "back"))
         assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), part
     unet2, text2 = _diffusers_loaded(tmp_path / "back")
     path, _ = compile_to(tmp_path, str(spec), "torch", tiny=False)
     x = load_module(str(path)).example_inputs(batch_size=2, seed=1)
     _close(_noise(unet2, text2, x), _noise(unet, text, x))
+    # A latent-space U-Net has no autoencoder to ship: the pipeline gets vae=None.
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(tmp_path / "back"), safety_checker=None, tokenizer=None,
+                                                             **({} if with_vae else {"vae": None}))
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and pipe.scheduler.config.beta_schedule == "scaled_linear"
+    if with_vae:
+        vae2 = _vae_loaded(tmp_path / "back")
+        z = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32))
+        with torch.no_grad():
+            _close(vae2.decode(z).sample.numpy(), vae.decode(z).sample.numpy())
+
+
+def test_pixels_pipeline_vae_matches_ours(tmp_path):
+    """A pixels spec exported: diffusers' AutoencoderKL encodes and decodes as our vae modules do."""
+    pytest.importorskip("diffusers")
+    spec = example("reference", "sd15_pipeline.yaml")
+    mod = _ours(tmp_path, spec)
+    weights = _random_weights(mod)
+    folder = _export(tmp_path, spec, weights=weights)
+    assert json.loads((folder / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKL"]
+    vae = _vae_loaded(folder)
+    unet, text = _diffusers_loaded(folder)
+    assert sum(p.numel() for m in (unet, text, vae) for p in m.parameters()) == sum(v.size for v in weights.values())
+    state = mod.load_canonical(weights)
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32))
+    z = torch.from_numpy(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
+    with torch.no_grad():
+        _close(vae.encode(image).latent_dist.parameters.numpy(), state.vae_encoder(image).numpy())
+        _close(vae.decode(z).sample.numpy(), state.vae_decoder(z).numpy())
 
 
 @pytest.mark.parametrize("spec,defines,why", [
