@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m metagen.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n auto
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
