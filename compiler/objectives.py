@@ -49,6 +49,13 @@ class ObjectiveError(ValueError):
     """The model's outputs do not carry what the objective needs."""
 
 
+def _fed(model, tokens: bool = True) -> tuple[str, ...]:
+    """The model inputs every training batch holds (without the token inputs when
+    `tokens` is False): the optional ones (an attention_mask, a KV cache) keep the
+    model's default, so no data step reads or rewrites them."""
+    return tuple(i.name for i in model.inputs if not i.optional and (tokens or i.kind != "tokens"))
+
+
 @dataclass(frozen=True)
 class DataTransform:
     """One data-side step of an objective, run by the training program on every batch
@@ -200,7 +207,7 @@ def classification(model: Model, seq: int) -> LossProgram:
     draw = DataTransform(
         "class_labels",
         outputs={"labels": "labels"},
-        carry=tuple(i.name for i in model.inputs if not i.optional),
+        carry=_fed(model),
         params={"classes": classes, "shape": list(labels.type.shape)},
     )
     return LossProgram(
@@ -284,7 +291,7 @@ def in_batch_contrastive(model: Model, seq: int) -> LossProgram:
     top = m.ret(m.op("cross_entropy", logits, rows, hint="loss"), names=["loss"])
     pairs = DataTransform(
         "pair_rows",
-        inputs={i.name: i.name for i in model.inputs},
+        inputs={n: n for n in _fed(model)},
         outputs={"pair": "pair"},
         params={"redraw": IN_BATCH_REDRAW},
     )
@@ -340,7 +347,7 @@ def contrastive(model: Model, seq: int) -> LossProgram:
         "contrastive",
         _finish(mb, top, model, spec),
         sources,
-        [DataTransform("pair_keys", carry=tuple(i.name for i in model.inputs if not i.optional), params={"keys": PAIR_KEYS})],
+        [DataTransform("pair_keys", carry=_fed(model), params={"keys": PAIR_KEYS})],
         seq,
         "matching pairs are the batch diagonal",
     )
@@ -380,9 +387,9 @@ def _ranking(model: Model, seq: int, pairwise: bool) -> LossProgram:
     top = m.ret(loss, names=["loss"])
     groups = DataTransform(
         "rank_groups",
-        inputs={i.name: i.name for i in model.inputs},
+        inputs={n: n for n in _fed(model)},
         outputs={"group": "group", "relevant": "relevant"},
-        carry=tuple(i.name for i in model.inputs),
+        carry=_fed(model),
         params={"group": RANK_GROUP},
     )
     spec = [InputSpec(n, st, "normal") for n in ("score", "group", "relevant")]
@@ -523,7 +530,7 @@ def regression(model: Model, seq: int, loss: str = "mse") -> LossProgram:
     draw = DataTransform(
         "regression_targets",
         outputs={"targets": "targets"},
-        params={"inputs": [i.name for i in model.inputs], "shape": list(pt.shape), "seed": 0},
+        params={"inputs": list(_fed(model)), "shape": list(pt.shape), "seed": 0},
     )
     spec = [InputSpec("prediction", pt, "normal"), InputSpec("targets", pt, "normal")]
     return LossProgram(
@@ -703,7 +710,7 @@ def semantic_segmentation(model: Model, seq: int) -> LossProgram:
     draw = DataTransform(
         "segmentation_labels",
         outputs={"labels": "labels"},
-        carry=tuple(i.name for i in model.inputs if i.kind != "tokens"),
+        carry=_fed(model, tokens=False),
         params={"classes": classes, "shape": list(labels.type.shape)},
     )
     return LossProgram(
@@ -794,7 +801,7 @@ def dense_detection(model: Model, seq: int) -> LossProgram:
     draw = DataTransform(
         "detection_targets",
         outputs={"boxes": "boxes", "classes": "classes", "object_mask": "object_mask"},
-        carry=tuple(i.name for i in model.inputs if i.kind != "tokens"),
+        carry=_fed(model, tokens=False),
         params={"classes": classes, "max_objects": MAX_SYNTHETIC_OBJECTS},
     )
     side = int(round(cells**0.5))
@@ -921,7 +928,7 @@ def set_prediction(model: Model, seq: int, masks: bool = False) -> LossProgram:
     draw = DataTransform(
         "detection_targets",
         outputs={n: n for n in fields},
-        carry=tuple(i.name for i in model.inputs if i.kind != "tokens"),
+        carry=_fed(model, tokens=False),
         params={"classes": classes, "max_objects": objects, **draw_params},
     )
     match = DataTransform(

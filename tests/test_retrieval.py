@@ -34,14 +34,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _programs(tmp_path, spec, overrides=()):
+def _programs(tmp_path, spec, overrides=(), flax=True):
     comp = compile_spec(spec, tiny=True, overrides=list(overrides))
     for rel, data in synth_files(comp, 0).items():
         if rel.startswith("code/"):
             path = tmp_path / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-    return comp, load_module(str(tmp_path / "code/torch/train.py")), load_module(str(tmp_path / "code/flax/train.py"))
+    ft = load_module(str(tmp_path / "code/flax/train.py")) if flax else None
+    return comp, load_module(str(tmp_path / "code/torch/train.py")), ft
 
 
 SLOW = pytest.mark.slow  # over 10 s on the 2-core CI machine (flax jit of the encoder's gradients, the CLIP towers)
@@ -172,3 +173,32 @@ def test_odd_batch_is_refused_for_pairs(tmp_path):
     _, tt, _ = _programs(tmp_path, example("retrieval", "faq_embedder.yaml"))
     with pytest.raises(ValueError, match="even --batch-size"):
         tt.DataSource(None, 0).batch(0, 5)
+
+
+@pytest.mark.parametrize(
+    "name, objective",
+    [("passage_reranker.yaml", "ranking"), ("faq_embedder.yaml", "contrastive")],
+)
+def test_data_file_batches_leave_the_mask_to_its_default(tmp_path, name, objective):
+    """A data file without attention_mask (an optional input): the data steps neither
+    read nor write it, and the batch holds only what the file and the steps give."""
+    comp, tt, _ = _programs(tmp_path, example("retrieval", name), [("training.objective", f"[{objective}]")], flax=False)
+    optional = [i.name for i in comp.model.inputs if i.optional]
+    assert "attention_mask" in optional
+    fed = [i for i in comp.model.inputs if not i.optional]
+    synthetic = tt.DataSource(None, 0).batch(0, 8)  # the shapes and token ranges the model takes
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for i in fed:
+        x = synthetic[i.name]
+        rows = [8, 4] if objective == "ranking" else [8]
+        arrays[i.name] = rng.integers(0, int(x.max()) + 1, size=rows + list(x.shape[1:])).astype(x.dtype)
+        if objective != "ranking":
+            arrays[i.name + "_positive"] = arrays[i.name][::-1].copy()
+    if objective == "ranking":
+        arrays["relevant"] = np.eye(4, dtype=np.float32)[rng.integers(0, 4, size=8)]
+    np.savez(tmp_path / "data.npz", **arrays)
+    batch = tt.DataSource(str(tmp_path / "data.npz"), 0).batch(0, 8)
+    assert "attention_mask" not in batch
+    loss = tt.compute_loss(tt.M.init(0), tt.to_tensors(batch, "cpu"))
+    assert np.isfinite(loss.item())

@@ -67,8 +67,6 @@ def _carry(out, names, keys, high):
     inputs and a shift of float inputs."""
     kinds = _input_kinds()
     for name in names:
-        if name not in out:  # an optional input (attention_mask) the batch leaves to its default
-            continue
         spec = kinds[name]
         x = out[name]
         if keys.ndim == 1 and spec["kind"] == "tokens" and x.ndim > 1:
@@ -137,8 +135,6 @@ def pair_rows(batch, rng, transform, batch_size, synthetic):
     half = batch_size // 2
     kinds = _input_kinds()
     for name in transform["inputs"].values():
-        if name not in batch:  # an optional input the batch leaves to its default
-            continue
         x = batch[name]
         if synthetic:
             positive = x[0::2].copy()
