@@ -32,9 +32,21 @@ class Lines:
     def __init__(self):
         self.lines: list[str] = []
         self.level = 0
+        self.blocks: dict[str, str] = {}  # placeholder line -> verbatim block
 
     def __call__(self, text: str = "") -> None:
         self.lines.append(("    " * self.level + text) if text else "")
+
+    def verbatim(self, block: str) -> None:
+        """A top-level block of code already in black's layout (a runtime module's
+        body; tests/test_runtime_layout.py keeps them so), set off by two blank lines
+        on each side as black sets off a top-level function. `format_python(text,
+        blocks)` puts it in after black, which never reads it: most of a training
+        program is runtime code, and black's time is most of emitting one."""
+        assert self.level == 0, "a verbatim block is top-level code"
+        placeholder = f"_VERBATIM_BLOCK_{len(self.blocks)} = None"
+        self.blocks[placeholder] = block.strip("\n")
+        self.lines += ["", "", placeholder, "", ""]
 
     def indent(self):
         return _Indent(self)
@@ -90,13 +102,21 @@ def source_text(text: str) -> str:
     return "".join(out)
 
 
-def format_python(src: str) -> str:
+def format_python(src: str, blocks: dict[str, str] | None = None) -> str:
     """black's layout of `src`. The row tables (`_INITS`, flax's `_PARAMS`: one row per
     parameter, thousands for deep models) are laid out here instead: black's time grows
     faster than linearly in the size of one bracketed statement (20 s for a 768-layer
     GPT-2), and a row of plain literals needs only black's double quotes; a row too long
     for one line is laid out by black alone. Quotes or escapes inside a string send the
-    table through black."""
+    table through black. `blocks` are `Lines.verbatim`'s: code in black's layout that
+    black need not read."""
+    if blocks:
+        out = format_python(src)
+        for placeholder, block in blocks.items():
+            if out.count(f"\n{placeholder}\n") != 1:
+                raise AssertionError(f"black moved the placeholder {placeholder}")
+            out = out.replace(f"\n{placeholder}\n", f"\n{block}\n")
+        return out
     tables, rest = {}, src
     for name in ROW_TABLES:
         laid, without = _split_row_table(rest, name)

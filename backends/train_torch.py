@@ -84,18 +84,16 @@ def emit_program(
     out(f"TRAIN = {py_literal(cfg)}")
     out(f"LOSS_SOURCES = {py_literal([list(s) for s in loss.sources])}")
     out("")
-    out(data.body)
-    out("")
+    out.verbatim(data.body)
     out(f"M = _load_sibling(\"model.py\", {model_tag!r})")
     out("")
     out.lines.extend(body.lines)
     out(f"LOSS = {emitter.class_names[loss.loss.top]}({loss_args})")
     out("")
-    out(backend_rt.body)
-    out("")
+    out.verbatim(backend_rt.body)
     out('if __name__ == "__main__":')
     out("    train()")
-    return format_python(out.text())
+    return format_python(out.text(), out.blocks)
 
 
 def _transform_kinds() -> set[str]:

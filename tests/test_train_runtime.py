@@ -108,6 +108,28 @@ def test_generated_programs_are_standalone_and_lint_clean(where, name):
             assert runtime_source(module).body in source
 
 
+@pytest.mark.parametrize("name", RUNTIME + ("sampling",))
+def test_runtime_bodies_are_in_black_layout(name):
+    """Programs carry these bodies verbatim, unread by black (`Lines.verbatim`): they
+    must already be what black would make of them."""
+    import black
+
+    from metagen.backends.pyemit import BLACK_MODE
+
+    body = runtime_source(name).body + "\n"
+    assert black.format_str(body, mode=BLACK_MODE) == body
+
+
+def test_a_program_with_verbatim_blocks_is_what_black_makes_of_it():
+    import black
+
+    from metagen.backends.pyemit import BLACK_MODE
+
+    files = training_files(compile_spec(example("tutorial", "step4_training.yaml"), tiny=True), 0)
+    source = files["code/torch/train.py"].decode("utf-8")
+    assert black.format_str(source, mode=BLACK_MODE) == source
+
+
 # ---------------------------------------------------------------- data
 
 

@@ -81,7 +81,19 @@ def _unconditional_ids(input_ids, vocab_size):
 
 
 def _sample_loop(
-    denoise, encode, decode, config, schedule, input_ids, image, strength, steps, guidance_scale, height, width, seed,
+    denoise,
+    encode,
+    decode,
+    config,
+    schedule,
+    input_ids,
+    image,
+    strength,
+    steps,
+    guidance_scale,
+    height,
+    width,
+    seed,
     scheduler,
 ):
     """The sampling loop behind every backend's `sample()`. `denoise(sample, timestep,
@@ -107,14 +119,18 @@ def _sample_loop(
         want = 3 if pixels else channels
         if image.ndim != 4 or image.shape[1] != want or image.shape[0] not in (1, batch):
             what = "an image [batch, 3, H, W]" if pixels else f"latents [batch, {channels}, h, w]"
-            raise ValueError(f"image must be {what} with batch 1 or {batch}, got shape {image.shape}")
+            raise ValueError(
+                f"image must be {what} with batch 1 or {batch}, got shape {image.shape}"
+            )
         height, width = image.shape[2], image.shape[3]
         init = encode(image)[:, :channels] * scaling if pixels else image
         init = np.broadcast_to(init, (batch,) + init.shape[1:]).astype(np.float32)
     side = config["sample_size"] * factor
     height, width = int(height or side), int(width or side)
     if height % factor or width % factor:
-        raise ValueError(f"height and width must be multiples of {factor} (the autoencoder's factor), got {height} x {width}")
+        raise ValueError(
+            f"height and width must be multiples of {factor} (the autoencoder's factor), got {height} x {width}"
+        )
     shape = (batch, channels, height // factor, width // factor)
 
     sched = _SCHEDULERS[scheduler](schedule, steps)
@@ -128,7 +144,11 @@ def _sample_loop(
             raise ValueError(f"strength {strength} leaves no denoising step of {steps}")
         x = sched.add_noise(init, noise, first)
     guided = guidance_scale > 1.0
-    cond = np.concatenate([_unconditional_ids(ids, config["text_encoder"]["vocab_size"]), ids]) if guided else ids
+    cond = (
+        np.concatenate([_unconditional_ids(ids, config["text_encoder"]["vocab_size"]), ids])
+        if guided
+        else ids
+    )
     for i in range(first, steps):
         x_in = sched.scale_input(x, i)
         if guided:
@@ -141,4 +161,6 @@ def _sample_loop(
         x = sched.step(eps, i, x)
     if not pixels:
         return x
-    return np.clip(np.asarray(decode((x / scaling).astype(np.float32)), dtype=np.float32), -1.0, 1.0)
+    return np.clip(
+        np.asarray(decode((x / scaling).astype(np.float32)), dtype=np.float32), -1.0, 1.0
+    )
