@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from metagen.compiler.families import FAMILIES
 from metagen.frontend.units import format_bytes, format_count
 from metagen.ir.graph import Layer, Repeat, Sub
 from metagen.pipeline import Compilation
@@ -24,19 +25,6 @@ from metagen.pipeline import Compilation
 VERIFY_BEGIN = "<!-- metagen verify: begin -->"
 VERIFY_END = "<!-- metagen verify: end -->"
 
-# Hugging Face's task of each family's model (its `pipeline_tag`); a family without
-# a counterpart on the Hub gets none.
-PIPELINE_TAGS = {
-    "decoder_lm": "text-generation",
-    "vit": "image-classification",
-    "encoder": "text-classification",
-    "masked_lm": "fill-mask",
-    "clip": "zero-shot-image-classification",
-    "diffusion_unet": "text-to-image",
-    "audio_lm": "audio-to-audio",
-    "video_vit": "video-classification",
-    "video_unet": "text-to-video",
-}
 FRAMEWORK_TAGS = {"torch": "pytorch", "flax": "jax", "onnx": "onnx"}  # outputs.targets -> the Hub's library tags
 
 
@@ -74,8 +62,9 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
 def front_matter(comp: Compilation) -> dict[str, Any]:
     spec, family = comp.spec, comp.ctx.family
     meta: dict[str, Any] = {"library_name": "metagen"}
-    if family in PIPELINE_TAGS:
-        meta["pipeline_tag"] = PIPELINE_TAGS[family]
+    task = FAMILIES[family].hub_task(comp.ctx.arch)
+    if task:
+        meta["pipeline_tag"] = task
     if spec.get("license"):
         meta["license"] = spec.get("license")
     tags = ["metagen", family]

@@ -171,3 +171,25 @@ def test_every_family_gets_a_card(tmp_path, spec):
     for title in ("Family", "Architecture", "Parameters", "Module structure", "Memory and latency estimates",
                   "Binding constraint", "Training", "Intended use", "Limitations", "Verification", "Spec"):
         _section(card, title)
+
+
+@pytest.mark.parametrize(
+    "spec, task",
+    [
+        ("tabular/house_prices.yaml", "tabular-regression"),
+        ("tabular/churn_ft_transformer.yaml", "tabular-classification"),
+        ("rl/dqn_vector.yaml", "reinforcement-learning"),
+    ],
+)
+def test_pipeline_tag_is_the_familys_hub_task(spec, task):
+    from metagen.model_card import front_matter
+    from metagen.pipeline import compile_spec
+
+    assert front_matter(compile_spec(example(spec), tiny=True)).get("pipeline_tag") == task
+
+
+def test_families_without_a_hub_counterpart_get_no_pipeline_tag():
+    from metagen.compiler.families import FAMILIES
+
+    assert FAMILIES["two_tower"].pipeline_tag == "" and FAMILIES["fallback"].pipeline_tag == ""
+    assert all(f.pipeline_tag for n, f in FAMILIES.items() if n not in ("two_tower", "fallback", "tabular"))

@@ -68,6 +68,7 @@ class AudioLM(DecoderLM):
     """Shares the decoder LM's fitting (width x depth over the transformer tower)."""
 
     name = "audio_lm"
+    pipeline_tag = "audio-to-audio"
     doc = "Autoregressive transformer over neural-codec tokens (summed codebook embeddings, one head per codebook)."
     inputs_doc = "codes: int64 [batch, codebooks, seq] neural-codec codes (e.g. EnCodec), 0 <= code < codebook_size"
     outputs_doc = "logits: float32 [batch, codebooks, seq, codebook_size], next-frame scores per codebook"

@@ -245,6 +245,9 @@ class Family(ABC):
     rules: ClassVar[tuple[Rule, ...]] = ()
     default_objective: ClassVar[str | None] = None  # None: classification when the model outputs logits
     generates: ClassVar[bool] = False  # its model has a decode form (a KV cache): `generate`, `metagen generate`
+    # Hugging Face's task for this family's model (the model card's `pipeline_tag`);
+    # empty when the Hub has no counterpart. `hub_task` may choose by the built config.
+    pipeline_tag: ClassVar[str] = ""
     unit: ClassVar[UnitOfWork]
     config: ClassVar[type[ArchConfig]]
     tiny_doc: ClassVar[str] = ""  # docs/families.md's --tiny table
@@ -269,6 +272,10 @@ class Family(ABC):
         if cls.name in FAMILIES:
             raise TypeError(f"family {cls.name} is declared twice")
         FAMILIES[cls.name] = cls()
+
+    def hub_task(self, arch: "ArchConfig") -> str:
+        """The model card's `pipeline_tag` for the model built from `arch`."""
+        return self.pipeline_tag
 
     # -- spec and resolution
 

@@ -118,6 +118,7 @@ def _fold(a: DualEncoderConfig) -> None:
 
 class DualEncoder(Family):
     name = "clip"
+    pipeline_tag = "zero-shot-image-classification"
     doc = "CLIP-style dual encoder (contrastive text-image model)."
     inputs_doc = (
         "input_ids: int64 [batch, seq] (end-of-text = highest id); "

@@ -179,6 +179,7 @@ def block_maps(a: Any) -> list[int]:
 
 class ResNet(Family):
     name = "resnet"
+    pipeline_tag = "image-classification"
     doc = "ResNet image classifier (convolutional)."
     inputs_doc = "pixel_values: float32 [batch, channels, image_size, image_size], normalized pixels"
     outputs_doc = "logits: float32 [batch, num_classes], class scores"

@@ -133,6 +133,7 @@ def apply_lm_rules(ctx: CompileContext, cfg: ArchConfig, *, ties: bool) -> None:
 
 class DecoderLM(Family):
     name = "decoder_lm"
+    pipeline_tag = "text-generation"
     doc = "Decoder-only transformer language model."
     inputs_doc = "input_ids: int64 [batch, seq] token ids in [0, vocab_size)"
     outputs_doc = "logits: float32 [batch, seq, vocab_size], next-token scores at each position"

@@ -131,6 +131,7 @@ def grid_side(image_size: int) -> int:
 
 class Detr(Family):
     name = "detr"
+    pipeline_tag = "object-detection"
     doc = "DETR object detector (ResNet backbone, transformer encoder-decoder, set prediction)."
     inputs_doc = "pixel_values: float32 [batch, channels, image_size, image_size], normalized pixels"
     outputs_doc = (
@@ -304,6 +305,7 @@ def dense_grid(image_size: int) -> int:
 
 class DenseDetector(Family):
     name = "dense_detector"
+    pipeline_tag = "object-detection"
     doc = "One-stage anchor-free dense detector (FCOS-style), for small budgets and edge devices."
     inputs_doc = "pixel_values: float32 [batch, channels, image_size, image_size], normalized pixels"
     outputs_doc = (

@@ -29,6 +29,7 @@ class EmbedderConfig(EncoderConfig):
 
 class SentenceEmbedder(EncoderClassifier):
     name = "sentence_embedder"
+    pipeline_tag = "sentence-similarity"
     doc = "Transformer text encoder, mean pooling and a projection to task.embedding_dim (sentence-transformers conventions)."
     inputs_doc = "input_ids: int64 [batch, seq]; token_type_ids: int64 [batch, seq] when type_vocab_size > 0"
     outputs_doc = "embedding: float32 [batch, embedding_dim]"

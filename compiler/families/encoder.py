@@ -61,6 +61,7 @@ def check_encoder(cfg: dict[str, Any], pinned: set[str]) -> str | None:
 
 class EncoderClassifier(Family):
     name = "encoder"
+    pipeline_tag = "text-classification"
     doc = "Transformer text encoder classifier (BERT conventions)."
     inputs_doc = "input_ids: int64 [batch, seq]; token_type_ids: int64 [batch, seq] when type_vocab_size > 0"
     outputs_doc = "logits: float32 [batch, num_classes], class scores; embeds: float32 [batch, hidden_size], the pooled representation, L2-normalized"
@@ -188,6 +189,7 @@ class MaskedLM(EncoderClassifier):
 
     default_budget_source = "BERT-base (110M; Devlin et al. 2019), pretrained with this objective"
     name = "masked_lm"
+    pipeline_tag = "fill-mask"
     doc = "Transformer text encoder with a masked-language-model head (BERT conventions)."
     inputs_doc = "input_ids: int64 [batch, seq] (mask tokens replaced by the mask id); token_type_ids when type_vocab_size > 0"
     outputs_doc = "logits: float32 [batch, seq, vocab_size], scores for the token at each position"

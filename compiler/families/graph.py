@@ -57,6 +57,7 @@ class GraphConfig(ArchConfig):
 
 class GraphNet(Family):
     name = "graph"
+    pipeline_tag = "graph-ml"
     doc = "GCN, GAT or GIN message passing with a graph, node or link readout."
     inputs_doc = "node_features [nodes, F], edge_index int64 [2, edges] (+ edge_features, batch, num_nodes, pairs by task)"
     outputs_doc = (

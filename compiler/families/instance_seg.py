@@ -32,6 +32,7 @@ class DetrMaskArch(DetrArch):
 
 class DetrMask(Detr):
     name = "detr_mask"
+    pipeline_tag = "image-segmentation"
     doc = "DETR with a query-based mask head (MaskFormer-style): instance segmentation."
     outputs_doc = Detr.outputs_doc + (
         "; pred_masks: float32 [batch, num_queries, mask_resolution, mask_resolution], per-query mask logits"

@@ -21,6 +21,7 @@ from metagen.compiler.families.encoder import EncoderClassifier
 
 class CrossEncoderRanker(EncoderClassifier):
     name = "cross_encoder"
+    pipeline_tag = "text-ranking"
     doc = "Cross-encoder ranker: a text encoder reads query and document together and scores their relevance."
     inputs_doc = "input_ids: int64 [batch, seq] (query and document, one row per pair); token_type_ids: int64 [batch, seq] when type_vocab_size > 0"
     outputs_doc = "score: float32 [batch], relevance of each row's document to its query"

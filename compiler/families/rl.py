@@ -58,6 +58,7 @@ def conv_side(a: Any) -> int:
 
 class Agent(Family):
     name = "rl_agent"
+    pipeline_tag = "reinforcement-learning"
     doc = "DQN Q-network or PPO actor-critic over frames (Nature CNN) or vectors (MLP)."
     inputs_doc = "observation: float32 [batch, channels, image_size, image_size] frames in [0, 1], or [batch, num_features]"
     outputs_doc = "q_values [batch, num_actions] (DQN); logits or mean + log_std, and value [batch] (PPO)"

@@ -95,6 +95,7 @@ def check_segmentation(a: Any) -> tuple[str, str] | None:
 
 class SegmentationUNet(Family):
     name = "segmentation_unet"
+    pipeline_tag = "image-segmentation"
     doc = "U-Net semantic segmentation (convolutional encoder-decoder with skips)."
     inputs_doc = "pixel_values: float32 [batch, channels, image_size, image_size], normalized pixels"
     outputs_doc = "logits: float32 [batch, num_classes, mask_resolution, mask_resolution], per-pixel class scores"

@@ -125,6 +125,9 @@ class Tabular(Family):
     config = TabularConfig
     tiny_doc = "hidden 32, 2 blocks (FT-Transformer: 4 heads of 8), at most 8 numeric and 2 categorical columns of at most 6 values"
 
+    def hub_task(self, arch) -> str:
+        return "tabular-classification" if arch.head == "label" else "tabular-regression"
+
     def configure(self, ctx: CompileContext) -> None:
         cfg = TabularConfig()
         written = ctx.spec.architecture.family

@@ -80,6 +80,7 @@ def patch_count(a: Any) -> int:
 
 class TimeSeries(Family):
     name = "time_series"
+    pipeline_tag = "time-series-forecasting"
     doc = "PatchTST forecaster, or a window autoencoder with an anomaly score."
     inputs_doc = "past_values (forecasting) or values (reconstruction): float32 [batch, lookback, channels]"
     outputs_doc = (

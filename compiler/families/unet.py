@@ -127,6 +127,7 @@ def level_hw(lvl: int) -> HW:
 
 class DiffusionUNet(Family):
     name = "diffusion_unet"
+    pipeline_tag = "text-to-image"
     doc = "Text-conditioned latent diffusion U-Net with its CLIP text encoder (SD 1.5 conventions); SD's autoencoder when images are pixels."
     inputs_doc = (
         "sample: float32 [batch, latent_channels, height, width] noisy latent x_t (height, width multiples of 2^(levels-1)); "

@@ -59,6 +59,7 @@ def video_structure(cfg: Any) -> tuple[str, str] | None:
 
 class VideoViTClassifier(Family):
     name = "video_vit"
+    pipeline_tag = "video-classification"
     doc = "Factorised video transformer classifier (ViViT model 2: a ViT per frame, then a temporal transformer)."
     inputs_doc = "pixel_values: float32 [batch, frames, channels, image_size, image_size], normalized pixels, frames <= `frames`"
     outputs_doc = "logits: float32 [batch, num_classes], class scores"

@@ -84,6 +84,7 @@ def temporal_module(mb: ModelBuilder, a: Any, ch: int, hw: HW) -> ModuleDef:
 
 class VideoDiffusionUNet(DiffusionUNet):
     name = "video_unet"
+    pipeline_tag = "text-to-video"
     doc = (
         "Space-time factorised video diffusion U-Net: the image U-Net per frame with a temporal transformer "
         "after every spatial block (VideoLDM, AnimateDiff), and its CLIP text encoder."

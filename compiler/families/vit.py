@@ -29,6 +29,7 @@ class ViTConfig(VisionTower):
 
 class ViTClassifier(Family):
     name = "vit"
+    pipeline_tag = "image-classification"
     doc = "Vision transformer image classifier."
     inputs_doc = "pixel_values: float32 [batch, channels, image_size, image_size], normalized pixels"
     outputs_doc = "logits: float32 [batch, num_classes], class scores"
