@@ -30,24 +30,14 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Rule, derived, spec_key
 from metagen.compiler.families.decoder_lm import apply_lm_rules
-from metagen.compiler.families.blocks import block_stack, class_name, decode_inputs, present_names, act_nbytes, inference, tower_training_activations, training, weight_nbytes, resolve_tower, tower_block
+from metagen.compiler.families.blocks import TransformerStack, block_stack, class_name, decode_inputs, present_names, act_nbytes, inference, tower_training_activations, training, weight_nbytes, resolve_tower, tower_block
 from metagen.compiler.families.decoder_lm import DecoderLM
 from metagen.ir.graph import InputSpec, Model
 from metagen.ir.types import DType, TensorType
 
 
 @dataclass
-class AudioConfig(ArchConfig):
-    hidden_size: int | None = spec_key()
-    layers: int | None = spec_key()
-    heads: int | None = spec_key()
-    kv_heads: int | None = spec_key()
-    head_dim: int | None = spec_key()
-    ffn_size: int | None = spec_key()
-    activation: str | None = spec_key()
-    norm: str | None = spec_key()
-    norm_eps: float | None = spec_key()
-    norm_position: str | None = spec_key()
+class AudioConfig(TransformerStack):
     position: str | None = spec_key()
     rope_theta: float | None = spec_key()
     bias: bool | None = spec_key()

@@ -27,12 +27,11 @@ SIZE_KEYS = ("hidden_size", "heads", "kv_heads", "head_dim", "ffn_size")  # what
 
 
 @dataclass
-class VisionTower(ArchConfig):
-    """A vision transformer tower (ViT; CLIP's image tower)."""
+class TransformerStack(ArchConfig):
+    """The keys every stack of attention + FFN blocks reads (a family's config or a
+    tower's extends it; a subclass may redeclare one with its own default, or as
+    `derived` when its family does not read it)."""
 
-    image_size: int | None = spec_key()
-    patch_size: int | None = spec_key()
-    channels: int | None = spec_key()
     hidden_size: int | None = spec_key()
     layers: int | None = spec_key()
     heads: int | None = spec_key()
@@ -43,6 +42,15 @@ class VisionTower(ArchConfig):
     norm: str | None = spec_key()
     norm_eps: float | None = spec_key()
     norm_position: str | None = spec_key()
+
+
+@dataclass
+class VisionTower(TransformerStack):
+    """A vision transformer tower (ViT; CLIP's image tower)."""
+
+    image_size: int | None = spec_key()
+    patch_size: int | None = spec_key()
+    channels: int | None = spec_key()
     position: str | None = spec_key()
     pooling: str | None = spec_key()
     bias: bool | None = spec_key()

@@ -21,6 +21,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower
 from metagen.compiler.families.blocks import (
+    TransformerStack,
     SIZE_KEYS, TOWER_CHOICE, VisionTower, block_stack, check_vision, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_patches, pixel_input,
     pool_tokens, report_structure, resolve_tower, token_embeddings, tower_activations, tower_block, vision_embed,
     vision_structure, vision_tiny, width_candidates, mask_input,
@@ -31,20 +32,10 @@ from metagen.ir.types import DType, TensorType
 
 
 @dataclass
-class TextTower(ArchConfig):
+class TextTower(TransformerStack):
     """CLIP's causal text tower."""
 
     vocab_size: int | None = spec_key()
-    hidden_size: int | None = spec_key()
-    layers: int | None = spec_key()
-    heads: int | None = spec_key()
-    kv_heads: int | None = spec_key()
-    head_dim: int | None = spec_key()
-    ffn_size: int | None = spec_key()
-    activation: str | None = spec_key()
-    norm: str | None = spec_key()
-    norm_eps: float | None = spec_key()
-    norm_position: str | None = spec_key()
     position: str | None = spec_key()
     rope_theta: float | None = spec_key()
     pooling: str | None = spec_key()

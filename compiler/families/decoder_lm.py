@@ -15,6 +15,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
+    TransformerStack,
     block_stack, class_name, act_nbytes, decode_inputs, inference, present_names, tower_training_activations, training, weight_nbytes,
     resolve_tower, tower_block,
 )
@@ -25,18 +26,8 @@ from metagen.frontend.units import format_count
 
 
 @dataclass
-class DecoderConfig(ArchConfig):
+class DecoderConfig(TransformerStack):
     vocab_size: int | None = spec_key()
-    hidden_size: int | None = spec_key()
-    layers: int | None = spec_key()
-    heads: int | None = spec_key()
-    kv_heads: int | None = spec_key()
-    head_dim: int | None = spec_key()
-    ffn_size: int | None = spec_key()
-    activation: str | None = spec_key()
-    norm: str | None = spec_key()
-    norm_eps: float | None = spec_key()
-    norm_position: str | None = spec_key()
     position: str | None = spec_key()
     rope_theta: float | None = spec_key()
     bias: bool | None = spec_key()

@@ -12,6 +12,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
+    TransformerStack,
     block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_classes, report_structure, single_tower_knobs, token_embeddings, mask_input,
     tower_activations, tower_block, resolve_tower,
 )
@@ -21,19 +22,9 @@ from metagen.ir.types import DType, TensorType
 
 
 @dataclass
-class EncoderConfig(ArchConfig):
+class EncoderConfig(TransformerStack):
     vocab_size: int | None = spec_key()
     type_vocab_size: int | None = spec_key()
-    hidden_size: int | None = spec_key()
-    layers: int | None = spec_key()
-    heads: int | None = spec_key()
-    kv_heads: int | None = spec_key()
-    head_dim: int | None = spec_key()
-    ffn_size: int | None = spec_key()
-    activation: str | None = spec_key()
-    norm: str | None = spec_key()
-    norm_eps: float | None = spec_key()
-    norm_position: str | None = spec_key()
     position: str | None = spec_key()
     rope_theta: float | None = spec_key()
     pooling: str | None = spec_key()

@@ -24,6 +24,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
+    TransformerStack,
     block_stack, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, learned_positions, num_classes, read_spec, single_tower_knobs,
     tower_activations, tower_block,
 )
@@ -36,15 +37,9 @@ DEFAULT_CLASSES = 2
 
 
 @dataclass
-class FallbackConfig(ArchConfig):
+class FallbackConfig(TransformerStack):
     feature_dim: int = spec_key(DEFAULT_FEATURE_DIM, key="channels")
     vocab_size: int | None = spec_key(32000)
-    hidden_size: int | None = spec_key()
-    layers: int | None = spec_key()
-    heads: int | None = spec_key()
-    kv_heads: int | None = spec_key()
-    head_dim: int | None = spec_key()
-    ffn_size: int | None = spec_key()
     activation: str | None = spec_key("gelu")
     norm: str | None = spec_key("layernorm")
     norm_eps: float | None = spec_key(1e-5)

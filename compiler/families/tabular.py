@@ -32,6 +32,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
+    TransformerStack,
     SIZE_KEYS, block_stack, class_name, inference, read_spec, tower_block, training, weight_nbytes, width_candidates,
 )
 from metagen.ir.builder import ModuleBuilder
@@ -51,16 +52,7 @@ FT_CONVENTIONS = dict(
 
 
 @dataclass
-class TabularConfig(ArchConfig):
-    hidden_size: int | None = spec_key()
-    layers: int | None = spec_key()
-    heads: int | None = spec_key()
-    kv_heads: int | None = spec_key()
-    head_dim: int | None = spec_key()
-    ffn_size: int | None = spec_key()
-    activation: str | None = spec_key()
-    norm: str | None = spec_key()
-    norm_eps: float | None = spec_key()
+class TabularConfig(TransformerStack):
     dropout: float | None = spec_key()
     variant: str = derived("mlp")
     norm_position: str = derived("pre")

@@ -34,6 +34,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
+    TransformerStack,
     SIZE_KEYS, class_name, inference, read_spec, training, weight_nbytes, width_candidates,
 )
 from metagen.ir.builder import ModelBuilder, ModuleBuilder
@@ -51,17 +52,7 @@ AUTOENCODER_CONVENTIONS = dict(activation="relu")
 
 
 @dataclass
-class TimeSeriesConfig(ArchConfig):
-    hidden_size: int | None = spec_key()
-    layers: int | None = spec_key()
-    heads: int | None = spec_key()
-    kv_heads: int | None = spec_key()
-    head_dim: int | None = spec_key()
-    ffn_size: int | None = spec_key()
-    activation: str | None = spec_key()
-    norm: str | None = spec_key()
-    norm_eps: float | None = spec_key()
-    norm_position: str | None = spec_key()
+class TimeSeriesConfig(TransformerStack):
     pooling: str | None = spec_key()
     patch_size: int | None = spec_key()
     patch_stride: int | None = spec_key()

@@ -49,6 +49,7 @@ from metagen.compiler.objectives import DIFFUSION_SCHEDULE
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower, unbuilt_family
 from metagen.compiler.families import image_autoencoder as vae
 from metagen.compiler.families.blocks import (
+    TransformerStack,
     TRAIN_ACT_BYTES, act_nbytes, block_stack, class_name, inference, read_spec, tower_training_activations, training,
     weight_nbytes, resolve_tower, tower_block, mask_input,
 )
@@ -61,20 +62,10 @@ UNET_RES_BLOCKS = 2  # SD 1.5, SD 2, SDXL (design rule unet-scaling)
 
 
 @dataclass
-class UNetTextTower(ArchConfig):
+class UNetTextTower(TransformerStack):
     """The CLIP text transformer the U-Net cross-attends to (no pooling)."""
 
     vocab_size: int | None = spec_key()
-    hidden_size: int | None = spec_key()
-    layers: int | None = spec_key()
-    heads: int | None = spec_key()
-    kv_heads: int | None = spec_key()
-    head_dim: int | None = spec_key()
-    ffn_size: int | None = spec_key()
-    activation: str | None = spec_key()
-    norm: str | None = spec_key()
-    norm_eps: float | None = spec_key()
-    norm_position: str | None = spec_key()
     position: str | None = spec_key()
     bias: bool | None = spec_key()
     pooling: str | None = spec_key()
