@@ -188,8 +188,6 @@ class BertBaseSentiment:
 Model = BertBaseSentiment
 
 CONFIG = {
-    "vocab_size": 256,
-    "type_vocab_size": 2,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -200,6 +198,8 @@ CONFIG = {
     "norm": "layernorm",
     "norm_eps": 1e-12,
     "norm_position": "post",
+    "vocab_size": 256,
+    "type_vocab_size": 2,
     "position": "learned",
     "rope_theta": 10000.0,
     "pooling": "cls_pooler",

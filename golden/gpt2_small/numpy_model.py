@@ -228,7 +228,6 @@ class Gpt2Small:
 Model = Gpt2Small
 
 CONFIG = {
-    "vocab_size": 256,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -239,6 +238,7 @@ CONFIG = {
     "norm": "layernorm",
     "norm_eps": 1e-05,
     "norm_position": "pre",
+    "vocab_size": 256,
     "position": "learned",
     "rope_theta": 10000.0,
     "bias": True,

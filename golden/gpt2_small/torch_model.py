@@ -169,7 +169,6 @@ class Gpt2Small(nn.Module):
 Model = Gpt2Small
 
 CONFIG = {
-    "vocab_size": 256,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -180,6 +179,7 @@ CONFIG = {
     "norm": "layernorm",
     "norm_eps": 1e-05,
     "norm_position": "pre",
+    "vocab_size": 256,
     "position": "learned",
     "rope_theta": 10000.0,
     "bias": True,

@@ -240,7 +240,6 @@ class Llama27b:
 Model = Llama27b
 
 CONFIG = {
-    "vocab_size": 256,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -251,6 +250,7 @@ CONFIG = {
     "norm": "rmsnorm",
     "norm_eps": 1e-05,
     "norm_position": "pre",
+    "vocab_size": 256,
     "position": "rope",
     "rope_theta": 10000.0,
     "bias": False,

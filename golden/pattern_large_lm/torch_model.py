@@ -232,7 +232,6 @@ class MyLargeLm(nn.Module):
 Model = MyLargeLm
 
 CONFIG = {
-    "vocab_size": 256,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -243,6 +242,7 @@ CONFIG = {
     "norm": "rmsnorm",
     "norm_eps": 1e-05,
     "norm_position": "pre",
+    "vocab_size": 256,
     "position": "rope",
     "rope_theta": 10000000.0,
     "bias": False,

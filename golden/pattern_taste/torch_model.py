@@ -101,8 +101,6 @@ class MyTasteModel(nn.Module):
 Model = MyTasteModel
 
 CONFIG = {
-    "feature_dim": 16,
-    "vocab_size": 256,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -113,6 +111,8 @@ CONFIG = {
     "norm": "layernorm",
     "norm_eps": 1e-05,
     "norm_position": "pre",
+    "feature_dim": 16,
+    "vocab_size": 256,
     "position": "learned",
     "rope_theta": 10000.0,
     "bias": True,

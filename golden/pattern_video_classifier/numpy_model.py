@@ -264,9 +264,6 @@ class ActionRecognizer:
 Model = ActionRecognizer
 
 CONFIG = {
-    "image_size": 32,
-    "patch_size": 8,
-    "channels": 3,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -277,6 +274,9 @@ CONFIG = {
     "norm": "layernorm",
     "norm_eps": 1e-06,
     "norm_position": "pre",
+    "image_size": 32,
+    "patch_size": 8,
+    "channels": 3,
     "position": "learned",
     "pooling": "cls",
     "bias": True,

@@ -188,9 +188,6 @@ class ActionRecognizer(nn.Module):
 Model = ActionRecognizer
 
 CONFIG = {
-    "image_size": 32,
-    "patch_size": 8,
-    "channels": 3,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -201,6 +198,9 @@ CONFIG = {
     "norm": "layernorm",
     "norm_eps": 1e-06,
     "norm_position": "pre",
+    "image_size": 32,
+    "patch_size": 8,
+    "channels": 3,
     "position": "learned",
     "pooling": "cls",
     "bias": True,

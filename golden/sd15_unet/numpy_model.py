@@ -1146,7 +1146,6 @@ CONFIG = {
     "images": "latents",
     "context_window": 16,
     "text_encoder": {
-        "vocab_size": 256,
         "hidden_size": 32,
         "layers": 2,
         "heads": 2,
@@ -1157,6 +1156,7 @@ CONFIG = {
         "norm": "layernorm",
         "norm_eps": 1e-05,
         "norm_position": "pre",
+        "vocab_size": 256,
         "position": "learned",
         "bias": True,
         "pooling": "none",

@@ -231,7 +231,6 @@ class MyConstrainedModel(nn.Module):
 Model = MyConstrainedModel
 
 CONFIG = {
-    "vocab_size": 256,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -242,6 +241,7 @@ CONFIG = {
     "norm": "rmsnorm",
     "norm_eps": 1e-05,
     "norm_position": "pre",
+    "vocab_size": 256,
     "position": "rope",
     "rope_theta": 1000000.0,
     "bias": False,

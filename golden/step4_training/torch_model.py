@@ -231,7 +231,6 @@ class MyTrainedModel(nn.Module):
 Model = MyTrainedModel
 
 CONFIG = {
-    "vocab_size": 256,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -242,6 +241,7 @@ CONFIG = {
     "norm": "rmsnorm",
     "norm_eps": 1e-05,
     "norm_position": "pre",
+    "vocab_size": 256,
     "position": "rope",
     "rope_theta": 10000.0,
     "bias": False,

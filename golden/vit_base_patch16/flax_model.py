@@ -144,9 +144,6 @@ class VitBasePatch16224(nnx.Module):
 Model = VitBasePatch16224
 
 CONFIG = {
-    "image_size": 32,
-    "patch_size": 8,
-    "channels": 3,
     "hidden_size": 64,
     "layers": 2,
     "heads": 4,
@@ -157,6 +154,9 @@ CONFIG = {
     "norm": "layernorm",
     "norm_eps": 1e-12,
     "norm_position": "pre",
+    "image_size": 32,
+    "patch_size": 8,
+    "channels": 3,
     "position": "learned",
     "pooling": "cls",
     "bias": True,
