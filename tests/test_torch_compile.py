@@ -31,8 +31,31 @@ CASES = [  # (test id, family the spec compiles to, spec; None: MASKED_LM)
     ("masked_lm", "masked_lm", None),
     ("vit", "vit", example("reference", "vit_base_patch16.yaml")),
     ("clip", "clip", example("reference", "clip_vit_b32.yaml")),
+    ("fallback", "fallback", example("tutorial", "pattern_taste.yaml")),
+    ("dense_detector", "dense_detector", example("vision", "dense_detector_edge.yaml")),
+    ("video_vit", "video_vit", example("tutorial", "pattern_video_classifier.yaml")),
+    ("tabular", "tabular", example("tabular", "churn_ft_transformer.yaml")),
+    ("patchtst", "time_series", example("reference", "patchtst.yaml")),
+    ("dqn", "rl_agent", example("reference", "dqn_atari.yaml")),
+    ("gat", "graph", example("graph", "molecule_gat.yaml")),
+    ("sentence_embedder", "sentence_embedder", example("retrieval", "faq_embedder.yaml")),
+    ("cross_encoder", "cross_encoder", example("retrieval", "passage_reranker.yaml")),
+    ("two_tower", "two_tower", example("retrieval", "movie_recommender.yaml")),
 ]
-SLOW_CASES = [("unet", "diffusion_unet", example("reference", "sd15_unet.yaml"))]  # ~45 s under load
+SLOW_CASES = [  # 50-350 s each on the 2-core machine under load (aot_eager traces every conv and norm)
+    ("resnet", "resnet", example("reference", "resnet50.yaml")),
+    ("segmentation_unet", "segmentation_unet", example("vision", "segmentation_unet.yaml")),
+    ("detr", "detr", example("reference", "detr_resnet50.yaml")),
+    ("unet", "diffusion_unet", example("reference", "sd15_unet.yaml")),
+    ("detr_mask", "detr_mask", example("vision", "instance_segmentation.yaml")),
+    ("video_unet", "video_unet", example("tutorial", "pattern_text_to_video.yaml")),
+]
+
+
+def test_every_family_has_a_case():
+    from metagen.compiler.families import FAMILIES
+
+    assert {f for _, f, _ in CASES + SLOW_CASES} == set(FAMILIES)
 
 
 def _inputs(mod, batch: int, seq: int | None) -> dict[str, torch.Tensor]:
