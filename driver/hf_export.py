@@ -446,15 +446,19 @@ def init_weights(comp, seed: int) -> dict[str, np.ndarray]:
             del sys.modules[name]
 
 
-def tokenizer_files(path: str, config: dict, context: int) -> dict[str, bytes]:
+def tokenizer_files(path: str, config: dict, context: int, pad_with_eos: bool = False) -> dict[str, bytes]:
     """tokenizer.json as it is, with the tokenizer_config.json and
     special_tokens_map.json that make `AutoTokenizer.from_pretrained` load it as a
-    `PreTrainedTokenizerFast`; `config` takes the special tokens' ids."""
+    `PreTrainedTokenizerFast`; `config` takes the special tokens' ids. `pad_with_eos`
+    (a text-to-image pipeline, which pads every prompt to the context window): a
+    tokenizer without a pad token pads with its end-of-text token, as CLIP's does."""
     from metagen.tokenizer import special_tokens
 
     with open(path, "rb") as f:
         data = f.read()
     roles = special_tokens(path)
+    if pad_with_eos and "pad_token" not in roles and "eos_token" in roles:
+        roles["pad_token"] = roles["eos_token"]
     tokens = {role: tok for role, (tok, _) in sorted(roles.items())}
     for role, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "pad_token_id")):
         if role in roles:
@@ -487,7 +491,7 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
             raise _refuse(tokenizer_loc or comp.spec.loc(), "a tokenizer goes with a model of text tokens; this one has none")
         check_fits(tokenizer, vocab, tokenizer_loc or comp.spec.loc())
         context = int(resolved["constraints"].get("context_window") or 0)
-        tok_files = tokenizer_files(tokenizer, config, context)
+        tok_files = tokenizer_files(tokenizer, config, context, pad_with_eos=diffusion)
     if diffusion:  # the pipeline's tokenizer/ folder
         files = pipeline_files(comp, resolved, weights, max_shard_size, weights_loc, tokenizer is not None)
         files.update({f"tokenizer/{name}": data for name, data in tok_files.items()})
