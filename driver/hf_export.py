@@ -13,6 +13,7 @@ reference class lacks, and the export is refused.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -332,16 +333,27 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
 
 
 def reference_shapes(config: dict, auto: str) -> dict[str, tuple[int, ...]]:
-    """The transformers task model's state-dict names and shapes, built on the meta
-    device (no memory, no download)."""
+    """The transformers task model's checkpoint names and shapes, built on the meta
+    device (no memory, no download): the names its `save_pretrained` writes. From
+    transformers 5 on, those are the original (4.x) names where a model's modules
+    were renamed since (ViT, DETR: `revert_weight_conversion`), which every version
+    loads; the names in memory would load only in 5.x."""
     import torch
     import transformers
 
-    cfg = transformers.AutoConfig.for_model(**config)
+    # a copy: transformers 5 edits nested dicts in place (rope_scaling gains rope_theta), and `config` is written out later
+    cfg = transformers.AutoConfig.for_model(**copy.deepcopy(config))
     cls = getattr(transformers, auto)
     with torch.device("meta"):
         model = cls.from_config(cfg) if auto.startswith("Auto") else cls(cfg)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4: the names in memory are the checkpoint's
+        pass
+    else:
+        state = revert_weight_conversion(model, state)
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def _buffers(shapes: dict[str, tuple[int, ...]], stats_folded: bool) -> dict[str, np.ndarray]:
