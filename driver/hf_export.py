@@ -259,8 +259,12 @@ def _kind(resolved: dict) -> str:
 def _fingerprint(resolved: dict) -> dict:
     """What the reference class must reproduce: the architecture, the task, the context,
     the family built (the spec's `family` key is how it was asked for, e.g. `auto`)."""
+    from metagen.frontend.schema import SPEC
+
+    task = next(f for f in SPEC.fields if f.name == "task")
+    recorded = {f.name for f in task.fields if f.recorded}  # task.domain, ...: cannot change the model
     out = {k: v for k, v in resolved["architecture"].items() if k != "family"}
-    out.update({f"task.{k}": v for k, v in (resolved.get("task") or {}).items()})
+    out.update({f"task.{k}": v for k, v in (resolved.get("task") or {}).items() if k not in recorded})
     out["context_window"] = (resolved.get("constraints") or {}).get("context_window")
     out["modality"] = resolved.get("modality")
     out["family built"] = resolved.get("family built")
@@ -303,7 +307,7 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
         what = f"family {comp.ctx.family}" + (f" with position {json.dumps(key[1])}" if key[1] else "") + (
             " with components" if arch.get("components") else "")
         raise _refuse(loc, f"{what} has no transformers or diffusers counterpart to export to", families=True)
-    refusals = []
+    refusals, unreadable = [], False
     for cls, writer in EXPORTERS[key][2]:
         config = writer(arch, int(resolved["constraints"].get("context_window") or 0), resolved, compiled)
         if config is None:  # the class is no candidate for this architecture
@@ -316,6 +320,7 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
         except CompileError as exc:
             why = "; ".join(d.message for d in exc.diagnostics)
             refusals.append(f"{cls} cannot hold this architecture: {why}")
+            unreadable = True
             continue
         theirs, ours = _fingerprint(again), _fingerprint(resolved)
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
@@ -326,6 +331,9 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
                         f"{', '.join(f'{k}: {json.dumps(theirs.get(k))}' for k in differ)})")
     if not refusals:  # no candidate for this variant of the family (e.g. the time-series autoencoder)
         refusals.append(f"family {comp.ctx.family} as built here has no transformers or diffusers counterpart")
+    if comp.ctx.options.tiny and unreadable:  # e.g. a --tiny ResNet's stages (2, 1, 1, 1) are no ResNet depth
+        refusals.insert(0, "the --tiny model cannot be exported (its config does not import back: --tiny shrinks "
+                        "what the spec language cannot set); export without --tiny, with small sizes set by -D")
     raise _refuse(loc, "; ".join(refusals), families=True)
 
 

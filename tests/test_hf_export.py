@@ -20,8 +20,8 @@ def _close(a, b):
     assert np.all(np.abs(a - b) <= 1e-5 + 1e-4 * np.abs(b)), float(np.max(np.abs(a - b)))
 
 
-def _ours(tmp_path, spec, defines=()):
-    path, comp = compile_to(tmp_path, spec, "torch", tiny=True, overrides=[tuple(d.split("=", 1)) for d in defines])
+def _ours(tmp_path, spec, defines=(), tiny=True):
+    path, comp = compile_to(tmp_path, spec, "torch", tiny=tiny, overrides=[tuple(d.split("=", 1)) for d in defines])
     return load_module(str(path))
 
 
@@ -32,10 +32,10 @@ def _random_weights(mod, seed=1):
             for k, v in mod.to_canonical(mod.init(0)).items()}
 
 
-def _export(tmp_path, spec, defines=(), weights=None, extra=()):
+def _export(tmp_path, spec, defines=(), weights=None, extra=(), tiny=True):
     from safetensors.numpy import save_file
 
-    args = ["export", "hf", spec, "--tiny", "-o", str(tmp_path / "hf")]
+    args = ["export", "hf", spec, *(["--tiny"] if tiny else []), "-o", str(tmp_path / "hf")]
     for d in defines:
         args += ["-D", d]
     if weights is not None:
@@ -433,3 +433,56 @@ def test_weights_missing_a_tensor(tmp_path, capsys):
     assert main(args) == 1
     assert "the weights do not fit the spec: no norm_f.weight" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
+
+
+# spec -> export -> from_pretrained vs our module: (spec, -D settings, --tiny, the class that loads it, the class
+# expected, our output -> theirs). A --tiny ResNet's stages (2, 1, 1, 1) are no ResNet depth: small sizes by -D.
+SMALL_RESNET = ("architecture.layers=18", "architecture.hidden_size=8", "architecture.image_size=32",
+                "task.num_classes=4", "constraints.parameter_budget.max=1M")
+FROM_SPECS = {
+    "resnet": ("reference/resnet50.yaml", SMALL_RESNET, False, "AutoModelForImageClassification",
+               "ResNetForImageClassification", {"logits": "logits"}),
+    "patchtst": ("reference/patchtst.yaml", (), True, "PatchTSTForPrediction", "PatchTSTForPrediction",
+                 {"prediction": "prediction_outputs"}),
+    "patchtst-layernorm": ("reference/patchtst.yaml", ("architecture.norm=layernorm",), True, "PatchTSTForPrediction",
+                           "PatchTSTForPrediction", {"prediction": "prediction_outputs"}),
+    "cross-encoder": ("retrieval/passage_reranker.yaml", (), True, "AutoModelForSequenceClassification",
+                      "BertForSequenceClassification", {"score": "logits"}),
+}
+
+
+@pytest.mark.parametrize("case", list(FROM_SPECS))
+def test_export_of_a_spec_matches_ours(tmp_path, case):
+    import os
+
+    rel, defines, tiny, auto, cls, outputs = FROM_SPECS[case]
+    spec = example(*os.path.split(rel))
+    mod = _ours(tmp_path, spec, defines, tiny=tiny)
+    weights = _random_weights(mod)
+    model = _loaded(_export(tmp_path, spec, defines, weights, tiny=tiny), auto)
+    assert type(model).__name__ == cls
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in mod.Model().parameters())
+    x = mod.example_inputs(batch_size=2)
+    with torch.no_grad():
+        theirs = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in x.items()})
+    ours = mod.run(mod.load_canonical(weights), x)
+    for mine, name in outputs.items():
+        ref = getattr(theirs, name).numpy()
+        _close(ref.reshape(np.shape(ours[mine])), np.asarray(ours[mine]))
+
+
+def test_tiny_resnet_is_refused_with_the_way_out(tmp_path, capsys):
+    assert main(["export", "hf", example("reference", "resnet50.yaml"), "--tiny", "-o", str(tmp_path / "hf")]) == 1
+    err = capsys.readouterr().err
+    assert "the --tiny model cannot be exported" in err and "export without --tiny, with small sizes set by -D" in err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_llama3_config_holds_only_its_rope_settings(tmp_path):
+    """transformers 5 rewrites a rope_scaling dict in place (adding rope_theta, which 4.x
+    warns about); the config written is ours."""
+    spec = example("reference", "llama2_7b.yaml")
+    folder = _export(tmp_path, spec, ("architecture.rope_scaling=llama3", "architecture.rope_original_context=32"))
+    config = json.loads((folder / "config.json").read_text())
+    assert sorted(config["rope_scaling"]) == ["factor", "high_freq_factor", "low_freq_factor",
+                                              "original_max_position_embeddings", "rope_type"]
