@@ -128,8 +128,8 @@ def vit_to_canonical(sd: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def bert_to_canonical(sd: dict) -> dict[str, np.ndarray]:
-    """`BertForSequenceClassification` -> the `encoder` family (post-norm, pooler)."""
+def _bert_trunk(sd: dict) -> dict[str, np.ndarray]:
+    """BERT's embeddings and blocks (`bert.` names) -> the encoder families' trunk."""
     e = "bert.embeddings"
     out = {
         "tok_embeddings.weight": _np(sd[f"{e}.word_embeddings.weight"]),
@@ -147,8 +147,25 @@ def bert_to_canonical(sd: dict) -> dict[str, np.ndarray]:
         _lin(out, f"{b}.mlp.fc_in", sd, f"{h}.intermediate.dense")
         _lin(out, f"{b}.mlp.fc_out", sd, f"{h}.output.dense")
         _ln(out, f"{b}.mlp_norm", sd, f"{h}.output.LayerNorm")
+    return out
+
+
+def bert_to_canonical(sd: dict) -> dict[str, np.ndarray]:
+    """`BertForSequenceClassification` -> the `encoder` family (post-norm, pooler)."""
+    out = _bert_trunk(sd)
     _lin(out, "pooler", sd, "bert.pooler.dense")
     _lin(out, "classifier", sd, "classifier")
+    return out
+
+
+def bert_mlm_to_canonical(sd: dict) -> dict[str, np.ndarray]:
+    """`BertForMaskedLM` -> the `masked_lm` family: the trunk (no pooler) and BERT's
+    masked-LM head (transform dense + LayerNorm, scores against the tied word
+    embeddings plus `cls.predictions.bias`)."""
+    out = _bert_trunk(sd)
+    _lin(out, "mlm_transform", sd, "cls.predictions.transform.dense")
+    _ln(out, "mlm_norm", sd, "cls.predictions.transform.LayerNorm")
+    out["mlm_bias"] = _np(sd["cls.predictions.bias"])
     return out
 
 
@@ -631,7 +648,12 @@ def _bert(c: _Checker) -> tuple[dict, dict]:
     _no_cross_attention(c)
     c.need("is_decoder", allowed=(False,), why="BERT is imported as an encoder", default=False)
     c.need("position_embedding_type", allowed=("absolute",), why="learned absolute positions", default="absolute")
-    classes = _classes(c)
+    archs = c.cfg.get("architectures") or []
+    mlm = isinstance(archs, list) and any(str(a).endswith("ForMaskedLM") for a in archs)
+    if mlm:
+        c.need("tie_word_embeddings", allowed=(True,), default=True,
+               why="the masked-LM head scores against the word embeddings")
+    classes = 2 if mlm else _classes(c)
     # One label: a cross-encoder ranker's relevance score (sentence-transformers'
     # CrossEncoder and the MS MARCO re-rankers are BertForSequenceClassification, num_labels 1).
     ranker = classes == 1
@@ -658,6 +680,12 @@ def _bert(c: _Checker) -> tuple[dict, dict]:
             "bias": True,
         },
     }
+    if mlm:  # architectures ["BertForMaskedLM"]: the trunk and the masked-LM head, no pooler
+        spec.pop("task")
+        spec["modality"]["outputs"] = ["text"]
+        spec["training"]["objective"] = ["masked"]
+        del spec["architecture"]["pooling"]
+        return spec, {"prefix": "bert.", "convert": bert_mlm_to_canonical}
     return spec, {"prefix": "bert.", "convert": cross_encoder_to_canonical if ranker else bert_to_canonical}
 
 

@@ -138,6 +138,13 @@ def _clip_config(arch: dict, context: int, resolved: dict, compiled: dict) -> di
             "vision_config": _clip_tower(arch["image_encoder"], context, p, image=True)}
 
 
+def _mlm_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
+    """BertForMaskedLM: BERT's config without labels; the head is tied to the word embeddings."""
+    config = {k: v for k, v in _bert_config(arch, context, dict(resolved, task={"num_classes": 2}), compiled).items()
+              if k not in ("id2label", "label2id")}
+    return dict(config, architectures=["BertForMaskedLM"], tie_word_embeddings=True)
+
+
 def _ranker_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
     """A cross-encoder: BertForSequenceClassification with one label (its score)."""
     return _bert_config(arch, context, dict(resolved, task={"num_classes": 1}), compiled)
@@ -201,6 +208,7 @@ EXPORTERS = {
                               ("MistralForCausalLM", _mistral_config))),
     ("encoder", None): ("text classifier", "AutoModelForSequenceClassification",
                         (("BertForSequenceClassification", _bert_config),)),
+    ("masked_lm", None): ("masked language model", "AutoModelForMaskedLM", (("BertForMaskedLM", _mlm_config),)),
     ("cross_encoder", None): ("cross-encoder ranker", "AutoModelForSequenceClassification",
                               (("BertForSequenceClassification", _ranker_config),)),
     ("vit", None): ("image classifier", "AutoModelForImageClassification",

@@ -182,6 +182,12 @@ ROUND_TRIPS = {
         "PatchTSTForPrediction",
         lambda: {"past_values": torch.randn(2, 20, 2, generator=torch.Generator().manual_seed(2)) * 2 + 3},
         ("prediction_outputs",)),
+    "bert-mlm": (lambda: transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=24, type_vocab_size=2)),
+        "AutoModelForMaskedLM",
+        lambda: {"input_ids": torch.arange(20).reshape(2, 10) * 7 % 90, "token_type_ids": (torch.arange(20).reshape(2, 10) > 12).long()},
+        ("logits",)),
     "cross-encoder": (lambda: transformers.BertForSequenceClassification(transformers.BertConfig(
         vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         max_position_embeddings=24, type_vocab_size=2, num_labels=1)),
@@ -486,3 +492,17 @@ def test_llama3_config_holds_only_its_rope_settings(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert sorted(config["rope_scaling"]) == ["factor", "high_freq_factor", "low_freq_factor",
                                               "original_max_position_embeddings", "rope_type"]
+
+
+def test_masked_lm_spec_as_bert_for_masked_lm(tmp_path):
+    spec = tmp_path / "mlm.yaml"
+    spec.write_text('metagen_version: "1.0"\nname: "mlm"\nmodality:\n  inputs: [text]\n  outputs: [text]\n'
+                    'constraints:\n  parameter_budget:\n    max: "110M"\ntraining:\n  objective: [masked]\n')
+    mod = _ours(tmp_path, str(spec))
+    weights = _random_weights(mod)
+    model = _loaded(_export(tmp_path, str(spec), weights=weights), "AutoModelForMaskedLM")
+    assert type(model).__name__ == "BertForMaskedLM"
+    x = mod.example_inputs(batch_size=2)
+    with torch.no_grad():
+        ref = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in x.items()}).logits.numpy()
+    _close(ref, np.asarray(mod.run(mod.load_canonical(weights), x)["logits"]))

@@ -497,6 +497,21 @@ def test_bert_with_one_label_is_a_cross_encoder(tmp_path):
     _close(mod.run(state, x)["score"], ref)
 
 
+def test_bert_masked_lm(tmp_path):
+    """`architectures: ["BertForMaskedLM"]`: the masked_lm family, its head on the tied embeddings."""
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=24, type_vocab_size=2)
+    cfg._attn_implementation = "eager"
+    hf = _perturbed(transformers.BertForMaskedLM(cfg))
+    mod, state = _imported(tmp_path, hf)
+    assert 'objective: ["masked"]' in (tmp_path / "imported.yaml").read_text()
+    x = mod.example_inputs(batch_size=2)
+    with torch.no_grad():
+        ref = hf(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
+    _close(mod.run(state, x)["logits"], ref)
+
+
 @pytest.mark.slow  # the ResNet-50 backbone (23.5M parameters): ~20 s
 def test_detr(tmp_path):
     """transformers 5 saves DETR under 4.x's names; the import reads either."""

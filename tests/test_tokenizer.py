@@ -206,6 +206,7 @@ def test_generate_refuses_a_tokenizer_larger_than_the_vocabulary(tmp_path, corpu
     assert "more than the model's vocab_size 300" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # import, export, pipeline load and two denoising steps: ~40 s on 2 loaded cores
 def test_diffusion_export_with_a_tokenizer_loads_in_stable_diffusion_pipeline(tmp_path, corpus):
     """`export hf --tokenizer` of a text-to-image spec: StableDiffusionPipeline loads the
     folder with its tokenizer, which pads prompts to the context window (CLIP's
