@@ -128,8 +128,8 @@ def vit_to_canonical(sd: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def bert_to_canonical(sd: dict) -> dict[str, np.ndarray]:
-    """`BertForSequenceClassification` -> the `encoder` family (post-norm, pooler)."""
+def _bert_trunk(sd: dict) -> dict[str, np.ndarray]:
+    """BERT's embeddings and blocks (`bert.` names) -> the encoder families' trunk."""
     e = "bert.embeddings"
     out = {
         "tok_embeddings.weight": _np(sd[f"{e}.word_embeddings.weight"]),
@@ -147,8 +147,34 @@ def bert_to_canonical(sd: dict) -> dict[str, np.ndarray]:
         _lin(out, f"{b}.mlp.fc_in", sd, f"{h}.intermediate.dense")
         _lin(out, f"{b}.mlp.fc_out", sd, f"{h}.output.dense")
         _ln(out, f"{b}.mlp_norm", sd, f"{h}.output.LayerNorm")
+    return out
+
+
+def bert_to_canonical(sd: dict) -> dict[str, np.ndarray]:
+    """`BertForSequenceClassification` -> the `encoder` family (post-norm, pooler)."""
+    out = _bert_trunk(sd)
     _lin(out, "pooler", sd, "bert.pooler.dense")
     _lin(out, "classifier", sd, "classifier")
+    return out
+
+
+def bert_mlm_to_canonical(sd: dict) -> dict[str, np.ndarray]:
+    """`BertForMaskedLM` -> the `masked_lm` family: the trunk (no pooler) and BERT's
+    masked-LM head (transform dense + LayerNorm, scores against the tied word
+    embeddings plus `cls.predictions.bias`)."""
+    out = _bert_trunk(sd)
+    _lin(out, "mlm_transform", sd, "cls.predictions.transform.dense")
+    _ln(out, "mlm_norm", sd, "cls.predictions.transform.LayerNorm")
+    out["mlm_bias"] = _np(sd["cls.predictions.bias"])
+    return out
+
+
+def cross_encoder_to_canonical(sd: dict) -> dict[str, np.ndarray]:
+    """`BertForSequenceClassification` with one label -> the `cross_encoder` family:
+    BERT's names, its one-row classifier as `scorer`."""
+    out = bert_to_canonical(sd)
+    for part in ("weight", "bias"):
+        out[f"scorer.{part}"] = out.pop(f"classifier.{part}")
     return out
 
 
@@ -353,11 +379,27 @@ def resnet_to_canonical(sd: dict, prefix: str = "resnet.", dst: str = "") -> dic
     return out
 
 
+# transformers 4.x's DETR names -> 5.x's: the backbone's wrapper, `out_proj`, the feed-forward under `mlp.`
+_DETR_V4_RENAMES = [
+    (r"\.backbone\.conv_encoder\.model\.", ".backbone.model."),
+    (r"\.out_proj\.", ".o_proj."),
+    (r"(layers\.\d+)\.(fc[12])\.", r"\1.mlp.\2."),
+]
+
+
+def _renamed(name: str, renames: list) -> str:
+    for pat, rep in renames:
+        name = re.sub(pat, rep, name)
+    return name
+
+
 def detr_to_canonical(sd: dict) -> dict[str, np.ndarray]:
     """transformers `DetrForObjectDetection` (ResNet backbone, `use_timm_backbone=False`)
     -> the detr family. The transformer's names are ours without `model.`; the
     backbone is `resnet_to_canonical`'s under `backbone.`; the box MLP's layers 0, 1
-    are `bbox_predictor.hidden.{0,1}.fc`, its layer 2 `bbox_predictor.out`."""
+    are `bbox_predictor.hidden.{0,1}.fc`, its layer 2 `bbox_predictor.out`. transformers
+    4.x's spellings (which 5.x's `save_pretrained` still writes) are read as 5.x's."""
+    sd = {_renamed(k, _DETR_V4_RENAMES): v for k, v in sd.items()}
     out = resnet_to_canonical(sd, prefix="model.backbone.model.", dst="backbone.")
     out["query_pos"] = _np(sd["model.query_position_embeddings.weight"])
     for k, v in sd.items():
@@ -606,14 +648,21 @@ def _bert(c: _Checker) -> tuple[dict, dict]:
     _no_cross_attention(c)
     c.need("is_decoder", allowed=(False,), why="BERT is imported as an encoder", default=False)
     c.need("position_embedding_type", allowed=("absolute",), why="learned absolute positions", default="absolute")
-    classes = _classes(c)
-    if classes < 2:
-        c.fail(("num_labels",), f"num_labels {classes} is not supported (a regression head); supported: 2 or more classes")
+    archs = c.cfg.get("architectures") or []
+    mlm = isinstance(archs, list) and any(str(a).endswith("ForMaskedLM") for a in archs)
+    if mlm:
+        c.need("tie_word_embeddings", allowed=(True,), default=True,
+               why="the masked-LM head scores against the word embeddings")
+    classes = 2 if mlm else _classes(c)
+    # One label: a cross-encoder ranker's relevance score (sentence-transformers'
+    # CrossEncoder and the MS MARCO re-rankers are BertForSequenceClassification, num_labels 1).
+    ranker = classes == 1
+    task = {"type": "ranking"} if ranker else {"type": "classification", "num_classes": classes}
     spec = {
         "modality": {"inputs": ["text"], "outputs": ["label"]},
-        "task": {"type": "classification", "num_classes": classes},
+        "task": task,
         "constraints": {"context_window": str(c.int("max_position_embeddings"))},
-        "training": {"objective": ["classification"]},
+        "training": {"objective": ["ranking" if ranker else "classification"]},
         "architecture": {
             "family": "transformer",
             "vocab_size": c.int("vocab_size"),
@@ -631,7 +680,13 @@ def _bert(c: _Checker) -> tuple[dict, dict]:
             "bias": True,
         },
     }
-    return spec, {"prefix": "bert.", "convert": bert_to_canonical}
+    if mlm:  # architectures ["BertForMaskedLM"]: the trunk and the masked-LM head, no pooler
+        spec.pop("task")
+        spec["modality"]["outputs"] = ["text"]
+        spec["training"]["objective"] = ["masked"]
+        del spec["architecture"]["pooling"]
+        return spec, {"prefix": "bert.", "convert": bert_mlm_to_canonical}
+    return spec, {"prefix": "bert.", "convert": cross_encoder_to_canonical if ranker else bert_to_canonical}
 
 
 def _vit(c: _Checker) -> tuple[dict, dict]:
@@ -704,6 +759,135 @@ def _clip(c: _Checker) -> tuple[dict, dict]:
     return spec, {"prefix": "", "convert": clip_to_canonical}
 
 
+# transformers' ResNetConfig defaults (ResNet-50), for fields a config.json leaves out
+RESNET_DEFAULTS = {"embedding_size": 64, "hidden_sizes": [256, 512, 1024, 2048], "depths": [3, 4, 6, 3],
+                   "layer_type": "bottleneck", "hidden_act": "relu", "num_channels": 3}
+
+
+def _resnet_trunk(c: _Checker, *at: str) -> dict:
+    """The ResNet family's architecture keys of a ResNetConfig (at key path `at`:
+    DETR's `backbone_config`). Its stages must be one of He et al.'s depths."""
+    from metagen.compiler.families.cnn import EXPANSION, RESNET_DEPTHS
+
+    def get(key):
+        return c.cfg.get(*at, key, default=RESNET_DEFAULTS[key])
+
+    kind = c.need(*at, "layer_type", allowed=("basic", "bottleneck"), why="ResNet's two block kinds",
+                  default=RESNET_DEFAULTS["layer_type"])
+    depths = get("depths")
+    layers = next((n for n, (k, d) in RESNET_DEPTHS.items() if k == kind and d == depths), None)
+    if layers is None and kind in EXPANSION:
+        table = ", ".join(f"{json.dumps(d)} (ResNet-{n})" for n, (k, d) in RESNET_DEPTHS.items() if k == kind)
+        c.fail((*at, "depths"), f"{'.'.join((*at, 'depths'))} {json.dumps(depths)} is not supported with layer_type "
+               f"{json.dumps(kind)} (the IR's ResNet has He et al.'s blocks per stage for its depth); supported: {table}")
+    width = c.int(*at, "embedding_size", default=RESNET_DEFAULTS["embedding_size"])
+    widths = [width * 2**i * EXPANSION.get(kind, 1) for i in range(4)]
+    c.need(*at, "hidden_sizes", allowed=(widths,), default=RESNET_DEFAULTS["hidden_sizes"],
+           why="stage i is embedding_size * 2^i wide, x4 at a bottleneck's output")
+    c.need(*at, "downsample_in_first_stage", allowed=(False,), why="the first stage keeps the stem's resolution", default=False)
+    c.need(*at, "downsample_in_bottleneck", allowed=(False,), default=False,
+           why="a bottleneck strides on its 3x3 convolution (v1.5)")
+    return {"channels": c.int(*at, "num_channels", default=3), "hidden_size": width, "layers": layers or 50,
+            "activation": _act(c, *at, "hidden_act", default="relu"), "norm_eps": 1e-5}
+
+
+def _resnet(c: _Checker) -> tuple[dict, dict]:
+    trunk = _resnet_trunk(c)
+    spec = {
+        "modality": {"inputs": ["image"], "outputs": ["label"]},
+        "task": {"type": "classification", "num_classes": _classes(c)},
+        "training": {"objective": ["classification"]},
+        # ResNetConfig has no image size (the pooling is global); `image_size` is read
+        # when the config carries one (an export writes it), else ImageNet's 224.
+        "architecture": {"family": "cnn", "image_size": c.int("image_size", default=224), **trunk},
+    }
+    return spec, {"prefix": "resnet.", "convert": resnet_to_canonical}
+
+
+def _detr(c: _Checker) -> tuple[dict, dict]:
+    c.need("use_timm_backbone", allowed=(False,), default=True,
+           why="the backbone is transformers' ResNet (backbone_config), as the IR builds it")
+    c.need("backbone_config", "model_type", allowed=("resnet",), why="the backbone is a ResNet", default="resnet")
+    trunk = _resnet_trunk(c, "backbone_config")
+    if (trunk["layers"], trunk["hidden_size"]) != (50, 64):
+        c.fail(("backbone_config",), f"backbone_config is ResNet-{trunk['layers']} of embedding_size "
+               f"{trunk['hidden_size']}, not supported (the IR's DETR backbone is ResNet-50); supported: "
+               "depths [3, 4, 6, 3], embedding_size 64, layer_type \"bottleneck\"")
+    c.need("backbone_config", "out_features", allowed=(["stage4"],), why="the transformer reads the last stage",
+           default=["stage4"])
+    c.need("dilation", allowed=(False,), why="the last stage strides", default=False)
+    c.need("position_embedding_type", allowed=("sine",), why="sine positions of the feature grid", default="sine")
+    channels = c.int("num_channels", default=3)
+    c.need("backbone_config", "num_channels", allowed=(channels,), why="the backbone reads the image", default=channels)
+    pairs = (("encoder_layers", "decoder_layers"), ("encoder_attention_heads", "decoder_attention_heads"),
+             ("encoder_ffn_dim", "decoder_ffn_dim"))
+    sizes = []
+    for enc, dec in pairs:
+        sizes.append(c.int(enc))
+        c.need(dec, allowed=(sizes[-1],), why=f"the decoder's is the encoder's ({enc})", default=sizes[-1])
+    spec = {
+        "modality": {"inputs": ["image"], "outputs": ["bounding_boxes"]},
+        "task": {"type": "object_detection", "num_classes": _classes(c), "num_anchors": c.int("num_queries")},
+        "training": {"objective": ["object_detection"]},
+        "architecture": {
+            "family": "transformer",
+            "image_size": c.int("image_size", default=800),  # not a DetrConfig field: read when an export wrote it
+            "channels": channels,
+            "hidden_size": c.int("d_model"),
+            "layers": sizes[0],
+            "heads": sizes[1],
+            "ffn_size": sizes[2],
+            "activation": _act(c, "activation_function", default="relu"),
+            "norm_eps": 1e-5,
+        },
+    }
+    return spec, {"prefix": "model.", "convert": detr_to_canonical}
+
+
+def _patchtst(c: _Checker) -> tuple[dict, dict]:
+    fixed = (("loss", "mse", "a point forecast (prediction_outputs)"), ("scaling", "std", "instance standardization"),
+             ("share_embedding", True, "channels share the patch embedding"),
+             ("share_projection", True, "channels share the head"),
+             ("channel_attention", False, "channels are independent"), ("use_cls_token", False, "no class token"),
+             ("pre_norm", True, "pre-norm blocks"), ("bias", True, "the linear layers have biases"),
+             ("output_range", None, "the forecast is not clamped"),
+             ("pooling_type", "mean", "the head reads the mean over patches"))
+    for key, value, why in fixed:
+        c.need(key, allowed=(value,), why=why, default=value)
+    c.need("positional_encoding_type", allowed=("sincos", "random"), why="a position table (its values are weights)",
+           default="sincos")
+    norm = c.need("norm_type", allowed=("batchnorm", "layernorm"), why="the norms the IR has", default="batchnorm")
+    eps = c.float("norm_eps", default=1e-5)
+    d, heads = c.int("d_model", default=128), c.int("num_attention_heads", default=4)
+    if d % heads:
+        c.fail(("num_attention_heads",), f"num_attention_heads {heads} does not divide d_model {d}")
+    spec = {
+        "modality": {"inputs": ["time_series"], "outputs": ["time_series"]},
+        "task": {"type": "time_series_forecast", "lookback": c.int("context_length", default=32),
+                 "horizon": c.int("prediction_length", default=24), "num_outputs": c.int("num_input_channels", default=1)},
+        "training": {"objective": ["forecasting"]},
+        "architecture": {
+            "family": "transformer",
+            "hidden_size": d,
+            "layers": c.int("num_hidden_layers", default=3),
+            "heads": heads,
+            "kv_heads": heads,
+            "head_dim": d // heads,
+            "ffn_size": c.int("ffn_dim", default=512),
+            "activation": _act(c, "activation_function", default="gelu"),
+            "norm": norm,
+            "norm_eps": eps,
+            "norm_position": "pre",
+            "pooling": "mean",
+            "patch_size": c.int("patch_length", default=1),
+            "patch_stride": c.int("patch_stride", default=1),
+        },
+    }
+    # Batch norm folds its running statistics into weight and bias: the export writes
+    # them back as mean 0, variance 1 (`stats_folded`).
+    return spec, {"prefix": "model.", "convert": lambda sd: patchtst_to_canonical(sd, eps), "stats_folded": True}
+
+
 IMPORTERS: dict[str, Callable[[_Checker], tuple[dict, dict]]] = {
     "gpt2": _gpt2,
     "llama": _llama,
@@ -712,6 +896,9 @@ IMPORTERS: dict[str, Callable[[_Checker], tuple[dict, dict]]] = {
     "bert": _bert,
     "vit": _vit,
     "clip": _clip,
+    "resnet": _resnet,
+    "detr": _detr,
+    "patchtst": _patchtst,
 }
 
 

@@ -13,6 +13,7 @@ reference class lacks, and the export is refused.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -56,7 +57,7 @@ def special_tokens(arch: dict) -> tuple[int, int]:
     return min(1, arch["vocab_size"] - 1), min(2, arch["vocab_size"] - 1)
 
 
-def _gpt2_config(arch: dict, context: int, resolved: dict) -> dict:
+def _gpt2_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
     act = _act(arch["activation"])
     _, eos = special_tokens(arch)
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": arch["vocab_size"],
@@ -74,7 +75,7 @@ def _rope_scaling(arch: dict) -> dict:
     return {"rope_scaling": {"rope_type": arch["rope_scaling"], **{theirs: arch[ours] for theirs, ours, _ in LLAMA3_KEYS}}}
 
 
-def _llama_config(arch: dict, context: int, resolved: dict) -> dict:
+def _llama_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
     return {**_rope_scaling(arch), "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": arch["vocab_size"],
             "hidden_size": arch["hidden_size"], "intermediate_size": arch["ffn_size"],
             "num_hidden_layers": arch["layers"], "num_attention_heads": arch["heads"],
@@ -85,21 +86,21 @@ def _llama_config(arch: dict, context: int, resolved: dict) -> dict:
             "torch_dtype": "float32"}
 
 
-def _qwen2_config(arch: dict, context: int, resolved: dict) -> dict:
-    config = {k: v for k, v in _llama_config(arch, context, resolved).items() if k not in ("attention_bias", "mlp_bias")}
+def _qwen2_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
+    config = {k: v for k, v in _llama_config(arch, context, resolved, compiled).items() if k not in ("attention_bias", "mlp_bias")}
     config.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False)
     return config
 
 
-def _mistral_config(arch: dict, context: int, resolved: dict) -> dict | None:
+def _mistral_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict | None:
     if not arch.get("sliding_window"):  # without a window Mistral is Llama's computation: the Llama export
         return None
-    config = {k: v for k, v in _llama_config(arch, context, resolved).items() if k not in ("attention_bias", "mlp_bias")}
+    config = {k: v for k, v in _llama_config(arch, context, resolved, compiled).items() if k not in ("attention_bias", "mlp_bias")}
     config.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=arch["sliding_window"])
     return config
 
 
-def _bert_config(arch: dict, context: int, resolved: dict) -> dict:
+def _bert_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
     return {"architectures": ["BertForSequenceClassification"], "model_type": "bert", "vocab_size": arch["vocab_size"],
             "type_vocab_size": arch.get("type_vocab_size"), "hidden_size": arch["hidden_size"],
             "num_hidden_layers": arch["layers"], "num_attention_heads": arch["heads"],
@@ -108,7 +109,7 @@ def _bert_config(arch: dict, context: int, resolved: dict) -> dict:
             "position_embedding_type": "absolute", "pad_token_id": 0, "torch_dtype": "float32", **_labels(resolved)}
 
 
-def _vit_config(arch: dict, context: int, resolved: dict) -> dict:
+def _vit_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
     return {"architectures": ["ViTForImageClassification"], "model_type": "vit", "image_size": arch.get("image_size"),
             "patch_size": arch.get("patch_size"), "num_channels": arch.get("channels"),
             "hidden_size": arch["hidden_size"], "num_hidden_layers": arch["layers"],
@@ -130,35 +131,121 @@ def _clip_tower(t: dict, context: int, projection: int, image: bool) -> dict:
     return out
 
 
-def _clip_config(arch: dict, context: int, resolved: dict) -> dict:
+def _clip_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
     p = arch["projection_dim"]
     return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": p, "torch_dtype": "float32",
             "text_config": _clip_tower(arch["text_encoder"], context, p, image=False),
             "vision_config": _clip_tower(arch["image_encoder"], context, p, image=True)}
 
 
-# (kind of model, its positions) -> the (reference class, config writer) candidates, the
-# first whose config imports back to the spec's architecture wins (a writer returning
-# None is no candidate for the architecture). The config's
-# model_type selects the weight mapping through metagen.hf.IMPORTERS.
+def _mlm_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
+    """BertForMaskedLM: BERT's config without labels; the head is tied to the word embeddings."""
+    config = {k: v for k, v in _bert_config(arch, context, dict(resolved, task={"num_classes": 2}), compiled).items()
+              if k not in ("id2label", "label2id")}
+    return dict(config, architectures=["BertForMaskedLM"], tie_word_embeddings=True)
+
+
+def _ranker_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
+    """A cross-encoder: BertForSequenceClassification with one label (its score)."""
+    return _bert_config(arch, context, dict(resolved, task={"num_classes": 1}), compiled)
+
+
+def _resnet_like(compiled: dict, channels: int) -> dict:
+    """A ResNetConfig's fields for the ResNet trunk of `compiled` (cnn.py's config)."""
+    from metagen.compiler.families.cnn import EXPANSION
+
+    kind, width = compiled["block"], compiled["hidden_size"]
+    return {"model_type": "resnet", "num_channels": channels, "embedding_size": width,
+            "hidden_sizes": [width * 2**i * EXPANSION[kind] for i in range(len(compiled["depths"]))],
+            "depths": list(compiled["depths"]), "layer_type": kind, "hidden_act": _act(compiled["activation"]),
+            "downsample_in_first_stage": False, "downsample_in_bottleneck": False}
+
+
+def _resnet_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
+    return {**_resnet_like(compiled, compiled["channels"]), "architectures": ["ResNetForImageClassification"],
+            "image_size": compiled["image_size"], "torch_dtype": "float32", **_labels(resolved)}
+
+
+def _detr_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict:
+    backbone = dict(_resnet_like(compiled["backbone"], compiled["channels"]), out_features=["stage4"])
+    heads, layers, ffn = compiled["heads"], compiled["layers"], compiled["ffn_size"]
+    return {"architectures": ["DetrForObjectDetection"], "model_type": "detr", "use_timm_backbone": False,
+            "use_pretrained_backbone": False, "backbone": None, "backbone_config": backbone,
+            "num_channels": compiled["channels"], "num_queries": compiled["num_queries"], "d_model": compiled["hidden_size"],
+            "encoder_layers": layers, "decoder_layers": layers, "encoder_attention_heads": heads,
+            "decoder_attention_heads": heads, "encoder_ffn_dim": ffn, "decoder_ffn_dim": ffn,
+            "activation_function": _act(compiled["activation"]), "position_embedding_type": "sine", "dilation": False,
+            "image_size": compiled["image_size"], "torch_dtype": "float32", **_labels(resolved)}
+
+
+def _patchtst_config(arch: dict, context: int, resolved: dict, compiled: dict) -> dict | None:
+    if compiled.get("variant") != "patchtst":  # the window autoencoder has no transformers counterpart
+        return None
+    return {"architectures": ["PatchTSTForPrediction"], "model_type": "patchtst",
+            "num_input_channels": compiled["channels"], "context_length": compiled["lookback"],
+            "prediction_length": compiled["horizon"], "patch_length": compiled["patch_size"],
+            "patch_stride": compiled["patch_stride"], "d_model": compiled["hidden_size"],
+            "num_hidden_layers": compiled["layers"], "num_attention_heads": compiled["heads"],
+            "ffn_dim": compiled["ffn_size"], "norm_type": compiled["norm"], "norm_eps": compiled["norm_eps"],
+            "activation_function": _act(compiled["activation"]), "pooling_type": compiled["pooling"], "loss": "mse",
+            "scaling": "std", "share_embedding": True, "share_projection": True, "channel_attention": False,
+            "use_cls_token": False, "pre_norm": True, "bias": True,
+            "positional_encoding_type": "random",  # a trainable table, as ours (weights set its values)
+            "torch_dtype": "float32"}
+
+
+# The compiled family (and, for decoder LMs, the positions) -> (what it is, the class
+# that loads the folder: an Auto class or the model class itself, the (reference class,
+# config writer) candidates). The first candidate whose config imports back to the
+# spec's architecture wins (a writer returning None is no candidate for the
+# architecture). The config's model_type selects the weight mapping through
+# metagen.hf.IMPORTERS. The refusal's list of supported families is made from this table.
 EXPORTERS = {
-    ("decoder LM", "learned"): (("GPT2LMHeadModel", _gpt2_config),),
-    ("decoder LM", "rope"): (("LlamaForCausalLM", _llama_config), ("Qwen2ForCausalLM", _qwen2_config),
-                            ("MistralForCausalLM", _mistral_config)),
-    ("text classifier", "learned"): (("BertForSequenceClassification", _bert_config),),
-    ("image classifier", "learned"): (("ViTForImageClassification", _vit_config),),
-    ("dual encoder", None): (("CLIPModel", _clip_config),),
+    ("decoder_lm", "learned"): ("decoder LM with learned positions", "AutoModelForCausalLM",
+                                (("GPT2LMHeadModel", _gpt2_config),)),
+    ("decoder_lm", "rope"): ("decoder LM with rotary positions", "AutoModelForCausalLM",
+                             (("LlamaForCausalLM", _llama_config), ("Qwen2ForCausalLM", _qwen2_config),
+                              ("MistralForCausalLM", _mistral_config))),
+    ("encoder", None): ("text classifier", "AutoModelForSequenceClassification",
+                        (("BertForSequenceClassification", _bert_config),)),
+    ("masked_lm", None): ("masked language model", "AutoModelForMaskedLM", (("BertForMaskedLM", _mlm_config),)),
+    ("cross_encoder", None): ("cross-encoder ranker", "AutoModelForSequenceClassification",
+                              (("BertForSequenceClassification", _ranker_config),)),
+    ("vit", None): ("image classifier", "AutoModelForImageClassification",
+                    (("ViTForImageClassification", _vit_config),)),
+    ("clip", None): ("dual encoder", "AutoModel", (("CLIPModel", _clip_config),)),
+    ("resnet", None): ("convolutional image classifier", "AutoModelForImageClassification",
+                       (("ResNetForImageClassification", _resnet_config),)),
+    ("detr", None): ("object detector", "AutoModelForObjectDetection",
+                     (("DetrForObjectDetection", _detr_config),)),
+    ("time_series", None): ("PatchTST forecaster", "PatchTSTForPrediction",
+                            (("PatchTSTForPrediction", _patchtst_config),)),
 }
-AUTO_CLASSES = {"decoder LM": "AutoModelForCausalLM", "text classifier": "AutoModelForSequenceClassification",
-                "image classifier": "AutoModelForImageClassification", "dual encoder": "AutoModel"}
-def _supported(kind: str, pos: str | None, found) -> str:
-    where = f" with {'rotary' if pos == 'rope' else pos} positions" if pos else ""
-    return f"{kind}{where} ({' or '.join(c for c, _ in found)})"
+DIFFUSERS_FAMILY = "diffusion_unet"
 
 
-SUPPORTED = ", ".join(_supported(kind, pos, found) for (kind, pos), found in EXPORTERS.items()) + (
-    ", diffusion U-Net (a diffusers folder: UNet2DConditionModel with CLIPTextModel, and AutoencoderKL "
-    "with images: pixels)")
+def _supported() -> str:
+    """The families with a counterpart and their reference models (GPT2 for
+    GPT2LMHeadModel, ...), from EXPORTERS: one line, for a note."""
+    models: dict[str, list[str]] = {}
+    for (family, _), (_, _, found) in EXPORTERS.items():
+        for cls, _ in found:
+            short = re.split(r"For|LMHead|Model$", cls)[0]
+            if short not in models.setdefault(family, []):
+                models[family].append(short)
+    shown = [f"{family} ({', '.join(names)})" for family, names in models.items()]
+    return ", ".join(shown + [f"{DIFFUSERS_FAMILY} (StableDiffusionPipeline)"])
+
+
+SUPPORTED = _supported()
+# The task fields a --tiny compile shrinks -> the compiled config's key holding the value built
+TINY_TASK = (("num_classes", "num_classes"), ("num_anchors", "num_queries"), ("lookback", "lookback"),
+             ("horizon", "horizon"), ("num_outputs", "channels"))
+
+
+def _key(family: str, resolved: dict) -> tuple[str, str | None]:
+    """The EXPORTERS key of a compiled spec."""
+    return family, resolved["architecture"].get("position") if family == "decoder_lm" else None
 
 
 def _kind(resolved: dict) -> str:
@@ -178,16 +265,22 @@ def _kind(resolved: dict) -> str:
 
 
 def _fingerprint(resolved: dict) -> dict:
-    """What the reference class must reproduce: the architecture, the task, the context."""
-    out = {k: v for k, v in resolved["architecture"].items()}
-    out.update({f"task.{k}": v for k, v in (resolved.get("task") or {}).items()})
+    """What the reference class must reproduce: the architecture, the task, the context,
+    the family built (the spec's `family` key is how it was asked for, e.g. `auto`)."""
+    from metagen.frontend.schema import SPEC
+
+    task = next(f for f in SPEC.fields if f.name == "task")
+    recorded = {f.name for f in task.fields if f.recorded}  # task.domain, ...: cannot change the model
+    out = {k: v for k, v in resolved["architecture"].items() if k != "family"}
+    out.update({f"task.{k}": v for k, v in (resolved.get("task") or {}).items() if k not in recorded})
     out["context_window"] = (resolved.get("constraints") or {}).get("context_window")
     out["modality"] = resolved.get("modality")
+    out["family built"] = resolved.get("family built")
     return out
 
 
 def _reimported(spec: dict, cfg: HFConfig) -> dict:
-    """The resolved spec of the config we wrote, imported again."""
+    """The resolved spec of the config we wrote, imported again (with the family built)."""
     import tempfile
 
     from metagen.artifacts import resolved_spec
@@ -196,26 +289,35 @@ def _reimported(spec: dict, cfg: HFConfig) -> dict:
     spec = dict(spec)
     spec["constraints"] = dict(spec.get("constraints") or {}, parameter_budget={"max": "10T"})
     with tempfile.TemporaryDirectory(prefix="metagen-export-") as work:
-        return resolved_spec(_compile_text("\n".join(_yaml(spec)) + "\n", work, cfg))
+        comp = _compile_text("\n".join(_yaml(spec)) + "\n", work, cfg)
+        return dict(resolved_spec(comp), **{"family built": comp.ctx.family})
 
 
-def _refuse(loc: Loc, message: str) -> CompileError:
-    return CompileError([Diagnostic("error", loc, message)])
+def _refuse(loc: Loc, message: str, families: bool = False) -> CompileError:
+    """The error; with `families`, a note listing the families that export (kept apart:
+    a diagnostic's message is clipped at 400 characters)."""
+    notes = [Diagnostic("note", loc, f"families with a transformers or diffusers counterpart: {SUPPORTED}")]
+    return CompileError([Diagnostic("error", loc, message)] + (notes if families else []))
 
 
 def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
     """(config.json's dict, metagen.hf's weight conversion) for a compiled spec, or a
     CompileError at the spec's architecture naming what has no counterpart."""
     arch, loc = resolved["architecture"], comp.spec.architecture.loc()
-    if "num_classes" in comp.ctx.arch and resolved.get("task"):  # --tiny caps the classes the spec asks for
-        resolved = dict(resolved, task=dict(resolved["task"], num_classes=comp.ctx.arch["num_classes"]))
-    key = (_kind(resolved), arch.get("position"))
+    compiled = comp.model.config
+    if resolved.get("task"):  # --tiny shrinks the task (classes, queries, windows): the export follows the model built
+        task = dict(resolved["task"])
+        task.update({ours: compiled[built] for ours, built in TINY_TASK if ours in task and built in compiled})
+        resolved = dict(resolved, task=task)
+    resolved = dict(resolved, **{"family built": comp.ctx.family})
+    key = _key(comp.ctx.family, resolved)
     if key not in EXPORTERS or arch.get("components"):
-        what = f"{key[0]} with position {json.dumps(key[1])}" + (" and components" if arch.get("components") else "")
-        raise _refuse(loc, f"{what} has no transformers counterpart to export to; supported: {SUPPORTED}")
-    refusals = []
-    for cls, writer in EXPORTERS[key]:
-        config = writer(arch, int(resolved["constraints"].get("context_window") or 0), resolved)
+        what = f"family {comp.ctx.family}" + (f" with position {json.dumps(key[1])}" if key[1] else "") + (
+            " with components" if arch.get("components") else "")
+        raise _refuse(loc, f"{what} has no transformers or diffusers counterpart to export to", families=True)
+    refusals, unreadable = [], False
+    for cls, writer in EXPORTERS[key][2]:
+        config = writer(arch, int(resolved["constraints"].get("context_window") or 0), resolved, compiled)
         if config is None:  # the class is no candidate for this architecture
             continue
         text = json.dumps(config, indent=2, sort_keys=True)
@@ -226,6 +328,7 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
         except CompileError as exc:
             why = "; ".join(d.message for d in exc.diagnostics)
             refusals.append(f"{cls} cannot hold this architecture: {why}")
+            unreadable = True
             continue
         theirs, ours = _fingerprint(again), _fingerprint(resolved)
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
@@ -234,22 +337,52 @@ def hf_config(comp, resolved: dict) -> tuple[dict, dict]:
         shown = ", ".join(f"{k}: {json.dumps(ours.get(k))}" for k in differ)
         refusals.append(f"{cls} has no counterpart for {shown} (it would give "
                         f"{', '.join(f'{k}: {json.dumps(theirs.get(k))}' for k in differ)})")
-    raise _refuse(loc, f"{'; '.join(refusals)}; supported: {SUPPORTED}")
+    if not refusals:  # no candidate for this variant of the family (e.g. the time-series autoencoder)
+        refusals.append(f"family {comp.ctx.family} as built here has no transformers or diffusers counterpart")
+    if comp.ctx.options.tiny and unreadable:  # e.g. a --tiny ResNet's stages (2, 1, 1, 1) are no ResNet depth
+        refusals.insert(0, "the --tiny model cannot be exported (its config does not import back: --tiny shrinks "
+                        "what the spec language cannot set); export without --tiny, with small sizes set by -D")
+    raise _refuse(loc, "; ".join(refusals), families=True)
 
 
 # ------------------------------------------------------------------ the weights
 
 
 def reference_shapes(config: dict, auto: str) -> dict[str, tuple[int, ...]]:
-    """The transformers task model's state-dict names and shapes, built on the meta
-    device (no memory, no download)."""
+    """The transformers task model's checkpoint names and shapes, built on the meta
+    device (no memory, no download): the names its `save_pretrained` writes. From
+    transformers 5 on, those are the original (4.x) names where a model's modules
+    were renamed since (ViT, DETR: `revert_weight_conversion`), which every version
+    loads; the names in memory would load only in 5.x."""
     import torch
     import transformers
 
-    cfg = transformers.AutoConfig.for_model(**config)
+    # a copy: transformers 5 edits nested dicts in place (rope_scaling gains rope_theta), and `config` is written out later
+    cfg = transformers.AutoConfig.for_model(**copy.deepcopy(config))
+    cls = getattr(transformers, auto)
     with torch.device("meta"):
-        model = getattr(transformers, auto).from_config(cfg)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        model = cls.from_config(cfg) if auto.startswith("Auto") else cls(cfg)
+    state = model.state_dict()
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4: the names in memory are the checkpoint's
+        pass
+    else:
+        state = revert_weight_conversion(model, state)
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _buffers(shapes: dict[str, tuple[int, ...]], stats_folded: bool) -> dict[str, np.ndarray]:
+    """Reference buffers no canonical weight gives: batch norm's step counters (0) and,
+    where the import folds the running statistics into weight and bias, mean 0 and
+    variance 1, which give the canonical weight and bias back."""
+    out = {}
+    for n, shape in shapes.items():
+        if n.endswith(".num_batches_tracked"):
+            out[n] = np.zeros(shape, np.int64)
+        elif stats_folded and n.endswith((".running_mean", ".running_var")):
+            out[n] = (np.ones if n.endswith("var") else np.zeros)(shape, np.float32)
+    return out
 
 
 def to_reference(weights: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], convert) -> dict[str, np.ndarray]:
@@ -341,15 +474,19 @@ def init_weights(comp, seed: int) -> dict[str, np.ndarray]:
             del sys.modules[name]
 
 
-def tokenizer_files(path: str, config: dict, context: int) -> dict[str, bytes]:
+def tokenizer_files(path: str, config: dict, context: int, pad_with_eos: bool = False) -> dict[str, bytes]:
     """tokenizer.json as it is, with the tokenizer_config.json and
     special_tokens_map.json that make `AutoTokenizer.from_pretrained` load it as a
-    `PreTrainedTokenizerFast`; `config` takes the special tokens' ids."""
+    `PreTrainedTokenizerFast`; `config` takes the special tokens' ids. `pad_with_eos`
+    (a text-to-image pipeline, which pads every prompt to the context window): a
+    tokenizer without a pad token pads with its end-of-text token, as CLIP's does."""
     from metagen.tokenizer import special_tokens
 
     with open(path, "rb") as f:
         data = f.read()
     roles = special_tokens(path)
+    if pad_with_eos and "pad_token" not in roles and "eos_token" in roles:
+        roles["pad_token"] = roles["eos_token"]
     tokens = {role: tok for role, (tok, _) in sorted(roles.items())}
     for role, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "pad_token_id")):
         if role in roles:
@@ -368,7 +505,7 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
                  tokenizer_loc: Loc | None = None) -> dict[str, bytes]:
     """The files of the transformers folder: config.json, generation_config.json, the
     weights (one file or shards with their index), and the tokenizer when given."""
-    diffusion = _kind(resolved) == "diffusion U-Net"
+    diffusion = comp.ctx.family == DIFFUSERS_FAMILY and _kind(resolved) == "diffusion U-Net"
     if diffusion:
         config = {}
     else:
@@ -382,17 +519,20 @@ def export_files(comp, resolved: dict, weights: dict[str, np.ndarray], max_shard
             raise _refuse(tokenizer_loc or comp.spec.loc(), "a tokenizer goes with a model of text tokens; this one has none")
         check_fits(tokenizer, vocab, tokenizer_loc or comp.spec.loc())
         context = int(resolved["constraints"].get("context_window") or 0)
-        tok_files = tokenizer_files(tokenizer, config, context)
+        tok_files = tokenizer_files(tokenizer, config, context, pad_with_eos=diffusion)
     if diffusion:  # the pipeline's tokenizer/ folder
         files = pipeline_files(comp, resolved, weights, max_shard_size, weights_loc, tokenizer is not None)
         files.update({f"tokenizer/{name}": data for name, data in tok_files.items()})
         return files
-    auto = AUTO_CLASSES[_kind(resolved)]
+    auto = EXPORTERS[_key(comp.ctx.family, resolved)][1]
     try:
         missing = sorted({n for n, _ in comp.model.walk_params()} - set(weights))
         if missing:
             raise ValueError(f"no {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        tensors = to_reference(weights, reference_shapes(config, auto), conversion["convert"])
+        shapes = reference_shapes(config, auto)
+        buffers = _buffers(shapes, bool(conversion.get("stats_folded")))
+        tensors = to_reference(weights, {n: s for n, s in shapes.items() if n not in buffers}, conversion["convert"])
+        tensors.update(buffers)
     except ValueError as exc:
         raise _refuse(weights_loc or comp.spec.loc(), f"the weights do not fit the spec: {exc}") from None
     files = {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")}
@@ -474,11 +614,11 @@ def _check_pipeline(comp, resolved: dict, unet: dict, text: dict, vae: dict | No
         why = "; ".join(d.message for d in errors)
         raise _refuse(loc, f"{names} cannot hold this architecture: {why}")
     again = _reimported({"metagen_version": "1.0", "name": comp.spec.name, **body}, cfgs[0])
-    theirs, ours = _fingerprint(again), _fingerprint(resolved)
+    theirs, ours = _fingerprint(again), _fingerprint(dict(resolved, **{"family built": comp.ctx.family}))
     differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if differ:
         shown = ", ".join(f"{k}: {json.dumps(ours.get(k))}" for k in differ)
-        raise _refuse(loc, f"{names} has no counterpart for {shown}; supported: {SUPPORTED}")
+        raise _refuse(loc, f"{names} has no counterpart for {shown}", families=True)
 
 
 def _meta_shapes(build) -> dict[str, tuple[int, ...]]:

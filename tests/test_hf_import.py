@@ -441,3 +441,111 @@ def test_diffusers_pipeline_with_vae_imports_the_autoencoder(tmp_path):
     z = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32))
     with torch.no_grad():
         _close(state.vae_decoder(z).numpy(), vae.decode(z).sample.numpy())
+
+
+# ------------------------------------------ ResNet, DETR, PatchTST, cross-encoder
+
+
+def _perturbed_with_stats(model):
+    """Parameters moved and batch norm's running statistics set, so a wrong fold shows."""
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, buf in _perturbed(model).named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=g) * 0.3)
+            elif name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def test_resnet(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[2, 2, 2, 2],
+                                    layer_type="basic", num_labels=5)
+    hf = _perturbed_with_stats(transformers.ResNetForImageClassification(cfg))
+    mod, state = _imported(tmp_path, hf)
+    assert "layers: 18" in (tmp_path / "imported.yaml").read_text()
+    x = mod.example_inputs(batch_size=2)
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(x["pixel_values"])).logits.numpy()
+    _close(mod.run(state, x)["logits"], ref)
+
+
+def test_patchtst(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.PatchTSTConfig(num_input_channels=2, context_length=20, prediction_length=6, patch_length=4,
+                                      patch_stride=2, d_model=16, num_attention_heads=2, ffn_dim=32, num_hidden_layers=2)
+    hf = _perturbed_with_stats(transformers.PatchTSTForPrediction(cfg))
+    mod, state = _imported(tmp_path, hf)
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(3, 20, 2)).astype(np.float32)
+    with torch.no_grad():
+        ref = hf(past_values=torch.from_numpy(x)).prediction_outputs.numpy()
+    _close(mod.run(state, {"past_values": x})["prediction"], ref)
+
+
+def test_bert_with_one_label_is_a_cross_encoder(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=24, type_vocab_size=2, num_labels=1)
+    cfg._attn_implementation = "eager"
+    hf = _perturbed(transformers.BertForSequenceClassification(cfg))
+    mod, state = _imported(tmp_path, hf)
+    assert mod.OUTPUTS == ["score"] and 'type: "ranking"' in (tmp_path / "imported.yaml").read_text()
+    x = mod.example_inputs(batch_size=2)
+    with torch.no_grad():
+        ref = hf(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()[:, 0]
+    _close(mod.run(state, x)["score"], ref)
+
+
+def test_bert_masked_lm(tmp_path):
+    """`architectures: ["BertForMaskedLM"]`: the masked_lm family, its head on the tied embeddings."""
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=24, type_vocab_size=2)
+    cfg._attn_implementation = "eager"
+    hf = _perturbed(transformers.BertForMaskedLM(cfg))
+    mod, state = _imported(tmp_path, hf)
+    assert 'objective: ["masked"]' in (tmp_path / "imported.yaml").read_text()
+    x = mod.example_inputs(batch_size=2)
+    with torch.no_grad():
+        ref = hf(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
+    _close(mod.run(state, x)["logits"], ref)
+
+
+@pytest.mark.slow  # the ResNet-50 backbone (23.5M parameters): ~20 s
+def test_detr(tmp_path):
+    """transformers 5 saves DETR under 4.x's names; the import reads either."""
+    torch.manual_seed(0)
+    cfg = transformers.DetrConfig(
+        use_timm_backbone=False, backbone_config=transformers.ResNetConfig(out_features=["stage4"]), num_labels=4,
+        num_queries=5, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        image_size=64)  # not a DetrConfig field (DETR takes any size; ours is fixed): kept in config.json, read by the import
+    cfg._attn_implementation = "eager"
+    hf = _perturbed_with_stats(transformers.DetrForObjectDetection(cfg))
+    mod, state = _imported(tmp_path, hf)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(x))
+    got = mod.run(state, {"pixel_values": x})
+    _close(got["logits"], ref.logits.numpy())
+    _close(got["pred_boxes"], ref.pred_boxes.numpy())
+
+
+@pytest.mark.parametrize("cfg,key,message", [
+    (lambda: transformers.ResNetConfig(depths=[2, 1, 1, 1], layer_type="bottleneck"), "depths",
+     'depths [2, 1, 1, 1] is not supported with layer_type "bottleneck"'),
+    (lambda: transformers.ResNetConfig(downsample_in_bottleneck=True), "downsample_in_bottleneck",
+     "downsample_in_bottleneck true is not supported (a bottleneck strides on its 3x3 convolution (v1.5))"),
+    (lambda: transformers.PatchTSTConfig(loss="nll"), "loss", 'loss "nll" is not supported'),
+    (lambda: transformers.PatchTSTConfig(pooling_type="max"), "pooling_type", 'pooling_type "max" is not supported'),
+    (lambda: transformers.DetrConfig(use_timm_backbone=False, encoder_layers=2, decoder_layers=3), "decoder_layers",
+     "decoder_layers 3 is not supported (the decoder's is the encoder's (encoder_layers)); supported: 2"),
+    (lambda: transformers.DetrConfig(use_timm_backbone=False, dilation=True), "dilation",
+     "dilation true is not supported (the last stage strides); supported: false"),
+], ids=["resnet-depths", "resnet-v1", "patchtst-nll", "patchtst-max", "detr-layers", "detr-dilation"])
+def test_unsupported_vision_and_time_series_fields_are_located(tmp_path, capsys, cfg, key, message):
+    path = _config(tmp_path, cfg())
+    assert main(["import", "hf", path, "-o", str(tmp_path / "m.yaml")]) == 1
+    assert f"{path}:{_line_col(path, key)}: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "m.yaml").exists()

@@ -204,3 +204,38 @@ def test_generate_refuses_a_tokenizer_larger_than_the_vocabulary(tmp_path, corpu
     assert main(["generate", str(spec), "--tokenizer", tok, "--prompt", "the cat"]) == 1
     err = capsys.readouterr().err
     assert "more than the model's vocab_size 300" in err and "Traceback" not in err
+
+
+@pytest.mark.slow  # import, export, pipeline load and two denoising steps: ~40 s on 2 loaded cores
+def test_diffusion_export_with_a_tokenizer_loads_in_stable_diffusion_pipeline(tmp_path, corpus):
+    """`export hf --tokenizer` of a text-to-image spec: StableDiffusionPipeline loads the
+    folder with its tokenizer, which pads prompts to the context window (CLIP's
+    convention: padded with the end-of-text token) and gives our ids; the pipeline
+    runs end to end on them. (A --tiny text encoder has 256 ids, fewer than a byte-level
+    tokenizer's 257 at least: the spec is a small imported pipeline with 300.)"""
+    import re
+
+    import torch
+
+    diffusers = pytest.importorskip("diffusers")
+    from test_hf_import import _sd_pipeline
+
+    tok = _train(tmp_path, corpus)
+    _sd_pipeline(tmp_path / "sd")
+    spec = tmp_path / "sd.yaml"
+    assert main(["import", "hf", str(tmp_path / "sd"), "-o", str(spec)]) == 0
+    text = spec.read_text().replace("vocab_size: 100", "vocab_size: 300")
+    spec.write_text(re.sub(r'    min: "\d+"\n', "", re.sub(r'max: "\d+"', 'max: "50M"', text)))
+    assert main(["export", "hf", str(spec), "--tokenizer", tok, "-o", str(tmp_path / "hf")]) == 0
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(tmp_path / "hf"), safety_checker=None, vae=None)
+    n = pipe.tokenizer.model_max_length
+    assert n == pipe.text_encoder.config.max_position_embeddings
+    ids = pipe.tokenizer("the cat naïve", padding="max_length", max_length=n, truncation=True).input_ids
+    want = T.encode(tok, "the cat naïve")
+    eos = T.special_tokens(tok)["eos_token"][1]
+    assert ids == want + [eos] * (n - len(want))
+    side = pipe.unet.config.sample_size * 8
+    latents = pipe("the cat", num_inference_steps=2, height=side, width=side, output_type="latent",
+                   generator=torch.Generator().manual_seed(0)).images
+    assert latents.shape == (1, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    assert torch.isfinite(latents).all()
