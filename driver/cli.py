@@ -293,15 +293,12 @@ def _run_folder(args) -> str | None:
     the folder; None for a spec file."""
     if not os.path.isdir(args.spec):
         return None
+    from metagen.weights import recorded_seed
+
     folder = args.spec
-    report = os.path.join(folder, "blueprint", "training_report.json")
     args.spec = os.path.join(folder, "spec_resolved.yaml")
-    if args.seed is None and os.path.isfile(report):
-        try:
-            with open(report, encoding="utf-8") as f:
-                args.seed = json.load(f)["config"]["seed"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # no recorded seed: the spec's
+    if args.seed is None:
+        args.seed = recorded_seed(folder)  # None: the spec's
     return folder
 
 
