@@ -1,5 +1,6 @@
-"""The canonical initial weights' code, embedded verbatim in every generated module
-(pyemit) and executed once by the ONNX backend, which draws with it directly.
+"""The numpy code every backend shares: the canonical initial weights and DETR's sine
+position table, embedded verbatim in every generated module (pyemit) and executed
+once by the ONNX backend, which draws and tabulates with it directly.
 
 A module of its own so the ONNX writer imports it without the Python emitters (and
 black, which they import)."""
@@ -29,4 +30,26 @@ def _draw(name, shape, scheme, args, seed):
 def init_arrays(seed=0):
     """The canonical initial weights as numpy arrays, name -> array."""
     return {name: _draw(name, shape, scheme, args, seed) for name, shape, scheme, args in _INITS}
+'''
+
+
+# DETR's sine position table, in NumPy: the Python backends embed this source as a
+# helper (their rule wraps its result in their array type) and the ONNX backend runs it
+# to make a constant, so every backend has the very same numbers.
+SINE_POSITIONS_SOURCE = '''
+def _sine_positions_2d(height, width, features, temperature, scale):
+    """[1, height * width, 2 * features]: sin/cos of the normalized (row + 1, col + 1)
+    over temperature^(2 floor(k / 2) / features), the y half first (DETR)."""
+    y = np.arange(1, height + 1, dtype=np.float64) / (height + 1e-6) * scale
+    x = np.arange(1, width + 1, dtype=np.float64) / (width + 1e-6) * scale
+    dim_t = temperature ** (2 * (np.arange(features) // 2) / features)
+    even = np.arange(features) % 2 == 0
+
+    def embed(coord):
+        a = coord[:, None] / dim_t
+        return np.where(even, np.sin(a), np.cos(a))
+
+    py = np.broadcast_to(embed(y)[:, None, :], (height, width, features))
+    px = np.broadcast_to(embed(x)[None, :, :], (height, width, features))
+    return np.concatenate([py, px], axis=-1).reshape(1, height * width, 2 * features)
 '''

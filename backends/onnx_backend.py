@@ -37,9 +37,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from metagen import __version__
+from metagen.backends.init_code import INIT_FUNCTIONS, SINE_POSITIONS_SOURCE
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
-from metagen.backends.init_code import INIT_FUNCTIONS
-from metagen.backends.pyemit import SINE_POSITIONS_SOURCE
 from metagen.diagnostics import Diagnostic, Loc
 from metagen.ir import ops
 from metagen.ir.graph import Layer, Model, ModuleDef, Node, Repeat, Sub, Value
@@ -729,37 +728,62 @@ def _workers() -> int:
     return max(1, min(n, MAX_WORKERS))
 
 
-def made(sources: list[WeightSource], workers: int | None = None) -> Iterator[tuple[WeightSource, np.ndarray]]:
+class made:
     """(source, array) for each source, in order, the arrays made ahead by `workers`
-    threads: numpy's generators release the GIL while they fill an array, and each
-    tensor has its own seeded generator, so the bytes do not depend on the thread
-    count. At most max(largest tensor, AHEAD_BYTES) bytes are made ahead of the
-    consumer, so peak memory stays near the largest tensor, not the model."""
-    workers = _workers() if workers is None else workers
-    if workers <= 1 or len(sources) <= 1:
-        for s in sources:
-            yield s, _checked(s, s.array())
-        return
-    budget = max([AHEAD_BYTES] + [s.nbytes for s in sources])
-    pending: deque = deque()
-    ahead = 0
-    todo = iter(sources)
-    nxt = next(todo, None)
-    with ThreadPoolExecutor(workers) as pool:
+    threads from the moment this is created (`lower_to_onnx` creates it before it
+    builds the graph, so drawing overlaps building and serializing it): numpy's generators release the GIL while they fill an array, and
+    each tensor has its own seeded generator, so the bytes do not depend on the thread
+    count or the timing. At most max(largest tensor, AHEAD_BYTES) bytes are made ahead
+    of the consumer, so peak memory stays near the largest tensor, not the model.
+    Iterate it once; dropped unread, what was not started yet is cancelled."""
+
+    def __init__(self, sources: list[WeightSource], workers: int | None = None):
+        self.sources = sources
+        workers = _workers() if workers is None else workers
+        self._pool = None
+        if workers > 1 and len(sources) > 1:
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="metagen-weights")
+            self._budget = max([AHEAD_BYTES] + [s.nbytes for s in sources])
+            self._pending: deque = deque()
+            self._ahead = 0
+            self._todo = iter(sources)
+            self._next = next(self._todo, None)
+            self._fill()
+
+    def _fill(self) -> None:
+        while self._next is not None and (not self._pending or self._ahead + self._next.nbytes <= self._budget):
+            self._pending.append((self._next, self._pool.submit(self._next.array)))
+            self._ahead += self._next.nbytes
+            self._next = next(self._todo, None)
+
+    def __iter__(self) -> Iterator[tuple[WeightSource, np.ndarray]]:
+        if self._pool is None:
+            for s in self.sources:
+                yield s, _checked(s, s.array())
+            return
         try:
-            while pending or nxt is not None:
-                while nxt is not None and (not pending or ahead + nxt.nbytes <= budget):
-                    pending.append((nxt, pool.submit(nxt.array)))
-                    ahead += nxt.nbytes
-                    nxt = next(todo, None)
-                s, future = pending.popleft()
+            while True:
+                self._fill()
+                if not self._pending:
+                    return
+                s, future = self._pending.popleft()
                 arr = future.result()
-                ahead -= s.nbytes
+                self._ahead -= s.nbytes
                 yield s, _checked(s, arr)
                 del arr
         finally:
-            for _, future in pending:
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for _, future in self._pending:
                 future.cancel()
+            self._pending.clear()
+            self._next = None
+            self._pool.shutdown(wait=False)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _checked(s: WeightSource, arr: np.ndarray) -> np.ndarray:
@@ -794,10 +818,11 @@ def _external_initializers(sources: list[WeightSource], data_name: str) -> list[
     return out
 
 
-def write_external_data(fh: BinaryIO, sources: list[WeightSource], workers: int | None = None) -> None:
-    """The external data file: each tensor at its `_offsets` place, zero padding between."""
+def write_external_data(fh: BinaryIO, sources: list[WeightSource], workers: int | None = None, arrays: made | None = None) -> None:
+    """The external data file: each tensor at its `_offsets` place, zero padding between;
+    the arrays from `arrays` when given (a `made` of `sources` already drawing)."""
     pos = 0
-    for (s, arr), offset in zip(made(sources, workers), _offsets(sources)):
+    for (s, arr), offset in zip(made(sources, workers) if arrays is None else arrays, _offsets(sources)):
         fh.write(b"\0" * (offset - pos))
         fh.write(_raw(arr))
         pos = offset + s.nbytes
@@ -809,18 +834,20 @@ def _tensor_head(s: WeightSource) -> bytes:
     return head + b"\x10" + _varint(s.onnx_type) + _field(0x42, s.name.encode("utf-8"))
 
 
-def write_inline(fh: BinaryIO, proto_bytes: bytes, sources: list[WeightSource], workers: int | None = None) -> None:
+def write_inline(fh: BinaryIO, proto_bytes: bytes, sources: list[WeightSource], workers: int | None = None,
+                 arrays: made | None = None) -> None:
     """A serialized ModelProto followed by `ModelProto{graph: GraphProto{initializer:
     [...]}}` in protobuf wire format. Protobuf concatenation merges the two (embedded
     messages merge, repeated fields append), so each weight goes from the generator
-    to the file once, one tensor at a time. TensorProto's raw_data is field 9."""
+    to the file once, one tensor at a time. TensorProto's raw_data is field 9. The
+    arrays come from `arrays` when given (a `made` of `sources` already drawing)."""
     fh.write(proto_bytes)
     if not sources:
         return
     heads = [_tensor_head(s) for s in sources]
     bodies = [len(h) + 1 + len(_varint(s.nbytes)) + s.nbytes for h, s in zip(heads, sources)]
     fh.write(b"\x3a" + _varint(sum(1 + len(_varint(b)) + b for b in bodies)))
-    for (s, arr), head, body in zip(made(sources, workers), heads, bodies):
+    for (s, arr), head, body in zip(made(sources, workers) if arrays is None else arrays, heads, bodies):
         fh.write(b"\x2a" + _varint(body) + head + b"\x4a" + _varint(s.nbytes))
         fh.write(_raw(arr))
 
@@ -1086,16 +1113,24 @@ def lower_to_onnx(
                          "of float32) are above the size drawn by default: give the weights (--weights)")
         fp32 = lower_to_onnx(model, weights, seed, data_name, fused=fused, form=form, workers=workers)
         return _quantized_int8(model, fp32, data_name)
+    # The weights start drawing now, on their own threads, while this one builds the
+    # graph; the first write takes them, any later write draws afresh.
+    started = [made(sources, workers)] if form != "graph_only" else []
+
+    def arrays() -> made:
+        return started.pop() if started else made(sources, workers)
+
     if form == "inline":
         proto, _ = _model_proto(model, fused, [], precision)
         head = proto.SerializeToString(deterministic=True)
-        files: dict[str, Content] = {"": Streamed(lambda fh: write_inline(fh, head, sources, workers))}
+        files: dict[str, Content] = {"": Streamed(lambda fh: write_inline(fh, head, sources, arrays=arrays()))}
     else:
         proto, _ = _model_proto(model, fused, _external_initializers(sources, data_name), precision)
         if form == "graph_only":
             helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **_pending_props(model, seed, data_name)})
             return {"": proto.SerializeToString(deterministic=True)}
-        files = {"": proto.SerializeToString(deterministic=True), data_name: Streamed(lambda fh: write_external_data(fh, sources, workers))}
+        files = {"": proto.SerializeToString(deterministic=True),
+                 data_name: Streamed(lambda fh: write_external_data(fh, sources, arrays=arrays()))}
     if not stream:
         files = {k: v.to_bytes() if isinstance(v, Streamed) else v for k, v in files.items()}
     return files

@@ -173,26 +173,8 @@ def init_table(model: Model) -> list[tuple[str, tuple[int, ...], str, dict[str, 
 from metagen.backends.init_code import INIT_FUNCTIONS  # noqa: E402,F401
 
 
-# DETR's sine position table, in NumPy: the Python backends embed this source as a
-# helper (their rule wraps its result in their array type) and the ONNX backend runs it
-# to make a constant, so every backend has the very same numbers.
-SINE_POSITIONS_SOURCE = '''
-def _sine_positions_2d(height, width, features, temperature, scale):
-    """[1, height * width, 2 * features]: sin/cos of the normalized (row + 1, col + 1)
-    over temperature^(2 floor(k / 2) / features), the y half first (DETR)."""
-    y = np.arange(1, height + 1, dtype=np.float64) / (height + 1e-6) * scale
-    x = np.arange(1, width + 1, dtype=np.float64) / (width + 1e-6) * scale
-    dim_t = temperature ** (2 * (np.arange(features) // 2) / features)
-    even = np.arange(features) % 2 == 0
-
-    def embed(coord):
-        a = coord[:, None] / dim_t
-        return np.where(even, np.sin(a), np.cos(a))
-
-    py = np.broadcast_to(embed(y)[:, None, :], (height, width, features))
-    px = np.broadcast_to(embed(x)[None, :, :], (height, width, features))
-    return np.concatenate([py, px], axis=-1).reshape(1, height * width, 2 * features)
-'''
+# DETR's sine position table (the source every backend embeds or runs): see init_code.py.
+from metagen.backends.init_code import SINE_POSITIONS_SOURCE  # noqa: E402,F401
 
 
 def sine_positions_rule(wrap: str) -> Rule:

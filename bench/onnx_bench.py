@@ -80,12 +80,12 @@ LAUNCHER = (
 )
 
 
-def _one_process(cmd: list[str]) -> tuple[float, float, str, float]:
+def _one_process(cmd: list[str], env: dict | None = None) -> tuple[float, float, str, float]:
     """(wall seconds, peak RSS MiB, last stdout line, CPU seconds user+system) of one
     whole process (through LAUNCHER). CPU time barely depends on how many other jobs
     share the cores, so its ratio is the steadier figure on a loaded machine."""
     t0 = time.perf_counter()
-    res = subprocess.run([PY, "-c", LAUNCHER, *cmd], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run([PY, "-c", LAUNCHER, *cmd], cwd=ROOT, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if res.returncode:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{res.stderr[-2000:]}")
@@ -94,17 +94,35 @@ def _one_process(cmd: list[str]) -> tuple[float, float, str, float]:
     return wall, int(usage[1]) / 1024, lines[-1] if lines else "", float(usage[2])
 
 
-def compile_race(ours: list[str], theirs: list[str], repeat: int, outputs: tuple[str, ...] = ()) -> dict:
+def bytecode_env(cmd: list[str], outputs: tuple[str, ...] = ()) -> dict:
+    """An environment in which `cmd` starts the way an installed package does, from
+    compiled bytecode: pip compiles a wheel's modules when it installs them, but this
+    checkout is an editable install, and where PYTHONDONTWRITEBYTECODE is set (as on
+    the development machine) every start compiles each of our modules it imports from
+    source again (~0.1 s of CPU of ~0.3 s of imports, measured). The bytecode goes to a temporary PYTHONPYCACHEPREFIX,
+    written by one untimed run of `cmd`; nothing is written into the checkout."""
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=tempfile.mkdtemp(prefix="mg_pyc_"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    _one_process(cmd, env)
+    for path in outputs:
+        if os.path.exists(path):
+            os.unlink(path)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # read the cache, write nothing more
+    return env
+
+
+def compile_race(ours: list[str], theirs: list[str], repeat: int, outputs: tuple[str, ...] = (),
+                 ours_env: dict | None = None) -> dict:
     """Whole processes, ours and theirs alternating (so load swings hit both), `repeat`
     rounds, `outputs` removed before each (a first compile, not a rewrite of an
-    unchanged file)."""
+    unchanged file). `ours_env`: our process's environment (see `bytecode_env`)."""
     t_ours, t_theirs, inner, cpu_ours, cpu_theirs = [], [], [], [], []
     rss_ours = rss_theirs = 0.0
     for i in range(repeat):
         for path in outputs:
             if os.path.exists(path):
                 os.unlink(path)
-        t, rss_ours, _, cpu = _one_process(ours)
+        t, rss_ours, _, cpu = _one_process(ours, ours_env)
         t_ours.append(t)
         cpu_ours.append(cpu)
         t, rss_theirs, last, cpu = _one_process(theirs)
@@ -150,10 +168,14 @@ def _compile(path, overrides=()):
     return compile_spec(path, overrides=list(overrides))
 
 
-def emission_rows(ours_cmd, export_cmd, reps: int, outputs, rows, part: str) -> None:
-    """The (a) rows: our whole process against torch.onnx.export's, interleaved."""
-    r = compile_race(ours_cmd, export_cmd, reps, outputs=outputs)
-    rows.append((part, "metagenc --target onnx gpt2_small, whole process, weights embedded (min / median)",
+def emission_rows(ours_cmd, export_cmd, reps: int, outputs, rows, part: str, bytecode: bool = True) -> None:
+    """The (a) rows: our whole process against torch.onnx.export's, interleaved. With
+    `bytecode`, ours starts from compiled bytecode, as an installed package does (see
+    `bytecode_env`; theirs does already: torch's site-packages hold their bytecode)."""
+    env = bytecode_env(ours_cmd, outputs) if bytecode else None
+    r = compile_race(ours_cmd, export_cmd, reps, outputs=outputs, ours_env=env)
+    start = "from bytecode" if bytecode else "compiling our modules from source"
+    rows.append((part, f"metagenc --target onnx gpt2_small, whole process ({start}), weights embedded (min / median)",
                  f"{r['ours'][0]:.2f} / {r['ours'][1]:.2f} s, CPU {r['cpu'][0]:.2f} s, peak RSS {r['rss'][0]:.0f} MiB"))
     rows.append((part, "torch.onnx.export(dynamo=True) of the generated module, whole process",
                  f"{r['theirs'][0]:.2f} / {r['theirs'][1]:.2f} s (the export call {r['inner']:.2f} s), CPU {r['cpu'][1]:.2f} s, "
@@ -163,7 +185,7 @@ def emission_rows(ours_cmd, export_cmd, reps: int, outputs, rows, part: str) -> 
                  f"CPU time {r['ratio_cpu']:.1f}x; goal 10x"))
 
 
-def emission_vs_export(reps: int, rows, part: str = "6 onnx emit") -> None:
+def emission_vs_export(reps: int, rows, part: str = "6 onnx emit", bytecode: bool = True) -> None:
     """`emission_rows` set up on its own (for bench/run.py)."""
     from metagen.artifacts import emit_target
 
@@ -176,7 +198,8 @@ def emission_vs_export(reps: int, rows, part: str = "6 onnx emit") -> None:
         f.write(EXPORT_SCRIPT)
     ours, exported = os.path.join(tmp, "ours.onnx"), os.path.join(tmp, "exported.onnx")
     metagenc = os.path.join(os.path.dirname(PY), "metagenc")
-    emission_rows([metagenc, GPT2, "--target", "onnx", "-o", ours], [PY, script, torch_py, exported], reps, (ours, exported), rows, part)
+    emission_rows([metagenc, GPT2, "--target", "onnx", "-o", ours], [PY, script, torch_py, exported], reps, (ours, exported), rows, part,
+                  bytecode)
 
 
 def main() -> None:
@@ -185,6 +208,7 @@ def main() -> None:
     ap.add_argument("--compile-repeat", type=int, default=3, help="compile-time repetitions (best reported)")
     ap.add_argument("--skip-export", action="store_true", help="skip torch.onnx.export (needs onnxscript)")
     ap.add_argument("--parts", default="abc", help="which parts to run (default abc)")
+    ap.add_argument("--no-bytecode", action="store_true", help="(a): start metagenc compiling our modules from source")
     args = ap.parse_args()
 
     import torch
@@ -212,7 +236,8 @@ def main() -> None:
     ours_cmd = [metagenc, GPT2, "--target", "onnx", "-o", ours_onnx]
     export_cmd = [PY, script, torch_py, exported_onnx]
     if "a" in args.parts and not args.skip_export:
-        emission_rows(ours_cmd, export_cmd, reps, (ours_onnx, exported_onnx), rows, part="(a) compile")
+        emission_rows(ours_cmd, export_cmd, reps, (ours_onnx, exported_onnx), rows, part="(a) compile",
+                      bytecode=not args.no_bytecode)
     elif "a" in args.parts:
         t_ours, _ = _time_process(ours_cmd, reps)
         rows.append(("(a) compile", "metagenc --target onnx gpt2_small (whole process, weights embedded)", f"{t_ours:.2f} s"))

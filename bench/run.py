@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--weights-layers", type=int, default=2,
                     help="part 8: Llama-2-7B's layers (default 2: the same largest tensors, so the same peak memory, as 32)")
     ap.add_argument("--onnx", action="store_true", help="also run bench/onnx_bench.py's tables")
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="part 6: start metagenc compiling our modules from source (default: from bytecode, as installed)")
     args = ap.parse_args()
 
     import torch
@@ -100,7 +102,7 @@ def main() -> None:
         for kind in ("gpt2", "llama"):
             torch_compile_bench.compiled_vs_eager(kind, args.repeat, tmp, rows)
     if "6" in args.parts:
-        onnx_bench.emission_vs_export(args.compile_repeat, rows)
+        onnx_bench.emission_vs_export(args.compile_repeat, rows, bytecode=not args.no_bytecode)
     if "7" in args.parts:
         rows.extend(precision_bench.rows(args.repeat, 256))
     if "8" in args.parts:
