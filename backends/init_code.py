@@ -53,3 +53,27 @@ def _sine_positions_2d(height, width, features, temperature, scale):
     px = np.broadcast_to(embed(x)[None, :, :], (height, width, features))
     return np.concatenate([py, px], axis=-1).reshape(1, height * width, 2 * features)
 '''
+
+
+def _run(source: str, name: str):
+    """Function `name` of `source`, executed here with the names it uses."""
+    import zlib
+
+    import numpy as np
+
+    ns = {"np": np, "zlib": zlib}
+    exec(source, ns)
+    return ns[name]
+
+
+draw = _run(INIT_FUNCTIONS, "_draw")  # the very `_draw` every generated module embeds
+sine_positions_2d = _run(SINE_POSITIONS_SOURCE, "_sine_positions_2d")
+
+
+def canonical_init(model, seed: int) -> dict:
+    """init(seed)'s canonical weights of `model` (name -> float32 array), drawn here:
+    bit-identical to every generated module's `init(seed)`, with no module emitted."""
+    return {
+        name: draw(name, tuple(p.type.shape), p.init.scheme, dict(p.init.args), seed)
+        for name, p in model.walk_params()
+    }

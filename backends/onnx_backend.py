@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +36,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from metagen import __version__
-from metagen.backends.init_code import INIT_FUNCTIONS, SINE_POSITIONS_SOURCE
+from metagen.backends.init_code import draw as _draw
+from metagen.backends.init_code import sine_positions_2d as _sine_positions_2d
 from metagen.backends.lowering import EmitError, LoweringContext, first_loc, missing_rule
 from metagen.diagnostics import Diagnostic, Loc
 from metagen.ir import ops
@@ -75,26 +75,6 @@ ONNX_DTYPES = {
     DType.i32: TensorProto.INT32,
     DType.bool: TensorProto.BOOL,
 }
-
-
-def _draw_function() -> Callable:
-    """`_draw` from the canonical init code every generated module embeds."""
-    ns: dict[str, Any] = {"np": np, "zlib": zlib}
-    exec(INIT_FUNCTIONS, ns)
-    return ns["_draw"]
-
-
-_draw = _draw_function()
-
-
-def _sine_positions_function() -> Callable:
-    """`_sine_positions_2d` from the source the Python backends embed."""
-    ns: dict[str, Any] = {"np": np}
-    exec(SINE_POSITIONS_SOURCE, ns)
-    return ns["_sine_positions_2d"]
-
-
-_sine_positions_2d = _sine_positions_function()
 
 
 class OnnxEmitError(EmitError):

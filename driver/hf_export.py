@@ -450,28 +450,10 @@ def shard(tensors: dict[str, np.ndarray], max_size: int, stem: str = "model") ->
 
 
 def init_weights(comp, seed: int) -> dict[str, np.ndarray]:
-    """init(seed)'s canonical weights, from the numpy backend's `init_arrays` (no torch)."""
-    import importlib.util
-    import sys
-    import tempfile
-    import uuid
+    """init(seed)'s canonical weights, drawn by the init code every backend embeds."""
+    from metagen.backends.init_code import canonical_init
 
-    from metagen.backends import registry
-
-    code = registry.get("numpy").lower(comp.model, seed=seed)[""]
-    with tempfile.TemporaryDirectory(prefix="metagen-export-") as work:
-        path = os.path.join(work, "model_numpy.py")
-        with open(path, "wb") as f:
-            f.write(code)
-        name = f"mg_export_{uuid.uuid4().hex}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        try:
-            spec.loader.exec_module(mod)
-            return {k: np.asarray(v, dtype=np.float32) for k, v in mod.init_arrays(seed).items()}
-        finally:
-            del sys.modules[name]
+    return canonical_init(comp.model, seed)
 
 
 def tokenizer_files(path: str, config: dict, context: int, pad_with_eos: bool = False) -> dict[str, bytes]:
