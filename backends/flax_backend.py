@@ -412,10 +412,23 @@ def _numpy(x):
     return x.astype(np.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
 
 
-@nnx.jit
-def _forward(model, inputs):
+def _apply(graphdef, params, rest, inputs):
     with jax.default_matmul_precision("highest"):
-        return model(**inputs)
+        model = nnx.merge(graphdef, params, rest)
+        return model(**inputs), nnx.split(model, nnx.Param, ...)[2]
+
+
+_apply_jit = jax.jit(_apply, static_argnums=0)
+
+
+def _forward(model, inputs):
+    """The jitted forward on a pure split of the model: the parameters go in and do not
+    come back (`nnx.jit` returns the whole state, which costs a copy of every weight per
+    call); the other state (batch-norm statistics) does, and is written back."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    out, rest = _apply_jit(graphdef, params, rest, inputs)
+    nnx.update(model, rest)
+    return out
 
 
 def run(state, inputs):

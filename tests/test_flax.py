@@ -477,3 +477,22 @@ def test_generated_flax_is_deterministic():
     from metagen.pipeline import compile_spec
 
     assert lower_to_flax(compile_spec(GPT2, tiny=True).model) == lower_to_flax(compile_spec(GPT2, tiny=True).model)
+
+
+def test_run_leaves_the_weights_in_place(tmp_path):
+    """`run` jits a pure function of the split model whose outputs are the model's
+    outputs and its non-parameter state only: after a call every weight is still the
+    very array it was. (`nnx.jit` returned the whole state, so XLA copied every weight
+    on every call and the model's variables were replaced by those copies.)"""
+    import jax
+    from flax import nnx
+
+    from conftest import compile_to
+
+    mod = load_module(str(compile_to(tmp_path, GPT2, "flax")[0]))
+    model = mod.init(0)
+    before = jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))
+    out = mod.run(model, mod.example_inputs())
+    after = jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))
+    assert out and len(before) == len(after) > 0
+    assert all(a is b for a, b in zip(before, after))
