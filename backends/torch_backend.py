@@ -66,9 +66,10 @@ def _attention(c, q, k, v, *bias):
     extra = f", scale={c.a['scale']!r}" if c.a["scale"] is not None else ""
     extra += "".join(f", attn_mask={b}" for b in bias)
     gqa = ", enable_gqa=True" if kvh != h else ""
+    if not c.a["split_kv"]:  # else already [B, KVH, S, D]
+        k, v = (f"{t}.unflatten(-1, ({kvh}, {d})).transpose(1, 2)" for t in (k, v))
     return (
-        f"F.scaled_dot_product_attention({q}.unflatten(-1, ({h}, {d})).transpose(1, 2), "
-        f"{k}.unflatten(-1, ({kvh}, {d})).transpose(1, 2), {v}.unflatten(-1, ({kvh}, {d})).transpose(1, 2), "
+        f"F.scaled_dot_product_attention({q}.unflatten(-1, ({h}, {d})).transpose(1, 2), {k}, {v}, "
         f"is_causal={c.a['causal']}{gqa}{extra}).transpose(1, 2).flatten(2)"
     )
 
