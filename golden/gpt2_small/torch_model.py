@@ -46,13 +46,11 @@ class Attention(nn.Module):
         present_key = torch.cat([past_key, kv_new], dim=2)
         kv_new_1 = v.unflatten(-1, (4, 16)).transpose(1, 2)
         present_value = torch.cat([past_value, kv_new_1], dim=2)
-        k_1 = present_key.transpose(1, 2).flatten(2)
-        v_1 = present_value.transpose(1, 2).flatten(2)
         attn = (
             F.scaled_dot_product_attention(
                 q.unflatten(-1, (4, 16)).transpose(1, 2),
-                k_1.unflatten(-1, (4, 16)).transpose(1, 2),
-                v_1.unflatten(-1, (4, 16)).transpose(1, 2),
+                present_key,
+                present_value,
                 is_causal=False,
                 attn_mask=bias,
             )
