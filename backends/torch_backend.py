@@ -77,6 +77,17 @@ def _attention(c, q, k, v, *bias):
     )
 
 
+def _concat(c, *xs: str) -> str:
+    """torch.cat; appending to a KV cache (a first operand whose length on the axis is
+    the symbolic `past`) returns the new part itself when the cache is empty (a prompt,
+    or a forward without cache), where torch.cat would copy it."""
+    ax = c.a["axis"] % c.in_types[0].rank
+    cat = f"torch.cat([{', '.join(xs)}], dim={c.a['axis']})"
+    if len(xs) == 2 and c.in_types[0].shape[ax] == "past":
+        return f"{cat} if {xs[0]}.shape[{ax}] else {xs[1]}"
+    return cat
+
+
 def _unsqueeze(c, x: str) -> str:
     for ax in sorted(c.a["axes"]):
         x = f"{x}.unsqueeze({ax})"
@@ -100,7 +111,7 @@ OPS: dict[str, Rule] = {
     "split_heads": lambda c, x: f"{x}.unflatten(-1, ({c.a['heads']}, {c.a['head_dim']})).transpose(1, 2)",
     "merge_heads": lambda c, x: f"{x}.transpose(1, 2).flatten(2)",
     "positions": lambda c, x: f"torch.arange({x}.shape[{c.a['axis']}], device={x}.device)",
-    "concat": lambda c, *xs: f"torch.cat([{', '.join(xs)}], dim={c.a['axis']})",
+    "concat": _concat,
     "stack": lambda c, *xs: f"torch.stack([{', '.join(xs)}], dim={c.a['axis']})",
     "slice": lambda c, x: f"{x}.narrow({c.a['axis']}, {c.a['start']}, {c.a['end'] - c.a['start']})",
     "select": lambda c, x: f"{x}.select({c.a['axis']}, {c.a['index']})",
@@ -262,11 +273,30 @@ def _rope_at(positions, head_dim, theta, dtype, inv_freq=None):
     return emb.cos().to(dtype)[:, :, None, :], emb.sin().to(dtype)[:, :, None, :]
 
 
+_ROPE_AT_LAST = [None]  # (key, position ids, cos, sin) of the last eager _rope_at_cached call
+
+
+def _rope_at_cached(positions, head_dim, theta, dtype, inv_freq=None):
+    """_rope_at computed once per forward in eager mode: every layer rotates q and k at
+    the same position ids, so the last call's tables serve while the ids are equal
+    (`inference`: tensors made under torch.inference_mode are kept apart, autograd
+    refuses them)."""
+    key = (tuple(positions.shape), positions.device, head_dim, theta, dtype, inv_freq, torch.is_inference_mode_enabled())
+    last = _ROPE_AT_LAST[0]
+    if last is not None and last[0] == key and torch.equal(last[1], positions):
+        return last[2], last[3]
+    cos, sin = _rope_at(positions, head_dim, theta, dtype, inv_freq)
+    _ROPE_AT_LAST[0] = (key, positions.clone(), cos, sin)
+    return cos, sin
+
+
 def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
     at positions 0..S-1 or at position ids [B, S]."""
-    if positions is not None:
+    if positions is not None and torch.compiler.is_compiling():
         cos, sin = _rope_at(positions, head_dim, theta, x.dtype, inv_freq)
+    elif positions is not None:
+        cos, sin = _rope_at_cached(positions, head_dim, theta, x.dtype, inv_freq)
     elif torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
         cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
     else:
