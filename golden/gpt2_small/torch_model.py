@@ -56,9 +56,11 @@ class Attention(nn.Module):
         k = qkv.narrow(-1, 64, 64)
         v = qkv.narrow(-1, 128, 64)
         kv_new = k.unflatten(-1, (4, 16)).transpose(1, 2)
-        present_key = torch.cat([past_key, kv_new], dim=2)
+        present_key = torch.cat([past_key, kv_new], dim=2) if past_key.shape[2] else kv_new
         kv_new_1 = v.unflatten(-1, (4, 16)).transpose(1, 2)
-        present_value = torch.cat([past_value, kv_new_1], dim=2)
+        present_value = (
+            torch.cat([past_value, kv_new_1], dim=2) if past_value.shape[2] else kv_new_1
+        )
         attn = (
             F.scaled_dot_product_attention(
                 q.unflatten(-1, (4, 16)).transpose(1, 2),

@@ -78,11 +78,38 @@ def _rope_at(positions, head_dim, theta, dtype, inv_freq=None):
     return emb.cos().to(dtype)[:, :, None, :], emb.sin().to(dtype)[:, :, None, :]
 
 
+_ROPE_AT_LAST = [None]  # (key, position ids, cos, sin) of the last eager _rope_at_cached call
+
+
+def _rope_at_cached(positions, head_dim, theta, dtype, inv_freq=None):
+    """_rope_at computed once per forward in eager mode: every layer rotates q and k at
+    the same position ids, so the last call's tables serve while the ids are equal
+    (`inference`: tensors made under torch.inference_mode are kept apart, autograd
+    refuses them)."""
+    key = (
+        tuple(positions.shape),
+        positions.device,
+        head_dim,
+        theta,
+        dtype,
+        inv_freq,
+        torch.is_inference_mode_enabled(),
+    )
+    last = _ROPE_AT_LAST[0]
+    if last is not None and last[0] == key and torch.equal(last[1], positions):
+        return last[2], last[3]
+    cos, sin = _rope_at(positions, head_dim, theta, dtype, inv_freq)
+    _ROPE_AT_LAST[0] = (key, positions.clone(), cos, sin)
+    return cos, sin
+
+
 def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
     at positions 0..S-1 or at position ids [B, S]."""
-    if positions is not None:
+    if positions is not None and torch.compiler.is_compiling():
         cos, sin = _rope_at(positions, head_dim, theta, x.dtype, inv_freq)
+    elif positions is not None:
+        cos, sin = _rope_at_cached(positions, head_dim, theta, x.dtype, inv_freq)
     elif torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
         cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
     else:
@@ -117,9 +144,11 @@ class Attention(nn.Module):
         q_1 = _rope(q, 4, 16, 10000.0, positions=position_ids)
         k_1 = _rope(k, 2, 16, 10000.0, positions=position_ids)
         kv_new = k_1.unflatten(-1, (2, 16)).transpose(1, 2)
-        present_key = torch.cat([past_key, kv_new], dim=2)
+        present_key = torch.cat([past_key, kv_new], dim=2) if past_key.shape[2] else kv_new
         kv_new_1 = v.unflatten(-1, (2, 16)).transpose(1, 2)
-        present_value = torch.cat([past_value, kv_new_1], dim=2)
+        present_value = (
+            torch.cat([past_value, kv_new_1], dim=2) if past_value.shape[2] else kv_new_1
+        )
         attn = (
             F.scaled_dot_product_attention(
                 q_1.unflatten(-1, (4, 16)).transpose(1, 2),
