@@ -233,7 +233,8 @@ def _attention(e: Emit, q: str, k: str, v: str, *bias: str) -> str:
     a = e.a
     h, kvh, d = a["heads"], a["kv_heads"], a["head_dim"]
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
-    qh, kh, vh = _split_heads(e, q, h, d), _split_heads(e, k, kvh, d), _split_heads(e, v, kvh, d)
+    qh = _split_heads(e, q, h, d)
+    kh, vh = (k, v) if a["split_kv"] else (_split_heads(e, k, kvh, d), _split_heads(e, v, kvh, d))
     if kvh != h:
         rep = h // kvh
 
@@ -246,7 +247,7 @@ def _attention(e: Emit, q: str, k: str, v: str, *bias: str) -> str:
     scores = e.op("MatMul", e.op("Mul", qh, e.f32(scale)), e.op("Transpose", kh, perm=[0, 1, 3, 2]))
     if a["causal"]:
         sq = e.op("Shape", q, start=1, end=2)
-        sk = e.op("Shape", k, start=1, end=2)
+        sk = e.op("Shape", kh, start=2, end=3)
         full = e.op("ConstantOfShape", e.op("Concat", sq, sk, axis=0), value=helper.make_tensor("value", TensorProto.FLOAT, [1], [-np.inf]))
         scores = e.op("Add", scores, e.op("Trilu", full, e.ints(1), upper=1))
     for b in bias:
@@ -261,8 +262,9 @@ def _expand_shape(e: Emit, t: str, rep: int) -> str:
 
 
 def _attention_fused(e: Emit, q: str, k: str, v: str, *bias: str) -> str:
-    if bias:  # onnxruntime 1.32's Attention gives a row whose keys are all masked other values than
-        return _attention(e, q, k, v, *bias)  # the other backends (a left pad's own row): decomposed
+    if bias or e.a["split_kv"]:  # onnxruntime 1.32's Attention gives a row whose keys are all masked other
+        return _attention(e, q, k, v, *bias)  # values than the other backends (a left pad's own row), and takes
+        # q, k and v in one layout: decomposed
     a = e.a
     attrs = {"q_num_heads": a["heads"], "kv_num_heads": a["kv_heads"], "is_causal": int(a["causal"])}
     if a["scale"] is not None:

@@ -460,6 +460,7 @@ BASE_OPS: dict[str, Rule] = {
         f"{c.helper('attention')}({q}, {k}, {v}, {c.a['heads']}, {c.a['kv_heads']}, {c.a['head_dim']}, "
         f"is_causal={c.a['causal']}"
         + (f", scale={c.a['scale']!r}" if c.a["scale"] is not None else "")
+        + (", split_kv=True" if c.a["split_kv"] else "")
         + "".join(f", bias={b}" for b in bias)
         + ")"
     ),

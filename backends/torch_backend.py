@@ -8,6 +8,8 @@ Module definitions become `nn.Module` classes and `Repeat` children an
 
 from __future__ import annotations
 
+import functools
+
 from metagen.backends.pyemit import (
     BASE_OPS,
     SINE_POSITIONS_SOURCE,
@@ -19,16 +21,17 @@ from metagen.backends.pyemit import (
     ModuleEmitter,
     Rule,
     emit_common_header,
+    decode_table,
     emit_generate,
     emit_tasks,
     emit_tables,
     format_python,
 )
 from metagen.backends.sampling import sampler_source
-from metagen.ir.graph import Model, Param
+from metagen.ir.graph import Layer, Model, Param
 from metagen.ir.types import DType
 
-RESERVED = {"torch", "nn", "F", "np", "math", "zlib", "self", "Model", "CONFIG", "INPUTS", "OUTPUTS"}
+RESERVED = {"torch", "nn", "F", "np", "math", "zlib", "self", "Model", "CONFIG", "INPUTS", "OUTPUTS", "logits_to_keep"}
 
 # ------------------------------------------------------------------ layer ops
 
@@ -66,11 +69,23 @@ def _attention(c, q, k, v, *bias):
     extra = f", scale={c.a['scale']!r}" if c.a["scale"] is not None else ""
     extra += "".join(f", attn_mask={b}" for b in bias)
     gqa = ", enable_gqa=True" if kvh != h else ""
+    if not c.a["split_kv"]:  # else already [B, KVH, S, D]
+        k, v = (f"{t}.unflatten(-1, ({kvh}, {d})).transpose(1, 2)" for t in (k, v))
     return (
-        f"F.scaled_dot_product_attention({q}.unflatten(-1, ({h}, {d})).transpose(1, 2), "
-        f"{k}.unflatten(-1, ({kvh}, {d})).transpose(1, 2), {v}.unflatten(-1, ({kvh}, {d})).transpose(1, 2), "
+        f"F.scaled_dot_product_attention({q}.unflatten(-1, ({h}, {d})).transpose(1, 2), {k}, {v}, "
         f"is_causal={c.a['causal']}{gqa}{extra}).transpose(1, 2).flatten(2)"
     )
+
+
+def _concat(c, *xs: str) -> str:
+    """torch.cat; appending to a KV cache (a first operand whose length on the axis is
+    the symbolic `past`) returns the new part itself when the cache is empty (a prompt,
+    or a forward without cache), where torch.cat would copy it."""
+    ax = c.a["axis"] % c.in_types[0].rank
+    cat = f"torch.cat([{', '.join(xs)}], dim={c.a['axis']})"
+    if len(xs) == 2 and c.in_types[0].shape[ax] == "past":
+        return f"{cat} if {xs[0]}.shape[{ax}] else {xs[1]}"
+    return cat
 
 
 def _unsqueeze(c, x: str) -> str:
@@ -96,7 +111,7 @@ OPS: dict[str, Rule] = {
     "split_heads": lambda c, x: f"{x}.unflatten(-1, ({c.a['heads']}, {c.a['head_dim']})).transpose(1, 2)",
     "merge_heads": lambda c, x: f"{x}.transpose(1, 2).flatten(2)",
     "positions": lambda c, x: f"torch.arange({x}.shape[{c.a['axis']}], device={x}.device)",
-    "concat": lambda c, *xs: f"torch.cat([{', '.join(xs)}], dim={c.a['axis']})",
+    "concat": _concat,
     "stack": lambda c, *xs: f"torch.stack([{', '.join(xs)}], dim={c.a['axis']})",
     "slice": lambda c, x: f"{x}.narrow({c.a['axis']}, {c.a['start']}, {c.a['end'] - c.a['start']})",
     "select": lambda c, x: f"{x}.select({c.a['axis']}, {c.a['index']})",
@@ -177,8 +192,17 @@ class _BatchNorm2d(nn.Module):
     "attention_bias": '''
 def _attention_bias(key_mask, x, causal, window):
     """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
-    elsewhere; the queries are the last Sq of the Sk positions."""
+    elsewhere; the queries are the last Sq of the Sk positions. In eager mode, when no
+    key is padded and no window bites, no dense mask: None (every key visible) or
+    torch's lower-right CausalBias, which SDPA runs as its causal kernel (skipping
+    the masked blocks) instead of adding a [B, 1, Sq, Sk] tensor, as transformers does."""
     sq, sk = x.shape[1], key_mask.shape[1]
+    if not torch.compiler.is_compiling() and (not window or sk <= window) and bool((key_mask != 0).all()):
+        if not causal or sq == 1:
+            return None
+        from torch.nn.attention.bias import causal_lower_right
+
+        return causal_lower_right(sq, sk)
     i = torch.arange(sq, device=x.device)[:, None] + (sk - sq)
     j = torch.arange(sk, device=x.device)[None, :]
     allowed = (key_mask != 0)[:, None, None, :]
@@ -249,11 +273,30 @@ def _rope_at(positions, head_dim, theta, dtype, inv_freq=None):
     return emb.cos().to(dtype)[:, :, None, :], emb.sin().to(dtype)[:, :, None, :]
 
 
+_ROPE_AT_LAST = [None]  # (key, position ids, cos, sin) of the last eager _rope_at_cached call
+
+
+def _rope_at_cached(positions, head_dim, theta, dtype, inv_freq=None):
+    """_rope_at computed once per forward in eager mode: every layer rotates q and k at
+    the same position ids, so the last call's tables serve while the ids are equal
+    (`inference`: tensors made under torch.inference_mode are kept apart, autograd
+    refuses them)."""
+    key = (tuple(positions.shape), positions.device, head_dim, theta, dtype, inv_freq, torch.is_inference_mode_enabled())
+    last = _ROPE_AT_LAST[0]
+    if last is not None and last[0] == key and torch.equal(last[1], positions):
+        return last[2], last[3]
+    cos, sin = _rope_at(positions, head_dim, theta, dtype, inv_freq)
+    _ROPE_AT_LAST[0] = (key, positions.clone(), cos, sin)
+    return cos, sin
+
+
 def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
     at positions 0..S-1 or at position ids [B, S]."""
-    if positions is not None:
+    if positions is not None and torch.compiler.is_compiling():
         cos, sin = _rope_at(positions, head_dim, theta, x.dtype, inv_freq)
+    elif positions is not None:
+        cos, sin = _rope_at_cached(positions, head_dim, theta, x.dtype, inv_freq)
     elif torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
         cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
     else:
@@ -311,13 +354,53 @@ class TorchEmitter(ModuleEmitter):
         out(INIT_FUNCTIONS)
         out(EXAMPLE_FUNCTION)
         out(TORCH_API)
-        emit_generate(out, m, TORCH_STEP)
+        emit_generate(out, m, TORCH_STEP.replace("KEEP", f", {self.KEEP}=1" if self.keep_node is not None else ""))
         emit_tasks(out, m)
         out(sampler_source(m, "torch"))
         return format_python(out.text())
 
     def member_prologue(self) -> list[str]:
         return ["super().__init__()"]
+
+    # A decoder's `forward(..., logits_to_keep=n)` computes the logits of the last n
+    # positions only (0: all), as transformers' generate() asks for one: a prompt's
+    # other rows of the [positions x vocab] head are never read. Only where the logits
+    # come from a position-wise head (a linear layer, or linear_fn on the tied
+    # embedding) over [B, S, D] hidden states used nowhere else.
+    KEEP = "logits_to_keep"
+
+    @functools.cached_property
+    def keep_node(self):
+        """The top module's logits node when `logits_to_keep` applies, else None."""
+        if decode_table(self.model) is None:
+            return None
+        md = self.model.modules[self.model.top]
+        logits = md.outputs[0]
+        node = next((n for n in md.nodes if n.results and n.results[0] is logits), None)
+        if node is None or node.operands[0].type.rank != 3 or logits.type.rank != 3:
+            return None
+        child = md.children.get(node.target) if node.kind == "call" else None
+        if not ((node.kind == "op" and node.op == "linear_fn") or (isinstance(child, Layer) and child.op == "linear")):
+            return None
+        h = node.operands[0]
+        if any(o is h for n in md.nodes if n is not node for o in n.operands) or any(o is h for o in md.outputs):
+            return None
+        return node
+
+    def top_params(self, ns, args: list[str]) -> list[str]:
+        params = super().top_params(ns, args)
+        if self.keep_node is None:
+            return params
+        at = len(params) - (params[-1].startswith("**") if params else 0)
+        return params[:at] + [f"{self.KEEP}=0"] + params[at:]
+
+    def emit_node(self, out, md, node, ns) -> None:
+        if md.name == self.model.top and node is self.keep_node:
+            h = ns.name(node.operands[0])
+            out(f"if {self.KEEP}:")
+            with out.indent():
+                out(f"{h} = {h}[:, -{self.KEEP} :]")
+        super().emit_node(out, md, node, ns)
 
     def param_member(self, p: Param) -> str:
         return f"nn.Parameter(torch.empty({', '.join(map(str, p.type.shape)) or '()'}))"
@@ -387,7 +470,7 @@ def _decode_step(state, feed, cache):
     device = next(state.parameters()).device
     inputs = {name: torch.from_numpy(np.asarray(value)).to(device) for name, value in feed.items()}
     with torch.no_grad():
-        out = state(**inputs, **(cache or {}))
+        out = state(**inputs, **(cache or {})KEEP)
     cache = {past: out[present] for past, present in _DECODE["cache"]}
     return out[_DECODE["logits"]][..., -1, :].float().cpu().numpy(), cache
 '''

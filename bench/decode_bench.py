@@ -6,14 +6,17 @@ over our decode-form ONNX graph in onnxruntime. Prints a table; tokens must agre
 
 Weights: transformers' GPT2LMHeadModel(GPT2Config()) initialised with seed 0 (the
 GPT-2 small shape, 124M parameters; no download), mapped to canonical names with
-metagen.hf.gpt2_to_canonical. tokens/s counts new tokens of every row; each figure is
-the best of --repeat runs after one warm-up.
+metagen.hf.gpt2_to_canonical. tokens/s counts new tokens of every row. transformers
+and ours run interleaved (A, B, A, B ...) --repeat times after one warm-up each, so
+both see the same load; tokens/s is from the best run, the ratio is given from the
+minima and the medians. onnxruntime: the best of --repeat runs after the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -26,14 +29,16 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 GPT2 = os.path.join(ROOT, "examples", "reference", "gpt2_small.yaml")
 
 
-def best(fn, repeat: int) -> tuple[float, object]:
-    fn()  # warm-up
-    times, out = [], None
+def interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
+    """Seconds of each run of each fn, round-robin after one warm-up; the last outputs."""
+    outs = {k: fn() for k, fn in fns.items()}  # warm-up
+    times = {k: [] for k in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+    return times, outs
 
 
 def main() -> None:
@@ -69,27 +74,37 @@ def main() -> None:
 
         session = ort.InferenceSession(lower_to_onnx(comp.model, weights)[""], providers=["CPUExecutionProvider"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; prompt {args.prompt}, {args.new} new tokens, greedy")
-    print("| batch | transformers tok/s | ours (torch) tok/s | ratio | onnxruntime tok/s | tokens agree |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| batch | transformers tok/s | ours (torch) tok/s | ratio (min) | ratio (median) | onnxruntime tok/s | tokens agree |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for batch in args.batch:
         ids = np.random.default_rng(batch).integers(0, 50257, (batch, args.prompt))
-        t_hf, ref = best(
-            lambda: hf.generate(torch.from_numpy(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
-                                max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False).numpy(),
+        times, outs = interleaved(
+            {
+                "hf": lambda: hf.generate(
+                    torch.from_numpy(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                    max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False,
+                ).numpy(),
+                "ours": lambda: mod.generate(state, ids, max_new_tokens=args.new),
+            },
             args.repeat,
         )
-        t_ours, ours = best(lambda: mod.generate(state, ids, max_new_tokens=args.new), args.repeat)
-        agree = np.array_equal(ours, ref)
+        ref = outs["hf"]
+        agree = np.array_equal(outs["ours"], ref)
         onnx_col = "-"
         if session is not None:
             from metagen.generate import onnx_generate
 
-            t_onnx, got = best(lambda: onnx_generate(session, comp.model, ids, max_new_tokens=args.new), 1)
-            onnx_col = f"{batch * args.new / t_onnx:.1f}"
-            agree = agree and np.array_equal(got, ref)
+            t, got = interleaved({"onnx": lambda: onnx_generate(session, comp.model, ids, max_new_tokens=args.new)}, 1)
+            onnx_col = f"{batch * args.new / min(t['onnx']):.1f}"
+            agree = agree and np.array_equal(got["onnx"], ref)
         n = batch * args.new
-        print(f"| {batch} | {n / t_hf:.1f} | {n / t_ours:.1f} | {t_hf / t_ours:.2f}x | {onnx_col} | {agree} |", flush=True)
-
+        hf_t, ours_t = times["hf"], times["ours"]
+        print(
+            f"| {batch} | {n / min(hf_t):.1f} | {n / min(ours_t):.1f} | {min(hf_t) / min(ours_t):.2f}x | "
+            f"{statistics.median(hf_t) / statistics.median(ours_t):.2f}x | {onnx_col} | {agree} |",
+            flush=True,
+        )
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 if __name__ == "__main__":
     main()

@@ -48,16 +48,15 @@ def stats_ms(ts: list[float]) -> tuple[float, float]:
 
 def _tests_helpers():
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import test_lm  # the canonical <-> transformers weight mappings live with the tests
     from conftest import load_module
 
-    return test_lm, load_module
+    return load_module
 
 
 def emit_module(comp, target: str, tmp: str):
     from metagen.artifacts import emit_target
 
-    _, load_module = _tests_helpers()
+    load_module = _tests_helpers()
     path = os.path.join(tmp, f"{comp.model.top}_{target}.py")
     with open(path, "wb") as f:
         f.write(emit_target(comp, target, 0)[""])
@@ -68,9 +67,9 @@ def hf_pair(kind: str, tmp: str):
     """(compilation, generated module, our Model, the transformers model), identical weights."""
     import torch
 
+    from metagen.hf import gpt2_to_canonical, llama_to_canonical
     from metagen.pipeline import compile_spec
 
-    test_lm, _ = _tests_helpers()
     comp = compile_spec(GPT2 if kind == "gpt2" else LLAMA_100M)
     mod = emit_module(comp, "torch", tmp)
     c = mod.CONFIG
@@ -85,7 +84,7 @@ def hf_pair(kind: str, tmp: str):
         )
         cfg._attn_implementation = "sdpa"
         hf = GPT2LMHeadModel(cfg).eval()
-        canon = test_lm._gpt2_to_canonical(hf.state_dict(), c["layers"])
+        canon = gpt2_to_canonical(hf.state_dict())
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -97,7 +96,7 @@ def hf_pair(kind: str, tmp: str):
         )
         cfg._attn_implementation = "sdpa"
         hf = LlamaForCausalLM(cfg).eval()
-        canon = test_lm._llama_to_canonical(hf.state_dict(), c["layers"])
+        canon = llama_to_canonical(hf.state_dict())
     ours = mod.load_canonical(canon)
     return comp, mod, ours, hf
 

@@ -483,7 +483,7 @@ def _linear_fn(a, ins):
 def _attn_flops(a, ins, outs, b):
     q, k = ins[0], ins[1]
     bsz = eval_dim(q.shape[0], b)
-    sq, sk = eval_dim(q.shape[1], b), eval_dim(k.shape[1], b)
+    sq, sk = eval_dim(q.shape[1], b), eval_dim(k.shape[2 if a["split_kv"] else 1], b)
     return 4 * bsz * a["heads"] * sq * sk * a["head_dim"]
 
 
@@ -496,6 +496,7 @@ def _attn_flops(a, ins, outs, b):
         Attr("head_dim", "int"),
         Attr("causal", "bool", False),
         Attr("scale", "float?", None),
+        Attr("split_kv", "bool", False),
     ),
     flops=_attn_flops,
 )
@@ -503,20 +504,33 @@ def _attention(a, ins):
     """Scaled dot-product attention on packed heads: q [B, Sq, H*D], k and v
     [B, Sk, KVH*D] -> [B, Sq, H*D]. Grouped-query when KVH < H. `scale` None means
     1/sqrt(D). An optional `bias` [B, 1, Sq, Sk] (from `attention_bias`) is added to
-    the scores; it carries padding, causality and windows, so `causal` is then False."""
+    the scores; it carries padding, causality and windows, so `causal` is then False.
+    `split_kv`: k and v come with their heads split, [B, KVH, Sk, D], the KV cache's
+    layout, so a decoder attends to its cache as it is (no re-pack per step)."""
     q, k, v = ins[:3]
     h, kvh, d = a["heads"], a["kv_heads"], a["head_dim"]
     if h % kvh:
         raise OpError(f"op 'attention': kv_heads {kvh} must divide heads {h}")
     for t in ins[:3]:
         _need_float("attention", t)
-        if t.rank != 3:
-            raise OpError(f"op 'attention' needs [B, S, H*D] operands, got {t}")
+    if q.rank != 3:
+        raise OpError(f"op 'attention' needs [B, S, H*D] queries, got {q}")
     _need_last("attention", q, h * d, "query width")
-    _need_last("attention", k, kvh * d, "key width")
-    _need_last("attention", v, kvh * d, "value width")
-    if k.shape[:2] != v.shape[:2]:
-        raise OpError(f"op 'attention': keys {k} and values {v} differ in batch or length")
+    if a["split_kv"]:
+        for t in (k, v):
+            if t.rank != 4 or not _same_dim(t.shape[1], kvh) or not _same_dim(t.shape[3], d):
+                raise OpError(f"op 'attention' with split_kv needs [B, {kvh}, S, {d}] keys and values, got {t}")
+        if k.shape[:3] != v.shape[:3]:
+            raise OpError(f"op 'attention': keys {k} and values {v} differ in batch or length")
+        k = k.with_shape((k.shape[0], k.shape[2], kvh * d))  # packed view, for the checks below
+    else:
+        for t in (k, v):
+            if t.rank != 3:
+                raise OpError(f"op 'attention' needs [B, S, H*D] operands, got {t}")
+        _need_last("attention", k, kvh * d, "key width")
+        _need_last("attention", v, kvh * d, "value width")
+        if k.shape[:2] != v.shape[:2]:
+            raise OpError(f"op 'attention': keys {k} and values {v} differ in batch or length")
     if len(ins) > 4:
         raise OpError("op 'attention' takes at most one bias")
     if len(ins) == 4:

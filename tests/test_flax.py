@@ -130,6 +130,15 @@ CASES: dict[str, list] = {
             g.m.op("attention_bias", g.ids("mask", 2, 5, high=2), g.x("x", 2, 3, 1), causal=True),
             heads=4, kv_heads=2, head_dim=4,
         ),
+        lambda g: g.m.op(  # keys and values in the KV cache's [B, KVH, S, D] layout
+            "attention", g.x("q", 2, 3, 16), g.x("k", 2, 2, 5, 4), g.x("v", 2, 2, 5, 4),
+            g.m.op("attention_bias", g.ids("mask", 2, 5, high=2), g.x("x", 2, 3, 1), causal=True),
+            heads=4, kv_heads=2, head_dim=4, split_kv=True,
+        ),
+        lambda g: g.m.op(
+            "attention", g.x("q", 2, 5, 8), g.x("k", 2, 2, 5, 4), g.x("v", 2, 2, 5, 4),
+            heads=2, kv_heads=2, head_dim=4, causal=True, split_kv=True,
+        ),
     ],
 
     "rope": [

@@ -233,6 +233,22 @@ def test_cache_gives_the_full_forward(build, parts, overrides):
         close(_decode_in_pieces(mod, state, tokens, cuts), full)
 
 
+@pytest.mark.parametrize("parts,overrides", [(GPT2, ()), (LLAMA, GQA)], ids=["gpt2_tied_head", "llama_lm_head"])
+def test_logits_to_keep_gives_the_last_positions(build, parts, overrides):
+    """forward(logits_to_keep=n) returns the full forward's last n positions' logits
+    (generate() asks for one at every step); 0, the default, keeps them all."""
+    mod = build(parts, overrides=overrides)
+    state = mod.load_canonical(perturbed(mod))
+    ids = torch.from_numpy(mod.example_inputs(batch_size=2, seed=4)["input_ids"][:, :10])
+    with torch.no_grad():
+        full = state(input_ids=ids)["logits"]
+        for n in (1, 3):
+            part = state(input_ids=ids, logits_to_keep=n)["logits"]
+            assert part.shape == (2, n, full.shape[-1])
+            close(part.numpy(), full[:, -n:].numpy())
+        close(state(input_ids=ids, logits_to_keep=0)["logits"].numpy(), full.numpy())
+
+
 @pytest.mark.slow
 def test_cache_in_numpy_and_flax_too(build):
     for target in ("numpy", "flax"):

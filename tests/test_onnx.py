@@ -118,6 +118,13 @@ CASES = [
         dict(heads=2, kv_heads=2, head_dim=4, scale=0.3),
         {},
     ),
+    (
+        "attention_split_kv",
+        "attention",
+        [inp("q", T("batch", "seq", 16)), inp("k", T("batch", 2, "seq", 4)), inp("v", T("batch", 2, "seq", 4))],
+        dict(heads=4, kv_heads=2, head_dim=4, causal=True, split_kv=True),
+        {},
+    ),
     ("rope", "rope", [inp("x", T("batch", "seq", 16))], dict(heads=2, head_dim=8, theta=500.0), {}),
     (
         "rope_positions",

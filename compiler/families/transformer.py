@@ -179,10 +179,12 @@ def attention_module(
         for i, (t, old) in enumerate(((k, past[0]), (v, past[1]))):
             new = b.op("split_heads", t, heads=kvh, head_dim=hd, hint="kv_new")
             present.append(b.op("concat", old, new, axis=2, hint=("present_key", "present_value")[i]))
-        k = b.op("merge_heads", present[0], hint="k")
-        v = b.op("merge_heads", present[1], hint="v")
+        k, v = present  # attended in the cache's [B, KVH, S, D] layout: no re-pack per step
     extra = [mask] if mask is not None else []
-    a = b.op("attention", q, k, v, *extra, heads=h, kv_heads=kvh, head_dim=hd, causal=causal and mask is None, hint="attn")
+    split = {"split_kv": True} if past else {}
+    a = b.op(
+        "attention", q, k, v, *extra, heads=h, kv_heads=kvh, head_dim=hd, causal=causal and mask is None, hint="attn", **split
+    )
     b.layer("o_proj", "linear", in_features=qw, out_features=d, bias=bias, init_std=init_out)
     return b.ret(b.call("o_proj", a, hint="out"), *present)
 

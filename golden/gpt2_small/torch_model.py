@@ -14,8 +14,21 @@ from torch import nn
 
 def _attention_bias(key_mask, x, causal, window):
     """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
-    elsewhere; the queries are the last Sq of the Sk positions."""
+    elsewhere; the queries are the last Sq of the Sk positions. In eager mode, when no
+    key is padded and no window bites, no dense mask: None (every key visible) or
+    torch's lower-right CausalBias, which SDPA runs as its causal kernel (skipping
+    the masked blocks) instead of adding a [B, 1, Sq, Sk] tensor, as transformers does."""
     sq, sk = x.shape[1], key_mask.shape[1]
+    if (
+        not torch.compiler.is_compiling()
+        and (not window or sk <= window)
+        and bool((key_mask != 0).all())
+    ):
+        if not causal or sq == 1:
+            return None
+        from torch.nn.attention.bias import causal_lower_right
+
+        return causal_lower_right(sq, sk)
     i = torch.arange(sq, device=x.device)[:, None] + (sk - sq)
     j = torch.arange(sk, device=x.device)[None, :]
     allowed = (key_mask != 0)[:, None, None, :]
@@ -43,16 +56,16 @@ class Attention(nn.Module):
         k = qkv.narrow(-1, 64, 64)
         v = qkv.narrow(-1, 128, 64)
         kv_new = k.unflatten(-1, (4, 16)).transpose(1, 2)
-        present_key = torch.cat([past_key, kv_new], dim=2)
+        present_key = torch.cat([past_key, kv_new], dim=2) if past_key.shape[2] else kv_new
         kv_new_1 = v.unflatten(-1, (4, 16)).transpose(1, 2)
-        present_value = torch.cat([past_value, kv_new_1], dim=2)
-        k_1 = present_key.transpose(1, 2).flatten(2)
-        v_1 = present_value.transpose(1, 2).flatten(2)
+        present_value = (
+            torch.cat([past_value, kv_new_1], dim=2) if past_value.shape[2] else kv_new_1
+        )
         attn = (
             F.scaled_dot_product_attention(
                 q.unflatten(-1, (4, 16)).transpose(1, 2),
-                k_1.unflatten(-1, (4, 16)).transpose(1, 2),
-                v_1.unflatten(-1, (4, 16)).transpose(1, 2),
+                present_key,
+                present_value,
                 is_causal=False,
                 attn_mask=bias,
             )
@@ -108,7 +121,7 @@ class Gpt2Small(nn.Module):
         self.blocks = nn.ModuleList(Block() for _ in range(2))
         self.norm_f = nn.LayerNorm(64, eps=1e-05, elementwise_affine=True, bias=True)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **cache):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, **cache):
         unknown = set(cache) - {
             "past_key_values.0.key",
             "past_key_values.0.value",
@@ -156,6 +169,8 @@ class Gpt2Small(nn.Module):
             x_6,
         ) = layer_outputs
         x_7 = self.norm_f(x_2)
+        if logits_to_keep:
+            x_7 = x_7[:, -logits_to_keep:]
         logits = F.linear(x_7, self.tok_embeddings.weight)
         return {
             "logits": logits,
@@ -490,7 +505,7 @@ def _decode_step(state, feed, cache):
     device = next(state.parameters()).device
     inputs = {name: torch.from_numpy(np.asarray(value)).to(device) for name, value in feed.items()}
     with torch.no_grad():
-        out = state(**inputs, **(cache or {}))
+        out = state(**inputs, **(cache or {}), logits_to_keep=1)
     cache = {past: out[present] for past, present in _DECODE["cache"]}
     return out[_DECODE["logits"]][..., -1, :].float().cpu().numpy(), cache
 

@@ -15,8 +15,21 @@ from torch import nn
 
 def _attention_bias(key_mask, x, causal, window):
     """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
-    elsewhere; the queries are the last Sq of the Sk positions."""
+    elsewhere; the queries are the last Sq of the Sk positions. In eager mode, when no
+    key is padded and no window bites, no dense mask: None (every key visible) or
+    torch's lower-right CausalBias, which SDPA runs as its causal kernel (skipping
+    the masked blocks) instead of adding a [B, 1, Sq, Sk] tensor, as transformers does."""
     sq, sk = x.shape[1], key_mask.shape[1]
+    if (
+        not torch.compiler.is_compiling()
+        and (not window or sk <= window)
+        and bool((key_mask != 0).all())
+    ):
+        if not causal or sq == 1:
+            return None
+        from torch.nn.attention.bias import causal_lower_right
+
+        return causal_lower_right(sq, sk)
     i = torch.arange(sq, device=x.device)[:, None] + (sk - sq)
     j = torch.arange(sk, device=x.device)[None, :]
     allowed = (key_mask != 0)[:, None, None, :]
@@ -65,11 +78,38 @@ def _rope_at(positions, head_dim, theta, dtype, inv_freq=None):
     return emb.cos().to(dtype)[:, :, None, :], emb.sin().to(dtype)[:, :, None, :]
 
 
+_ROPE_AT_LAST = [None]  # (key, position ids, cos, sin) of the last eager _rope_at_cached call
+
+
+def _rope_at_cached(positions, head_dim, theta, dtype, inv_freq=None):
+    """_rope_at computed once per forward in eager mode: every layer rotates q and k at
+    the same position ids, so the last call's tables serve while the ids are equal
+    (`inference`: tensors made under torch.inference_mode are kept apart, autograd
+    refuses them)."""
+    key = (
+        tuple(positions.shape),
+        positions.device,
+        head_dim,
+        theta,
+        dtype,
+        inv_freq,
+        torch.is_inference_mode_enabled(),
+    )
+    last = _ROPE_AT_LAST[0]
+    if last is not None and last[0] == key and torch.equal(last[1], positions):
+        return last[2], last[3]
+    cos, sin = _rope_at(positions, head_dim, theta, dtype, inv_freq)
+    _ROPE_AT_LAST[0] = (key, positions.clone(), cos, sin)
+    return cos, sin
+
+
 def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
     at positions 0..S-1 or at position ids [B, S]."""
-    if positions is not None:
+    if positions is not None and torch.compiler.is_compiling():
         cos, sin = _rope_at(positions, head_dim, theta, x.dtype, inv_freq)
+    elif positions is not None:
+        cos, sin = _rope_at_cached(positions, head_dim, theta, x.dtype, inv_freq)
     elif torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
         cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
     else:
@@ -104,16 +144,16 @@ class Attention(nn.Module):
         q_1 = _rope(q, 4, 16, 10000.0, positions=position_ids)
         k_1 = _rope(k, 4, 16, 10000.0, positions=position_ids)
         kv_new = k_1.unflatten(-1, (4, 16)).transpose(1, 2)
-        present_key = torch.cat([past_key, kv_new], dim=2)
+        present_key = torch.cat([past_key, kv_new], dim=2) if past_key.shape[2] else kv_new
         kv_new_1 = v.unflatten(-1, (4, 16)).transpose(1, 2)
-        present_value = torch.cat([past_value, kv_new_1], dim=2)
-        k_2 = present_key.transpose(1, 2).flatten(2)
-        v_1 = present_value.transpose(1, 2).flatten(2)
+        present_value = (
+            torch.cat([past_value, kv_new_1], dim=2) if past_value.shape[2] else kv_new_1
+        )
         attn = (
             F.scaled_dot_product_attention(
                 q_1.unflatten(-1, (4, 16)).transpose(1, 2),
-                k_2.unflatten(-1, (4, 16)).transpose(1, 2),
-                v_1.unflatten(-1, (4, 16)).transpose(1, 2),
+                present_key,
+                present_value,
                 is_causal=False,
                 attn_mask=bias,
             )
@@ -172,7 +212,7 @@ class Llama27b(nn.Module):
         self.norm_f = nn.RMSNorm(64, eps=1e-05)
         self.lm_head = nn.Linear(64, 256, bias=False)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **cache):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, **cache):
         unknown = set(cache) - {
             "past_key_values.0.key",
             "past_key_values.0.value",
@@ -218,6 +258,8 @@ class Llama27b(nn.Module):
             x_5,
         ) = layer_outputs
         x_6 = self.norm_f(x_1)
+        if logits_to_keep:
+            x_6 = x_6[:, -logits_to_keep:]
         logits = self.lm_head(x_6)
         return {
             "logits": logits,
@@ -541,7 +583,7 @@ def _decode_step(state, feed, cache):
     device = next(state.parameters()).device
     inputs = {name: torch.from_numpy(np.asarray(value)).to(device) for name, value in feed.items()}
     with torch.no_grad():
-        out = state(**inputs, **(cache or {}))
+        out = state(**inputs, **(cache or {}), logits_to_keep=1)
     cache = {past: out[present] for past, present in _DECODE["cache"]}
     return out[_DECODE["logits"]][..., -1, :].float().cpu().numpy(), cache
 

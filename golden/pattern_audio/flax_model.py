@@ -14,10 +14,16 @@ from flax import nnx
 _I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
-    """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when
-    kv_heads < heads, plus an additive bias [B, 1, Sq, Sk] when given."""
-    b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
+def _attention(
+    q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, split_kv=False, bias=None
+):
+    """Scaled dot-product attention on packed heads [B, S, H*D] (k and v [B, KVH, S, D]
+    with split_kv), grouped-query when kv_heads < heads, plus an additive bias
+    [B, 1, Sq, Sk] when given."""
+    b, sq = q.shape[0], q.shape[1]
+    if split_kv:
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    sk = k.shape[1]
     out = jax.nn.dot_product_attention(
         q.reshape(b, sq, heads, head_dim),
         k.reshape(b, sk, kv_heads, head_dim),
@@ -89,13 +95,9 @@ class Attention(nnx.Module):
         present_key = jnp.concatenate([past_key, kv_new], axis=2)
         kv_new_1 = jnp.transpose(v.reshape(v.shape[0], v.shape[1], 2, 16), (0, 2, 1, 3))
         present_value = jnp.concatenate([past_value, kv_new_1], axis=2)
-        k_2 = jnp.transpose(present_key, (0, 2, 1, 3)).reshape(
-            present_key.shape[0], present_key.shape[2], 32
+        attn = _attention(
+            q_1, present_key, present_value, 4, 2, 16, is_causal=False, split_kv=True, bias=bias
         )
-        v_1 = jnp.transpose(present_value, (0, 2, 1, 3)).reshape(
-            present_value.shape[0], present_value.shape[2], 32
-        )
-        attn = _attention(q_1, k_2, v_1, 4, 2, 16, is_causal=False, bias=bias)
         out = self.o_proj(attn)
         return out, present_key, present_value
 

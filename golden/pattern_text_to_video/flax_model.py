@@ -14,10 +14,16 @@ from flax import nnx
 _I64 = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
-    """Scaled dot-product attention on packed heads [B, S, H*D], grouped-query when
-    kv_heads < heads, plus an additive bias [B, 1, Sq, Sk] when given."""
-    b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
+def _attention(
+    q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, split_kv=False, bias=None
+):
+    """Scaled dot-product attention on packed heads [B, S, H*D] (k and v [B, KVH, S, D]
+    with split_kv), grouped-query when kv_heads < heads, plus an additive bias
+    [B, 1, Sq, Sk] when given."""
+    b, sq = q.shape[0], q.shape[1]
+    if split_kv:
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    sk = k.shape[1]
     out = jax.nn.dot_product_attention(
         q.reshape(b, sq, heads, head_dim),
         k.reshape(b, sk, kv_heads, head_dim),

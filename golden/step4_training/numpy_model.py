@@ -46,15 +46,20 @@ class _RMSNorm:
         return x / np.sqrt(np.square(x).mean(axis=-1, keepdims=True) + self.eps) * self.weight
 
 
-def _attention(q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, bias=None):
+def _attention(
+    q, k, v, heads, kv_heads, head_dim, is_causal, scale=None, split_kv=False, bias=None
+):
     """Scaled dot-product attention on packed heads: q [B, Sq, H*D], k and v
-    [B, Sk, KVH*D] -> [B, Sq, H*D]. Query head h reads key/value head
-    h // (H / KVH) (grouped-query attention); causal masks key j > query i;
-    scale None means 1 / sqrt(D); bias [B, 1, Sq, Sk] is added to the scores."""
-    b, sq, sk, d = q.shape[0], q.shape[1], k.shape[1], head_dim
+    [B, Sk, KVH*D] ([B, KVH, Sk, D] with split_kv) -> [B, Sq, H*D]. Query head h
+    reads key/value head h // (H / KVH) (grouped-query attention); causal masks key
+    j > query i; scale None means 1 / sqrt(D); bias [B, 1, Sq, Sk] is added to the scores."""
+    b, sq, d = q.shape[0], q.shape[1], head_dim
+    if not split_kv:
+        k, v = (t.reshape(b, t.shape[1], kv_heads, d).transpose(0, 2, 1, 3) for t in (k, v))
+    sk = k.shape[2]
     q = q.reshape(b, sq, heads, d).transpose(0, 2, 1, 3)
-    k = np.repeat(k.reshape(b, sk, kv_heads, d).transpose(0, 2, 1, 3), heads // kv_heads, axis=1)
-    v = np.repeat(v.reshape(b, sk, kv_heads, d).transpose(0, 2, 1, 3), heads // kv_heads, axis=1)
+    k = np.repeat(k, heads // kv_heads, axis=1)
+    v = np.repeat(v, heads // kv_heads, axis=1)
     scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(d) if scale is None else scale)
     if is_causal:
         scores = np.where(np.tril(np.ones((sq, sk), dtype=bool)), scores, -np.inf)
@@ -127,13 +132,9 @@ class Attention:
         present_key = np.concatenate([past_key, kv_new], axis=2)
         kv_new_1 = np.transpose(v.reshape(v.shape[0], v.shape[1], 2, 16), (0, 2, 1, 3))
         present_value = np.concatenate([past_value, kv_new_1], axis=2)
-        k_2 = np.transpose(present_key, (0, 2, 1, 3)).reshape(
-            present_key.shape[0], present_key.shape[2], 32
+        attn = _attention(
+            q_1, present_key, present_value, 4, 2, 16, is_causal=False, split_kv=True, bias=bias
         )
-        v_1 = np.transpose(present_value, (0, 2, 1, 3)).reshape(
-            present_value.shape[0], present_value.shape[2], 32
-        )
-        attn = _attention(q_1, k_2, v_1, 4, 2, 16, is_causal=False, bias=bias)
         out = self.o_proj(attn)
         return out, present_key, present_value
 

@@ -14,8 +14,21 @@ from torch import nn
 
 def _attention_bias(key_mask, x, causal, window):
     """Additive mask [B, 1, Sq, Sk]: 0 where a query may see a key, float32's lowest
-    elsewhere; the queries are the last Sq of the Sk positions."""
+    elsewhere; the queries are the last Sq of the Sk positions. In eager mode, when no
+    key is padded and no window bites, no dense mask: None (every key visible) or
+    torch's lower-right CausalBias, which SDPA runs as its causal kernel (skipping
+    the masked blocks) instead of adding a [B, 1, Sq, Sk] tensor, as transformers does."""
     sq, sk = x.shape[1], key_mask.shape[1]
+    if (
+        not torch.compiler.is_compiling()
+        and (not window or sk <= window)
+        and bool((key_mask != 0).all())
+    ):
+        if not causal or sq == 1:
+            return None
+        from torch.nn.attention.bias import causal_lower_right
+
+        return causal_lower_right(sq, sk)
     i = torch.arange(sq, device=x.device)[:, None] + (sk - sq)
     j = torch.arange(sk, device=x.device)[None, :]
     allowed = (key_mask != 0)[:, None, None, :]
