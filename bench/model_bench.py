@@ -134,7 +134,7 @@ def torch_vs_hf(kind: str, repeat: int, tmp: str, rows, peak_rows) -> None:
             f"ours {o_min:.0f} / {o_med:.0f} ms, HF {h_min:.0f} / {h_med:.0f} ms (min / median); "
             f"HF/ours {h_min / o_min:.2f}x (min), {h_med / o_med:.2f}x (median), {pairwise:.2f}x (pairwise median)",
         ))
-        flops = model_flops(comp.model, {"batch": b, "seq": s})
+        flops = model_flops(comp.model, {"batch": b, "seq": s, "past": 0})  # no KV cache: a plain forward
         fwd = flops / min(t["ours"]) / 1e9, flops / statistics.median(t["ours"]) / 1e9
         mm = mm_flops / min(t["mm"]) / 1e9, mm_flops / statistics.median(t["mm"]) / 1e9
         peak_rows.append((
