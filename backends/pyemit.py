@@ -791,7 +791,7 @@ class ModuleEmitter(ABC):
                 out(f"for {index}, layer in enumerate({member}):")
                 with out.indent():
                     out(f"{res[0]}, *step = layer({res[0]}{rest}, *{per}[{k} * {index} : {k} * {index} + {k}])")
-                    out(f"{outs} += step")
+                    out(self.collect_layer_outputs(md, outs))
                 out(f"{', '.join(res[1:])}, = {outs}")
                 return
             if isinstance(child, Repeat):
@@ -813,6 +813,10 @@ class ModuleEmitter(ABC):
         ctx = self.node_context(md, node, operands=tuple(args))
         rule = self.op_rule(node.op, ctx.loc)
         out(f"{ns.name(node.results[0])} = {rule(ctx, *args)}")
+
+    def collect_layer_outputs(self, md: ModuleDef, outs: str) -> str:
+        """The loop line that gathers one layer's per-layer outputs (its KV cache)."""
+        return f"{outs} += step"
 
     def emit_module(self, out: Lines, md: ModuleDef) -> None:
         out(f"class {self.class_names[md.name]}({self.base_class}):")

@@ -115,13 +115,14 @@ def torch_vs_hf(kind: str, repeat: int, tmp: str, rows, peak_rows) -> None:
     for b, s in SHAPES:
         ids = torch.from_numpy(np.random.default_rng(0).integers(0, vocab, size=(b, s)))
         with torch.inference_mode():
-            a, r = ours(input_ids=ids)["logits"], hf(input_ids=ids, use_cache=False).logits
+            # Both without a KV cache: transformers' use_cache=False, ours the same switch.
+            a, r = ours(input_ids=ids, use_cache=False)["logits"], hf(input_ids=ids, use_cache=False).logits
             if not torch.all((a - r).abs() <= 1e-5 + 1e-4 * r.abs()):
                 raise SystemExit(f"{label}: generated logits differ from transformers' by {float((a - r).abs().max())}")
             del a, r
             t = interleaved(
                 {
-                    "ours": lambda: ours(input_ids=ids),
+                    "ours": lambda: ours(input_ids=ids, use_cache=False),
                     "hf": lambda: hf(input_ids=ids, use_cache=False),
                     "mm": lambda: torch.mm(ma, mb_),
                 },

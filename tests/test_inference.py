@@ -249,6 +249,24 @@ def test_logits_to_keep_gives_the_last_positions(build, parts, overrides):
         close(state(input_ids=ids, logits_to_keep=0)["logits"].numpy(), full.numpy())
 
 
+@pytest.mark.parametrize("parts,overrides", [(GPT2, ()), (LLAMA, GQA), (AUDIO, ())], ids=["gpt2", "llama_gqa", "audio"])
+def test_use_cache_false_keeps_no_cache(build, parts, overrides):
+    """forward(use_cache=False) returns the same logits and None for every present.*
+    output (as transformers' models do), so no layer's keys and values outlive it."""
+    mod = build(parts, overrides=overrides)
+    state = mod.load_canonical(perturbed(mod))
+    name = mod._INPUT_KINDS[0]["name"]
+    tokens = torch.from_numpy(mod.example_inputs(batch_size=2, seed=4)[name][..., :10])
+    with torch.no_grad():
+        full = state(**{name: tokens})
+        bare = state(**{name: tokens}, use_cache=False)
+    assert list(bare) == list(full)
+    close(bare["logits"].numpy(), full["logits"].numpy())
+    presents = [k for k in full if k.startswith("present.")]
+    assert presents and all(bare[k] is None for k in presents)
+    assert all(full[k] is not None for k in presents)
+
+
 @pytest.mark.slow
 def test_cache_in_numpy_and_flax_too(build):
     for target in ("numpy", "flax"):
