@@ -51,10 +51,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(64, 64, bias=True)
 
     def forward(self, x, bias, past_key, past_value):
-        qkv = self.qkv_proj(x)
-        q = qkv.narrow(-1, 0, 64)
-        k = qkv.narrow(-1, 64, 64)
-        v = qkv.narrow(-1, 128, 64)
+        q = F.linear(x, self.qkv_proj.weight[0:64], self.qkv_proj.bias[0:64])
+        k = F.linear(x, self.qkv_proj.weight[64:128], self.qkv_proj.bias[64:128])
+        v = F.linear(x, self.qkv_proj.weight[128:192], self.qkv_proj.bias[128:192])
         kv_new = k.unflatten(-1, (4, 16)).transpose(1, 2)
         present_key = torch.cat([past_key, kv_new], dim=2) if past_key.shape[2] else kv_new
         kv_new_1 = v.unflatten(-1, (4, 16)).transpose(1, 2)
@@ -121,7 +120,15 @@ class Gpt2Small(nn.Module):
         self.blocks = nn.ModuleList(Block() for _ in range(2))
         self.norm_f = nn.LayerNorm(64, eps=1e-05, elementwise_affine=True, bias=True)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, **cache):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        logits_to_keep=0,
+        use_cache=True,
+        **cache,
+    ):
         unknown = set(cache) - {
             "past_key_values.0.key",
             "past_key_values.0.value",
@@ -161,7 +168,7 @@ class Gpt2Small(nn.Module):
         layer_outputs = []
         for i, layer in enumerate(self.blocks):
             x_2, *step = layer(x_2, attn_bias, *per_layer[2 * i : 2 * i + 2])
-            layer_outputs += step
+            layer_outputs += step if use_cache else [None] * len(step)
         (
             x_3,
             x_4,

@@ -137,10 +137,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(64, 64, bias=False)
 
     def forward(self, x, bias, position_ids, past_key, past_value):
-        qkv = self.qkv_proj(x)
-        q = qkv.narrow(-1, 0, 64)
-        k = qkv.narrow(-1, 64, 64)
-        v = qkv.narrow(-1, 128, 64)
+        q = F.linear(x, self.qkv_proj.weight[0:64])
+        k = F.linear(x, self.qkv_proj.weight[64:128])
+        v = F.linear(x, self.qkv_proj.weight[128:192])
         q_1 = _rope(q, 4, 16, 10000.0, positions=position_ids)
         k_1 = _rope(k, 4, 16, 10000.0, positions=position_ids)
         kv_new = k_1.unflatten(-1, (4, 16)).transpose(1, 2)
@@ -212,7 +211,15 @@ class Llama27b(nn.Module):
         self.norm_f = nn.RMSNorm(64, eps=1e-05)
         self.lm_head = nn.Linear(64, 256, bias=False)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, **cache):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        logits_to_keep=0,
+        use_cache=True,
+        **cache,
+    ):
         unknown = set(cache) - {
             "past_key_values.0.key",
             "past_key_values.0.value",
@@ -250,7 +257,7 @@ class Llama27b(nn.Module):
         layer_outputs = []
         for i, layer in enumerate(self.blocks):
             x_1, *step = layer(x_1, attn_bias, position_ids, *per_layer[2 * i : 2 * i + 2])
-            layer_outputs += step
+            layer_outputs += step if use_cache else [None] * len(step)
         (
             x_2,
             x_3,

@@ -137,10 +137,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(64, 64, bias=False)
 
     def forward(self, x, bias, position_ids, past_key, past_value):
-        qkv = self.qkv_proj(x)
-        q = qkv.narrow(-1, 0, 64)
-        k = qkv.narrow(-1, 64, 32)
-        v = qkv.narrow(-1, 96, 32)
+        q = F.linear(x, self.qkv_proj.weight[0:64])
+        k = F.linear(x, self.qkv_proj.weight[64:96])
+        v = F.linear(x, self.qkv_proj.weight[96:128])
         q_1 = _rope(q, 4, 16, 10000.0, positions=position_ids)
         k_1 = _rope(k, 2, 16, 10000.0, positions=position_ids)
         kv_new = k_1.unflatten(-1, (2, 16)).transpose(1, 2)
@@ -215,7 +214,7 @@ class MyAudioModel(nn.Module):
         self.head_0 = nn.Linear(64, 64, bias=False)
         self.head_1 = nn.Linear(64, 64, bias=False)
 
-    def forward(self, codes, attention_mask=None, position_ids=None, **cache):
+    def forward(self, codes, attention_mask=None, position_ids=None, use_cache=True, **cache):
         unknown = set(cache) - {
             "past_key_values.0.key",
             "past_key_values.0.value",
@@ -257,7 +256,7 @@ class MyAudioModel(nn.Module):
         layer_outputs = []
         for i, layer in enumerate(self.blocks):
             x_3, *step = layer(x_3, attn_bias, position_ids, *per_layer[2 * i : 2 * i + 2])
-            layer_outputs += step
+            layer_outputs += step if use_cache else [None] * len(step)
         (
             x_4,
             x_5,
