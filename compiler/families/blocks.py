@@ -357,6 +357,22 @@ def pool_tokens(b: ModuleBuilder, cfg: Any, x: Value) -> Value:
     return b.op("select", x, axis=1, index=0, hint="pooled")
 
 
+PIXELS_DOC = "normalized pixels, channels first"
+
+
+def finish_image_model(family: Any, ctx: CompileContext, mb: ModelBuilder, top_def: ModuleDef, pixels: Value, config: dict):
+    """The model of a family whose one input is a batch of images, `pixel_values`."""
+    return mb.finish(
+        top_def,
+        name=top_def.name,
+        spec_name=ctx.spec.name,
+        inputs=[InputSpec("pixel_values", pixels.type, "normal", doc=PIXELS_DOC)],
+        config=config,
+        family=family.name,
+        symbols={"batch": "batch size"},
+    )
+
+
 def pixel_input(cfg: Any) -> TensorType:
     s = cfg["image_size"]
     return TensorType(DType.f32, ("batch", cfg["channels"], s, s))

@@ -21,6 +21,7 @@ from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key, tower
 from metagen.compiler.families.blocks import (
+    PIXELS_DOC,
     TransformerStack,
     SIZE_KEYS, TOWER_CHOICE, VisionTower, block_stack, check_vision, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_patches, pixel_input,
     pool_tokens, report_structure, resolve_tower, token_embeddings, tower_activations, tower_block, vision_embed,
@@ -270,7 +271,7 @@ class DualEncoder(Family):
             spec_name=ctx.spec.name,
             inputs=[
                 InputSpec("input_ids", ids.type, "tokens", 0, t["vocab_size"], "token ids; the highest id marks end-of-text"),
-                InputSpec("pixel_values", pixels.type, "normal", doc="normalized pixels, channels first"),
+                InputSpec("pixel_values", pixels.type, "normal", doc=PIXELS_DOC),
                 mask_spec,
             ],
             config=config,

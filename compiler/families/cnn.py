@@ -21,10 +21,11 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
+    finish_image_model,
     act_nbytes, class_name, inference, num_classes, read_spec, training, weight_nbytes,
 )
 from metagen.ir.builder import ModelBuilder, ModuleBuilder
-from metagen.ir.graph import InputSpec, Model, ModuleDef, Value
+from metagen.ir.graph import Model, ModuleDef, Value
 from metagen.ir.types import DType, TensorType
 
 # depth -> (block kind, blocks per stage): the table of He et al., Table 1.
@@ -246,15 +247,7 @@ class ResNet(Family):
         top_def = top.ret(logits, names=["logits"])
         config = a.pick(ResNetArch.spec_keys()) if isinstance(a, ArchConfig) else {k: a[k] for k in ResNetArch.spec_keys()}
         config.update(block=a["block"], depths=list(a["depths"]), num_classes=a["num_classes"])
-        return mb.finish(
-            top_def,
-            name=top_def.name,
-            spec_name=ctx.spec.name,
-            inputs=[InputSpec("pixel_values", pixels.type, "normal", doc="normalized pixels, channels first")],
-            config=config,
-            family=self.name,
-            symbols={"batch": "batch size"},
-        )
+        return finish_image_model(self, ctx, mb, top_def, pixels, config)
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
         """Inference: one block's feature maps live at a time, for one image.

@@ -19,11 +19,12 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
+    finish_image_model,
     act_nbytes, class_name, inference, read_spec, tower_training_activations, training, weight_nbytes,
 )
 from metagen.compiler.families.cnn import RESNET_DEPTHS, TINY_DEPTHS, resnet_trunk
 from metagen.ir.builder import ModelBuilder, ModuleBuilder
-from metagen.ir.graph import InputSpec, Model, ModuleDef, Value, normal
+from metagen.ir.graph import Model, ModuleDef, Value, normal
 from metagen.ir.types import DType, TensorType
 
 DEFAULT_QUERIES = 100
@@ -230,15 +231,7 @@ class Detr(Family):
         config = {k: a[k] for k in type(a).spec_keys()}
         config.update(num_queries=q, num_classes=a["num_classes"], backbone=dict(a["backbone"]), box_format="cxcywh")
         config.update(self.extra_config(a))
-        return mb.finish(
-            top_def,
-            name=top_def.name,
-            spec_name=ctx.spec.name,
-            inputs=[InputSpec("pixel_values", pixels.type, "normal", doc="normalized pixels, channels first")],
-            config=config,
-            family=self.name,
-            symbols={"batch": "batch size"},
-        )
+        return finish_image_model(self, ctx, mb, top_def, pixels, config)
 
     def extra_heads(self, mb: ModelBuilder, top: ModuleBuilder, a: Any, projected: Value, h: Value) -> dict[str, Value]:
         """Outputs a variant adds after the class and box heads (instance_seg.py's masks)."""
@@ -378,15 +371,7 @@ class DenseDetector(Family):
         top_def = top.ret(logits, distances, centerness, names=["logits", "box_distances", "centerness"])
         config = {k: a[k] for k in DenseArch.spec_keys()}
         config.update(num_classes=a["num_classes"], block=a["block"], depths=list(a["depths"]), stride=DENSE_STRIDE)
-        return mb.finish(
-            top_def,
-            name=top_def.name,
-            spec_name=ctx.spec.name,
-            inputs=[InputSpec("pixel_values", pixels.type, "normal", doc="normalized pixels, channels first")],
-            config=config,
-            family=self.name,
-            symbols={"batch": "batch size"},
-        )
+        return finish_image_model(self, ctx, mb, top_def, pixels, config)
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
         """The backbone's blocks as the resnet family, plus the head's maps."""

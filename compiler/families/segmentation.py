@@ -15,11 +15,12 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
+    finish_image_model,
     act_nbytes, class_name, inference, num_classes, read_spec, training, weight_nbytes,
 )
 from metagen.compiler.families.cnn import CNN_ACTIVATIONS, conv_bn, feature_type
 from metagen.ir.builder import ModelBuilder, ModuleBuilder
-from metagen.ir.graph import InputSpec, Model, ModuleDef, Value
+from metagen.ir.graph import Model, ModuleDef, Value
 from metagen.ir.types import DType, TensorType
 
 DEFAULT_MULTS = [1, 2, 4, 8, 16]  # Ronneberger et al.: 64, 128, 256, 512, 1024 channels
@@ -187,15 +188,7 @@ class SegmentationUNet(Family):
         keys = SegmentationArch.spec_keys()
         config = {k: (list(a[k]) if isinstance(a[k], list) else a[k]) for k in keys}
         config.update(num_classes=a["num_classes"], mask_resolution=a["mask_resolution"], dice=a["dice"])
-        return mb.finish(
-            top_def,
-            name=top_def.name,
-            spec_name=ctx.spec.name,
-            inputs=[InputSpec("pixel_values", pixels.type, "normal", doc="normalized pixels, channels first")],
-            config=config,
-            family=self.name,
-            symbols={"batch": "batch size"},
-        )
+        return finish_image_model(self, ctx, mb, top_def, pixels, config)
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
         """Every skip is live until its decoder level; the largest level's working

@@ -12,11 +12,12 @@ from metagen.compiler.context import CompileContext
 from metagen.compiler.cost import UnitOfWork
 from metagen.compiler.families.base import Family, Knobs, Rule, derived
 from metagen.compiler.families.blocks import (
+    finish_image_model,
     VisionTower, block_stack, check_vision, class_name, act_nbytes, inference, tower_training_activations, training, weight_nbytes, num_classes, num_patches, pixel_input,
     pool_tokens, report_structure, resolve_tower, single_tower_knobs, tower_activations, tower_block, vision_embed,
     vision_structure, vision_tiny,
 )
-from metagen.ir.graph import InputSpec, Model
+from metagen.ir.graph import Model
 
 DEFAULT_IMAGE_CLASSES = 1000  # ImageNet-1k, when task.num_classes is absent
 
@@ -96,15 +97,7 @@ class ViTClassifier(Family):
         top_def = top.ret(logits, names=["logits"])
         config = a.pick(VisionTower.spec_keys())
         config["num_classes"] = a.num_classes
-        return mb.finish(
-            top_def,
-            name=top_def.name,
-            spec_name=ctx.spec.name,
-            inputs=[InputSpec("pixel_values", pixels.type, "normal", doc="normalized pixels, channels first")],
-            config=config,
-            family=self.name,
-            symbols={"batch": "batch size"},
-        )
+        return finish_image_model(self, ctx, mb, top_def, pixels, config)
 
     def memory(self, ctx: CompileContext, params: int) -> dict[str, dict[str, int]]:
         """One forward of one image (one block live at a time); training keeps every
