@@ -10,11 +10,8 @@ an error naming those that do.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import tempfile
-import uuid
 from typing import Any, Callable
 
 import numpy as np
@@ -22,6 +19,7 @@ import numpy as np
 from metagen.backends.pyemit import GENERATE_FUNCTIONS, decode_table
 from metagen.diagnostics import CompileError, Diagnostic, Loc
 from metagen.ir.graph import Model
+from metagen.verify import load_generated
 
 BACKENDS = ("torch", "flax", "onnx")
 
@@ -151,15 +149,6 @@ def genai_config(model: Model, filename: str = "model.onnx") -> dict | None:
 # ----------------------------------------------------------------- metagen generate
 
 
-def _import(path: str):
-    name = f"_metagen_generate_{uuid.uuid4().hex}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def generate_tokens(comp, backend: str, prompt: np.ndarray, weights: dict | None, seed: int, **options) -> np.ndarray:
     """Compile `comp` for `backend`, load `weights` (init(seed)'s when None) and run
     its generate on `prompt`."""
@@ -180,6 +169,6 @@ def generate_tokens(comp, backend: str, prompt: np.ndarray, weights: dict | None
         path = os.path.join(tmp, "model.py")
         with open(path, "wb") as f:
             f.write(emit_target(comp, backend, seed=seed)[""])
-        mod = _import(path)
+        mod = load_generated(path)
         state = mod.load_canonical(weights) if weights is not None else mod.init(seed)
         return np.asarray(mod.generate(state, prompt, seed=options.pop("sample_seed"), **options))

@@ -64,8 +64,9 @@ def compare(output: str, pair: str, a: np.ndarray, b: np.ndarray) -> Comparison:
     return Comparison(output, pair, float(diff.max()), float(rel.max()), float(used.max()))
 
 
-def _load_module(path: str):
-    name = f"mg_verify_{uuid.uuid4().hex}"
+def load_generated(path: str):
+    """Import the generated module at `path` under a fresh name (never a cached one)."""
+    name = f"mg_generated_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
@@ -103,7 +104,7 @@ class Session:
     def module(self, backend: registry.Backend):
         if backend.name not in self.modules:
             files = backend.lower(self.model, seed=self.seed)
-            self.modules[backend.name] = _load_module(_write(self.folder, f"model_{backend.name}.py", files))
+            self.modules[backend.name] = load_generated(_write(self.folder, f"model_{backend.name}.py", files))
         return self.modules[backend.name]
 
 
