@@ -425,7 +425,8 @@ def _cmd_import_hf(args) -> int:
 def _cmd_export_hf(args) -> int:
     from metagen.artifacts import resolved_spec
     from metagen.diagnostics import Loc
-    from metagen.hf_export import export_files, init_weights
+    from metagen.backends.init_code import canonical_init
+    from metagen.hf_export import export_files
     from metagen.outputs import write_tree
 
     sink = DiagnosticSink()
@@ -438,7 +439,7 @@ def _cmd_export_hf(args) -> int:
         if args.weights:
             weights, where = _load_weights(args.weights), Loc(args.weights, 1, 1)
         else:
-            weights, where = init_weights(comp, _effective_seed(args, comp)), None
+            weights, where = canonical_init(comp.model, _effective_seed(args, comp)), None
         files = export_files(comp, resolved_spec(comp), weights, args.max_shard_size, where,
                              tokenizer, Loc(tokenizer, 1, 1) if tokenizer else None)
         write_tree(args.output, files)

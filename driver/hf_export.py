@@ -449,13 +449,6 @@ def shard(tensors: dict[str, np.ndarray], max_size: int, stem: str = "model") ->
     return files
 
 
-def init_weights(comp, seed: int) -> dict[str, np.ndarray]:
-    """init(seed)'s canonical weights, drawn by the init code every backend embeds."""
-    from metagen.backends.init_code import canonical_init
-
-    return canonical_init(comp.model, seed)
-
-
 def tokenizer_files(path: str, config: dict, context: int, pad_with_eos: bool = False) -> dict[str, bytes]:
     """tokenizer.json as it is, with the tokenizer_config.json and
     special_tokens_map.json that make `AutoTokenizer.from_pretrained` load it as a
