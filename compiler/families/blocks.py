@@ -194,9 +194,11 @@ def width_candidates(pinned_width: int | None) -> list[int]:
     return [pinned_width] if pinned_width is not None else list(range(64, 8192 + 1, 64))
 
 
-def single_tower_knobs(ctx: CompileContext, check) -> Knobs | None:
+def single_tower_knobs(ctx: CompileContext, check, ideal_depth=None) -> Knobs | None:
     """Width (multiples of 64, heads and ffn derived) and depth of one transformer
-    tower, skipping widths `check(cfg, pinned)` rejects; None when both are pinned."""
+    tower, skipping widths `check(cfg, pinned)` rejects; None when both are pinned.
+    The depth follows design rule tower-depth unless the family gives `ideal_depth`
+    (a function of the width)."""
     if "hidden_size" in ctx.pinned and "layers" in ctx.pinned:
         return None
     widths = []
@@ -206,6 +208,8 @@ def single_tower_knobs(ctx: CompileContext, check) -> Knobs | None:
         if check(cfg, ctx.pinned) is None:
             widths.append({k: cfg[k] for k in SIZE_KEYS})
     depth_keys = [] if "layers" in ctx.pinned else ["layers"]
+    if ideal_depth is not None:
+        return Knobs(widths, depth_keys, ideal_depth=ideal_depth)
     return Knobs(
         widths=widths,
         depth_keys=depth_keys,

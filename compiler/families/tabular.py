@@ -33,7 +33,7 @@ from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
     TransformerStack,
-    SIZE_KEYS, block_stack, class_name, inference, read_spec, tower_block, training, weight_nbytes, width_candidates,
+    block_stack, class_name, inference, read_spec, single_tower_knobs, tower_block, training, weight_nbytes,
 )
 from metagen.ir.builder import ModuleBuilder
 from metagen.ir.graph import ZEROS, InputSpec, Model, Value, normal
@@ -141,15 +141,7 @@ class Tabular(Family):
 
     def knobs(self, ctx: CompileContext) -> Knobs | None:
         if ctx.arch.variant == "ft_transformer":
-            if "hidden_size" in ctx.pinned and "layers" in ctx.pinned:
-                return None
-            widths = []
-            pinned_d = ctx.arch["hidden_size"] if "hidden_size" in ctx.pinned else None
-            for d in width_candidates(pinned_d):
-                cfg = dict(ctx.arch, hidden_size=d)
-                if T.derive(cfg, ctx.pinned, False) is None:
-                    widths.append({k: cfg[k] for k in SIZE_KEYS})
-            return Knobs(widths, [] if "layers" in ctx.pinned else ["layers"], ideal_depth=lambda w: 3.0)
+            return single_tower_knobs(ctx, lambda cfg, pinned: T.derive(cfg, pinned, False), ideal_depth=lambda w: 3.0)
         if "hidden_size" in ctx.pinned and "layers" in ctx.pinned:
             return None
         pinned_d = ctx.arch["hidden_size"] if "hidden_size" in ctx.pinned else None

@@ -35,7 +35,7 @@ from metagen.compiler.families import transformer as T
 from metagen.compiler.families.base import ArchConfig, Family, Knobs, Rule, derived, spec_key
 from metagen.compiler.families.blocks import (
     TransformerStack,
-    SIZE_KEYS, class_name, inference, read_spec, training, weight_nbytes, width_candidates,
+    class_name, inference, read_spec, single_tower_knobs, training, weight_nbytes,
 )
 from metagen.ir.builder import ModelBuilder, ModuleBuilder
 from metagen.ir.graph import ONES, ZEROS, InputSpec, Model, ModuleDef, Value, normal
@@ -128,12 +128,7 @@ class TimeSeries(Family):
         pinned_d = ctx.arch["hidden_size"] if "hidden_size" in ctx.pinned else None
         if ctx.arch.variant == "autoencoder":
             return Knobs([{"hidden_size": d} for d in ([pinned_d] if pinned_d else range(32, 8192 + 1, 32))], depth, ideal_depth=lambda w: 2.0)
-        widths = []
-        for d in width_candidates(pinned_d):
-            cfg = dict(ctx.arch, hidden_size=d)
-            if T.derive(cfg, ctx.pinned, False) is None:
-                widths.append({k: cfg[k] for k in SIZE_KEYS})
-        return Knobs(widths, depth, ideal_depth=lambda w: 3.0)
+        return single_tower_knobs(ctx, lambda cfg, pinned: T.derive(cfg, pinned, False), ideal_depth=lambda w: 3.0)
 
     def tiny(self, ctx: CompileContext) -> None:
         a = ctx.arch
