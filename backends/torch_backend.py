@@ -28,7 +28,7 @@ from metagen.backends.pyemit import (
     format_python,
 )
 from metagen.backends.sampling import sampler_source
-from metagen.ir.graph import Layer, Model, Param
+from metagen.ir.graph import Layer, Model, Param, Sub
 from metagen.ir.types import DType
 
 RESERVED = {"torch", "nn", "F", "np", "math", "zlib", "self", "Model", "CONFIG", "INPUTS", "OUTPUTS", "logits_to_keep", "use_cache"}
@@ -303,10 +303,15 @@ def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
         cos, sin = _rope_cos_sin_cached(
             x.shape[1], head_dim, theta, x.device, x.dtype, torch.is_inference_mode_enabled(), inv_freq
         )
+    # x * cos + rotate_half(x) * sin, in two buffers' worth where that form takes
+    # four and a half: each half's product with sin is added into x * cos in place
+    # (the same roundings, bit for bit; addcmul_ would fuse them).
     x = x.unflatten(-1, (heads, head_dim))
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).flatten(2)
+    half = head_dim // 2
+    out = x * cos
+    out[..., :half] -= x[..., half:] * sin[..., :half]
+    out[..., half:] += x[..., :half] * sin[..., half:]
+    return out.flatten(2)
 ''',
     "timestep_embedding": '''
 def _timestep_embedding(t, dim, flip_sin_to_cos, freq_shift, max_period):
@@ -441,7 +446,76 @@ class TorchEmitter(ModuleEmitter):
                     found[id(u)] = (n.target, u.attrs["start"], u.attrs["end"], bias, n.operands[0])
         return found
 
+    # In place: an elementwise op writes into an operand that is a temporary it alone
+    # reads (`gate = F.silu(gate, inplace=True)`, `x = h.add_(x)`), as hand-written
+    # models do, instead of allocating a result of the same shape. A temporary is a
+    # value made fresh in this call method by an op whose backward does not keep its
+    # result (a linear or conv layer, add, sub, mul, silu), or a child module's output
+    # made so there and read nowhere else in it; in-place writes into it are then
+    # invisible to the caller and to autograd. Only the first operand is written, and
+    # only when it has the result's type: torch gives an out-of-place result the first
+    # operand's memory layout, so the values and the layout every later op sees are
+    # exactly those of the out-of-place form (writing into the second operand of a
+    # commutative op would not be: a channels-last conv output there changed the
+    # algorithm, and the last bits, of the convolutions after it). Image tensors (rank
+    # 4) are never written: a [B, C, 1, 1] conv output's strides are not those torch
+    # gives the out-of-place sum, and group norm then took another path.
+    INPLACE = {
+        "add": lambda x, y: f"{x}.add_({y})",
+        "mul": lambda x, y: f"{x}.mul_({y})",
+        "sub": lambda x, y: f"{x}.sub_({y})",
+        "silu": lambda x: f"F.silu({x}, inplace=True)",
+    }
+    FRESH_OPS = frozenset({"add", "sub", "mul", "silu"})
+    FRESH_LAYERS = frozenset({"linear"})
+
+    def _reads(self, md) -> dict[int, int]:
+        """How often each value of `md` is read (node operands and outputs)."""
+        reads: dict[int, int] = {}
+        for v in [o for n in md.nodes for o in n.operands] + list(md.outputs):
+            reads[id(v)] = reads.get(id(v), 0) + 1
+        return reads
+
+    def _fresh(self, md, v) -> bool:
+        node = v.producer
+        if node is None or not any(n is node for n in md.nodes):
+            return False
+        if node.kind == "op":
+            return node.op in self.FRESH_OPS
+        if node.kind != "call":
+            return False
+        child = md.children[node.target]
+        if isinstance(child, Layer):
+            return child.op in self.FRESH_LAYERS and id(node) not in self.sliced_linears
+        if isinstance(child, Sub):
+            return node.results.index(v) in self.fresh_outputs(child.module)
+        return False
+
+    @functools.cache
+    def fresh_outputs(self, module: str) -> frozenset[int]:
+        """Indices of `module`'s outputs that are temporaries handed to the caller."""
+        md = self.model.modules[module]
+        reads = self._reads(md)
+        return frozenset(i for i, o in enumerate(md.outputs) if reads[id(o)] == 1 and self._fresh(md, o))
+
+    def inplace(self, md, node, args: list[str]) -> str | None:
+        """The in-place form of an elementwise node, when an operand may be written."""
+        if node.kind != "op" or node.op not in self.INPLACE:
+            return None
+        self.op_rule(node.op, self.node_context(md, node).loc)  # a missing rule is still reported
+        if md.name != getattr(self, "_reads_of", (None,))[0]:
+            self._reads_of = (md.name, self._reads(md))
+        v = node.operands[0]
+        if v.type.rank <= 3 and self._reads_of[1][id(v)] == 1 and v.type == node.results[0].type and self._fresh(md, v):
+            return self.INPLACE[node.op](*args)
+        return None
+
     def emit_node(self, out, md, node, ns) -> None:
+        args = [ns.name(o) for o in node.operands]
+        written = self.inplace(md, node, args)
+        if written is not None:
+            out(f"{self.result_names(node, ns)[0]} = {written}")
+            return
         if md.name == self.model.top and node is self.keep_node:
             h = ns.name(node.operands[0])
             out(f"if {self.KEEP}:")
@@ -453,7 +527,7 @@ class TorchEmitter(ModuleEmitter):
         if sliced:
             member, start, end, bias, x = sliced
             b = f", self.{member}.bias[{start}:{end}]" if bias else ""
-            out(f"{ns.name(node.results[0])} = F.linear({ns.name(x)}, self.{member}.weight[{start}:{end}]{b})")
+            out(f"{self.result_names(node, ns)[0]} = F.linear({ns.name(x)}, self.{member}.weight[{start}:{end}]{b})")
             return
         super().emit_node(out, md, node, ns)
 

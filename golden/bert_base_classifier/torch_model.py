@@ -80,8 +80,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = F.gelu(h)
-        out = self.fc_out(h_1)
+        h = F.gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -97,12 +97,12 @@ class Block(nn.Module):
 
     def forward(self, x, bias):
         h = self.attn(x, bias)
-        x_1 = x + h
-        x_2 = self.attn_norm(x_1)
-        h_1 = self.mlp(x_2)
-        x_3 = x_2 + h_1
-        x_4 = self.mlp_norm(x_3)
-        return x_4
+        x = x + h
+        x = self.attn_norm(x)
+        h = self.mlp(x)
+        x = x + h
+        x = self.mlp_norm(x)
+        return x
 
 
 class BertBaseSentiment(nn.Module):
@@ -128,19 +128,18 @@ class BertBaseSentiment(nn.Module):
         x = self.tok_embeddings(input_ids)
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
+        x = x + pos_emb
         type_emb = self.type_embeddings(token_type_ids)
-        x_2 = x_1 + type_emb
-        x_3 = self.embed_norm(x_2)
-        attn_bias = _attention_bias(attention_mask, x_3, False, 0)
-        x_4 = x_3
+        x = x.add_(type_emb)
+        x = self.embed_norm(x)
+        attn_bias = _attention_bias(attention_mask, x, False, 0)
         for layer in self.blocks:
-            x_4 = layer(x_4, attn_bias)
-        pooled = x_4.select(1, 0)
-        pooled_1 = self.pooler(pooled)
-        pooled_2 = torch.tanh(pooled_1)
-        logits = self.classifier(pooled_2)
-        embeds = F.normalize(pooled_2, dim=-1)
+            x = layer(x, attn_bias)
+        pooled = x.select(1, 0)
+        pooled = self.pooler(pooled)
+        pooled = torch.tanh(pooled)
+        logits = self.classifier(pooled)
+        embeds = F.normalize(pooled, dim=-1)
         return {"logits": logits, "embeds": embeds}
 
 

@@ -63,9 +63,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         gate = self.gate_proj(x)
-        gate_1 = jax.nn.gelu(gate, approximate=False)
+        gate = jax.nn.gelu(gate, approximate=False)
         up = self.up_proj(x)
-        h = gate_1 * up
+        h = gate * up
         out = self.down_proj(h)
         return out
 
@@ -85,12 +85,12 @@ class Block(nnx.Module):
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class ChurnClassifier(nnx.Module):
@@ -139,7 +139,7 @@ class ChurnClassifier(nnx.Module):
         emb_contract = self.embed_contract(contract)
         tok_contract = jnp.expand_dims(emb_contract, (1,))
         tokens = jnp.concatenate([num_tokens, tok_contract], axis=1)
-        x_1 = jnp.concatenate(
+        x = jnp.concatenate(
             [
                 jnp.broadcast_to(
                     self.cls_token[...], (tokens.shape[0],) + self.cls_token[...].shape[1:]
@@ -148,14 +148,13 @@ class ChurnClassifier(nnx.Module):
             ],
             axis=1,
         )
-        x_2 = x_1
         for layer in self.blocks:
-            x_2 = layer(x_2)
-        x_3 = self.norm_f(x_2)
-        cls = jax.lax.index_in_dim(x_3, 0, axis=1, keepdims=False)
+            x = layer(x)
+        x = self.norm_f(x)
+        cls = jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)
         h = jax.nn.relu(cls)
-        h_1 = h
-        logits = self.head(h_1)
+        h = h
+        logits = self.head(h)
         return {"logits": logits}
 
 

@@ -117,9 +117,9 @@ class MLP:
 
     def __call__(self, x):
         gate = self.gate_proj(x)
-        gate_1 = _gelu(gate)
+        gate = _gelu(gate)
         up = self.up_proj(x)
-        h = gate_1 * up
+        h = gate * up
         out = self.down_proj(h)
         return out
 
@@ -135,12 +135,12 @@ class Block:
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class ChurnClassifier:
@@ -162,21 +162,20 @@ class ChurnClassifier:
         emb_contract = self.embed_contract(contract)
         tok_contract = np.expand_dims(emb_contract, (1,))
         tokens = np.concatenate([num_tokens, tok_contract], axis=1)
-        x_1 = np.concatenate(
+        x = np.concatenate(
             [
                 np.broadcast_to(self.cls_token, (tokens.shape[0],) + self.cls_token.shape[1:]),
                 tokens,
             ],
             axis=1,
         )
-        x_2 = x_1
         for layer in self.blocks:
-            x_2 = layer(x_2)
-        x_3 = self.norm_f(x_2)
-        cls = x_3[:, 0]
+            x = layer(x)
+        x = self.norm_f(x)
+        cls = x[:, 0]
         h = np.maximum(cls, 0.0)
-        h_1 = h
-        logits = self.head(h_1)
+        h = h
+        logits = self.head(h)
         return {"logits": logits}
 
 

@@ -50,9 +50,9 @@ class MLP(nn.Module):
 
     def forward(self, x):
         gate = self.gate_proj(x)
-        gate_1 = F.gelu(gate)
+        gate = F.gelu(gate)
         up = self.up_proj(x)
-        h = gate_1 * up
+        h = gate * up
         out = self.down_proj(h)
         return out
 
@@ -69,12 +69,12 @@ class Block(nn.Module):
 
     def forward(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class ChurnClassifier(nn.Module):
@@ -93,19 +93,18 @@ class ChurnClassifier(nn.Module):
     def forward(self, features, contract):
         x = features.unsqueeze(2)
         tok = x * self.num_weight
-        num_tokens = tok + self.num_bias
+        num_tokens = tok.add_(self.num_bias)
         emb_contract = self.embed_contract(contract)
         tok_contract = emb_contract.unsqueeze(1)
         tokens = torch.cat([num_tokens, tok_contract], dim=1)
-        x_1 = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        x_2 = x_1
+        x = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         for layer in self.blocks:
-            x_2 = layer(x_2)
-        x_3 = self.norm_f(x_2)
-        cls = x_3.select(1, 0)
+            x = layer(x)
+        x = self.norm_f(x)
+        cls = x.select(1, 0)
         h = F.relu(cls)
-        h_1 = F.dropout(h, 0.1, self.training)
-        logits = self.head(h_1)
+        h = F.dropout(h, 0.1, self.training)
+        logits = self.head(h)
         return {"logits": logits}
 
 

@@ -32,15 +32,15 @@ class GCNLayer(nnx.Module):
         n_dst = norm[dst]
         scale = n_src * n_dst
         msg = h[src]
-        scale_1 = jnp.expand_dims(scale, (1,))
-        msg_1 = msg / scale_1
-        agg = _scatter_add(msg_1, dst, h.shape[0])
+        scale = jnp.expand_dims(scale, (1,))
+        msg = msg / scale
+        agg = _scatter_add(msg, dst, h.shape[0])
         deg = norm * norm
-        deg_1 = jnp.expand_dims(deg, (1,))
-        self_1 = h / deg_1
+        deg = jnp.expand_dims(deg, (1,))
+        self_1 = h / deg
         out = agg + self_1
-        out_1 = out + self.bias[...]
-        return out_1
+        out = out + self.bias[...]
+        return out
 
 
 class CitationGcn(nnx.Module):
@@ -58,10 +58,10 @@ class CitationGcn(nnx.Module):
         h = self.input_proj(node_features)
         deg = jnp.bincount(dst, length=h.shape[0]).astype(jnp.float32)
         norm = jnp.sqrt(deg + 1.0)
-        h_1 = self.layers0(h, src, dst, norm)
-        h_2 = jax.nn.relu(h_1)
-        h_3 = self.layers1(h_2, src, dst, norm)
-        logits = self.head(h_3)
+        h = self.layers0(h, src, dst, norm)
+        h = jax.nn.relu(h)
+        h = self.layers1(h, src, dst, norm)
+        logits = self.head(h)
         return {"logits": logits}
 
 

@@ -149,8 +149,8 @@ class MLP:
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = h * _sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * _sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -165,12 +165,12 @@ class TextBlock:
 
     def __call__(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h, bias)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h, bias)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class Attention1:
@@ -199,8 +199,8 @@ class MLP1:
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = h * _sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * _sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -215,12 +215,12 @@ class ImageBlock:
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TextEncoder:
@@ -236,13 +236,12 @@ class TextEncoder:
         x = self.tok_embeddings(input_ids)
         pos = np.arange(input_ids.shape[1], dtype=np.int64)
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         for layer in self.blocks:
-            x_2 = layer(x_2, attn_bias)
-        x_3 = self.norm_f(x_2)
-        pooled = x_3[np.arange(x_3.shape[0]), np.argmax(input_ids, axis=-1)]
+            x = layer(x, attn_bias)
+        x = self.norm_f(x)
+        pooled = x[np.arange(x.shape[0]), np.argmax(input_ids, axis=-1)]
         return pooled
 
 
@@ -260,17 +259,16 @@ class ImageEncoder:
     def __call__(self, pixel_values):
         patches = self.patch_embed(pixel_values)
         x = np.transpose(patches.reshape(patches.shape[0], patches.shape[1], -1), (0, 2, 1))
-        x_1 = np.concatenate(
+        x = np.concatenate(
             [np.broadcast_to(self.cls_token, (x.shape[0],) + self.cls_token.shape[1:]), x], axis=1
         )
-        x_2 = x_1 + self.pos_embed
-        x_3 = self.pre_norm(x_2)
-        x_4 = x_3
+        x = x + self.pos_embed
+        x = self.pre_norm(x)
         for layer in self.blocks:
-            x_4 = layer(x_4)
-        pooled = x_4[:, 0]
-        pooled_1 = self.post_norm(pooled)
-        return pooled_1
+            x = layer(x)
+        pooled = x[:, 0]
+        pooled = self.post_norm(pooled)
+        return pooled
 
 
 class ClipVitB32:
@@ -287,11 +285,11 @@ class ClipVitB32:
         if attention_mask is None:
             attention_mask = np.ones((input_ids.shape[0], 0 + input_ids.shape[-1]), dtype=np.int64)
         text = self.text_encoder(input_ids, attention_mask)
-        text_1 = self.text_projection(text)
+        text = self.text_projection(text)
         image = self.image_encoder(pixel_values)
-        image_1 = self.image_projection(image)
-        text_embeds = text_1 / np.maximum(np.linalg.norm(text_1, axis=-1, keepdims=True), 1e-12)
-        image_embeds = image_1 / np.maximum(np.linalg.norm(image_1, axis=-1, keepdims=True), 1e-12)
+        image = self.image_projection(image)
+        text_embeds = text / np.maximum(np.linalg.norm(text, axis=-1, keepdims=True), 1e-12)
+        image_embeds = image / np.maximum(np.linalg.norm(image, axis=-1, keepdims=True), 1e-12)
         sim = np.matmul(text_embeds, np.swapaxes(image_embeds, -1, -2))
         scale = np.exp(self.logit_scale)
         logits_per_text = sim * scale

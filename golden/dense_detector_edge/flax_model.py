@@ -62,12 +62,12 @@ class BasicBlock(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = v_4 + x
-        out = jax.nn.relu(v_5)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = v + x
+        out = jax.nn.relu(v)
         return out
 
 
@@ -80,10 +80,9 @@ class Stage(nnx.Module):
 
     def __call__(self, x):
         v = self.first(x)
-        v_1 = v
         for layer in self.rest:
-            v_1 = layer(v_1)
-        return v_1
+            v = layer(v)
+        return v
 
 
 class Downsample(nnx.Module):
@@ -97,8 +96,8 @@ class Downsample(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class BasicBlock1(nnx.Module):
@@ -117,13 +116,13 @@ class BasicBlock1(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = self.downsample(x)
-        v_6 = v_4 + v_5
-        out = jax.nn.relu(v_6)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = jax.nn.relu(v)
         return out
 
 
@@ -149,8 +148,8 @@ class Downsample1(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class BasicBlock2(nnx.Module):
@@ -169,13 +168,13 @@ class BasicBlock2(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = self.downsample(x)
-        v_6 = v_4 + v_5
-        out = jax.nn.relu(v_6)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = jax.nn.relu(v)
         return out
 
 
@@ -204,15 +203,15 @@ class Backbone(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
         pooled = jax.lax.reduce_window(
-            v_2, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), ((0, 0), (0, 0), (1, 1), (1, 1))
+            v, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), ((0, 0), (0, 0), (1, 1), (1, 1))
         )
-        v_3 = self.layer1(pooled)
-        v_4 = self.layer2(v_3)
-        v_5 = self.layer3(v_4)
-        return v_5
+        v = self.layer1(pooled)
+        v = self.layer2(v)
+        v = self.layer3(v)
+        return v
 
 
 class EdgeDetector(nnx.Module):
@@ -237,17 +236,17 @@ class EdgeDetector(nnx.Module):
     def __call__(self, pixel_values):
         features = self.backbone(pixel_values)
         v = jnp.transpose(self.head_conv(jnp.transpose(features, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.head_bn(v)
-        head = jax.nn.relu(v_1)
-        v_2 = jnp.transpose(self.cls_out(jnp.transpose(head, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_3 = jnp.transpose(v_2.reshape(v_2.shape[0], v_2.shape[1], -1), (0, 2, 1))
-        v_4 = jnp.transpose(self.box_out(jnp.transpose(head, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_5 = jnp.transpose(v_4.reshape(v_4.shape[0], v_4.shape[1], -1), (0, 2, 1))
-        v_6 = jnp.transpose(self.ctr_out(jnp.transpose(head, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = jnp.transpose(v_6.reshape(v_6.shape[0], v_6.shape[1], -1), (0, 2, 1))
-        box_distances = jax.nn.sigmoid(v_5)
-        centerness = jax.lax.index_in_dim(v_7, 0, axis=2, keepdims=False)
-        return {"logits": v_3, "box_distances": box_distances, "centerness": centerness}
+        v = self.head_bn(v)
+        head = jax.nn.relu(v)
+        v = jnp.transpose(self.cls_out(jnp.transpose(head, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = jnp.transpose(v.reshape(v.shape[0], v.shape[1], -1), (0, 2, 1))
+        v_1 = jnp.transpose(self.box_out(jnp.transpose(head, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v_1 = jnp.transpose(v_1.reshape(v_1.shape[0], v_1.shape[1], -1), (0, 2, 1))
+        v_2 = jnp.transpose(self.ctr_out(jnp.transpose(head, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v_2 = jnp.transpose(v_2.reshape(v_2.shape[0], v_2.shape[1], -1), (0, 2, 1))
+        box_distances = jax.nn.sigmoid(v_1)
+        centerness = jax.lax.index_in_dim(v_2, 0, axis=2, keepdims=False)
+        return {"logits": v, "box_distances": box_distances, "centerness": centerness}
 
 
 Model = EdgeDetector

@@ -75,12 +75,12 @@ class BasicBlock:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = v_4 + x
-        out = np.maximum(v_5, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = v + x
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -93,10 +93,9 @@ class Stage:
 
     def __call__(self, x):
         v = self.first(x)
-        v_1 = v
         for layer in self.rest:
-            v_1 = layer(v_1)
-        return v_1
+            v = layer(v)
+        return v
 
 
 class Downsample:
@@ -108,8 +107,8 @@ class Downsample:
 
     def __call__(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class BasicBlock1:
@@ -124,13 +123,13 @@ class BasicBlock1:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = self.downsample(x)
-        v_6 = v_4 + v_5
-        out = np.maximum(v_6, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -154,8 +153,8 @@ class Downsample1:
 
     def __call__(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class BasicBlock2:
@@ -170,13 +169,13 @@ class BasicBlock2:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = self.downsample(x)
-        v_6 = v_4 + v_5
-        out = np.maximum(v_6, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -203,13 +202,13 @@ class Backbone:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        pooled = _max_pool2d(v_2, 3, 2, 1)
-        v_3 = self.layer1(pooled)
-        v_4 = self.layer2(v_3)
-        v_5 = self.layer3(v_4)
-        return v_5
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        pooled = _max_pool2d(v, 3, 2, 1)
+        v = self.layer1(pooled)
+        v = self.layer2(v)
+        v = self.layer3(v)
+        return v
 
 
 class EdgeDetector:
@@ -226,17 +225,17 @@ class EdgeDetector:
     def __call__(self, pixel_values):
         features = self.backbone(pixel_values)
         v = self.head_conv(features)
-        v_1 = self.head_bn(v)
-        head = np.maximum(v_1, 0.0)
-        v_2 = self.cls_out(head)
-        v_3 = np.transpose(v_2.reshape(v_2.shape[0], v_2.shape[1], -1), (0, 2, 1))
-        v_4 = self.box_out(head)
-        v_5 = np.transpose(v_4.reshape(v_4.shape[0], v_4.shape[1], -1), (0, 2, 1))
-        v_6 = self.ctr_out(head)
-        v_7 = np.transpose(v_6.reshape(v_6.shape[0], v_6.shape[1], -1), (0, 2, 1))
-        box_distances = _sigmoid(v_5)
-        centerness = v_7[:, :, 0]
-        return {"logits": v_3, "box_distances": box_distances, "centerness": centerness}
+        v = self.head_bn(v)
+        head = np.maximum(v, 0.0)
+        v = self.cls_out(head)
+        v = np.transpose(v.reshape(v.shape[0], v.shape[1], -1), (0, 2, 1))
+        v_1 = self.box_out(head)
+        v_1 = np.transpose(v_1.reshape(v_1.shape[0], v_1.shape[1], -1), (0, 2, 1))
+        v_2 = self.ctr_out(head)
+        v_2 = np.transpose(v_2.reshape(v_2.shape[0], v_2.shape[1], -1), (0, 2, 1))
+        box_distances = _sigmoid(v_1)
+        centerness = v_2[:, :, 0]
+        return {"logits": v, "box_distances": box_distances, "centerness": centerness}
 
 
 Model = EdgeDetector

@@ -56,12 +56,12 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = v_4 + x
-        out = F.relu(v_5)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = v + x
+        out = F.relu(v)
         return out
 
 
@@ -75,10 +75,9 @@ class Stage(nn.Module):
 
     def forward(self, x):
         v = self.first(x)
-        v_1 = v
         for layer in self.rest:
-            v_1 = layer(v_1)
-        return v_1
+            v = layer(v)
+        return v
 
 
 class Downsample(nn.Module):
@@ -91,8 +90,8 @@ class Downsample(nn.Module):
 
     def forward(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class BasicBlock1(nn.Module):
@@ -108,13 +107,13 @@ class BasicBlock1(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = self.downsample(x)
-        v_6 = v_4 + v_5
-        out = F.relu(v_6)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = F.relu(v)
         return out
 
 
@@ -140,8 +139,8 @@ class Downsample1(nn.Module):
 
     def forward(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class BasicBlock2(nn.Module):
@@ -157,13 +156,13 @@ class BasicBlock2(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = self.downsample(x)
-        v_6 = v_4 + v_5
-        out = F.relu(v_6)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = F.relu(v)
         return out
 
 
@@ -192,13 +191,13 @@ class Backbone(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        pooled = F.max_pool2d(v_2, 3, stride=2, padding=1)
-        v_3 = self.layer1(pooled)
-        v_4 = self.layer2(v_3)
-        v_5 = self.layer3(v_4)
-        return v_5
+        v = self.bn1(v)
+        v = F.relu(v)
+        pooled = F.max_pool2d(v, 3, stride=2, padding=1)
+        v = self.layer1(pooled)
+        v = self.layer2(v)
+        v = self.layer3(v)
+        return v
 
 
 class EdgeDetector(nn.Module):
@@ -216,17 +215,17 @@ class EdgeDetector(nn.Module):
     def forward(self, pixel_values):
         features = self.backbone(pixel_values)
         v = self.head_conv(features)
-        v_1 = self.head_bn(v)
-        head = F.relu(v_1)
-        v_2 = self.cls_out(head)
-        v_3 = v_2.flatten(2).transpose(1, 2)
-        v_4 = self.box_out(head)
-        v_5 = v_4.flatten(2).transpose(1, 2)
-        v_6 = self.ctr_out(head)
-        v_7 = v_6.flatten(2).transpose(1, 2)
-        box_distances = torch.sigmoid(v_5)
-        centerness = v_7.select(2, 0)
-        return {"logits": v_3, "box_distances": box_distances, "centerness": centerness}
+        v = self.head_bn(v)
+        head = F.relu(v)
+        v = self.cls_out(head)
+        v = v.flatten(2).transpose(1, 2)
+        v_1 = self.box_out(head)
+        v_1 = v_1.flatten(2).transpose(1, 2)
+        v_2 = self.ctr_out(head)
+        v_2 = v_2.flatten(2).transpose(1, 2)
+        box_distances = torch.sigmoid(v_1)
+        centerness = v_2.select(2, 0)
+        return {"logits": v, "box_distances": box_distances, "centerness": centerness}
 
 
 Model = EdgeDetector

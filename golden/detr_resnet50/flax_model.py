@@ -97,8 +97,8 @@ class Downsample(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck(nnx.Module):
@@ -121,16 +121,16 @@ class Bottleneck(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        v_6 = jnp.transpose(self.conv3(jnp.transpose(v_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = jax.nn.relu(v_9)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv3(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = jax.nn.relu(v)
         return out
 
 
@@ -153,15 +153,15 @@ class Bottleneck1(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        v_6 = jnp.transpose(self.conv3(jnp.transpose(v_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = self.bn3(v_6)
-        v_8 = v_7 + x
-        out = jax.nn.relu(v_8)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv3(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn3(v)
+        v = v + x
+        out = jax.nn.relu(v)
         return out
 
 
@@ -174,10 +174,9 @@ class Stage(nnx.Module):
 
     def __call__(self, x):
         v = self.first(x)
-        v_1 = v
         for layer in self.rest:
-            v_1 = layer(v_1)
-        return v_1
+            v = layer(v)
+        return v
 
 
 class Downsample1(nnx.Module):
@@ -191,8 +190,8 @@ class Downsample1(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck2(nnx.Module):
@@ -215,16 +214,16 @@ class Bottleneck2(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        v_6 = jnp.transpose(self.conv3(jnp.transpose(v_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = jax.nn.relu(v_9)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv3(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = jax.nn.relu(v)
         return out
 
 
@@ -250,8 +249,8 @@ class Downsample2(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck3(nnx.Module):
@@ -274,16 +273,16 @@ class Bottleneck3(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        v_6 = jnp.transpose(self.conv3(jnp.transpose(v_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = jax.nn.relu(v_9)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv3(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = jax.nn.relu(v)
         return out
 
 
@@ -309,8 +308,8 @@ class Downsample3(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck4(nnx.Module):
@@ -333,16 +332,16 @@ class Bottleneck4(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        v_6 = jnp.transpose(self.conv3(jnp.transpose(v_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = jax.nn.relu(v_9)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv3(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = jax.nn.relu(v)
         return out
 
 
@@ -372,16 +371,16 @@ class Backbone(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
         pooled = jax.lax.reduce_window(
-            v_2, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), ((0, 0), (0, 0), (1, 1), (1, 1))
+            v, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), ((0, 0), (0, 0), (1, 1), (1, 1))
         )
-        v_3 = self.layer1(pooled)
-        v_4 = self.layer2(v_3)
-        v_5 = self.layer3(v_4)
-        v_6 = self.layer4(v_5)
-        return v_6
+        v = self.layer1(pooled)
+        v = self.layer2(v)
+        v = self.layer3(v)
+        v = self.layer4(v)
+        return v
 
 
 class DetrAttention(nnx.Module):
@@ -398,8 +397,8 @@ class DetrAttention(nnx.Module):
         v_1 = self.k_proj(k_in)
         v_2 = self.v_proj(v_in)
         att = _attention(v, v_1, v_2, 4, 4, 16, is_causal=False)
-        v_3 = self.o_proj(att)
-        return v_3
+        v = self.o_proj(att)
+        return v
 
 
 class DetrMLP(nnx.Module):
@@ -411,9 +410,9 @@ class DetrMLP(nnx.Module):
 
     def __call__(self, x):
         v = self.fc1(x)
-        v_1 = jax.nn.relu(v)
-        v_2 = self.fc2(v_1)
-        return v_2
+        v = jax.nn.relu(v)
+        v = self.fc2(v)
+        return v
 
 
 class DetrEncoderLayer(nnx.Module):
@@ -432,12 +431,12 @@ class DetrEncoderLayer(nnx.Module):
     def __call__(self, x, pos):
         qk = x + pos
         v = self.self_attn(qk, qk, x)
-        v_1 = x + v
-        v_2 = self.self_attn_layer_norm(v_1)
-        v_3 = self.mlp(v_2)
-        v_4 = v_2 + v_3
-        v_5 = self.final_layer_norm(v_4)
-        return v_5
+        v = x + v
+        v = self.self_attn_layer_norm(v)
+        v_1 = self.mlp(v)
+        v = v + v_1
+        v = self.final_layer_norm(v)
+        return v
 
 
 class DetrEncoder(nnx.Module):
@@ -467,8 +466,8 @@ class DetrAttention1(nnx.Module):
         v_1 = self.k_proj(k_in)
         v_2 = self.v_proj(v_in)
         att = _attention(v, v_1, v_2, 4, 4, 16, is_causal=False)
-        v_3 = self.o_proj(att)
-        return v_3
+        v = self.o_proj(att)
+        return v
 
 
 class DetrAttention2(nnx.Module):
@@ -485,8 +484,8 @@ class DetrAttention2(nnx.Module):
         v_1 = self.k_proj(k_in)
         v_2 = self.v_proj(v_in)
         att = _attention(v, v_1, v_2, 4, 4, 16, is_causal=False)
-        v_3 = self.o_proj(att)
-        return v_3
+        v = self.o_proj(att)
+        return v
 
 
 class DetrMLP1(nnx.Module):
@@ -498,9 +497,9 @@ class DetrMLP1(nnx.Module):
 
     def __call__(self, x):
         v = self.fc1(x)
-        v_1 = jax.nn.relu(v)
-        v_2 = self.fc2(v_1)
-        return v_2
+        v = jax.nn.relu(v)
+        v = self.fc2(v)
+        return v
 
 
 class DetrDecoderLayer(nnx.Module):
@@ -523,17 +522,17 @@ class DetrDecoderLayer(nnx.Module):
     def __call__(self, h, query_pos, memory, pos):
         qk = h + query_pos
         v = self.self_attn(qk, qk, h)
-        v_1 = h + v
-        v_2 = self.self_attn_layer_norm(v_1)
-        v_3 = v_2 + query_pos
-        v_4 = memory + pos
-        v_5 = self.encoder_attn(v_3, v_4, memory)
-        v_6 = v_2 + v_5
-        v_7 = self.encoder_attn_layer_norm(v_6)
-        v_8 = self.mlp(v_7)
-        v_9 = v_7 + v_8
-        v_10 = self.final_layer_norm(v_9)
-        return v_10
+        v = h + v
+        v = self.self_attn_layer_norm(v)
+        v_1 = v + query_pos
+        v_2 = memory + pos
+        v_1 = self.encoder_attn(v_1, v_2, memory)
+        v = v + v_1
+        v = self.encoder_attn_layer_norm(v)
+        v_1 = self.mlp(v)
+        v = v + v_1
+        v = self.final_layer_norm(v)
+        return v
 
 
 class DetrDecoder(nnx.Module):
@@ -549,8 +548,8 @@ class DetrDecoder(nnx.Module):
         v = h
         for layer in self.layers:
             v = layer(v, query_pos, memory, pos)
-        v_1 = self.layernorm(v)
-        return v_1
+        v = self.layernorm(v)
+        return v
 
 
 class BoxMLPLayer(nnx.Module):
@@ -561,8 +560,8 @@ class BoxMLPLayer(nnx.Module):
 
     def __call__(self, x):
         v = self.fc(x)
-        v_1 = jax.nn.relu(v)
-        return v_1
+        v = jax.nn.relu(v)
+        return v
 
 
 class BoxMLP(nnx.Module):
@@ -576,8 +575,8 @@ class BoxMLP(nnx.Module):
         v = x
         for layer in self.hidden:
             v = layer(v)
-        v_1 = self.out(v)
-        return v_1
+        v = self.out(v)
+        return v
 
 
 class DetrResnet50(nnx.Module):
@@ -617,12 +616,12 @@ class DetrResnet50(nnx.Module):
         query_pos = jnp.expand_dims(self.query_pos[...], (0,))
         row = jax.lax.slice_in_dim(memory, 0, 1, axis=1)
         v = row * 0.0
-        v_1 = v + query_pos
-        zeros = v_1 * 0.0
+        v = v + query_pos
+        zeros = v * 0.0
         decoded = self.decoder(zeros, query_pos, memory, pos)
         logits = self.class_labels_classifier(decoded)
-        v_2 = self.bbox_predictor(decoded)
-        pred_boxes = jax.nn.sigmoid(v_2)
+        v = self.bbox_predictor(decoded)
+        pred_boxes = jax.nn.sigmoid(v)
         return {"logits": logits, "pred_boxes": pred_boxes}
 
 

@@ -71,8 +71,8 @@ class Downsample(nn.Module):
 
     def forward(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck(nn.Module):
@@ -90,16 +90,16 @@ class Bottleneck(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = F.relu(v_9)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = F.relu(v)
         return out
 
 
@@ -117,15 +117,15 @@ class Bottleneck1(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = v_7 + x
-        out = F.relu(v_8)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v = v + x
+        out = F.relu(v)
         return out
 
 
@@ -139,10 +139,9 @@ class Stage(nn.Module):
 
     def forward(self, x):
         v = self.first(x)
-        v_1 = v
         for layer in self.rest:
-            v_1 = layer(v_1)
-        return v_1
+            v = layer(v)
+        return v
 
 
 class Downsample1(nn.Module):
@@ -155,8 +154,8 @@ class Downsample1(nn.Module):
 
     def forward(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck2(nn.Module):
@@ -174,16 +173,16 @@ class Bottleneck2(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = F.relu(v_9)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = F.relu(v)
         return out
 
 
@@ -209,8 +208,8 @@ class Downsample2(nn.Module):
 
     def forward(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck3(nn.Module):
@@ -228,16 +227,16 @@ class Bottleneck3(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = F.relu(v_9)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = F.relu(v)
         return out
 
 
@@ -263,8 +262,8 @@ class Downsample3(nn.Module):
 
     def forward(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck4(nn.Module):
@@ -282,16 +281,16 @@ class Bottleneck4(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = F.relu(v_9)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = F.relu(v)
         return out
 
 
@@ -321,14 +320,14 @@ class Backbone(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        pooled = F.max_pool2d(v_2, 3, stride=2, padding=1)
-        v_3 = self.layer1(pooled)
-        v_4 = self.layer2(v_3)
-        v_5 = self.layer3(v_4)
-        v_6 = self.layer4(v_5)
-        return v_6
+        v = self.bn1(v)
+        v = F.relu(v)
+        pooled = F.max_pool2d(v, 3, stride=2, padding=1)
+        v = self.layer1(pooled)
+        v = self.layer2(v)
+        v = self.layer3(v)
+        v = self.layer4(v)
+        return v
 
 
 class DetrAttention(nn.Module):
@@ -355,8 +354,8 @@ class DetrAttention(nn.Module):
             .transpose(1, 2)
             .flatten(2)
         )
-        v_3 = self.o_proj(att)
-        return v_3
+        v = self.o_proj(att)
+        return v
 
 
 class DetrMLP(nn.Module):
@@ -369,9 +368,9 @@ class DetrMLP(nn.Module):
 
     def forward(self, x):
         v = self.fc1(x)
-        v_1 = F.relu(v)
-        v_2 = self.fc2(v_1)
-        return v_2
+        v = F.relu(v)
+        v = self.fc2(v)
+        return v
 
 
 class DetrEncoderLayer(nn.Module):
@@ -387,12 +386,12 @@ class DetrEncoderLayer(nn.Module):
     def forward(self, x, pos):
         qk = x + pos
         v = self.self_attn(qk, qk, x)
-        v_1 = x + v
-        v_2 = self.self_attn_layer_norm(v_1)
-        v_3 = self.mlp(v_2)
-        v_4 = v_2 + v_3
-        v_5 = self.final_layer_norm(v_4)
-        return v_5
+        v = x + v
+        v = self.self_attn_layer_norm(v)
+        v_1 = self.mlp(v)
+        v = v + v_1
+        v = self.final_layer_norm(v)
+        return v
 
 
 class DetrEncoder(nn.Module):
@@ -433,8 +432,8 @@ class DetrAttention1(nn.Module):
             .transpose(1, 2)
             .flatten(2)
         )
-        v_3 = self.o_proj(att)
-        return v_3
+        v = self.o_proj(att)
+        return v
 
 
 class DetrAttention2(nn.Module):
@@ -461,8 +460,8 @@ class DetrAttention2(nn.Module):
             .transpose(1, 2)
             .flatten(2)
         )
-        v_3 = self.o_proj(att)
-        return v_3
+        v = self.o_proj(att)
+        return v
 
 
 class DetrMLP1(nn.Module):
@@ -475,9 +474,9 @@ class DetrMLP1(nn.Module):
 
     def forward(self, x):
         v = self.fc1(x)
-        v_1 = F.relu(v)
-        v_2 = self.fc2(v_1)
-        return v_2
+        v = F.relu(v)
+        v = self.fc2(v)
+        return v
 
 
 class DetrDecoderLayer(nn.Module):
@@ -497,17 +496,17 @@ class DetrDecoderLayer(nn.Module):
     def forward(self, h, query_pos, memory, pos):
         qk = h + query_pos
         v = self.self_attn(qk, qk, h)
-        v_1 = h + v
-        v_2 = self.self_attn_layer_norm(v_1)
-        v_3 = v_2 + query_pos
-        v_4 = memory + pos
-        v_5 = self.encoder_attn(v_3, v_4, memory)
-        v_6 = v_2 + v_5
-        v_7 = self.encoder_attn_layer_norm(v_6)
-        v_8 = self.mlp(v_7)
-        v_9 = v_7 + v_8
-        v_10 = self.final_layer_norm(v_9)
-        return v_10
+        v = h + v
+        v = self.self_attn_layer_norm(v)
+        v_1 = v + query_pos
+        v_2 = memory + pos
+        v_1 = self.encoder_attn(v_1, v_2, memory)
+        v = v + v_1
+        v = self.encoder_attn_layer_norm(v)
+        v_1 = self.mlp(v)
+        v = v + v_1
+        v = self.final_layer_norm(v)
+        return v
 
 
 class DetrDecoder(nn.Module):
@@ -522,8 +521,8 @@ class DetrDecoder(nn.Module):
         v = h
         for layer in self.layers:
             v = layer(v, query_pos, memory, pos)
-        v_1 = self.layernorm(v)
-        return v_1
+        v = self.layernorm(v)
+        return v
 
 
 class BoxMLPLayer(nn.Module):
@@ -535,8 +534,8 @@ class BoxMLPLayer(nn.Module):
 
     def forward(self, x):
         v = self.fc(x)
-        v_1 = F.relu(v)
-        return v_1
+        v = F.relu(v)
+        return v
 
 
 class BoxMLP(nn.Module):
@@ -551,8 +550,8 @@ class BoxMLP(nn.Module):
         v = x
         for layer in self.hidden:
             v = layer(v)
-        v_1 = self.out(v)
-        return v_1
+        v = self.out(v)
+        return v
 
 
 class DetrResnet50(nn.Module):
@@ -579,12 +578,12 @@ class DetrResnet50(nn.Module):
         query_pos = self.query_pos.unsqueeze(0)
         row = memory.narrow(1, 0, 1)
         v = row * 0.0
-        v_1 = v + query_pos
-        zeros = v_1 * 0.0
+        v = v + query_pos
+        zeros = v * 0.0
         decoded = self.decoder(zeros, query_pos, memory, pos)
         logits = self.class_labels_classifier(decoded)
-        v_2 = self.bbox_predictor(decoded)
-        pred_boxes = torch.sigmoid(v_2)
+        v = self.bbox_predictor(decoded)
+        pred_boxes = torch.sigmoid(v)
         return {"logits": logits, "pred_boxes": pred_boxes}
 
 

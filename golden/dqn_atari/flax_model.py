@@ -30,21 +30,21 @@ class Trunk(nnx.Module):
         self.fc = nnx.Linear(16, 32, use_bias=True, rngs=rngs)
 
     def __call__(self, x):
-        x_1 = jnp.transpose(self.conv0(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        x_2 = jax.nn.relu(x_1)
-        x_3 = jnp.transpose(self.conv1(jnp.transpose(x_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        x_4 = jax.nn.relu(x_3)
-        x_5 = jnp.transpose(self.conv2(jnp.transpose(x_4, (0, 2, 3, 1))), (0, 3, 1, 2))
-        x_6 = jax.nn.relu(x_5)
-        x_7 = x_6.reshape(
+        x = jnp.transpose(self.conv0(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
+        x = jax.nn.relu(x)
+        x = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
+        x = jax.nn.relu(x)
+        x = jnp.transpose(self.conv2(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
+        x = jax.nn.relu(x)
+        x = x.reshape(
             (
                 -1,
                 16,
             )
         )
-        h = self.fc(x_7)
-        h_1 = jax.nn.relu(h)
-        return h_1
+        h = self.fc(x)
+        h = jax.nn.relu(h)
+        return h
 
 
 class DQNAtari(nnx.Module):

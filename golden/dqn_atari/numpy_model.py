@@ -53,21 +53,21 @@ class Trunk:
         self.fc = _Linear(16, 32, bias=True)
 
     def __call__(self, x):
-        x_1 = self.conv0(x)
-        x_2 = np.maximum(x_1, 0.0)
-        x_3 = self.conv1(x_2)
-        x_4 = np.maximum(x_3, 0.0)
-        x_5 = self.conv2(x_4)
-        x_6 = np.maximum(x_5, 0.0)
-        x_7 = x_6.reshape(
+        x = self.conv0(x)
+        x = np.maximum(x, 0.0)
+        x = self.conv1(x)
+        x = np.maximum(x, 0.0)
+        x = self.conv2(x)
+        x = np.maximum(x, 0.0)
+        x = x.reshape(
             (
                 -1,
                 16,
             )
         )
-        h = self.fc(x_7)
-        h_1 = np.maximum(h, 0.0)
-        return h_1
+        h = self.fc(x)
+        h = np.maximum(h, 0.0)
+        return h
 
 
 class DQNAtari:

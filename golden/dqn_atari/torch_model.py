@@ -23,21 +23,21 @@ class Trunk(nn.Module):
         self.fc = nn.Linear(16, 32, bias=True)
 
     def forward(self, x):
-        x_1 = self.conv0(x)
-        x_2 = F.relu(x_1)
-        x_3 = self.conv1(x_2)
-        x_4 = F.relu(x_3)
-        x_5 = self.conv2(x_4)
-        x_6 = F.relu(x_5)
-        x_7 = x_6.reshape(
+        x = self.conv0(x)
+        x = F.relu(x)
+        x = self.conv1(x)
+        x = F.relu(x)
+        x = self.conv2(x)
+        x = F.relu(x)
+        x = x.reshape(
             (
                 -1,
                 16,
             )
         )
-        h = self.fc(x_7)
-        h_1 = F.relu(h)
-        return h_1
+        h = self.fc(x)
+        h = F.relu(h)
+        return h
 
 
 class DQNAtari(nn.Module):

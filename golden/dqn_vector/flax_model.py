@@ -23,10 +23,10 @@ class Trunk(nnx.Module):
 
     def __call__(self, x):
         h = self.fc0(x)
-        h_1 = jax.nn.relu(h)
-        h_2 = self.fc1(h_1)
-        h_3 = jax.nn.relu(h_2)
-        return h_3
+        h = jax.nn.relu(h)
+        h = self.fc1(h)
+        h = jax.nn.relu(h)
+        return h
 
 
 class DqnVectorAgent(nnx.Module):

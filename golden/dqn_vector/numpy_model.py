@@ -34,10 +34,10 @@ class Trunk:
 
     def __call__(self, x):
         h = self.fc0(x)
-        h_1 = np.maximum(h, 0.0)
-        h_2 = self.fc1(h_1)
-        h_3 = np.maximum(h_2, 0.0)
-        return h_3
+        h = np.maximum(h, 0.0)
+        h = self.fc1(h)
+        h = np.maximum(h, 0.0)
+        return h
 
 
 class DqnVectorAgent:

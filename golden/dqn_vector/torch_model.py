@@ -22,10 +22,10 @@ class Trunk(nn.Module):
 
     def forward(self, x):
         h = self.fc0(x)
-        h_1 = F.relu(h)
-        h_2 = self.fc1(h_1)
-        h_3 = F.relu(h_2)
-        return h_3
+        h = F.relu(h)
+        h = self.fc1(h)
+        h = F.relu(h)
+        return h
 
 
 class DqnVectorAgent(nn.Module):

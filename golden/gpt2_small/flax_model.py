@@ -65,8 +65,8 @@ class Attention(nnx.Module):
         v = jax.lax.slice_in_dim(qkv, 128, 192, axis=-1)
         kv_new = jnp.transpose(k.reshape(k.shape[0], k.shape[1], 4, 16), (0, 2, 1, 3))
         present_key = jnp.concatenate([past_key, kv_new], axis=2)
-        kv_new_1 = jnp.transpose(v.reshape(v.shape[0], v.shape[1], 4, 16), (0, 2, 1, 3))
-        present_value = jnp.concatenate([past_value, kv_new_1], axis=2)
+        kv_new = jnp.transpose(v.reshape(v.shape[0], v.shape[1], 4, 16), (0, 2, 1, 3))
+        present_value = jnp.concatenate([past_value, kv_new], axis=2)
         attn = _attention(
             q, present_key, present_value, 4, 4, 16, is_causal=False, split_kv=True, bias=bias
         )
@@ -83,8 +83,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = jax.nn.gelu(h, approximate=True)
-        out = self.fc_out(h_1)
+        h = jax.nn.gelu(h, approximate=True)
+        out = self.fc_out(h)
         return out
 
 
@@ -103,12 +103,12 @@ class Block(nnx.Module):
 
     def __call__(self, x, bias, past_key, past_value):
         h = self.attn_norm(x)
-        h_1, h_2, h_3 = self.attn(h, bias, past_key, past_value)
-        x_1 = x + h_1
-        h_4 = self.mlp_norm(x_1)
-        h_5 = self.mlp(h_4)
-        x_2 = x_1 + h_5
-        return x_2, h_2, h_3
+        h, h_1, h_2 = self.attn(h, bias, past_key, past_value)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x, h_1, h_2
 
 
 class Gpt2Small(nnx.Module):
@@ -153,28 +153,27 @@ class Gpt2Small(nnx.Module):
             )[:, -input_ids.shape[-1] :]
         x = self.tok_embeddings(input_ids)
         pos_emb = self.pos_embeddings(position_ids)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         per_layer = [past_key_0, past_value_0, past_key_1, past_value_1]
         layer_outputs = []
         for i, layer in enumerate(self.blocks):
-            x_2, *step = layer(x_2, attn_bias, *per_layer[2 * i : 2 * i + 2])
+            x, *step = layer(x, attn_bias, *per_layer[2 * i : 2 * i + 2])
             layer_outputs += step
         (
+            x_1,
+            x_2,
             x_3,
             x_4,
-            x_5,
-            x_6,
         ) = layer_outputs
-        x_7 = self.norm_f(x_2)
-        logits = jnp.matmul(x_7, self.tok_embeddings.embedding[...].T)
+        x = self.norm_f(x)
+        logits = jnp.matmul(x, self.tok_embeddings.embedding[...].T)
         return {
             "logits": logits,
-            "present.0.key": x_3,
-            "present.0.value": x_4,
-            "present.1.key": x_5,
-            "present.1.value": x_6,
+            "present.0.key": x_1,
+            "present.0.value": x_2,
+            "present.1.key": x_3,
+            "present.1.value": x_4,
         }
 
 

@@ -56,10 +56,8 @@ class Attention(nn.Module):
         v = F.linear(x, self.qkv_proj.weight[128:192], self.qkv_proj.bias[128:192])
         kv_new = k.unflatten(-1, (4, 16)).transpose(1, 2)
         present_key = torch.cat([past_key, kv_new], dim=2) if past_key.shape[2] else kv_new
-        kv_new_1 = v.unflatten(-1, (4, 16)).transpose(1, 2)
-        present_value = (
-            torch.cat([past_value, kv_new_1], dim=2) if past_value.shape[2] else kv_new_1
-        )
+        kv_new = v.unflatten(-1, (4, 16)).transpose(1, 2)
+        present_value = torch.cat([past_value, kv_new], dim=2) if past_value.shape[2] else kv_new
         attn = (
             F.scaled_dot_product_attention(
                 q.unflatten(-1, (4, 16)).transpose(1, 2),
@@ -85,8 +83,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = F.gelu(h, approximate="tanh")
-        out = self.fc_out(h_1)
+        h = F.gelu(h, approximate="tanh")
+        out = self.fc_out(h)
         return out
 
 
@@ -102,12 +100,12 @@ class Block(nn.Module):
 
     def forward(self, x, bias, past_key, past_value):
         h = self.attn_norm(x)
-        h_1, h_2, h_3 = self.attn(h, bias, past_key, past_value)
-        x_1 = x + h_1
-        h_4 = self.mlp_norm(x_1)
-        h_5 = self.mlp(h_4)
-        x_2 = x_1 + h_5
-        return x_2, h_2, h_3
+        h, h_1, h_2 = self.attn(h, bias, past_key, past_value)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x, h_1, h_2
 
 
 class Gpt2Small(nn.Module):
@@ -161,30 +159,29 @@ class Gpt2Small(nn.Module):
             )[:, -input_ids.shape[-1] :]
         x = self.tok_embeddings(input_ids)
         pos_emb = self.pos_embeddings(position_ids)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         per_layer = [past_key_0, past_value_0, past_key_1, past_value_1]
         layer_outputs = []
         for i, layer in enumerate(self.blocks):
-            x_2, *step = layer(x_2, attn_bias, *per_layer[2 * i : 2 * i + 2])
+            x, *step = layer(x, attn_bias, *per_layer[2 * i : 2 * i + 2])
             layer_outputs += step if use_cache else [None] * len(step)
         (
+            x_1,
+            x_2,
             x_3,
             x_4,
-            x_5,
-            x_6,
         ) = layer_outputs
-        x_7 = self.norm_f(x_2)
+        x = self.norm_f(x)
         if logits_to_keep:
-            x_7 = x_7[:, -logits_to_keep:]
-        logits = F.linear(x_7, self.tok_embeddings.weight)
+            x = x[:, -logits_to_keep:]
+        logits = F.linear(x, self.tok_embeddings.weight)
         return {
             "logits": logits,
-            "present.0.key": x_3,
-            "present.0.value": x_4,
-            "present.1.key": x_5,
-            "present.1.value": x_6,
+            "present.0.key": x_1,
+            "present.0.value": x_2,
+            "present.1.key": x_3,
+            "present.1.value": x_4,
         }
 
 

@@ -25,10 +25,10 @@ class InputBlock(nnx.Module):
 
     def __call__(self, x):
         h = self.linear(x)
-        h_1 = self.norm(h)
-        h_2 = jax.nn.relu(h_1)
-        h_3 = h_2
-        return h_3
+        h = self.norm(h)
+        h = jax.nn.relu(h)
+        h = h
+        return h
 
 
 class Block(nnx.Module):
@@ -42,10 +42,10 @@ class Block(nnx.Module):
 
     def __call__(self, x):
         h = self.linear(x)
-        h_1 = self.norm(h)
-        h_2 = jax.nn.relu(h_1)
-        h_3 = h_2
-        return h_3
+        h = self.norm(h)
+        h = jax.nn.relu(h)
+        h = h
+        return h
 
 
 class HousePriceRegressor(nnx.Module):
@@ -63,10 +63,9 @@ class HousePriceRegressor(nnx.Module):
         emb_zone = self.embed_zone(zone)
         x = jnp.concatenate([features, emb_city, emb_zone], axis=-1)
         h = self.input_block(x)
-        h_1 = h
         for layer in self.blocks:
-            h_1 = layer(h_1)
-        prediction = self.head(h_1)
+            h = layer(h)
+        prediction = self.head(h)
         return {"prediction": prediction}
 
 

@@ -64,10 +64,10 @@ class InputBlock:
 
     def __call__(self, x):
         h = self.linear(x)
-        h_1 = self.norm(h)
-        h_2 = np.maximum(h_1, 0.0)
-        h_3 = h_2
-        return h_3
+        h = self.norm(h)
+        h = np.maximum(h, 0.0)
+        h = h
+        return h
 
 
 class Block:
@@ -79,10 +79,10 @@ class Block:
 
     def __call__(self, x):
         h = self.linear(x)
-        h_1 = self.norm(h)
-        h_2 = np.maximum(h_1, 0.0)
-        h_3 = h_2
-        return h_3
+        h = self.norm(h)
+        h = np.maximum(h, 0.0)
+        h = h
+        return h
 
 
 class HousePriceRegressor:
@@ -100,10 +100,9 @@ class HousePriceRegressor:
         emb_zone = self.embed_zone(zone)
         x = np.concatenate([features, emb_city, emb_zone], axis=-1)
         h = self.input_block(x)
-        h_1 = h
         for layer in self.blocks:
-            h_1 = layer(h_1)
-        prediction = self.head(h_1)
+            h = layer(h)
+        prediction = self.head(h)
         return {"prediction": prediction}
 
 

@@ -22,10 +22,10 @@ class InputBlock(nn.Module):
 
     def forward(self, x):
         h = self.linear(x)
-        h_1 = self.norm(h)
-        h_2 = F.relu(h_1)
-        h_3 = F.dropout(h_2, 0.1, self.training)
-        return h_3
+        h = self.norm(h)
+        h = F.relu(h)
+        h = F.dropout(h, 0.1, self.training)
+        return h
 
 
 class Block(nn.Module):
@@ -38,10 +38,10 @@ class Block(nn.Module):
 
     def forward(self, x):
         h = self.linear(x)
-        h_1 = self.norm(h)
-        h_2 = F.relu(h_1)
-        h_3 = F.dropout(h_2, 0.1, self.training)
-        return h_3
+        h = self.norm(h)
+        h = F.relu(h)
+        h = F.dropout(h, 0.1, self.training)
+        return h
 
 
 class HousePriceRegressor(nn.Module):
@@ -60,10 +60,9 @@ class HousePriceRegressor(nn.Module):
         emb_zone = self.embed_zone(zone)
         x = torch.cat([features, emb_city, emb_zone], dim=-1)
         h = self.input_block(x)
-        h_1 = h
         for layer in self.blocks:
-            h_1 = layer(h_1)
-        prediction = self.head(h_1)
+            h = layer(h)
+        prediction = self.head(h)
         return {"prediction": prediction}
 
 

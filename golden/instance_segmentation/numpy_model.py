@@ -151,8 +151,8 @@ class Downsample:
 
     def __call__(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck:
@@ -169,16 +169,16 @@ class Bottleneck:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = np.maximum(v_9, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -195,15 +195,15 @@ class Bottleneck1:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = v_7 + x
-        out = np.maximum(v_8, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v = v + x
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -216,10 +216,9 @@ class Stage:
 
     def __call__(self, x):
         v = self.first(x)
-        v_1 = v
         for layer in self.rest:
-            v_1 = layer(v_1)
-        return v_1
+            v = layer(v)
+        return v
 
 
 class Downsample1:
@@ -231,8 +230,8 @@ class Downsample1:
 
     def __call__(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck2:
@@ -249,16 +248,16 @@ class Bottleneck2:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = np.maximum(v_9, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -282,8 +281,8 @@ class Downsample2:
 
     def __call__(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck3:
@@ -300,16 +299,16 @@ class Bottleneck3:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = np.maximum(v_9, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -333,8 +332,8 @@ class Downsample3:
 
     def __call__(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck4:
@@ -351,16 +350,16 @@ class Bottleneck4:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = np.maximum(v_9, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -388,14 +387,14 @@ class Backbone:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        pooled = _max_pool2d(v_2, 3, 2, 1)
-        v_3 = self.layer1(pooled)
-        v_4 = self.layer2(v_3)
-        v_5 = self.layer3(v_4)
-        v_6 = self.layer4(v_5)
-        return v_6
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        pooled = _max_pool2d(v, 3, 2, 1)
+        v = self.layer1(pooled)
+        v = self.layer2(v)
+        v = self.layer3(v)
+        v = self.layer4(v)
+        return v
 
 
 class DetrAttention:
@@ -412,8 +411,8 @@ class DetrAttention:
         v_1 = self.k_proj(k_in)
         v_2 = self.v_proj(v_in)
         att = _attention(v, v_1, v_2, 4, 4, 16, is_causal=False)
-        v_3 = self.o_proj(att)
-        return v_3
+        v = self.o_proj(att)
+        return v
 
 
 class DetrMLP:
@@ -425,9 +424,9 @@ class DetrMLP:
 
     def __call__(self, x):
         v = self.fc1(x)
-        v_1 = np.maximum(v, 0.0)
-        v_2 = self.fc2(v_1)
-        return v_2
+        v = np.maximum(v, 0.0)
+        v = self.fc2(v)
+        return v
 
 
 class DetrEncoderLayer:
@@ -442,12 +441,12 @@ class DetrEncoderLayer:
     def __call__(self, x, pos):
         qk = x + pos
         v = self.self_attn(qk, qk, x)
-        v_1 = x + v
-        v_2 = self.self_attn_layer_norm(v_1)
-        v_3 = self.mlp(v_2)
-        v_4 = v_2 + v_3
-        v_5 = self.final_layer_norm(v_4)
-        return v_5
+        v = x + v
+        v = self.self_attn_layer_norm(v)
+        v_1 = self.mlp(v)
+        v = v + v_1
+        v = self.final_layer_norm(v)
+        return v
 
 
 class DetrEncoder:
@@ -477,8 +476,8 @@ class DetrAttention1:
         v_1 = self.k_proj(k_in)
         v_2 = self.v_proj(v_in)
         att = _attention(v, v_1, v_2, 4, 4, 16, is_causal=False)
-        v_3 = self.o_proj(att)
-        return v_3
+        v = self.o_proj(att)
+        return v
 
 
 class DetrAttention2:
@@ -495,8 +494,8 @@ class DetrAttention2:
         v_1 = self.k_proj(k_in)
         v_2 = self.v_proj(v_in)
         att = _attention(v, v_1, v_2, 4, 4, 16, is_causal=False)
-        v_3 = self.o_proj(att)
-        return v_3
+        v = self.o_proj(att)
+        return v
 
 
 class DetrMLP1:
@@ -508,9 +507,9 @@ class DetrMLP1:
 
     def __call__(self, x):
         v = self.fc1(x)
-        v_1 = np.maximum(v, 0.0)
-        v_2 = self.fc2(v_1)
-        return v_2
+        v = np.maximum(v, 0.0)
+        v = self.fc2(v)
+        return v
 
 
 class DetrDecoderLayer:
@@ -527,17 +526,17 @@ class DetrDecoderLayer:
     def __call__(self, h, query_pos, memory, pos):
         qk = h + query_pos
         v = self.self_attn(qk, qk, h)
-        v_1 = h + v
-        v_2 = self.self_attn_layer_norm(v_1)
-        v_3 = v_2 + query_pos
-        v_4 = memory + pos
-        v_5 = self.encoder_attn(v_3, v_4, memory)
-        v_6 = v_2 + v_5
-        v_7 = self.encoder_attn_layer_norm(v_6)
-        v_8 = self.mlp(v_7)
-        v_9 = v_7 + v_8
-        v_10 = self.final_layer_norm(v_9)
-        return v_10
+        v = h + v
+        v = self.self_attn_layer_norm(v)
+        v_1 = v + query_pos
+        v_2 = memory + pos
+        v_1 = self.encoder_attn(v_1, v_2, memory)
+        v = v + v_1
+        v = self.encoder_attn_layer_norm(v)
+        v_1 = self.mlp(v)
+        v = v + v_1
+        v = self.final_layer_norm(v)
+        return v
 
 
 class DetrDecoder:
@@ -551,8 +550,8 @@ class DetrDecoder:
         v = h
         for layer in self.layers:
             v = layer(v, query_pos, memory, pos)
-        v_1 = self.layernorm(v)
-        return v_1
+        v = self.layernorm(v)
+        return v
 
 
 class BoxMLPLayer:
@@ -563,8 +562,8 @@ class BoxMLPLayer:
 
     def __call__(self, x):
         v = self.fc(x)
-        v_1 = np.maximum(v, 0.0)
-        return v_1
+        v = np.maximum(v, 0.0)
+        return v
 
 
 class BoxMLP:
@@ -578,8 +577,8 @@ class BoxMLP:
         v = x
         for layer in self.hidden:
             v = layer(v)
-        v_1 = self.out(v)
-        return v_1
+        v = self.out(v)
+        return v
 
 
 class MaskMLP:
@@ -593,8 +592,8 @@ class MaskMLP:
         v = x
         for layer in self.hidden:
             v = layer(v)
-        v_1 = self.out(v)
-        return v_1
+        v = self.out(v)
+        return v
 
 
 class InstanceSegmentationDetr:
@@ -623,21 +622,21 @@ class InstanceSegmentationDetr:
         query_pos = np.expand_dims(self.query_pos, (0,))
         row = memory[:, 0:1]
         v = row * 0.0
-        v_1 = v + query_pos
-        zeros = v_1 * 0.0
+        v = v + query_pos
+        zeros = v * 0.0
         decoded = self.decoder(zeros, query_pos, memory, pos)
         logits = self.class_labels_classifier(decoded)
-        v_2 = self.bbox_predictor(decoded)
-        pred_boxes = _sigmoid(v_2)
+        v = self.bbox_predictor(decoded)
+        pred_boxes = _sigmoid(v)
         mask_embed = self.mask_embed(decoded)
         pixel_up = np.repeat(np.repeat(projected, 8, axis=2), 8, axis=3)
-        v_3 = self.pixel_conv(pixel_up)
-        v_4 = np.maximum(v_3, 0.0)
-        pixel_features = self.mask_features(v_4)
-        v_5 = np.transpose(
+        v = self.pixel_conv(pixel_up)
+        v = np.maximum(v, 0.0)
+        pixel_features = self.mask_features(v)
+        v = np.transpose(
             pixel_features.reshape(pixel_features.shape[0], pixel_features.shape[1], -1), (0, 2, 1)
         )
-        mask_flat = np.matmul(mask_embed, np.swapaxes(v_5, -1, -2))
+        mask_flat = np.matmul(mask_embed, np.swapaxes(v, -1, -2))
         pred_masks = mask_flat.reshape(
             (
                 -1,

@@ -30,9 +30,9 @@ class GINLayer(nnx.Module):
         msg = x[src]
         agg = _scatter_add(msg, dst, x.shape[0])
         z = x + agg
-        z_1 = self.mlp_in(z)
-        z_2 = jax.nn.relu(z_1)
-        out = self.mlp_out(z_2)
+        z = self.mlp_in(z)
+        z = jax.nn.relu(z)
+        out = self.mlp_out(z)
         return out
 
 
@@ -48,18 +48,18 @@ class LinkGin(nnx.Module):
         src = jax.lax.index_in_dim(edge_index, 0, axis=0, keepdims=False)
         dst = jax.lax.index_in_dim(edge_index, 1, axis=0, keepdims=False)
         h = self.input_proj(node_features)
-        h_1 = self.layers0(h, src, dst)
-        h_2 = jax.nn.relu(h_1)
-        h_3 = self.layers1(h_2, src, dst)
+        h = self.layers0(h, src, dst)
+        h = jax.nn.relu(h)
+        h = self.layers1(h, src, dst)
         u = jax.lax.index_in_dim(pairs, 0, axis=0, keepdims=False)
-        h_u = h_3[u]
+        h_u = h[u]
         v = jax.lax.index_in_dim(pairs, 1, axis=0, keepdims=False)
-        h_v = h_3[v]
+        h_v = h[v]
         uv = h_u * h_v
         score = jnp.mean(uv, axis=-1)
-        score_1 = score * 16.0
-        zero = score_1 * 0.0
-        logits = jnp.stack([zero, score_1], axis=-1)
+        score = score * 16.0
+        zero = score * 0.0
+        logits = jnp.stack([zero, score], axis=-1)
         return {"logits": logits}
 
 

@@ -43,9 +43,9 @@ class GINLayer:
         msg = x[src]
         agg = _scatter_add(msg, dst, x.shape[0])
         z = x + agg
-        z_1 = self.mlp_in(z)
-        z_2 = np.maximum(z_1, 0.0)
-        out = self.mlp_out(z_2)
+        z = self.mlp_in(z)
+        z = np.maximum(z, 0.0)
+        out = self.mlp_out(z)
         return out
 
 
@@ -61,18 +61,18 @@ class LinkGin:
         src = edge_index[0]
         dst = edge_index[1]
         h = self.input_proj(node_features)
-        h_1 = self.layers0(h, src, dst)
-        h_2 = np.maximum(h_1, 0.0)
-        h_3 = self.layers1(h_2, src, dst)
+        h = self.layers0(h, src, dst)
+        h = np.maximum(h, 0.0)
+        h = self.layers1(h, src, dst)
         u = pairs[0]
-        h_u = h_3[u]
+        h_u = h[u]
         v = pairs[1]
-        h_v = h_3[v]
+        h_v = h[v]
         uv = h_u * h_v
         score = np.mean(uv, axis=-1)
-        score_1 = score * 16.0
-        zero = score_1 * 0.0
-        logits = np.stack([zero, score_1], axis=-1)
+        score = score * 16.0
+        zero = score * 0.0
+        logits = np.stack([zero, score], axis=-1)
         return {"logits": logits}
 
 

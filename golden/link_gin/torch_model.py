@@ -30,9 +30,9 @@ class GINLayer(nn.Module):
         msg = x[src]
         agg = _scatter_add(msg, dst, x.shape[0])
         z = x + agg
-        z_1 = self.mlp_in(z)
-        z_2 = F.relu(z_1)
-        out = self.mlp_out(z_2)
+        z = self.mlp_in(z)
+        z = F.relu(z)
+        out = self.mlp_out(z)
         return out
 
 
@@ -49,18 +49,18 @@ class LinkGin(nn.Module):
         src = edge_index.select(0, 0)
         dst = edge_index.select(0, 1)
         h = self.input_proj(node_features)
-        h_1 = self.layers0(h, src, dst)
-        h_2 = F.relu(h_1)
-        h_3 = self.layers1(h_2, src, dst)
+        h = self.layers0(h, src, dst)
+        h = F.relu(h)
+        h = self.layers1(h, src, dst)
         u = pairs.select(0, 0)
-        h_u = h_3[u]
+        h_u = h[u]
         v = pairs.select(0, 1)
-        h_v = h_3[v]
+        h_v = h[v]
         uv = h_u * h_v
         score = uv.mean(dim=-1)
-        score_1 = score * 16.0
-        zero = score_1 * 0.0
-        logits = torch.stack([zero, score_1], dim=-1)
+        score = score * 16.0
+        zero = score * 0.0
+        logits = torch.stack([zero, score], dim=-1)
         return {"logits": logits}
 
 

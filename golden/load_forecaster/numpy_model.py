@@ -106,8 +106,8 @@ class MLP:
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = _gelu(h)
-        out = self.fc_out(h_1)
+        h = _gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -122,12 +122,12 @@ class Block:
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class GridLoadForecaster:
@@ -141,13 +141,13 @@ class GridLoadForecaster:
 
     def __call__(self, past_values):
         loc = np.mean(past_values, axis=1)
-        loc_1 = np.expand_dims(loc, (1,))
-        centered = past_values - loc_1
+        loc = np.expand_dims(loc, (1,))
+        centered = past_values - loc
         sq = centered * centered
         var = np.mean(sq, axis=1)
         scale = np.sqrt(var + 1e-05)
-        scale_1 = np.expand_dims(scale, (1,))
-        x = centered / scale_1
+        scale = np.expand_dims(scale, (1,))
+        x = centered / scale
         series = np.transpose(
             x,
             (
@@ -156,39 +156,38 @@ class GridLoadForecaster:
                 1,
             ),
         )
-        series_1 = series[:, :, 2:34]
-        patches = series_1[..., np.arange(7)[:, None] * 4 + np.arange(8)]
+        series = series[:, :, 2:34]
+        patches = series[..., np.arange(7)[:, None] * 4 + np.arange(8)]
         h = self.patch_embed(patches)
-        h_1 = h + self.pos_embed
-        h_2 = h_1.reshape(
+        h = h + self.pos_embed
+        h = h.reshape(
             (
                 -1,
                 7,
                 32,
             )
         )
-        h_3 = h_2
         for layer in self.blocks:
-            h_3 = layer(h_3)
-        pooled = np.mean(h_3, axis=1)
+            h = layer(h)
+        pooled = np.mean(h, axis=1)
         y = self.head(pooled)
-        y_1 = y.reshape(
+        y = y.reshape(
             (
                 -1,
                 3,
                 8,
             )
         )
-        y_2 = np.transpose(
-            y_1,
+        y = np.transpose(
+            y,
             (
                 0,
                 2,
                 1,
             ),
         )
-        y_3 = y_2 * scale_1
-        prediction = y_3 + loc_1
+        y = y * scale
+        prediction = y + loc
         return {"prediction": prediction}
 
 

@@ -49,8 +49,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = F.gelu(h)
-        out = self.fc_out(h_1)
+        h = F.gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -66,12 +66,12 @@ class Block(nn.Module):
 
     def forward(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class GridLoadForecaster(nn.Module):
@@ -86,40 +86,39 @@ class GridLoadForecaster(nn.Module):
 
     def forward(self, past_values):
         loc = past_values.mean(dim=1)
-        loc_1 = loc.unsqueeze(1)
-        centered = past_values - loc_1
+        loc = loc.unsqueeze(1)
+        centered = past_values - loc
         sq = centered * centered
         var = sq.mean(dim=1)
         scale = torch.sqrt(var + 1e-05)
-        scale_1 = scale.unsqueeze(1)
-        x = centered / scale_1
+        scale = scale.unsqueeze(1)
+        x = centered / scale
         series = x.permute(0, 2, 1)
-        series_1 = series.narrow(2, 2, 32)
-        patches = series_1[..., torch.arange(7)[:, None] * 4 + torch.arange(8)]
+        series = series.narrow(2, 2, 32)
+        patches = series[..., torch.arange(7)[:, None] * 4 + torch.arange(8)]
         h = self.patch_embed(patches)
-        h_1 = h + self.pos_embed
-        h_2 = h_1.reshape(
+        h = h + self.pos_embed
+        h = h.reshape(
             (
                 -1,
                 7,
                 32,
             )
         )
-        h_3 = h_2
         for layer in self.blocks:
-            h_3 = layer(h_3)
-        pooled = h_3.mean(dim=1)
+            h = layer(h)
+        pooled = h.mean(dim=1)
         y = self.head(pooled)
-        y_1 = y.reshape(
+        y = y.reshape(
             (
                 -1,
                 3,
                 8,
             )
         )
-        y_2 = y_1.permute(0, 2, 1)
-        y_3 = y_2 * scale_1
-        prediction = y_3 + loc_1
+        y = y.permute(0, 2, 1)
+        y = y * scale
+        prediction = y.add_(loc)
         return {"prediction": prediction}
 
 

@@ -63,48 +63,48 @@ class GATLayer(nnx.Module):
 
     def __call__(self, x, src, dst, edge_attr):
         h = self.lin(x)
-        h_1 = h.reshape(
+        h = h.reshape(
             (
                 -1,
                 2,
                 8,
             )
         )
-        s = h_1 * self.att_src[...]
-        s_1 = jnp.mean(s, axis=-1)
-        a_src = s_1 * 8.0
-        s_2 = h_1 * self.att_dst[...]
-        s_3 = jnp.mean(s_2, axis=-1)
-        a_dst = s_3 * 8.0
+        s = h * self.att_src[...]
+        s = jnp.mean(s, axis=-1)
+        a_src = s * 8.0
+        s = h * self.att_dst[...]
+        s = jnp.mean(s, axis=-1)
+        a_dst = s * 8.0
         s_src = a_src[src]
         s_dst = a_dst[dst]
         score = s_src + s_dst
         he = self.lin_edge(edge_attr)
-        he_1 = he.reshape(
+        he = he.reshape(
             (
                 -1,
                 2,
                 8,
             )
         )
-        s_4 = he_1 * self.att_edge[...]
-        s_5 = jnp.mean(s_4, axis=-1)
-        a_edge = s_5 * 8.0
-        score_1 = score + a_edge
-        score_2 = jax.nn.leaky_relu(score_1, 0.2)
-        alpha = _segment_softmax(score_2, dst, x.shape[0])
-        msg = h_1[src]
-        alpha_1 = jnp.expand_dims(alpha, (2,))
-        msg_1 = msg * alpha_1
-        agg = _scatter_add(msg_1, dst, x.shape[0])
+        s = he * self.att_edge[...]
+        s = jnp.mean(s, axis=-1)
+        a_edge = s * 8.0
+        score = score + a_edge
+        score = jax.nn.leaky_relu(score, 0.2)
+        alpha = _segment_softmax(score, dst, x.shape[0])
+        msg = h[src]
+        alpha = jnp.expand_dims(alpha, (2,))
+        msg = msg * alpha
+        agg = _scatter_add(msg, dst, x.shape[0])
         out = agg.reshape(
             (
                 -1,
                 16,
             )
         )
-        out_1 = out + self.bias[...]
-        return out_1
+        out = out + self.bias[...]
+        return out
 
 
 class MoleculeGat(nnx.Module):
@@ -120,15 +120,15 @@ class MoleculeGat(nnx.Module):
         src = jax.lax.index_in_dim(edge_index, 0, axis=0, keepdims=False)
         dst = jax.lax.index_in_dim(edge_index, 1, axis=0, keepdims=False)
         h = self.input_proj(node_features)
-        h_1 = self.layers0(h, src, dst, edge_features)
-        h_2 = jax.nn.relu(h_1)
-        h_3 = self.layers1(h_2, src, dst, edge_features)
-        h_4 = jax.nn.relu(h_3)
-        total = _scatter_add(h_4, batch, num_nodes.shape[0])
+        h = self.layers0(h, src, dst, edge_features)
+        h = jax.nn.relu(h)
+        h = self.layers1(h, src, dst, edge_features)
+        h = jax.nn.relu(h)
+        total = _scatter_add(h, batch, num_nodes.shape[0])
         count = num_nodes.astype(jnp.float32)
-        count_1 = jnp.clip(count, 1.0, 1000000000.0)
-        count_2 = jnp.expand_dims(count_1, (1,))
-        pooled = total / count_2
+        count = jnp.clip(count, 1.0, 1000000000.0)
+        count = jnp.expand_dims(count, (1,))
+        pooled = total / count
         logits = self.head(pooled)
         return {"logits": logits}
 

@@ -55,48 +55,48 @@ class GATLayer:
 
     def __call__(self, x, src, dst, edge_attr):
         h = self.lin(x)
-        h_1 = h.reshape(
+        h = h.reshape(
             (
                 -1,
                 2,
                 8,
             )
         )
-        s = h_1 * self.att_src
-        s_1 = np.mean(s, axis=-1)
-        a_src = s_1 * 8.0
-        s_2 = h_1 * self.att_dst
-        s_3 = np.mean(s_2, axis=-1)
-        a_dst = s_3 * 8.0
+        s = h * self.att_src
+        s = np.mean(s, axis=-1)
+        a_src = s * 8.0
+        s = h * self.att_dst
+        s = np.mean(s, axis=-1)
+        a_dst = s * 8.0
         s_src = a_src[src]
         s_dst = a_dst[dst]
         score = s_src + s_dst
         he = self.lin_edge(edge_attr)
-        he_1 = he.reshape(
+        he = he.reshape(
             (
                 -1,
                 2,
                 8,
             )
         )
-        s_4 = he_1 * self.att_edge
-        s_5 = np.mean(s_4, axis=-1)
-        a_edge = s_5 * 8.0
-        score_1 = score + a_edge
-        score_2 = np.where(score_1 >= 0, score_1, 0.2 * score_1)
-        alpha = _segment_softmax(score_2, dst, x.shape[0])
-        msg = h_1[src]
-        alpha_1 = np.expand_dims(alpha, (2,))
-        msg_1 = msg * alpha_1
-        agg = _scatter_add(msg_1, dst, x.shape[0])
+        s = he * self.att_edge
+        s = np.mean(s, axis=-1)
+        a_edge = s * 8.0
+        score = score + a_edge
+        score = np.where(score >= 0, score, 0.2 * score)
+        alpha = _segment_softmax(score, dst, x.shape[0])
+        msg = h[src]
+        alpha = np.expand_dims(alpha, (2,))
+        msg = msg * alpha
+        agg = _scatter_add(msg, dst, x.shape[0])
         out = agg.reshape(
             (
                 -1,
                 16,
             )
         )
-        out_1 = out + self.bias
-        return out_1
+        out = out + self.bias
+        return out
 
 
 class MoleculeGat:
@@ -112,15 +112,15 @@ class MoleculeGat:
         src = edge_index[0]
         dst = edge_index[1]
         h = self.input_proj(node_features)
-        h_1 = self.layers0(h, src, dst, edge_features)
-        h_2 = np.maximum(h_1, 0.0)
-        h_3 = self.layers1(h_2, src, dst, edge_features)
-        h_4 = np.maximum(h_3, 0.0)
-        total = _scatter_add(h_4, batch, num_nodes.shape[0])
+        h = self.layers0(h, src, dst, edge_features)
+        h = np.maximum(h, 0.0)
+        h = self.layers1(h, src, dst, edge_features)
+        h = np.maximum(h, 0.0)
+        total = _scatter_add(h, batch, num_nodes.shape[0])
         count = num_nodes.astype(np.float32).astype(np.float64)
-        count_1 = np.clip(count, 1.0, 1000000000.0)
-        count_2 = np.expand_dims(count_1, (1,))
-        pooled = total / count_2
+        count = np.clip(count, 1.0, 1000000000.0)
+        count = np.expand_dims(count, (1,))
+        pooled = total / count
         logits = self.head(pooled)
         return {"logits": logits}
 

@@ -27,12 +27,12 @@ class UserTower(nnx.Module):
     def __call__(self, user_ids, user_features):
         h = self.embedding(user_ids)
         f = self.features(user_features)
-        h_1 = h + f
-        h_2 = self.mlp_0(h_1)
-        h_3 = jax.nn.relu(h_2)
-        h_4 = self.mlp_1(h_3)
-        h_5 = jax.nn.relu(h_4)
-        embedding = self.projection(h_5)
+        h = h + f
+        h = self.mlp_0(h)
+        h = jax.nn.relu(h)
+        h = self.mlp_1(h)
+        h = jax.nn.relu(h)
+        embedding = self.projection(h)
         return embedding
 
 
@@ -49,12 +49,12 @@ class ItemTower(nnx.Module):
     def __call__(self, item_ids, item_features):
         h = self.embedding(item_ids)
         f = self.features(item_features)
-        h_1 = h + f
-        h_2 = self.mlp_0(h_1)
-        h_3 = jax.nn.relu(h_2)
-        h_4 = self.mlp_1(h_3)
-        h_5 = jax.nn.relu(h_4)
-        embedding = self.projection(h_5)
+        h = h + f
+        h = self.mlp_0(h)
+        h = jax.nn.relu(h)
+        h = self.mlp_1(h)
+        h = jax.nn.relu(h)
+        embedding = self.projection(h)
         return embedding
 
 
@@ -70,12 +70,8 @@ class MovieRecommender(nnx.Module):
         item_embedding = self.item_tower(item_ids, item_features)
         prod = user_embedding * item_embedding
         score = jnp.mean(prod, axis=1)
-        score_1 = score * 16.0
-        return {
-            "user_embedding": user_embedding,
-            "item_embedding": item_embedding,
-            "score": score_1,
-        }
+        score = score * 16.0
+        return {"user_embedding": user_embedding, "item_embedding": item_embedding, "score": score}
 
 
 Model = MovieRecommender

@@ -48,12 +48,12 @@ class UserTower:
     def __call__(self, user_ids, user_features):
         h = self.embedding(user_ids)
         f = self.features(user_features)
-        h_1 = h + f
-        h_2 = self.mlp_0(h_1)
-        h_3 = np.maximum(h_2, 0.0)
-        h_4 = self.mlp_1(h_3)
-        h_5 = np.maximum(h_4, 0.0)
-        embedding = self.projection(h_5)
+        h = h + f
+        h = self.mlp_0(h)
+        h = np.maximum(h, 0.0)
+        h = self.mlp_1(h)
+        h = np.maximum(h, 0.0)
+        embedding = self.projection(h)
         return embedding
 
 
@@ -70,12 +70,12 @@ class ItemTower:
     def __call__(self, item_ids, item_features):
         h = self.embedding(item_ids)
         f = self.features(item_features)
-        h_1 = h + f
-        h_2 = self.mlp_0(h_1)
-        h_3 = np.maximum(h_2, 0.0)
-        h_4 = self.mlp_1(h_3)
-        h_5 = np.maximum(h_4, 0.0)
-        embedding = self.projection(h_5)
+        h = h + f
+        h = self.mlp_0(h)
+        h = np.maximum(h, 0.0)
+        h = self.mlp_1(h)
+        h = np.maximum(h, 0.0)
+        embedding = self.projection(h)
         return embedding
 
 
@@ -91,12 +91,8 @@ class MovieRecommender:
         item_embedding = self.item_tower(item_ids, item_features)
         prod = user_embedding * item_embedding
         score = np.mean(prod, axis=1)
-        score_1 = score * 16.0
-        return {
-            "user_embedding": user_embedding,
-            "item_embedding": item_embedding,
-            "score": score_1,
-        }
+        score = score * 16.0
+        return {"user_embedding": user_embedding, "item_embedding": item_embedding, "score": score}
 
 
 Model = MovieRecommender

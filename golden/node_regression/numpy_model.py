@@ -45,15 +45,15 @@ class GCNLayer:
         n_dst = norm[dst]
         scale = n_src * n_dst
         msg = h[src]
-        scale_1 = np.expand_dims(scale, (1,))
-        msg_1 = msg / scale_1
-        agg = _scatter_add(msg_1, dst, h.shape[0])
+        scale = np.expand_dims(scale, (1,))
+        msg = msg / scale
+        agg = _scatter_add(msg, dst, h.shape[0])
         deg = norm * norm
-        deg_1 = np.expand_dims(deg, (1,))
-        self_1 = h / deg_1
+        deg = np.expand_dims(deg, (1,))
+        self_1 = h / deg
         out = agg + self_1
-        out_1 = out + self.bias
-        return out_1
+        out = out + self.bias
+        return out
 
 
 class NodeRegression:
@@ -71,10 +71,10 @@ class NodeRegression:
         h = self.input_proj(node_features)
         deg = np.bincount(dst, minlength=h.shape[0]).astype(np.float64)
         norm = np.sqrt(deg + 1.0)
-        h_1 = self.layers0(h, src, dst, norm)
-        h_2 = np.maximum(h_1, 0.0)
-        h_3 = self.layers1(h_2, src, dst, norm)
-        node_outputs = self.head(h_3)
+        h = self.layers0(h, src, dst, norm)
+        h = np.maximum(h, 0.0)
+        h = self.layers1(h, src, dst, norm)
+        node_outputs = self.head(h)
         return {"node_outputs": node_outputs}
 
 

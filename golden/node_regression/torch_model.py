@@ -32,15 +32,15 @@ class GCNLayer(nn.Module):
         n_dst = norm[dst]
         scale = n_src * n_dst
         msg = h[src]
-        scale_1 = scale.unsqueeze(1)
-        msg_1 = msg / scale_1
-        agg = _scatter_add(msg_1, dst, h.shape[0])
+        scale = scale.unsqueeze(1)
+        msg = msg / scale
+        agg = _scatter_add(msg, dst, h.shape[0])
         deg = norm * norm
-        deg_1 = deg.unsqueeze(1)
-        self_1 = h / deg_1
+        deg = deg.unsqueeze(1)
+        self_1 = h / deg
         out = agg + self_1
-        out_1 = out + self.bias
-        return out_1
+        out = out.add_(self.bias)
+        return out
 
 
 class NodeRegression(nn.Module):
@@ -59,10 +59,10 @@ class NodeRegression(nn.Module):
         h = self.input_proj(node_features)
         deg = torch.bincount(dst, minlength=h.shape[0]).to(torch.float32)
         norm = torch.sqrt(deg + 1.0)
-        h_1 = self.layers0(h, src, dst, norm)
-        h_2 = F.relu(h_1)
-        h_3 = self.layers1(h_2, src, dst, norm)
-        node_outputs = self.head(h_3)
+        h = self.layers0(h, src, dst, norm)
+        h = F.relu(h)
+        h = self.layers1(h, src, dst, norm)
+        node_outputs = self.head(h)
         return {"node_outputs": node_outputs}
 
 

@@ -44,10 +44,10 @@ class FrozenBatchNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((32,), dtype=jnp.float32))
 
     def __call__(self, x):
-        x_1 = x * 0.9999950000374997
-        x_2 = x_1 * self.weight[...]
-        x_3 = x_2 + self.bias[...]
-        return x_3
+        x = x * 0.9999950000374997
+        x = x * self.weight[...]
+        x = x + self.bias[...]
+        return x
 
 
 class Attention(nnx.Module):
@@ -76,8 +76,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = jax.nn.gelu(h, approximate=False)
-        out = self.fc_out(h_1)
+        h = jax.nn.gelu(h, approximate=False)
+        out = self.fc_out(h)
         return out
 
 
@@ -92,12 +92,12 @@ class Block(nnx.Module):
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class PatchTSTForecaster(nnx.Module):
@@ -119,13 +119,13 @@ class PatchTSTForecaster(nnx.Module):
 
     def __call__(self, past_values):
         loc = jnp.mean(past_values, axis=1)
-        loc_1 = jnp.expand_dims(loc, (1,))
-        centered = past_values - loc_1
+        loc = jnp.expand_dims(loc, (1,))
+        centered = past_values - loc
         sq = centered * centered
         var = jnp.mean(sq, axis=1)
         scale = jnp.sqrt(var + 1e-05)
-        scale_1 = jnp.expand_dims(scale, (1,))
-        x = centered / scale_1
+        scale = jnp.expand_dims(scale, (1,))
+        x = centered / scale
         series = jnp.transpose(
             x,
             (
@@ -134,39 +134,38 @@ class PatchTSTForecaster(nnx.Module):
                 1,
             ),
         )
-        series_1 = jax.lax.slice_in_dim(series, 2, 34, axis=2)
-        patches = series_1[..., jnp.arange(7)[:, None] * 4 + jnp.arange(8)]
+        series = jax.lax.slice_in_dim(series, 2, 34, axis=2)
+        patches = series[..., jnp.arange(7)[:, None] * 4 + jnp.arange(8)]
         h = self.patch_embed(patches)
-        h_1 = h + self.pos_embed[...]
-        h_2 = h_1.reshape(
+        h = h + self.pos_embed[...]
+        h = h.reshape(
             (
                 -1,
                 7,
                 32,
             )
         )
-        h_3 = h_2
         for layer in self.blocks:
-            h_3 = layer(h_3)
-        pooled = jnp.mean(h_3, axis=1)
+            h = layer(h)
+        pooled = jnp.mean(h, axis=1)
         y = self.head(pooled)
-        y_1 = y.reshape(
+        y = y.reshape(
             (
                 -1,
                 1,
                 8,
             )
         )
-        y_2 = jnp.transpose(
-            y_1,
+        y = jnp.transpose(
+            y,
             (
                 0,
                 2,
                 1,
             ),
         )
-        y_3 = y_2 * scale_1
-        prediction = y_3 + loc_1
+        y = y * scale
+        prediction = y + loc
         return {"prediction": prediction}
 
 

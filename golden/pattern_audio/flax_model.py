@@ -89,14 +89,14 @@ class Attention(nnx.Module):
         q = jax.lax.slice_in_dim(qkv, 0, 64, axis=-1)
         k = jax.lax.slice_in_dim(qkv, 64, 96, axis=-1)
         v = jax.lax.slice_in_dim(qkv, 96, 128, axis=-1)
-        q_1 = _rope(q, 4, 16, 10000.0, positions=position_ids)
-        k_1 = _rope(k, 2, 16, 10000.0, positions=position_ids)
-        kv_new = jnp.transpose(k_1.reshape(k_1.shape[0], k_1.shape[1], 2, 16), (0, 2, 1, 3))
+        q = _rope(q, 4, 16, 10000.0, positions=position_ids)
+        k = _rope(k, 2, 16, 10000.0, positions=position_ids)
+        kv_new = jnp.transpose(k.reshape(k.shape[0], k.shape[1], 2, 16), (0, 2, 1, 3))
         present_key = jnp.concatenate([past_key, kv_new], axis=2)
-        kv_new_1 = jnp.transpose(v.reshape(v.shape[0], v.shape[1], 2, 16), (0, 2, 1, 3))
-        present_value = jnp.concatenate([past_value, kv_new_1], axis=2)
+        kv_new = jnp.transpose(v.reshape(v.shape[0], v.shape[1], 2, 16), (0, 2, 1, 3))
+        present_value = jnp.concatenate([past_value, kv_new], axis=2)
         attn = _attention(
-            q_1, present_key, present_value, 4, 2, 16, is_causal=False, split_kv=True, bias=bias
+            q, present_key, present_value, 4, 2, 16, is_causal=False, split_kv=True, bias=bias
         )
         out = self.o_proj(attn)
         return out, present_key, present_value
@@ -112,9 +112,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         gate = self.gate_proj(x)
-        gate_1 = jax.nn.silu(gate)
+        gate = jax.nn.silu(gate)
         up = self.up_proj(x)
-        h = gate_1 * up
+        h = gate * up
         out = self.down_proj(h)
         return out
 
@@ -130,12 +130,12 @@ class Block(nnx.Module):
 
     def __call__(self, x, bias, position_ids, past_key, past_value):
         h = self.attn_norm(x)
-        h_1, h_2, h_3 = self.attn(h, bias, position_ids, past_key, past_value)
-        x_1 = x + h_1
-        h_4 = self.mlp_norm(x_1)
-        h_5 = self.mlp(h_4)
-        x_2 = x_1 + h_5
-        return x_2, h_2, h_3
+        h, h_1, h_2 = self.attn(h, bias, position_ids, past_key, past_value)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x, h_1, h_2
 
 
 class MyAudioModel(nnx.Module):
@@ -182,30 +182,29 @@ class MyAudioModel(nnx.Module):
         x = self.embed_0(codes_0)
         codes_1 = jax.lax.index_in_dim(codes, 1, axis=1, keepdims=False)
         x_1 = self.embed_1(codes_1)
-        x_2 = x + x_1
-        attn_bias = _attention_bias(attention_mask, x_2, True, 0)
-        x_3 = x_2
+        x = x + x_1
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         per_layer = [past_key_0, past_value_0, past_key_1, past_value_1]
         layer_outputs = []
         for i, layer in enumerate(self.blocks):
-            x_3, *step = layer(x_3, attn_bias, position_ids, *per_layer[2 * i : 2 * i + 2])
+            x, *step = layer(x, attn_bias, position_ids, *per_layer[2 * i : 2 * i + 2])
             layer_outputs += step
         (
+            x_1,
+            x_2,
+            x_3,
             x_4,
-            x_5,
-            x_6,
-            x_7,
         ) = layer_outputs
-        x_8 = self.norm_f(x_3)
-        logits_0 = self.head_0(x_8)
-        logits_1 = self.head_1(x_8)
-        logits = jnp.stack([logits_0, logits_1], axis=1)
+        x = self.norm_f(x)
+        logits_0 = self.head_0(x)
+        logits_1 = self.head_1(x)
+        logits_0 = jnp.stack([logits_0, logits_1], axis=1)
         return {
-            "logits": logits,
-            "present.0.key": x_4,
-            "present.0.value": x_5,
-            "present.1.key": x_6,
-            "present.1.value": x_7,
+            "logits": logits_0,
+            "present.0.key": x_1,
+            "present.0.value": x_2,
+            "present.1.key": x_3,
+            "present.1.value": x_4,
         }
 
 

@@ -122,10 +122,15 @@ def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
             torch.is_inference_mode_enabled(),
             inv_freq,
         )
+    # x * cos + rotate_half(x) * sin, in two buffers' worth where that form takes
+    # four and a half: each half's product with sin is added into x * cos in place
+    # (the same roundings, bit for bit; addcmul_ would fuse them).
     x = x.unflatten(-1, (heads, head_dim))
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).flatten(2)
+    half = head_dim // 2
+    out = x * cos
+    out[..., :half] -= x[..., half:] * sin[..., :half]
+    out[..., half:] += x[..., :half] * sin[..., half:]
+    return out.flatten(2)
 
 
 class Attention(nn.Module):
@@ -140,17 +145,15 @@ class Attention(nn.Module):
         q = F.linear(x, self.qkv_proj.weight[0:64])
         k = F.linear(x, self.qkv_proj.weight[64:96])
         v = F.linear(x, self.qkv_proj.weight[96:128])
-        q_1 = _rope(q, 4, 16, 10000.0, positions=position_ids)
-        k_1 = _rope(k, 2, 16, 10000.0, positions=position_ids)
-        kv_new = k_1.unflatten(-1, (2, 16)).transpose(1, 2)
+        q = _rope(q, 4, 16, 10000.0, positions=position_ids)
+        k = _rope(k, 2, 16, 10000.0, positions=position_ids)
+        kv_new = k.unflatten(-1, (2, 16)).transpose(1, 2)
         present_key = torch.cat([past_key, kv_new], dim=2) if past_key.shape[2] else kv_new
-        kv_new_1 = v.unflatten(-1, (2, 16)).transpose(1, 2)
-        present_value = (
-            torch.cat([past_value, kv_new_1], dim=2) if past_value.shape[2] else kv_new_1
-        )
+        kv_new = v.unflatten(-1, (2, 16)).transpose(1, 2)
+        present_value = torch.cat([past_value, kv_new], dim=2) if past_value.shape[2] else kv_new
         attn = (
             F.scaled_dot_product_attention(
-                q_1.unflatten(-1, (4, 16)).transpose(1, 2),
+                q.unflatten(-1, (4, 16)).transpose(1, 2),
                 present_key,
                 present_value,
                 is_causal=False,
@@ -175,9 +178,9 @@ class MLP(nn.Module):
 
     def forward(self, x):
         gate = self.gate_proj(x)
-        gate_1 = F.silu(gate)
+        gate = F.silu(gate, inplace=True)
         up = self.up_proj(x)
-        h = gate_1 * up
+        h = gate.mul_(up)
         out = self.down_proj(h)
         return out
 
@@ -194,12 +197,12 @@ class Block(nn.Module):
 
     def forward(self, x, bias, position_ids, past_key, past_value):
         h = self.attn_norm(x)
-        h_1, h_2, h_3 = self.attn(h, bias, position_ids, past_key, past_value)
-        x_1 = x + h_1
-        h_4 = self.mlp_norm(x_1)
-        h_5 = self.mlp(h_4)
-        x_2 = x_1 + h_5
-        return x_2, h_2, h_3
+        h, h_1, h_2 = self.attn(h, bias, position_ids, past_key, past_value)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x, h_1, h_2
 
 
 class MyAudioModel(nn.Module):
@@ -249,30 +252,29 @@ class MyAudioModel(nn.Module):
         x = self.embed_0(codes_0)
         codes_1 = codes.select(1, 1)
         x_1 = self.embed_1(codes_1)
-        x_2 = x + x_1
-        attn_bias = _attention_bias(attention_mask, x_2, True, 0)
-        x_3 = x_2
+        x = x + x_1
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         per_layer = [past_key_0, past_value_0, past_key_1, past_value_1]
         layer_outputs = []
         for i, layer in enumerate(self.blocks):
-            x_3, *step = layer(x_3, attn_bias, position_ids, *per_layer[2 * i : 2 * i + 2])
+            x, *step = layer(x, attn_bias, position_ids, *per_layer[2 * i : 2 * i + 2])
             layer_outputs += step if use_cache else [None] * len(step)
         (
+            x_1,
+            x_2,
+            x_3,
             x_4,
-            x_5,
-            x_6,
-            x_7,
         ) = layer_outputs
-        x_8 = self.norm_f(x_3)
-        logits_0 = self.head_0(x_8)
-        logits_1 = self.head_1(x_8)
-        logits = torch.stack([logits_0, logits_1], dim=1)
+        x = self.norm_f(x)
+        logits_0 = self.head_0(x)
+        logits_1 = self.head_1(x)
+        logits_0 = torch.stack([logits_0, logits_1], dim=1)
         return {
-            "logits": logits,
-            "present.0.key": x_4,
-            "present.0.value": x_5,
-            "present.1.key": x_6,
-            "present.1.value": x_7,
+            "logits": logits_0,
+            "present.0.key": x_1,
+            "present.0.value": x_2,
+            "present.1.key": x_3,
+            "present.1.value": x_4,
         }
 
 

@@ -116,8 +116,8 @@ class MLP:
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = _gelu(h)
-        out = self.fc_out(h_1)
+        h = _gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -132,12 +132,12 @@ class Block:
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class MyTasteModel:
@@ -154,12 +154,11 @@ class MyTasteModel:
         x = self.in_proj(features)
         pos = np.arange(features.shape[1], dtype=np.int64)
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        x_2 = x_1
+        x = x + pos_emb
         for layer in self.blocks:
-            x_2 = layer(x_2)
-        x_3 = self.norm_f(x_2)
-        logits = self.lm_head(x_3)
+            x = layer(x)
+        x = self.norm_f(x)
+        logits = self.lm_head(x)
         return {"logits": logits}
 
 

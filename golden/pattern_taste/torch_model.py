@@ -49,8 +49,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = F.gelu(h)
-        out = self.fc_out(h_1)
+        h = F.gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -66,12 +66,12 @@ class Block(nn.Module):
 
     def forward(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class MyTasteModel(nn.Module):
@@ -89,12 +89,11 @@ class MyTasteModel(nn.Module):
         x = self.in_proj(features)
         pos = torch.arange(features.shape[1], device=features.device)
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        x_2 = x_1
+        x = x.add_(pos_emb)
         for layer in self.blocks:
-            x_2 = layer(x_2)
-        x_3 = self.norm_f(x_2)
-        logits = self.lm_head(x_3)
+            x = layer(x)
+        x = self.norm_f(x)
+        logits = self.lm_head(x)
         return {"logits": logits}
 
 

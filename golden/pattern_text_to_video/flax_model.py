@@ -97,8 +97,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = h * jax.nn.sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * jax.nn.sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -117,12 +117,12 @@ class TextBlock(nnx.Module):
 
     def __call__(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h, bias)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h, bias)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TextEncoder(nnx.Module):
@@ -140,12 +140,11 @@ class TextEncoder(nnx.Module):
         x = self.tok_embeddings(input_ids)
         pos = jnp.arange(input_ids.shape[1])
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         for layer in self.blocks:
-            x_2 = layer(x_2, attn_bias)
-        context = self.norm_f(x_2)
+            x = layer(x, attn_bias)
+        context = self.norm_f(x)
         return context
 
 
@@ -158,8 +157,8 @@ class TimestepEmbedding(nnx.Module):
 
     def __call__(self, t_emb):
         h = self.linear_1(t_emb)
-        h_1 = jax.nn.silu(h)
-        temb = self.linear_2(h_1)
+        h = jax.nn.silu(h)
+        temb = self.linear_2(h)
         return temb
 
 
@@ -218,20 +217,20 @@ class BasicTransformerBlock(nnx.Module):
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = jax.lax.slice_in_dim(h_5, 0, 128, axis=-1)
-        gate = jax.lax.slice_in_dim(h_5, 128, 256, axis=-1)
-        gate_1 = jax.nn.gelu(gate, approximate=False)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = jax.lax.slice_in_dim(h, 0, 128, axis=-1)
+        gate = jax.lax.slice_in_dim(h, 128, 256, axis=-1)
+        gate = jax.nn.gelu(gate, approximate=False)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SelfAttention1(nnx.Module):
@@ -271,22 +270,22 @@ class ResnetBlock(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = x + h_6
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = x + h
         return out
 
 
@@ -307,16 +306,15 @@ class SpatialTransformer(nnx.Module):
 
     def __call__(self, x, context):
         h = jnp.transpose(self.norm(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
-        tokens = jnp.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        tokens = jnp.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = jnp.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = h_3 + x
+        h = jnp.transpose(self.proj_out(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = h + x
         return out
 
 
@@ -359,32 +357,32 @@ class TemporalTransformer(nnx.Module):
                 2,
             ),
         )
-        h_1 = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = jnp.arange(h_3.shape[1])
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = jax.nn.gelu(t_3, approximate=False)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.reshape(
-            h_7.shape[:0]
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = jnp.arange(h.shape[1])
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = jax.nn.gelu(t, approximate=False)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.reshape(
+            h.shape[:0]
             + (
                 clip.shape[0],
                 clip.shape[3],
                 clip.shape[4],
             )
-            + h_7.shape[0 + 1 :]
+            + h.shape[0 + 1 :]
         )
-        h_9 = jnp.transpose(
-            h_8,
+        h = jnp.transpose(
+            h,
             (
                 0,
                 3,
@@ -393,8 +391,8 @@ class TemporalTransformer(nnx.Module):
                 2,
             ),
         )
-        h_10 = h_9.reshape(h_9.shape[:0] + (-1,) + h_9.shape[2:])
-        out = x + h_10
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[2:])
+        out = x + h
         return out
 
 
@@ -411,10 +409,10 @@ class DownLevel0(nnx.Module):
 
     def __call__(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = jnp.transpose(self.downsample(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_2, h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h_1 = jnp.transpose(self.downsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h, h_1
 
 
 class SelfAttention2(nnx.Module):
@@ -472,20 +470,20 @@ class BasicTransformerBlock1(nnx.Module):
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = jax.lax.slice_in_dim(h_5, 0, 256, axis=-1)
-        gate = jax.lax.slice_in_dim(h_5, 256, 512, axis=-1)
-        gate_1 = jax.nn.gelu(gate, approximate=False)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = jax.lax.slice_in_dim(h, 0, 256, axis=-1)
+        gate = jax.lax.slice_in_dim(h, 256, 512, axis=-1)
+        gate = jax.nn.gelu(gate, approximate=False)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SelfAttention3(nnx.Module):
@@ -528,23 +526,23 @@ class ResnetBlock1(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -565,16 +563,15 @@ class SpatialTransformer1(nnx.Module):
 
     def __call__(self, x, context):
         h = jnp.transpose(self.norm(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
-        tokens = jnp.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        tokens = jnp.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = jnp.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = h_3 + x
+        h = jnp.transpose(self.proj_out(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = h + x
         return out
 
 
@@ -617,32 +614,32 @@ class TemporalTransformer1(nnx.Module):
                 2,
             ),
         )
-        h_1 = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = jnp.arange(h_3.shape[1])
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = jax.nn.gelu(t_3, approximate=False)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.reshape(
-            h_7.shape[:0]
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = jnp.arange(h.shape[1])
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = jax.nn.gelu(t, approximate=False)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.reshape(
+            h.shape[:0]
             + (
                 clip.shape[0],
                 clip.shape[3],
                 clip.shape[4],
             )
-            + h_7.shape[0 + 1 :]
+            + h.shape[0 + 1 :]
         )
-        h_9 = jnp.transpose(
-            h_8,
+        h = jnp.transpose(
+            h,
             (
                 0,
                 3,
@@ -651,8 +648,8 @@ class TemporalTransformer1(nnx.Module):
                 2,
             ),
         )
-        h_10 = h_9.reshape(h_9.shape[:0] + (-1,) + h_9.shape[2:])
-        out = x + h_10
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[2:])
+        out = x + h
         return out
 
 
@@ -669,10 +666,10 @@ class DownLevel1(nnx.Module):
 
     def __call__(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = jnp.transpose(self.downsample(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_2, h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h_1 = jnp.transpose(self.downsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h, h_1
 
 
 class SelfAttention4(nnx.Module):
@@ -730,20 +727,20 @@ class BasicTransformerBlock2(nnx.Module):
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = jax.lax.slice_in_dim(h_5, 0, 256, axis=-1)
-        gate = jax.lax.slice_in_dim(h_5, 256, 512, axis=-1)
-        gate_1 = jax.nn.gelu(gate, approximate=False)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = jax.lax.slice_in_dim(h, 0, 256, axis=-1)
+        gate = jax.lax.slice_in_dim(h, 256, 512, axis=-1)
+        gate = jax.nn.gelu(gate, approximate=False)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SelfAttention5(nnx.Module):
@@ -783,22 +780,22 @@ class ResnetBlock2(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = x + h_6
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = x + h
         return out
 
 
@@ -819,16 +816,15 @@ class SpatialTransformer2(nnx.Module):
 
     def __call__(self, x, context):
         h = jnp.transpose(self.norm(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
-        tokens = jnp.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        tokens = jnp.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = jnp.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = h_3 + x
+        h = jnp.transpose(self.proj_out(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = h + x
         return out
 
 
@@ -871,32 +867,32 @@ class TemporalTransformer2(nnx.Module):
                 2,
             ),
         )
-        h_1 = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = jnp.arange(h_3.shape[1])
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = jax.nn.gelu(t_3, approximate=False)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.reshape(
-            h_7.shape[:0]
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = jnp.arange(h.shape[1])
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = jax.nn.gelu(t, approximate=False)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.reshape(
+            h.shape[:0]
             + (
                 clip.shape[0],
                 clip.shape[3],
                 clip.shape[4],
             )
-            + h_7.shape[0 + 1 :]
+            + h.shape[0 + 1 :]
         )
-        h_9 = jnp.transpose(
-            h_8,
+        h = jnp.transpose(
+            h,
             (
                 0,
                 3,
@@ -905,8 +901,8 @@ class TemporalTransformer2(nnx.Module):
                 2,
             ),
         )
-        h_10 = h_9.reshape(h_9.shape[:0] + (-1,) + h_9.shape[2:])
-        out = x + h_10
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[2:])
+        out = x + h
         return out
 
 
@@ -923,10 +919,10 @@ class DownLevel2(nnx.Module):
 
     def __call__(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = jnp.transpose(self.downsample(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_2, h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h_1 = jnp.transpose(self.downsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h, h_1
 
 
 class SelfAttention6(nnx.Module):
@@ -966,22 +962,22 @@ class ResnetBlock3(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = x + h_6
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = x + h
         return out
 
 
@@ -1024,32 +1020,32 @@ class TemporalTransformer3(nnx.Module):
                 2,
             ),
         )
-        h_1 = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = jnp.arange(h_3.shape[1])
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = jax.nn.gelu(t_3, approximate=False)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.reshape(
-            h_7.shape[:0]
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = jnp.arange(h.shape[1])
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = jax.nn.gelu(t, approximate=False)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.reshape(
+            h.shape[:0]
             + (
                 clip.shape[0],
                 clip.shape[3],
                 clip.shape[4],
             )
-            + h_7.shape[0 + 1 :]
+            + h.shape[0 + 1 :]
         )
-        h_9 = jnp.transpose(
-            h_8,
+        h = jnp.transpose(
+            h,
             (
                 0,
                 3,
@@ -1058,8 +1054,8 @@ class TemporalTransformer3(nnx.Module):
                 2,
             ),
         )
-        h_10 = h_9.reshape(h_9.shape[:0] + (-1,) + h_9.shape[2:])
-        out = x + h_10
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[2:])
+        out = x + h
         return out
 
 
@@ -1072,8 +1068,8 @@ class DownLevel3(nnx.Module):
 
     def __call__(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.temporal0(h, video)
-        return h_1
+        h = self.temporal0(h, video)
+        return h
 
 
 class SelfAttention7(nnx.Module):
@@ -1131,20 +1127,20 @@ class BasicTransformerBlock3(nnx.Module):
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = jax.lax.slice_in_dim(h_5, 0, 256, axis=-1)
-        gate = jax.lax.slice_in_dim(h_5, 256, 512, axis=-1)
-        gate_1 = jax.nn.gelu(gate, approximate=False)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = jax.lax.slice_in_dim(h, 0, 256, axis=-1)
+        gate = jax.lax.slice_in_dim(h, 256, 512, axis=-1)
+        gate = jax.nn.gelu(gate, approximate=False)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SpatialTransformer3(nnx.Module):
@@ -1164,16 +1160,15 @@ class SpatialTransformer3(nnx.Module):
 
     def __call__(self, x, context):
         h = jnp.transpose(self.norm(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
-        tokens = jnp.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        tokens = jnp.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = jnp.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = h_3 + x
+        h = jnp.transpose(self.proj_out(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = h + x
         return out
 
 
@@ -1188,10 +1183,10 @@ class MidBlock(nnx.Module):
 
     def __call__(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = self.res1(h_2, temb)
-        return h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = self.res1(h, temb)
+        return h
 
 
 class ResnetBlock4(nnx.Module):
@@ -1217,23 +1212,23 @@ class ResnetBlock4(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1251,14 +1246,14 @@ class UpLevel3(nnx.Module):
 
     def __call__(self, x, skip0, skip1, temb, context, video):
         h = jnp.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = jnp.concatenate([h_2, skip1], axis=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.temporal1(h_4, video)
-        h_6 = jnp.repeat(jnp.repeat(h_5, 2, axis=2), 2, axis=3)
-        h_7 = jnp.transpose(self.upsample(jnp.transpose(h_6, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_7
+        h = self.res0(h, temb)
+        h = self.temporal0(h, video)
+        h = jnp.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.temporal1(h, video)
+        h = jnp.repeat(jnp.repeat(h, 2, axis=2), 2, axis=3)
+        h = jnp.transpose(self.upsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h
 
 
 class ResnetBlock5(nnx.Module):
@@ -1284,23 +1279,23 @@ class ResnetBlock5(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1320,16 +1315,16 @@ class UpLevel2(nnx.Module):
 
     def __call__(self, x, skip0, skip1, temb, context, video):
         h = jnp.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = self.temporal0(h_2, video)
-        h_4 = jnp.concatenate([h_3, skip1], axis=1)
-        h_5 = self.res1(h_4, temb)
-        h_6 = self.attn1(h_5, context)
-        h_7 = self.temporal1(h_6, video)
-        h_8 = jnp.repeat(jnp.repeat(h_7, 2, axis=2), 2, axis=3)
-        h_9 = jnp.transpose(self.upsample(jnp.transpose(h_8, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_9
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = jnp.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = self.temporal1(h, video)
+        h = jnp.repeat(jnp.repeat(h, 2, axis=2), 2, axis=3)
+        h = jnp.transpose(self.upsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h
 
 
 class ResnetBlock6(nnx.Module):
@@ -1355,23 +1350,23 @@ class ResnetBlock6(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1398,23 +1393,23 @@ class ResnetBlock7(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1434,16 +1429,16 @@ class UpLevel1(nnx.Module):
 
     def __call__(self, x, skip0, skip1, temb, context, video):
         h = jnp.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = self.temporal0(h_2, video)
-        h_4 = jnp.concatenate([h_3, skip1], axis=1)
-        h_5 = self.res1(h_4, temb)
-        h_6 = self.attn1(h_5, context)
-        h_7 = self.temporal1(h_6, video)
-        h_8 = jnp.repeat(jnp.repeat(h_7, 2, axis=2), 2, axis=3)
-        h_9 = jnp.transpose(self.upsample(jnp.transpose(h_8, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_9
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = jnp.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = self.temporal1(h, video)
+        h = jnp.repeat(jnp.repeat(h, 2, axis=2), 2, axis=3)
+        h = jnp.transpose(self.upsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h
 
 
 class ResnetBlock8(nnx.Module):
@@ -1469,23 +1464,23 @@ class ResnetBlock8(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1512,23 +1507,23 @@ class ResnetBlock9(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1545,14 +1540,14 @@ class UpLevel0(nnx.Module):
 
     def __call__(self, x, skip0, skip1, temb, context, video):
         h = jnp.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = self.temporal0(h_2, video)
-        h_4 = jnp.concatenate([h_3, skip1], axis=1)
-        h_5 = self.res1(h_4, temb)
-        h_6 = self.attn1(h_5, context)
-        h_7 = self.temporal1(h_6, video)
-        return h_7
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = jnp.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = self.temporal1(h, video)
+        return h
 
 
 class ClipAnimator(nnx.Module):
@@ -1589,11 +1584,11 @@ class ClipAnimator(nnx.Module):
         per_frame = jnp.broadcast_to(
             jnp.expand_dims(temb, 1), temb.shape[:1] + (sample.shape[1],) + temb.shape[1:]
         )
-        per_frame_1 = per_frame.reshape(per_frame.shape[:0] + (-1,) + per_frame.shape[2:])
-        per_frame_2 = jnp.broadcast_to(
+        per_frame = per_frame.reshape(per_frame.shape[:0] + (-1,) + per_frame.shape[2:])
+        per_frame_1 = jnp.broadcast_to(
             jnp.expand_dims(context, 1), context.shape[:1] + (sample.shape[1],) + context.shape[1:]
         )
-        per_frame_3 = per_frame_2.reshape(per_frame_2.shape[:0] + (-1,) + per_frame_2.shape[2:])
+        per_frame_1 = per_frame_1.reshape(per_frame_1.shape[:0] + (-1,) + per_frame_1.shape[2:])
         frames = sample.reshape(sample.shape[:0] + (-1,) + sample.shape[2:])
         sample_1 = _require_multiple(
             frames,
@@ -1605,19 +1600,19 @@ class ClipAnimator(nnx.Module):
             "sample height and width (the U-Net halves them 3 times)",
         )
         x = jnp.transpose(self.conv_in(jnp.transpose(sample_1, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h, h_1 = self.down0(x, per_frame_1, per_frame_3, sample)
-        h_2, h_3 = self.down1(h_1, per_frame_1, per_frame_3, sample)
-        h_4, h_5 = self.down2(h_3, per_frame_1, per_frame_3, sample)
-        h_6 = self.down3(h_5, per_frame_1, per_frame_3, sample)
-        x_1 = self.mid(h_6, per_frame_1, per_frame_3, sample)
-        x_2 = self.up3(x_1, h_6, h_5, per_frame_1, per_frame_3, sample)
-        x_3 = self.up2(x_2, h_4, h_3, per_frame_1, per_frame_3, sample)
-        x_4 = self.up1(x_3, h_2, h_1, per_frame_1, per_frame_3, sample)
-        x_5 = self.up0(x_4, h, x, per_frame_1, per_frame_3, sample)
-        h_7 = jnp.transpose(self.conv_norm_out(jnp.transpose(x_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_8 = jax.nn.silu(h_7)
-        noise_pred = jnp.transpose(self.conv_out(jnp.transpose(h_8, (0, 2, 3, 1))), (0, 3, 1, 2))
-        noise_pred_1 = noise_pred.reshape(
+        h, h_1 = self.down0(x, per_frame, per_frame_1, sample)
+        h_2, h_3 = self.down1(h_1, per_frame, per_frame_1, sample)
+        h_4, h_5 = self.down2(h_3, per_frame, per_frame_1, sample)
+        h_6 = self.down3(h_5, per_frame, per_frame_1, sample)
+        x_1 = self.mid(h_6, per_frame, per_frame_1, sample)
+        x_1 = self.up3(x_1, h_6, h_5, per_frame, per_frame_1, sample)
+        x_1 = self.up2(x_1, h_4, h_3, per_frame, per_frame_1, sample)
+        x_1 = self.up1(x_1, h_2, h_1, per_frame, per_frame_1, sample)
+        x = self.up0(x_1, h, x, per_frame, per_frame_1, sample)
+        h = jnp.transpose(self.conv_norm_out(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        noise_pred = jnp.transpose(self.conv_out(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        noise_pred = noise_pred.reshape(
             noise_pred.shape[:0]
             + (
                 sample.shape[0],
@@ -1625,7 +1620,7 @@ class ClipAnimator(nnx.Module):
             )
             + noise_pred.shape[0 + 1 :]
         )
-        return {"noise_pred": noise_pred_1}
+        return {"noise_pred": noise_pred}
 
 
 Model = ClipAnimator

@@ -193,8 +193,8 @@ class MLP:
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = h * _sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * _sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -209,12 +209,12 @@ class TextBlock:
 
     def __call__(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h, bias)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h, bias)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TextEncoder:
@@ -230,12 +230,11 @@ class TextEncoder:
         x = self.tok_embeddings(input_ids)
         pos = np.arange(input_ids.shape[1], dtype=np.int64)
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         for layer in self.blocks:
-            x_2 = layer(x_2, attn_bias)
-        context = self.norm_f(x_2)
+            x = layer(x, attn_bias)
+        context = self.norm_f(x)
         return context
 
 
@@ -248,8 +247,8 @@ class TimestepEmbedding:
 
     def __call__(self, t_emb):
         h = self.linear_1(t_emb)
-        h_1 = h * _sigmoid(h)
-        temb = self.linear_2(h_1)
+        h = h * _sigmoid(h)
+        temb = self.linear_2(h)
         return temb
 
 
@@ -302,20 +301,20 @@ class BasicTransformerBlock:
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5[..., 0:128]
-        gate = h_5[..., 128:256]
-        gate_1 = _gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h[..., 0:128]
+        gate = h[..., 128:256]
+        gate = _gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SelfAttention1:
@@ -347,22 +346,22 @@ class ResnetBlock:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -377,16 +376,15 @@ class SpatialTransformer:
 
     def __call__(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = np.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = np.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = np.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -423,32 +421,32 @@ class TemporalTransformer:
                 2,
             ),
         )
-        h_1 = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = np.arange(h_3.shape[1], dtype=np.int64)
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = _gelu(t_3)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.reshape(
-            h_7.shape[:0]
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = np.arange(h.shape[1], dtype=np.int64)
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = _gelu(t)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.reshape(
+            h.shape[:0]
             + (
                 clip.shape[0],
                 clip.shape[3],
                 clip.shape[4],
             )
-            + h_7.shape[0 + 1 :]
+            + h.shape[0 + 1 :]
         )
-        h_9 = np.transpose(
-            h_8,
+        h = np.transpose(
+            h,
             (
                 0,
                 3,
@@ -457,8 +455,8 @@ class TemporalTransformer:
                 2,
             ),
         )
-        h_10 = h_9.reshape(h_9.shape[:0] + (-1,) + h_9.shape[2:])
-        out = x + h_10
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[2:])
+        out = x + h
         return out
 
 
@@ -473,10 +471,10 @@ class DownLevel0:
 
     def __call__(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = self.downsample(h_2)
-        return h_2, h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class SelfAttention2:
@@ -528,20 +526,20 @@ class BasicTransformerBlock1:
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5[..., 0:256]
-        gate = h_5[..., 256:512]
-        gate_1 = _gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h[..., 0:256]
+        gate = h[..., 256:512]
+        gate = _gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SelfAttention3:
@@ -574,23 +572,23 @@ class ResnetBlock1:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -605,16 +603,15 @@ class SpatialTransformer1:
 
     def __call__(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = np.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = np.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = np.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -651,32 +648,32 @@ class TemporalTransformer1:
                 2,
             ),
         )
-        h_1 = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = np.arange(h_3.shape[1], dtype=np.int64)
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = _gelu(t_3)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.reshape(
-            h_7.shape[:0]
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = np.arange(h.shape[1], dtype=np.int64)
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = _gelu(t)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.reshape(
+            h.shape[:0]
             + (
                 clip.shape[0],
                 clip.shape[3],
                 clip.shape[4],
             )
-            + h_7.shape[0 + 1 :]
+            + h.shape[0 + 1 :]
         )
-        h_9 = np.transpose(
-            h_8,
+        h = np.transpose(
+            h,
             (
                 0,
                 3,
@@ -685,8 +682,8 @@ class TemporalTransformer1:
                 2,
             ),
         )
-        h_10 = h_9.reshape(h_9.shape[:0] + (-1,) + h_9.shape[2:])
-        out = x + h_10
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[2:])
+        out = x + h
         return out
 
 
@@ -701,10 +698,10 @@ class DownLevel1:
 
     def __call__(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = self.downsample(h_2)
-        return h_2, h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class SelfAttention4:
@@ -756,20 +753,20 @@ class BasicTransformerBlock2:
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5[..., 0:256]
-        gate = h_5[..., 256:512]
-        gate_1 = _gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h[..., 0:256]
+        gate = h[..., 256:512]
+        gate = _gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SelfAttention5:
@@ -801,22 +798,22 @@ class ResnetBlock2:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -831,16 +828,15 @@ class SpatialTransformer2:
 
     def __call__(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = np.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = np.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = np.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -877,32 +873,32 @@ class TemporalTransformer2:
                 2,
             ),
         )
-        h_1 = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = np.arange(h_3.shape[1], dtype=np.int64)
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = _gelu(t_3)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.reshape(
-            h_7.shape[:0]
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = np.arange(h.shape[1], dtype=np.int64)
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = _gelu(t)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.reshape(
+            h.shape[:0]
             + (
                 clip.shape[0],
                 clip.shape[3],
                 clip.shape[4],
             )
-            + h_7.shape[0 + 1 :]
+            + h.shape[0 + 1 :]
         )
-        h_9 = np.transpose(
-            h_8,
+        h = np.transpose(
+            h,
             (
                 0,
                 3,
@@ -911,8 +907,8 @@ class TemporalTransformer2:
                 2,
             ),
         )
-        h_10 = h_9.reshape(h_9.shape[:0] + (-1,) + h_9.shape[2:])
-        out = x + h_10
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[2:])
+        out = x + h
         return out
 
 
@@ -927,10 +923,10 @@ class DownLevel2:
 
     def __call__(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = self.downsample(h_2)
-        return h_2, h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class SelfAttention6:
@@ -962,22 +958,22 @@ class ResnetBlock3:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -1014,32 +1010,32 @@ class TemporalTransformer3:
                 2,
             ),
         )
-        h_1 = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = np.arange(h_3.shape[1], dtype=np.int64)
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = _gelu(t_3)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.reshape(
-            h_7.shape[:0]
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[3:])
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = np.arange(h.shape[1], dtype=np.int64)
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = _gelu(t)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.reshape(
+            h.shape[:0]
             + (
                 clip.shape[0],
                 clip.shape[3],
                 clip.shape[4],
             )
-            + h_7.shape[0 + 1 :]
+            + h.shape[0 + 1 :]
         )
-        h_9 = np.transpose(
-            h_8,
+        h = np.transpose(
+            h,
             (
                 0,
                 3,
@@ -1048,8 +1044,8 @@ class TemporalTransformer3:
                 2,
             ),
         )
-        h_10 = h_9.reshape(h_9.shape[:0] + (-1,) + h_9.shape[2:])
-        out = x + h_10
+        h = h.reshape(h.shape[:0] + (-1,) + h.shape[2:])
+        out = x + h
         return out
 
 
@@ -1062,8 +1058,8 @@ class DownLevel3:
 
     def __call__(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.temporal0(h, video)
-        return h_1
+        h = self.temporal0(h, video)
+        return h
 
 
 class SelfAttention7:
@@ -1115,20 +1111,20 @@ class BasicTransformerBlock3:
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5[..., 0:256]
-        gate = h_5[..., 256:512]
-        gate_1 = _gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h[..., 0:256]
+        gate = h[..., 256:512]
+        gate = _gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SpatialTransformer3:
@@ -1142,16 +1138,15 @@ class SpatialTransformer3:
 
     def __call__(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = np.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = np.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = np.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -1166,10 +1161,10 @@ class MidBlock:
 
     def __call__(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = self.res1(h_2, temb)
-        return h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = self.res1(h, temb)
+        return h
 
 
 class ResnetBlock4:
@@ -1185,23 +1180,23 @@ class ResnetBlock4:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1217,14 +1212,14 @@ class UpLevel3:
 
     def __call__(self, x, skip0, skip1, temb, context, video):
         h = np.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = np.concatenate([h_2, skip1], axis=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.temporal1(h_4, video)
-        h_6 = np.repeat(np.repeat(h_5, 2, axis=2), 2, axis=3)
-        h_7 = self.upsample(h_6)
-        return h_7
+        h = self.res0(h, temb)
+        h = self.temporal0(h, video)
+        h = np.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.temporal1(h, video)
+        h = np.repeat(np.repeat(h, 2, axis=2), 2, axis=3)
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock5:
@@ -1240,23 +1235,23 @@ class ResnetBlock5:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1274,16 +1269,16 @@ class UpLevel2:
 
     def __call__(self, x, skip0, skip1, temb, context, video):
         h = np.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = self.temporal0(h_2, video)
-        h_4 = np.concatenate([h_3, skip1], axis=1)
-        h_5 = self.res1(h_4, temb)
-        h_6 = self.attn1(h_5, context)
-        h_7 = self.temporal1(h_6, video)
-        h_8 = np.repeat(np.repeat(h_7, 2, axis=2), 2, axis=3)
-        h_9 = self.upsample(h_8)
-        return h_9
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = np.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = self.temporal1(h, video)
+        h = np.repeat(np.repeat(h, 2, axis=2), 2, axis=3)
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock6:
@@ -1299,23 +1294,23 @@ class ResnetBlock6:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1332,23 +1327,23 @@ class ResnetBlock7:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1366,16 +1361,16 @@ class UpLevel1:
 
     def __call__(self, x, skip0, skip1, temb, context, video):
         h = np.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = self.temporal0(h_2, video)
-        h_4 = np.concatenate([h_3, skip1], axis=1)
-        h_5 = self.res1(h_4, temb)
-        h_6 = self.attn1(h_5, context)
-        h_7 = self.temporal1(h_6, video)
-        h_8 = np.repeat(np.repeat(h_7, 2, axis=2), 2, axis=3)
-        h_9 = self.upsample(h_8)
-        return h_9
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = np.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = self.temporal1(h, video)
+        h = np.repeat(np.repeat(h, 2, axis=2), 2, axis=3)
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock8:
@@ -1391,23 +1386,23 @@ class ResnetBlock8:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1424,23 +1419,23 @@ class ResnetBlock9:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1457,14 +1452,14 @@ class UpLevel0:
 
     def __call__(self, x, skip0, skip1, temb, context, video):
         h = np.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = self.temporal0(h_2, video)
-        h_4 = np.concatenate([h_3, skip1], axis=1)
-        h_5 = self.res1(h_4, temb)
-        h_6 = self.attn1(h_5, context)
-        h_7 = self.temporal1(h_6, video)
-        return h_7
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = np.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = self.temporal1(h, video)
+        return h
 
 
 class ClipAnimator:
@@ -1495,11 +1490,11 @@ class ClipAnimator:
         per_frame = np.broadcast_to(
             np.expand_dims(temb, 1), temb.shape[:1] + (sample.shape[1],) + temb.shape[1:]
         )
-        per_frame_1 = per_frame.reshape(per_frame.shape[:0] + (-1,) + per_frame.shape[2:])
-        per_frame_2 = np.broadcast_to(
+        per_frame = per_frame.reshape(per_frame.shape[:0] + (-1,) + per_frame.shape[2:])
+        per_frame_1 = np.broadcast_to(
             np.expand_dims(context, 1), context.shape[:1] + (sample.shape[1],) + context.shape[1:]
         )
-        per_frame_3 = per_frame_2.reshape(per_frame_2.shape[:0] + (-1,) + per_frame_2.shape[2:])
+        per_frame_1 = per_frame_1.reshape(per_frame_1.shape[:0] + (-1,) + per_frame_1.shape[2:])
         frames = sample.reshape(sample.shape[:0] + (-1,) + sample.shape[2:])
         sample_1 = _require_multiple(
             frames,
@@ -1511,19 +1506,19 @@ class ClipAnimator:
             "sample height and width (the U-Net halves them 3 times)",
         )
         x = self.conv_in(sample_1)
-        h, h_1 = self.down0(x, per_frame_1, per_frame_3, sample)
-        h_2, h_3 = self.down1(h_1, per_frame_1, per_frame_3, sample)
-        h_4, h_5 = self.down2(h_3, per_frame_1, per_frame_3, sample)
-        h_6 = self.down3(h_5, per_frame_1, per_frame_3, sample)
-        x_1 = self.mid(h_6, per_frame_1, per_frame_3, sample)
-        x_2 = self.up3(x_1, h_6, h_5, per_frame_1, per_frame_3, sample)
-        x_3 = self.up2(x_2, h_4, h_3, per_frame_1, per_frame_3, sample)
-        x_4 = self.up1(x_3, h_2, h_1, per_frame_1, per_frame_3, sample)
-        x_5 = self.up0(x_4, h, x, per_frame_1, per_frame_3, sample)
-        h_7 = self.conv_norm_out(x_5)
-        h_8 = h_7 * _sigmoid(h_7)
-        noise_pred = self.conv_out(h_8)
-        noise_pred_1 = noise_pred.reshape(
+        h, h_1 = self.down0(x, per_frame, per_frame_1, sample)
+        h_2, h_3 = self.down1(h_1, per_frame, per_frame_1, sample)
+        h_4, h_5 = self.down2(h_3, per_frame, per_frame_1, sample)
+        h_6 = self.down3(h_5, per_frame, per_frame_1, sample)
+        x_1 = self.mid(h_6, per_frame, per_frame_1, sample)
+        x_1 = self.up3(x_1, h_6, h_5, per_frame, per_frame_1, sample)
+        x_1 = self.up2(x_1, h_4, h_3, per_frame, per_frame_1, sample)
+        x_1 = self.up1(x_1, h_2, h_1, per_frame, per_frame_1, sample)
+        x = self.up0(x_1, h, x, per_frame, per_frame_1, sample)
+        h = self.conv_norm_out(x)
+        h = h * _sigmoid(h)
+        noise_pred = self.conv_out(h)
+        noise_pred = noise_pred.reshape(
             noise_pred.shape[:0]
             + (
                 sample.shape[0],
@@ -1531,7 +1526,7 @@ class ClipAnimator:
             )
             + noise_pred.shape[0 + 1 :]
         )
-        return {"noise_pred": noise_pred_1}
+        return {"noise_pred": noise_pred}
 
 
 Model = ClipAnimator

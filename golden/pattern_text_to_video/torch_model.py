@@ -100,8 +100,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = h * torch.sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * torch.sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -117,12 +117,12 @@ class TextBlock(nn.Module):
 
     def forward(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h, bias)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h, bias)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TextEncoder(nn.Module):
@@ -139,12 +139,11 @@ class TextEncoder(nn.Module):
         x = self.tok_embeddings(input_ids)
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         for layer in self.blocks:
-            x_2 = layer(x_2, attn_bias)
-        context = self.norm_f(x_2)
+            x = layer(x, attn_bias)
+        context = self.norm_f(x)
         return context
 
 
@@ -158,8 +157,8 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, t_emb):
         h = self.linear_1(t_emb)
-        h_1 = F.silu(h)
-        temb = self.linear_2(h_1)
+        h = F.silu(h, inplace=True)
+        temb = self.linear_2(h)
         return temb
 
 
@@ -233,20 +232,20 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5.narrow(-1, 0, 128)
-        gate = h_5.narrow(-1, 128, 128)
-        gate_1 = F.gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h.narrow(-1, 0, 128)
+        gate = h.narrow(-1, 128, 128)
+        gate = F.gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SelfAttention1(nn.Module):
@@ -289,16 +288,16 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -314,14 +313,13 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = h_1.flatten(2).transpose(1, 2)
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = h.flatten(2).transpose(1, 2)
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+            tokens = layer(tokens, context)
+        h = tokens.transpose(1, 2).unflatten(2, x.shape[2:])
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -349,22 +347,22 @@ class TemporalTransformer(nn.Module):
             ),
         )
         h = clip.permute(0, 3, 4, 1, 2)
-        h_1 = h.flatten(0, 2)
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = torch.arange(h_3.shape[1], device=h_3.device)
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = F.gelu(t_3)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.unflatten(
+        h = h.flatten(0, 2)
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = torch.arange(h.shape[1], device=h.device)
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = F.gelu(t)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.unflatten(
             0,
             (
                 clip.shape[0],
@@ -372,9 +370,9 @@ class TemporalTransformer(nn.Module):
                 clip.shape[4],
             ),
         )
-        h_9 = h_8.permute(0, 3, 4, 1, 2)
-        h_10 = h_9.flatten(0, 1)
-        out = x + h_10
+        h = h.permute(0, 3, 4, 1, 2)
+        h = h.flatten(0, 1)
+        out = x + h
         return out
 
 
@@ -390,10 +388,10 @@ class DownLevel0(nn.Module):
 
     def forward(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = self.downsample(h_2)
-        return h_2, h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class SelfAttention2(nn.Module):
@@ -466,20 +464,20 @@ class BasicTransformerBlock1(nn.Module):
 
     def forward(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5.narrow(-1, 0, 256)
-        gate = h_5.narrow(-1, 256, 256)
-        gate_1 = F.gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h.narrow(-1, 0, 256)
+        gate = h.narrow(-1, 256, 256)
+        gate = F.gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SelfAttention3(nn.Module):
@@ -523,17 +521,17 @@ class ResnetBlock1(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -549,14 +547,13 @@ class SpatialTransformer1(nn.Module):
 
     def forward(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = h_1.flatten(2).transpose(1, 2)
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = h.flatten(2).transpose(1, 2)
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+            tokens = layer(tokens, context)
+        h = tokens.transpose(1, 2).unflatten(2, x.shape[2:])
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -584,22 +581,22 @@ class TemporalTransformer1(nn.Module):
             ),
         )
         h = clip.permute(0, 3, 4, 1, 2)
-        h_1 = h.flatten(0, 2)
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = torch.arange(h_3.shape[1], device=h_3.device)
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = F.gelu(t_3)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.unflatten(
+        h = h.flatten(0, 2)
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = torch.arange(h.shape[1], device=h.device)
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = F.gelu(t)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.unflatten(
             0,
             (
                 clip.shape[0],
@@ -607,9 +604,9 @@ class TemporalTransformer1(nn.Module):
                 clip.shape[4],
             ),
         )
-        h_9 = h_8.permute(0, 3, 4, 1, 2)
-        h_10 = h_9.flatten(0, 1)
-        out = x + h_10
+        h = h.permute(0, 3, 4, 1, 2)
+        h = h.flatten(0, 1)
+        out = x + h
         return out
 
 
@@ -625,10 +622,10 @@ class DownLevel1(nn.Module):
 
     def forward(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = self.downsample(h_2)
-        return h_2, h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class SelfAttention4(nn.Module):
@@ -701,20 +698,20 @@ class BasicTransformerBlock2(nn.Module):
 
     def forward(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5.narrow(-1, 0, 256)
-        gate = h_5.narrow(-1, 256, 256)
-        gate_1 = F.gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h.narrow(-1, 0, 256)
+        gate = h.narrow(-1, 256, 256)
+        gate = F.gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SelfAttention5(nn.Module):
@@ -757,16 +754,16 @@ class ResnetBlock2(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -782,14 +779,13 @@ class SpatialTransformer2(nn.Module):
 
     def forward(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = h_1.flatten(2).transpose(1, 2)
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = h.flatten(2).transpose(1, 2)
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+            tokens = layer(tokens, context)
+        h = tokens.transpose(1, 2).unflatten(2, x.shape[2:])
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -817,22 +813,22 @@ class TemporalTransformer2(nn.Module):
             ),
         )
         h = clip.permute(0, 3, 4, 1, 2)
-        h_1 = h.flatten(0, 2)
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = torch.arange(h_3.shape[1], device=h_3.device)
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = F.gelu(t_3)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.unflatten(
+        h = h.flatten(0, 2)
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = torch.arange(h.shape[1], device=h.device)
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = F.gelu(t)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.unflatten(
             0,
             (
                 clip.shape[0],
@@ -840,9 +836,9 @@ class TemporalTransformer2(nn.Module):
                 clip.shape[4],
             ),
         )
-        h_9 = h_8.permute(0, 3, 4, 1, 2)
-        h_10 = h_9.flatten(0, 1)
-        out = x + h_10
+        h = h.permute(0, 3, 4, 1, 2)
+        h = h.flatten(0, 1)
+        out = x + h
         return out
 
 
@@ -858,10 +854,10 @@ class DownLevel2(nn.Module):
 
     def forward(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = self.downsample(h_2)
-        return h_2, h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class SelfAttention6(nn.Module):
@@ -904,16 +900,16 @@ class ResnetBlock3(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -941,22 +937,22 @@ class TemporalTransformer3(nn.Module):
             ),
         )
         h = clip.permute(0, 3, 4, 1, 2)
-        h_1 = h.flatten(0, 2)
-        h_2 = self.norm(h_1)
-        h_3 = self.proj_in(h_2)
-        pos = torch.arange(h_3.shape[1], device=h_3.device)
-        pos_1 = self.pos_embed(pos)
-        h_4 = h_3 + pos_1
-        t = self.norm1(h_4)
-        t_1 = self.attn(t)
-        h_5 = h_4 + t_1
-        t_2 = self.norm2(h_5)
-        t_3 = self.ff_in(t_2)
-        t_4 = F.gelu(t_3)
-        t_5 = self.ff_out(t_4)
-        h_6 = h_5 + t_5
-        h_7 = self.proj_out(h_6)
-        h_8 = h_7.unflatten(
+        h = h.flatten(0, 2)
+        h = self.norm(h)
+        h = self.proj_in(h)
+        pos = torch.arange(h.shape[1], device=h.device)
+        pos = self.pos_embed(pos)
+        h = h + pos
+        t = self.norm1(h)
+        t = self.attn(t)
+        h = h + t
+        t = self.norm2(h)
+        t = self.ff_in(t)
+        t = F.gelu(t)
+        t = self.ff_out(t)
+        h = h + t
+        h = self.proj_out(h)
+        h = h.unflatten(
             0,
             (
                 clip.shape[0],
@@ -964,9 +960,9 @@ class TemporalTransformer3(nn.Module):
                 clip.shape[4],
             ),
         )
-        h_9 = h_8.permute(0, 3, 4, 1, 2)
-        h_10 = h_9.flatten(0, 1)
-        out = x + h_10
+        h = h.permute(0, 3, 4, 1, 2)
+        h = h.flatten(0, 1)
+        out = x + h
         return out
 
 
@@ -980,8 +976,8 @@ class DownLevel3(nn.Module):
 
     def forward(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.temporal0(h, video)
-        return h_1
+        h = self.temporal0(h, video)
+        return h
 
 
 class SelfAttention7(nn.Module):
@@ -1054,20 +1050,20 @@ class BasicTransformerBlock3(nn.Module):
 
     def forward(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5.narrow(-1, 0, 256)
-        gate = h_5.narrow(-1, 256, 256)
-        gate_1 = F.gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h.narrow(-1, 0, 256)
+        gate = h.narrow(-1, 256, 256)
+        gate = F.gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SpatialTransformer3(nn.Module):
@@ -1082,14 +1078,13 @@ class SpatialTransformer3(nn.Module):
 
     def forward(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = h_1.flatten(2).transpose(1, 2)
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = h.flatten(2).transpose(1, 2)
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+            tokens = layer(tokens, context)
+        h = tokens.transpose(1, 2).unflatten(2, x.shape[2:])
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -1105,10 +1100,10 @@ class MidBlock(nn.Module):
 
     def forward(self, x, temb, context, video):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = self.res1(h_2, temb)
-        return h_3
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = self.res1(h, temb)
+        return h
 
 
 class ResnetBlock4(nn.Module):
@@ -1125,17 +1120,17 @@ class ResnetBlock4(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1152,14 +1147,14 @@ class UpLevel3(nn.Module):
 
     def forward(self, x, skip0, skip1, temb, context, video):
         h = torch.cat([x, skip0], dim=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.temporal0(h_1, video)
-        h_3 = torch.cat([h_2, skip1], dim=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.temporal1(h_4, video)
-        h_6 = F.interpolate(h_5, scale_factor=2, mode="nearest")
-        h_7 = self.upsample(h_6)
-        return h_7
+        h = self.res0(h, temb)
+        h = self.temporal0(h, video)
+        h = torch.cat([h, skip1], dim=1)
+        h = self.res1(h, temb)
+        h = self.temporal1(h, video)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock5(nn.Module):
@@ -1176,17 +1171,17 @@ class ResnetBlock5(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1205,16 +1200,16 @@ class UpLevel2(nn.Module):
 
     def forward(self, x, skip0, skip1, temb, context, video):
         h = torch.cat([x, skip0], dim=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = self.temporal0(h_2, video)
-        h_4 = torch.cat([h_3, skip1], dim=1)
-        h_5 = self.res1(h_4, temb)
-        h_6 = self.attn1(h_5, context)
-        h_7 = self.temporal1(h_6, video)
-        h_8 = F.interpolate(h_7, scale_factor=2, mode="nearest")
-        h_9 = self.upsample(h_8)
-        return h_9
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = torch.cat([h, skip1], dim=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = self.temporal1(h, video)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock6(nn.Module):
@@ -1231,17 +1226,17 @@ class ResnetBlock6(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1259,17 +1254,17 @@ class ResnetBlock7(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1288,16 +1283,16 @@ class UpLevel1(nn.Module):
 
     def forward(self, x, skip0, skip1, temb, context, video):
         h = torch.cat([x, skip0], dim=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = self.temporal0(h_2, video)
-        h_4 = torch.cat([h_3, skip1], dim=1)
-        h_5 = self.res1(h_4, temb)
-        h_6 = self.attn1(h_5, context)
-        h_7 = self.temporal1(h_6, video)
-        h_8 = F.interpolate(h_7, scale_factor=2, mode="nearest")
-        h_9 = self.upsample(h_8)
-        return h_9
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = torch.cat([h, skip1], dim=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = self.temporal1(h, video)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock8(nn.Module):
@@ -1314,17 +1309,17 @@ class ResnetBlock8(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1342,17 +1337,17 @@ class ResnetBlock9(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1370,14 +1365,14 @@ class UpLevel0(nn.Module):
 
     def forward(self, x, skip0, skip1, temb, context, video):
         h = torch.cat([x, skip0], dim=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = self.temporal0(h_2, video)
-        h_4 = torch.cat([h_3, skip1], dim=1)
-        h_5 = self.res1(h_4, temb)
-        h_6 = self.attn1(h_5, context)
-        h_7 = self.temporal1(h_6, video)
-        return h_7
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = self.temporal0(h, video)
+        h = torch.cat([h, skip1], dim=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = self.temporal1(h, video)
+        return h
 
 
 class ClipAnimator(nn.Module):
@@ -1411,11 +1406,11 @@ class ClipAnimator(nn.Module):
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
         per_frame = temb.unsqueeze(1).expand(*temb.shape[:1], sample.shape[1], *temb.shape[1:])
-        per_frame_1 = per_frame.flatten(0, 1)
-        per_frame_2 = context.unsqueeze(1).expand(
+        per_frame = per_frame.flatten(0, 1)
+        per_frame_1 = context.unsqueeze(1).expand(
             *context.shape[:1], sample.shape[1], *context.shape[1:]
         )
-        per_frame_3 = per_frame_2.flatten(0, 1)
+        per_frame_1 = per_frame_1.flatten(0, 1)
         frames = sample.flatten(0, 1)
         sample_1 = _require_multiple(
             frames,
@@ -1427,26 +1422,26 @@ class ClipAnimator(nn.Module):
             "sample height and width (the U-Net halves them 3 times)",
         )
         x = self.conv_in(sample_1)
-        h, h_1 = self.down0(x, per_frame_1, per_frame_3, sample)
-        h_2, h_3 = self.down1(h_1, per_frame_1, per_frame_3, sample)
-        h_4, h_5 = self.down2(h_3, per_frame_1, per_frame_3, sample)
-        h_6 = self.down3(h_5, per_frame_1, per_frame_3, sample)
-        x_1 = self.mid(h_6, per_frame_1, per_frame_3, sample)
-        x_2 = self.up3(x_1, h_6, h_5, per_frame_1, per_frame_3, sample)
-        x_3 = self.up2(x_2, h_4, h_3, per_frame_1, per_frame_3, sample)
-        x_4 = self.up1(x_3, h_2, h_1, per_frame_1, per_frame_3, sample)
-        x_5 = self.up0(x_4, h, x, per_frame_1, per_frame_3, sample)
-        h_7 = self.conv_norm_out(x_5)
-        h_8 = F.silu(h_7)
-        noise_pred = self.conv_out(h_8)
-        noise_pred_1 = noise_pred.unflatten(
+        h, h_1 = self.down0(x, per_frame, per_frame_1, sample)
+        h_2, h_3 = self.down1(h_1, per_frame, per_frame_1, sample)
+        h_4, h_5 = self.down2(h_3, per_frame, per_frame_1, sample)
+        h_6 = self.down3(h_5, per_frame, per_frame_1, sample)
+        x_1 = self.mid(h_6, per_frame, per_frame_1, sample)
+        x_1 = self.up3(x_1, h_6, h_5, per_frame, per_frame_1, sample)
+        x_1 = self.up2(x_1, h_4, h_3, per_frame, per_frame_1, sample)
+        x_1 = self.up1(x_1, h_2, h_1, per_frame, per_frame_1, sample)
+        x = self.up0(x_1, h, x, per_frame, per_frame_1, sample)
+        h = self.conv_norm_out(x)
+        h = F.silu(h)
+        noise_pred = self.conv_out(h)
+        noise_pred = noise_pred.unflatten(
             0,
             (
                 sample.shape[0],
                 sample.shape[1],
             ),
         )
-        return {"noise_pred": noise_pred_1}
+        return {"noise_pred": noise_pred}
 
 
 Model = ClipAnimator

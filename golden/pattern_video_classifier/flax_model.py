@@ -62,8 +62,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = jax.nn.gelu(h, approximate=False)
-        out = self.fc_out(h_1)
+        h = jax.nn.gelu(h, approximate=False)
+        out = self.fc_out(h)
         return out
 
 
@@ -93,8 +93,8 @@ class MLP1(nnx.Module):
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = jax.nn.gelu(h, approximate=False)
-        out = self.fc_out(h_1)
+        h = jax.nn.gelu(h, approximate=False)
+        out = self.fc_out(h)
         return out
 
 
@@ -113,12 +113,12 @@ class Block(nnx.Module):
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TemporalBlock(nnx.Module):
@@ -136,12 +136,12 @@ class TemporalBlock(nnx.Module):
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class ActionRecognizer(nnx.Module):
@@ -196,7 +196,7 @@ class ActionRecognizer(nnx.Module):
         frames = pixel_values.reshape(pixel_values.shape[:0] + (-1,) + pixel_values.shape[2:])
         patches = jnp.transpose(self.patch_embed(jnp.transpose(frames, (0, 2, 3, 1))), (0, 3, 1, 2))
         x = jnp.transpose(patches.reshape(patches.shape[0], patches.shape[1], -1), (0, 2, 1))
-        x_1 = jnp.concatenate(
+        x = jnp.concatenate(
             [
                 jnp.broadcast_to(
                     self.cls_token[...], (x.shape[0],) + self.cls_token[...].shape[1:]
@@ -205,12 +205,11 @@ class ActionRecognizer(nnx.Module):
             ],
             axis=1,
         )
-        x_2 = x_1 + self.pos_embed[...]
-        x_3 = x_2
+        x = x + self.pos_embed[...]
         for layer in self.blocks:
-            x_3 = layer(x_3)
-        x_4 = self.norm_f(x_3)
-        pooled = jax.lax.index_in_dim(x_4, 0, axis=1, keepdims=False)
+            x = layer(x)
+        x = self.norm_f(x)
+        pooled = jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)
         frame_tokens = pooled.reshape(
             pooled.shape[:0]
             + (
@@ -219,7 +218,7 @@ class ActionRecognizer(nnx.Module):
             )
             + pooled.shape[0 + 1 :]
         )
-        x_5 = jnp.concatenate(
+        x = jnp.concatenate(
             [
                 jnp.broadcast_to(
                     self.temporal_cls_token[...],
@@ -229,15 +228,14 @@ class ActionRecognizer(nnx.Module):
             ],
             axis=1,
         )
-        pos = jnp.arange(x_5.shape[1])
+        pos = jnp.arange(x.shape[1])
         temporal_pos = self.temporal_pos_embed(pos)
-        x_6 = x_5 + temporal_pos
-        x_7 = x_6
+        x = x + temporal_pos
         for layer in self.temporal_blocks:
-            x_7 = layer(x_7)
-        x_8 = self.temporal_norm(x_7)
-        pooled_1 = jax.lax.index_in_dim(x_8, 0, axis=1, keepdims=False)
-        logits = self.head(pooled_1)
+            x = layer(x)
+        x = self.temporal_norm(x)
+        pooled = jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)
+        logits = self.head(pooled)
         return {"logits": logits}
 
 

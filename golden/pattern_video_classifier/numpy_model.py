@@ -134,8 +134,8 @@ class MLP:
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = _gelu(h)
-        out = self.fc_out(h_1)
+        h = _gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -165,8 +165,8 @@ class MLP1:
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = _gelu(h)
-        out = self.fc_out(h_1)
+        h = _gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -181,12 +181,12 @@ class Block:
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TemporalBlock:
@@ -200,12 +200,12 @@ class TemporalBlock:
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class ActionRecognizer:
@@ -227,15 +227,14 @@ class ActionRecognizer:
         frames = pixel_values.reshape(pixel_values.shape[:0] + (-1,) + pixel_values.shape[2:])
         patches = self.patch_embed(frames)
         x = np.transpose(patches.reshape(patches.shape[0], patches.shape[1], -1), (0, 2, 1))
-        x_1 = np.concatenate(
+        x = np.concatenate(
             [np.broadcast_to(self.cls_token, (x.shape[0],) + self.cls_token.shape[1:]), x], axis=1
         )
-        x_2 = x_1 + self.pos_embed
-        x_3 = x_2
+        x = x + self.pos_embed
         for layer in self.blocks:
-            x_3 = layer(x_3)
-        x_4 = self.norm_f(x_3)
-        pooled = x_4[:, 0]
+            x = layer(x)
+        x = self.norm_f(x)
+        pooled = x[:, 0]
         frame_tokens = pooled.reshape(
             pooled.shape[:0]
             + (
@@ -244,7 +243,7 @@ class ActionRecognizer:
             )
             + pooled.shape[0 + 1 :]
         )
-        x_5 = np.concatenate(
+        x = np.concatenate(
             [
                 np.broadcast_to(
                     self.temporal_cls_token,
@@ -254,15 +253,14 @@ class ActionRecognizer:
             ],
             axis=1,
         )
-        pos = np.arange(x_5.shape[1], dtype=np.int64)
+        pos = np.arange(x.shape[1], dtype=np.int64)
         temporal_pos = self.temporal_pos_embed(pos)
-        x_6 = x_5 + temporal_pos
-        x_7 = x_6
+        x = x + temporal_pos
         for layer in self.temporal_blocks:
-            x_7 = layer(x_7)
-        x_8 = self.temporal_norm(x_7)
-        pooled_1 = x_8[:, 0]
-        logits = self.head(pooled_1)
+            x = layer(x)
+        x = self.temporal_norm(x)
+        pooled = x[:, 0]
+        logits = self.head(pooled)
         return {"logits": logits}
 
 

@@ -49,8 +49,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = F.gelu(h)
-        out = self.fc_out(h_1)
+        h = F.gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -91,8 +91,8 @@ class MLP1(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = F.gelu(h)
-        out = self.fc_out(h_1)
+        h = F.gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -108,12 +108,12 @@ class Block(nn.Module):
 
     def forward(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TemporalBlock(nn.Module):
@@ -128,12 +128,12 @@ class TemporalBlock(nn.Module):
 
     def forward(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class ActionRecognizer(nn.Module):
@@ -156,13 +156,12 @@ class ActionRecognizer(nn.Module):
         frames = pixel_values.flatten(0, 1)
         patches = self.patch_embed(frames)
         x = patches.flatten(2).transpose(1, 2)
-        x_1 = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x_2 = x_1 + self.pos_embed
-        x_3 = x_2
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
         for layer in self.blocks:
-            x_3 = layer(x_3)
-        x_4 = self.norm_f(x_3)
-        pooled = x_4.select(1, 0)
+            x = layer(x)
+        x = self.norm_f(x)
+        pooled = x.select(1, 0)
         frame_tokens = pooled.unflatten(
             0,
             (
@@ -170,18 +169,17 @@ class ActionRecognizer(nn.Module):
                 pixel_values.shape[1],
             ),
         )
-        x_5 = torch.cat(
+        x = torch.cat(
             [self.temporal_cls_token.expand(frame_tokens.shape[0], -1, -1), frame_tokens], dim=1
         )
-        pos = torch.arange(x_5.shape[1], device=x_5.device)
+        pos = torch.arange(x.shape[1], device=x.device)
         temporal_pos = self.temporal_pos_embed(pos)
-        x_6 = x_5 + temporal_pos
-        x_7 = x_6
+        x = x + temporal_pos
         for layer in self.temporal_blocks:
-            x_7 = layer(x_7)
-        x_8 = self.temporal_norm(x_7)
-        pooled_1 = x_8.select(1, 0)
-        logits = self.head(pooled_1)
+            x = layer(x)
+        x = self.temporal_norm(x)
+        pooled = x.select(1, 0)
+        logits = self.head(pooled)
         return {"logits": logits}
 
 

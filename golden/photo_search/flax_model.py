@@ -77,8 +77,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = h * jax.nn.sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * jax.nn.sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -97,12 +97,12 @@ class TextBlock(nnx.Module):
 
     def __call__(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h, bias)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h, bias)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class Attention1(nnx.Module):
@@ -131,8 +131,8 @@ class MLP1(nnx.Module):
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = h * jax.nn.sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * jax.nn.sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -151,12 +151,12 @@ class ImageBlock(nnx.Module):
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TextEncoder(nnx.Module):
@@ -174,13 +174,12 @@ class TextEncoder(nnx.Module):
         x = self.tok_embeddings(input_ids)
         pos = jnp.arange(input_ids.shape[1])
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         for layer in self.blocks:
-            x_2 = layer(x_2, attn_bias)
-        x_3 = self.norm_f(x_2)
-        pooled = x_3[jnp.arange(x_3.shape[0]), jnp.argmax(input_ids, axis=-1)]
+            x = layer(x, attn_bias)
+        x = self.norm_f(x)
+        pooled = x[jnp.arange(x.shape[0]), jnp.argmax(input_ids, axis=-1)]
         return pooled
 
 
@@ -224,7 +223,7 @@ class ImageEncoder(nnx.Module):
             self.patch_embed(jnp.transpose(pixel_values, (0, 2, 3, 1))), (0, 3, 1, 2)
         )
         x = jnp.transpose(patches.reshape(patches.shape[0], patches.shape[1], -1), (0, 2, 1))
-        x_1 = jnp.concatenate(
+        x = jnp.concatenate(
             [
                 jnp.broadcast_to(
                     self.cls_token[...], (x.shape[0],) + self.cls_token[...].shape[1:]
@@ -233,14 +232,13 @@ class ImageEncoder(nnx.Module):
             ],
             axis=1,
         )
-        x_2 = x_1 + self.pos_embed[...]
-        x_3 = self.pre_norm(x_2)
-        x_4 = x_3
+        x = x + self.pos_embed[...]
+        x = self.pre_norm(x)
         for layer in self.blocks:
-            x_4 = layer(x_4)
-        pooled = jax.lax.index_in_dim(x_4, 0, axis=1, keepdims=False)
-        pooled_1 = self.post_norm(pooled)
-        return pooled_1
+            x = layer(x)
+        pooled = jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)
+        pooled = self.post_norm(pooled)
+        return pooled
 
 
 class PhotoSearch(nnx.Module):
@@ -257,13 +255,11 @@ class PhotoSearch(nnx.Module):
         if attention_mask is None:
             attention_mask = jnp.ones((input_ids.shape[0], 0 + input_ids.shape[-1]), dtype=_I64)
         text = self.text_encoder(input_ids, attention_mask)
-        text_1 = self.text_projection(text)
+        text = self.text_projection(text)
         image = self.image_encoder(pixel_values)
-        image_1 = self.image_projection(image)
-        text_embeds = text_1 / jnp.maximum(jnp.linalg.norm(text_1, axis=-1, keepdims=True), 1e-12)
-        image_embeds = image_1 / jnp.maximum(
-            jnp.linalg.norm(image_1, axis=-1, keepdims=True), 1e-12
-        )
+        image = self.image_projection(image)
+        text_embeds = text / jnp.maximum(jnp.linalg.norm(text, axis=-1, keepdims=True), 1e-12)
+        image_embeds = image / jnp.maximum(jnp.linalg.norm(image, axis=-1, keepdims=True), 1e-12)
         sim = jnp.matmul(text_embeds, jnp.swapaxes(image_embeds, -1, -2))
         scale = jnp.exp(self.logit_scale[...])
         logits_per_text = sim * scale

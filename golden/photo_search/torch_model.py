@@ -80,8 +80,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = h * torch.sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * torch.sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -97,12 +97,12 @@ class TextBlock(nn.Module):
 
     def forward(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h, bias)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h, bias)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class Attention1(nn.Module):
@@ -142,8 +142,8 @@ class MLP1(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = h * torch.sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * torch.sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -159,12 +159,12 @@ class ImageBlock(nn.Module):
 
     def forward(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TextEncoder(nn.Module):
@@ -181,13 +181,12 @@ class TextEncoder(nn.Module):
         x = self.tok_embeddings(input_ids)
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         for layer in self.blocks:
-            x_2 = layer(x_2, attn_bias)
-        x_3 = self.norm_f(x_2)
-        pooled = x_3[torch.arange(x_3.shape[0], device=x_3.device), input_ids.argmax(dim=-1)]
+            x = layer(x, attn_bias)
+        x = self.norm_f(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), input_ids.argmax(dim=-1)]
         return pooled
 
 
@@ -206,15 +205,14 @@ class ImageEncoder(nn.Module):
     def forward(self, pixel_values):
         patches = self.patch_embed(pixel_values)
         x = patches.flatten(2).transpose(1, 2)
-        x_1 = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x_2 = x_1 + self.pos_embed
-        x_3 = self.pre_norm(x_2)
-        x_4 = x_3
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
+        x = self.pre_norm(x)
         for layer in self.blocks:
-            x_4 = layer(x_4)
-        pooled = x_4.select(1, 0)
-        pooled_1 = self.post_norm(pooled)
-        return pooled_1
+            x = layer(x)
+        pooled = x.select(1, 0)
+        pooled = self.post_norm(pooled)
+        return pooled
 
 
 class PhotoSearch(nn.Module):
@@ -236,11 +234,11 @@ class PhotoSearch(nn.Module):
                 device=input_ids.device,
             )
         text = self.text_encoder(input_ids, attention_mask)
-        text_1 = self.text_projection(text)
+        text = self.text_projection(text)
         image = self.image_encoder(pixel_values)
-        image_1 = self.image_projection(image)
-        text_embeds = F.normalize(text_1, dim=-1)
-        image_embeds = F.normalize(image_1, dim=-1)
+        image = self.image_projection(image)
+        text_embeds = F.normalize(text, dim=-1)
+        image_embeds = F.normalize(image, dim=-1)
         sim = torch.matmul(text_embeds, image_embeds.transpose(-1, -2))
         scale = torch.exp(self.logit_scale)
         logits_per_text = sim * scale

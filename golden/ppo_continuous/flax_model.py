@@ -23,10 +23,10 @@ class Actor(nnx.Module):
 
     def __call__(self, x):
         h = self.fc0(x)
-        h_1 = jnp.tanh(h)
-        h_2 = self.fc1(h_1)
-        h_3 = jnp.tanh(h_2)
-        return h_3
+        h = jnp.tanh(h)
+        h = self.fc1(h)
+        h = jnp.tanh(h)
+        return h
 
 
 class PpoContinuousControl(nnx.Module):

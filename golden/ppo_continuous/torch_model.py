@@ -22,10 +22,10 @@ class Actor(nn.Module):
 
     def forward(self, x):
         h = self.fc0(x)
-        h_1 = torch.tanh(h)
-        h_2 = self.fc1(h_1)
-        h_3 = torch.tanh(h_2)
-        return h_3
+        h = torch.tanh(h)
+        h = self.fc1(h)
+        h = torch.tanh(h)
+        return h
 
 
 class PpoContinuousControl(nn.Module):

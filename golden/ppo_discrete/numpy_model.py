@@ -34,10 +34,10 @@ class Actor:
 
     def __call__(self, x):
         h = self.fc0(x)
-        h_1 = np.tanh(h)
-        h_2 = self.fc1(h_1)
-        h_3 = np.tanh(h_2)
-        return h_3
+        h = np.tanh(h)
+        h = self.fc1(h)
+        h = np.tanh(h)
+        return h
 
 
 class PpoDiscreteAgent:

@@ -58,8 +58,8 @@ class Downsample(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck(nnx.Module):
@@ -82,16 +82,16 @@ class Bottleneck(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        v_6 = jnp.transpose(self.conv3(jnp.transpose(v_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = jax.nn.relu(v_9)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv3(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = jax.nn.relu(v)
         return out
 
 
@@ -114,15 +114,15 @@ class Bottleneck1(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        v_6 = jnp.transpose(self.conv3(jnp.transpose(v_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = self.bn3(v_6)
-        v_8 = v_7 + x
-        out = jax.nn.relu(v_8)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv3(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn3(v)
+        v = v + x
+        out = jax.nn.relu(v)
         return out
 
 
@@ -135,10 +135,9 @@ class Stage(nnx.Module):
 
     def __call__(self, x):
         v = self.first(x)
-        v_1 = v
         for layer in self.rest:
-            v_1 = layer(v_1)
-        return v_1
+            v = layer(v)
+        return v
 
 
 class Downsample1(nnx.Module):
@@ -152,8 +151,8 @@ class Downsample1(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck2(nnx.Module):
@@ -176,16 +175,16 @@ class Bottleneck2(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        v_6 = jnp.transpose(self.conv3(jnp.transpose(v_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = jax.nn.relu(v_9)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv3(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = jax.nn.relu(v)
         return out
 
 
@@ -211,8 +210,8 @@ class Downsample2(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck3(nnx.Module):
@@ -235,16 +234,16 @@ class Bottleneck3(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        v_6 = jnp.transpose(self.conv3(jnp.transpose(v_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = jax.nn.relu(v_9)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv3(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = jax.nn.relu(v)
         return out
 
 
@@ -270,8 +269,8 @@ class Downsample3(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck4(nnx.Module):
@@ -294,16 +293,16 @@ class Bottleneck4(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        v_6 = jnp.transpose(self.conv3(jnp.transpose(v_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = jax.nn.relu(v_9)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv3(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = jax.nn.relu(v)
         return out
 
 
@@ -334,18 +333,18 @@ class Resnet50(nnx.Module):
 
     def __call__(self, pixel_values):
         v = jnp.transpose(self.conv1(jnp.transpose(pixel_values, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
         pooled = jax.lax.reduce_window(
-            v_2, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), ((0, 0), (0, 0), (1, 1), (1, 1))
+            v, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), ((0, 0), (0, 0), (1, 1), (1, 1))
         )
-        v_3 = self.layer1(pooled)
-        v_4 = self.layer2(v_3)
-        v_5 = self.layer3(v_4)
-        v_6 = self.layer4(v_5)
-        v_7 = jnp.transpose(v_6.reshape(v_6.shape[0], v_6.shape[1], -1), (0, 2, 1))
-        pooled_1 = jnp.mean(v_7, axis=1)
-        logits = self.fc(pooled_1)
+        v = self.layer1(pooled)
+        v = self.layer2(v)
+        v = self.layer3(v)
+        v = self.layer4(v)
+        v = jnp.transpose(v.reshape(v.shape[0], v.shape[1], -1), (0, 2, 1))
+        pooled = jnp.mean(v, axis=1)
+        logits = self.fc(pooled)
         return {"logits": logits}
 
 

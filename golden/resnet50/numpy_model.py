@@ -80,8 +80,8 @@ class Downsample:
 
     def __call__(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck:
@@ -98,16 +98,16 @@ class Bottleneck:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = np.maximum(v_9, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -124,15 +124,15 @@ class Bottleneck1:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = v_7 + x
-        out = np.maximum(v_8, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v = v + x
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -145,10 +145,9 @@ class Stage:
 
     def __call__(self, x):
         v = self.first(x)
-        v_1 = v
         for layer in self.rest:
-            v_1 = layer(v_1)
-        return v_1
+            v = layer(v)
+        return v
 
 
 class Downsample1:
@@ -160,8 +159,8 @@ class Downsample1:
 
     def __call__(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck2:
@@ -178,16 +177,16 @@ class Bottleneck2:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = np.maximum(v_9, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -211,8 +210,8 @@ class Downsample2:
 
     def __call__(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck3:
@@ -229,16 +228,16 @@ class Bottleneck3:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = np.maximum(v_9, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -262,8 +261,8 @@ class Downsample3:
 
     def __call__(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck4:
@@ -280,16 +279,16 @@ class Bottleneck4:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = np.maximum(v_9, 0.0)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = np.maximum(v, 0.0)
         return out
 
 
@@ -318,16 +317,16 @@ class Resnet50:
 
     def __call__(self, pixel_values):
         v = self.conv1(pixel_values)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        pooled = _max_pool2d(v_2, 3, 2, 1)
-        v_3 = self.layer1(pooled)
-        v_4 = self.layer2(v_3)
-        v_5 = self.layer3(v_4)
-        v_6 = self.layer4(v_5)
-        v_7 = np.transpose(v_6.reshape(v_6.shape[0], v_6.shape[1], -1), (0, 2, 1))
-        pooled_1 = np.mean(v_7, axis=1)
-        logits = self.fc(pooled_1)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        pooled = _max_pool2d(v, 3, 2, 1)
+        v = self.layer1(pooled)
+        v = self.layer2(v)
+        v = self.layer3(v)
+        v = self.layer4(v)
+        v = np.transpose(v.reshape(v.shape[0], v.shape[1], -1), (0, 2, 1))
+        pooled = np.mean(v, axis=1)
+        logits = self.fc(pooled)
         return {"logits": logits}
 
 

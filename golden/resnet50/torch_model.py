@@ -54,8 +54,8 @@ class Downsample(nn.Module):
 
     def forward(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck(nn.Module):
@@ -73,16 +73,16 @@ class Bottleneck(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = F.relu(v_9)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = F.relu(v)
         return out
 
 
@@ -100,15 +100,15 @@ class Bottleneck1(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = v_7 + x
-        out = F.relu(v_8)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v = v + x
+        out = F.relu(v)
         return out
 
 
@@ -122,10 +122,9 @@ class Stage(nn.Module):
 
     def forward(self, x):
         v = self.first(x)
-        v_1 = v
         for layer in self.rest:
-            v_1 = layer(v_1)
-        return v_1
+            v = layer(v)
+        return v
 
 
 class Downsample1(nn.Module):
@@ -138,8 +137,8 @@ class Downsample1(nn.Module):
 
     def forward(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck2(nn.Module):
@@ -157,16 +156,16 @@ class Bottleneck2(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = F.relu(v_9)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = F.relu(v)
         return out
 
 
@@ -192,8 +191,8 @@ class Downsample2(nn.Module):
 
     def forward(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck3(nn.Module):
@@ -211,16 +210,16 @@ class Bottleneck3(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = F.relu(v_9)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = F.relu(v)
         return out
 
 
@@ -246,8 +245,8 @@ class Downsample3(nn.Module):
 
     def forward(self, x):
         v = self.conv(x)
-        v_1 = self.bn(v)
-        return v_1
+        v = self.bn(v)
+        return v
 
 
 class Bottleneck4(nn.Module):
@@ -265,16 +264,16 @@ class Bottleneck4(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        v_6 = self.conv3(v_5)
-        v_7 = self.bn3(v_6)
-        v_8 = self.downsample(x)
-        v_9 = v_7 + v_8
-        out = F.relu(v_9)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        v = self.conv3(v)
+        v = self.bn3(v)
+        v_1 = self.downsample(x)
+        v = v + v_1
+        out = F.relu(v)
         return out
 
 
@@ -305,16 +304,16 @@ class Resnet50(nn.Module):
 
     def forward(self, pixel_values):
         v = self.conv1(pixel_values)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        pooled = F.max_pool2d(v_2, 3, stride=2, padding=1)
-        v_3 = self.layer1(pooled)
-        v_4 = self.layer2(v_3)
-        v_5 = self.layer3(v_4)
-        v_6 = self.layer4(v_5)
-        v_7 = v_6.flatten(2).transpose(1, 2)
-        pooled_1 = v_7.mean(dim=1)
-        logits = self.fc(pooled_1)
+        v = self.bn1(v)
+        v = F.relu(v)
+        pooled = F.max_pool2d(v, 3, stride=2, padding=1)
+        v = self.layer1(pooled)
+        v = self.layer2(v)
+        v = self.layer3(v)
+        v = self.layer4(v)
+        v = v.flatten(2).transpose(1, 2)
+        pooled = v.mean(dim=1)
+        logits = self.fc(pooled)
         return {"logits": logits}
 
 

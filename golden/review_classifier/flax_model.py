@@ -77,8 +77,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = jax.nn.gelu(h, approximate=False)
-        out = self.fc_out(h_1)
+        h = jax.nn.gelu(h, approximate=False)
+        out = self.fc_out(h)
         return out
 
 
@@ -97,12 +97,12 @@ class Block(nnx.Module):
 
     def __call__(self, x, bias):
         h = self.attn(x, bias)
-        x_1 = x + h
-        x_2 = self.attn_norm(x_1)
-        h_1 = self.mlp(x_2)
-        x_3 = x_2 + h_1
-        x_4 = self.mlp_norm(x_3)
-        return x_4
+        x = x + h
+        x = self.attn_norm(x)
+        h = self.mlp(x)
+        x = x + h
+        x = self.mlp_norm(x)
+        return x
 
 
 class ReviewSentimentEncoder(nnx.Module):
@@ -125,19 +125,18 @@ class ReviewSentimentEncoder(nnx.Module):
         x = self.tok_embeddings(input_ids)
         pos = jnp.arange(input_ids.shape[1])
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
+        x = x + pos_emb
         type_emb = self.type_embeddings(token_type_ids)
-        x_2 = x_1 + type_emb
-        x_3 = self.embed_norm(x_2)
-        attn_bias = _attention_bias(attention_mask, x_3, False, 0)
-        x_4 = x_3
+        x = x + type_emb
+        x = self.embed_norm(x)
+        attn_bias = _attention_bias(attention_mask, x, False, 0)
         for layer in self.blocks:
-            x_4 = layer(x_4, attn_bias)
-        pooled = jax.lax.index_in_dim(x_4, 0, axis=1, keepdims=False)
-        pooled_1 = self.pooler(pooled)
-        pooled_2 = jnp.tanh(pooled_1)
-        logits = self.classifier(pooled_2)
-        embeds = pooled_2 / jnp.maximum(jnp.linalg.norm(pooled_2, axis=-1, keepdims=True), 1e-12)
+            x = layer(x, attn_bias)
+        pooled = jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)
+        pooled = self.pooler(pooled)
+        pooled = jnp.tanh(pooled)
+        logits = self.classifier(pooled)
+        embeds = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
         return {"logits": logits, "embeds": embeds}
 
 

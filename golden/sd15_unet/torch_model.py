@@ -100,8 +100,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = h * torch.sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * torch.sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -117,12 +117,12 @@ class TextBlock(nn.Module):
 
     def forward(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h, bias)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h, bias)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TextEncoder(nn.Module):
@@ -139,12 +139,11 @@ class TextEncoder(nn.Module):
         x = self.tok_embeddings(input_ids)
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         for layer in self.blocks:
-            x_2 = layer(x_2, attn_bias)
-        context = self.norm_f(x_2)
+            x = layer(x, attn_bias)
+        context = self.norm_f(x)
         return context
 
 
@@ -158,8 +157,8 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, t_emb):
         h = self.linear_1(t_emb)
-        h_1 = F.silu(h)
-        temb = self.linear_2(h_1)
+        h = F.silu(h, inplace=True)
+        temb = self.linear_2(h)
         return temb
 
 
@@ -233,20 +232,20 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5.narrow(-1, 0, 128)
-        gate = h_5.narrow(-1, 128, 128)
-        gate_1 = F.gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h.narrow(-1, 0, 128)
+        gate = h.narrow(-1, 128, 128)
+        gate = F.gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class ResnetBlock(nn.Module):
@@ -262,16 +261,16 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -287,14 +286,13 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = h_1.flatten(2).transpose(1, 2)
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = h.flatten(2).transpose(1, 2)
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+            tokens = layer(tokens, context)
+        h = tokens.transpose(1, 2).unflatten(2, x.shape[2:])
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -309,9 +307,9 @@ class DownLevel0(nn.Module):
 
     def forward(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.downsample(h_1)
-        return h_1, h_2
+        h = self.attn0(h, context)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class SelfAttention1(nn.Module):
@@ -384,20 +382,20 @@ class BasicTransformerBlock1(nn.Module):
 
     def forward(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5.narrow(-1, 0, 256)
-        gate = h_5.narrow(-1, 256, 256)
-        gate_1 = F.gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h.narrow(-1, 0, 256)
+        gate = h.narrow(-1, 256, 256)
+        gate = F.gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class ResnetBlock1(nn.Module):
@@ -414,17 +412,17 @@ class ResnetBlock1(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -440,14 +438,13 @@ class SpatialTransformer1(nn.Module):
 
     def forward(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = h_1.flatten(2).transpose(1, 2)
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = h.flatten(2).transpose(1, 2)
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+            tokens = layer(tokens, context)
+        h = tokens.transpose(1, 2).unflatten(2, x.shape[2:])
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -462,9 +459,9 @@ class DownLevel1(nn.Module):
 
     def forward(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.downsample(h_1)
-        return h_1, h_2
+        h = self.attn0(h, context)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class SelfAttention2(nn.Module):
@@ -537,20 +534,20 @@ class BasicTransformerBlock2(nn.Module):
 
     def forward(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5.narrow(-1, 0, 256)
-        gate = h_5.narrow(-1, 256, 256)
-        gate_1 = F.gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h.narrow(-1, 0, 256)
+        gate = h.narrow(-1, 256, 256)
+        gate = F.gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class ResnetBlock2(nn.Module):
@@ -566,16 +563,16 @@ class ResnetBlock2(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -591,14 +588,13 @@ class SpatialTransformer2(nn.Module):
 
     def forward(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = h_1.flatten(2).transpose(1, 2)
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = h.flatten(2).transpose(1, 2)
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+            tokens = layer(tokens, context)
+        h = tokens.transpose(1, 2).unflatten(2, x.shape[2:])
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -613,9 +609,9 @@ class DownLevel2(nn.Module):
 
     def forward(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.downsample(h_1)
-        return h_1, h_2
+        h = self.attn0(h, context)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class ResnetBlock3(nn.Module):
@@ -631,16 +627,16 @@ class ResnetBlock3(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -726,20 +722,20 @@ class BasicTransformerBlock3(nn.Module):
 
     def forward(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5.narrow(-1, 0, 256)
-        gate = h_5.narrow(-1, 256, 256)
-        gate_1 = F.gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h.narrow(-1, 0, 256)
+        gate = h.narrow(-1, 256, 256)
+        gate = F.gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SpatialTransformer3(nn.Module):
@@ -754,14 +750,13 @@ class SpatialTransformer3(nn.Module):
 
     def forward(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = h_1.flatten(2).transpose(1, 2)
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = h.flatten(2).transpose(1, 2)
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = tokens_1.transpose(1, 2).unflatten(2, x.shape[2:])
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+            tokens = layer(tokens, context)
+        h = tokens.transpose(1, 2).unflatten(2, x.shape[2:])
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -776,9 +771,9 @@ class MidBlock(nn.Module):
 
     def forward(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.res1(h_1, temb)
-        return h_2
+        h = self.attn0(h, context)
+        h = self.res1(h, temb)
+        return h
 
 
 class ResnetBlock4(nn.Module):
@@ -795,17 +790,17 @@ class ResnetBlock4(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -820,12 +815,12 @@ class UpLevel3(nn.Module):
 
     def forward(self, x, skip0, skip1, temb, context):
         h = torch.cat([x, skip0], dim=1)
-        h_1 = self.res0(h, temb)
-        h_2 = torch.cat([h_1, skip1], dim=1)
-        h_3 = self.res1(h_2, temb)
-        h_4 = F.interpolate(h_3, scale_factor=2, mode="nearest")
-        h_5 = self.upsample(h_4)
-        return h_5
+        h = self.res0(h, temb)
+        h = torch.cat([h, skip1], dim=1)
+        h = self.res1(h, temb)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock5(nn.Module):
@@ -842,17 +837,17 @@ class ResnetBlock5(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -869,14 +864,14 @@ class UpLevel2(nn.Module):
 
     def forward(self, x, skip0, skip1, temb, context):
         h = torch.cat([x, skip0], dim=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = torch.cat([h_2, skip1], dim=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.attn1(h_4, context)
-        h_6 = F.interpolate(h_5, scale_factor=2, mode="nearest")
-        h_7 = self.upsample(h_6)
-        return h_7
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = torch.cat([h, skip1], dim=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock6(nn.Module):
@@ -893,17 +888,17 @@ class ResnetBlock6(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -921,17 +916,17 @@ class ResnetBlock7(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -948,14 +943,14 @@ class UpLevel1(nn.Module):
 
     def forward(self, x, skip0, skip1, temb, context):
         h = torch.cat([x, skip0], dim=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = torch.cat([h_2, skip1], dim=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.attn1(h_4, context)
-        h_6 = F.interpolate(h_5, scale_factor=2, mode="nearest")
-        h_7 = self.upsample(h_6)
-        return h_7
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = torch.cat([h, skip1], dim=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock8(nn.Module):
@@ -972,17 +967,17 @@ class ResnetBlock8(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1000,17 +995,17 @@ class ResnetBlock9(nn.Module):
 
     def forward(self, x, temb):
         h = self.norm1(x)
-        h_1 = F.silu(h)
-        h_2 = self.conv1(h_1)
+        h = F.silu(h)
+        h = self.conv1(h)
         t = F.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = t_1.unsqueeze(2).unsqueeze(3)
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = F.silu(h_4)
-        h_6 = self.conv2(h_5)
+        t = self.time_emb_proj(t)
+        t = t.unsqueeze(2).unsqueeze(3)
+        h = h + t
+        h = self.norm2(h)
+        h = F.silu(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1026,12 +1021,12 @@ class UpLevel0(nn.Module):
 
     def forward(self, x, skip0, skip1, temb, context):
         h = torch.cat([x, skip0], dim=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = torch.cat([h_2, skip1], dim=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.attn1(h_4, context)
-        return h_5
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = torch.cat([h, skip1], dim=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        return h
 
 
 class Sd15TextToImage(nn.Module):
@@ -1064,7 +1059,7 @@ class Sd15TextToImage(nn.Module):
         context = self.text_encoder(input_ids, attention_mask)
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
-        sample_1 = _require_multiple(
+        sample = _require_multiple(
             sample,
             (
                 2,
@@ -1073,19 +1068,19 @@ class Sd15TextToImage(nn.Module):
             8,
             "sample height and width (the U-Net halves them 3 times)",
         )
-        x = self.conv_in(sample_1)
+        x = self.conv_in(sample)
         h, h_1 = self.down0(x, temb, context)
         h_2, h_3 = self.down1(h_1, temb, context)
         h_4, h_5 = self.down2(h_3, temb, context)
         h_6 = self.down3(h_5, temb, context)
         x_1 = self.mid(h_6, temb, context)
-        x_2 = self.up3(x_1, h_6, h_5, temb, context)
-        x_3 = self.up2(x_2, h_4, h_3, temb, context)
-        x_4 = self.up1(x_3, h_2, h_1, temb, context)
-        x_5 = self.up0(x_4, h, x, temb, context)
-        h_7 = self.conv_norm_out(x_5)
-        h_8 = F.silu(h_7)
-        noise_pred = self.conv_out(h_8)
+        x_1 = self.up3(x_1, h_6, h_5, temb, context)
+        x_1 = self.up2(x_1, h_4, h_3, temb, context)
+        x_1 = self.up1(x_1, h_2, h_1, temb, context)
+        x = self.up0(x_1, h, x, temb, context)
+        h = self.conv_norm_out(x)
+        h = F.silu(h)
+        noise_pred = self.conv_out(h)
         return {"noise_pred": noise_pred}
 
 

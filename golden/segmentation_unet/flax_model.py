@@ -62,12 +62,12 @@ class InConv(nnx.Module):
 
     def __call__(self, x):
         v = jnp.transpose(self.conv1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_1 = self.bn1(v)
-        v_2 = jax.nn.relu(v_1)
-        v_3 = jnp.transpose(self.conv2(jnp.transpose(v_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_4 = self.bn2(v_3)
-        v_5 = jax.nn.relu(v_4)
-        return v_5
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        return v
 
 
 class Down(nnx.Module):
@@ -87,13 +87,13 @@ class Down(nnx.Module):
         v = jax.lax.reduce_window(
             x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), ((0, 0), (0, 0), (0, 0), (0, 0))
         )
-        v_1 = jnp.transpose(self.conv1(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_2 = self.bn1(v_1)
-        v_3 = jax.nn.relu(v_2)
-        v_4 = jnp.transpose(self.conv2(jnp.transpose(v_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_5 = self.bn2(v_4)
-        v_6 = jax.nn.relu(v_5)
-        return v_6
+        v = jnp.transpose(self.conv1(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        return v
 
 
 class Down1(nnx.Module):
@@ -113,13 +113,13 @@ class Down1(nnx.Module):
         v = jax.lax.reduce_window(
             x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), ((0, 0), (0, 0), (0, 0), (0, 0))
         )
-        v_1 = jnp.transpose(self.conv1(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_2 = self.bn1(v_1)
-        v_3 = jax.nn.relu(v_2)
-        v_4 = jnp.transpose(self.conv2(jnp.transpose(v_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_5 = self.bn2(v_4)
-        v_6 = jax.nn.relu(v_5)
-        return v_6
+        v = jnp.transpose(self.conv1(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        return v
 
 
 class Down2(nnx.Module):
@@ -139,13 +139,13 @@ class Down2(nnx.Module):
         v = jax.lax.reduce_window(
             x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), ((0, 0), (0, 0), (0, 0), (0, 0))
         )
-        v_1 = jnp.transpose(self.conv1(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_2 = self.bn1(v_1)
-        v_3 = jax.nn.relu(v_2)
-        v_4 = jnp.transpose(self.conv2(jnp.transpose(v_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_5 = self.bn2(v_4)
-        v_6 = jax.nn.relu(v_5)
-        return v_6
+        v = jnp.transpose(self.conv1(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        return v
 
 
 class Down3(nnx.Module):
@@ -165,13 +165,13 @@ class Down3(nnx.Module):
         v = jax.lax.reduce_window(
             x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), ((0, 0), (0, 0), (0, 0), (0, 0))
         )
-        v_1 = jnp.transpose(self.conv1(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_2 = self.bn1(v_1)
-        v_3 = jax.nn.relu(v_2)
-        v_4 = jnp.transpose(self.conv2(jnp.transpose(v_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_5 = self.bn2(v_4)
-        v_6 = jax.nn.relu(v_5)
-        return v_6
+        v = jnp.transpose(self.conv1(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        return v
 
 
 class Up(nnx.Module):
@@ -192,15 +192,15 @@ class Up(nnx.Module):
 
     def __call__(self, x, skip):
         v = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-        v_1 = jnp.transpose(self.up_conv(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
-        joined = jnp.concatenate([skip, v_1], axis=1)
-        v_2 = jnp.transpose(self.conv1(jnp.transpose(joined, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_3 = self.bn1(v_2)
-        v_4 = jax.nn.relu(v_3)
-        v_5 = jnp.transpose(self.conv2(jnp.transpose(v_4, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_6 = self.bn2(v_5)
-        v_7 = jax.nn.relu(v_6)
-        return v_7
+        v = jnp.transpose(self.up_conv(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        joined = jnp.concatenate([skip, v], axis=1)
+        v = jnp.transpose(self.conv1(jnp.transpose(joined, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        return v
 
 
 class Up1(nnx.Module):
@@ -221,15 +221,15 @@ class Up1(nnx.Module):
 
     def __call__(self, x, skip):
         v = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-        v_1 = jnp.transpose(self.up_conv(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
-        joined = jnp.concatenate([skip, v_1], axis=1)
-        v_2 = jnp.transpose(self.conv1(jnp.transpose(joined, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_3 = self.bn1(v_2)
-        v_4 = jax.nn.relu(v_3)
-        v_5 = jnp.transpose(self.conv2(jnp.transpose(v_4, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_6 = self.bn2(v_5)
-        v_7 = jax.nn.relu(v_6)
-        return v_7
+        v = jnp.transpose(self.up_conv(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        joined = jnp.concatenate([skip, v], axis=1)
+        v = jnp.transpose(self.conv1(jnp.transpose(joined, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        return v
 
 
 class Up2(nnx.Module):
@@ -250,15 +250,15 @@ class Up2(nnx.Module):
 
     def __call__(self, x, skip):
         v = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-        v_1 = jnp.transpose(self.up_conv(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
-        joined = jnp.concatenate([skip, v_1], axis=1)
-        v_2 = jnp.transpose(self.conv1(jnp.transpose(joined, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_3 = self.bn1(v_2)
-        v_4 = jax.nn.relu(v_3)
-        v_5 = jnp.transpose(self.conv2(jnp.transpose(v_4, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_6 = self.bn2(v_5)
-        v_7 = jax.nn.relu(v_6)
-        return v_7
+        v = jnp.transpose(self.up_conv(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        joined = jnp.concatenate([skip, v], axis=1)
+        v = jnp.transpose(self.conv1(jnp.transpose(joined, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        return v
 
 
 class Up3(nnx.Module):
@@ -279,15 +279,15 @@ class Up3(nnx.Module):
 
     def __call__(self, x, skip):
         v = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-        v_1 = jnp.transpose(self.up_conv(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
-        joined = jnp.concatenate([skip, v_1], axis=1)
-        v_2 = jnp.transpose(self.conv1(jnp.transpose(joined, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_3 = self.bn1(v_2)
-        v_4 = jax.nn.relu(v_3)
-        v_5 = jnp.transpose(self.conv2(jnp.transpose(v_4, (0, 2, 3, 1))), (0, 3, 1, 2))
-        v_6 = self.bn2(v_5)
-        v_7 = jax.nn.relu(v_6)
-        return v_7
+        v = jnp.transpose(self.up_conv(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        joined = jnp.concatenate([skip, v], axis=1)
+        v = jnp.transpose(self.conv1(jnp.transpose(joined, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn1(v)
+        v = jax.nn.relu(v)
+        v = jnp.transpose(self.conv2(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v = self.bn2(v)
+        v = jax.nn.relu(v)
+        return v
 
 
 class UnetSegmenter(nnx.Module):
@@ -313,11 +313,11 @@ class UnetSegmenter(nnx.Module):
         v_2 = self.down2(v_1)
         v_3 = self.down3(v_2)
         v_4 = self.down4(v_3)
-        v_5 = self.up1(v_4, v_3)
-        v_6 = self.up2(v_5, v_2)
-        v_7 = self.up3(v_6, v_1)
-        v_8 = self.up4(v_7, v)
-        logits = jnp.transpose(self.head(jnp.transpose(v_8, (0, 2, 3, 1))), (0, 3, 1, 2))
+        v_3 = self.up1(v_4, v_3)
+        v_2 = self.up2(v_3, v_2)
+        v_1 = self.up3(v_2, v_1)
+        v = self.up4(v_1, v)
+        logits = jnp.transpose(self.head(jnp.transpose(v, (0, 2, 3, 1))), (0, 3, 1, 2))
         return {"logits": logits}
 
 

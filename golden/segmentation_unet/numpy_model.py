@@ -70,12 +70,12 @@ class InConv:
 
     def __call__(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = np.maximum(v_1, 0.0)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = np.maximum(v_4, 0.0)
-        return v_5
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        return v
 
 
 class Down:
@@ -89,13 +89,13 @@ class Down:
 
     def __call__(self, x):
         v = _max_pool2d(x, 2, 2, 0)
-        v_1 = self.conv1(v)
-        v_2 = self.bn1(v_1)
-        v_3 = np.maximum(v_2, 0.0)
-        v_4 = self.conv2(v_3)
-        v_5 = self.bn2(v_4)
-        v_6 = np.maximum(v_5, 0.0)
-        return v_6
+        v = self.conv1(v)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        return v
 
 
 class Down1:
@@ -109,13 +109,13 @@ class Down1:
 
     def __call__(self, x):
         v = _max_pool2d(x, 2, 2, 0)
-        v_1 = self.conv1(v)
-        v_2 = self.bn1(v_1)
-        v_3 = np.maximum(v_2, 0.0)
-        v_4 = self.conv2(v_3)
-        v_5 = self.bn2(v_4)
-        v_6 = np.maximum(v_5, 0.0)
-        return v_6
+        v = self.conv1(v)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        return v
 
 
 class Down2:
@@ -129,13 +129,13 @@ class Down2:
 
     def __call__(self, x):
         v = _max_pool2d(x, 2, 2, 0)
-        v_1 = self.conv1(v)
-        v_2 = self.bn1(v_1)
-        v_3 = np.maximum(v_2, 0.0)
-        v_4 = self.conv2(v_3)
-        v_5 = self.bn2(v_4)
-        v_6 = np.maximum(v_5, 0.0)
-        return v_6
+        v = self.conv1(v)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        return v
 
 
 class Down3:
@@ -149,13 +149,13 @@ class Down3:
 
     def __call__(self, x):
         v = _max_pool2d(x, 2, 2, 0)
-        v_1 = self.conv1(v)
-        v_2 = self.bn1(v_1)
-        v_3 = np.maximum(v_2, 0.0)
-        v_4 = self.conv2(v_3)
-        v_5 = self.bn2(v_4)
-        v_6 = np.maximum(v_5, 0.0)
-        return v_6
+        v = self.conv1(v)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        return v
 
 
 class Up:
@@ -170,15 +170,15 @@ class Up:
 
     def __call__(self, x, skip):
         v = np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
-        v_1 = self.up_conv(v)
-        joined = np.concatenate([skip, v_1], axis=1)
-        v_2 = self.conv1(joined)
-        v_3 = self.bn1(v_2)
-        v_4 = np.maximum(v_3, 0.0)
-        v_5 = self.conv2(v_4)
-        v_6 = self.bn2(v_5)
-        v_7 = np.maximum(v_6, 0.0)
-        return v_7
+        v = self.up_conv(v)
+        joined = np.concatenate([skip, v], axis=1)
+        v = self.conv1(joined)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        return v
 
 
 class Up1:
@@ -193,15 +193,15 @@ class Up1:
 
     def __call__(self, x, skip):
         v = np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
-        v_1 = self.up_conv(v)
-        joined = np.concatenate([skip, v_1], axis=1)
-        v_2 = self.conv1(joined)
-        v_3 = self.bn1(v_2)
-        v_4 = np.maximum(v_3, 0.0)
-        v_5 = self.conv2(v_4)
-        v_6 = self.bn2(v_5)
-        v_7 = np.maximum(v_6, 0.0)
-        return v_7
+        v = self.up_conv(v)
+        joined = np.concatenate([skip, v], axis=1)
+        v = self.conv1(joined)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        return v
 
 
 class Up2:
@@ -216,15 +216,15 @@ class Up2:
 
     def __call__(self, x, skip):
         v = np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
-        v_1 = self.up_conv(v)
-        joined = np.concatenate([skip, v_1], axis=1)
-        v_2 = self.conv1(joined)
-        v_3 = self.bn1(v_2)
-        v_4 = np.maximum(v_3, 0.0)
-        v_5 = self.conv2(v_4)
-        v_6 = self.bn2(v_5)
-        v_7 = np.maximum(v_6, 0.0)
-        return v_7
+        v = self.up_conv(v)
+        joined = np.concatenate([skip, v], axis=1)
+        v = self.conv1(joined)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        return v
 
 
 class Up3:
@@ -239,15 +239,15 @@ class Up3:
 
     def __call__(self, x, skip):
         v = np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
-        v_1 = self.up_conv(v)
-        joined = np.concatenate([skip, v_1], axis=1)
-        v_2 = self.conv1(joined)
-        v_3 = self.bn1(v_2)
-        v_4 = np.maximum(v_3, 0.0)
-        v_5 = self.conv2(v_4)
-        v_6 = self.bn2(v_5)
-        v_7 = np.maximum(v_6, 0.0)
-        return v_7
+        v = self.up_conv(v)
+        joined = np.concatenate([skip, v], axis=1)
+        v = self.conv1(joined)
+        v = self.bn1(v)
+        v = np.maximum(v, 0.0)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = np.maximum(v, 0.0)
+        return v
 
 
 class UnetSegmenter:
@@ -271,11 +271,11 @@ class UnetSegmenter:
         v_2 = self.down2(v_1)
         v_3 = self.down3(v_2)
         v_4 = self.down4(v_3)
-        v_5 = self.up1(v_4, v_3)
-        v_6 = self.up2(v_5, v_2)
-        v_7 = self.up3(v_6, v_1)
-        v_8 = self.up4(v_7, v)
-        logits = self.head(v_8)
+        v_3 = self.up1(v_4, v_3)
+        v_2 = self.up2(v_3, v_2)
+        v_1 = self.up3(v_2, v_1)
+        v = self.up4(v_1, v)
+        logits = self.head(v)
         return {"logits": logits}
 
 

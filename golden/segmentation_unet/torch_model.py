@@ -56,12 +56,12 @@ class InConv(nn.Module):
 
     def forward(self, x):
         v = self.conv1(x)
-        v_1 = self.bn1(v)
-        v_2 = F.relu(v_1)
-        v_3 = self.conv2(v_2)
-        v_4 = self.bn2(v_3)
-        v_5 = F.relu(v_4)
-        return v_5
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        return v
 
 
 class Down(nn.Module):
@@ -76,13 +76,13 @@ class Down(nn.Module):
 
     def forward(self, x):
         v = F.max_pool2d(x, 2, stride=2, padding=0)
-        v_1 = self.conv1(v)
-        v_2 = self.bn1(v_1)
-        v_3 = F.relu(v_2)
-        v_4 = self.conv2(v_3)
-        v_5 = self.bn2(v_4)
-        v_6 = F.relu(v_5)
-        return v_6
+        v = self.conv1(v)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        return v
 
 
 class Down1(nn.Module):
@@ -97,13 +97,13 @@ class Down1(nn.Module):
 
     def forward(self, x):
         v = F.max_pool2d(x, 2, stride=2, padding=0)
-        v_1 = self.conv1(v)
-        v_2 = self.bn1(v_1)
-        v_3 = F.relu(v_2)
-        v_4 = self.conv2(v_3)
-        v_5 = self.bn2(v_4)
-        v_6 = F.relu(v_5)
-        return v_6
+        v = self.conv1(v)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        return v
 
 
 class Down2(nn.Module):
@@ -118,13 +118,13 @@ class Down2(nn.Module):
 
     def forward(self, x):
         v = F.max_pool2d(x, 2, stride=2, padding=0)
-        v_1 = self.conv1(v)
-        v_2 = self.bn1(v_1)
-        v_3 = F.relu(v_2)
-        v_4 = self.conv2(v_3)
-        v_5 = self.bn2(v_4)
-        v_6 = F.relu(v_5)
-        return v_6
+        v = self.conv1(v)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        return v
 
 
 class Down3(nn.Module):
@@ -139,13 +139,13 @@ class Down3(nn.Module):
 
     def forward(self, x):
         v = F.max_pool2d(x, 2, stride=2, padding=0)
-        v_1 = self.conv1(v)
-        v_2 = self.bn1(v_1)
-        v_3 = F.relu(v_2)
-        v_4 = self.conv2(v_3)
-        v_5 = self.bn2(v_4)
-        v_6 = F.relu(v_5)
-        return v_6
+        v = self.conv1(v)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        return v
 
 
 class Up(nn.Module):
@@ -161,15 +161,15 @@ class Up(nn.Module):
 
     def forward(self, x, skip):
         v = F.interpolate(x, scale_factor=2, mode="nearest")
-        v_1 = self.up_conv(v)
-        joined = torch.cat([skip, v_1], dim=1)
-        v_2 = self.conv1(joined)
-        v_3 = self.bn1(v_2)
-        v_4 = F.relu(v_3)
-        v_5 = self.conv2(v_4)
-        v_6 = self.bn2(v_5)
-        v_7 = F.relu(v_6)
-        return v_7
+        v = self.up_conv(v)
+        joined = torch.cat([skip, v], dim=1)
+        v = self.conv1(joined)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        return v
 
 
 class Up1(nn.Module):
@@ -185,15 +185,15 @@ class Up1(nn.Module):
 
     def forward(self, x, skip):
         v = F.interpolate(x, scale_factor=2, mode="nearest")
-        v_1 = self.up_conv(v)
-        joined = torch.cat([skip, v_1], dim=1)
-        v_2 = self.conv1(joined)
-        v_3 = self.bn1(v_2)
-        v_4 = F.relu(v_3)
-        v_5 = self.conv2(v_4)
-        v_6 = self.bn2(v_5)
-        v_7 = F.relu(v_6)
-        return v_7
+        v = self.up_conv(v)
+        joined = torch.cat([skip, v], dim=1)
+        v = self.conv1(joined)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        return v
 
 
 class Up2(nn.Module):
@@ -209,15 +209,15 @@ class Up2(nn.Module):
 
     def forward(self, x, skip):
         v = F.interpolate(x, scale_factor=2, mode="nearest")
-        v_1 = self.up_conv(v)
-        joined = torch.cat([skip, v_1], dim=1)
-        v_2 = self.conv1(joined)
-        v_3 = self.bn1(v_2)
-        v_4 = F.relu(v_3)
-        v_5 = self.conv2(v_4)
-        v_6 = self.bn2(v_5)
-        v_7 = F.relu(v_6)
-        return v_7
+        v = self.up_conv(v)
+        joined = torch.cat([skip, v], dim=1)
+        v = self.conv1(joined)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        return v
 
 
 class Up3(nn.Module):
@@ -233,15 +233,15 @@ class Up3(nn.Module):
 
     def forward(self, x, skip):
         v = F.interpolate(x, scale_factor=2, mode="nearest")
-        v_1 = self.up_conv(v)
-        joined = torch.cat([skip, v_1], dim=1)
-        v_2 = self.conv1(joined)
-        v_3 = self.bn1(v_2)
-        v_4 = F.relu(v_3)
-        v_5 = self.conv2(v_4)
-        v_6 = self.bn2(v_5)
-        v_7 = F.relu(v_6)
-        return v_7
+        v = self.up_conv(v)
+        joined = torch.cat([skip, v], dim=1)
+        v = self.conv1(joined)
+        v = self.bn1(v)
+        v = F.relu(v)
+        v = self.conv2(v)
+        v = self.bn2(v)
+        v = F.relu(v)
+        return v
 
 
 class UnetSegmenter(nn.Module):
@@ -266,11 +266,11 @@ class UnetSegmenter(nn.Module):
         v_2 = self.down2(v_1)
         v_3 = self.down3(v_2)
         v_4 = self.down4(v_3)
-        v_5 = self.up1(v_4, v_3)
-        v_6 = self.up2(v_5, v_2)
-        v_7 = self.up3(v_6, v_1)
-        v_8 = self.up4(v_7, v)
-        logits = self.head(v_8)
+        v_3 = self.up1(v_4, v_3)
+        v_2 = self.up2(v_3, v_2)
+        v_1 = self.up3(v_2, v_1)
+        v = self.up4(v_1, v)
+        logits = self.head(v)
         return {"logits": logits}
 
 

@@ -22,8 +22,8 @@ class EncoderIn(nnx.Module):
 
     def __call__(self, x):
         h = self.linear(x)
-        h_1 = jax.nn.relu(h)
-        return h_1
+        h = jax.nn.relu(h)
+        return h
 
 
 class Hidden(nnx.Module):
@@ -34,8 +34,8 @@ class Hidden(nnx.Module):
 
     def __call__(self, x):
         h = self.linear(x)
-        h_1 = jax.nn.relu(h)
-        return h_1
+        h = jax.nn.relu(h)
+        return h
 
 
 class DecoderIn(nnx.Module):
@@ -46,8 +46,8 @@ class DecoderIn(nnx.Module):
 
     def __call__(self, x):
         h = self.linear(x)
-        h_1 = jax.nn.relu(h)
-        return h_1
+        h = jax.nn.relu(h)
+        return h
 
 
 class SensorAnomalyDetector(nnx.Module):
@@ -69,15 +69,13 @@ class SensorAnomalyDetector(nnx.Module):
             )
         )
         h = self.encoder_in(flat)
-        h_1 = h
         for layer in self.encoder:
-            h_1 = layer(h_1)
-        z = self.to_latent(h_1)
-        h_2 = self.decoder_in(z)
-        h_3 = h_2
+            h = layer(h)
+        z = self.to_latent(h)
+        h = self.decoder_in(z)
         for layer in self.decoder:
-            h_3 = layer(h_3)
-        recon = self.to_window(h_3)
+            h = layer(h)
+        recon = self.to_window(h)
         reconstruction = recon.reshape(
             (
                 -1,
@@ -87,8 +85,8 @@ class SensorAnomalyDetector(nnx.Module):
         )
         err = values - reconstruction
         sq = err * err
-        sq_1 = jnp.mean(sq, axis=2)
-        anomaly_score = jnp.mean(sq_1, axis=1)
+        sq = jnp.mean(sq, axis=2)
+        anomaly_score = jnp.mean(sq, axis=1)
         return {"reconstruction": reconstruction, "anomaly_score": anomaly_score}
 
 

@@ -33,8 +33,8 @@ class EncoderIn:
 
     def __call__(self, x):
         h = self.linear(x)
-        h_1 = np.maximum(h, 0.0)
-        return h_1
+        h = np.maximum(h, 0.0)
+        return h
 
 
 class Hidden:
@@ -45,8 +45,8 @@ class Hidden:
 
     def __call__(self, x):
         h = self.linear(x)
-        h_1 = np.maximum(h, 0.0)
-        return h_1
+        h = np.maximum(h, 0.0)
+        return h
 
 
 class DecoderIn:
@@ -57,8 +57,8 @@ class DecoderIn:
 
     def __call__(self, x):
         h = self.linear(x)
-        h_1 = np.maximum(h, 0.0)
-        return h_1
+        h = np.maximum(h, 0.0)
+        return h
 
 
 class SensorAnomalyDetector:
@@ -80,15 +80,13 @@ class SensorAnomalyDetector:
             )
         )
         h = self.encoder_in(flat)
-        h_1 = h
         for layer in self.encoder:
-            h_1 = layer(h_1)
-        z = self.to_latent(h_1)
-        h_2 = self.decoder_in(z)
-        h_3 = h_2
+            h = layer(h)
+        z = self.to_latent(h)
+        h = self.decoder_in(z)
         for layer in self.decoder:
-            h_3 = layer(h_3)
-        recon = self.to_window(h_3)
+            h = layer(h)
+        recon = self.to_window(h)
         reconstruction = recon.reshape(
             (
                 -1,
@@ -98,8 +96,8 @@ class SensorAnomalyDetector:
         )
         err = values - reconstruction
         sq = err * err
-        sq_1 = np.mean(sq, axis=2)
-        anomaly_score = np.mean(sq_1, axis=1)
+        sq = np.mean(sq, axis=2)
+        anomaly_score = np.mean(sq, axis=1)
         return {"reconstruction": reconstruction, "anomaly_score": anomaly_score}
 
 

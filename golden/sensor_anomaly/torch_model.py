@@ -21,8 +21,8 @@ class EncoderIn(nn.Module):
 
     def forward(self, x):
         h = self.linear(x)
-        h_1 = F.relu(h)
-        return h_1
+        h = F.relu(h)
+        return h
 
 
 class Hidden(nn.Module):
@@ -34,8 +34,8 @@ class Hidden(nn.Module):
 
     def forward(self, x):
         h = self.linear(x)
-        h_1 = F.relu(h)
-        return h_1
+        h = F.relu(h)
+        return h
 
 
 class DecoderIn(nn.Module):
@@ -47,8 +47,8 @@ class DecoderIn(nn.Module):
 
     def forward(self, x):
         h = self.linear(x)
-        h_1 = F.relu(h)
-        return h_1
+        h = F.relu(h)
+        return h
 
 
 class SensorAnomalyDetector(nn.Module):
@@ -71,15 +71,13 @@ class SensorAnomalyDetector(nn.Module):
             )
         )
         h = self.encoder_in(flat)
-        h_1 = h
         for layer in self.encoder:
-            h_1 = layer(h_1)
-        z = self.to_latent(h_1)
-        h_2 = self.decoder_in(z)
-        h_3 = h_2
+            h = layer(h)
+        z = self.to_latent(h)
+        h = self.decoder_in(z)
         for layer in self.decoder:
-            h_3 = layer(h_3)
-        recon = self.to_window(h_3)
+            h = layer(h)
+        recon = self.to_window(h)
         reconstruction = recon.reshape(
             (
                 -1,
@@ -89,8 +87,8 @@ class SensorAnomalyDetector(nn.Module):
         )
         err = values - reconstruction
         sq = err * err
-        sq_1 = sq.mean(dim=2)
-        anomaly_score = sq_1.mean(dim=1)
+        sq = sq.mean(dim=2)
+        anomaly_score = sq.mean(dim=1)
         return {"reconstruction": reconstruction, "anomaly_score": anomaly_score}
 
 

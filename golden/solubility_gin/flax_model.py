@@ -30,9 +30,9 @@ class GINLayer(nnx.Module):
         msg = x[src]
         agg = _scatter_add(msg, dst, x.shape[0])
         z = x + agg
-        z_1 = self.mlp_in(z)
-        z_2 = jax.nn.relu(z_1)
-        out = self.mlp_out(z_2)
+        z = self.mlp_in(z)
+        z = jax.nn.relu(z)
+        out = self.mlp_out(z)
         return out
 
 
@@ -49,15 +49,15 @@ class SolubilityGin(nnx.Module):
         src = jax.lax.index_in_dim(edge_index, 0, axis=0, keepdims=False)
         dst = jax.lax.index_in_dim(edge_index, 1, axis=0, keepdims=False)
         h = self.input_proj(node_features)
-        h_1 = self.layers0(h, src, dst)
-        h_2 = jax.nn.relu(h_1)
-        h_3 = self.layers1(h_2, src, dst)
-        h_4 = jax.nn.relu(h_3)
-        total = _scatter_add(h_4, batch, num_nodes.shape[0])
+        h = self.layers0(h, src, dst)
+        h = jax.nn.relu(h)
+        h = self.layers1(h, src, dst)
+        h = jax.nn.relu(h)
+        total = _scatter_add(h, batch, num_nodes.shape[0])
         count = num_nodes.astype(jnp.float32)
-        count_1 = jnp.clip(count, 1.0, 1000000000.0)
-        count_2 = jnp.expand_dims(count_1, (1,))
-        pooled = total / count_2
+        count = jnp.clip(count, 1.0, 1000000000.0)
+        count = jnp.expand_dims(count, (1,))
+        pooled = total / count
         prediction = self.head(pooled)
         return {"prediction": prediction}
 

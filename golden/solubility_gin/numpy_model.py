@@ -43,9 +43,9 @@ class GINLayer:
         msg = x[src]
         agg = _scatter_add(msg, dst, x.shape[0])
         z = x + agg
-        z_1 = self.mlp_in(z)
-        z_2 = np.maximum(z_1, 0.0)
-        out = self.mlp_out(z_2)
+        z = self.mlp_in(z)
+        z = np.maximum(z, 0.0)
+        out = self.mlp_out(z)
         return out
 
 
@@ -62,15 +62,15 @@ class SolubilityGin:
         src = edge_index[0]
         dst = edge_index[1]
         h = self.input_proj(node_features)
-        h_1 = self.layers0(h, src, dst)
-        h_2 = np.maximum(h_1, 0.0)
-        h_3 = self.layers1(h_2, src, dst)
-        h_4 = np.maximum(h_3, 0.0)
-        total = _scatter_add(h_4, batch, num_nodes.shape[0])
+        h = self.layers0(h, src, dst)
+        h = np.maximum(h, 0.0)
+        h = self.layers1(h, src, dst)
+        h = np.maximum(h, 0.0)
+        total = _scatter_add(h, batch, num_nodes.shape[0])
         count = num_nodes.astype(np.float32).astype(np.float64)
-        count_1 = np.clip(count, 1.0, 1000000000.0)
-        count_2 = np.expand_dims(count_1, (1,))
-        pooled = total / count_2
+        count = np.clip(count, 1.0, 1000000000.0)
+        count = np.expand_dims(count, (1,))
+        pooled = total / count
         prediction = self.head(pooled)
         return {"prediction": prediction}
 

@@ -30,9 +30,9 @@ class GINLayer(nn.Module):
         msg = x[src]
         agg = _scatter_add(msg, dst, x.shape[0])
         z = x + agg
-        z_1 = self.mlp_in(z)
-        z_2 = F.relu(z_1)
-        out = self.mlp_out(z_2)
+        z = self.mlp_in(z)
+        z = F.relu(z)
+        out = self.mlp_out(z)
         return out
 
 
@@ -50,15 +50,15 @@ class SolubilityGin(nn.Module):
         src = edge_index.select(0, 0)
         dst = edge_index.select(0, 1)
         h = self.input_proj(node_features)
-        h_1 = self.layers0(h, src, dst)
-        h_2 = F.relu(h_1)
-        h_3 = self.layers1(h_2, src, dst)
-        h_4 = F.relu(h_3)
-        total = _scatter_add(h_4, batch, num_nodes.shape[0])
+        h = self.layers0(h, src, dst)
+        h = F.relu(h)
+        h = self.layers1(h, src, dst)
+        h = F.relu(h)
+        total = _scatter_add(h, batch, num_nodes.shape[0])
         count = num_nodes.to(torch.float32)
-        count_1 = torch.clamp(count, 1.0, 1000000000.0)
-        count_2 = count_1.unsqueeze(1)
-        pooled = total / count_2
+        count = torch.clamp(count, 1.0, 1000000000.0)
+        count = count.unsqueeze(1)
+        pooled = total / count
         prediction = self.head(pooled)
         return {"prediction": prediction}
 

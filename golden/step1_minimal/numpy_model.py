@@ -126,14 +126,14 @@ class Attention:
         q = qkv[..., 0:64]
         k = qkv[..., 64:96]
         v = qkv[..., 96:128]
-        q_1 = _rope(q, 4, 16, 10000.0, positions=position_ids)
-        k_1 = _rope(k, 2, 16, 10000.0, positions=position_ids)
-        kv_new = np.transpose(k_1.reshape(k_1.shape[0], k_1.shape[1], 2, 16), (0, 2, 1, 3))
+        q = _rope(q, 4, 16, 10000.0, positions=position_ids)
+        k = _rope(k, 2, 16, 10000.0, positions=position_ids)
+        kv_new = np.transpose(k.reshape(k.shape[0], k.shape[1], 2, 16), (0, 2, 1, 3))
         present_key = np.concatenate([past_key, kv_new], axis=2)
-        kv_new_1 = np.transpose(v.reshape(v.shape[0], v.shape[1], 2, 16), (0, 2, 1, 3))
-        present_value = np.concatenate([past_value, kv_new_1], axis=2)
+        kv_new = np.transpose(v.reshape(v.shape[0], v.shape[1], 2, 16), (0, 2, 1, 3))
+        present_value = np.concatenate([past_value, kv_new], axis=2)
         attn = _attention(
-            q_1, present_key, present_value, 4, 2, 16, is_causal=False, split_kv=True, bias=bias
+            q, present_key, present_value, 4, 2, 16, is_causal=False, split_kv=True, bias=bias
         )
         out = self.o_proj(attn)
         return out, present_key, present_value
@@ -149,9 +149,9 @@ class MLP:
 
     def __call__(self, x):
         gate = self.gate_proj(x)
-        gate_1 = gate * _sigmoid(gate)
+        gate = gate * _sigmoid(gate)
         up = self.up_proj(x)
-        h = gate_1 * up
+        h = gate * up
         out = self.down_proj(h)
         return out
 
@@ -167,12 +167,12 @@ class Block:
 
     def __call__(self, x, bias, position_ids, past_key, past_value):
         h = self.attn_norm(x)
-        h_1, h_2, h_3 = self.attn(h, bias, position_ids, past_key, past_value)
-        x_1 = x + h_1
-        h_4 = self.mlp_norm(x_1)
-        h_5 = self.mlp(h_4)
-        x_2 = x_1 + h_5
-        return x_2, h_2, h_3
+        h, h_1, h_2 = self.attn(h, bias, position_ids, past_key, past_value)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x, h_1, h_2
 
 
 class MyFirstModel:
@@ -214,26 +214,25 @@ class MyFirstModel:
             ]
         x = self.tok_embeddings(input_ids)
         attn_bias = _attention_bias(attention_mask, x, True, 0)
-        x_1 = x
         per_layer = [past_key_0, past_value_0, past_key_1, past_value_1]
         layer_outputs = []
         for i, layer in enumerate(self.blocks):
-            x_1, *step = layer(x_1, attn_bias, position_ids, *per_layer[2 * i : 2 * i + 2])
+            x, *step = layer(x, attn_bias, position_ids, *per_layer[2 * i : 2 * i + 2])
             layer_outputs += step
         (
+            x_1,
             x_2,
             x_3,
             x_4,
-            x_5,
         ) = layer_outputs
-        x_6 = self.norm_f(x_1)
-        logits = np.matmul(x_6, self.tok_embeddings.weight.T)
+        x = self.norm_f(x)
+        logits = np.matmul(x, self.tok_embeddings.weight.T)
         return {
             "logits": logits,
-            "present.0.key": x_2,
-            "present.0.value": x_3,
-            "present.1.key": x_4,
-            "present.1.value": x_5,
+            "present.0.key": x_1,
+            "present.0.value": x_2,
+            "present.1.key": x_3,
+            "present.1.value": x_4,
         }
 
 

@@ -62,8 +62,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = jax.nn.gelu(h, approximate=False)
-        out = self.fc_out(h_1)
+        h = jax.nn.gelu(h, approximate=False)
+        out = self.fc_out(h)
         return out
 
 
@@ -82,12 +82,12 @@ class Block(nnx.Module):
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class MyImageModel(nnx.Module):
@@ -128,7 +128,7 @@ class MyImageModel(nnx.Module):
             self.patch_embed(jnp.transpose(pixel_values, (0, 2, 3, 1))), (0, 3, 1, 2)
         )
         x = jnp.transpose(patches.reshape(patches.shape[0], patches.shape[1], -1), (0, 2, 1))
-        x_1 = jnp.concatenate(
+        x = jnp.concatenate(
             [
                 jnp.broadcast_to(
                     self.cls_token[...], (x.shape[0],) + self.cls_token[...].shape[1:]
@@ -137,12 +137,11 @@ class MyImageModel(nnx.Module):
             ],
             axis=1,
         )
-        x_2 = x_1 + self.pos_embed[...]
-        x_3 = x_2
+        x = x + self.pos_embed[...]
         for layer in self.blocks:
-            x_3 = layer(x_3)
-        x_4 = self.norm_f(x_3)
-        pooled = jax.lax.index_in_dim(x_4, 0, axis=1, keepdims=False)
+            x = layer(x)
+        x = self.norm_f(x)
+        pooled = jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)
         logits = self.head(pooled)
         return {"logits": logits}
 

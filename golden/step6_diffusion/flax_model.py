@@ -97,8 +97,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = h * jax.nn.sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * jax.nn.sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -117,12 +117,12 @@ class TextBlock(nnx.Module):
 
     def __call__(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h, bias)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h, bias)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TextEncoder(nnx.Module):
@@ -140,12 +140,11 @@ class TextEncoder(nnx.Module):
         x = self.tok_embeddings(input_ids)
         pos = jnp.arange(input_ids.shape[1])
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         for layer in self.blocks:
-            x_2 = layer(x_2, attn_bias)
-        context = self.norm_f(x_2)
+            x = layer(x, attn_bias)
+        context = self.norm_f(x)
         return context
 
 
@@ -158,8 +157,8 @@ class TimestepEmbedding(nnx.Module):
 
     def __call__(self, t_emb):
         h = self.linear_1(t_emb)
-        h_1 = jax.nn.silu(h)
-        temb = self.linear_2(h_1)
+        h = jax.nn.silu(h)
+        temb = self.linear_2(h)
         return temb
 
 
@@ -218,20 +217,20 @@ class BasicTransformerBlock(nnx.Module):
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = jax.lax.slice_in_dim(h_5, 0, 128, axis=-1)
-        gate = jax.lax.slice_in_dim(h_5, 128, 256, axis=-1)
-        gate_1 = jax.nn.gelu(gate, approximate=False)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = jax.lax.slice_in_dim(h, 0, 128, axis=-1)
+        gate = jax.lax.slice_in_dim(h, 128, 256, axis=-1)
+        gate = jax.nn.gelu(gate, approximate=False)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class ResnetBlock(nnx.Module):
@@ -254,22 +253,22 @@ class ResnetBlock(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = x + h_6
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = x + h
         return out
 
 
@@ -290,16 +289,15 @@ class SpatialTransformer(nnx.Module):
 
     def __call__(self, x, context):
         h = jnp.transpose(self.norm(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
-        tokens = jnp.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        tokens = jnp.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = jnp.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = h_3 + x
+        h = jnp.transpose(self.proj_out(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = h + x
         return out
 
 
@@ -315,9 +313,9 @@ class DownLevel0(nnx.Module):
 
     def __call__(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = jnp.transpose(self.downsample(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_1, h_2
+        h = self.attn0(h, context)
+        h_1 = jnp.transpose(self.downsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h, h_1
 
 
 class SelfAttention1(nnx.Module):
@@ -375,20 +373,20 @@ class BasicTransformerBlock1(nnx.Module):
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = jax.lax.slice_in_dim(h_5, 0, 256, axis=-1)
-        gate = jax.lax.slice_in_dim(h_5, 256, 512, axis=-1)
-        gate_1 = jax.nn.gelu(gate, approximate=False)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = jax.lax.slice_in_dim(h, 0, 256, axis=-1)
+        gate = jax.lax.slice_in_dim(h, 256, 512, axis=-1)
+        gate = jax.nn.gelu(gate, approximate=False)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class ResnetBlock1(nnx.Module):
@@ -414,23 +412,23 @@ class ResnetBlock1(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -451,16 +449,15 @@ class SpatialTransformer1(nnx.Module):
 
     def __call__(self, x, context):
         h = jnp.transpose(self.norm(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
-        tokens = jnp.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        tokens = jnp.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = jnp.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = h_3 + x
+        h = jnp.transpose(self.proj_out(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = h + x
         return out
 
 
@@ -476,9 +473,9 @@ class DownLevel1(nnx.Module):
 
     def __call__(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = jnp.transpose(self.downsample(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_1, h_2
+        h = self.attn0(h, context)
+        h_1 = jnp.transpose(self.downsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h, h_1
 
 
 class SelfAttention2(nnx.Module):
@@ -536,20 +533,20 @@ class BasicTransformerBlock2(nnx.Module):
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = jax.lax.slice_in_dim(h_5, 0, 256, axis=-1)
-        gate = jax.lax.slice_in_dim(h_5, 256, 512, axis=-1)
-        gate_1 = jax.nn.gelu(gate, approximate=False)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = jax.lax.slice_in_dim(h, 0, 256, axis=-1)
+        gate = jax.lax.slice_in_dim(h, 256, 512, axis=-1)
+        gate = jax.nn.gelu(gate, approximate=False)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class ResnetBlock2(nnx.Module):
@@ -572,22 +569,22 @@ class ResnetBlock2(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = x + h_6
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = x + h
         return out
 
 
@@ -608,16 +605,15 @@ class SpatialTransformer2(nnx.Module):
 
     def __call__(self, x, context):
         h = jnp.transpose(self.norm(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
-        tokens = jnp.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        tokens = jnp.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = jnp.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = h_3 + x
+        h = jnp.transpose(self.proj_out(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = h + x
         return out
 
 
@@ -633,9 +629,9 @@ class DownLevel2(nnx.Module):
 
     def __call__(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = jnp.transpose(self.downsample(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_1, h_2
+        h = self.attn0(h, context)
+        h_1 = jnp.transpose(self.downsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h, h_1
 
 
 class ResnetBlock3(nnx.Module):
@@ -658,22 +654,22 @@ class ResnetBlock3(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = x + h_6
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = x + h
         return out
 
 
@@ -743,20 +739,20 @@ class BasicTransformerBlock3(nnx.Module):
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = jax.lax.slice_in_dim(h_5, 0, 256, axis=-1)
-        gate = jax.lax.slice_in_dim(h_5, 256, 512, axis=-1)
-        gate_1 = jax.nn.gelu(gate, approximate=False)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = jax.lax.slice_in_dim(h, 0, 256, axis=-1)
+        gate = jax.lax.slice_in_dim(h, 256, 512, axis=-1)
+        gate = jax.nn.gelu(gate, approximate=False)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SpatialTransformer3(nnx.Module):
@@ -776,16 +772,15 @@ class SpatialTransformer3(nnx.Module):
 
     def __call__(self, x, context):
         h = jnp.transpose(self.norm(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
-        tokens = jnp.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = jnp.transpose(self.proj_in(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        tokens = jnp.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = jnp.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = jnp.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = jnp.transpose(self.proj_out(jnp.transpose(h_2, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = h_3 + x
+        h = jnp.transpose(self.proj_out(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        out = h + x
         return out
 
 
@@ -799,9 +794,9 @@ class MidBlock(nnx.Module):
 
     def __call__(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.res1(h_1, temb)
-        return h_2
+        h = self.attn0(h, context)
+        h = self.res1(h, temb)
+        return h
 
 
 class ResnetBlock4(nnx.Module):
@@ -827,23 +822,23 @@ class ResnetBlock4(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -859,12 +854,12 @@ class UpLevel3(nnx.Module):
 
     def __call__(self, x, skip0, skip1, temb, context):
         h = jnp.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = jnp.concatenate([h_1, skip1], axis=1)
-        h_3 = self.res1(h_2, temb)
-        h_4 = jnp.repeat(jnp.repeat(h_3, 2, axis=2), 2, axis=3)
-        h_5 = jnp.transpose(self.upsample(jnp.transpose(h_4, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_5
+        h = self.res0(h, temb)
+        h = jnp.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = jnp.repeat(jnp.repeat(h, 2, axis=2), 2, axis=3)
+        h = jnp.transpose(self.upsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h
 
 
 class ResnetBlock5(nnx.Module):
@@ -890,23 +885,23 @@ class ResnetBlock5(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -924,14 +919,14 @@ class UpLevel2(nnx.Module):
 
     def __call__(self, x, skip0, skip1, temb, context):
         h = jnp.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = jnp.concatenate([h_2, skip1], axis=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.attn1(h_4, context)
-        h_6 = jnp.repeat(jnp.repeat(h_5, 2, axis=2), 2, axis=3)
-        h_7 = jnp.transpose(self.upsample(jnp.transpose(h_6, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_7
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = jnp.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = jnp.repeat(jnp.repeat(h, 2, axis=2), 2, axis=3)
+        h = jnp.transpose(self.upsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h
 
 
 class ResnetBlock6(nnx.Module):
@@ -957,23 +952,23 @@ class ResnetBlock6(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1000,23 +995,23 @@ class ResnetBlock7(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1034,14 +1029,14 @@ class UpLevel1(nnx.Module):
 
     def __call__(self, x, skip0, skip1, temb, context):
         h = jnp.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = jnp.concatenate([h_2, skip1], axis=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.attn1(h_4, context)
-        h_6 = jnp.repeat(jnp.repeat(h_5, 2, axis=2), 2, axis=3)
-        h_7 = jnp.transpose(self.upsample(jnp.transpose(h_6, (0, 2, 3, 1))), (0, 3, 1, 2))
-        return h_7
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = jnp.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = jnp.repeat(jnp.repeat(h, 2, axis=2), 2, axis=3)
+        h = jnp.transpose(self.upsample(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return h
 
 
 class ResnetBlock8(nnx.Module):
@@ -1067,23 +1062,23 @@ class ResnetBlock8(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1110,23 +1105,23 @@ class ResnetBlock9(nnx.Module):
 
     def __call__(self, x, temb):
         h = jnp.transpose(self.norm1(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_1 = jax.nn.silu(h)
-        h_2 = jnp.transpose(self.conv1(jnp.transpose(h_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv1(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         t = jax.nn.silu(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = jnp.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = jnp.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = jnp.transpose(self.norm2(jnp.transpose(h_3, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_5 = jax.nn.silu(h_4)
-        h_6 = jnp.transpose(self.conv2(jnp.transpose(h_5, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = h + t
+        h = jnp.transpose(self.norm2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        h = jnp.transpose(self.conv2(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         shortcut = jnp.transpose(self.conv_shortcut(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1141,12 +1136,12 @@ class UpLevel0(nnx.Module):
 
     def __call__(self, x, skip0, skip1, temb, context):
         h = jnp.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = jnp.concatenate([h_2, skip1], axis=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.attn1(h_4, context)
-        return h_5
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = jnp.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        return h
 
 
 class MyDiffusionModel(nnx.Module):
@@ -1180,7 +1175,7 @@ class MyDiffusionModel(nnx.Module):
         context = self.text_encoder(input_ids, attention_mask)
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
-        sample_1 = _require_multiple(
+        sample = _require_multiple(
             sample,
             (
                 2,
@@ -1189,19 +1184,19 @@ class MyDiffusionModel(nnx.Module):
             8,
             "sample height and width (the U-Net halves them 3 times)",
         )
-        x = jnp.transpose(self.conv_in(jnp.transpose(sample_1, (0, 2, 3, 1))), (0, 3, 1, 2))
+        x = jnp.transpose(self.conv_in(jnp.transpose(sample, (0, 2, 3, 1))), (0, 3, 1, 2))
         h, h_1 = self.down0(x, temb, context)
         h_2, h_3 = self.down1(h_1, temb, context)
         h_4, h_5 = self.down2(h_3, temb, context)
         h_6 = self.down3(h_5, temb, context)
         x_1 = self.mid(h_6, temb, context)
-        x_2 = self.up3(x_1, h_6, h_5, temb, context)
-        x_3 = self.up2(x_2, h_4, h_3, temb, context)
-        x_4 = self.up1(x_3, h_2, h_1, temb, context)
-        x_5 = self.up0(x_4, h, x, temb, context)
-        h_7 = jnp.transpose(self.conv_norm_out(jnp.transpose(x_5, (0, 2, 3, 1))), (0, 3, 1, 2))
-        h_8 = jax.nn.silu(h_7)
-        noise_pred = jnp.transpose(self.conv_out(jnp.transpose(h_8, (0, 2, 3, 1))), (0, 3, 1, 2))
+        x_1 = self.up3(x_1, h_6, h_5, temb, context)
+        x_1 = self.up2(x_1, h_4, h_3, temb, context)
+        x_1 = self.up1(x_1, h_2, h_1, temb, context)
+        x = self.up0(x_1, h, x, temb, context)
+        h = jnp.transpose(self.conv_norm_out(jnp.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
+        h = jax.nn.silu(h)
+        noise_pred = jnp.transpose(self.conv_out(jnp.transpose(h, (0, 2, 3, 1))), (0, 3, 1, 2))
         return {"noise_pred": noise_pred}
 
 

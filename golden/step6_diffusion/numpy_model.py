@@ -193,8 +193,8 @@ class MLP:
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = h * _sigmoid(1.702 * h)
-        out = self.fc_out(h_1)
+        h = h * _sigmoid(1.702 * h)
+        out = self.fc_out(h)
         return out
 
 
@@ -209,12 +209,12 @@ class TextBlock:
 
     def __call__(self, x, bias):
         h = self.attn_norm(x)
-        h_1 = self.attn(h, bias)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h, bias)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class TextEncoder:
@@ -230,12 +230,11 @@ class TextEncoder:
         x = self.tok_embeddings(input_ids)
         pos = np.arange(input_ids.shape[1], dtype=np.int64)
         pos_emb = self.pos_embeddings(pos)
-        x_1 = x + pos_emb
-        attn_bias = _attention_bias(attention_mask, x_1, True, 0)
-        x_2 = x_1
+        x = x + pos_emb
+        attn_bias = _attention_bias(attention_mask, x, True, 0)
         for layer in self.blocks:
-            x_2 = layer(x_2, attn_bias)
-        context = self.norm_f(x_2)
+            x = layer(x, attn_bias)
+        context = self.norm_f(x)
         return context
 
 
@@ -248,8 +247,8 @@ class TimestepEmbedding:
 
     def __call__(self, t_emb):
         h = self.linear_1(t_emb)
-        h_1 = h * _sigmoid(h)
-        temb = self.linear_2(h_1)
+        h = h * _sigmoid(h)
+        temb = self.linear_2(h)
         return temb
 
 
@@ -302,20 +301,20 @@ class BasicTransformerBlock:
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5[..., 0:128]
-        gate = h_5[..., 128:256]
-        gate_1 = _gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h[..., 0:128]
+        gate = h[..., 128:256]
+        gate = _gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class ResnetBlock:
@@ -330,22 +329,22 @@ class ResnetBlock:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -360,16 +359,15 @@ class SpatialTransformer:
 
     def __call__(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = np.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = np.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = np.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -383,9 +381,9 @@ class DownLevel0:
 
     def __call__(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.downsample(h_1)
-        return h_1, h_2
+        h = self.attn0(h, context)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class SelfAttention1:
@@ -437,20 +435,20 @@ class BasicTransformerBlock1:
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5[..., 0:256]
-        gate = h_5[..., 256:512]
-        gate_1 = _gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h[..., 0:256]
+        gate = h[..., 256:512]
+        gate = _gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class ResnetBlock1:
@@ -466,23 +464,23 @@ class ResnetBlock1:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -497,16 +495,15 @@ class SpatialTransformer1:
 
     def __call__(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = np.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = np.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = np.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -520,9 +517,9 @@ class DownLevel1:
 
     def __call__(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.downsample(h_1)
-        return h_1, h_2
+        h = self.attn0(h, context)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class SelfAttention2:
@@ -574,20 +571,20 @@ class BasicTransformerBlock2:
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5[..., 0:256]
-        gate = h_5[..., 256:512]
-        gate_1 = _gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h[..., 0:256]
+        gate = h[..., 256:512]
+        gate = _gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class ResnetBlock2:
@@ -602,22 +599,22 @@ class ResnetBlock2:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -632,16 +629,15 @@ class SpatialTransformer2:
 
     def __call__(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = np.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = np.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = np.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -655,9 +651,9 @@ class DownLevel2:
 
     def __call__(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.downsample(h_1)
-        return h_1, h_2
+        h = self.attn0(h, context)
+        h_1 = self.downsample(h)
+        return h, h_1
 
 
 class ResnetBlock3:
@@ -672,22 +668,22 @@ class ResnetBlock3:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
-        out = x + h_6
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
+        out = x + h
         return out
 
 
@@ -751,20 +747,20 @@ class BasicTransformerBlock3:
 
     def __call__(self, x, context):
         h = self.norm1(x)
-        h_1 = self.attn1(h)
-        x_1 = x + h_1
-        h_2 = self.norm2(x_1)
-        h_3 = self.attn2(h_2, context)
-        x_2 = x_1 + h_3
-        h_4 = self.norm3(x_2)
-        h_5 = self.ff_proj(h_4)
-        value = h_5[..., 0:256]
-        gate = h_5[..., 256:512]
-        gate_1 = _gelu(gate)
-        h_6 = value * gate_1
-        h_7 = self.ff_out(h_6)
-        x_3 = x_2 + h_7
-        return x_3
+        h = self.attn1(h)
+        x = x + h
+        h = self.norm2(x)
+        h = self.attn2(h, context)
+        x = x + h
+        h = self.norm3(x)
+        h = self.ff_proj(h)
+        value = h[..., 0:256]
+        gate = h[..., 256:512]
+        gate = _gelu(gate)
+        h = value * gate
+        h = self.ff_out(h)
+        x = x + h
+        return x
 
 
 class SpatialTransformer3:
@@ -778,16 +774,15 @@ class SpatialTransformer3:
 
     def __call__(self, x, context):
         h = self.norm(x)
-        h_1 = self.proj_in(h)
-        tokens = np.transpose(h_1.reshape(h_1.shape[0], h_1.shape[1], -1), (0, 2, 1))
-        tokens_1 = tokens
+        h = self.proj_in(h)
+        tokens = np.transpose(h.reshape(h.shape[0], h.shape[1], -1), (0, 2, 1))
         for layer in self.blocks:
-            tokens_1 = layer(tokens_1, context)
-        h_2 = np.transpose(tokens_1, (0, 2, 1)).reshape(
-            tokens_1.shape[0], tokens_1.shape[2], x.shape[2], x.shape[3]
+            tokens = layer(tokens, context)
+        h = np.transpose(tokens, (0, 2, 1)).reshape(
+            tokens.shape[0], tokens.shape[2], x.shape[2], x.shape[3]
         )
-        h_3 = self.proj_out(h_2)
-        out = h_3 + x
+        h = self.proj_out(h)
+        out = h + x
         return out
 
 
@@ -801,9 +796,9 @@ class MidBlock:
 
     def __call__(self, x, temb, context):
         h = self.res0(x, temb)
-        h_1 = self.attn0(h, context)
-        h_2 = self.res1(h_1, temb)
-        return h_2
+        h = self.attn0(h, context)
+        h = self.res1(h, temb)
+        return h
 
 
 class ResnetBlock4:
@@ -819,23 +814,23 @@ class ResnetBlock4:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -849,12 +844,12 @@ class UpLevel3:
 
     def __call__(self, x, skip0, skip1, temb, context):
         h = np.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = np.concatenate([h_1, skip1], axis=1)
-        h_3 = self.res1(h_2, temb)
-        h_4 = np.repeat(np.repeat(h_3, 2, axis=2), 2, axis=3)
-        h_5 = self.upsample(h_4)
-        return h_5
+        h = self.res0(h, temb)
+        h = np.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = np.repeat(np.repeat(h, 2, axis=2), 2, axis=3)
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock5:
@@ -870,23 +865,23 @@ class ResnetBlock5:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -902,14 +897,14 @@ class UpLevel2:
 
     def __call__(self, x, skip0, skip1, temb, context):
         h = np.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = np.concatenate([h_2, skip1], axis=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.attn1(h_4, context)
-        h_6 = np.repeat(np.repeat(h_5, 2, axis=2), 2, axis=3)
-        h_7 = self.upsample(h_6)
-        return h_7
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = np.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = np.repeat(np.repeat(h, 2, axis=2), 2, axis=3)
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock6:
@@ -925,23 +920,23 @@ class ResnetBlock6:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -958,23 +953,23 @@ class ResnetBlock7:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -990,14 +985,14 @@ class UpLevel1:
 
     def __call__(self, x, skip0, skip1, temb, context):
         h = np.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = np.concatenate([h_2, skip1], axis=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.attn1(h_4, context)
-        h_6 = np.repeat(np.repeat(h_5, 2, axis=2), 2, axis=3)
-        h_7 = self.upsample(h_6)
-        return h_7
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = np.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        h = np.repeat(np.repeat(h, 2, axis=2), 2, axis=3)
+        h = self.upsample(h)
+        return h
 
 
 class ResnetBlock8:
@@ -1013,23 +1008,23 @@ class ResnetBlock8:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1046,23 +1041,23 @@ class ResnetBlock9:
 
     def __call__(self, x, temb):
         h = self.norm1(x)
-        h_1 = h * _sigmoid(h)
-        h_2 = self.conv1(h_1)
+        h = h * _sigmoid(h)
+        h = self.conv1(h)
         t = temb * _sigmoid(temb)
-        t_1 = self.time_emb_proj(t)
-        t_2 = np.expand_dims(
-            t_1,
+        t = self.time_emb_proj(t)
+        t = np.expand_dims(
+            t,
             (
                 2,
                 3,
             ),
         )
-        h_3 = h_2 + t_2
-        h_4 = self.norm2(h_3)
-        h_5 = h_4 * _sigmoid(h_4)
-        h_6 = self.conv2(h_5)
+        h = h + t
+        h = self.norm2(h)
+        h = h * _sigmoid(h)
+        h = self.conv2(h)
         shortcut = self.conv_shortcut(x)
-        out = shortcut + h_6
+        out = shortcut + h
         return out
 
 
@@ -1077,12 +1072,12 @@ class UpLevel0:
 
     def __call__(self, x, skip0, skip1, temb, context):
         h = np.concatenate([x, skip0], axis=1)
-        h_1 = self.res0(h, temb)
-        h_2 = self.attn0(h_1, context)
-        h_3 = np.concatenate([h_2, skip1], axis=1)
-        h_4 = self.res1(h_3, temb)
-        h_5 = self.attn1(h_4, context)
-        return h_5
+        h = self.res0(h, temb)
+        h = self.attn0(h, context)
+        h = np.concatenate([h, skip1], axis=1)
+        h = self.res1(h, temb)
+        h = self.attn1(h, context)
+        return h
 
 
 class MyDiffusionModel:
@@ -1110,7 +1105,7 @@ class MyDiffusionModel:
         context = self.text_encoder(input_ids, attention_mask)
         t_emb = _timestep_embedding(timestep, 32, True, 0.0, 10000.0)
         temb = self.time_embedding(t_emb)
-        sample_1 = _require_multiple(
+        sample = _require_multiple(
             sample,
             (
                 2,
@@ -1119,19 +1114,19 @@ class MyDiffusionModel:
             8,
             "sample height and width (the U-Net halves them 3 times)",
         )
-        x = self.conv_in(sample_1)
+        x = self.conv_in(sample)
         h, h_1 = self.down0(x, temb, context)
         h_2, h_3 = self.down1(h_1, temb, context)
         h_4, h_5 = self.down2(h_3, temb, context)
         h_6 = self.down3(h_5, temb, context)
         x_1 = self.mid(h_6, temb, context)
-        x_2 = self.up3(x_1, h_6, h_5, temb, context)
-        x_3 = self.up2(x_2, h_4, h_3, temb, context)
-        x_4 = self.up1(x_3, h_2, h_1, temb, context)
-        x_5 = self.up0(x_4, h, x, temb, context)
-        h_7 = self.conv_norm_out(x_5)
-        h_8 = h_7 * _sigmoid(h_7)
-        noise_pred = self.conv_out(h_8)
+        x_1 = self.up3(x_1, h_6, h_5, temb, context)
+        x_1 = self.up2(x_1, h_4, h_3, temb, context)
+        x_1 = self.up1(x_1, h_2, h_1, temb, context)
+        x = self.up0(x_1, h, x, temb, context)
+        h = self.conv_norm_out(x)
+        h = h * _sigmoid(h)
+        noise_pred = self.conv_out(h)
         return {"noise_pred": noise_pred}
 
 

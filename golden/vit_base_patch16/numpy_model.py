@@ -124,8 +124,8 @@ class MLP:
 
     def __call__(self, x):
         h = self.fc_in(x)
-        h_1 = _gelu(h)
-        out = self.fc_out(h_1)
+        h = _gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -140,12 +140,12 @@ class Block:
 
     def __call__(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class VitBasePatch16224:
@@ -162,15 +162,14 @@ class VitBasePatch16224:
     def __call__(self, pixel_values):
         patches = self.patch_embed(pixel_values)
         x = np.transpose(patches.reshape(patches.shape[0], patches.shape[1], -1), (0, 2, 1))
-        x_1 = np.concatenate(
+        x = np.concatenate(
             [np.broadcast_to(self.cls_token, (x.shape[0],) + self.cls_token.shape[1:]), x], axis=1
         )
-        x_2 = x_1 + self.pos_embed
-        x_3 = x_2
+        x = x + self.pos_embed
         for layer in self.blocks:
-            x_3 = layer(x_3)
-        x_4 = self.norm_f(x_3)
-        pooled = x_4[:, 0]
+            x = layer(x)
+        x = self.norm_f(x)
+        pooled = x[:, 0]
         logits = self.head(pooled)
         return {"logits": logits}
 

@@ -49,8 +49,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc_in(x)
-        h_1 = F.gelu(h)
-        out = self.fc_out(h_1)
+        h = F.gelu(h)
+        out = self.fc_out(h)
         return out
 
 
@@ -66,12 +66,12 @@ class Block(nn.Module):
 
     def forward(self, x):
         h = self.attn_norm(x)
-        h_1 = self.attn(h)
-        x_1 = x + h_1
-        h_2 = self.mlp_norm(x_1)
-        h_3 = self.mlp(h_2)
-        x_2 = x_1 + h_3
-        return x_2
+        h = self.attn(h)
+        x = x + h
+        h = self.mlp_norm(x)
+        h = self.mlp(h)
+        x = x + h
+        return x
 
 
 class VitBasePatch16224(nn.Module):
@@ -89,13 +89,12 @@ class VitBasePatch16224(nn.Module):
     def forward(self, pixel_values):
         patches = self.patch_embed(pixel_values)
         x = patches.flatten(2).transpose(1, 2)
-        x_1 = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x_2 = x_1 + self.pos_embed
-        x_3 = x_2
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
         for layer in self.blocks:
-            x_3 = layer(x_3)
-        x_4 = self.norm_f(x_3)
-        pooled = x_4.select(1, 0)
+            x = layer(x)
+        x = self.norm_f(x)
+        pooled = x.select(1, 0)
         logits = self.head(pooled)
         return {"logits": logits}
 
