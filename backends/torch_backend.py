@@ -26,6 +26,7 @@ from metagen.backends.pyemit import (
     emit_tasks,
     emit_tables,
     format_python,
+    reads,
 )
 from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Layer, Model, Param, Sub
@@ -446,67 +447,61 @@ class TorchEmitter(ModuleEmitter):
                     found[id(u)] = (n.target, u.attrs["start"], u.attrs["end"], bias, n.operands[0])
         return found
 
-    # In place: an elementwise op writes into an operand that is a temporary it alone
-    # reads (`gate = F.silu(gate, inplace=True)`, `x = h.add_(x)`), as hand-written
-    # models do, instead of allocating a result of the same shape. A temporary is a
-    # value made fresh in this call method by an op whose backward does not keep its
-    # result (a linear or conv layer, add, sub, mul, silu), or a child module's output
-    # made so there and read nowhere else in it; in-place writes into it are then
-    # invisible to the caller and to autograd. Only the first operand is written, and
-    # only when it has the result's type: torch gives an out-of-place result the first
-    # operand's memory layout, so the values and the layout every later op sees are
-    # exactly those of the out-of-place form (writing into the second operand of a
-    # commutative op would not be: a channels-last conv output there changed the
-    # algorithm, and the last bits, of the convolutions after it). Image tensors (rank
-    # 4) are never written: a [B, C, 1, 1] conv output's strides are not those torch
-    # gives the out-of-place sum, and group norm then took another path.
+    # In place: an elementwise op writes into its first operand when that is a
+    # temporary it alone reads (`gate = F.silu(gate, inplace=True)`, `h =
+    # gate.mul_(up)`), as hand-written models do, instead of allocating a result of the
+    # same shape. A temporary is a value made in this call method by an op whose
+    # backward does not keep its result (a linear layer, add, sub, mul, silu), or a
+    # child module's output made so there and read nowhere else in it; writes into it
+    # are invisible to the caller and to autograd. The operand has the result's type (no
+    # write broadcasts or changes dtype), and torch gives an out-of-place result its
+    # first operand's layout, so every later op sees the values and strides of the
+    # out-of-place form, bit for bit (writing into the second operand of a commutative
+    # op would not: a channels-last conv output there changed the algorithm, and the
+    # last bits, of the convolutions after it). Image tensors (rank 4) are never
+    # written: a [B, C, 1, 1] conv output's strides are not those torch gives the
+    # out-of-place sum, and group norm then took another path.
     INPLACE = {
         "add": lambda x, y: f"{x}.add_({y})",
         "mul": lambda x, y: f"{x}.mul_({y})",
         "sub": lambda x, y: f"{x}.sub_({y})",
         "silu": lambda x: f"F.silu({x}, inplace=True)",
     }
-    FRESH_OPS = frozenset({"add", "sub", "mul", "silu"})
     FRESH_LAYERS = frozenset({"linear"})
 
-    def _reads(self, md) -> dict[int, int]:
-        """How often each value of `md` is read (node operands and outputs)."""
-        reads: dict[int, int] = {}
-        for v in [o for n in md.nodes for o in n.operands] + list(md.outputs):
-            reads[id(v)] = reads.get(id(v), 0) + 1
-        return reads
-
-    def _fresh(self, md, v) -> bool:
+    def fresh(self, md, v, fresh_outputs=None) -> bool:
+        """Whether `v` is a new tensor of `md`'s making that no backward keeps
+        (`fresh_outputs`: the children's, while they are being found)."""
         node = v.producer
         if node is None or not any(n is node for n in md.nodes):
             return False
         if node.kind == "op":
-            return node.op in self.FRESH_OPS
-        if node.kind != "call":
-            return False
-        child = md.children[node.target]
+            return node.op in self.INPLACE
+        child = md.children[node.target] if node.kind == "call" else None
         if isinstance(child, Layer):
             return child.op in self.FRESH_LAYERS and id(node) not in self.sliced_linears
         if isinstance(child, Sub):
-            return node.results.index(v) in self.fresh_outputs(child.module)
+            return node.results.index(v) in (fresh_outputs or self.fresh_outputs)[child.module]
         return False
 
-    @functools.cache
-    def fresh_outputs(self, module: str) -> frozenset[int]:
-        """Indices of `module`'s outputs that are temporaries handed to the caller."""
-        md = self.model.modules[module]
-        reads = self._reads(md)
-        return frozenset(i for i, o in enumerate(md.outputs) if reads[id(o)] == 1 and self._fresh(md, o))
+    @functools.cached_property
+    def fresh_outputs(self) -> dict[str, frozenset[int]]:
+        """Per module, the indices of its outputs that are temporaries handed to the caller."""
+        found: dict[str, frozenset[int]] = {}
+        for name, md in self.model.modules.items():  # children first
+            count = reads(md)
+            found[name] = frozenset(
+                i for i, o in enumerate(md.outputs) if count[id(o)] == 1 and self.fresh(md, o, found)
+            )
+        return found
 
     def inplace(self, md, node, args: list[str]) -> str | None:
-        """The in-place form of an elementwise node, when an operand may be written."""
+        """The in-place form of an elementwise node, when its first operand may be written."""
         if node.kind != "op" or node.op not in self.INPLACE:
             return None
         self.op_rule(node.op, self.node_context(md, node).loc)  # a missing rule is still reported
-        if md.name != getattr(self, "_reads_of", (None,))[0]:
-            self._reads_of = (md.name, self._reads(md))
         v = node.operands[0]
-        if v.type.rank <= 3 and self._reads_of[1][id(v)] == 1 and v.type == node.results[0].type and self._fresh(md, v):
+        if v.type.rank <= 3 and self.reads[id(v)] == 1 and v.type == node.results[0].type and self.fresh(md, v):
             return self.INPLACE[node.op](*args)
         return None
 
