@@ -122,10 +122,13 @@ def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
             torch.is_inference_mode_enabled(),
             inv_freq,
         )
-    # x * cos + rotate_half(x) * sin, in two buffers' worth where that form takes
-    # four and a half: each half's product with sin is added into x * cos in place
-    # (the same roundings, bit for bit; addcmul_ would fuse them).
     x = x.unflatten(-1, (heads, head_dim))
+    if torch.compiler.is_compiling():  # inductor fuses this form; writes into slices cost it 7%
+        x1, x2 = x.chunk(2, dim=-1)
+        return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).flatten(2)
+    # Eager: x * cos + rotate_half(x) * sin in two buffers' worth where that form takes
+    # four and a half, each half's product with sin added into x * cos in place (the
+    # same roundings, bit for bit; addcmul_ would fuse them).
     half = head_dim // 2
     out = x * cos
     out[..., :half] -= x[..., half:] * sin[..., :half]
