@@ -574,12 +574,16 @@ def uncovered_ops(ops_table: Mapping[str, Any], layers_table: Mapping[str, Any])
     return [name for name, d in ops.REGISTRY.items() if name not in (layers_table if d.is_layer else ops_table)]
 
 
-def reads(md: ModuleDef) -> dict[int, int]:
-    """How often each value of `md` is read (as a node operand or an output), by id."""
-    count: dict[int, int] = {}
-    for v in [o for n in md.nodes for o in n.operands] + list(md.outputs):
-        count[id(v)] = count.get(id(v), 0) + 1
-    return count
+def readers(md: ModuleDef) -> dict[int, list[Node | None]]:
+    """By value id, what reads each value of `md`: a node per operand it is, None per
+    output it is."""
+    found: dict[int, list[Node | None]] = {}
+    for n in md.nodes:
+        for o in n.operands:
+            found.setdefault(id(o), []).append(n)
+    for o in md.outputs:
+        found.setdefault(id(o), []).append(None)
+    return found
 
 
 class ModuleEmitter(ABC):
@@ -786,11 +790,11 @@ class ModuleEmitter(ABC):
     # back and re-faulted the memory of the larger live set, layer after layer).
 
     def begin_body(self, md: ModuleDef, ns: Namespace, args: list[str]) -> None:
-        """Before a call method's nodes: where each value is last read, how often it
-        is read, and the values the inputs' names hold."""
+        """Before a call method's nodes: where each value is last read, what reads it,
+        and the values the inputs' names hold."""
         self.last_use = {id(o): i for i, n in enumerate(md.nodes) for o in n.operands}
         self.last_use.update({id(o): len(md.nodes) for o in md.outputs})
-        self.reads = reads(md)
+        self.readers = readers(md)
         self.holders = dict(zip(args, md.inputs))  # name -> the value it holds now
         self.at = -1
 

@@ -26,7 +26,7 @@ from metagen.backends.pyemit import (
     emit_tasks,
     emit_tables,
     format_python,
-    reads,
+    readers,
 )
 from metagen.backends.sampling import sampler_source
 from metagen.ir.graph import Layer, Model, Param, Sub
@@ -294,23 +294,24 @@ def _rope_at_cached(positions, head_dim, theta, dtype, inv_freq=None):
 def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
     at positions 0..S-1 or at position ids [B, S]."""
-    if positions is not None and torch.compiler.is_compiling():
-        cos, sin = _rope_at(positions, head_dim, theta, x.dtype, inv_freq)
-    elif positions is not None:
-        cos, sin = _rope_at_cached(positions, head_dim, theta, x.dtype, inv_freq)
-    elif torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
-        cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
-    else:
-        cos, sin = _rope_cos_sin_cached(
-            x.shape[1], head_dim, theta, x.device, x.dtype, torch.is_inference_mode_enabled(), inv_freq
-        )
     x = x.unflatten(-1, (heads, head_dim))
-    if torch.compiler.is_compiling():  # inductor fuses this form; writes into slices cost it 7%
+    if torch.compiler.is_compiling():
+        # Traced into the graph (seq may be symbolic), in the form inductor fuses
+        # (writes into slices, as below, cost it 7%).
+        if positions is not None:
+            cos, sin = _rope_at(positions, head_dim, theta, x.dtype, inv_freq)
+        else:
+            cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
         x1, x2 = x.chunk(2, dim=-1)
         return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).flatten(2)
-    # Eager: x * cos + rotate_half(x) * sin in two buffers' worth where that form takes
-    # four and a half, each half's product with sin added into x * cos in place (the
-    # same roundings, bit for bit; addcmul_ would fuse them).
+    if positions is not None:
+        cos, sin = _rope_at_cached(positions, head_dim, theta, x.dtype, inv_freq)
+    else:
+        inference = torch.is_inference_mode_enabled()
+        cos, sin = _rope_cos_sin_cached(x.shape[1], head_dim, theta, x.device, x.dtype, inference, inv_freq)
+    # x * cos + rotate_half(x) * sin in two buffers' worth where that form takes four
+    # and a half, each half's product with sin added into x * cos in place (the same
+    # roundings, bit for bit; addcmul_ would fuse them).
     half = head_dim // 2
     out = x * cos
     out[..., :half] -= x[..., half:] * sin[..., :half]
@@ -428,20 +429,16 @@ class TorchEmitter(ModuleEmitter):
         if decode_table(self.model) is None:
             return found
         for md in self.model.modules.values():
-            uses: dict[int, list] = {}
-            for n in md.nodes:
-                for o in n.operands:
-                    uses.setdefault(id(o), []).append(n)
-            outputs = {id(o) for o in md.outputs}
+            read_by = readers(md)
             for n in md.nodes:
                 child = md.children.get(n.target) if n.kind == "call" else None
                 if not (isinstance(child, Layer) and child.op == "linear") or len(n.results) != 1:
                     continue
                 r = n.results[0]
-                users = uses.get(id(r), [])
+                users = read_by.get(id(r), [])
                 last = (-1, r.type.rank - 1)
-                if id(r) in outputs or len(users) < 2 or not all(
-                    u.kind == "op" and u.op == "slice" and u.attrs.get("axis") in last for u in users
+                if len(users) < 2 or not all(
+                    u is not None and u.kind == "op" and u.op == "slice" and u.attrs.get("axis") in last for u in users
                 ):
                     continue
                 bias = bool(child.attr_dict().get("bias", False))
@@ -492,9 +489,9 @@ class TorchEmitter(ModuleEmitter):
         """Per module, the indices of its outputs that are temporaries handed to the caller."""
         found: dict[str, frozenset[int]] = {}
         for name, md in self.model.modules.items():  # children first
-            count = reads(md)
+            read_by = readers(md)
             found[name] = frozenset(
-                i for i, o in enumerate(md.outputs) if count[id(o)] == 1 and self.fresh(md, o, found)
+                i for i, o in enumerate(md.outputs) if len(read_by[id(o)]) == 1 and self.fresh(md, o, found)
             )
         return found
 
@@ -504,7 +501,7 @@ class TorchEmitter(ModuleEmitter):
             return None
         self.op_rule(node.op, self.node_context(md, node).loc)  # a missing rule is still reported
         v = node.operands[0]
-        if v.type.rank <= 3 and self.reads[id(v)] == 1 and v.type == node.results[0].type and self.fresh(md, v):
+        if v.type.rank <= 3 and len(self.readers[id(v)]) == 1 and v.type == node.results[0].type and self.fresh(md, v):
             return self.INPLACE[node.op](*args)
         return None
 

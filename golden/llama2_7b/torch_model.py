@@ -106,29 +106,26 @@ def _rope_at_cached(positions, head_dim, theta, dtype, inv_freq=None):
 def _rope(x, heads, head_dim, theta, inv_freq=None, positions=None):
     """Rotary position embedding (rotate-half convention) on packed heads [B, S, H*D],
     at positions 0..S-1 or at position ids [B, S]."""
-    if positions is not None and torch.compiler.is_compiling():
-        cos, sin = _rope_at(positions, head_dim, theta, x.dtype, inv_freq)
-    elif positions is not None:
-        cos, sin = _rope_at_cached(positions, head_dim, theta, x.dtype, inv_freq)
-    elif torch.compiler.is_compiling():  # traced into the graph: seq may be symbolic
-        cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
-    else:
-        cos, sin = _rope_cos_sin_cached(
-            x.shape[1],
-            head_dim,
-            theta,
-            x.device,
-            x.dtype,
-            torch.is_inference_mode_enabled(),
-            inv_freq,
-        )
     x = x.unflatten(-1, (heads, head_dim))
-    if torch.compiler.is_compiling():  # inductor fuses this form; writes into slices cost it 7%
+    if torch.compiler.is_compiling():
+        # Traced into the graph (seq may be symbolic), in the form inductor fuses
+        # (writes into slices, as below, cost it 7%).
+        if positions is not None:
+            cos, sin = _rope_at(positions, head_dim, theta, x.dtype, inv_freq)
+        else:
+            cos, sin = _rope_cos_sin(x.shape[1], head_dim, theta, x.device, x.dtype, inv_freq)
         x1, x2 = x.chunk(2, dim=-1)
         return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).flatten(2)
-    # Eager: x * cos + rotate_half(x) * sin in two buffers' worth where that form takes
-    # four and a half, each half's product with sin added into x * cos in place (the
-    # same roundings, bit for bit; addcmul_ would fuse them).
+    if positions is not None:
+        cos, sin = _rope_at_cached(positions, head_dim, theta, x.dtype, inv_freq)
+    else:
+        inference = torch.is_inference_mode_enabled()
+        cos, sin = _rope_cos_sin_cached(
+            x.shape[1], head_dim, theta, x.device, x.dtype, inference, inv_freq
+        )
+    # x * cos + rotate_half(x) * sin in two buffers' worth where that form takes four
+    # and a half, each half's product with sin added into x * cos in place (the same
+    # roundings, bit for bit; addcmul_ would fuse them).
     half = head_dim // 2
     out = x * cos
     out[..., :half] -= x[..., half:] * sin[..., :half]
