@@ -713,9 +713,9 @@ def _workers() -> int:
 class made:
     """(source, array) for each source, in order, the arrays made ahead by `workers`
     threads from the moment this is created (`lower_to_onnx` creates it before it
-    builds the graph, so drawing overlaps building and serializing it): numpy's generators release the GIL while they fill an array, and
-    each tensor has its own seeded generator, so the bytes do not depend on the thread
-    count or the timing. At most max(largest tensor, AHEAD_BYTES) bytes are made ahead
+    builds the graph, so drawing overlaps building and serializing it): numpy's
+    generators release the GIL while they fill an array, and each tensor has its own
+    seeded generator, so the bytes do not depend on the thread count or the timing. At most max(largest tensor, AHEAD_BYTES) bytes are made ahead
     of the consumer, so peak memory stays near the largest tensor, not the model.
     Iterate it once; dropped unread, what was not started yet is cancelled."""
 
